@@ -1,0 +1,306 @@
+//! Domain types shared by every mall crate.
+//!
+//! Everything here is plain data that cannot be invalid once constructed:
+//! ids are newtypes, money is integer fen, quantities are bounded. Parsing
+//! from the wire happens in the HTTP crate, which turns input into these
+//! types or a clear error.
+
+pub mod outcome;
+
+pub use outcome::Refusal;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+
+/// Milliseconds since the Unix epoch (UTC). Time is always passed in, never
+/// read inside a state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn plus_ms(self, ms: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(ms))
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A stock-keeping unit: one flash-sale item.
+    Sku
+);
+id_type!(
+    /// An account: shopper, merchant or admin.
+    UserId
+);
+id_type!(
+    /// A merchant selling items.
+    MerchantId
+);
+id_type!(
+    /// An order. The low [`OrderId::SHARD_BITS`] bits name the shard that owns it.
+    OrderId
+);
+
+impl OrderId {
+    /// Bits of an order id that hold the owning shard's index.
+    pub const SHARD_BITS: u32 = 8;
+    /// Most shards an order id can name.
+    pub const SHARDS_MAX: usize = 1 << Self::SHARD_BITS;
+
+    pub fn new(shard: usize, seq: u64) -> OrderId {
+        assert!(shard < Self::SHARDS_MAX);
+        assert!(seq < (1 << (53 - Self::SHARD_BITS)), "order id must stay exact in JSON");
+        OrderId((seq << Self::SHARD_BITS) | shard as u64)
+    }
+
+    pub fn shard(self) -> usize {
+        (self.0 & (Self::SHARDS_MAX as u64 - 1)) as usize
+    }
+
+    pub fn seq(self) -> u64 {
+        self.0 >> Self::SHARD_BITS
+    }
+}
+
+/// Most units one order may take.
+pub const QUANTITY_MAX: u32 = 1_000;
+
+/// A number of units in one order: `1..=QUANTITY_MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Quantity(u32);
+
+impl Quantity {
+    pub fn new(n: u32) -> Option<Quantity> {
+        (1..=QUANTITY_MAX).contains(&n).then_some(Quantity(n))
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Money in fen (1 yuan = 100 fen). Never a float.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Fen(pub i64);
+
+/// Highest price of one unit: ¥1,000,000.
+pub const PRICE_MAX_FEN: i64 = 100_000_000;
+/// Most units of flash-sale stock one item may carry.
+pub const STOCK_MAX: u32 = 100_000_000;
+/// Highest per-user purchase limit.
+pub const PER_USER_LIMIT_MAX: u32 = QUANTITY_MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Fresh,
+    Appliances,
+    Clothing,
+    Books,
+    Electronics,
+    Beauty,
+    Home,
+    Toys,
+}
+
+impl Category {
+    pub const ALL: [Category; 8] = [
+        Category::Fresh,
+        Category::Appliances,
+        Category::Clothing,
+        Category::Books,
+        Category::Electronics,
+        Category::Beauty,
+        Category::Home,
+        Category::Toys,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Fresh => "fresh",
+            Category::Appliances => "appliances",
+            Category::Clothing => "clothing",
+            Category::Books => "books",
+            Category::Electronics => "electronics",
+            Category::Beauty => "beauty",
+            Category::Home => "home",
+            Category::Toys => "toys",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Category> {
+        Category::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentMethod {
+    /// Paid online after the snap-up; the stock is held until then.
+    Online,
+    /// Cash on delivery: the stock counts as sold at once.
+    Cod,
+}
+
+impl PaymentMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentMethod::Online => "online",
+            PaymentMethod::Cod => "cod",
+        }
+    }
+    pub fn parse(s: &str) -> Option<PaymentMethod> {
+        match s {
+            "online" => Some(PaymentMethod::Online),
+            "cod" => Some(PaymentMethod::Cod),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Online order whose stock is held until payment or expiry.
+    AwaitingPayment,
+    /// Online order paid: stock sold.
+    Paid,
+    /// Cash-on-delivery order: stock sold, money collected on delivery.
+    Confirmed,
+    /// Cancelled by the shopper or an admin: stock returned.
+    Cancelled,
+    /// Hold expired unpaid: stock returned.
+    Expired,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::AwaitingPayment,
+        OrderStatus::Paid,
+        OrderStatus::Confirmed,
+        OrderStatus::Cancelled,
+        OrderStatus::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::AwaitingPayment => "awaiting_payment",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Confirmed => "confirmed",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Does an order in this status hold stock (as held or sold)?
+    pub fn is_active(self) -> bool {
+        matches!(self, OrderStatus::AwaitingPayment | OrderStatus::Paid | OrderStatus::Confirmed)
+    }
+
+    /// Does an order in this status count as sold?
+    pub fn is_sold(self) -> bool {
+        matches!(self, OrderStatus::Paid | OrderStatus::Confirmed)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Shopper,
+    Merchant,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Shopper => "shopper",
+            Role::Merchant => "merchant",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "shopper" => Some(Role::Shopper),
+            "merchant" => Some(Role::Merchant),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A flash-sale item as the inventory engine knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub sku: Sku,
+    pub merchant: MerchantId,
+    pub title: String,
+    pub category: Category,
+    pub price_fen: Fen,
+    /// Units of flash-sale stock in all: available + held + sold.
+    pub stock_total: u32,
+    /// Most units one shopper may hold or buy (active orders).
+    pub per_user_limit: u32,
+    /// The sale window: orders accepted in `[opens_at, closes_at)`.
+    pub opens_at: Timestamp,
+    pub closes_at: Timestamp,
+    /// Fresh goods: hours they keep.
+    pub shelf_life_hours: Option<u32>,
+}
+
+/// An order as recorded. `address` and `idempotency_key` are shared with the
+/// engine's in-memory copy, so cloning an order is cheap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    pub id: OrderId,
+    pub sku: Sku,
+    pub user: UserId,
+    pub quantity: Quantity,
+    pub unit_price_fen: Fen,
+    pub amount_fen: Fen,
+    pub payment: PaymentMethod,
+    pub status: OrderStatus,
+    pub address: Arc<str>,
+    pub idempotency_key: Option<Arc<str>>,
+    /// Fingerprint of the request that made the order, to tell a replay
+    /// (same key, same request) from a reused key (same key, other request).
+    pub request_fingerprint: u64,
+    pub created_at: Timestamp,
+    /// When an unpaid hold lapses; `None` once the order is no longer awaiting payment.
+    pub expires_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+}
+
+/// A stable 64-bit FNV-1a fingerprint of request fields. Stable across
+/// builds and versions, because fingerprints are stored with orders.
+pub fn fingerprint(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(&[0xff]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}

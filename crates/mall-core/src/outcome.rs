@@ -1,0 +1,81 @@
+//! Business outcomes: the refusals a command can meet. They are data with a
+//! stable machine code, returned per command, never operating errors.
+
+use crate::{OrderStatus, Timestamp};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No stock left to hold.
+    SoldOut,
+    /// Some stock left, but less than asked for.
+    InsufficientStock { available: u32 },
+    /// The shopper's active orders already reach the item's per-user limit.
+    LimitReached { limit: u32, active: u32 },
+    /// The sale has not opened yet.
+    SaleNotOpen { opens_at: Timestamp },
+    /// The sale window has closed.
+    SaleClosed { closes_at: Timestamp },
+    UnknownItem,
+    /// Unknown order, or one the caller may not see (never tell them apart).
+    UnknownOrder,
+    /// The order's status does not allow the change.
+    InvalidTransition { status: OrderStatus, action: &'static str },
+    /// The hold lapsed before payment arrived; the stock went back on sale.
+    HoldExpired,
+    /// The idempotency key was used before for a different request.
+    IdempotencyKeyReused,
+    /// The new stock total is below what is already held or sold.
+    StockBelowCommitted { committed: u32 },
+}
+
+impl Refusal {
+    /// Stable machine code, part of the API contract.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::SoldOut => "sold_out",
+            Refusal::InsufficientStock { .. } => "insufficient_stock",
+            Refusal::LimitReached { .. } => "limit_reached",
+            Refusal::SaleNotOpen { .. } => "sale_not_open",
+            Refusal::SaleClosed { .. } => "sale_closed",
+            Refusal::UnknownItem => "item_not_found",
+            Refusal::UnknownOrder => "order_not_found",
+            Refusal::InvalidTransition { .. } => "invalid_order_status",
+            Refusal::HoldExpired => "hold_expired",
+            Refusal::IdempotencyKeyReused => "idempotency_key_reused",
+            Refusal::StockBelowCommitted { .. } => "stock_below_committed",
+        }
+    }
+
+    /// Human message for the error body.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::SoldOut => "this item is sold out".into(),
+            Refusal::InsufficientStock { available } => {
+                format!("only {available} unit(s) left; ask for fewer")
+            }
+            Refusal::LimitReached { limit, active } => format!(
+                "the per-shopper limit for this item is {limit} unit(s) and your orders already hold {active}"
+            ),
+            Refusal::SaleNotOpen { opens_at } => {
+                format!("the sale for this item opens at {} (ms since epoch)", opens_at.0)
+            }
+            Refusal::SaleClosed { closes_at } => {
+                format!("the sale for this item closed at {} (ms since epoch)", closes_at.0)
+            }
+            Refusal::UnknownItem => "no such item".into(),
+            Refusal::UnknownOrder => "no such order".into(),
+            Refusal::InvalidTransition { status, action } => {
+                format!("an order that is {} cannot be {action}", status.as_str())
+            }
+            Refusal::HoldExpired => {
+                "the hold on this order expired before payment; the stock went back on sale".into()
+            }
+            Refusal::IdempotencyKeyReused => {
+                "this Idempotency-Key was already used for a different request".into()
+            }
+            Refusal::StockBelowCommitted { committed } => format!(
+                "stock cannot go below the {committed} unit(s) already held or sold"
+            ),
+        }
+    }
+}

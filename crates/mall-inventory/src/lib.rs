@@ -1,0 +1,554 @@
+//! The inventory engine's core: one shard's state machine.
+//!
+//! It owns, for the SKUs of its shard, the stock counters, the holds (orders
+//! awaiting payment), per-user purchase counts and idempotency keys. It is
+//! sans-IO: commands and `now` go in, replies and [`Effect`]s come out. The
+//! group-commit runtime (`mall-shard`) makes the effects durable before any
+//! success reply leaves.
+//!
+//! Architecture invariant: for every SKU, at every moment,
+//! `available + held + sold == stock_total`, and `available >= 0` (it is
+//! unsigned). Checked with `assert!` for every SKU a batch touched, and in
+//! full by [`Inventory::audit`].
+
+pub mod board;
+pub mod model;
+
+pub use board::{Board, BoardEntry, Live};
+
+use mall_core::{
+    Item, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId,
+};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct InventoryConfig {
+    /// How long an unpaid online order holds its stock.
+    pub hold_timeout_ms: i64,
+    /// Idempotency keys remembered per shard, at most (oldest forgotten first).
+    pub idempotency_keys_max: usize,
+    /// How long an idempotency key is remembered.
+    pub idempotency_retention_ms: i64,
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            hold_timeout_ms: 15 * 60 * 1000,
+            idempotency_keys_max: 4_000_000,
+            idempotency_retention_ms: 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+/// A snap-up: hold `quantity` units of `sku` for `user`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reserve {
+    pub user: UserId,
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub payment: PaymentMethod,
+    pub address: Arc<str>,
+    pub idempotency_key: Option<Arc<str>>,
+    /// Fingerprint of the request fields (see `mall_core::fingerprint`).
+    pub fingerprint: u64,
+    /// Admins may buy before the sale opens (the ceremonial first order).
+    pub early_access: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Reserve(Reserve),
+    /// Payment landed: the hold becomes a sale.
+    Confirm { order: OrderId },
+    /// Cancel an order: held or COD-sold stock goes back on sale. `by` is the
+    /// shopper asking, or `None` for an admin.
+    Release { order: OrderId, by: Option<UserId> },
+    /// Create (`create: true`) or replace an item. Stock may not drop below
+    /// what is held or sold.
+    PutItem { item: Item, create: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The order as it stands now. `replayed`: an earlier request with the
+    /// same idempotency key made it.
+    Order { order: Order, replayed: bool },
+    /// A replay of an order that has left memory (cancelled or expired);
+    /// read it from the store.
+    StoredOrder(OrderId),
+    Item(Item),
+    Refused(Refusal),
+    /// The batch could not be committed; nothing is acknowledged. Retry with
+    /// the same idempotency key.
+    Unavailable,
+}
+
+/// What must become durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    InsertOrder(Order),
+    UpdateOrder { id: OrderId, status: OrderStatus, updated_at: Timestamp },
+    PutItem(Item),
+}
+
+#[derive(Debug)]
+struct SkuState {
+    item: Item,
+    available: u32,
+    held: u32,
+    sold: u32,
+    /// Published copy of the counters, read by the HTTP layer.
+    live: Arc<Live>,
+}
+
+impl SkuState {
+    fn publish(&self) {
+        self.live.store(self.available, self.held, self.sold);
+    }
+}
+
+#[derive(Debug)]
+struct KeyEntry {
+    fingerprint: u64,
+    order: OrderId,
+}
+
+/// One shard's inventory state machine.
+#[derive(Debug)]
+pub struct Inventory {
+    shard: usize,
+    config: InventoryConfig,
+    board: Arc<Board>,
+    /// The shard's SKUs and their counters.
+    skus: FxHashMap<Sku, SkuState>,
+    /// Active orders (awaiting payment, paid, COD-confirmed); bounded by
+    /// the shard's total stock, since each holds at least one unit.
+    orders: FxHashMap<OrderId, Order>,
+    /// Units held or bought by a user per SKU, counting active orders only.
+    per_user: FxHashMap<(UserId, Sku), u32>,
+    /// Remembered idempotency keys; bounded by `idempotency_keys_max`.
+    keys: FxHashMap<(UserId, Arc<str>), KeyEntry>,
+    /// The keys in arrival order with their time, for forgetting the oldest.
+    keys_fifo: VecDeque<(UserId, Arc<str>, Timestamp)>,
+    /// Hold expiry times; entries whose order has moved on are skipped.
+    expiry: BinaryHeap<Reverse<(Timestamp, OrderId)>>,
+    /// Sequence number of the next order id.
+    next_seq: u64,
+    /// SKUs changed since the last invariant check.
+    touched: FxHashSet<Sku>,
+}
+
+/// The durable state a shard is rebuilt from: its items and orders.
+pub struct Snapshot {
+    pub items: Vec<Item>,
+    /// Every order that is active, or carries an idempotency key younger
+    /// than the retention. Any order order is fine.
+    pub orders: Vec<Order>,
+    /// Highest order sequence number ever used by the shard (0 if none).
+    pub last_seq: u64,
+}
+
+impl Inventory {
+    pub fn new(shard: usize, config: InventoryConfig, board: Arc<Board>) -> Inventory {
+        assert!(shard < OrderId::SHARDS_MAX);
+        assert!(config.hold_timeout_ms > 0);
+        assert!(config.idempotency_keys_max > 0);
+        Inventory {
+            shard,
+            config,
+            board,
+            skus: FxHashMap::default(),
+            orders: FxHashMap::default(),
+            per_user: FxHashMap::default(),
+            keys: FxHashMap::default(),
+            keys_fifo: VecDeque::new(),
+            expiry: BinaryHeap::new(),
+            next_seq: 1,
+            touched: FxHashSet::default(),
+        }
+    }
+
+    /// Rebuilds a shard from durable state. Holds that lapsed while the
+    /// shard was down expire at the first tick.
+    pub fn restore(
+        shard: usize,
+        config: InventoryConfig,
+        board: Arc<Board>,
+        mut snapshot: Snapshot,
+        now: Timestamp,
+    ) -> Inventory {
+        board.remove_shard(shard);
+        let mut inv = Inventory::new(shard, config, board);
+        for item in snapshot.items {
+            inv.insert_item(item);
+        }
+        snapshot.orders.sort_by_key(|o| o.id.seq());
+        let key_horizon = now.plus_ms(-inv.config.idempotency_retention_ms);
+        for order in snapshot.orders {
+            assert_eq!(order.id.shard(), shard, "order stored in the wrong shard");
+            if let Some(key) = &order.idempotency_key {
+                if order.created_at >= key_horizon {
+                    inv.remember_key(order.user, key.clone(), order.request_fingerprint, order.id, order.created_at);
+                }
+            }
+            if !order.status.is_active() {
+                continue;
+            }
+            let sku = inv.skus.get_mut(&order.sku).expect("order for an unknown item");
+            let q = order.quantity.get();
+            sku.available = sku.available.checked_sub(q).expect("stored orders exceed stock");
+            if order.status.is_sold() {
+                sku.sold += q;
+            } else {
+                sku.held += q;
+                let at = order.expires_at.expect("a hold has an expiry");
+                inv.expiry.push(Reverse((at, order.id)));
+            }
+            *inv.per_user.entry((order.user, order.sku)).or_default() += q;
+            inv.touched.insert(order.sku);
+            inv.orders.insert(order.id, order);
+        }
+        inv.next_seq = snapshot.last_seq + 1;
+        for sku in inv.skus.values() {
+            sku.publish();
+        }
+        inv.check_touched();
+        inv
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    pub fn item(&self, sku: Sku) -> Option<&Item> {
+        self.skus.get(&sku).map(|s| &s.item)
+    }
+
+    /// `(available, held, sold)` of a SKU.
+    pub fn counters(&self, sku: Sku) -> Option<(u32, u32, u32)> {
+        self.skus.get(&sku).map(|s| (s.available, s.held, s.sold))
+    }
+
+    pub fn active_order(&self, id: OrderId) -> Option<&Order> {
+        self.orders.get(&id)
+    }
+
+    pub fn apply(&mut self, command: Command, now: Timestamp, effects: &mut Vec<Effect>) -> Reply {
+        match command {
+            Command::Reserve(r) => self.reserve(r, now, effects),
+            Command::Confirm { order } => self.confirm(order, now, effects),
+            Command::Release { order, by } => self.release(order, by, now, effects),
+            Command::PutItem { item, create } => self.put_item(item, create, effects),
+        }
+    }
+
+    fn reserve(&mut self, r: Reserve, now: Timestamp, effects: &mut Vec<Effect>) -> Reply {
+        if let Some(key) = &r.idempotency_key {
+            if let Some(entry) = self.keys.get(&(r.user, key.clone())) {
+                if entry.fingerprint != r.fingerprint {
+                    return Reply::Refused(Refusal::IdempotencyKeyReused);
+                }
+                return match self.orders.get(&entry.order) {
+                    Some(order) => Reply::Order { order: order.clone(), replayed: true },
+                    None => Reply::StoredOrder(entry.order),
+                };
+            }
+        }
+        let Some(sku) = self.skus.get_mut(&r.sku) else {
+            return Reply::Refused(Refusal::UnknownItem);
+        };
+        if !r.early_access {
+            if now < sku.item.opens_at {
+                return Reply::Refused(Refusal::SaleNotOpen { opens_at: sku.item.opens_at });
+            }
+            if now >= sku.item.closes_at {
+                return Reply::Refused(Refusal::SaleClosed { closes_at: sku.item.closes_at });
+            }
+        }
+        let q = r.quantity.get();
+        // Sold out first: on a hot item almost every request ends here, and
+        // it needs no per-user lookup.
+        if sku.available == 0 {
+            return Reply::Refused(Refusal::SoldOut);
+        }
+        let active = self.per_user.get(&(r.user, r.sku)).copied().unwrap_or(0);
+        if active + q > sku.item.per_user_limit {
+            return Reply::Refused(Refusal::LimitReached { limit: sku.item.per_user_limit, active });
+        }
+        if sku.available < q {
+            return Reply::Refused(Refusal::InsufficientStock { available: sku.available });
+        }
+
+        sku.available -= q;
+        let (status, expires_at) = match r.payment {
+            PaymentMethod::Online => {
+                sku.held += q;
+                (OrderStatus::AwaitingPayment, Some(now.plus_ms(self.config.hold_timeout_ms)))
+            }
+            PaymentMethod::Cod => {
+                sku.sold += q;
+                (OrderStatus::Confirmed, None)
+            }
+        };
+        sku.publish();
+        let unit_price = sku.item.price_fen;
+        let id = OrderId::new(self.shard, self.next_seq);
+        self.next_seq += 1;
+        let order = Order {
+            id,
+            sku: r.sku,
+            user: r.user,
+            quantity: r.quantity,
+            unit_price_fen: unit_price,
+            amount_fen: mall_core::Fen(unit_price.0 * i64::from(q)),
+            payment: r.payment,
+            status,
+            address: r.address,
+            idempotency_key: r.idempotency_key.clone(),
+            request_fingerprint: r.fingerprint,
+            created_at: now,
+            expires_at,
+            updated_at: now,
+        };
+        *self.per_user.entry((r.user, r.sku)).or_default() += q;
+        if let Some(at) = expires_at {
+            self.expiry.push(Reverse((at, id)));
+        }
+        if let Some(key) = r.idempotency_key {
+            self.remember_key(r.user, key, r.fingerprint, id, now);
+        }
+        self.touched.insert(r.sku);
+        self.orders.insert(id, order.clone());
+        effects.push(Effect::InsertOrder(order.clone()));
+        Reply::Order { order, replayed: false }
+    }
+
+    fn confirm(&mut self, id: OrderId, now: Timestamp, effects: &mut Vec<Effect>) -> Reply {
+        let Some(order) = self.orders.get(&id) else {
+            return Reply::Refused(Refusal::UnknownOrder);
+        };
+        match order.status {
+            OrderStatus::Paid => Reply::Order { order: order.clone(), replayed: true },
+            OrderStatus::AwaitingPayment => {
+                if order.expires_at.is_some_and(|at| at <= now) {
+                    self.end_hold(id, OrderStatus::Expired, now, effects);
+                    return Reply::Refused(Refusal::HoldExpired);
+                }
+                let (sku, q) = (order.sku, order.quantity.get());
+                let state = self.skus.get_mut(&sku).expect("active order's item exists");
+                state.held -= q;
+                state.sold += q;
+                state.publish();
+                self.touched.insert(sku);
+                let order = self.orders.get_mut(&id).expect("looked up above");
+                order.status = OrderStatus::Paid;
+                order.expires_at = None;
+                order.updated_at = now;
+                effects.push(Effect::UpdateOrder { id, status: OrderStatus::Paid, updated_at: now });
+                Reply::Order { order: order.clone(), replayed: false }
+            }
+            status => Reply::Refused(Refusal::InvalidTransition { status, action: "paid" }),
+        }
+    }
+
+    fn release(
+        &mut self,
+        id: OrderId,
+        by: Option<UserId>,
+        now: Timestamp,
+        effects: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some(order) = self.orders.get(&id) else {
+            return Reply::Refused(Refusal::UnknownOrder);
+        };
+        if by.is_some_and(|user| user != order.user) {
+            return Reply::Refused(Refusal::UnknownOrder);
+        }
+        match order.status {
+            OrderStatus::AwaitingPayment | OrderStatus::Confirmed => {
+                let order = self.end_hold(id, OrderStatus::Cancelled, now, effects);
+                Reply::Order { order, replayed: false }
+            }
+            status => Reply::Refused(Refusal::InvalidTransition { status, action: "cancelled" }),
+        }
+    }
+
+    /// Ends an active order that holds or COD-sold stock (cancel or expiry):
+    /// the stock goes back on sale and the order leaves memory.
+    fn end_hold(
+        &mut self,
+        id: OrderId,
+        status: OrderStatus,
+        now: Timestamp,
+        effects: &mut Vec<Effect>,
+    ) -> Order {
+        assert!(!status.is_active());
+        let mut order = self.orders.remove(&id).expect("ending an active order");
+        let q = order.quantity.get();
+        let state = self.skus.get_mut(&order.sku).expect("active order's item exists");
+        match order.status {
+            OrderStatus::AwaitingPayment => state.held -= q,
+            OrderStatus::Confirmed => state.sold -= q,
+            other => panic!("cannot end an order that is {}", other.as_str()),
+        }
+        state.available += q;
+        state.publish();
+        let key = (order.user, order.sku);
+        let units = self.per_user.get_mut(&key).expect("active order counted per user");
+        *units -= q;
+        if *units == 0 {
+            self.per_user.remove(&key);
+        }
+        self.touched.insert(order.sku);
+        order.status = status;
+        order.expires_at = None;
+        order.updated_at = now;
+        effects.push(Effect::UpdateOrder { id, status, updated_at: now });
+        order
+    }
+
+    fn put_item(&mut self, item: Item, create: bool, effects: &mut Vec<Effect>) -> Reply {
+        assert!(item.opens_at < item.closes_at, "the edge validates the sale window");
+        match (self.skus.get_mut(&item.sku), create) {
+            (Some(_), true) | (None, false) => {
+                // Creating an existing item or updating a missing one: the
+                // edge checks both first, so only a race lands here.
+                Reply::Refused(Refusal::UnknownItem)
+            }
+            (None, true) => {
+                self.insert_item(item.clone());
+                self.touched.insert(item.sku);
+                effects.push(Effect::PutItem(item.clone()));
+                Reply::Item(item)
+            }
+            (Some(state), false) => {
+                let committed = state.held + state.sold;
+                if item.stock_total < committed {
+                    return Reply::Refused(Refusal::StockBelowCommitted { committed });
+                }
+                state.available = item.stock_total - committed;
+                state.item = item.clone();
+                state.publish();
+                self.board.put(self.shard, item.clone(), state.live.clone());
+                self.touched.insert(item.sku);
+                effects.push(Effect::PutItem(item.clone()));
+                Reply::Item(item)
+            }
+        }
+    }
+
+    fn insert_item(&mut self, item: Item) {
+        let live = Arc::new(Live::default());
+        let state = SkuState { available: item.stock_total, held: 0, sold: 0, live: live.clone(), item };
+        state.publish();
+        self.board.put(self.shard, state.item.clone(), live);
+        self.skus.insert(state.item.sku, state);
+    }
+
+    fn remember_key(&mut self, user: UserId, key: Arc<str>, fingerprint: u64, order: OrderId, at: Timestamp) {
+        if self.keys.len() >= self.config.idempotency_keys_max {
+            self.forget_oldest_key();
+        }
+        self.keys.insert((user, key.clone()), KeyEntry { fingerprint, order });
+        self.keys_fifo.push_back((user, key, at));
+    }
+
+    fn forget_oldest_key(&mut self) {
+        if let Some((user, key, _)) = self.keys_fifo.pop_front() {
+            self.keys.remove(&(user, key));
+        }
+    }
+
+    /// Expires lapsed holds and forgets idempotency keys past retention.
+    pub fn tick(&mut self, now: Timestamp, effects: &mut Vec<Effect>) {
+        while let Some(&Reverse((at, id))) = self.expiry.peek() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop();
+            let due = self.orders.get(&id).is_some_and(|o| {
+                o.status == OrderStatus::AwaitingPayment && o.expires_at == Some(at)
+            });
+            if due {
+                self.end_hold(id, OrderStatus::Expired, now, effects);
+            }
+        }
+        let horizon = now.plus_ms(-self.config.idempotency_retention_ms);
+        while self.keys_fifo.front().is_some_and(|(_, _, at)| *at < horizon) {
+            self.forget_oldest_key();
+        }
+    }
+
+    /// Asserts conservation for every SKU changed since the last check.
+    pub fn check_touched(&mut self) {
+        for sku in self.touched.drain() {
+            let s = &self.skus[&sku];
+            let total = u64::from(s.available) + u64::from(s.held) + u64::from(s.sold);
+            assert_eq!(total, u64::from(s.item.stock_total), "conservation broken for SKU {sku}");
+        }
+        assert!(self.keys.len() <= self.config.idempotency_keys_max);
+        assert_eq!(self.keys.len(), self.keys_fifo.len());
+    }
+
+    /// Recounts everything from the active orders and compares with the
+    /// counters. Costs a pass over all orders: for tests and audits.
+    pub fn audit(&self) -> Result<(), String> {
+        let mut held: FxHashMap<Sku, u32> = FxHashMap::default();
+        let mut sold: FxHashMap<Sku, u32> = FxHashMap::default();
+        let mut per_user: FxHashMap<(UserId, Sku), u32> = FxHashMap::default();
+        for o in self.orders.values() {
+            if !o.status.is_active() {
+                return Err(format!("order {} is {} but still in memory", o.id, o.status.as_str()));
+            }
+            let bucket = if o.status.is_sold() { &mut sold } else { &mut held };
+            *bucket.entry(o.sku).or_default() += o.quantity.get();
+            *per_user.entry((o.user, o.sku)).or_default() += o.quantity.get();
+        }
+        for (sku, s) in &self.skus {
+            let (h, so) = (held.get(sku).copied().unwrap_or(0), sold.get(sku).copied().unwrap_or(0));
+            if s.held != h || s.sold != so {
+                return Err(format!("SKU {sku}: counters held={} sold={} but orders say held={h} sold={so}", s.held, s.sold));
+            }
+            if u64::from(s.available) + u64::from(h) + u64::from(so) != u64::from(s.item.stock_total) {
+                return Err(format!("SKU {sku}: available {} + held {h} + sold {so} != stock {}", s.available, s.item.stock_total));
+            }
+            if s.live.load() != (s.available, s.held, s.sold) {
+                return Err(format!("SKU {sku}: published counters are stale"));
+            }
+        }
+        if per_user != self.per_user {
+            return Err("per-user counts disagree with the orders".into());
+        }
+        Ok(())
+    }
+}
+
+impl mall_shard::StateMachine for Inventory {
+    type Command = Command;
+    type Reply = Reply;
+    type Effect = Effect;
+
+    fn apply(&mut self, command: Command, now: Timestamp, effects: &mut Vec<Effect>) -> Reply {
+        Inventory::apply(self, command, now, effects)
+    }
+
+    fn needs_commit(reply: &Reply) -> bool {
+        matches!(reply, Reply::Order { .. } | Reply::StoredOrder(_) | Reply::Item(_))
+    }
+
+    fn tick(&mut self, now: Timestamp, effects: &mut Vec<Effect>) {
+        Inventory::tick(self, now, effects)
+    }
+
+    fn check_invariants(&mut self) {
+        self.check_touched()
+    }
+
+    fn unavailable() -> Reply {
+        Reply::Unavailable
+    }
+}

@@ -1,0 +1,175 @@
+//! A reference model of one shard, written for obviousness, not speed:
+//! counters are recounted from the full list of orders on every question.
+//! The deterministic simulation checks every reply of [`crate::Inventory`]
+//! against it.
+
+use crate::{Command, Reply};
+use mall_core::{Fen, Item, Order, OrderId, OrderStatus, PaymentMethod, Refusal, Sku, Timestamp, UserId};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub shard: usize,
+    pub hold_timeout_ms: i64,
+    pub items: BTreeMap<Sku, Item>,
+    /// Every order ever made, terminal ones included.
+    pub orders: BTreeMap<OrderId, Order>,
+    pub next_seq: u64,
+}
+
+impl Model {
+    pub fn new(shard: usize, hold_timeout_ms: i64) -> Model {
+        Model { shard, hold_timeout_ms, items: BTreeMap::new(), orders: BTreeMap::new(), next_seq: 1 }
+    }
+
+    /// `(available, held, sold)`, recounted.
+    pub fn counters(&self, sku: Sku) -> (u32, u32, u32) {
+        let (mut held, mut sold) = (0, 0);
+        for o in self.orders.values().filter(|o| o.sku == sku) {
+            match o.status {
+                OrderStatus::AwaitingPayment => held += o.quantity.get(),
+                OrderStatus::Paid | OrderStatus::Confirmed => sold += o.quantity.get(),
+                _ => {}
+            }
+        }
+        (self.items[&sku].stock_total - held - sold, held, sold)
+    }
+
+    fn active_units(&self, user: UserId, sku: Sku) -> u32 {
+        self.orders
+            .values()
+            .filter(|o| o.user == user && o.sku == sku && o.status.is_active())
+            .map(|o| o.quantity.get())
+            .sum()
+    }
+
+    pub fn tick(&mut self, now: Timestamp) {
+        for o in self.orders.values_mut() {
+            if o.status == OrderStatus::AwaitingPayment && o.expires_at.is_some_and(|at| at <= now) {
+                o.status = OrderStatus::Expired;
+                o.expires_at = None;
+                o.updated_at = now;
+            }
+        }
+    }
+
+    pub fn apply(&mut self, command: &Command, now: Timestamp) -> Reply {
+        match command {
+            Command::Reserve(r) => {
+                if let Some(key) = &r.idempotency_key {
+                    let earlier = self
+                        .orders
+                        .values()
+                        .find(|o| o.user == r.user && o.idempotency_key.as_ref() == Some(key));
+                    if let Some(o) = earlier {
+                        if o.request_fingerprint != r.fingerprint {
+                            return Reply::Refused(Refusal::IdempotencyKeyReused);
+                        }
+                        return if o.status.is_active() {
+                            Reply::Order { order: o.clone(), replayed: true }
+                        } else {
+                            Reply::StoredOrder(o.id)
+                        };
+                    }
+                }
+                let Some(item) = self.items.get(&r.sku).cloned() else {
+                    return Reply::Refused(Refusal::UnknownItem);
+                };
+                if !r.early_access && now < item.opens_at {
+                    return Reply::Refused(Refusal::SaleNotOpen { opens_at: item.opens_at });
+                }
+                if !r.early_access && now >= item.closes_at {
+                    return Reply::Refused(Refusal::SaleClosed { closes_at: item.closes_at });
+                }
+                let (available, _, _) = self.counters(r.sku);
+                let q = r.quantity.get();
+                if available == 0 {
+                    return Reply::Refused(Refusal::SoldOut);
+                }
+                let active = self.active_units(r.user, r.sku);
+                if active + q > item.per_user_limit {
+                    return Reply::Refused(Refusal::LimitReached { limit: item.per_user_limit, active });
+                }
+                if available < q {
+                    return Reply::Refused(Refusal::InsufficientStock { available });
+                }
+                let online = r.payment == PaymentMethod::Online;
+                let order = Order {
+                    id: OrderId::new(self.shard, self.next_seq),
+                    sku: r.sku,
+                    user: r.user,
+                    quantity: r.quantity,
+                    unit_price_fen: item.price_fen,
+                    amount_fen: Fen(item.price_fen.0 * i64::from(q)),
+                    payment: r.payment,
+                    status: if online { OrderStatus::AwaitingPayment } else { OrderStatus::Confirmed },
+                    address: r.address.clone(),
+                    idempotency_key: r.idempotency_key.clone(),
+                    request_fingerprint: r.fingerprint,
+                    created_at: now,
+                    expires_at: online.then(|| now.plus_ms(self.hold_timeout_ms)),
+                    updated_at: now,
+                };
+                self.next_seq += 1;
+                self.orders.insert(order.id, order.clone());
+                Reply::Order { order, replayed: false }
+            }
+            Command::Confirm { order } => {
+                let Some(o) = self.orders.get_mut(order) else {
+                    return Reply::Refused(Refusal::UnknownOrder);
+                };
+                match o.status {
+                    OrderStatus::Paid => Reply::Order { order: o.clone(), replayed: true },
+                    OrderStatus::AwaitingPayment if o.expires_at.is_some_and(|at| at <= now) => {
+                        o.status = OrderStatus::Expired;
+                        o.expires_at = None;
+                        o.updated_at = now;
+                        Reply::Refused(Refusal::HoldExpired)
+                    }
+                    OrderStatus::AwaitingPayment => {
+                        o.status = OrderStatus::Paid;
+                        o.expires_at = None;
+                        o.updated_at = now;
+                        Reply::Order { order: o.clone(), replayed: false }
+                    }
+                    OrderStatus::Confirmed => {
+                        Reply::Refused(Refusal::InvalidTransition { status: o.status, action: "paid" })
+                    }
+                    // Terminal orders have left the engine's memory.
+                    OrderStatus::Cancelled | OrderStatus::Expired => Reply::Refused(Refusal::UnknownOrder),
+                }
+            }
+            Command::Release { order, by } => {
+                let Some(o) = self.orders.get_mut(order) else {
+                    return Reply::Refused(Refusal::UnknownOrder);
+                };
+                if !o.status.is_active() || by.is_some_and(|u| u != o.user) {
+                    return Reply::Refused(Refusal::UnknownOrder);
+                }
+                match o.status {
+                    OrderStatus::AwaitingPayment | OrderStatus::Confirmed => {
+                        o.status = OrderStatus::Cancelled;
+                        o.expires_at = None;
+                        o.updated_at = now;
+                        Reply::Order { order: o.clone(), replayed: false }
+                    }
+                    status => Reply::Refused(Refusal::InvalidTransition { status, action: "cancelled" }),
+                }
+            }
+            Command::PutItem { item, create } => {
+                let exists = self.items.contains_key(&item.sku);
+                if exists == *create {
+                    return Reply::Refused(Refusal::UnknownItem);
+                }
+                if exists {
+                    let (_, held, sold) = self.counters(item.sku);
+                    if item.stock_total < held + sold {
+                        return Reply::Refused(Refusal::StockBelowCommitted { committed: held + sold });
+                    }
+                }
+                self.items.insert(item.sku, item.clone());
+                Reply::Item(item.clone())
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Offline audit of a data directory (`mall check`): recounts every SKU from
+//! its orders and checks the invariants the engine promises.
+
+use crate::shard::{load_items, open_shard_db, order_from_row, ORDER_COLUMNS};
+use crate::{DataDir, StoreError, Sync};
+use mall_core::{OrderStatus, Sku, UserId};
+use std::collections::{BTreeMap, HashSet};
+
+#[derive(Debug, Default)]
+pub struct AuditReport {
+    pub shards: usize,
+    pub items: usize,
+    pub orders: usize,
+    pub orders_by_status: BTreeMap<&'static str, usize>,
+    pub units_held: u64,
+    pub units_sold: u64,
+    pub violations: Vec<String>,
+}
+
+impl AuditReport {
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Count {
+    held: u64,
+    sold: u64,
+}
+
+pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
+    let mut report = AuditReport { shards: dir.shards, ..Default::default() };
+    for shard in 0..dir.shards {
+        let path = dir.shard_path(shard);
+        if !path.exists() {
+            continue; // a shard that never took an item or order
+        }
+        let conn = open_shard_db(&path, Sync::Full)?;
+        let items: BTreeMap<Sku, _> = load_items(&conn)?.into_iter().map(|i| (i.sku, i)).collect();
+        report.items += items.len();
+        let mut counts: BTreeMap<Sku, Count> = BTreeMap::new();
+        let mut per_user: BTreeMap<(UserId, Sku), u64> = BTreeMap::new();
+        let mut keys: HashSet<(UserId, String)> = HashSet::new();
+        let mut stmt = conn.prepare(&format!("SELECT {ORDER_COLUMNS} FROM orders"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let o = match order_from_row(row) {
+                Ok(o) => o,
+                Err(e) => {
+                    report.violations.push(format!("shard {shard}: unreadable order row: {e}"));
+                    continue;
+                }
+            };
+            report.orders += 1;
+            *report.orders_by_status.entry(o.status.as_str()).or_default() += 1;
+            let v = &mut report.violations;
+            if o.id.shard() != shard {
+                v.push(format!("order {}: stored in shard {shard} but its id names shard {}", o.id, o.id.shard()));
+            }
+            if dir.shard_of(o.sku) != shard {
+                v.push(format!("order {}: SKU {} belongs to shard {}", o.id, o.sku, dir.shard_of(o.sku)));
+            }
+            let Some(item) = items.get(&o.sku) else {
+                v.push(format!("order {}: unknown SKU {}", o.id, o.sku));
+                continue;
+            };
+            if o.amount_fen.0 != o.unit_price_fen.0 * i64::from(o.quantity.get()) {
+                v.push(format!("order {}: amount {} != {} x {}", o.id, o.amount_fen.0, o.unit_price_fen.0, o.quantity.get()));
+            }
+            if (o.status == OrderStatus::AwaitingPayment) != o.expires_at.is_some() {
+                v.push(format!("order {}: {} with expiry {:?}", o.id, o.status.as_str(), o.expires_at));
+            }
+            if let Some(key) = &o.idempotency_key {
+                if !keys.insert((o.user, key.to_string())) {
+                    v.push(format!("order {}: idempotency key {key:?} of user {} made two orders", o.id, o.user));
+                }
+            }
+            if o.status.is_active() {
+                let c = counts.entry(o.sku).or_default();
+                let q = u64::from(o.quantity.get());
+                if o.status.is_sold() { c.sold += q } else { c.held += q }
+                *per_user.entry((o.user, o.sku)).or_default() += q;
+            }
+        }
+        for (sku, c) in &counts {
+            let item = &items[sku];
+            report.units_held += c.held;
+            report.units_sold += c.sold;
+            if c.held + c.sold > u64::from(item.stock_total) {
+                report.violations.push(format!(
+                    "SKU {sku}: oversold: held {} + sold {} > stock {}",
+                    c.held, c.sold, item.stock_total
+                ));
+            }
+        }
+        for ((user, sku), units) in &per_user {
+            let limit = items[sku].per_user_limit;
+            if *units > u64::from(limit) {
+                report.violations.push(format!("user {user}: holds {units} of SKU {sku}, over the per-user limit {limit}"));
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,253 @@
+//! One inventory shard's database: its items and orders.
+//!
+//! Orders are the record: a shard's counters are recounted from them at
+//! load, so conservation after a restart holds by construction and is then
+//! asserted by the engine.
+
+use crate::{open_connection, StoreError, Sync};
+use mall_core::{
+    Category, Fen, Item, MerchantId, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Sku,
+    Timestamp, UserId,
+};
+use mall_inventory::{Board, Effect, Inventory, InventoryConfig, Snapshot};
+use mall_shard::{Journal, JournalError};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS items (
+    sku INTEGER PRIMARY KEY,
+    merchant_id INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    category TEXT NOT NULL,
+    price_fen INTEGER NOT NULL,
+    stock_total INTEGER NOT NULL,
+    per_user_limit INTEGER NOT NULL,
+    opens_at_ms INTEGER NOT NULL,
+    closes_at_ms INTEGER NOT NULL,
+    shelf_life_hours INTEGER
+);
+CREATE TABLE IF NOT EXISTS orders (
+    id INTEGER PRIMARY KEY,
+    sku INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    quantity INTEGER NOT NULL,
+    unit_price_fen INTEGER NOT NULL,
+    amount_fen INTEGER NOT NULL,
+    payment TEXT NOT NULL,
+    status TEXT NOT NULL,
+    address TEXT NOT NULL,
+    idempotency_key TEXT,
+    request_fingerprint INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, created_at_ms);
+";
+
+pub(crate) const ORDER_COLUMNS: &str = "id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, created_at_ms, expires_at_ms, updated_at_ms";
+pub(crate) const ITEM_COLUMNS: &str = "sku, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours";
+
+pub(crate) fn open_shard_db(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
+    let conn = open_connection(path, sync)?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn corrupt(what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.into())
+}
+
+pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
+    let quantity: u32 = row.get(3)?;
+    let payment: String = row.get(6)?;
+    let status: String = row.get(7)?;
+    let address: String = row.get(8)?;
+    let key: Option<String> = row.get(9)?;
+    Ok(Order {
+        id: OrderId(row.get::<_, i64>(0)? as u64),
+        sku: Sku(row.get::<_, i64>(1)? as u64),
+        user: UserId(row.get::<_, i64>(2)? as u64),
+        quantity: Quantity::new(quantity).ok_or_else(|| corrupt(format!("quantity {quantity}")))?,
+        unit_price_fen: Fen(row.get(4)?),
+        amount_fen: Fen(row.get(5)?),
+        payment: PaymentMethod::parse(&payment).ok_or_else(|| corrupt(format!("payment {payment}")))?,
+        status: OrderStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
+        address: address.into(),
+        idempotency_key: key.map(Into::into),
+        request_fingerprint: row.get::<_, i64>(10)? as u64,
+        created_at: Timestamp(row.get(11)?),
+        expires_at: row.get::<_, Option<i64>>(12)?.map(Timestamp),
+        updated_at: Timestamp(row.get(13)?),
+    })
+}
+
+pub(crate) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
+    let category: String = row.get(3)?;
+    Ok(Item {
+        sku: Sku(row.get::<_, i64>(0)? as u64),
+        merchant: MerchantId(row.get::<_, i64>(1)? as u64),
+        title: row.get(2)?,
+        category: Category::parse(&category).ok_or_else(|| corrupt(format!("category {category}")))?,
+        price_fen: Fen(row.get(4)?),
+        stock_total: row.get(5)?,
+        per_user_limit: row.get(6)?,
+        opens_at: Timestamp(row.get(7)?),
+        closes_at: Timestamp(row.get(8)?),
+        shelf_life_hours: row.get(9)?,
+    })
+}
+
+pub(crate) fn load_items(conn: &Connection) -> rusqlite::Result<Vec<Item>> {
+    let mut stmt = conn.prepare(&format!("SELECT {ITEM_COLUMNS} FROM items ORDER BY sku"))?;
+    let items = stmt.query_map([], item_from_row)?.collect();
+    items
+}
+
+/// The journal of one inventory shard: writes its effects, rebuilds it.
+pub struct ShardJournal {
+    shard: usize,
+    conn: Connection,
+    config: InventoryConfig,
+    board: Arc<Board>,
+}
+
+impl ShardJournal {
+    pub fn open(
+        path: &Path,
+        shard: usize,
+        config: InventoryConfig,
+        board: Arc<Board>,
+        sync: Sync,
+    ) -> Result<ShardJournal, StoreError> {
+        let conn = open_shard_db(path, sync)?;
+        Ok(ShardJournal { shard, conn, config, board })
+    }
+
+    fn write(&mut self, effects: &[Effect]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(&format!(
+                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            ))?;
+            let mut update = tx.prepare_cached(
+                "UPDATE orders SET status = ?2, expires_at_ms = NULL, updated_at_ms = ?3 WHERE id = ?1",
+            )?;
+            let mut put_item = tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO items ({ITEM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ))?;
+            for effect in effects {
+                match effect {
+                    Effect::InsertOrder(o) => {
+                        insert.execute(params![
+                            o.id.0 as i64,
+                            o.sku.0 as i64,
+                            o.user.0 as i64,
+                            o.quantity.get(),
+                            o.unit_price_fen.0,
+                            o.amount_fen.0,
+                            o.payment.as_str(),
+                            o.status.as_str(),
+                            &*o.address,
+                            o.idempotency_key.as_deref(),
+                            o.request_fingerprint as i64,
+                            o.created_at.0,
+                            o.expires_at.map(|t| t.0),
+                            o.updated_at.0,
+                        ])?;
+                    }
+                    Effect::UpdateOrder { id, status, updated_at } => {
+                        let n = update.execute(params![id.0 as i64, status.as_str(), updated_at.0])?;
+                        if n != 1 {
+                            return Err(StoreError::Corrupt(format!("order {id} to update is missing")));
+                        }
+                    }
+                    Effect::PutItem(i) => {
+                        put_item.execute(params![
+                            i.sku.0 as i64,
+                            i.merchant.0 as i64,
+                            i.title,
+                            i.category.as_str(),
+                            i.price_fen.0,
+                            i.stock_total,
+                            i.per_user_limit,
+                            i.opens_at.0,
+                            i.closes_at.0,
+                            i.shelf_life_hours,
+                        ])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reads the durable state the shard is rebuilt from.
+    pub fn snapshot(&self, now: Timestamp) -> Result<Snapshot, StoreError> {
+        let items = load_items(&self.conn)?;
+        let horizon = now.0.saturating_sub(self.config.idempotency_retention_ms);
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE status IN ('awaiting_payment', 'paid', 'confirmed')
+             OR (idempotency_key IS NOT NULL AND created_at_ms >= ?1)"
+        ))?;
+        let orders = stmt.query_map([horizon], order_from_row)?.collect::<Result<Vec<_>, _>>()?;
+        let max_id: Option<i64> = self.conn.query_row("SELECT MAX(id) FROM orders", [], |r| r.get(0))?;
+        let last_seq = max_id.map_or(0, |id| OrderId(id as u64).seq());
+        Ok(Snapshot { items, orders, last_seq })
+    }
+}
+
+impl Journal for ShardJournal {
+    type Machine = Inventory;
+
+    fn commit(&mut self, effects: &[Effect]) -> Result<(), JournalError> {
+        Ok(self.write(effects)?)
+    }
+
+    fn load(&mut self, now: Timestamp) -> Result<Inventory, JournalError> {
+        let snapshot = self.snapshot(now)?;
+        Ok(Inventory::restore(self.shard, self.config.clone(), self.board.clone(), snapshot, now))
+    }
+}
+
+/// Read access to one shard's orders for the API (WAL: readers never block
+/// the writer). A committed order is visible here before its reply leaves.
+pub struct ShardReader {
+    conn: Mutex<Connection>,
+}
+
+impl ShardReader {
+    pub fn open(path: &Path) -> Result<ShardReader, StoreError> {
+        Ok(ShardReader { conn: Mutex::new(open_shard_db(path, Sync::Full)?) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?;
+        Ok(stmt.query_row([id.0 as i64], order_from_row).optional()?)
+    }
+
+    /// A user's orders created before `before` (`(created_at, id)`), newest first.
+    pub fn orders_of_user(
+        &self,
+        user: UserId,
+        before: Option<(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        let (at, id) = before.map_or((i64::MAX, i64::MAX), |(t, o)| (t.0, o.0 as i64));
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ?1 AND (created_at_ms < ?2 OR (created_at_ms = ?2 AND id < ?3))
+             ORDER BY created_at_ms DESC, id DESC LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(params![user.0 as i64, at, id, limit as i64], order_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
