@@ -13,6 +13,7 @@
 
 pub mod board;
 pub mod model;
+pub mod sim;
 
 pub use board::{Board, BoardEntry, Live};
 
@@ -235,6 +236,14 @@ impl Inventory {
 
     pub fn active_order(&self, id: OrderId) -> Option<&Order> {
         self.orders.get(&id)
+    }
+
+    pub fn active_orders(&self) -> impl Iterator<Item = &Order> {
+        self.orders.values()
+    }
+
+    pub fn skus(&self) -> impl Iterator<Item = Sku> + '_ {
+        self.skus.keys().copied()
     }
 
     pub fn apply(&mut self, command: Command, now: Timestamp, effects: &mut Vec<Effect>) -> Reply {

@@ -61,10 +61,10 @@ pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
             if dir.shard_of(o.sku) != shard {
                 v.push(format!("order {}: SKU {} belongs to shard {}", o.id, o.sku, dir.shard_of(o.sku)));
             }
-            let Some(item) = items.get(&o.sku) else {
+            if !items.contains_key(&o.sku) {
                 v.push(format!("order {}: unknown SKU {}", o.id, o.sku));
                 continue;
-            };
+            }
             if o.amount_fen.0 != o.unit_price_fen.0 * i64::from(o.quantity.get()) {
                 v.push(format!("order {}: amount {} != {} x {}", o.id, o.amount_fen.0, o.unit_price_fen.0, o.quantity.get()));
             }
