@@ -1,1 +1,202 @@
-//! placeholder
+//! The HTTP API of mall (axum). This is the only crate that knows HTTP and
+//! JSON: requests are parsed here into domain types, handed to the engine,
+//! and replies are turned back into JSON with stable error codes.
+//!
+//! Layout: [`routes`] has one module per resource, [`auth`] who is calling,
+//! [`json`] strict body parsing, [`error`] the error body, [`limits`] rate
+//! limits, [`metrics`] Prometheus, [`listener`] the connection limit.
+
+pub mod auth;
+pub mod error;
+pub mod json;
+pub mod limits;
+pub mod listener;
+pub mod metrics;
+pub mod routes;
+
+use auth::{Principal, SessionCache};
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use mall_core::{Role, Timestamp, UserId};
+use mall_shard::Clock;
+use mall_store::{Accounts, Engine, NewUser};
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub use limits::RateConfig;
+
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Largest request body accepted.
+    pub body_bytes_max: usize,
+    /// Open connections, at most; more wait to be accepted.
+    pub connections_max: usize,
+    /// Lifetime of a login or bulk-issued token.
+    pub session_ttl_ms: i64,
+    /// Password hashes computed at once, at most (each takes ~19 MiB and tens of ms).
+    pub password_hashes_max: usize,
+    /// How long stored responses of idempotent non-order requests are kept.
+    pub idempotency_retention_ms: i64,
+    pub rate: RateConfig,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_bytes_max: 64 * 1024,
+            connections_max: 16_384,
+            session_ttl_ms: 24 * 3_600_000,
+            password_hashes_max: 4,
+            idempotency_retention_ms: 24 * 3_600_000,
+            rate: RateConfig::default(),
+        }
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub engine: Arc<Engine>,
+    pub accounts: Arc<Accounts>,
+    pub sessions: SessionCache,
+    pub config: HttpConfig,
+    pub metrics: metrics::Metrics,
+    pub limiter: limits::RateLimiter,
+    pub clock: Arc<dyn Clock>,
+    /// The next SKU id to hand out; starts above the highest stored one.
+    pub next_sku: AtomicU64,
+    /// Bounds concurrent Argon2 work.
+    pub password_permits: tokio::sync::Semaphore,
+    /// Idempotency keys of non-order requests being executed now.
+    pub in_flight_keys: Mutex<HashSet<(UserId, String)>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl AppState {
+    pub fn new(
+        engine: Arc<Engine>,
+        accounts: Arc<Accounts>,
+        config: HttpConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<AppState, mall_store::StoreError> {
+        let sessions = SessionCache::load(accounts.live_sessions(clock.now())?);
+        let next_sku = engine.board().max_sku().map_or(1, |s| s.0 + 1);
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                limiter: limits::RateLimiter::new(config.rate.clone()),
+                password_permits: tokio::sync::Semaphore::new(config.password_hashes_max.max(1)),
+                engine,
+                accounts,
+                sessions,
+                config,
+                metrics: metrics::Metrics::default(),
+                clock,
+                next_sku: AtomicU64::new(next_sku),
+                in_flight_keys: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Opens a session for `principal` under `token` (already shown to its owner).
+    pub fn open_session(&self, token: &str, principal: Principal, expires_at: Timestamp) -> Result<(), mall_store::StoreError> {
+        let hash = auth::hash_token(token);
+        self.accounts.insert_session(&hash, principal.user, expires_at, self.now())?;
+        self.sessions.insert(hash, principal, expires_at);
+        Ok(())
+    }
+
+    /// Housekeeping, run about once a minute: drop expired sessions and old
+    /// stored responses.
+    pub fn housekeeping(&self) {
+        let now = self.now();
+        self.sessions.prune(now);
+        let horizon = now.plus_ms(-self.config.idempotency_retention_ms);
+        if let Err(e) = self.accounts.prune_responses(horizon) {
+            tracing::warn!(error = %e, "pruning stored responses failed");
+        }
+    }
+}
+
+/// Makes sure the first admin exists. `token`: an operator-chosen admin
+/// token (from the environment); `password`: an admin password for login.
+/// With neither, and no admin yet, a token is generated and returned so the
+/// caller can hand it over (it is never logged).
+pub fn bootstrap_admin(
+    state: &AppState,
+    token: Option<&str>,
+    password: Option<&str>,
+) -> Result<Option<String>, BootstrapError> {
+    let now = state.now();
+    let admin = match state.accounts.user_by_name("admin")? {
+        Some(u) if u.role == Role::Admin => u.id,
+        Some(_) => return Err(BootstrapError::Refused("the username 'admin' belongs to a non-admin account".into())),
+        None => {
+            let user = NewUser { username: "admin".into(), role: Role::Admin, merchant: None, password_hash: None, session: None };
+            state.accounts.create_users(&[user], now)?[0]
+        }
+    };
+    if let Some(password) = password {
+        let hash = auth::hash_password(password).map_err(|e| BootstrapError::Refused(format!("hash admin password: {e}")))?;
+        state.accounts.set_password_hash(admin, &hash)?;
+    }
+    let principal = Principal { user: admin, role: Role::Admin, merchant: None };
+    let forever = now.plus_ms(10 * 365 * 24 * 3_600_000);
+    if let Some(token) = token {
+        state.open_session(token, principal, forever)?;
+        return Ok(None);
+    }
+    if password.is_none() && state.accounts.meta_get("admin_token_issued")?.is_none() {
+        let token = auth::new_token().map_err(|e| BootstrapError::Refused(e.message))?;
+        state.open_session(&token, principal, forever)?;
+        state.accounts.meta_set("admin_token_issued", "1")?;
+        return Ok(Some(token));
+    }
+    Ok(None)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Store(#[from] mall_store::StoreError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Records latency and status class by matched route.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.record_request(&method, &route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.body_bytes_max))
+        .with_state(state)
+}

@@ -10,10 +10,12 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod engine;
 pub mod shard;
 
-pub use accounts::{Accounts, MerchantRow, SessionRow, StoredResponse, UserRow};
+pub use accounts::{Accounts, MerchantRow, NewUser, SessionRow, StoredResponse, UserRow};
 pub use audit::{audit_data_dir, AuditReport};
+pub use engine::{Engine, EngineConfig};
 pub use shard::{ShardJournal, ShardReader};
 
 use rusqlite::Connection;

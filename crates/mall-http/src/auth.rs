@@ -1,0 +1,136 @@
+//! Who is calling: bearer tokens, sessions, password hashes.
+//!
+//! A token is 32 random bytes shown once (hex); only its SHA-256 is stored.
+//! Live sessions are cached in memory so the hot path costs one hash and one
+//! map lookup. Passwords are hashed with Argon2id off the async threads, a
+//! bounded number at a time.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use mall_core::{MerchantId, Role, Timestamp, UserId};
+use mall_store::SessionRow;
+use rustc_hash::FxHashMap;
+use sha2::{Digest, Sha256};
+use std::sync::RwLock;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub user: UserId,
+    pub role: Role,
+    pub merchant: Option<MerchantId>,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this needs an admin account"))
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct CachedSession {
+    principal: Principal,
+    expires_at: Timestamp,
+}
+
+/// Live sessions by token hash. Bounded by the sessions in the store, which
+/// only admins (bulk) and logins create, both rate limited.
+#[derive(Default)]
+pub struct SessionCache {
+    by_hash: RwLock<FxHashMap<[u8; 32], CachedSession>>,
+}
+
+impl SessionCache {
+    pub fn load(rows: Vec<SessionRow>) -> SessionCache {
+        let cache = SessionCache::default();
+        for row in rows {
+            cache.insert(row.token_hash, Principal { user: row.user, role: row.role, merchant: row.merchant }, row.expires_at);
+        }
+        cache
+    }
+
+    pub fn insert(&self, hash: [u8; 32], principal: Principal, expires_at: Timestamp) {
+        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).insert(hash, CachedSession { principal, expires_at });
+    }
+
+    fn lookup(&self, hash: &[u8; 32], now: Timestamp) -> Option<Principal> {
+        let map = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
+        map.get(hash).filter(|s| s.expires_at > now).map(|s| s.principal)
+    }
+
+    pub fn prune(&self, now: Timestamp) {
+        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).retain(|_, s| s.expires_at > now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A fresh random token: 32 bytes from the OS, as 64 hex digits.
+pub fn new_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal("random token", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt_bytes = [0u8; 16];
+    getrandom::fill(&mut salt_bytes).map_err(|_| argon2::password_hash::Error::Crypto)?;
+    let salt = SaltString::encode_b64(&salt_bytes)?;
+    Ok(argon2::Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+}
+
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(phc)
+        .map(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+fn unauthenticated(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthenticated("unauthenticated", "send Authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or_else(|| unauthenticated("unauthenticated", "send Authorization: Bearer <token>"))?;
+        let principal = state
+            .sessions
+            .lookup(&hash_token(token), state.now())
+            .ok_or_else(|| unauthenticated("invalid_token", "the token is unknown or expired; log in again"))?;
+        state.limiter.check_user(&principal)?;
+        Ok(principal)
+    }
+}

@@ -1,0 +1,110 @@
+//! API errors: every failure leaves as the right status with a JSON body
+//! `{"error": {"code": "...", "message": "..."}}` and changes nothing.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mall_core::Refusal;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable machine code, part of the API contract.
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds to wait before retrying (503, 429).
+    pub retry_after_s: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine code, e.g. `sold_out`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), retry_after_s: None }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub fn overloaded() -> ApiError {
+        ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the mall is at capacity; try again in a second")
+        }
+    }
+
+    pub fn unavailable() -> ApiError {
+        ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the request could not be made durable and was not acknowledged; retry with the same Idempotency-Key",
+            )
+        }
+    }
+
+    /// An operating error: logged here, where it is handled; the client
+    /// learns only that the server failed.
+    pub fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%error, "{context}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
+    }
+
+    pub fn from_refusal(r: &Refusal) -> ApiError {
+        let status = match r {
+            Refusal::SoldOut
+            | Refusal::InsufficientStock { .. }
+            | Refusal::LimitReached { .. }
+            | Refusal::InvalidTransition { .. }
+            | Refusal::HoldExpired
+            | Refusal::StockBelowCommitted { .. } => StatusCode::CONFLICT,
+            Refusal::SaleNotOpen { .. } | Refusal::SaleClosed { .. } => StatusCode::FORBIDDEN,
+            Refusal::UnknownItem | Refusal::UnknownOrder => StatusCode::NOT_FOUND,
+            Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, r.code(), r.message())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,90 @@
+//! Request-rate limits: a token bucket per shopper (authenticated routes)
+//! and per client address (login and registration). Admins are not limited.
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use axum::http::StatusCode;
+use rustc_hash::FxHashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct RateConfig {
+    /// Sustained requests per second per shopper.
+    pub user_rate_per_s: f64,
+    /// Burst allowance per shopper.
+    pub user_burst: f64,
+    /// Sustained login/registration attempts per second per client address.
+    pub anonymous_rate_per_s: f64,
+    pub anonymous_burst: f64,
+    /// Buckets remembered, at most; full buckets are forgotten first.
+    pub buckets_max: usize,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            user_rate_per_s: 50.0,
+            user_burst: 100.0,
+            anonymous_rate_per_s: 20.0,
+            anonymous_burst: 200.0,
+            buckets_max: 1_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+const STRIPES: usize = 64;
+
+pub struct RateLimiter {
+    config: RateConfig,
+    /// Buckets by key, striped to keep lock contention low.
+    stripes: Vec<Mutex<FxHashMap<u64, Bucket>>>,
+}
+
+impl RateLimiter {
+    pub fn new(config: RateConfig) -> RateLimiter {
+        RateLimiter { config, stripes: (0..STRIPES).map(|_| Mutex::new(FxHashMap::default())).collect() }
+    }
+
+    pub fn check_user(&self, p: &Principal) -> Result<(), ApiError> {
+        if p.is_admin() {
+            return Ok(());
+        }
+        self.take(p.user.0, self.config.user_rate_per_s, self.config.user_burst)
+    }
+
+    pub fn check_address(&self, addr: std::net::IpAddr) -> Result<(), ApiError> {
+        let key = match addr {
+            std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            std::net::IpAddr::V6(v6) => (u128::from(v6) as u64) ^ ((u128::from(v6) >> 64) as u64),
+        } | (1 << 63);
+        self.take(key, self.config.anonymous_rate_per_s, self.config.anonymous_burst)
+    }
+
+    fn take(&self, key: u64, rate: f64, burst: f64) -> Result<(), ApiError> {
+        let now = Instant::now();
+        let stripe = &self.stripes[(key as usize).wrapping_mul(0x9E37_79B9) % STRIPES];
+        let mut map = stripe.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.config.buckets_max / STRIPES {
+            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        }
+        let bucket = map.entry(key).or_insert(Bucket { tokens: burst, at: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
+            })
+        }
+    }
+}

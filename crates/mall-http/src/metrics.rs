@@ -1,0 +1,148 @@
+//! Prometheus metrics: request counts and latency by route, orders,
+//! refusals by reason, and the engine's queue depths, batch sizes and
+//! commit latency.
+
+use mall_shard::stats::LATENCY_BOUNDS_S;
+use mall_shard::Histogram;
+use mall_store::Engine;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Every refusal code the API can answer with, for a fixed counter array.
+pub const REFUSAL_CODES: &[&str] = &[
+    "sold_out",
+    "insufficient_stock",
+    "limit_reached",
+    "sale_not_open",
+    "sale_closed",
+    "item_not_found",
+    "order_not_found",
+    "invalid_order_status",
+    "hold_expired",
+    "idempotency_key_reused",
+    "stock_below_committed",
+    "overloaded",
+    "store_unavailable",
+    "rate_limited",
+];
+
+struct RouteStats {
+    latency: Histogram,
+    /// Responses by status class: 2xx, 3xx, 4xx, 5xx.
+    by_class: [AtomicU64; 4],
+}
+
+pub struct Metrics {
+    /// Per `(method, route)`; routes are the matched templates, a bounded set.
+    routes: RwLock<BTreeMap<(String, String), std::sync::Arc<RouteStats>>>,
+    orders_online: AtomicU64,
+    orders_cod: AtomicU64,
+    refusals: Vec<AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            routes: RwLock::new(BTreeMap::new()),
+            orders_online: AtomicU64::new(0),
+            orders_cod: AtomicU64::new(0),
+            refusals: REFUSAL_CODES.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let key = (method.to_string(), route.to_string());
+        let stats = {
+            let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+            routes.get(&key).cloned()
+        };
+        let stats = stats.unwrap_or_else(|| {
+            let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+            routes
+                .entry(key)
+                .or_insert_with(|| {
+                    std::sync::Arc::new(RouteStats {
+                        latency: Histogram::new(LATENCY_BOUNDS_S),
+                        by_class: Default::default(),
+                    })
+                })
+                .clone()
+        });
+        stats.latency.observe_duration(took);
+        let class = (usize::from(status / 100)).clamp(2, 5) - 2;
+        stats.by_class[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_order(&self, payment: mall_core::PaymentMethod) {
+        let counter = match payment {
+            mall_core::PaymentMethod::Online => &self.orders_online,
+            mall_core::PaymentMethod::Cod => &self.orders_cod,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_refusal(&self, code: &str) {
+        if let Some(i) = REFUSAL_CODES.iter().position(|c| *c == code) {
+            self.refusals[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn render(&self, engine: &Engine, sessions: usize) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        out.push_str("# HELP mall_http_request_duration_seconds Request latency by route.\n# TYPE mall_http_request_duration_seconds histogram\n");
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for ((method, route), stats) in &routes {
+            stats.latency.write_prometheus(
+                &mut out,
+                "mall_http_request_duration_seconds",
+                &format!("method=\"{method}\",route=\"{route}\""),
+            );
+        }
+        out.push_str("# HELP mall_http_responses_total Responses by route and status class.\n# TYPE mall_http_responses_total counter\n");
+        for ((method, route), stats) in &routes {
+            for (i, class) in ["2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let n = stats.by_class[i].load(Ordering::Relaxed);
+                let _ = writeln!(out, "mall_http_responses_total{{method=\"{method}\",route=\"{route}\",class=\"{class}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP mall_orders_total Orders created, by payment method.\n# TYPE mall_orders_total counter\n");
+        let _ = writeln!(out, "mall_orders_total{{payment=\"online\"}} {}", self.orders_online.load(Ordering::Relaxed));
+        let _ = writeln!(out, "mall_orders_total{{payment=\"cod\"}} {}", self.orders_cod.load(Ordering::Relaxed));
+        out.push_str("# HELP mall_refusals_total Refused requests by reason.\n# TYPE mall_refusals_total counter\n");
+        for (i, code) in REFUSAL_CODES.iter().enumerate() {
+            let _ = writeln!(out, "mall_refusals_total{{reason=\"{code}\"}} {}", self.refusals[i].load(Ordering::Relaxed));
+        }
+        out.push_str("# HELP mall_shard_queue_depth Commands waiting in each shard's queue.\n# TYPE mall_shard_queue_depth gauge\n");
+        for shard in 0..engine.shard_count() {
+            let _ = writeln!(out, "mall_shard_queue_depth{{shard=\"{shard}\"}} {}", engine.handle(shard).queue_depth());
+        }
+        out.push_str("# HELP mall_shard_apply_batch_commands Commands applied per batch.\n# TYPE mall_shard_apply_batch_commands histogram\n");
+        for shard in 0..engine.shard_count() {
+            let s = engine.handle(shard).stats();
+            s.apply_batch_commands.write_prometheus(&mut out, "mall_shard_apply_batch_commands", &format!("shard=\"{shard}\""));
+        }
+        out.push_str("# HELP mall_shard_commit_batch_effects Effects per committed batch (one transaction).\n# TYPE mall_shard_commit_batch_effects histogram\n");
+        for shard in 0..engine.shard_count() {
+            let s = engine.handle(shard).stats();
+            s.commit_batch_effects.write_prometheus(&mut out, "mall_shard_commit_batch_effects", &format!("shard=\"{shard}\""));
+        }
+        out.push_str("# HELP mall_shard_commit_seconds Time to commit one batch.\n# TYPE mall_shard_commit_seconds histogram\n");
+        for shard in 0..engine.shard_count() {
+            let s = engine.handle(shard).stats();
+            s.commit_seconds.write_prometheus(&mut out, "mall_shard_commit_seconds", &format!("shard=\"{shard}\""));
+        }
+        out.push_str("# HELP mall_shard_commit_failures_total Failed commits (the shard reloads).\n# TYPE mall_shard_commit_failures_total counter\n");
+        for shard in 0..engine.shard_count() {
+            let n = engine.handle(shard).stats().commit_failures.load(Ordering::Relaxed);
+            let _ = writeln!(out, "mall_shard_commit_failures_total{{shard=\"{shard}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP mall_items Items on sale.\n# TYPE mall_items gauge\nmall_items {}", engine.board().len());
+        let _ = writeln!(out, "# HELP mall_sessions Live sessions.\n# TYPE mall_sessions gauge\nmall_sessions {sessions}");
+        out
+    }
+}

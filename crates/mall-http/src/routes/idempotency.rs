@@ -1,0 +1,96 @@
+//! Idempotency for state-changing requests other than snap-ups (those are
+//! idempotent inside the inventory engine). The first response to a key is
+//! stored; a retry with the same key and request gets it back unchanged; the
+//! same key with another request is refused with 422.
+
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mall_core::UserId;
+use mall_store::StoredResponse;
+use std::future::Future;
+
+pub const HEADER: &str = "idempotency-key";
+pub const REPLAYED: &str = "idempotent-replayed";
+pub const KEY_LEN_MAX: usize = 64;
+
+/// The `Idempotency-Key` header, if sent: 1 to 64 visible ASCII characters.
+pub fn key_from(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(HEADER) else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().filter(|k| {
+        !k.is_empty() && k.len() <= KEY_LEN_MAX && k.bytes().all(|b| b.is_ascii_graphic())
+    });
+    match key {
+        Some(k) => Ok(Some(k.to_string())),
+        None => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {KEY_LEN_MAX} visible ASCII characters"),
+        )),
+    }
+}
+
+pub fn replayed_header(response: &mut Response) {
+    response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
+}
+
+/// Runs `action` at most once per `(owner, key)`. Responses with 5xx or 429
+/// are not stored: those are worth retrying for real.
+pub async fn run<F, Fut>(state: &AppState, owner: UserId, key: Option<String>, fingerprint: u64, action: F) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ApiResult<(StatusCode, serde_json::Value)>>,
+{
+    let Some(key) = key else {
+        return into_response(action().await);
+    };
+    let lookup = {
+        let (accounts, key) = (state.accounts.clone(), key.clone());
+        super::blocking(move || accounts.stored_response(owner, &key)).await
+    };
+    match lookup {
+        Err(e) => return ApiError::internal("idempotency lookup", e).into_response(),
+        Ok(Some(stored)) if stored.fingerprint != fingerprint => {
+            return ApiError::from_refusal(&mall_core::Refusal::IdempotencyKeyReused).into_response()
+        }
+        Ok(Some(stored)) => {
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+            let body: serde_json::Value = serde_json::from_str(&stored.body).unwrap_or(serde_json::Value::Null);
+            let mut response = (status, axum::Json(body)).into_response();
+            replayed_header(&mut response);
+            return response;
+        }
+        Ok(None) => {}
+    }
+    let slot = (owner, key.clone());
+    if !state.in_flight_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(slot.clone()) {
+        return ApiError::conflict("request_in_progress", "a request with this Idempotency-Key is still running").into_response();
+    }
+    let outcome = action().await;
+    let to_store = match &outcome {
+        Ok((status, body)) => Some((*status, body.clone())),
+        Err(e) if e.status.is_client_error() && e.status != StatusCode::TOO_MANY_REQUESTS => {
+            let body = serde_json::json!({"error": {"code": e.code, "message": e.message}});
+            Some((e.status, body))
+        }
+        Err(_) => None,
+    };
+    if let Some((status, body)) = to_store {
+        let stored = StoredResponse { fingerprint, status: status.as_u16(), body: body.to_string() };
+        let (accounts, now) = (state.accounts.clone(), state.now());
+        if let Err(e) = super::blocking(move || accounts.store_response(owner, &key, &stored, now)).await {
+            tracing::warn!(error = %e, "storing an idempotent response failed");
+        }
+    }
+    state.in_flight_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
+    into_response(outcome)
+}
+
+fn into_response(outcome: ApiResult<(StatusCode, serde_json::Value)>) -> Response {
+    match outcome {
+        Ok((status, body)) => (status, axum::Json(body)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

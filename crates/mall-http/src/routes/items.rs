@@ -1,0 +1,284 @@
+//! Items: browsing (from the board, no queueing) and admin create/update
+//! (through the owning shard, durable before the reply).
+
+use super::{blocking, check_text, idempotency, parse_id};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::json::StrictJson;
+use crate::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use mall_core::{Category, Fen, Item, MerchantId, Sku, Timestamp, PER_USER_LIMIT_MAX, PRICE_MAX_FEN, STOCK_MAX};
+use mall_inventory::{BoardEntry, Command, Reply};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+use utoipa::{IntoParams, ToSchema};
+
+pub const PAGE_MAX: usize = 500;
+
+#[derive(Serialize, ToSchema)]
+pub struct ItemView {
+    pub sku: u64,
+    pub merchant_id: u64,
+    pub title: String,
+    pub category: String,
+    pub price_fen: i64,
+    pub stock_total: u32,
+    pub per_user_limit: u32,
+    pub opens_at_ms: i64,
+    pub closes_at_ms: i64,
+    pub shelf_life_hours: Option<u32>,
+    /// Live counters: `available + held + sold = stock_total`.
+    pub available: u32,
+    pub held: u32,
+    pub sold: u32,
+    /// `upcoming`, `open` or `closed`.
+    pub sale: String,
+}
+
+impl ItemView {
+    pub fn new(entry: &BoardEntry, now: Timestamp) -> ItemView {
+        let i = &entry.item;
+        let (available, held, sold) = entry.live.load();
+        let sale = if now < i.opens_at {
+            "upcoming"
+        } else if now < i.closes_at {
+            "open"
+        } else {
+            "closed"
+        };
+        ItemView {
+            sku: i.sku.0,
+            merchant_id: i.merchant.0,
+            title: i.title.clone(),
+            category: i.category.as_str().into(),
+            price_fen: i.price_fen.0,
+            stock_total: i.stock_total,
+            per_user_limit: i.per_user_limit,
+            opens_at_ms: i.opens_at.0,
+            closes_at_ms: i.closes_at.0,
+            shelf_life_hours: i.shelf_life_hours,
+            available,
+            held,
+            sold,
+            sale: sale.into(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ItemsPage {
+    pub items: Vec<ItemView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<u64>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this category.
+    pub category: Option<String>,
+    /// Items with a SKU greater than this.
+    pub after: Option<u64>,
+    /// 1 to 500; default 100.
+    pub limit: Option<usize>,
+}
+
+/// Browse items, in SKU order.
+#[utoipa::path(get, path = "/v1/items", params(ListQuery), tag = "items",
+    responses((status = 200, body = ItemsPage), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<ItemsPage>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let category = match q.category.as_deref() {
+        None => None,
+        Some(c) => Some(Category::parse(c).ok_or_else(|| {
+            let all: Vec<_> = Category::ALL.iter().map(|c| c.as_str()).collect();
+            ApiError::bad_request("invalid_query", format!("unknown category {c:?}; one of {}", all.join(", ")))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be 1 to {PAGE_MAX}")));
+    }
+    let now = state.now();
+    let entries = state.engine.board().list(q.after.map(Sku), category, limit + 1);
+    let more = entries.len() > limit;
+    let items: Vec<ItemView> = entries.iter().take(limit).map(|e| ItemView::new(e, now)).collect();
+    let next_after = if more { items.last().map(|i| i.sku) } else { None };
+    Ok(Json(ItemsPage { items, next_after }))
+}
+
+/// One item with its live stock and sale window.
+#[utoipa::path(get, path = "/v1/items/{sku}", tag = "items",
+    params(("sku" = u64, Path, description = "SKU")),
+    responses((status = 200, body = ItemView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_one(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<ItemView>> {
+    let sku = Sku(parse_id(&raw, "sku")?);
+    let entry = state.engine.board().get(sku).ok_or_else(|| ApiError::from_refusal(&mall_core::Refusal::UnknownItem))?;
+    Ok(Json(ItemView::new(&entry, state.now())))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateItem {
+    pub merchant_id: u64,
+    pub title: String,
+    /// fresh, appliances, clothing, books, electronics, beauty, home, toys.
+    pub category: String,
+    /// Price of one unit in fen (1 to 100,000,000).
+    pub price_fen: i64,
+    /// Flash-sale stock (0 to 100,000,000).
+    pub stock: i64,
+    /// Default 1.
+    pub per_user_limit: Option<i64>,
+    pub opens_at_ms: i64,
+    pub closes_at_ms: i64,
+    /// Fresh goods only: hours they keep (1 to 8,760).
+    pub shelf_life_hours: Option<i64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateItem {
+    pub title: Option<String>,
+    pub price_fen: Option<i64>,
+    /// New stock total; may not go below units held or sold.
+    pub stock: Option<i64>,
+    pub per_user_limit: Option<i64>,
+    pub opens_at_ms: Option<i64>,
+    pub closes_at_ms: Option<i64>,
+}
+
+fn in_range(value: i64, field: &str, min: i64, max: i64) -> ApiResult<i64> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(format!("{field} must be {min} to {max}")))
+    }
+}
+
+/// Checks an item as a whole before it goes to the engine.
+pub fn validate_item(item: &Item) -> ApiResult<()> {
+    check_text(&item.title, "title", 1, 200)?;
+    in_range(item.price_fen.0, "price_fen", 1, PRICE_MAX_FEN)?;
+    in_range(i64::from(item.stock_total), "stock", 0, i64::from(STOCK_MAX))?;
+    in_range(i64::from(item.per_user_limit), "per_user_limit", 1, i64::from(PER_USER_LIMIT_MAX))?;
+    if item.opens_at.0 < 0 || item.opens_at >= item.closes_at {
+        return Err(ApiError::invalid("opens_at_ms must be before closes_at_ms (and not negative)"));
+    }
+    match (item.category, item.shelf_life_hours) {
+        (Category::Fresh, None) => Err(ApiError::invalid("fresh items need shelf_life_hours")),
+        (Category::Fresh, Some(h)) => in_range(i64::from(h), "shelf_life_hours", 1, 8_760).map(|_| ()),
+        (_, Some(_)) => Err(ApiError::invalid("only fresh items take shelf_life_hours")),
+        (_, None) => Ok(()),
+    }
+}
+
+async fn put(state: &AppState, item: Item, create: bool) -> ApiResult<ItemView> {
+    let rx = state.engine.try_submit_for_sku(item.sku, Command::PutItem { item, create }).map_err(|_| ApiError::overloaded())?;
+    match rx.await.unwrap_or(Reply::Unavailable) {
+        Reply::Item(item) => {
+            let entry = state.engine.board().get(item.sku).ok_or_else(|| ApiError::internal("board", "item missing after put"))?;
+            Ok(ItemView::new(&entry, state.now()))
+        }
+        Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+fn json(status: StatusCode, view: &ItemView) -> ApiResult<(StatusCode, serde_json::Value)> {
+    serde_json::to_value(view).map(|v| (status, v)).map_err(|e| ApiError::internal("serialize", e))
+}
+
+/// Admin: create an item (a SKU is assigned).
+#[utoipa::path(post, path = "/v1/admin/items", request_body = CreateItem, tag = "admin",
+    security(("bearer" = [])),
+    responses((status = 201, body = ItemView), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    StrictJson(body): StrictJson<CreateItem>,
+) -> Result<Response, ApiError> {
+    principal.require_admin()?;
+    let category = Category::parse(&body.category).ok_or_else(|| ApiError::invalid(format!("unknown category {:?}", body.category)))?;
+    let stock = in_range(body.stock, "stock", 0, i64::from(STOCK_MAX))? as u32;
+    let limit = in_range(body.per_user_limit.unwrap_or(1), "per_user_limit", 1, i64::from(PER_USER_LIMIT_MAX))? as u32;
+    let shelf = body.shelf_life_hours.map(|h| in_range(h, "shelf_life_hours", 1, 8_760)).transpose()?.map(|h| h as u32);
+    let mut item = Item {
+        sku: Sku(0),
+        merchant: MerchantId(body.merchant_id),
+        title: body.title.clone(),
+        category,
+        price_fen: Fen(body.price_fen),
+        stock_total: stock,
+        per_user_limit: limit,
+        opens_at: Timestamp(body.opens_at_ms),
+        closes_at: Timestamp(body.closes_at_ms),
+        shelf_life_hours: shelf,
+    };
+    validate_item(&item)?;
+    let accounts = state.accounts.clone();
+    let merchants = blocking(move || accounts.merchants()).await.map_err(|e| ApiError::internal("merchants", e))?;
+    if !merchants.iter().any(|m| m.id == item.merchant) {
+        return Err(ApiError::not_found("merchant_not_found", "no such merchant"));
+    }
+    let key = idempotency::key_from(&headers)?;
+    let fp = mall_core::fingerprint(&[
+        b"item",
+        &body.merchant_id.to_le_bytes(),
+        body.title.as_bytes(),
+        category.as_str().as_bytes(),
+        &body.price_fen.to_le_bytes(),
+        &stock.to_le_bytes(),
+        &limit.to_le_bytes(),
+        &body.opens_at_ms.to_le_bytes(),
+        &body.closes_at_ms.to_le_bytes(),
+        &shelf.unwrap_or(0).to_le_bytes(),
+    ]);
+    Ok(idempotency::run(&state, principal.user, key, fp, || async {
+        item.sku = Sku(state.next_sku.fetch_add(1, Ordering::Relaxed));
+        let view = put(&state, item, true).await?;
+        json(StatusCode::CREATED, &view)
+    })
+    .await)
+}
+
+/// Admin: change an item's title, price, stock, limit or sale window.
+#[utoipa::path(patch, path = "/v1/admin/items/{sku}", request_body = UpdateItem, tag = "admin",
+    security(("bearer" = [])), params(("sku" = u64, Path, description = "SKU")),
+    responses((status = 200, body = ItemView), (status = 404, body = crate::error::ErrorBody),
+              (status = 409, description = "stock_below_committed", body = crate::error::ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw): Path<String>,
+    StrictJson(body): StrictJson<UpdateItem>,
+) -> ApiResult<Json<ItemView>> {
+    principal.require_admin()?;
+    let sku = Sku(parse_id(&raw, "sku")?);
+    let entry = state.engine.board().get(sku).ok_or_else(|| ApiError::from_refusal(&mall_core::Refusal::UnknownItem))?;
+    let mut item = entry.item.clone();
+    if let Some(t) = body.title {
+        item.title = t;
+    }
+    if let Some(p) = body.price_fen {
+        item.price_fen = Fen(p);
+    }
+    if let Some(s) = body.stock {
+        item.stock_total = in_range(s, "stock", 0, i64::from(STOCK_MAX))? as u32;
+    }
+    if let Some(l) = body.per_user_limit {
+        item.per_user_limit = in_range(l, "per_user_limit", 1, i64::from(PER_USER_LIMIT_MAX))? as u32;
+    }
+    if let Some(o) = body.opens_at_ms {
+        item.opens_at = Timestamp(o);
+    }
+    if let Some(c) = body.closes_at_ms {
+        item.closes_at = Timestamp(c);
+    }
+    validate_item(&item)?;
+    Ok(Json(put(&state, item, false).await?))
+}

@@ -1,0 +1,62 @@
+//! One module per resource; [`routes`] wires them and [`ops::ApiDoc`]
+//! describes them (OpenAPI, generated from the handlers' annotations).
+
+pub mod accounts;
+pub mod idempotency;
+pub mod items;
+pub mod ops;
+pub mod orders;
+
+use crate::AppState;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(ops::openapi))
+        .route("/v1/users", post(accounts::register))
+        .route("/v1/sessions", post(accounts::login))
+        .route("/v1/items", get(items::list))
+        .route("/v1/items/{sku}", get(items::get_one))
+        .route("/v1/orders", post(orders::create).get(orders::list_mine))
+        .route("/v1/orders/{id}", get(orders::get_one))
+        .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/admin/users", post(accounts::admin_create_user))
+        .route("/v1/admin/users/bulk", post(accounts::bulk_create))
+        .route("/v1/admin/merchants", post(accounts::create_merchant).get(accounts::list_merchants))
+        .route("/v1/admin/items", post(items::create))
+        .route("/v1/admin/items/{sku}", axum::routing::patch(items::update))
+        .route("/v1/admin/orders/{id}/mark-paid", post(orders::mark_paid))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+}
+
+/// Parses a numeric path segment with a clear error instead of axum's text.
+pub(crate) fn parse_id(raw: &str, what: &'static str) -> Result<u64, crate::error::ApiError> {
+    raw.parse::<u64>().map_err(|_| {
+        crate::error::ApiError::bad_request("invalid_id", format!("{what} must be a positive integer, not {raw:?}"))
+    })
+}
+
+/// Validates free text: length in characters and no control characters.
+pub(crate) fn check_text(value: &str, field: &str, min: usize, max: usize) -> Result<(), crate::error::ApiError> {
+    let n = value.chars().count();
+    if n < min || n > max {
+        return Err(crate::error::ApiError::invalid(format!("{field} must be {min} to {max} characters long")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(crate::error::ApiError::invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(())
+}
+
+/// Runs blocking store work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, mall_store::StoreError> + Send + 'static,
+) -> Result<T, mall_store::StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(mall_store::StoreError::Corrupt(format!("store task failed: {e}"))))
+}

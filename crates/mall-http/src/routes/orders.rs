@@ -1,0 +1,305 @@
+//! Orders: the snap-up (the hot path), history, cancel, and the interim
+//! admin "mark paid" that the payment service will call.
+
+use super::{blocking, check_text, idempotency, parse_id};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::json::StrictJson;
+use crate::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mall_core::{Order, OrderId, OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId, QUANTITY_MAX};
+use mall_inventory::{Command, Reply, Reserve};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+pub const ADDRESS_CHARS_MAX: usize = 200;
+pub const HISTORY_PAGE_MAX: usize = 100;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub sku: u64,
+    /// 1 to 1,000, and within the item's per-user limit.
+    pub quantity: i64,
+    /// `online` (pay later; stock is held) or `cod` (cash on delivery; sold at once).
+    pub payment: String,
+    /// Delivery address, 1 to 200 characters.
+    pub address: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderView {
+    pub id: u64,
+    pub sku: u64,
+    pub user_id: u64,
+    pub quantity: u32,
+    pub unit_price_fen: i64,
+    pub amount_fen: i64,
+    pub payment: String,
+    /// awaiting_payment, paid, confirmed, cancelled or expired.
+    pub status: String,
+    pub address: String,
+    pub created_at_ms: i64,
+    /// When an unpaid hold lapses (awaiting_payment only).
+    pub expires_at_ms: Option<i64>,
+    pub updated_at_ms: i64,
+}
+
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> OrderView {
+        OrderView {
+            id: o.id.0,
+            sku: o.sku.0,
+            user_id: o.user.0,
+            quantity: o.quantity.get(),
+            unit_price_fen: o.unit_price_fen.0,
+            amount_fen: o.amount_fen.0,
+            payment: o.payment.as_str().into(),
+            status: o.status.as_str().into(),
+            address: o.address.to_string(),
+            created_at_ms: o.created_at.0,
+            expires_at_ms: o.expires_at.map(|t| t.0),
+            updated_at_ms: o.updated_at.0,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrdersPage {
+    pub orders: Vec<OrderView>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_before: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Cursor from `next_before`.
+    pub before: Option<String>,
+    /// 1 to 100; default 50.
+    pub limit: Option<usize>,
+    /// Admins only: whose orders.
+    pub user_id: Option<u64>,
+}
+
+fn parse_order(body: &CreateOrder) -> ApiResult<(Sku, Quantity, PaymentMethod)> {
+    let quantity = u32::try_from(body.quantity)
+        .ok()
+        .and_then(Quantity::new)
+        .ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_quantity", format!("quantity must be 1 to {QUANTITY_MAX}")))?;
+    let payment = PaymentMethod::parse(&body.payment)
+        .ok_or_else(|| ApiError::invalid(format!("payment must be \"online\" or \"cod\", not {:?}", body.payment)))?;
+    check_text(&body.address, "address", 1, ADDRESS_CHARS_MAX)?;
+    Ok((Sku(body.sku), quantity, payment))
+}
+
+async fn stored_order(state: &AppState, id: OrderId) -> ApiResult<Option<Order>> {
+    let Some(_) = state.engine.reader_for_order(id) else {
+        return Ok(None);
+    };
+    let engine = state.engine.clone();
+    blocking(move || engine.reader_for_order(id).map_or(Ok(None), |r| r.order(id)))
+        .await
+        .map_err(|e| ApiError::internal("read order", e))
+}
+
+fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response {
+    let mut response = (status, Json(OrderView::from(order))).into_response();
+    if replayed {
+        idempotency::replayed_header(&mut response);
+    }
+    response
+}
+
+/// Snap up an item: holds stock for an online order, or sells it for cash on delivery.
+#[utoipa::path(post, path = "/v1/orders", request_body = CreateOrder, tag = "orders",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key: the same key returns the first order")),
+    responses(
+        (status = 201, body = OrderView),
+        (status = 403, description = "sale_not_open, sale_closed", body = crate::error::ErrorBody),
+        (status = 404, description = "item_not_found", body = crate::error::ErrorBody),
+        (status = 409, description = "sold_out, limit_reached, insufficient_stock", body = crate::error::ErrorBody),
+        (status = 422, description = "invalid_quantity, invalid_request, idempotency_key_reused", body = crate::error::ErrorBody),
+        (status = 503, description = "overloaded, store_unavailable (Retry-After)", body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    StrictJson(body): StrictJson<CreateOrder>,
+) -> Result<Response, ApiError> {
+    let (sku, quantity, payment) = parse_order(&body)?;
+    let key = idempotency::key_from(&headers)?;
+    let fingerprint = mall_core::fingerprint(&[
+        &sku.0.to_le_bytes(),
+        &quantity.get().to_le_bytes(),
+        payment.as_str().as_bytes(),
+        body.address.as_bytes(),
+    ]);
+    let command = Command::Reserve(Reserve {
+        user: principal.user,
+        sku,
+        quantity,
+        payment,
+        address: body.address.into(),
+        idempotency_key: key.map(Into::into),
+        fingerprint,
+        early_access: principal.is_admin(),
+    });
+    let rx = state.engine.try_submit_for_sku(sku, command).map_err(|_| {
+        state.metrics.record_refusal("overloaded");
+        ApiError::overloaded()
+    })?;
+    match rx.await.unwrap_or(Reply::Unavailable) {
+        Reply::Order { order, replayed } => {
+            if !replayed {
+                state.metrics.record_order(order.payment);
+            }
+            Ok(order_response(StatusCode::CREATED, &order, replayed))
+        }
+        Reply::StoredOrder(id) => {
+            let order = stored_order(&state, id).await?.ok_or_else(|| ApiError::internal("replay", "replayed order missing from store"))?;
+            Ok(order_response(StatusCode::CREATED, &order, true))
+        }
+        Reply::Refused(r) => {
+            state.metrics.record_refusal(r.code());
+            Err(ApiError::from_refusal(&r))
+        }
+        Reply::Item(_) | Reply::Unavailable => {
+            state.metrics.record_refusal("store_unavailable");
+            Err(ApiError::unavailable())
+        }
+    }
+}
+
+fn visible(order: &Order, principal: &Principal) -> bool {
+    principal.is_admin() || order.user == principal.user
+}
+
+/// One order: the caller's own (admins: any).
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "order id")),
+    responses((status = 200, body = OrderView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_one(State(state): State<AppState>, principal: Principal, Path(raw): Path<String>) -> ApiResult<Json<OrderView>> {
+    let id = OrderId(parse_id(&raw, "order id")?);
+    match stored_order(&state, id).await? {
+        Some(order) if visible(&order, &principal) => Ok(Json(OrderView::from(&order))),
+        _ => Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
+    }
+}
+
+fn parse_cursor(raw: &str) -> ApiResult<(Timestamp, OrderId)> {
+    let bad = || ApiError::bad_request("invalid_query", "before must be a cursor from next_before");
+    let (t, id) = raw.split_once('.').ok_or_else(bad)?;
+    Ok((Timestamp(t.parse().map_err(|_| bad())?), OrderId(id.parse().map_err(|_| bad())?)))
+}
+
+/// The caller's orders, newest first.
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", security(("bearer" = [])), params(HistoryQuery),
+    responses((status = 200, body = OrdersPage), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn list_mine(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<OrdersPage>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let user = match q.user_id {
+        Some(u) if principal.is_admin() => UserId(u),
+        Some(_) => return Err(ApiError::forbidden("only admins may read another user's orders")),
+        None => principal.user,
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=HISTORY_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be 1 to {HISTORY_PAGE_MAX}")));
+    }
+    let before = q.before.as_deref().map(parse_cursor).transpose()?;
+    let engine = state.engine.clone();
+    let mut orders = blocking(move || {
+        let mut all = Vec::new();
+        for reader in engine.readers() {
+            all.extend(reader.orders_of_user(user, before, limit + 1)?);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|e| ApiError::internal("order history", e))?;
+    orders.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    let more = orders.len() > limit;
+    orders.truncate(limit);
+    let next_before = if more { orders.last().map(|o| format!("{}.{}", o.created_at.0, o.id.0)) } else { None };
+    Ok(Json(OrdersPage { orders: orders.iter().map(OrderView::from).collect(), next_before }))
+}
+
+/// Runs a command on the order's shard and maps the reply.
+async fn order_command(state: &AppState, id: OrderId, command: Command) -> ApiResult<Reply> {
+    let rx = state
+        .engine
+        .try_submit_for_order(id, command)
+        .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownOrder))?
+        .map_err(|_| ApiError::overloaded())?;
+    Ok(rx.await.unwrap_or(Reply::Unavailable))
+}
+
+fn order_json(order: &Order) -> ApiResult<(StatusCode, serde_json::Value)> {
+    serde_json::to_value(OrderView::from(order)).map(|v| (StatusCode::OK, v)).map_err(|e| ApiError::internal("serialize", e))
+}
+
+async fn cancel_once(state: &AppState, principal: Principal, id: OrderId) -> ApiResult<(StatusCode, serde_json::Value)> {
+    let by = (!principal.is_admin()).then_some(principal.user);
+    match order_command(state, id, Command::Release { order: id, by }).await? {
+        Reply::Order { order, .. } => order_json(&order),
+        Reply::Refused(Refusal::UnknownOrder) => {
+            // Not active: cancelled already (answer as done), expired, or unknown.
+            match stored_order(state, id).await? {
+                Some(o) if visible(&o, &principal) && o.status == OrderStatus::Cancelled => order_json(&o),
+                Some(o) if visible(&o, &principal) => Err(ApiError::from_refusal(&Refusal::InvalidTransition { status: o.status, action: "cancelled" })),
+                _ => Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
+            }
+        }
+        Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+/// Cancel an order awaiting payment or paid cash on delivery: its stock goes back on sale.
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "order id")),
+    responses((status = 200, body = OrderView), (status = 404, body = crate::error::ErrorBody),
+              (status = 409, description = "invalid_order_status", body = crate::error::ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, principal: Principal, headers: HeaderMap, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    let id = OrderId(parse_id(&raw, "order id")?);
+    let key = idempotency::key_from(&headers)?;
+    let fp = mall_core::fingerprint(&[b"cancel", &id.0.to_le_bytes()]);
+    Ok(idempotency::run(&state, principal.user, key, fp, || cancel_once(&state, principal, id)).await)
+}
+
+async fn mark_paid_once(state: &AppState, id: OrderId) -> ApiResult<(StatusCode, serde_json::Value)> {
+    match order_command(state, id, Command::Confirm { order: id }).await? {
+        Reply::Order { order, .. } => order_json(&order),
+        Reply::Refused(Refusal::UnknownOrder) => match stored_order(state, id).await? {
+            Some(o) if o.status == OrderStatus::Expired => Err(ApiError::from_refusal(&Refusal::HoldExpired)),
+            Some(o) => Err(ApiError::from_refusal(&Refusal::InvalidTransition { status: o.status, action: "paid" })),
+            None => Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
+        },
+        Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+/// Admin, interim: record that an online order was paid (hold → sold).
+/// This is exactly what the payment service will call once online payment
+/// lands; it moves no money itself.
+#[utoipa::path(post, path = "/v1/admin/orders/{id}/mark-paid", tag = "admin", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "order id")),
+    responses((status = 200, body = OrderView), (status = 404, body = crate::error::ErrorBody),
+              (status = 409, description = "hold_expired, invalid_order_status", body = crate::error::ErrorBody)))]
+pub async fn mark_paid(State(state): State<AppState>, principal: Principal, headers: HeaderMap, Path(raw): Path<String>) -> Result<Response, ApiError> {
+    principal.require_admin()?;
+    let id = OrderId(parse_id(&raw, "order id")?);
+    let key = idempotency::key_from(&headers)?;
+    let fp = mall_core::fingerprint(&[b"mark-paid", &id.0.to_le_bytes()]);
+    Ok(idempotency::run(&state, principal.user, key, fp, || mark_paid_once(&state, id)).await)
+}

@@ -1,0 +1,94 @@
+//! The inventory engine as a whole: one running shard per `shard-NNN.db`,
+//! the board they publish to, and read access to their orders.
+
+use crate::{DataDir, ShardJournal, ShardReader, StoreError, Sync};
+use mall_core::{OrderId, Sku};
+use mall_inventory::{Board, Command, Inventory, InventoryConfig, Reply};
+use mall_shard::{Busy, Clock, RuntimeConfig, Shard, ShardHandle};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    pub inventory: InventoryConfig,
+    pub runtime: RuntimeConfig,
+}
+
+pub struct Engine {
+    dir: DataDir,
+    board: Arc<Board>,
+    shards: Vec<Shard<Inventory>>,
+    handles: Vec<ShardHandle<Inventory>>,
+    readers: Vec<ShardReader>,
+}
+
+impl Engine {
+    /// Rebuilds every shard from its store and starts it.
+    pub fn start(dir: DataDir, config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Engine, StoreError> {
+        let board = Arc::new(Board::default());
+        let mut shards = Vec::with_capacity(dir.shards);
+        let mut readers = Vec::with_capacity(dir.shards);
+        for shard in 0..dir.shards {
+            let path = dir.shard_path(shard);
+            let journal = ShardJournal::open(&path, shard, config.inventory.clone(), board.clone(), Sync::Full)?;
+            let running = Shard::start(format!("shard-{shard}"), journal, clock.clone(), config.runtime.clone())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            shards.push(running);
+            readers.push(ShardReader::open(&path)?);
+        }
+        let handles = shards.iter().map(Shard::handle).collect();
+        Ok(Engine { dir, board, shards, handles, readers })
+    }
+
+    pub fn dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    pub fn board(&self) -> &Arc<Board> {
+        &self.board
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn shard_of_sku(&self, sku: Sku) -> usize {
+        self.dir.shard_of(sku)
+    }
+
+    pub fn handle(&self, shard: usize) -> &ShardHandle<Inventory> {
+        &self.handles[shard]
+    }
+
+    /// Queues a command on the shard that owns `sku`; refuses at once when full.
+    pub fn try_submit_for_sku(&self, sku: Sku, command: Command) -> Result<oneshot::Receiver<Reply>, Busy> {
+        self.handles[self.shard_of_sku(sku)].try_submit(command)
+    }
+
+    /// Queues a command on the shard that owns `order`; refuses at once when full.
+    /// `None` if the id names no shard of this store.
+    pub fn try_submit_for_order(
+        &self,
+        order: OrderId,
+        command: Command,
+    ) -> Option<Result<oneshot::Receiver<Reply>, Busy>> {
+        self.handles.get(order.shard()).map(|h| h.try_submit(command))
+    }
+
+    /// Read access to the shard that owns `order`, if any.
+    pub fn reader_for_order(&self, order: OrderId) -> Option<&ShardReader> {
+        self.readers.get(order.shard())
+    }
+
+    pub fn readers(&self) -> &[ShardReader] {
+        &self.readers
+    }
+
+    /// Stops every shard after committing what is staged.
+    pub fn shutdown(self) {
+        drop(self.handles);
+        for shard in self.shards {
+            shard.join();
+        }
+    }
+}
