@@ -82,3 +82,14 @@ impl AsyncWrite for LimitedStream {
         self.stream.is_write_vectored()
     }
 }
+
+/// The peer's address, as connection info for [`LimitedListener`]'s
+/// connections (serve with `into_make_service_with_connect_info::<Peer>()`).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}

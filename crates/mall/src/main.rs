@@ -1,1 +1,225 @@
-fn main() {}
+//! `mall`: the binary is glue over the library crates.
+
+mod bench;
+mod config;
+mod seed;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use mall_shard::{Clock, SystemClock};
+use mall_store::{Accounts, DataDir, Engine};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "mall", version, about = "The flash-sale platform for Singles' Day")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the HTTP API on the embedded store.
+    Serve(ServeArgs),
+    /// Create a Singles' Day catalog (and shopper accounts) in a data directory.
+    Seed(seed::SeedArgs),
+    /// Audit a data directory offline: exits non-zero on any violation.
+    Check {
+        #[arg(long, env = "MALL_DATA", default_value = "mall-data")]
+        data: PathBuf,
+    },
+    /// Benchmarks that print numbers.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML file with any of the settings below (flags and env win).
+    #[arg(long, env = "MALL_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "MALL_ADDR")]
+    addr: Option<SocketAddr>,
+    #[arg(long, env = "MALL_DATA")]
+    data: Option<PathBuf>,
+    #[arg(long, env = "MALL_SHARDS")]
+    shards: Option<usize>,
+    /// How long an unpaid order holds its stock, e.g. "15m".
+    #[arg(long, env = "MALL_HOLD_TIMEOUT", value_parser = humantime::parse_duration)]
+    hold_timeout: Option<Duration>,
+    #[arg(long, env = "MALL_QUEUE_CAPACITY")]
+    queue_capacity: Option<usize>,
+    #[arg(long, env = "MALL_BATCH_COMMANDS_MAX")]
+    batch_commands_max: Option<usize>,
+    #[arg(long, env = "MALL_BODY_BYTES_MAX")]
+    body_bytes_max: Option<usize>,
+    #[arg(long, env = "MALL_CONNECTIONS_MAX")]
+    connections_max: Option<usize>,
+    #[arg(long, env = "MALL_USER_RATE_PER_S")]
+    user_rate_per_s: Option<f64>,
+    /// Seed a Singles' Day catalog first if the store has no items.
+    #[arg(long)]
+    seed: bool,
+    #[command(flatten)]
+    seed_args: seed::CatalogArgs,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MALL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Serve(args) => serve(args),
+        Cmd::Seed(args) => seed::run(args),
+        Cmd::Check { data } => check(&data),
+        Cmd::Bench { which } => bench::run(which),
+    }
+}
+
+/// Holds the data directory's lock: one process writes a store at a time.
+pub struct DirLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_data_dir(path: &Path) -> Result<DirLock> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join("LOCK"))
+        .context("opening the data directory's lock file")?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!("{} is in use by another mall process (serve, seed or bench)", path.display())
+    })?;
+    Ok(DirLock(file))
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = config::Config::load(args.config.as_deref())?;
+    macro_rules! over {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field { config.$field = v; } )* };
+    }
+    over!(addr, data, hold_timeout, queue_capacity, batch_commands_max, body_bytes_max, connections_max, user_rate_per_s);
+    if args.shards.is_some() {
+        config.shards = args.shards;
+    }
+    config.check()?;
+    let _lock = lock_data_dir(&config.data)?;
+    let shards = config.shards.or_else(|| {
+        // A new directory gets one shard per core; an existing one keeps its count.
+        (!config.data.join("mall.db").exists())
+            .then(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    });
+    let dir = DataDir::open(&config.data, shards)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let accounts = Arc::new(Accounts::open(&dir.accounts_path())?);
+    let started = std::time::Instant::now();
+    let engine = Arc::new(Engine::start(dir.clone(), config.engine(), clock.clone())?);
+    tracing::info!(shards = dir.shards, items = engine.board().len(), took_ms = started.elapsed().as_millis() as u64, "store loaded");
+    if args.seed && engine.board().is_empty() {
+        seed::seed_catalog(&engine, &accounts, &args.seed_args, clock.now())?;
+    }
+    let state = mall_http::AppState::new(engine.clone(), accounts, config.http(), clock)?;
+    let admin_token = std::env::var("MALL_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    if let Some(t) = &admin_token {
+        anyhow::ensure!(t.len() >= 32, "MALL_ADMIN_TOKEN must be at least 32 characters");
+    }
+    let admin_password = std::env::var("MALL_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+    if let Some(token) = mall_http::bootstrap_admin(&state, admin_token.as_deref(), admin_password.as_deref())? {
+        let path = dir.path.join("admin-token");
+        write_secret(&path, &token)?;
+        tracing::info!(path = %path.display(), "first start: an admin token was generated and written to this file");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, data = %dir.path.display(), "mall is serving");
+        let housekeeping = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    every.tick().await;
+                    let s = state.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.housekeeping()).await;
+                }
+            })
+        };
+        let app = mall_http::router(state).into_make_service_with_connect_info::<mall_http::listener::Peer>();
+        let listener = mall_http::listener::LimitedListener::new(listener, config.connections_max);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        housekeeping.abort();
+        anyhow::Ok(())
+    })?;
+    drop(runtime);
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.shutdown(),
+        Err(_) => tracing::warn!("requests still in flight at shutdown; committed work is safe"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Writes a secret readable by the owner only.
+pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(secret.as_bytes())?;
+    Ok(())
+}
+
+fn check(data: &Path) -> Result<()> {
+    let dir = DataDir::open_existing(data)?;
+    let report = mall_store::audit_data_dir(&dir)?;
+    println!("mall check {}", data.display());
+    println!("  shards {}  items {}  orders {}", report.shards, report.items, report.orders);
+    for (status, n) in &report.orders_by_status {
+        println!("  {status:<17} {n}");
+    }
+    println!("  units held {}  units sold {}", report.units_held, report.units_sold);
+    if report.is_clean() {
+        println!("OK: conservation holds for every SKU, no order counted twice, per-user limits respected");
+        Ok(())
+    } else {
+        println!("FAILED: {} violation(s)", report.violations.len());
+        for v in report.violations.iter().take(100) {
+            println!("  - {v}");
+        }
+        std::process::exit(1);
+    }
+}

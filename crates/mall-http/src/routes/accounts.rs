@@ -142,8 +142,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         let addr = parts
             .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+            .get::<axum::extract::ConnectInfo<crate::listener::Peer>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
         Ok(ClientAddr(addr))
     }
 }

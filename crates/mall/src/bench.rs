@@ -1,0 +1,228 @@
+//! `mall bench engine`: the inventory engine in-process, durability on
+//! (real SQLite files, `synchronous=FULL`), on two shapes of the night:
+//!
+//! - `hot`: one SKU, stock 10,000, 1,000,000 attempts from 100,000 users;
+//! - `spread`: 10,000 SKUs with Zipf(1.1) popularity and ample stock, every
+//!   attempt succeeds and is durable.
+//!
+//! Clients submit envelopes of commands (as a load balancer batching
+//! requests would); each command is still decided on its own, in arrival
+//! order. Latency is per envelope, from submission to durable reply, and is
+//! counted once per command in it.
+
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
+use mall_core::{Category, Fen, Item, MerchantId, PaymentMethod, Quantity, Sku, Timestamp, UserId};
+use mall_inventory::sim::Rng;
+use mall_inventory::{Command, Reply, Reserve};
+use mall_shard::{Clock, SystemClock};
+use mall_store::{DataDir, Engine, EngineConfig};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum Which {
+    /// The inventory engine in-process, durable.
+    Engine {
+        #[arg(long, value_enum, default_value = "both")]
+        shape: Shape,
+        #[arg(long, default_value_t = 1_000_000)]
+        attempts: u64,
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        /// Shards; default one per core.
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Commands per envelope.
+        #[arg(long, default_value_t = 512)]
+        envelope: usize,
+        /// Client threads.
+        #[arg(long, default_value_t = 2)]
+        clients: usize,
+        /// Envelopes each client keeps in flight.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Shape {
+    Hot,
+    Spread,
+    Both,
+}
+
+pub fn run(which: Which) -> Result<()> {
+    let Which::Engine { shape, attempts, users, shards, envelope, clients, window } = which;
+    let shards = shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let params = Params { attempts, users, shards, envelope: envelope.max(1), clients: clients.max(1), window: window.max(1) };
+    println!("mall bench engine: {attempts} attempts, {users} users, {shards} shard(s), envelopes of {envelope}, {clients} client(s) x {window} in flight, synchronous=FULL");
+    println!("{:<8} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9} {:>8}", "shape", "attempts", "orders", "decisions/s", "p50 ms", "p99 ms", "max ms", "audit");
+    if matches!(shape, Shape::Hot | Shape::Both) {
+        bench_shape(&params, true)?;
+    }
+    if matches!(shape, Shape::Spread | Shape::Both) {
+        bench_shape(&params, false)?;
+    }
+    Ok(())
+}
+
+struct Params {
+    attempts: u64,
+    users: u64,
+    shards: usize,
+    envelope: usize,
+    clients: usize,
+    window: usize,
+}
+
+/// Cumulative Zipf(s) over `n` ranks, for sampling by binary search.
+fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let mut acc = 0.0;
+    let mut cdf: Vec<f64> = (1..=n).map(|k| { acc += 1.0 / (k as f64).powf(s); acc }).collect();
+    for c in &mut cdf {
+        *c /= acc;
+    }
+    cdf
+}
+
+fn bench_shape(p: &Params, hot: bool) -> Result<()> {
+    let tmp = tempfile_dir()?;
+    let dir = DataDir::open(&tmp, Some(p.shards))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let now = clock.now();
+    let mut config = EngineConfig::default();
+    config.inventory.idempotency_keys_max = (p.attempts as usize).max(1);
+    let engine = Arc::new(Engine::start(dir.clone(), config, clock)?);
+    let (items, stock) = if hot { (1u64, 10_000u32) } else { (10_000u64, 1_000_000u32) };
+    // Create the items.
+    let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); p.shards];
+    for sku in 1..=items {
+        let item = Item {
+            sku: Sku(sku),
+            merchant: MerchantId(1),
+            title: format!("bench {sku}"),
+            category: Category::Electronics,
+            price_fen: Fen(9_900),
+            stock_total: stock,
+            per_user_limit: if hot { 1 } else { 1_000 },
+            opens_at: now.plus_ms(-1_000),
+            closes_at: now.plus_ms(3_600_000),
+            shelf_life_hours: None,
+        };
+        per_shard[engine.shard_of_sku(Sku(sku))].push(Command::PutItem { item, create: true });
+    }
+    for (shard, cmds) in per_shard.into_iter().enumerate() {
+        if !cmds.is_empty() {
+            engine.handle(shard).submit_many(cmds)?.blocking_recv().context("put items")?;
+        }
+    }
+    let cdf = Arc::new(zipf_cdf(items as usize, 1.1));
+    let per_client = p.attempts / p.clients as u64;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..p.clients)
+        .map(|c| {
+            let (engine, cdf) = (engine.clone(), cdf.clone());
+            let (users, envelope, window, shards) = (p.users, p.envelope, p.window, p.shards);
+            std::thread::spawn(move || client(c as u64, per_client, users, envelope, window, shards, &engine, &cdf))
+        })
+        .collect();
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut orders = 0u64;
+    for h in handles {
+        let (o, hh) = h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        orders += o;
+        hist.add(hh)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let engine = Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("engine still shared"))?;
+    engine.shutdown();
+    let report = mall_store::audit_data_dir(&dir)?;
+    let expected_ok = if hot { orders == u64::from(stock) } else { orders == per_client * p.clients as u64 };
+    let audit = if report.is_clean() && expected_ok && report.orders as u64 == orders { "ok" } else { "FAILED" };
+    let attempts = per_client * p.clients as u64;
+    println!(
+        "{:<8} {:>10} {:>10} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>8}",
+        if hot { "hot" } else { "spread" },
+        attempts,
+        orders,
+        attempts as f64 / elapsed,
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+        hist.max() as f64 / 1000.0,
+        audit
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    anyhow::ensure!(audit == "ok", "audit failed: {:?} (orders {orders})", report.violations.iter().take(5).collect::<Vec<_>>());
+    Ok(())
+}
+
+type ClientResult = Result<(u64, hdrhistogram::Histogram<u64>)>;
+
+#[allow(clippy::too_many_arguments)]
+fn client(id: u64, attempts: u64, users: u64, envelope: usize, window: usize, shards: usize, engine: &Engine, cdf: &[f64]) -> ClientResult {
+    let mut rng = Rng::new(0xbe0c + id);
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut orders = 0u64;
+    let mut sent = 0u64;
+    let mut pending: Vec<Vec<Command>> = vec![Vec::new(); shards];
+    let flush = |shard: usize, cmds: Vec<Command>, in_flight: &mut std::collections::VecDeque<_>| -> Result<()> {
+        let n = cmds.len() as u64;
+        let rx = engine.handle(shard).submit_many(cmds)?;
+        in_flight.push_back((Instant::now(), n, rx));
+        Ok(())
+    };
+    let mut drain_one = |in_flight: &mut std::collections::VecDeque<(Instant, u64, tokio::sync::oneshot::Receiver<Vec<Reply>>)>| -> Result<()> {
+        if let Some((at, n, rx)) = in_flight.pop_front() {
+            let replies = rx.blocking_recv().context("reply dropped")?;
+            let us = at.elapsed().as_micros().max(1) as u64;
+            hist.record_n(us, n)?;
+            orders += replies.iter().filter(|r| matches!(r, Reply::Order { .. })).count() as u64;
+            if let Some(bad) = replies.iter().find(|r| matches!(r, Reply::Unavailable)) {
+                anyhow::bail!("engine answered {bad:?}");
+            }
+        }
+        Ok(())
+    };
+    while sent < attempts {
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let sku = Sku(cdf.partition_point(|&c| c < u) as u64 + 1);
+        let user = UserId(1 + rng.below(users));
+        sent += 1;
+        let shard = (sku.0 % shards as u64) as usize;
+        pending[shard].push(Command::Reserve(Reserve {
+            user,
+            sku,
+            quantity: Quantity::new(1).expect("1 is a quantity"),
+            payment: PaymentMethod::Online,
+            address: "Bench Road 11".into(),
+            idempotency_key: Some(format!("c{id}-{sent}").into()),
+            fingerprint: sent,
+            early_access: false,
+        }));
+        if pending[shard].len() >= envelope {
+            let cmds = std::mem::take(&mut pending[shard]);
+            flush(shard, cmds, &mut in_flight)?;
+            while in_flight.len() >= window {
+                drain_one(&mut in_flight)?;
+            }
+        }
+    }
+    for (shard, cmds) in pending.into_iter().enumerate() {
+        if !cmds.is_empty() {
+            flush(shard, cmds, &mut in_flight)?;
+        }
+    }
+    while !in_flight.is_empty() {
+        drain_one(&mut in_flight)?;
+    }
+    Ok((orders, hist))
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let base = std::env::var_os("MALL_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let dir = base.join(format!("mall-bench-{}-{}", std::process::id(), Timestamp(SystemClock.now().0).0));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

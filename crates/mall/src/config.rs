@@ -1,0 +1,124 @@
+//! `mall serve` configuration: defaults, then a TOML file, then environment
+//! variables and flags (clap reads both), later ones winning.
+
+use mall_http::{HttpConfig, RateConfig};
+use mall_inventory::InventoryConfig;
+use mall_shard::RuntimeConfig;
+use mall_store::EngineConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every setting of `mall serve`, as it appears in the TOML file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    /// Inventory shards; default one per core (a data directory keeps the count it was made with).
+    pub shards: Option<usize>,
+    #[serde(with = "humantime_serde_lite")]
+    pub hold_timeout: Duration,
+    pub queue_capacity: usize,
+    pub batch_commands_max: usize,
+    pub staged_effects_max: usize,
+    pub idempotency_keys_max: usize,
+    pub body_bytes_max: usize,
+    pub connections_max: usize,
+    #[serde(with = "humantime_serde_lite")]
+    pub session_ttl: Duration,
+    pub user_rate_per_s: f64,
+    pub user_burst: f64,
+    pub anonymous_rate_per_s: f64,
+    pub anonymous_burst: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let http = HttpConfig::default();
+        let runtime = RuntimeConfig::default();
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data: PathBuf::from("mall-data"),
+            shards: None,
+            hold_timeout: Duration::from_millis(InventoryConfig::default().hold_timeout_ms as u64),
+            queue_capacity: runtime.queue_capacity,
+            batch_commands_max: runtime.batch_commands_max,
+            staged_effects_max: runtime.staged_effects_max,
+            idempotency_keys_max: InventoryConfig::default().idempotency_keys_max,
+            body_bytes_max: http.body_bytes_max,
+            connections_max: http.connections_max,
+            session_ttl: Duration::from_millis(http.session_ttl_ms as u64),
+            user_rate_per_s: http.rate.user_rate_per_s,
+            user_burst: http.rate.user_burst,
+            anonymous_rate_per_s: http.rate.anonymous_rate_per_s,
+            anonymous_burst: http.rate.anonymous_burst,
+        }
+    }
+}
+
+/// Durations in TOML as humantime strings ("15m", "30s").
+mod humantime_serde_lite {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let Some(path) = file else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            inventory: InventoryConfig {
+                hold_timeout_ms: self.hold_timeout.as_millis() as i64,
+                idempotency_keys_max: self.idempotency_keys_max,
+                ..InventoryConfig::default()
+            },
+            runtime: RuntimeConfig {
+                queue_capacity: self.queue_capacity,
+                batch_commands_max: self.batch_commands_max,
+                staged_effects_max: self.staged_effects_max,
+                ..RuntimeConfig::default()
+            },
+        }
+    }
+
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig {
+            body_bytes_max: self.body_bytes_max,
+            connections_max: self.connections_max,
+            session_ttl_ms: self.session_ttl.as_millis() as i64,
+            rate: RateConfig {
+                user_rate_per_s: self.user_rate_per_s,
+                user_burst: self.user_burst,
+                anonymous_rate_per_s: self.anonymous_rate_per_s,
+                anonymous_burst: self.anonymous_burst,
+                ..RateConfig::default()
+            },
+            ..HttpConfig::default()
+        }
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.hold_timeout >= Duration::from_secs(1), "hold_timeout must be at least 1s");
+        anyhow::ensure!(self.queue_capacity >= 1, "queue_capacity must be at least 1");
+        anyhow::ensure!(self.batch_commands_max >= 1, "batch_commands_max must be at least 1");
+        anyhow::ensure!(self.staged_effects_max >= 1, "staged_effects_max must be at least 1");
+        anyhow::ensure!(self.body_bytes_max >= 1024, "body_bytes_max must be at least 1024");
+        anyhow::ensure!(self.connections_max >= 1, "connections_max must be at least 1");
+        anyhow::ensure!(self.user_rate_per_s > 0.0 && self.anonymous_rate_per_s > 0.0, "rates must be positive");
+        if let Some(n) = self.shards {
+            anyhow::ensure!((1..=mall_core::OrderId::SHARDS_MAX).contains(&n), "shards must be 1 to 256");
+        }
+        Ok(())
+    }
+}
