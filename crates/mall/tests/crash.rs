@@ -1,0 +1,202 @@
+//! Crash test on the real binary: concurrent snap-ups over HTTP, `kill -9`
+//! mid-run, restart, and every acknowledged order must be there with exact
+//! stock counts; `mall check` must pass. Two kill cycles.
+
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "crash-test-admin-token-0123456789abcdef";
+const ITEMS: usize = 4;
+const STOCK: i64 = 300;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start(data: &std::path::Path) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data)
+        .args(["--shards", "2", "--user-rate-per-s", "100000"])
+        .env("MALL_ADMIN_TOKEN", ADMIN)
+        .env("MALL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mall serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = agent().get(&format!("{base}/healthz")).call() {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, base }
+}
+
+fn call(agent: &ureq::Agent, method: &str, url: &str, token: &str, body: Option<Value>, key: Option<&str>) -> Option<(u16, Value)> {
+    let result = match (method, body) {
+        ("GET", _) => agent.get(url).header("authorization", &format!("Bearer {token}")).call(),
+        (_, body) => {
+            let mut req = agent.post(url).header("authorization", &format!("Bearer {token}"));
+            if let Some(k) = key {
+                req = req.header("idempotency-key", k);
+            }
+            req.send_json(body.unwrap_or(json!({})))
+        }
+    };
+    let mut response = result.ok()?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+    Some((status, body))
+}
+
+#[derive(Clone, Debug)]
+struct Acked {
+    id: u64,
+    sku: u64,
+    user: u64,
+    status: String,
+}
+
+#[test]
+fn kill_dash_nine_loses_no_acknowledged_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = start(&data);
+    let a = agent();
+    let m = call(&a, "POST", &format!("{}/v1/admin/merchants", server.base), ADMIN, Some(json!({"name": "Crash Store"})), None).unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let mut skus = Vec::new();
+    for n in 0..ITEMS {
+        let body = json!({"merchant_id": m.1["id"], "title": format!("hot item {n}"), "category": "electronics", "price_fen": 99900,
+                          "stock": STOCK, "per_user_limit": 2, "opens_at_ms": now_ms - 1000, "closes_at_ms": now_ms + 3_600_000});
+        let r = call(&a, "POST", &format!("{}/v1/admin/items", server.base), ADMIN, Some(body), None).unwrap();
+        assert_eq!(r.0, 201, "{}", r.1);
+        skus.push(r.1["sku"].as_u64().unwrap());
+    }
+    let r = call(&a, "POST", &format!("{}/v1/admin/users/bulk", server.base), ADMIN, Some(json!({"count": 2000})), None).unwrap();
+    let users: Vec<(u64, String)> = r.1["users"].as_array().unwrap().iter().map(|u| (u["id"].as_u64().unwrap(), u["token"].as_str().unwrap().to_string())).collect();
+    let users = Arc::new(users);
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
+
+    for cycle in 0..2 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let (users, acked, stop, skus, base) = (users.clone(), acked.clone(), stop.clone(), skus.clone(), server.base.clone());
+                std::thread::spawn(move || {
+                    let agent = agent();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let (user, token) = &users[((w * 7919 + n * 104_729) % users.len() as u64) as usize];
+                        let sku = skus[(n as usize + w as usize) % skus.len()];
+                        let pay = if n % 4 == 0 { "cod" } else { "online" };
+                        let body = json!({"sku": sku, "quantity": 1, "payment": pay, "address": "11 Singles Road"});
+                        let key = format!("c{cycle}-w{w}-{n}");
+                        if let Some((201, o)) = call(&agent, "POST", &format!("{base}/v1/orders"), token, Some(body), Some(&key)) {
+                            assert_eq!(o["user_id"].as_u64(), Some(*user));
+                            let id = o["id"].as_u64().unwrap();
+                            // Some shoppers cancel right away; the cancel is acknowledged too.
+                            let status = if n % 7 == 0 {
+                                match call(&agent, "POST", &format!("{base}/v1/orders/{id}/cancel"), token, None, None) {
+                                    Some((200, c)) => c["status"].as_str().unwrap().to_string(),
+                                    _ => o["status"].as_str().unwrap().to_string(),
+                                }
+                            } else {
+                                o["status"].as_str().unwrap().to_string()
+                            };
+                            acked.lock().unwrap().push(Acked { id, sku, user: *user, status });
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        // kill -9 while requests are in flight.
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap();
+        }
+        server = start(&data);
+        let acked_now = acked.lock().unwrap().clone();
+        assert!(acked_now.len() > 50, "cycle {cycle}: too few orders acknowledged ({}) for the test to mean much", acked_now.len());
+        for o in &acked_now {
+            let (status, body) = call(&a, "GET", &format!("{}/v1/orders/{}", server.base, o.id), ADMIN, None, None).unwrap();
+            assert_eq!(status, 200, "cycle {cycle}: acknowledged order {} lost", o.id);
+            assert_eq!((body["sku"].as_u64(), body["user_id"].as_u64()), (Some(o.sku), Some(o.user)));
+            if o.status == "cancelled" {
+                assert_eq!(body["status"], "cancelled", "acknowledged cancel of {} lost", o.id);
+            } else {
+                assert_ne!(body["status"], "cancelled");
+            }
+        }
+        // Conservation, exact, per SKU.
+        for sku in &skus {
+            let (_, item) = call(&a, "GET", &format!("{}/v1/items/{sku}", server.base), ADMIN, None, None).unwrap();
+            let (av, held, sold) = (item["available"].as_i64().unwrap(), item["held"].as_i64().unwrap(), item["sold"].as_i64().unwrap());
+            assert_eq!(av + held + sold, STOCK, "cycle {cycle}: conservation for {sku}: {item}");
+            let live = acked_now.iter().filter(|o| o.sku == *sku && o.status != "cancelled").count() as i64;
+            assert!(held + sold >= live, "cycle {cycle}: SKU {sku} counts {held}+{sold} below {live} acknowledged live orders");
+        }
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_mall")).args(["check", "--data"]).arg(&data).output().unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "mall check failed:\n{text}");
+    assert!(text.contains("OK: conservation holds"), "{text}");
+}
+
+#[test]
+fn check_fails_on_an_oversold_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let seeded = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["seed", "--items", "20", "--merchants", "3", "--shards", "1", "--opens-in", "0s", "--data"])
+        .arg(&data)
+        .env("MALL_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
+    let ok = Command::new(env!("CARGO_BIN_EXE_mall")).args(["check", "--data"]).arg(&data).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    // Tamper: sell 3 units of an item whose stock is 1, behind the engine's back.
+    let conn = rusqlite::Connection::open(data.join("shard-000.db")).unwrap();
+    conn.execute("UPDATE items SET stock_total = 1 WHERE sku = 1", []).unwrap();
+    for id in 1..=3i64 {
+        conn.execute(
+            "INSERT INTO orders (id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, request_fingerprint, created_at_ms, updated_at_ms)
+             VALUES (?1, 1, ?1, 1, 100, 100, 'cod', 'confirmed', 'x', 0, 0, 0)",
+            [id << 8],
+        ).unwrap();
+    }
+    drop(conn);
+    let bad = Command::new(env!("CARGO_BIN_EXE_mall")).args(["check", "--data"]).arg(&data).output().unwrap();
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success(), "check passed an oversold store:\n{text}");
+    assert!(text.contains("oversold"), "{text}");
+}
