@@ -65,7 +65,10 @@ impl OrderId {
 
     pub fn new(shard: usize, seq: u64) -> OrderId {
         assert!(shard < Self::SHARDS_MAX);
-        assert!(seq < (1 << (53 - Self::SHARD_BITS)), "order id must stay exact in JSON");
+        assert!(
+            seq < (1 << (53 - Self::SHARD_BITS)),
+            "order id must stay exact in JSON"
+        );
         OrderId((seq << Self::SHARD_BITS) | shard as u64)
     }
 
@@ -215,7 +218,10 @@ impl OrderStatus {
 
     /// Does an order in this status hold stock (as held or sold)?
     pub fn is_active(self) -> bool {
-        matches!(self, OrderStatus::AwaitingPayment | OrderStatus::Paid | OrderStatus::Confirmed)
+        matches!(
+            self,
+            OrderStatus::AwaitingPayment | OrderStatus::Paid | OrderStatus::Confirmed
+        )
     }
 
     /// Does an order in this status count as sold?

@@ -8,24 +8,38 @@ pub enum Refusal {
     /// No stock left to hold.
     SoldOut,
     /// Some stock left, but less than asked for.
-    InsufficientStock { available: u32 },
+    InsufficientStock {
+        available: u32,
+    },
     /// The shopper's active orders already reach the item's per-user limit.
-    LimitReached { limit: u32, active: u32 },
+    LimitReached {
+        limit: u32,
+        active: u32,
+    },
     /// The sale has not opened yet.
-    SaleNotOpen { opens_at: Timestamp },
+    SaleNotOpen {
+        opens_at: Timestamp,
+    },
     /// The sale window has closed.
-    SaleClosed { closes_at: Timestamp },
+    SaleClosed {
+        closes_at: Timestamp,
+    },
     UnknownItem,
     /// Unknown order, or one the caller may not see (never tell them apart).
     UnknownOrder,
     /// The order's status does not allow the change.
-    InvalidTransition { status: OrderStatus, action: &'static str },
+    InvalidTransition {
+        status: OrderStatus,
+        action: &'static str,
+    },
     /// The hold lapsed before payment arrived; the stock went back on sale.
     HoldExpired,
     /// The idempotency key was used before for a different request.
     IdempotencyKeyReused,
     /// The new stock total is below what is already held or sold.
-    StockBelowCommitted { committed: u32 },
+    StockBelowCommitted {
+        committed: u32,
+    },
 }
 
 impl Refusal {

@@ -54,22 +54,44 @@ impl SessionCache {
     pub fn load(rows: Vec<SessionRow>) -> SessionCache {
         let cache = SessionCache::default();
         for row in rows {
-            cache.insert(row.token_hash, Principal { user: row.user, role: row.role, merchant: row.merchant }, row.expires_at);
+            cache.insert(
+                row.token_hash,
+                Principal {
+                    user: row.user,
+                    role: row.role,
+                    merchant: row.merchant,
+                },
+                row.expires_at,
+            );
         }
         cache
     }
 
     pub fn insert(&self, hash: [u8; 32], principal: Principal, expires_at: Timestamp) {
-        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).insert(hash, CachedSession { principal, expires_at });
+        self.by_hash
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                hash,
+                CachedSession {
+                    principal,
+                    expires_at,
+                },
+            );
     }
 
     fn lookup(&self, hash: &[u8; 32], now: Timestamp) -> Option<Principal> {
         let map = self.by_hash.read().unwrap_or_else(|p| p.into_inner());
-        map.get(hash).filter(|s| s.expires_at > now).map(|s| s.principal)
+        map.get(hash)
+            .filter(|s| s.expires_at > now)
+            .map(|s| s.principal)
     }
 
     pub fn prune(&self, now: Timestamp) {
-        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).retain(|_, s| s.expires_at > now);
+        self.by_hash
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| s.expires_at > now);
     }
 
     pub fn len(&self) -> usize {
@@ -97,13 +119,19 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     let mut salt_bytes = [0u8; 16];
     getrandom::fill(&mut salt_bytes).map_err(|_| argon2::password_hash::Error::Crypto)?;
     let salt = SaltString::encode_b64(&salt_bytes)?;
-    Ok(argon2::Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
 }
 
 pub fn verify_password(password: &str, phc: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     PasswordHash::new(phc)
-        .map(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -114,22 +142,31 @@ fn unauthenticated(code: &'static str, message: &str) -> ApiError {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthenticated("unauthenticated", "send Authorization: Bearer <token>"))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            unauthenticated("unauthenticated", "send Authorization: Bearer <token>")
+        })?;
         let token = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or_else(|| unauthenticated("unauthenticated", "send Authorization: Bearer <token>"))?;
+            .ok_or_else(|| {
+                unauthenticated("unauthenticated", "send Authorization: Bearer <token>")
+            })?;
         let principal = state
             .sessions
             .lookup(&hash_token(token), state.now())
-            .ok_or_else(|| unauthenticated("invalid_token", "the token is unknown or expired; log in again"))?;
+            .ok_or_else(|| {
+                unauthenticated(
+                    "invalid_token",
+                    "the token is unknown or expired; log in again",
+                )
+            })?;
         state.limiter.check_user(&principal)?;
         Ok(principal)
     }

@@ -23,10 +23,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
 
 fn reject(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {}", source_text(&e)))
-        }
-        JsonRejection::JsonDataError(e) => ApiError::invalid(format!("the body does not fit the schema: {}", source_text(&e))),
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
+            "malformed_json",
+            format!("the body is not valid JSON: {}", source_text(&e)),
+        ),
+        JsonRejection::JsonDataError(e) => ApiError::invalid(format!(
+            "the body does not fit the schema: {}",
+            source_text(&e)
+        )),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -34,7 +38,11 @@ fn reject(rejection: JsonRejection) -> ApiError {
         ),
         JsonRejection::BytesRejection(e) => {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is too large",
+                )
             } else {
                 ApiError::bad_request("unreadable_body", "the request body could not be read")
             }

@@ -116,9 +116,15 @@ impl AppState {
     }
 
     /// Opens a session for `principal` under `token` (already shown to its owner).
-    pub fn open_session(&self, token: &str, principal: Principal, expires_at: Timestamp) -> Result<(), mall_store::StoreError> {
+    pub fn open_session(
+        &self,
+        token: &str,
+        principal: Principal,
+        expires_at: Timestamp,
+    ) -> Result<(), mall_store::StoreError> {
         let hash = auth::hash_token(token);
-        self.accounts.insert_session(&hash, principal.user, expires_at, self.now())?;
+        self.accounts
+            .insert_session(&hash, principal.user, expires_at, self.now())?;
         self.sessions.insert(hash, principal, expires_at);
         Ok(())
     }
@@ -147,17 +153,32 @@ pub fn bootstrap_admin(
     let now = state.now();
     let admin = match state.accounts.user_by_name("admin")? {
         Some(u) if u.role == Role::Admin => u.id,
-        Some(_) => return Err(BootstrapError::Refused("the username 'admin' belongs to a non-admin account".into())),
+        Some(_) => {
+            return Err(BootstrapError::Refused(
+                "the username 'admin' belongs to a non-admin account".into(),
+            ))
+        }
         None => {
-            let user = NewUser { username: "admin".into(), role: Role::Admin, merchant: None, password_hash: None, session: None };
+            let user = NewUser {
+                username: "admin".into(),
+                role: Role::Admin,
+                merchant: None,
+                password_hash: None,
+                session: None,
+            };
             state.accounts.create_users(&[user], now)?[0]
         }
     };
     if let Some(password) = password {
-        let hash = auth::hash_password(password).map_err(|e| BootstrapError::Refused(format!("hash admin password: {e}")))?;
+        let hash = auth::hash_password(password)
+            .map_err(|e| BootstrapError::Refused(format!("hash admin password: {e}")))?;
         state.accounts.set_password_hash(admin, &hash)?;
     }
-    let principal = Principal { user: admin, role: Role::Admin, merchant: None };
+    let principal = Principal {
+        user: admin,
+        role: Role::Admin,
+        merchant: None,
+    };
     let forever = now.plus_ms(10 * 365 * 24 * 3_600_000);
     if let Some(token) = token {
         state.open_session(token, principal, forever)?;
@@ -189,7 +210,12 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
-    state.metrics.record_request(&method, &route, response.status().as_u16(), started.elapsed());
+    state.metrics.record_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -197,6 +223,8 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
 pub fn router(state: AppState) -> Router {
     routes::routes()
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
-        .layer(axum::extract::DefaultBodyLimit::max(state.config.body_bytes_max))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.body_bytes_max,
+        ))
         .with_state(state)
 }

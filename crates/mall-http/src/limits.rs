@@ -49,14 +49,23 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(config: RateConfig) -> RateLimiter {
-        RateLimiter { config, stripes: (0..STRIPES).map(|_| Mutex::new(FxHashMap::default())).collect() }
+        RateLimiter {
+            config,
+            stripes: (0..STRIPES)
+                .map(|_| Mutex::new(FxHashMap::default()))
+                .collect(),
+        }
     }
 
     pub fn check_user(&self, p: &Principal) -> Result<(), ApiError> {
         if p.is_admin() {
             return Ok(());
         }
-        self.take(p.user.0, self.config.user_rate_per_s, self.config.user_burst)
+        self.take(
+            p.user.0,
+            self.config.user_rate_per_s,
+            self.config.user_burst,
+        )
     }
 
     pub fn check_address(&self, addr: std::net::IpAddr) -> Result<(), ApiError> {
@@ -64,7 +73,11 @@ impl RateLimiter {
             std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
             std::net::IpAddr::V6(v6) => (u128::from(v6) as u64) ^ ((u128::from(v6) >> 64) as u64),
         } | (1 << 63);
-        self.take(key, self.config.anonymous_rate_per_s, self.config.anonymous_burst)
+        self.take(
+            key,
+            self.config.anonymous_rate_per_s,
+            self.config.anonymous_burst,
+        )
     }
 
     fn take(&self, key: u64, rate: f64, burst: f64) -> Result<(), ApiError> {
@@ -74,8 +87,12 @@ impl RateLimiter {
         if map.len() >= self.config.buckets_max / STRIPES {
             map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
         }
-        let bucket = map.entry(key).or_insert(Bucket { tokens: burst, at: now });
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        let bucket = map.entry(key).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -83,7 +100,11 @@ impl RateLimiter {
         } else {
             Err(ApiError {
                 retry_after_s: Some(1),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down")
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests; slow down",
+                )
             })
         }
     }

@@ -95,7 +95,11 @@ impl Metrics {
     pub fn render(&self, engine: &Engine, sessions: usize) -> String {
         let mut out = String::with_capacity(16 * 1024);
         out.push_str("# HELP mall_http_request_duration_seconds Request latency by route.\n# TYPE mall_http_request_duration_seconds histogram\n");
-        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for ((method, route), stats) in &routes {
             stats.latency.write_prometheus(
                 &mut out,
@@ -111,37 +115,76 @@ impl Metrics {
             }
         }
         out.push_str("# HELP mall_orders_total Orders created, by payment method.\n# TYPE mall_orders_total counter\n");
-        let _ = writeln!(out, "mall_orders_total{{payment=\"online\"}} {}", self.orders_online.load(Ordering::Relaxed));
-        let _ = writeln!(out, "mall_orders_total{{payment=\"cod\"}} {}", self.orders_cod.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "mall_orders_total{{payment=\"online\"}} {}",
+            self.orders_online.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "mall_orders_total{{payment=\"cod\"}} {}",
+            self.orders_cod.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP mall_refusals_total Refused requests by reason.\n# TYPE mall_refusals_total counter\n");
         for (i, code) in REFUSAL_CODES.iter().enumerate() {
-            let _ = writeln!(out, "mall_refusals_total{{reason=\"{code}\"}} {}", self.refusals[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "mall_refusals_total{{reason=\"{code}\"}} {}",
+                self.refusals[i].load(Ordering::Relaxed)
+            );
         }
         out.push_str("# HELP mall_shard_queue_depth Commands waiting in each shard's queue.\n# TYPE mall_shard_queue_depth gauge\n");
         for shard in 0..engine.shard_count() {
-            let _ = writeln!(out, "mall_shard_queue_depth{{shard=\"{shard}\"}} {}", engine.handle(shard).queue_depth());
+            let _ = writeln!(
+                out,
+                "mall_shard_queue_depth{{shard=\"{shard}\"}} {}",
+                engine.handle(shard).queue_depth()
+            );
         }
         out.push_str("# HELP mall_shard_apply_batch_commands Commands applied per batch.\n# TYPE mall_shard_apply_batch_commands histogram\n");
         for shard in 0..engine.shard_count() {
             let s = engine.handle(shard).stats();
-            s.apply_batch_commands.write_prometheus(&mut out, "mall_shard_apply_batch_commands", &format!("shard=\"{shard}\""));
+            s.apply_batch_commands.write_prometheus(
+                &mut out,
+                "mall_shard_apply_batch_commands",
+                &format!("shard=\"{shard}\""),
+            );
         }
         out.push_str("# HELP mall_shard_commit_batch_effects Effects per committed batch (one transaction).\n# TYPE mall_shard_commit_batch_effects histogram\n");
         for shard in 0..engine.shard_count() {
             let s = engine.handle(shard).stats();
-            s.commit_batch_effects.write_prometheus(&mut out, "mall_shard_commit_batch_effects", &format!("shard=\"{shard}\""));
+            s.commit_batch_effects.write_prometheus(
+                &mut out,
+                "mall_shard_commit_batch_effects",
+                &format!("shard=\"{shard}\""),
+            );
         }
         out.push_str("# HELP mall_shard_commit_seconds Time to commit one batch.\n# TYPE mall_shard_commit_seconds histogram\n");
         for shard in 0..engine.shard_count() {
             let s = engine.handle(shard).stats();
-            s.commit_seconds.write_prometheus(&mut out, "mall_shard_commit_seconds", &format!("shard=\"{shard}\""));
+            s.commit_seconds.write_prometheus(
+                &mut out,
+                "mall_shard_commit_seconds",
+                &format!("shard=\"{shard}\""),
+            );
         }
         out.push_str("# HELP mall_shard_commit_failures_total Failed commits (the shard reloads).\n# TYPE mall_shard_commit_failures_total counter\n");
         for shard in 0..engine.shard_count() {
-            let n = engine.handle(shard).stats().commit_failures.load(Ordering::Relaxed);
-            let _ = writeln!(out, "mall_shard_commit_failures_total{{shard=\"{shard}\"}} {n}");
+            let n = engine
+                .handle(shard)
+                .stats()
+                .commit_failures
+                .load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "mall_shard_commit_failures_total{{shard=\"{shard}\"}} {n}"
+            );
         }
-        let _ = writeln!(out, "# HELP mall_items Items on sale.\n# TYPE mall_items gauge\nmall_items {}", engine.board().len());
+        let _ = writeln!(
+            out,
+            "# HELP mall_items Items on sale.\n# TYPE mall_items gauge\nmall_items {}",
+            engine.board().len()
+        );
         let _ = writeln!(out, "# HELP mall_sessions Live sessions.\n# TYPE mall_sessions gauge\nmall_sessions {sessions}");
         out
     }

@@ -42,25 +42,58 @@ impl Api {
         config.inventory.hold_timeout_ms = 60_000;
         config.runtime.tick_interval = std::time::Duration::from_millis(5);
         let engine = Arc::new(Engine::start(data, config, dyn_clock.clone()).unwrap());
-        let state = mall_http::AppState::new(engine, accounts, mall_http::HttpConfig::default(), dyn_clock).unwrap();
-        assert_eq!(mall_http::bootstrap_admin(&state, Some(ADMIN), None).unwrap(), None);
-        Api { app: mall_http::router(state), clock, _dir: dir }
+        let state = mall_http::AppState::new(
+            engine,
+            accounts,
+            mall_http::HttpConfig::default(),
+            dyn_clock,
+        )
+        .unwrap();
+        assert_eq!(
+            mall_http::bootstrap_admin(&state, Some(ADMIN), None).unwrap(),
+            None
+        );
+        Api {
+            app: mall_http::router(state),
+            clock,
+            _dir: dir,
+        }
     }
 
     async fn raw(&self, req: Request<Body>) -> Reply {
         let response = self.app.clone().oneshot(req).await.unwrap();
         let status = response.status();
         let replayed = response.headers().get("idempotent-replayed").is_some();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24).await.unwrap();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         if status.is_client_error() || status.is_server_error() {
-            assert!(body["error"]["code"].is_string(), "error without a code: {status} {body}");
-            assert!(body["error"]["message"].is_string(), "error without a message: {status} {body}");
+            assert!(
+                body["error"]["code"].is_string(),
+                "error without a code: {status} {body}"
+            );
+            assert!(
+                body["error"]["message"].is_string(),
+                "error without a message: {status} {body}"
+            );
         }
-        Reply { status, body, replayed }
+        Reply {
+            status,
+            body,
+            replayed,
+        }
     }
 
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>, key: Option<&str>) -> Reply {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -69,7 +102,9 @@ impl Api {
             req = req.header("idempotency-key", k);
         }
         let req = match body {
-            Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())),
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
             None => req.body(Body::empty()),
         };
         self.raw(req.unwrap()).await
@@ -85,7 +120,13 @@ impl Api {
 
     /// A merchant and an item; returns the SKU.
     async fn item(&self, stock: i64, limit: i64, opens_in_ms: i64) -> u64 {
-        let m = self.post("/v1/admin/merchants", Some(ADMIN), json!({"name": format!("m{stock}-{limit}-{opens_in_ms}")})).await;
+        let m = self
+            .post(
+                "/v1/admin/merchants",
+                Some(ADMIN),
+                json!({"name": format!("m{stock}-{limit}-{opens_in_ms}")}),
+            )
+            .await;
         assert_eq!(m.status, StatusCode::CREATED, "{}", m.body);
         let r = self
             .post(
@@ -101,14 +142,26 @@ impl Api {
 
     /// `n` shopper tokens.
     async fn shoppers(&self, n: u32, prefix: &str) -> Vec<String> {
-        let r = self.post("/v1/admin/users/bulk", Some(ADMIN), json!({"count": n, "prefix": prefix})).await;
+        let r = self
+            .post(
+                "/v1/admin/users/bulk",
+                Some(ADMIN),
+                json!({"count": n, "prefix": prefix}),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        r.body["users"].as_array().unwrap().iter().map(|u| u["token"].as_str().unwrap().to_string()).collect()
+        r.body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["token"].as_str().unwrap().to_string())
+            .collect()
     }
 
     async fn order(&self, token: &str, sku: u64, qty: i64, key: Option<&str>) -> Reply {
         let body = json!({"sku": sku, "quantity": qty, "payment": "online", "address": "1 Nanjing Road, Shanghai"});
-        self.call("POST", "/v1/orders", Some(token), Some(body), key).await
+        self.call("POST", "/v1/orders", Some(token), Some(body), key)
+            .await
     }
 }
 
@@ -120,13 +173,25 @@ async fn health_openapi_and_unknown_routes() {
     assert_eq!(r.body["shards"], 2);
     let r = api.get("/v1/openapi.json", None).await;
     assert_eq!(r.status, StatusCode::OK);
-    for path in ["/v1/orders", "/v1/orders/{id}/cancel", "/v1/items/{sku}", "/v1/admin/users/bulk", "/v1/sessions"] {
+    for path in [
+        "/v1/orders",
+        "/v1/orders/{id}/cancel",
+        "/v1/items/{sku}",
+        "/v1/admin/users/bulk",
+        "/v1/sessions",
+    ] {
         assert!(r.body["paths"][path].is_object(), "openapi lacks {path}");
     }
     let r = api.get("/nope", None).await;
-    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "route_not_found"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "route_not_found")
+    );
     let r = api.call("DELETE", "/v1/items", None, None, None).await;
-    assert_eq!((r.status, r.code()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,14 +199,29 @@ async fn metrics_need_an_admin_and_count_orders_and_refusals() {
     let api = Api::new();
     let sku = api.item(1, 1, -1000).await;
     let users = api.shoppers(2, "m").await;
-    assert_eq!(api.order(&users[0], sku, 1, None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.order(&users[0], sku, 1, None).await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(api.order(&users[1], sku, 1, None).await.code(), "sold_out");
-    assert_eq!(api.get("/metrics", None).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(api.get("/metrics", Some(&users[0])).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.get("/metrics", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.get("/metrics", Some(&users[0])).await.status,
+        StatusCode::FORBIDDEN
+    );
     let r = api.get("/metrics", Some(ADMIN)).await;
     assert_eq!(r.status, StatusCode::OK);
     let text = r.body.as_str().unwrap();
-    for line in ["mall_orders_total{payment=\"online\"} 1", "mall_refusals_total{reason=\"sold_out\"} 1", "mall_shard_queue_depth{shard=\"0\"}", "mall_shard_commit_seconds_bucket", "route=\"/v1/orders\""] {
+    for line in [
+        "mall_orders_total{payment=\"online\"} 1",
+        "mall_refusals_total{reason=\"sold_out\"} 1",
+        "mall_shard_queue_depth{shard=\"0\"}",
+        "mall_shard_commit_seconds_bucket",
+        "route=\"/v1/orders\"",
+    ] {
         assert!(text.contains(line), "metrics lack {line}");
     }
 }
@@ -153,40 +233,136 @@ async fn register_login_and_token_checks() {
     let r = api.post("/v1/users", None, creds.clone()).await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.body["role"], "shopper");
-    assert_eq!(api.post("/v1/users", None, creds.clone()).await.code(), "username_taken");
-    assert_eq!(api.post("/v1/users", None, json!({"username": "X!", "password": "correct horse"})).await.code(), "invalid_request");
-    assert_eq!(api.post("/v1/users", None, json!({"username": "hanmeimei", "password": "short"})).await.code(), "invalid_request");
-    let r = api.post("/v1/sessions", None, json!({"username": "li.lei", "password": "wrong horse"})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, "bad_credentials"));
-    let r = api.post("/v1/sessions", None, json!({"username": "nobody", "password": "whatever1"})).await;
+    assert_eq!(
+        api.post("/v1/users", None, creds.clone()).await.code(),
+        "username_taken"
+    );
+    assert_eq!(
+        api.post(
+            "/v1/users",
+            None,
+            json!({"username": "X!", "password": "correct horse"})
+        )
+        .await
+        .code(),
+        "invalid_request"
+    );
+    assert_eq!(
+        api.post(
+            "/v1/users",
+            None,
+            json!({"username": "hanmeimei", "password": "short"})
+        )
+        .await
+        .code(),
+        "invalid_request"
+    );
+    let r = api
+        .post(
+            "/v1/sessions",
+            None,
+            json!({"username": "li.lei", "password": "wrong horse"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNAUTHORIZED, "bad_credentials")
+    );
+    let r = api
+        .post(
+            "/v1/sessions",
+            None,
+            json!({"username": "nobody", "password": "whatever1"}),
+        )
+        .await;
     assert_eq!(r.code(), "bad_credentials");
     let r = api.post("/v1/sessions", None, creds).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let token = r.body["token"].as_str().unwrap().to_string();
-    assert_eq!(api.get("/v1/orders", Some(&token)).await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/v1/orders", Some(&token)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(api.get("/v1/orders", None).await.code(), "unauthenticated");
-    assert_eq!(api.get("/v1/orders", Some("not-a-token")).await.code(), "invalid_token");
+    assert_eq!(
+        api.get("/v1/orders", Some("not-a-token")).await.code(),
+        "invalid_token"
+    );
     // Shoppers may not do admin things.
-    assert_eq!(api.post("/v1/admin/merchants", Some(&token), json!({"name": "x"})).await.status, StatusCode::FORBIDDEN);
-    assert_eq!(api.post("/v1/admin/users/bulk", Some(&token), json!({"count": 1})).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.post("/v1/admin/merchants", Some(&token), json!({"name": "x"}))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.post("/v1/admin/users/bulk", Some(&token), json!({"count": 1}))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
     // Tokens expire.
     api.clock.advance_ms(25 * 3_600_000);
-    assert_eq!(api.get("/v1/orders", Some(&token)).await.code(), "invalid_token");
+    assert_eq!(
+        api.get("/v1/orders", Some(&token)).await.code(),
+        "invalid_token"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_accounts_and_bulk_limits() {
     let api = Api::new();
-    let m = api.post("/v1/admin/merchants", Some(ADMIN), json!({"name": "Panda Store"})).await;
-    assert_eq!(api.post("/v1/admin/merchants", Some(ADMIN), json!({"name": "Panda Store"})).await.code(), "merchant_name_taken");
+    let m = api
+        .post(
+            "/v1/admin/merchants",
+            Some(ADMIN),
+            json!({"name": "Panda Store"}),
+        )
+        .await;
+    assert_eq!(
+        api.post(
+            "/v1/admin/merchants",
+            Some(ADMIN),
+            json!({"name": "Panda Store"})
+        )
+        .await
+        .code(),
+        "merchant_name_taken"
+    );
     let r = api.post("/v1/admin/users", Some(ADMIN), json!({"username": "panda", "password": "bamboo-shoots", "role": "merchant", "merchant_id": m.body["id"]})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = api.post("/v1/admin/users", Some(ADMIN), json!({"username": "panda2", "password": "bamboo-shoots", "role": "merchant"})).await;
+    let r = api
+        .post(
+            "/v1/admin/users",
+            Some(ADMIN),
+            json!({"username": "panda2", "password": "bamboo-shoots", "role": "merchant"}),
+        )
+        .await;
     assert_eq!(r.code(), "invalid_request");
-    let r = api.post("/v1/admin/users", Some(ADMIN), json!({"username": "boss", "password": "bamboo-shoots", "role": "emperor"})).await;
+    let r = api
+        .post(
+            "/v1/admin/users",
+            Some(ADMIN),
+            json!({"username": "boss", "password": "bamboo-shoots", "role": "emperor"}),
+        )
+        .await;
     assert_eq!(r.code(), "invalid_request");
-    assert_eq!(api.post("/v1/admin/users/bulk", Some(ADMIN), json!({"count": 0})).await.code(), "invalid_request");
-    assert_eq!(api.post("/v1/admin/users/bulk", Some(ADMIN), json!({"count": 10_001})).await.code(), "invalid_request");
+    assert_eq!(
+        api.post("/v1/admin/users/bulk", Some(ADMIN), json!({"count": 0}))
+            .await
+            .code(),
+        "invalid_request"
+    );
+    assert_eq!(
+        api.post(
+            "/v1/admin/users/bulk",
+            Some(ADMIN),
+            json!({"count": 10_001})
+        )
+        .await
+        .code(),
+        "invalid_request"
+    );
     let r = api.get("/v1/admin/merchants", Some(ADMIN)).await;
     assert_eq!(r.body["merchants"].as_array().unwrap().len(), 1);
 }
@@ -194,11 +370,18 @@ async fn admin_accounts_and_bulk_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_browse_filter_page_and_validate() {
     let api = Api::new();
-    let m = api.post("/v1/admin/merchants", Some(ADMIN), json!({"name": "Jade"})).await;
+    let m = api
+        .post("/v1/admin/merchants", Some(ADMIN), json!({"name": "Jade"}))
+        .await;
     let base = json!({"merchant_id": m.body["id"], "title": "Crab", "category": "fresh", "price_fen": 8800, "stock": 5,
                       "opens_at_ms": T0, "closes_at_ms": T0 + 1000, "shelf_life_hours": 48});
     for _ in 0..3 {
-        assert_eq!(api.post("/v1/admin/items", Some(ADMIN), base.clone()).await.status, StatusCode::CREATED);
+        assert_eq!(
+            api.post("/v1/admin/items", Some(ADMIN), base.clone())
+                .await
+                .status,
+            StatusCode::CREATED
+        );
     }
     let mut book = base.clone();
     book["category"] = json!("books");
@@ -210,24 +393,55 @@ async fn items_browse_filter_page_and_validate() {
     let r = api.get("/v1/items?category=fresh&limit=2", None).await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
     let next = r.body["next_after"].as_u64().unwrap();
-    let r = api.get(&format!("/v1/items?category=fresh&limit=2&after={next}"), None).await;
+    let r = api
+        .get(
+            &format!("/v1/items?category=fresh&limit=2&after={next}"),
+            None,
+        )
+        .await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
     assert!(r.body["next_after"].is_null());
-    assert_eq!(api.get("/v1/items?category=weapons", None).await.code(), "invalid_query");
-    assert_eq!(api.get("/v1/items?limit=0", None).await.code(), "invalid_query");
-    assert_eq!(api.get("/v1/items?bogus=1", None).await.code(), "invalid_query");
-    assert_eq!(api.get("/v1/items/999", None).await.code(), "item_not_found");
+    assert_eq!(
+        api.get("/v1/items?category=weapons", None).await.code(),
+        "invalid_query"
+    );
+    assert_eq!(
+        api.get("/v1/items?limit=0", None).await.code(),
+        "invalid_query"
+    );
+    assert_eq!(
+        api.get("/v1/items?bogus=1", None).await.code(),
+        "invalid_query"
+    );
+    assert_eq!(
+        api.get("/v1/items/999", None).await.code(),
+        "item_not_found"
+    );
     assert_eq!(api.get("/v1/items/abc", None).await.code(), "invalid_id");
     // Validation: each bad field is a 422 with a clear message, nothing created.
-    for (field, value) in [("price_fen", json!(0)), ("stock", json!(-1)), ("category", json!("weapons")), ("closes_at_ms", json!(T0 - 1)), ("title", json!(""))] {
+    for (field, value) in [
+        ("price_fen", json!(0)),
+        ("stock", json!(-1)),
+        ("category", json!("weapons")),
+        ("closes_at_ms", json!(T0 - 1)),
+        ("title", json!("")),
+    ] {
         let mut bad = book.clone();
         bad[field] = value;
         let r = api.post("/v1/admin/items", Some(ADMIN), bad).await;
-        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field}: {}",
+            r.body
+        );
     }
     let mut bad = book.clone();
     bad["merchant_id"] = json!(404);
-    assert_eq!(api.post("/v1/admin/items", Some(ADMIN), bad).await.code(), "merchant_not_found");
+    assert_eq!(
+        api.post("/v1/admin/items", Some(ADMIN), bad).await.code(),
+        "merchant_not_found"
+    );
     assert_eq!(api.get("/healthz", None).await.body["items"], 4);
 }
 
@@ -249,40 +463,109 @@ async fn snap_up_refusals_and_strict_parsing() {
     let r = api.order(&u[2], sku, 1, None).await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "sold_out"));
     let r = api.order(&u[2], 777, 1, None).await;
-    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "item_not_found"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "item_not_found")
+    );
     let item = api.get(&format!("/v1/items/{sku}"), None).await;
-    assert_eq!((item.body["available"].as_u64(), item.body["held"].as_u64(), item.body["sold"].as_u64()), (Some(0), Some(1), Some(1)));
+    assert_eq!(
+        (
+            item.body["available"].as_u64(),
+            item.body["held"].as_u64(),
+            item.body["sold"].as_u64()
+        ),
+        (Some(0), Some(1), Some(1))
+    );
 
     // Strict parsing: each is a 4xx with its own code, and nothing changes.
     let other = api.item(5, 5, 0).await;
-    for (qty, code) in [(json!(0), "invalid_quantity"), (json!(-3), "invalid_quantity"), (json!(1001), "invalid_quantity"), (json!(4_294_967_297u64), "invalid_quantity"), (json!(1e40), "invalid_request"), (json!("2"), "invalid_request")] {
-        let r = api.post("/v1/orders", Some(&u[3]), json!({"sku": other, "quantity": qty, "payment": "online", "address": "a"})).await;
+    for (qty, code) in [
+        (json!(0), "invalid_quantity"),
+        (json!(-3), "invalid_quantity"),
+        (json!(1001), "invalid_quantity"),
+        (json!(4_294_967_297u64), "invalid_quantity"),
+        (json!(1e40), "invalid_request"),
+        (json!("2"), "invalid_request"),
+    ] {
+        let r = api
+            .post(
+                "/v1/orders",
+                Some(&u[3]),
+                json!({"sku": other, "quantity": qty, "payment": "online", "address": "a"}),
+            )
+            .await;
         assert_eq!(r.code(), code, "quantity {qty}: {}", r.body);
         assert!(r.status.is_client_error());
     }
     let r = api.post("/v1/orders", Some(&u[3]), json!({"sku": other, "quantity": 1, "payment": "online", "address": "a", "coupon": "x"})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"));
-    let r = api.post("/v1/orders", Some(&u[3]), json!({"sku": other, "quantity": 1, "payment": "bitcoin", "address": "a"})).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+    );
+    let r = api
+        .post(
+            "/v1/orders",
+            Some(&u[3]),
+            json!({"sku": other, "quantity": 1, "payment": "bitcoin", "address": "a"}),
+        )
+        .await;
     assert_eq!(r.code(), "invalid_request");
-    let r = api.post("/v1/orders", Some(&u[3]), json!({"sku": other, "quantity": 1, "payment": "online", "address": ""})).await;
+    let r = api
+        .post(
+            "/v1/orders",
+            Some(&u[3]),
+            json!({"sku": other, "quantity": 1, "payment": "online", "address": ""}),
+        )
+        .await;
     assert_eq!(r.code(), "invalid_request");
-    let r = api.post("/v1/orders", Some(&u[3]), json!({"sku": other, "quantity": 1, "payment": "online"})).await;
+    let r = api
+        .post(
+            "/v1/orders",
+            Some(&u[3]),
+            json!({"sku": other, "quantity": 1, "payment": "online"}),
+        )
+        .await;
     assert_eq!(r.code(), "invalid_request");
     let req = |body: &'static str, ctype: &'static str| {
-        Request::builder().method("POST").uri("/v1/orders").header("authorization", format!("Bearer {}", u[3]))
-            .header("content-type", ctype).body(Body::from(body)).unwrap()
+        Request::builder()
+            .method("POST")
+            .uri("/v1/orders")
+            .header("authorization", format!("Bearer {}", u[3]))
+            .header("content-type", ctype)
+            .body(Body::from(body))
+            .unwrap()
     };
     let r = api.raw(req("{\"sku\": 1, ", "application/json")).await;
-    assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "malformed_json"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "malformed_json")
+    );
     let r = api.raw(req("sku=1", "text/plain")).await;
-    assert_eq!((r.status, r.code()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
     let big = Box::leak(format!("{{\"address\": \"{}\"}}", "x".repeat(100_000)).into_boxed_str());
     let r = api.raw(req(big, "application/json")).await;
-    assert_eq!((r.status, r.code()), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
-    let r = api.call("POST", "/v1/orders", Some(&u[3]), Some(json!({"sku": other, "quantity": 1, "payment": "online", "address": "a"})), Some("bad key with spaces")).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
+    let r = api
+        .call(
+            "POST",
+            "/v1/orders",
+            Some(&u[3]),
+            Some(json!({"sku": other, "quantity": 1, "payment": "online", "address": "a"})),
+            Some("bad key with spaces"),
+        )
+        .await;
     assert_eq!(r.code(), "invalid_idempotency_key");
     let item = api.get(&format!("/v1/items/{other}"), None).await;
-    assert_eq!(item.body["available"], 5, "refused requests changed nothing");
+    assert_eq!(
+        item.body["available"], 5,
+        "refused requests changed nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,14 +574,28 @@ async fn sale_window_and_the_ceremonial_first_order() {
     let sku = api.item(10, 1, 5 * 60_000).await;
     let u = api.shoppers(1, "w").await;
     let r = api.order(&u[0], sku, 1, None).await;
-    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "sale_not_open"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "sale_not_open")
+    );
     let r = api.order(ADMIN, sku, 1, None).await;
-    assert_eq!(r.status, StatusCode::CREATED, "admins buy early: {}", r.body);
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "admins buy early: {}",
+        r.body
+    );
     api.clock.advance_ms(5 * 60_000);
-    assert_eq!(api.order(&u[0], sku, 1, None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.order(&u[0], sku, 1, None).await.status,
+        StatusCode::CREATED
+    );
     api.clock.advance_ms(86_400_000);
     let other = api.shoppers(1, "late").await;
-    assert_eq!(api.order(&other[0], sku, 1, None).await.code(), "sale_closed");
+    assert_eq!(
+        api.order(&other[0], sku, 1, None).await.code(),
+        "sale_closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,22 +611,79 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
     assert!(again.replayed);
     assert_eq!(again.body["id"], first.body["id"]);
     let reused = api.order(&u[0], sku, 2, Some("key-1")).await;
-    assert_eq!((reused.status, reused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
-    assert_eq!(api.get(&format!("/v1/items/{sku}"), None).await.body["held"], 1);
+    assert_eq!(
+        (reused.status, reused.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+    );
+    assert_eq!(
+        api.get(&format!("/v1/items/{sku}"), None).await.body["held"],
+        1
+    );
     // Cancel, then a replay of the order still names it (now from the store).
     let id = first.body["id"].as_u64().unwrap();
-    assert_eq!(api.call("POST", &format!("/v1/orders/{id}/cancel"), Some(&u[0]), None, Some("c-1")).await.status, StatusCode::OK);
+    assert_eq!(
+        api.call(
+            "POST",
+            &format!("/v1/orders/{id}/cancel"),
+            Some(&u[0]),
+            None,
+            Some("c-1")
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
     let replay = api.order(&u[0], sku, 1, Some("key-1")).await;
-    assert_eq!((replay.body["id"].as_u64(), replay.body["status"].as_str()), (Some(id), Some("cancelled")));
+    assert_eq!(
+        (replay.body["id"].as_u64(), replay.body["status"].as_str()),
+        (Some(id), Some("cancelled"))
+    );
     // Non-order requests: the same key returns the stored first response.
-    let r = api.call("POST", &format!("/v1/orders/{id}/cancel"), Some(&u[0]), None, Some("c-1")).await;
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/cancel"),
+            Some(&u[0]),
+            None,
+            Some("c-1"),
+        )
+        .await;
     assert!(r.replayed);
-    let other = api.order(&u[0], sku, 1, None).await.body["id"].as_u64().unwrap();
-    let r = api.call("POST", &format!("/v1/orders/{other}/cancel"), Some(&u[0]), None, Some("c-1")).await;
+    let other = api.order(&u[0], sku, 1, None).await.body["id"]
+        .as_u64()
+        .unwrap();
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{other}/cancel"),
+            Some(&u[0]),
+            None,
+            Some("c-1"),
+        )
+        .await;
     assert_eq!(r.code(), "idempotency_key_reused");
-    let m1 = api.call("POST", "/v1/admin/merchants", Some(ADMIN), Some(json!({"name": "Once"})), Some("mk")).await;
-    let m2 = api.call("POST", "/v1/admin/merchants", Some(ADMIN), Some(json!({"name": "Once"})), Some("mk")).await;
-    assert_eq!((m2.status, m2.body["id"].clone(), m2.replayed), (StatusCode::CREATED, m1.body["id"].clone(), true));
+    let m1 = api
+        .call(
+            "POST",
+            "/v1/admin/merchants",
+            Some(ADMIN),
+            Some(json!({"name": "Once"})),
+            Some("mk"),
+        )
+        .await;
+    let m2 = api
+        .call(
+            "POST",
+            "/v1/admin/merchants",
+            Some(ADMIN),
+            Some(json!({"name": "Once"})),
+            Some("mk"),
+        )
+        .await;
+    assert_eq!(
+        (m2.status, m2.body["id"].clone(), m2.replayed),
+        (StatusCode::CREATED, m1.body["id"].clone(), true)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,39 +698,88 @@ async fn shoppers_see_and_cancel_only_their_own_orders() {
     assert_eq!(api.get(&path, Some(&u[1])).await.code(), "order_not_found");
     assert_eq!(api.get(&path, Some(ADMIN)).await.status, StatusCode::OK);
     let cancel = format!("/v1/orders/{id}/cancel");
-    assert_eq!(api.call("POST", &cancel, Some(&u[1]), None, None).await.code(), "order_not_found");
-    assert_eq!(api.get(&format!("/v1/items/{sku}"), None).await.body["held"], 1);
+    assert_eq!(
+        api.call("POST", &cancel, Some(&u[1]), None, None)
+            .await
+            .code(),
+        "order_not_found"
+    );
+    assert_eq!(
+        api.get(&format!("/v1/items/{sku}"), None).await.body["held"],
+        1
+    );
     let mine = api.get("/v1/orders", Some(&u[1])).await;
     assert_eq!(mine.body["orders"].as_array().unwrap().len(), 0);
-    assert_eq!(api.get(&format!("/v1/orders?user_id={}", order.body["user_id"]), Some(&u[1])).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.get(
+            &format!("/v1/orders?user_id={}", order.body["user_id"]),
+            Some(&u[1])
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
     let r = api.call("POST", &cancel, Some(&u[0]), None, None).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("cancelled")));
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
     let r = api.call("POST", &cancel, Some(&u[0]), None, None).await;
     assert_eq!(r.status, StatusCode::OK, "cancelling twice is idempotent");
     let item = api.get(&format!("/v1/items/{sku}"), None).await;
-    assert_eq!((item.body["available"].as_u64(), item.body["held"].as_u64()), (Some(3), Some(0)));
-    assert_eq!(api.get("/v1/orders/abc", Some(&u[0])).await.code(), "invalid_id");
-    assert_eq!(api.get("/v1/orders/12345678", Some(&u[0])).await.code(), "order_not_found");
+    assert_eq!(
+        (item.body["available"].as_u64(), item.body["held"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(
+        api.get("/v1/orders/abc", Some(&u[0])).await.code(),
+        "invalid_id"
+    );
+    assert_eq!(
+        api.get("/v1/orders/12345678", Some(&u[0])).await.code(),
+        "order_not_found"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_newest_first() {
     let api = Api::new();
-    let skus = [api.item(5, 1, 0).await, api.item(6, 1, 0).await, api.item(7, 1, 0).await];
+    let skus = [
+        api.item(5, 1, 0).await,
+        api.item(6, 1, 0).await,
+        api.item(7, 1, 0).await,
+    ];
     let u = api.shoppers(1, "h").await;
     for sku in skus {
         api.clock.advance_ms(10);
-        assert_eq!(api.order(&u[0], sku, 1, None).await.status, StatusCode::CREATED);
+        assert_eq!(
+            api.order(&u[0], sku, 1, None).await.status,
+            StatusCode::CREATED
+        );
     }
     let p1 = api.get("/v1/orders?limit=2", Some(&u[0])).await;
     let orders = p1.body["orders"].as_array().unwrap();
-    assert_eq!(orders.iter().map(|o| o["sku"].as_u64().unwrap()).collect::<Vec<_>>(), vec![skus[2], skus[1]]);
+    assert_eq!(
+        orders
+            .iter()
+            .map(|o| o["sku"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![skus[2], skus[1]]
+    );
     let cursor = p1.body["next_before"].as_str().unwrap();
-    let p2 = api.get(&format!("/v1/orders?limit=2&before={cursor}"), Some(&u[0])).await;
+    let p2 = api
+        .get(&format!("/v1/orders?limit=2&before={cursor}"), Some(&u[0]))
+        .await;
     assert_eq!(p2.body["orders"][0]["sku"].as_u64(), Some(skus[0]));
     assert!(p2.body["next_before"].is_null());
-    assert_eq!(api.get("/v1/orders?before=zzz", Some(&u[0])).await.code(), "invalid_query");
-    assert_eq!(api.get("/v1/orders?limit=101", Some(&u[0])).await.code(), "invalid_query");
+    assert_eq!(
+        api.get("/v1/orders?before=zzz", Some(&u[0])).await.code(),
+        "invalid_query"
+    );
+    assert_eq!(
+        api.get("/v1/orders?limit=101", Some(&u[0])).await.code(),
+        "invalid_query"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,32 +787,90 @@ async fn mark_paid_expiry_and_stock_changes() {
     let api = Api::new();
     let sku = api.item(3, 1, 0).await;
     let u = api.shoppers(3, "p").await;
-    let paid = api.order(&u[0], sku, 1, None).await.body["id"].as_u64().unwrap();
-    let lapsing = api.order(&u[1], sku, 1, None).await.body["id"].as_u64().unwrap();
+    let paid = api.order(&u[0], sku, 1, None).await.body["id"]
+        .as_u64()
+        .unwrap();
+    let lapsing = api.order(&u[1], sku, 1, None).await.body["id"]
+        .as_u64()
+        .unwrap();
     let mark = |id: u64| format!("/v1/admin/orders/{id}/mark-paid");
-    assert_eq!(api.call("POST", &mark(paid), Some(&u[0]), None, None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.call("POST", &mark(paid), Some(&u[0]), None, None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
     let r = api.call("POST", &mark(paid), Some(ADMIN), None, None).await;
-    assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("paid")));
-    let r = api.call("POST", &format!("/v1/orders/{paid}/cancel"), Some(&u[0]), None, None).await;
-    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "invalid_order_status"));
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (StatusCode::OK, Some("paid"))
+    );
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{paid}/cancel"),
+            Some(&u[0]),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "invalid_order_status")
+    );
     // The unpaid hold lapses: stock returns, a late payment is refused.
     api.clock.advance_ms(61_000);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await; // a few shard ticks
     let r = api.get(&format!("/v1/orders/{lapsing}"), Some(&u[1])).await;
     assert_eq!(r.body["status"], "expired");
-    let r = api.call("POST", &mark(lapsing), Some(ADMIN), None, None).await;
+    let r = api
+        .call("POST", &mark(lapsing), Some(ADMIN), None, None)
+        .await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "hold_expired"));
-    assert_eq!(api.call("POST", &mark(99_999), Some(ADMIN), None, None).await.code(), "order_not_found");
+    assert_eq!(
+        api.call("POST", &mark(99_999), Some(ADMIN), None, None)
+            .await
+            .code(),
+        "order_not_found"
+    );
     let item = api.get(&format!("/v1/items/{sku}"), None).await;
-    assert_eq!((item.body["available"].as_u64(), item.body["sold"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (item.body["available"].as_u64(), item.body["sold"].as_u64()),
+        (Some(2), Some(1))
+    );
     // Stock may change, never below what is held or sold.
     let item_path = format!("/v1/admin/items/{sku}");
     let patch = |body: Value| api.call("PATCH", &item_path, Some(ADMIN), Some(body), None);
     let r = patch(json!({"stock": 0})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "stock_below_committed"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "stock_below_committed")
+    );
     let r = patch(json!({"stock": 10, "title": "Bigger"})).await;
-    assert_eq!((r.status, r.body["available"].as_u64()), (StatusCode::OK, Some(9)));
-    let r = api.call("PATCH", &format!("/v1/admin/items/{sku}"), Some(&u[2]), Some(json!({"stock": 99})), None).await;
+    assert_eq!(
+        (r.status, r.body["available"].as_u64()),
+        (StatusCode::OK, Some(9))
+    );
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/v1/admin/items/{sku}"),
+            Some(&u[2]),
+            Some(json!({"stock": 99})),
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert_eq!(api.call("PATCH", "/v1/admin/items/4242", Some(ADMIN), Some(json!({"stock": 1})), None).await.code(), "item_not_found");
+    assert_eq!(
+        api.call(
+            "PATCH",
+            "/v1/admin/items/4242",
+            Some(ADMIN),
+            Some(json!({"stock": 1})),
+            None
+        )
+        .await
+        .code(),
+        "item_not_found"
+    );
 }

@@ -63,7 +63,12 @@ impl Board {
 
     /// Items with SKU greater than `after`, optionally of one category, in
     /// SKU order, at most `limit`.
-    pub fn list(&self, after: Option<Sku>, category: Option<Category>, limit: usize) -> Vec<Arc<BoardEntry>> {
+    pub fn list(
+        &self,
+        after: Option<Sku>,
+        category: Option<Category>,
+        limit: usize,
+    ) -> Vec<Arc<BoardEntry>> {
         let entries = self.read();
         let start = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         entries

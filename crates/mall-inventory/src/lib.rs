@@ -64,20 +64,31 @@ pub struct Reserve {
 pub enum Command {
     Reserve(Reserve),
     /// Payment landed: the hold becomes a sale.
-    Confirm { order: OrderId },
+    Confirm {
+        order: OrderId,
+    },
     /// Cancel an order: held or COD-sold stock goes back on sale. `by` is the
     /// shopper asking, or `None` for an admin.
-    Release { order: OrderId, by: Option<UserId> },
+    Release {
+        order: OrderId,
+        by: Option<UserId>,
+    },
     /// Create (`create: true`) or replace an item. Stock may not drop below
     /// what is held or sold.
-    PutItem { item: Item, create: bool },
+    PutItem {
+        item: Item,
+        create: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// The order as it stands now. `replayed`: an earlier request with the
     /// same idempotency key made it.
-    Order { order: Order, replayed: bool },
+    Order {
+        order: Order,
+        replayed: bool,
+    },
     /// A replay of an order that has left memory (cancelled or expired);
     /// read it from the store.
     StoredOrder(OrderId),
@@ -92,7 +103,11 @@ pub enum Reply {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     InsertOrder(Order),
-    UpdateOrder { id: OrderId, status: OrderStatus, updated_at: Timestamp },
+    UpdateOrder {
+        id: OrderId,
+        status: OrderStatus,
+        updated_at: Timestamp,
+    },
     PutItem(Item),
 }
 
@@ -193,15 +208,27 @@ impl Inventory {
             assert_eq!(order.id.shard(), shard, "order stored in the wrong shard");
             if let Some(key) = &order.idempotency_key {
                 if order.created_at >= key_horizon {
-                    inv.remember_key(order.user, key.clone(), order.request_fingerprint, order.id, order.created_at);
+                    inv.remember_key(
+                        order.user,
+                        key.clone(),
+                        order.request_fingerprint,
+                        order.id,
+                        order.created_at,
+                    );
                 }
             }
             if !order.status.is_active() {
                 continue;
             }
-            let sku = inv.skus.get_mut(&order.sku).expect("order for an unknown item");
+            let sku = inv
+                .skus
+                .get_mut(&order.sku)
+                .expect("order for an unknown item");
             let q = order.quantity.get();
-            sku.available = sku.available.checked_sub(q).expect("stored orders exceed stock");
+            sku.available = sku
+                .available
+                .checked_sub(q)
+                .expect("stored orders exceed stock");
             if order.status.is_sold() {
                 sku.sold += q;
             } else {
@@ -262,7 +289,10 @@ impl Inventory {
                     return Reply::Refused(Refusal::IdempotencyKeyReused);
                 }
                 return match self.orders.get(&entry.order) {
-                    Some(order) => Reply::Order { order: order.clone(), replayed: true },
+                    Some(order) => Reply::Order {
+                        order: order.clone(),
+                        replayed: true,
+                    },
                     None => Reply::StoredOrder(entry.order),
                 };
             }
@@ -272,10 +302,14 @@ impl Inventory {
         };
         if !r.early_access {
             if now < sku.item.opens_at {
-                return Reply::Refused(Refusal::SaleNotOpen { opens_at: sku.item.opens_at });
+                return Reply::Refused(Refusal::SaleNotOpen {
+                    opens_at: sku.item.opens_at,
+                });
             }
             if now >= sku.item.closes_at {
-                return Reply::Refused(Refusal::SaleClosed { closes_at: sku.item.closes_at });
+                return Reply::Refused(Refusal::SaleClosed {
+                    closes_at: sku.item.closes_at,
+                });
             }
         }
         let q = r.quantity.get();
@@ -286,17 +320,25 @@ impl Inventory {
         }
         let active = self.per_user.get(&(r.user, r.sku)).copied().unwrap_or(0);
         if active + q > sku.item.per_user_limit {
-            return Reply::Refused(Refusal::LimitReached { limit: sku.item.per_user_limit, active });
+            return Reply::Refused(Refusal::LimitReached {
+                limit: sku.item.per_user_limit,
+                active,
+            });
         }
         if sku.available < q {
-            return Reply::Refused(Refusal::InsufficientStock { available: sku.available });
+            return Reply::Refused(Refusal::InsufficientStock {
+                available: sku.available,
+            });
         }
 
         sku.available -= q;
         let (status, expires_at) = match r.payment {
             PaymentMethod::Online => {
                 sku.held += q;
-                (OrderStatus::AwaitingPayment, Some(now.plus_ms(self.config.hold_timeout_ms)))
+                (
+                    OrderStatus::AwaitingPayment,
+                    Some(now.plus_ms(self.config.hold_timeout_ms)),
+                )
             }
             PaymentMethod::Cod => {
                 sku.sold += q;
@@ -333,7 +375,10 @@ impl Inventory {
         self.touched.insert(r.sku);
         self.orders.insert(id, order.clone());
         effects.push(Effect::InsertOrder(order.clone()));
-        Reply::Order { order, replayed: false }
+        Reply::Order {
+            order,
+            replayed: false,
+        }
     }
 
     fn confirm(&mut self, id: OrderId, now: Timestamp, effects: &mut Vec<Effect>) -> Reply {
@@ -341,7 +386,10 @@ impl Inventory {
             return Reply::Refused(Refusal::UnknownOrder);
         };
         match order.status {
-            OrderStatus::Paid => Reply::Order { order: order.clone(), replayed: true },
+            OrderStatus::Paid => Reply::Order {
+                order: order.clone(),
+                replayed: true,
+            },
             OrderStatus::AwaitingPayment => {
                 if order.expires_at.is_some_and(|at| at <= now) {
                     self.end_hold(id, OrderStatus::Expired, now, effects);
@@ -357,10 +405,20 @@ impl Inventory {
                 order.status = OrderStatus::Paid;
                 order.expires_at = None;
                 order.updated_at = now;
-                effects.push(Effect::UpdateOrder { id, status: OrderStatus::Paid, updated_at: now });
-                Reply::Order { order: order.clone(), replayed: false }
+                effects.push(Effect::UpdateOrder {
+                    id,
+                    status: OrderStatus::Paid,
+                    updated_at: now,
+                });
+                Reply::Order {
+                    order: order.clone(),
+                    replayed: false,
+                }
             }
-            status => Reply::Refused(Refusal::InvalidTransition { status, action: "paid" }),
+            status => Reply::Refused(Refusal::InvalidTransition {
+                status,
+                action: "paid",
+            }),
         }
     }
 
@@ -380,9 +438,15 @@ impl Inventory {
         match order.status {
             OrderStatus::AwaitingPayment | OrderStatus::Confirmed => {
                 let order = self.end_hold(id, OrderStatus::Cancelled, now, effects);
-                Reply::Order { order, replayed: false }
+                Reply::Order {
+                    order,
+                    replayed: false,
+                }
             }
-            status => Reply::Refused(Refusal::InvalidTransition { status, action: "cancelled" }),
+            status => Reply::Refused(Refusal::InvalidTransition {
+                status,
+                action: "cancelled",
+            }),
         }
     }
 
@@ -398,7 +462,10 @@ impl Inventory {
         assert!(!status.is_active());
         let mut order = self.orders.remove(&id).expect("ending an active order");
         let q = order.quantity.get();
-        let state = self.skus.get_mut(&order.sku).expect("active order's item exists");
+        let state = self
+            .skus
+            .get_mut(&order.sku)
+            .expect("active order's item exists");
         match order.status {
             OrderStatus::AwaitingPayment => state.held -= q,
             OrderStatus::Confirmed => state.sold -= q,
@@ -407,7 +474,10 @@ impl Inventory {
         state.available += q;
         state.publish();
         let key = (order.user, order.sku);
-        let units = self.per_user.get_mut(&key).expect("active order counted per user");
+        let units = self
+            .per_user
+            .get_mut(&key)
+            .expect("active order counted per user");
         *units -= q;
         if *units == 0 {
             self.per_user.remove(&key);
@@ -416,12 +486,19 @@ impl Inventory {
         order.status = status;
         order.expires_at = None;
         order.updated_at = now;
-        effects.push(Effect::UpdateOrder { id, status, updated_at: now });
+        effects.push(Effect::UpdateOrder {
+            id,
+            status,
+            updated_at: now,
+        });
         order
     }
 
     fn put_item(&mut self, item: Item, create: bool, effects: &mut Vec<Effect>) -> Reply {
-        assert!(item.opens_at < item.closes_at, "the edge validates the sale window");
+        assert!(
+            item.opens_at < item.closes_at,
+            "the edge validates the sale window"
+        );
         match (self.skus.get_mut(&item.sku), create) {
             (Some(_), true) | (None, false) => {
                 // Creating an existing item or updating a missing one: the
@@ -452,17 +529,31 @@ impl Inventory {
 
     fn insert_item(&mut self, item: Item) {
         let live = Arc::new(Live::default());
-        let state = SkuState { available: item.stock_total, held: 0, sold: 0, live: live.clone(), item };
+        let state = SkuState {
+            available: item.stock_total,
+            held: 0,
+            sold: 0,
+            live: live.clone(),
+            item,
+        };
         state.publish();
         self.board.put(self.shard, state.item.clone(), live);
         self.skus.insert(state.item.sku, state);
     }
 
-    fn remember_key(&mut self, user: UserId, key: Arc<str>, fingerprint: u64, order: OrderId, at: Timestamp) {
+    fn remember_key(
+        &mut self,
+        user: UserId,
+        key: Arc<str>,
+        fingerprint: u64,
+        order: OrderId,
+        at: Timestamp,
+    ) {
         if self.keys.len() >= self.config.idempotency_keys_max {
             self.forget_oldest_key();
         }
-        self.keys.insert((user, key.clone()), KeyEntry { fingerprint, order });
+        self.keys
+            .insert((user, key.clone()), KeyEntry { fingerprint, order });
         self.keys_fifo.push_back((user, key, at));
     }
 
@@ -487,7 +578,11 @@ impl Inventory {
             }
         }
         let horizon = now.plus_ms(-self.config.idempotency_retention_ms);
-        while self.keys_fifo.front().is_some_and(|(_, _, at)| *at < horizon) {
+        while self
+            .keys_fifo
+            .front()
+            .is_some_and(|(_, _, at)| *at < horizon)
+        {
             self.forget_oldest_key();
         }
     }
@@ -497,7 +592,11 @@ impl Inventory {
         for sku in self.touched.drain() {
             let s = &self.skus[&sku];
             let total = u64::from(s.available) + u64::from(s.held) + u64::from(s.sold);
-            assert_eq!(total, u64::from(s.item.stock_total), "conservation broken for SKU {sku}");
+            assert_eq!(
+                total,
+                u64::from(s.item.stock_total),
+                "conservation broken for SKU {sku}"
+            );
         }
         assert!(self.keys.len() <= self.config.idempotency_keys_max);
         assert_eq!(self.keys.len(), self.keys_fifo.len());
@@ -511,19 +610,38 @@ impl Inventory {
         let mut per_user: FxHashMap<(UserId, Sku), u32> = FxHashMap::default();
         for o in self.orders.values() {
             if !o.status.is_active() {
-                return Err(format!("order {} is {} but still in memory", o.id, o.status.as_str()));
+                return Err(format!(
+                    "order {} is {} but still in memory",
+                    o.id,
+                    o.status.as_str()
+                ));
             }
-            let bucket = if o.status.is_sold() { &mut sold } else { &mut held };
+            let bucket = if o.status.is_sold() {
+                &mut sold
+            } else {
+                &mut held
+            };
             *bucket.entry(o.sku).or_default() += o.quantity.get();
             *per_user.entry((o.user, o.sku)).or_default() += o.quantity.get();
         }
         for (sku, s) in &self.skus {
-            let (h, so) = (held.get(sku).copied().unwrap_or(0), sold.get(sku).copied().unwrap_or(0));
+            let (h, so) = (
+                held.get(sku).copied().unwrap_or(0),
+                sold.get(sku).copied().unwrap_or(0),
+            );
             if s.held != h || s.sold != so {
-                return Err(format!("SKU {sku}: counters held={} sold={} but orders say held={h} sold={so}", s.held, s.sold));
+                return Err(format!(
+                    "SKU {sku}: counters held={} sold={} but orders say held={h} sold={so}",
+                    s.held, s.sold
+                ));
             }
-            if u64::from(s.available) + u64::from(h) + u64::from(so) != u64::from(s.item.stock_total) {
-                return Err(format!("SKU {sku}: available {} + held {h} + sold {so} != stock {}", s.available, s.item.stock_total));
+            if u64::from(s.available) + u64::from(h) + u64::from(so)
+                != u64::from(s.item.stock_total)
+            {
+                return Err(format!(
+                    "SKU {sku}: available {} + held {h} + sold {so} != stock {}",
+                    s.available, s.item.stock_total
+                ));
             }
             if s.live.load() != (s.available, s.held, s.sold) {
                 return Err(format!("SKU {sku}: published counters are stale"));
@@ -546,7 +664,10 @@ impl mall_shard::StateMachine for Inventory {
     }
 
     fn needs_commit(reply: &Reply) -> bool {
-        matches!(reply, Reply::Order { .. } | Reply::StoredOrder(_) | Reply::Item(_))
+        matches!(
+            reply,
+            Reply::Order { .. } | Reply::StoredOrder(_) | Reply::Item(_)
+        )
     }
 
     fn tick(&mut self, now: Timestamp, effects: &mut Vec<Effect>) {

@@ -4,7 +4,9 @@
 //! against it.
 
 use crate::{Command, Reply};
-use mall_core::{Fen, Item, Order, OrderId, OrderStatus, PaymentMethod, Refusal, Sku, Timestamp, UserId};
+use mall_core::{
+    Fen, Item, Order, OrderId, OrderStatus, PaymentMethod, Refusal, Sku, Timestamp, UserId,
+};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
@@ -19,7 +21,13 @@ pub struct Model {
 
 impl Model {
     pub fn new(shard: usize, hold_timeout_ms: i64) -> Model {
-        Model { shard, hold_timeout_ms, items: BTreeMap::new(), orders: BTreeMap::new(), next_seq: 1 }
+        Model {
+            shard,
+            hold_timeout_ms,
+            items: BTreeMap::new(),
+            orders: BTreeMap::new(),
+            next_seq: 1,
+        }
     }
 
     /// `(available, held, sold)`, recounted.
@@ -45,7 +53,8 @@ impl Model {
 
     pub fn tick(&mut self, now: Timestamp) {
         for o in self.orders.values_mut() {
-            if o.status == OrderStatus::AwaitingPayment && o.expires_at.is_some_and(|at| at <= now) {
+            if o.status == OrderStatus::AwaitingPayment && o.expires_at.is_some_and(|at| at <= now)
+            {
                 o.status = OrderStatus::Expired;
                 o.expires_at = None;
                 o.updated_at = now;
@@ -66,7 +75,10 @@ impl Model {
                             return Reply::Refused(Refusal::IdempotencyKeyReused);
                         }
                         return if o.status.is_active() {
-                            Reply::Order { order: o.clone(), replayed: true }
+                            Reply::Order {
+                                order: o.clone(),
+                                replayed: true,
+                            }
                         } else {
                             Reply::StoredOrder(o.id)
                         };
@@ -76,10 +88,14 @@ impl Model {
                     return Reply::Refused(Refusal::UnknownItem);
                 };
                 if !r.early_access && now < item.opens_at {
-                    return Reply::Refused(Refusal::SaleNotOpen { opens_at: item.opens_at });
+                    return Reply::Refused(Refusal::SaleNotOpen {
+                        opens_at: item.opens_at,
+                    });
                 }
                 if !r.early_access && now >= item.closes_at {
-                    return Reply::Refused(Refusal::SaleClosed { closes_at: item.closes_at });
+                    return Reply::Refused(Refusal::SaleClosed {
+                        closes_at: item.closes_at,
+                    });
                 }
                 let (available, _, _) = self.counters(r.sku);
                 let q = r.quantity.get();
@@ -88,7 +104,10 @@ impl Model {
                 }
                 let active = self.active_units(r.user, r.sku);
                 if active + q > item.per_user_limit {
-                    return Reply::Refused(Refusal::LimitReached { limit: item.per_user_limit, active });
+                    return Reply::Refused(Refusal::LimitReached {
+                        limit: item.per_user_limit,
+                        active,
+                    });
                 }
                 if available < q {
                     return Reply::Refused(Refusal::InsufficientStock { available });
@@ -102,7 +121,11 @@ impl Model {
                     unit_price_fen: item.price_fen,
                     amount_fen: Fen(item.price_fen.0 * i64::from(q)),
                     payment: r.payment,
-                    status: if online { OrderStatus::AwaitingPayment } else { OrderStatus::Confirmed },
+                    status: if online {
+                        OrderStatus::AwaitingPayment
+                    } else {
+                        OrderStatus::Confirmed
+                    },
                     address: r.address.clone(),
                     idempotency_key: r.idempotency_key.clone(),
                     request_fingerprint: r.fingerprint,
@@ -112,14 +135,20 @@ impl Model {
                 };
                 self.next_seq += 1;
                 self.orders.insert(order.id, order.clone());
-                Reply::Order { order, replayed: false }
+                Reply::Order {
+                    order,
+                    replayed: false,
+                }
             }
             Command::Confirm { order } => {
                 let Some(o) = self.orders.get_mut(order) else {
                     return Reply::Refused(Refusal::UnknownOrder);
                 };
                 match o.status {
-                    OrderStatus::Paid => Reply::Order { order: o.clone(), replayed: true },
+                    OrderStatus::Paid => Reply::Order {
+                        order: o.clone(),
+                        replayed: true,
+                    },
                     OrderStatus::AwaitingPayment if o.expires_at.is_some_and(|at| at <= now) => {
                         o.status = OrderStatus::Expired;
                         o.expires_at = None;
@@ -130,13 +159,19 @@ impl Model {
                         o.status = OrderStatus::Paid;
                         o.expires_at = None;
                         o.updated_at = now;
-                        Reply::Order { order: o.clone(), replayed: false }
+                        Reply::Order {
+                            order: o.clone(),
+                            replayed: false,
+                        }
                     }
-                    OrderStatus::Confirmed => {
-                        Reply::Refused(Refusal::InvalidTransition { status: o.status, action: "paid" })
-                    }
+                    OrderStatus::Confirmed => Reply::Refused(Refusal::InvalidTransition {
+                        status: o.status,
+                        action: "paid",
+                    }),
                     // Terminal orders have left the engine's memory.
-                    OrderStatus::Cancelled | OrderStatus::Expired => Reply::Refused(Refusal::UnknownOrder),
+                    OrderStatus::Cancelled | OrderStatus::Expired => {
+                        Reply::Refused(Refusal::UnknownOrder)
+                    }
                 }
             }
             Command::Release { order, by } => {
@@ -151,9 +186,15 @@ impl Model {
                         o.status = OrderStatus::Cancelled;
                         o.expires_at = None;
                         o.updated_at = now;
-                        Reply::Order { order: o.clone(), replayed: false }
+                        Reply::Order {
+                            order: o.clone(),
+                            replayed: false,
+                        }
                     }
-                    status => Reply::Refused(Refusal::InvalidTransition { status, action: "cancelled" }),
+                    status => Reply::Refused(Refusal::InvalidTransition {
+                        status,
+                        action: "cancelled",
+                    }),
                 }
             }
             Command::PutItem { item, create } => {
@@ -164,7 +205,9 @@ impl Model {
                 if exists {
                     let (_, held, sold) = self.counters(item.sku);
                     if item.stock_total < held + sold {
-                        return Reply::Refused(Refusal::StockBelowCommitted { committed: held + sold });
+                        return Reply::Refused(Refusal::StockBelowCommitted {
+                            committed: held + sold,
+                        });
                     }
                 }
                 self.items.insert(item.sku, item.clone());

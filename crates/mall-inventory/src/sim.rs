@@ -3,7 +3,9 @@
 //! Deterministic: the same seed gives the same commands.
 
 use crate::{Command, Reserve};
-use mall_core::{Category, Fen, Item, MerchantId, OrderId, PaymentMethod, Quantity, Sku, Timestamp, UserId};
+use mall_core::{
+    Category, Fen, Item, MerchantId, OrderId, PaymentMethod, Quantity, Sku, Timestamp, UserId,
+};
 use std::sync::Arc;
 
 /// SplitMix64: tiny, fast, good enough to drive tests. Not for secrets.
@@ -113,7 +115,11 @@ impl Workload {
             _ => Sku(10_000 + self.rng.below(5)), // unknown item
         };
         let quantity = Quantity::new(1 + self.rng.below(2) as u32).expect("1..=2");
-        let payment = if self.rng.chance(25) { PaymentMethod::Cod } else { PaymentMethod::Online };
+        let payment = if self.rng.chance(25) {
+            PaymentMethod::Cod
+        } else {
+            PaymentMethod::Online
+        };
         let key = self.rng.chance(70).then(|| {
             self.next_key += 1;
             Arc::<str>::from(format!("k{}", self.next_key))
@@ -124,7 +130,11 @@ impl Workload {
             quantity,
             payment,
             address: "1 Test Road".into(),
-            fingerprint: mall_core::fingerprint(&[&sku.0.to_le_bytes(), &quantity.get().to_le_bytes(), payment.as_str().as_bytes()]),
+            fingerprint: mall_core::fingerprint(&[
+                &sku.0.to_le_bytes(),
+                &quantity.get().to_le_bytes(),
+                payment.as_str().as_bytes(),
+            ]),
             idempotency_key: key,
             early_access: self.rng.chance(3),
         };
@@ -139,19 +149,27 @@ impl Workload {
         let order = self.rng.pick(&self.orders).copied();
         match self.rng.below(100) {
             0..=64 => self.reserve(),
-            65..=79 => Command::Confirm { order: order.unwrap_or(OrderId::new(self.shard, 999_999)) },
+            65..=79 => Command::Confirm {
+                order: order.unwrap_or(OrderId::new(self.shard, 999_999)),
+            },
             80..=91 => {
                 let by = match self.rng.below(10) {
                     0 => None,
                     _ => Some(UserId(1 + self.rng.below(self.users))),
                 };
-                Command::Release { order: order.unwrap_or(OrderId::new(self.shard, 999_998)), by }
+                Command::Release {
+                    order: order.unwrap_or(OrderId::new(self.shard, 999_998)),
+                    by,
+                }
             }
             92..=96 if !self.skus.is_empty() => {
                 let sku = *self.rng.pick(&self.skus).expect("not empty");
                 let mut item = self.new_item(now);
                 item.sku = sku;
-                Command::PutItem { item, create: false }
+                Command::PutItem {
+                    item,
+                    create: false,
+                }
             }
             _ => {
                 let item = self.new_item(now);

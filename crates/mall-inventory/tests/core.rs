@@ -28,10 +28,20 @@ fn item(sku: u64, stock: u32, limit: u32) -> Item {
 }
 
 fn engine(items: &[Item]) -> Inventory {
-    let config = InventoryConfig { hold_timeout_ms: HOLD_MS, ..Default::default() };
+    let config = InventoryConfig {
+        hold_timeout_ms: HOLD_MS,
+        ..Default::default()
+    };
     let mut inv = Inventory::new(0, config, Arc::new(Board::default()));
     for i in items {
-        let reply = inv.apply(Command::PutItem { item: i.clone(), create: true }, T0, &mut vec![]);
+        let reply = inv.apply(
+            Command::PutItem {
+                item: i.clone(),
+                create: true,
+            },
+            T0,
+            &mut vec![],
+        );
         assert!(matches!(reply, Reply::Item(_)));
     }
     inv
@@ -87,22 +97,46 @@ fn per_user_limit_counts_active_units_and_frees_on_cancel() {
     let first = order_of(&run(&mut inv, reserve(7, 1, 2, None), T0).0);
     assert_eq!(
         run(&mut inv, reserve(7, 1, 1, None), T0).0,
-        Reply::Refused(Refusal::LimitReached { limit: 2, active: 2 })
+        Reply::Refused(Refusal::LimitReached {
+            limit: 2,
+            active: 2
+        })
     );
-    let cancelled = order_of(&run(&mut inv, Command::Release { order: first.id, by: Some(UserId(7)) }, T0).0);
+    let cancelled = order_of(
+        &run(
+            &mut inv,
+            Command::Release {
+                order: first.id,
+                by: Some(UserId(7)),
+            },
+            T0,
+        )
+        .0,
+    );
     assert_eq!(cancelled.status, OrderStatus::Cancelled);
     assert_eq!(inv.counters(Sku(1)), Some((10, 0, 0)));
-    assert!(matches!(run(&mut inv, reserve(7, 1, 1, None), T0).0, Reply::Order { .. }));
+    assert!(matches!(
+        run(&mut inv, reserve(7, 1, 1, None), T0).0,
+        Reply::Order { .. }
+    ));
 }
 
 #[test]
 fn sale_window_is_enforced_except_for_early_access() {
     let mut inv = engine(&[item(1, 5, 1)]);
     let before = T0.plus_ms(-5 * 60_000);
-    assert_eq!(run(&mut inv, reserve(1, 1, 1, None), before).0, Reply::Refused(Refusal::SaleNotOpen { opens_at: T0 }));
-    let Command::Reserve(mut r) = reserve(1, 1, 1, None) else { unreachable!() };
+    assert_eq!(
+        run(&mut inv, reserve(1, 1, 1, None), before).0,
+        Reply::Refused(Refusal::SaleNotOpen { opens_at: T0 })
+    );
+    let Command::Reserve(mut r) = reserve(1, 1, 1, None) else {
+        unreachable!()
+    };
     r.early_access = true;
-    assert!(matches!(run(&mut inv, Command::Reserve(r), before).0, Reply::Order { .. }));
+    assert!(matches!(
+        run(&mut inv, Command::Reserve(r), before).0,
+        Reply::Order { .. }
+    ));
     let after = T0.plus_ms(3_600_000);
     assert_eq!(
         run(&mut inv, reserve(2, 1, 1, None), after).0,
@@ -116,12 +150,27 @@ fn unpaid_hold_expires_and_returns_stock_and_late_payment_is_refused() {
     let order = order_of(&run(&mut inv, reserve(1, 1, 1, None), T0).0);
     assert_eq!(order.expires_at, Some(T0.plus_ms(HOLD_MS)));
     // Paying exactly at expiry is too late.
-    let (reply, effects) = run(&mut inv, Command::Confirm { order: order.id }, T0.plus_ms(HOLD_MS));
-    assert_eq!(reply, Reply::Refused(Refusal::UnknownOrder), "tick expired it first");
-    assert!(effects.contains(&Effect::UpdateOrder { id: order.id, status: OrderStatus::Expired, updated_at: T0.plus_ms(HOLD_MS) }));
+    let (reply, effects) = run(
+        &mut inv,
+        Command::Confirm { order: order.id },
+        T0.plus_ms(HOLD_MS),
+    );
+    assert_eq!(
+        reply,
+        Reply::Refused(Refusal::UnknownOrder),
+        "tick expired it first"
+    );
+    assert!(effects.contains(&Effect::UpdateOrder {
+        id: order.id,
+        status: OrderStatus::Expired,
+        updated_at: T0.plus_ms(HOLD_MS)
+    }));
     assert_eq!(inv.counters(Sku(1)), Some((1, 0, 0)));
     // The stock is on sale again.
-    assert!(matches!(run(&mut inv, reserve(2, 1, 1, None), T0.plus_ms(HOLD_MS)).0, Reply::Order { .. }));
+    assert!(matches!(
+        run(&mut inv, reserve(2, 1, 1, None), T0.plus_ms(HOLD_MS)).0,
+        Reply::Order { .. }
+    ));
 }
 
 #[test]
@@ -130,7 +179,11 @@ fn payment_racing_expiry_in_the_same_batch_is_refused_as_hold_expired() {
     let order = order_of(&run(&mut inv, reserve(1, 1, 1, None), T0).0);
     // No tick between: the command itself sees the lapsed hold.
     let mut effects = vec![];
-    let reply = inv.apply(Command::Confirm { order: order.id }, T0.plus_ms(HOLD_MS + 1), &mut effects);
+    let reply = inv.apply(
+        Command::Confirm { order: order.id },
+        T0.plus_ms(HOLD_MS + 1),
+        &mut effects,
+    );
     assert_eq!(reply, Reply::Refused(Refusal::HoldExpired));
     inv.check_touched();
     assert_eq!(inv.counters(Sku(1)), Some((1, 0, 0)));
@@ -140,29 +193,60 @@ fn payment_racing_expiry_in_the_same_batch_is_refused_as_hold_expired() {
 fn confirm_turns_hold_into_sale_and_is_idempotent() {
     let mut inv = engine(&[item(1, 3, 1)]);
     let order = order_of(&run(&mut inv, reserve(1, 1, 1, None), T0).0);
-    let paid = order_of(&run(&mut inv, Command::Confirm { order: order.id }, T0.plus_ms(1000)).0);
+    let paid = order_of(
+        &run(
+            &mut inv,
+            Command::Confirm { order: order.id },
+            T0.plus_ms(1000),
+        )
+        .0,
+    );
     assert_eq!(paid.status, OrderStatus::Paid);
     assert_eq!(paid.expires_at, None);
     assert_eq!(inv.counters(Sku(1)), Some((2, 0, 1)));
-    let (again, effects) = run(&mut inv, Command::Confirm { order: order.id }, T0.plus_ms(2000));
+    let (again, effects) = run(
+        &mut inv,
+        Command::Confirm { order: order.id },
+        T0.plus_ms(2000),
+    );
     assert!(matches!(again, Reply::Order { replayed: true, .. }));
     assert!(effects.is_empty());
     assert_eq!(
-        run(&mut inv, Command::Release { order: order.id, by: Some(UserId(1)) }, T0).0,
-        Reply::Refused(Refusal::InvalidTransition { status: OrderStatus::Paid, action: "cancelled" })
+        run(
+            &mut inv,
+            Command::Release {
+                order: order.id,
+                by: Some(UserId(1))
+            },
+            T0
+        )
+        .0,
+        Reply::Refused(Refusal::InvalidTransition {
+            status: OrderStatus::Paid,
+            action: "cancelled"
+        })
     );
 }
 
 #[test]
 fn cash_on_delivery_sells_at_once_and_cancel_returns_stock() {
     let mut inv = engine(&[item(1, 3, 1)]);
-    let Command::Reserve(mut r) = reserve(1, 1, 1, None) else { unreachable!() };
+    let Command::Reserve(mut r) = reserve(1, 1, 1, None) else {
+        unreachable!()
+    };
     r.payment = PaymentMethod::Cod;
     let order = order_of(&run(&mut inv, Command::Reserve(r), T0).0);
     assert_eq!(order.status, OrderStatus::Confirmed);
     assert_eq!(order.expires_at, None);
     assert_eq!(inv.counters(Sku(1)), Some((2, 0, 1)));
-    run(&mut inv, Command::Release { order: order.id, by: None }, T0);
+    run(
+        &mut inv,
+        Command::Release {
+            order: order.id,
+            by: None,
+        },
+        T0,
+    );
     assert_eq!(inv.counters(Sku(1)), Some((3, 0, 0)));
 }
 
@@ -171,7 +255,15 @@ fn another_shoppers_order_is_unknown_to_them() {
     let mut inv = engine(&[item(1, 3, 1)]);
     let order = order_of(&run(&mut inv, reserve(1, 1, 1, None), T0).0);
     assert_eq!(
-        run(&mut inv, Command::Release { order: order.id, by: Some(UserId(2)) }, T0).0,
+        run(
+            &mut inv,
+            Command::Release {
+                order: order.id,
+                by: Some(UserId(2))
+            },
+            T0
+        )
+        .0,
         Reply::Refused(Refusal::UnknownOrder)
     );
     assert_eq!(inv.counters(Sku(1)), Some((2, 1, 0)));
@@ -182,14 +274,39 @@ fn idempotency_key_replays_and_refuses_reuse() {
     let mut inv = engine(&[item(1, 5, 3)]);
     let first = order_of(&run(&mut inv, reserve(1, 1, 1, Some("k1")), T0).0);
     let (replay, effects) = run(&mut inv, reserve(1, 1, 1, Some("k1")), T0);
-    assert_eq!(replay, Reply::Order { order: first.clone(), replayed: true });
+    assert_eq!(
+        replay,
+        Reply::Order {
+            order: first.clone(),
+            replayed: true
+        }
+    );
     assert!(effects.is_empty());
-    assert_eq!(run(&mut inv, reserve(1, 1, 2, Some("k1")), T0).0, Reply::Refused(Refusal::IdempotencyKeyReused));
+    assert_eq!(
+        run(&mut inv, reserve(1, 1, 2, Some("k1")), T0).0,
+        Reply::Refused(Refusal::IdempotencyKeyReused)
+    );
     // Keys are per user.
-    assert!(matches!(run(&mut inv, reserve(2, 1, 1, Some("k1")), T0).0, Reply::Order { replayed: false, .. }));
+    assert!(matches!(
+        run(&mut inv, reserve(2, 1, 1, Some("k1")), T0).0,
+        Reply::Order {
+            replayed: false,
+            ..
+        }
+    ));
     // Once the order leaves memory, the replay names it for the store to answer.
-    run(&mut inv, Command::Release { order: first.id, by: Some(UserId(1)) }, T0);
-    assert_eq!(run(&mut inv, reserve(1, 1, 1, Some("k1")), T0).0, Reply::StoredOrder(first.id));
+    run(
+        &mut inv,
+        Command::Release {
+            order: first.id,
+            by: Some(UserId(1)),
+        },
+        T0,
+    );
+    assert_eq!(
+        run(&mut inv, reserve(1, 1, 1, Some("k1")), T0).0,
+        Reply::StoredOrder(first.id)
+    );
     assert_eq!(inv.counters(Sku(1)), Some((4, 1, 0)));
 }
 
@@ -199,11 +316,30 @@ fn stock_cannot_drop_below_held_and_sold() {
     order_of(&run(&mut inv, reserve(1, 1, 3, None), T0).0);
     let mut smaller = item(1, 2, 5);
     assert_eq!(
-        run(&mut inv, Command::PutItem { item: smaller.clone(), create: false }, T0).0,
+        run(
+            &mut inv,
+            Command::PutItem {
+                item: smaller.clone(),
+                create: false
+            },
+            T0
+        )
+        .0,
         Reply::Refused(Refusal::StockBelowCommitted { committed: 3 })
     );
     smaller.stock_total = 4;
-    assert!(matches!(run(&mut inv, Command::PutItem { item: smaller, create: false }, T0).0, Reply::Item(_)));
+    assert!(matches!(
+        run(
+            &mut inv,
+            Command::PutItem {
+                item: smaller,
+                create: false
+            },
+            T0
+        )
+        .0,
+        Reply::Item(_)
+    ));
     assert_eq!(inv.counters(Sku(1)), Some((1, 3, 0)));
     assert_eq!(
         run(&mut inv, reserve(2, 1, 2, None), T0).0,
@@ -216,7 +352,12 @@ fn first_come_first_served_in_arrival_order() {
     let mut inv = engine(&[item(1, 3, 1)]);
     let mut effects = vec![];
     let winners: Vec<u64> = (1..=10)
-        .filter(|&u| matches!(inv.apply(reserve(u, 1, 1, None), T0, &mut effects), Reply::Order { .. }))
+        .filter(|&u| {
+            matches!(
+                inv.apply(reserve(u, 1, 1, None), T0, &mut effects),
+                Reply::Order { .. }
+            )
+        })
         .collect();
     assert_eq!(winners, vec![1, 2, 3]);
 }
@@ -225,7 +366,14 @@ fn first_come_first_served_in_arrival_order() {
 fn order_ids_name_their_shard() {
     let config = InventoryConfig::default();
     let mut inv = Inventory::new(5, config, Arc::new(Board::default()));
-    inv.apply(Command::PutItem { item: item(5, 1, 1), create: true }, T0, &mut vec![]);
+    inv.apply(
+        Command::PutItem {
+            item: item(5, 1, 1),
+            create: true,
+        },
+        T0,
+        &mut vec![],
+    );
     let order = order_of(&inv.apply(reserve(1, 5, 1, None), T0, &mut vec![]));
     assert_eq!(order.id.shard(), 5);
     assert_eq!(order.id, OrderId::new(5, 1));
@@ -237,7 +385,10 @@ fn order_ids_name_their_shard() {
 /// makes a second order.
 #[test]
 fn property_random_interleavings_match_the_model() {
-    let seeds: u64 = std::env::var("MALL_PROP_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let seeds: u64 = std::env::var("MALL_PROP_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
     let mut kinds = std::collections::BTreeSet::new();
     for seed in 0..seeds {
         match std::panic::catch_unwind(|| check_seed(seed)) {
@@ -247,10 +398,25 @@ fn property_random_interleavings_match_the_model() {
     }
     // The workload must reach every outcome, or the property proves little.
     for kind in [
-        "awaiting_payment", "paid", "confirmed", "cancelled", "awaiting_payment replayed", "paid replayed",
-        "StoredOrder", "Item", "sold_out", "limit_reached", "insufficient_stock", "sale_not_open",
-        "sale_closed", "item_not_found", "order_not_found", "invalid_order_status", "hold_expired",
-        "idempotency_key_reused", "stock_below_committed",
+        "awaiting_payment",
+        "paid",
+        "confirmed",
+        "cancelled",
+        "awaiting_payment replayed",
+        "paid replayed",
+        "StoredOrder",
+        "Item",
+        "sold_out",
+        "limit_reached",
+        "insufficient_stock",
+        "sale_not_open",
+        "sale_closed",
+        "item_not_found",
+        "order_not_found",
+        "invalid_order_status",
+        "hold_expired",
+        "idempotency_key_reused",
+        "stock_below_committed",
     ] {
         assert!(kinds.contains(kind), "no {kind} in the workload: {kinds:?}");
     }
@@ -258,7 +424,10 @@ fn property_random_interleavings_match_the_model() {
 
 fn check_seed(seed: u64) -> std::collections::BTreeSet<String> {
     let mut kinds = std::collections::BTreeSet::new();
-    let config = InventoryConfig { hold_timeout_ms: HOLD_MS, ..Default::default() };
+    let config = InventoryConfig {
+        hold_timeout_ms: HOLD_MS,
+        ..Default::default()
+    };
     let mut inv = Inventory::new(0, config, Arc::new(Board::default()));
     let mut model = Model::new(0, HOLD_MS);
     let mut work = Workload::new(seed, 0, 1);
@@ -279,22 +448,36 @@ fn check_seed(seed: u64) -> std::collections::BTreeSet<String> {
             assert_eq!(got, want, "seed {seed}: {cmd:?}");
             kinds.insert(match &got {
                 Reply::Refused(r) => r.code().to_string(),
-                Reply::Order { order, replayed } => format!("{}{}", order.status.as_str(), if *replayed { " replayed" } else { "" }),
-                other => format!("{other:?}").chars().take_while(|c| c.is_alphabetic()).collect(),
+                Reply::Order { order, replayed } => format!(
+                    "{}{}",
+                    order.status.as_str(),
+                    if *replayed { " replayed" } else { "" }
+                ),
+                other => format!("{other:?}")
+                    .chars()
+                    .take_while(|c| c.is_alphabetic())
+                    .collect(),
             });
             work.observe(&got);
         }
         inv.check_touched();
         inv.audit().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         for sku in inv.skus().collect::<Vec<_>>() {
-            assert_eq!(inv.counters(sku), Some(model.counters(sku)), "seed {seed} sku {sku}");
+            assert_eq!(
+                inv.counters(sku),
+                Some(model.counters(sku)),
+                "seed {seed} sku {sku}"
+            );
         }
     }
     // Each key made at most one order.
     let mut seen = std::collections::HashSet::new();
     for o in model.orders.values() {
         if let Some(k) = &o.idempotency_key {
-            assert!(seen.insert((o.user, k.clone())), "seed {seed}: key {k} made two orders");
+            assert!(
+                seen.insert((o.user, k.clone())),
+                "seed {seed}: key {k} made two orders"
+            );
         }
     }
     kinds

@@ -214,7 +214,10 @@ pub struct ShardHandle<M: StateMachine> {
 
 impl<M: StateMachine> Clone for ShardHandle<M> {
     fn clone(&self) -> Self {
-        ShardHandle { tx: self.tx.clone(), stats: self.stats.clone() }
+        ShardHandle {
+            tx: self.tx.clone(),
+            stats: self.stats.clone(),
+        }
     }
 }
 
@@ -222,7 +225,9 @@ impl<M: StateMachine> ShardHandle<M> {
     /// Enqueues one command, or refuses at once when the queue is full.
     pub fn try_submit(&self, command: M::Command) -> Result<oneshot::Receiver<M::Reply>, Busy> {
         let (tx, rx) = oneshot::channel();
-        self.tx.try_send(Envelope::One(command, tx)).map_err(|_| Busy)?;
+        self.tx
+            .try_send(Envelope::One(command, tx))
+            .map_err(|_| Busy)?;
         Ok(rx)
     }
 
@@ -233,14 +238,18 @@ impl<M: StateMachine> ShardHandle<M> {
         commands: Vec<M::Command>,
     ) -> Result<oneshot::Receiver<Vec<M::Reply>>, Stopped> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Envelope::Many(commands, tx)).map_err(|_| Stopped)?;
+        self.tx
+            .send(Envelope::Many(commands, tx))
+            .map_err(|_| Stopped)?;
         Ok(rx)
     }
 
     /// Enqueues one command, waiting for room in the queue.
     pub fn submit(&self, command: M::Command) -> Result<oneshot::Receiver<M::Reply>, Stopped> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Envelope::One(command, tx)).map_err(|_| Stopped)?;
+        self.tx
+            .send(Envelope::One(command, tx))
+            .map_err(|_| Stopped)?;
         Ok(rx)
     }
 
@@ -296,7 +305,15 @@ impl<M: StateMachine> Shard<M> {
                 .spawn(move || commit_loop(shared, journal, stats))
                 .map_err(|e| JournalError(format!("spawn commit thread: {e}")))?
         };
-        let applier = Applier { machine, rx, shared, journal, clock, config, stats: stats.clone() };
+        let applier = Applier {
+            machine,
+            rx,
+            shared,
+            journal,
+            clock,
+            config,
+            stats: stats.clone(),
+        };
         let apply_thread = std::thread::Builder::new()
             .name(format!("{name}-apply"))
             .spawn(move || {
@@ -306,7 +323,10 @@ impl<M: StateMachine> Shard<M> {
                 }
             })
             .map_err(|e| JournalError(format!("spawn apply thread: {e}")))?;
-        Ok(Shard { handle: ShardHandle { tx, stats }, apply_thread })
+        Ok(Shard {
+            handle: ShardHandle { tx, stats },
+            apply_thread,
+        })
     }
 
     pub fn handle(&self) -> ShardHandle<M> {
@@ -365,7 +385,11 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
                 self.stage(&mut effects, &mut pending);
             }
         }
-        let mut staging = self.shared.staging.lock().unwrap_or_else(|p| p.into_inner());
+        let mut staging = self
+            .shared
+            .staging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         staging.closed = true;
         self.shared.staged.notify_all();
     }
@@ -387,8 +411,10 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
                 }
             }
             Envelope::Many(commands, tx) => {
-                let replies: Vec<M::Reply> =
-                    commands.into_iter().map(|c| self.machine.apply(c, now, effects)).collect();
+                let replies: Vec<M::Reply> = commands
+                    .into_iter()
+                    .map(|c| self.machine.apply(c, now, effects))
+                    .collect();
                 if replies.iter().any(M::needs_commit) {
                     pending.push(PendingReply::Many(replies, tx));
                 } else {
@@ -399,14 +425,26 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
     }
 
     fn is_poisoned(&self) -> bool {
-        self.shared.staging.lock().unwrap_or_else(|p| p.into_inner()).poisoned
+        self.shared
+            .staging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .poisoned
     }
 
     /// Hands effects and replies to the commit thread, waiting while staging is full.
     fn stage(&mut self, effects: &mut Vec<M::Effect>, pending: &mut Vec<PendingReply<M>>) {
-        let mut staging = self.shared.staging.lock().unwrap_or_else(|p| p.into_inner());
+        let mut staging = self
+            .shared
+            .staging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         while staging.effects.len() >= self.config.staged_effects_max && !staging.poisoned {
-            staging = self.shared.drained.wait(staging).unwrap_or_else(|p| p.into_inner());
+            staging = self
+                .shared
+                .drained
+                .wait(staging)
+                .unwrap_or_else(|p| p.into_inner());
         }
         if staging.poisoned {
             drop(staging);
@@ -425,17 +463,28 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
         let mut backoff = Duration::from_millis(10);
         loop {
             {
-                let mut staging = self.shared.staging.lock().unwrap_or_else(|p| p.into_inner());
+                let mut staging = self
+                    .shared
+                    .staging
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 staging.effects.clear();
                 staging.replies.drain(..).for_each(PendingReply::fail);
             }
-            let loaded = self.journal.lock().unwrap_or_else(|p| p.into_inner()).load(self.clock.now());
+            let loaded = self
+                .journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .load(self.clock.now());
             match loaded {
                 Ok(machine) => {
                     self.machine = machine;
                     self.stats.reloads.fetch_add(1, Ordering::Relaxed);
-                    let mut staging =
-                        self.shared.staging.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut staging = self
+                        .shared
+                        .staging
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     staging.poisoned = false;
                     tracing::warn!("shard reloaded from the journal after a failed commit");
                     return;
@@ -462,7 +511,10 @@ fn commit_loop<M: StateMachine, J: Journal<Machine = M>>(
         {
             let mut staging = shared.staging.lock().unwrap_or_else(|p| p.into_inner());
             while staging.effects.is_empty() && staging.replies.is_empty() && !staging.closed {
-                staging = shared.staged.wait(staging).unwrap_or_else(|p| p.into_inner());
+                staging = shared
+                    .staged
+                    .wait(staging)
+                    .unwrap_or_else(|p| p.into_inner());
             }
             if staging.effects.is_empty() && staging.replies.is_empty() {
                 return; // closed and drained
@@ -481,7 +533,10 @@ fn commit_loop<M: StateMachine, J: Journal<Machine = M>>(
             Ok(())
         } else {
             let started = Instant::now();
-            let result = journal.lock().unwrap_or_else(|p| p.into_inner()).commit(&effects);
+            let result = journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .commit(&effects);
             stats.record_commit(effects.len(), started.elapsed());
             result
         };
@@ -491,7 +546,11 @@ fn commit_loop<M: StateMachine, J: Journal<Machine = M>>(
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; shard will reload");
                 stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                shared.staging.lock().unwrap_or_else(|p| p.into_inner()).poisoned = true;
+                shared
+                    .staging
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .poisoned = true;
                 shared.drained.notify_all();
                 replies.drain(..).for_each(PendingReply::fail);
             }

@@ -89,7 +89,11 @@ pub struct Accounts {
 
 fn role_of(s: String) -> rusqlite::Result<Role> {
     Role::parse(&s).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("role {s}").into())
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("role {s}").into(),
+        )
     })
 }
 
@@ -101,7 +105,9 @@ impl Accounts {
     pub fn open(path: &Path) -> Result<Accounts, StoreError> {
         let conn = open_connection(path, Sync::Full)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Accounts { conn: Mutex::new(conn) })
+        Ok(Accounts {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -125,7 +131,10 @@ impl Accounts {
 
     pub fn create_merchant(&self, name: &str, now: Timestamp) -> Result<MerchantId, StoreError> {
         let conn = self.conn();
-        match conn.execute("INSERT INTO merchants (name, created_at_ms) VALUES (?1, ?2)", params![name, now.0]) {
+        match conn.execute(
+            "INSERT INTO merchants (name, created_at_ms) VALUES (?1, ?2)",
+            params![name, now.0],
+        ) {
             Ok(_) => Ok(MerchantId(conn.last_insert_rowid() as u64)),
             Err(e) if is_unique_violation(&e) => Err(StoreError::MerchantNameTaken),
             Err(e) => Err(e.into()),
@@ -135,12 +144,21 @@ impl Accounts {
     pub fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id, name FROM merchants ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok(MerchantRow { id: MerchantId(r.get::<_, i64>(0)? as u64), name: r.get(1)? }))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(MerchantRow {
+                id: MerchantId(r.get::<_, i64>(0)? as u64),
+                name: r.get(1)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Creates accounts (and their sessions) in one transaction: all or none.
-    pub fn create_users(&self, users: &[NewUser], now: Timestamp) -> Result<Vec<UserId>, StoreError> {
+    pub fn create_users(
+        &self,
+        users: &[NewUser],
+        now: Timestamp,
+    ) -> Result<Vec<UserId>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut ids = Vec::with_capacity(users.len());
@@ -195,7 +213,10 @@ impl Accounts {
     }
 
     pub fn set_password_hash(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
-        self.conn().execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![user.0 as i64, hash])?;
+        self.conn().execute(
+            "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+            params![user.0 as i64, hash],
+        )?;
         Ok(())
     }
 
@@ -223,7 +244,11 @@ impl Accounts {
         let rows = stmt.query_map([], |r| {
             let hash: Vec<u8> = r.get(0)?;
             let token_hash: [u8; 32] = hash.try_into().map_err(|_| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, "token hash length".into())
+                rusqlite::Error::FromSqlConversionFailure(
+                    0,
+                    rusqlite::types::Type::Blob,
+                    "token hash length".into(),
+                )
             })?;
             Ok(SessionRow {
                 token_hash,
@@ -236,14 +261,22 @@ impl Accounts {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn stored_response(&self, user: UserId, key: &str) -> Result<Option<StoredResponse>, StoreError> {
+    pub fn stored_response(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT fingerprint, status, body FROM idempotency WHERE user_id = ?1 AND key = ?2",
         )?;
         let row = stmt
             .query_row(params![user.0 as i64, key], |r| {
-                Ok(StoredResponse { fingerprint: r.get::<_, i64>(0)? as u64, status: r.get(1)?, body: r.get(2)? })
+                Ok(StoredResponse {
+                    fingerprint: r.get::<_, i64>(0)? as u64,
+                    status: r.get(1)?,
+                    body: r.get(2)?,
+                })
             })
             .optional()?;
         Ok(row)
@@ -265,6 +298,9 @@ impl Accounts {
 
     /// Forgets stored responses older than `horizon`.
     pub fn prune_responses(&self, horizon: Timestamp) -> Result<usize, StoreError> {
-        Ok(self.conn().execute("DELETE FROM idempotency WHERE created_at_ms < ?1", [horizon.0])?)
+        Ok(self.conn().execute(
+            "DELETE FROM idempotency WHERE created_at_ms < ?1",
+            [horizon.0],
+        )?)
     }
 }

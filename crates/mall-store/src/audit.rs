@@ -30,7 +30,10 @@ struct Count {
 }
 
 pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
-    let mut report = AuditReport { shards: dir.shards, ..Default::default() };
+    let mut report = AuditReport {
+        shards: dir.shards,
+        ..Default::default()
+    };
     for shard in 0..dir.shards {
         let path = dir.shard_path(shard);
         if !path.exists() {
@@ -48,38 +51,70 @@ pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
             let o = match order_from_row(row) {
                 Ok(o) => o,
                 Err(e) => {
-                    report.violations.push(format!("shard {shard}: unreadable order row: {e}"));
+                    report
+                        .violations
+                        .push(format!("shard {shard}: unreadable order row: {e}"));
                     continue;
                 }
             };
             report.orders += 1;
-            *report.orders_by_status.entry(o.status.as_str()).or_default() += 1;
+            *report
+                .orders_by_status
+                .entry(o.status.as_str())
+                .or_default() += 1;
             let v = &mut report.violations;
             if o.id.shard() != shard {
-                v.push(format!("order {}: stored in shard {shard} but its id names shard {}", o.id, o.id.shard()));
+                v.push(format!(
+                    "order {}: stored in shard {shard} but its id names shard {}",
+                    o.id,
+                    o.id.shard()
+                ));
             }
             if dir.shard_of(o.sku) != shard {
-                v.push(format!("order {}: SKU {} belongs to shard {}", o.id, o.sku, dir.shard_of(o.sku)));
+                v.push(format!(
+                    "order {}: SKU {} belongs to shard {}",
+                    o.id,
+                    o.sku,
+                    dir.shard_of(o.sku)
+                ));
             }
             if !items.contains_key(&o.sku) {
                 v.push(format!("order {}: unknown SKU {}", o.id, o.sku));
                 continue;
             }
             if o.amount_fen.0 != o.unit_price_fen.0 * i64::from(o.quantity.get()) {
-                v.push(format!("order {}: amount {} != {} x {}", o.id, o.amount_fen.0, o.unit_price_fen.0, o.quantity.get()));
+                v.push(format!(
+                    "order {}: amount {} != {} x {}",
+                    o.id,
+                    o.amount_fen.0,
+                    o.unit_price_fen.0,
+                    o.quantity.get()
+                ));
             }
             if (o.status == OrderStatus::AwaitingPayment) != o.expires_at.is_some() {
-                v.push(format!("order {}: {} with expiry {:?}", o.id, o.status.as_str(), o.expires_at));
+                v.push(format!(
+                    "order {}: {} with expiry {:?}",
+                    o.id,
+                    o.status.as_str(),
+                    o.expires_at
+                ));
             }
             if let Some(key) = &o.idempotency_key {
                 if !keys.insert((o.user, key.to_string())) {
-                    v.push(format!("order {}: idempotency key {key:?} of user {} made two orders", o.id, o.user));
+                    v.push(format!(
+                        "order {}: idempotency key {key:?} of user {} made two orders",
+                        o.id, o.user
+                    ));
                 }
             }
             if o.status.is_active() {
                 let c = counts.entry(o.sku).or_default();
                 let q = u64::from(o.quantity.get());
-                if o.status.is_sold() { c.sold += q } else { c.held += q }
+                if o.status.is_sold() {
+                    c.sold += q
+                } else {
+                    c.held += q
+                }
                 *per_user.entry((o.user, o.sku)).or_default() += q;
             }
         }
@@ -97,7 +132,9 @@ pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
         for ((user, sku), units) in &per_user {
             let limit = items[sku].per_user_limit;
             if *units > u64::from(limit) {
-                report.violations.push(format!("user {user}: holds {units} of SKU {sku}, over the per-user limit {limit}"));
+                report.violations.push(format!(
+                    "user {user}: holds {units} of SKU {sku}, over the per-user limit {limit}"
+                ));
             }
         }
     }

@@ -24,20 +24,41 @@ pub struct Engine {
 
 impl Engine {
     /// Rebuilds every shard from its store and starts it.
-    pub fn start(dir: DataDir, config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Engine, StoreError> {
+    pub fn start(
+        dir: DataDir,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, StoreError> {
         let board = Arc::new(Board::default());
         let mut shards = Vec::with_capacity(dir.shards);
         let mut readers = Vec::with_capacity(dir.shards);
         for shard in 0..dir.shards {
             let path = dir.shard_path(shard);
-            let journal = ShardJournal::open(&path, shard, config.inventory.clone(), board.clone(), Sync::Full)?;
-            let running = Shard::start(format!("shard-{shard}"), journal, clock.clone(), config.runtime.clone())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let journal = ShardJournal::open(
+                &path,
+                shard,
+                config.inventory.clone(),
+                board.clone(),
+                Sync::Full,
+            )?;
+            let running = Shard::start(
+                format!("shard-{shard}"),
+                journal,
+                clock.clone(),
+                config.runtime.clone(),
+            )
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             shards.push(running);
             readers.push(ShardReader::open(&path)?);
         }
         let handles = shards.iter().map(Shard::handle).collect();
-        Ok(Engine { dir, board, shards, handles, readers })
+        Ok(Engine {
+            dir,
+            board,
+            shards,
+            handles,
+            readers,
+        })
     }
 
     pub fn dir(&self) -> &DataDir {
@@ -61,7 +82,11 @@ impl Engine {
     }
 
     /// Queues a command on the shard that owns `sku`; refuses at once when full.
-    pub fn try_submit_for_sku(&self, sku: Sku, command: Command) -> Result<oneshot::Receiver<Reply>, Busy> {
+    pub fn try_submit_for_sku(
+        &self,
+        sku: Sku,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Reply>, Busy> {
         self.handles[self.shard_of_sku(sku)].try_submit(command)
     }
 
@@ -72,7 +97,9 @@ impl Engine {
         order: OrderId,
         command: Command,
     ) -> Option<Result<oneshot::Receiver<Reply>, Busy>> {
-        self.handles.get(order.shard()).map(|h| h.try_submit(command))
+        self.handles
+            .get(order.shard())
+            .map(|h| h.try_submit(command))
     }
 
     /// Read access to the shard that owns `order`, if any.

@@ -28,7 +28,11 @@ pub enum StoreError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("the data directory {dir} was made with {stored} shard(s), not {asked}; start with --shards {stored} (resharding is not supported yet)")]
-    ShardCountMismatch { dir: PathBuf, stored: usize, asked: usize },
+    ShardCountMismatch {
+        dir: PathBuf,
+        stored: usize,
+        asked: usize,
+    },
     #[error("corrupt store: {0}")]
     Corrupt(String),
     #[error("username already taken")]
@@ -55,7 +59,11 @@ pub enum Sync {
 pub(crate) fn open_connection(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if sync == Sync::Full { "FULL" } else { "OFF" })?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if sync == Sync::Full { "FULL" } else { "OFF" },
+    )?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
@@ -74,10 +82,16 @@ impl DataDir {
     pub fn open(path: &Path, shards: Option<usize>) -> Result<DataDir, StoreError> {
         std::fs::create_dir_all(path)?;
         let accounts = Accounts::open(&path.join("mall.db"))?;
-        let stored = accounts.meta_get("shards")?.and_then(|s| s.parse::<usize>().ok());
+        let stored = accounts
+            .meta_get("shards")?
+            .and_then(|s| s.parse::<usize>().ok());
         let shards = match (stored, shards) {
             (Some(stored), Some(asked)) if stored != asked => {
-                return Err(StoreError::ShardCountMismatch { dir: path.into(), stored, asked })
+                return Err(StoreError::ShardCountMismatch {
+                    dir: path.into(),
+                    stored,
+                    asked,
+                })
             }
             (Some(stored), _) => stored,
             (None, asked) => {
@@ -86,7 +100,10 @@ impl DataDir {
                 n
             }
         };
-        Ok(DataDir { path: path.into(), shards })
+        Ok(DataDir {
+            path: path.into(),
+            shards,
+        })
     }
 
     /// Opens a data directory that must exist already (for audits).
@@ -94,7 +111,10 @@ impl DataDir {
         if !path.join("mall.db").exists() {
             return Err(StoreError::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!("{} is not a mall data directory (no mall.db)", path.display()),
+                format!(
+                    "{} is not a mall data directory (no mall.db)",
+                    path.display()
+                ),
             )));
         }
         DataDir::open(path, None)

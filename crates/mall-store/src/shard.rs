@@ -73,7 +73,8 @@ pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         quantity: Quantity::new(quantity).ok_or_else(|| corrupt(format!("quantity {quantity}")))?,
         unit_price_fen: Fen(row.get(4)?),
         amount_fen: Fen(row.get(5)?),
-        payment: PaymentMethod::parse(&payment).ok_or_else(|| corrupt(format!("payment {payment}")))?,
+        payment: PaymentMethod::parse(&payment)
+            .ok_or_else(|| corrupt(format!("payment {payment}")))?,
         status: OrderStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
         address: address.into(),
         idempotency_key: key.map(Into::into),
@@ -90,7 +91,8 @@ pub(crate) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
         sku: Sku(row.get::<_, i64>(0)? as u64),
         merchant: MerchantId(row.get::<_, i64>(1)? as u64),
         title: row.get(2)?,
-        category: Category::parse(&category).ok_or_else(|| corrupt(format!("category {category}")))?,
+        category: Category::parse(&category)
+            .ok_or_else(|| corrupt(format!("category {category}")))?,
         price_fen: Fen(row.get(4)?),
         stock_total: row.get(5)?,
         per_user_limit: row.get(6)?,
@@ -123,7 +125,12 @@ impl ShardJournal {
         sync: Sync,
     ) -> Result<ShardJournal, StoreError> {
         let conn = open_shard_db(path, sync)?;
-        Ok(ShardJournal { shard, conn, config, board })
+        Ok(ShardJournal {
+            shard,
+            conn,
+            config,
+            board,
+        })
     }
 
     fn write(&mut self, effects: &[Effect]) -> Result<(), StoreError> {
@@ -158,10 +165,17 @@ impl ShardJournal {
                             o.updated_at.0,
                         ])?;
                     }
-                    Effect::UpdateOrder { id, status, updated_at } => {
-                        let n = update.execute(params![id.0 as i64, status.as_str(), updated_at.0])?;
+                    Effect::UpdateOrder {
+                        id,
+                        status,
+                        updated_at,
+                    } => {
+                        let n =
+                            update.execute(params![id.0 as i64, status.as_str(), updated_at.0])?;
                         if n != 1 {
-                            return Err(StoreError::Corrupt(format!("order {id} to update is missing")));
+                            return Err(StoreError::Corrupt(format!(
+                                "order {id} to update is missing"
+                            )));
                         }
                     }
                     Effect::PutItem(i) => {
@@ -193,10 +207,18 @@ impl ShardJournal {
             "SELECT {ORDER_COLUMNS} FROM orders WHERE status IN ('awaiting_payment', 'paid', 'confirmed')
              OR (idempotency_key IS NOT NULL AND created_at_ms >= ?1)"
         ))?;
-        let orders = stmt.query_map([horizon], order_from_row)?.collect::<Result<Vec<_>, _>>()?;
-        let max_id: Option<i64> = self.conn.query_row("SELECT MAX(id) FROM orders", [], |r| r.get(0))?;
+        let orders = stmt
+            .query_map([horizon], order_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_id: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(id) FROM orders", [], |r| r.get(0))?;
         let last_seq = max_id.map_or(0, |id| OrderId(id as u64).seq());
-        Ok(Snapshot { items, orders, last_seq })
+        Ok(Snapshot {
+            items,
+            orders,
+            last_seq,
+        })
     }
 }
 
@@ -209,7 +231,13 @@ impl Journal for ShardJournal {
 
     fn load(&mut self, now: Timestamp) -> Result<Inventory, JournalError> {
         let snapshot = self.snapshot(now)?;
-        Ok(Inventory::restore(self.shard, self.config.clone(), self.board.clone(), snapshot, now))
+        Ok(Inventory::restore(
+            self.shard,
+            self.config.clone(),
+            self.board.clone(),
+            snapshot,
+            now,
+        ))
     }
 }
 
@@ -221,7 +249,9 @@ pub struct ShardReader {
 
 impl ShardReader {
     pub fn open(path: &Path) -> Result<ShardReader, StoreError> {
-        Ok(ShardReader { conn: Mutex::new(open_shard_db(path, Sync::Full)?) })
+        Ok(ShardReader {
+            conn: Mutex::new(open_shard_db(path, Sync::Full)?),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -230,7 +260,8 @@ impl ShardReader {
 
     pub fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?;
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?;
         Ok(stmt.query_row([id.0 as i64], order_from_row).optional()?)
     }
 

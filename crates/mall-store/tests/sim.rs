@@ -23,26 +23,49 @@ enum Fault {
     /// The commit was written but the caller hears a failure (ambiguous outcome).
     FailAfter,
     /// The process dies; the batch may or may not have reached the disk.
-    Crash { written: bool },
+    Crash {
+        written: bool,
+    },
 }
 
 fn open(path: &Path, board: &Arc<Board>) -> ShardJournal {
-    let config = InventoryConfig { hold_timeout_ms: HOLD_MS, ..Default::default() };
+    let config = InventoryConfig {
+        hold_timeout_ms: HOLD_MS,
+        ..Default::default()
+    };
     ShardJournal::open(path, 0, config, board.clone(), Sync::Off).expect("open journal")
 }
 
 /// Compares everything the engine holds with the model.
 fn same_state(seed: u64, step: usize, inv: &Inventory, model: &Model) {
-    inv.audit().unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
+    inv.audit()
+        .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
     let skus: Vec<_> = inv.skus().collect();
-    assert_eq!(skus.len(), model.items.len(), "seed {seed} step {step}: item count");
+    assert_eq!(
+        skus.len(),
+        model.items.len(),
+        "seed {seed} step {step}: item count"
+    );
     for sku in skus {
-        assert_eq!(inv.item(sku), model.items.get(&sku), "seed {seed} step {step}: item {sku}");
-        assert_eq!(inv.counters(sku), Some(model.counters(sku)), "seed {seed} step {step}: counters of {sku}");
+        assert_eq!(
+            inv.item(sku),
+            model.items.get(&sku),
+            "seed {seed} step {step}: item {sku}"
+        );
+        assert_eq!(
+            inv.counters(sku),
+            Some(model.counters(sku)),
+            "seed {seed} step {step}: counters of {sku}"
+        );
     }
     let mut active: Vec<_> = inv.active_orders().cloned().collect();
     active.sort_by_key(|o| o.id);
-    let want: Vec<_> = model.orders.values().filter(|o| o.status.is_active()).cloned().collect();
+    let want: Vec<_> = model
+        .orders
+        .values()
+        .filter(|o| o.status.is_active())
+        .cloned()
+        .collect();
     assert_eq!(active, want, "seed {seed} step {step}: active orders");
 }
 
@@ -73,7 +96,9 @@ fn simulate(seed: u64, steps: usize) {
         let fault = match work.rng.below(100) {
             0..=5 => Fault::FailBefore,
             6..=9 => Fault::FailAfter,
-            10..=14 => Fault::Crash { written: work.rng.chance(50) },
+            10..=14 => Fault::Crash {
+                written: work.rng.chance(50),
+            },
             _ => Fault::None,
         };
         let written = match fault {
@@ -123,12 +148,21 @@ fn simulate(seed: u64, steps: usize) {
 
 #[test]
 fn simulation_with_failing_and_crashing_store() {
-    if let Some(seed) = std::env::var("MALL_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = std::env::var("MALL_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         simulate(seed, 400);
         return;
     }
-    let seeds: u64 = std::env::var("MALL_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
-    let base: u64 = std::env::var("MALL_SIM_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let seeds: u64 = std::env::var("MALL_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let base: u64 = std::env::var("MALL_SIM_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
     for seed in base..base + seeds {
         if std::panic::catch_unwind(|| simulate(seed, 250)).is_err() {
             panic!("simulation failed; replay with MALL_SIM_SEED={seed}");

@@ -53,11 +53,30 @@ pub enum Shape {
 }
 
 pub fn run(which: Which) -> Result<()> {
-    let Which::Engine { shape, attempts, users, shards, envelope, clients, window } = which;
-    let shards = shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let params = Params { attempts, users, shards, envelope: envelope.max(1), clients: clients.max(1), window: window.max(1) };
+    let Which::Engine {
+        shape,
+        attempts,
+        users,
+        shards,
+        envelope,
+        clients,
+        window,
+    } = which;
+    let shards =
+        shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let params = Params {
+        attempts,
+        users,
+        shards,
+        envelope: envelope.max(1),
+        clients: clients.max(1),
+        window: window.max(1),
+    };
     println!("mall bench engine: {attempts} attempts, {users} users, {shards} shard(s), envelopes of {envelope}, {clients} client(s) x {window} in flight, synchronous=FULL");
-    println!("{:<8} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9} {:>8}", "shape", "attempts", "orders", "decisions/s", "p50 ms", "p99 ms", "max ms", "audit");
+    println!(
+        "{:<8} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9} {:>8}",
+        "shape", "attempts", "orders", "decisions/s", "p50 ms", "p99 ms", "max ms", "audit"
+    );
     if matches!(shape, Shape::Hot | Shape::Both) {
         bench_shape(&params, true)?;
     }
@@ -79,7 +98,12 @@ struct Params {
 /// Cumulative Zipf(s) over `n` ranks, for sampling by binary search.
 fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
     let mut acc = 0.0;
-    let mut cdf: Vec<f64> = (1..=n).map(|k| { acc += 1.0 / (k as f64).powf(s); acc }).collect();
+    let mut cdf: Vec<f64> = (1..=n)
+        .map(|k| {
+            acc += 1.0 / (k as f64).powf(s);
+            acc
+        })
+        .collect();
     for c in &mut cdf {
         *c /= acc;
     }
@@ -94,7 +118,11 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
     let mut config = EngineConfig::default();
     config.inventory.idempotency_keys_max = (p.attempts as usize).max(1);
     let engine = Arc::new(Engine::start(dir.clone(), config, clock)?);
-    let (items, stock) = if hot { (1u64, 10_000u32) } else { (10_000u64, 1_000_000u32) };
+    let (items, stock) = if hot {
+        (1u64, 10_000u32)
+    } else {
+        (10_000u64, 1_000_000u32)
+    };
     // Create the items.
     let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); p.shards];
     for sku in 1..=items {
@@ -114,7 +142,11 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
     }
     for (shard, cmds) in per_shard.into_iter().enumerate() {
         if !cmds.is_empty() {
-            engine.handle(shard).submit_many(cmds)?.blocking_recv().context("put items")?;
+            engine
+                .handle(shard)
+                .submit_many(cmds)?
+                .blocking_recv()
+                .context("put items")?;
         }
     }
     let cdf = Arc::new(zipf_cdf(items as usize, 1.1));
@@ -124,7 +156,11 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
         .map(|c| {
             let (engine, cdf) = (engine.clone(), cdf.clone());
             let (users, envelope, window, shards) = (p.users, p.envelope, p.window, p.shards);
-            std::thread::spawn(move || client(c as u64, per_client, users, envelope, window, shards, &engine, &cdf))
+            std::thread::spawn(move || {
+                client(
+                    c as u64, per_client, users, envelope, window, shards, &engine, &cdf,
+                )
+            })
         })
         .collect();
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -138,8 +174,16 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
     let engine = Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("engine still shared"))?;
     engine.shutdown();
     let report = mall_store::audit_data_dir(&dir)?;
-    let expected_ok = if hot { orders == u64::from(stock) } else { orders == per_client * p.clients as u64 };
-    let audit = if report.is_clean() && expected_ok && report.orders as u64 == orders { "ok" } else { "FAILED" };
+    let expected_ok = if hot {
+        orders == u64::from(stock)
+    } else {
+        orders == per_client * p.clients as u64
+    };
+    let audit = if report.is_clean() && expected_ok && report.orders as u64 == orders {
+        "ok"
+    } else {
+        "FAILED"
+    };
     let attempts = per_client * p.clients as u64;
     println!(
         "{:<8} {:>10} {:>10} {:>12.0} {:>9.3} {:>9.3} {:>9.3} {:>8}",
@@ -153,32 +197,56 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
         audit
     );
     let _ = std::fs::remove_dir_all(&tmp);
-    anyhow::ensure!(audit == "ok", "audit failed: {:?} (orders {orders})", report.violations.iter().take(5).collect::<Vec<_>>());
+    anyhow::ensure!(
+        audit == "ok",
+        "audit failed: {:?} (orders {orders})",
+        report.violations.iter().take(5).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
 type ClientResult = Result<(u64, hdrhistogram::Histogram<u64>)>;
 
 #[allow(clippy::too_many_arguments)]
-fn client(id: u64, attempts: u64, users: u64, envelope: usize, window: usize, shards: usize, engine: &Engine, cdf: &[f64]) -> ClientResult {
+fn client(
+    id: u64,
+    attempts: u64,
+    users: u64,
+    envelope: usize,
+    window: usize,
+    shards: usize,
+    engine: &Engine,
+    cdf: &[f64],
+) -> ClientResult {
     let mut rng = Rng::new(0xbe0c + id);
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut in_flight = std::collections::VecDeque::new();
     let mut orders = 0u64;
     let mut sent = 0u64;
     let mut pending: Vec<Vec<Command>> = vec![Vec::new(); shards];
-    let flush = |shard: usize, cmds: Vec<Command>, in_flight: &mut std::collections::VecDeque<_>| -> Result<()> {
+    let flush = |shard: usize,
+                 cmds: Vec<Command>,
+                 in_flight: &mut std::collections::VecDeque<_>|
+     -> Result<()> {
         let n = cmds.len() as u64;
         let rx = engine.handle(shard).submit_many(cmds)?;
         in_flight.push_back((Instant::now(), n, rx));
         Ok(())
     };
-    let mut drain_one = |in_flight: &mut std::collections::VecDeque<(Instant, u64, tokio::sync::oneshot::Receiver<Vec<Reply>>)>| -> Result<()> {
+    let mut drain_one = |in_flight: &mut std::collections::VecDeque<(
+        Instant,
+        u64,
+        tokio::sync::oneshot::Receiver<Vec<Reply>>,
+    )>|
+     -> Result<()> {
         if let Some((at, n, rx)) = in_flight.pop_front() {
             let replies = rx.blocking_recv().context("reply dropped")?;
             let us = at.elapsed().as_micros().max(1) as u64;
             hist.record_n(us, n)?;
-            orders += replies.iter().filter(|r| matches!(r, Reply::Order { .. })).count() as u64;
+            orders += replies
+                .iter()
+                .filter(|r| matches!(r, Reply::Order { .. }))
+                .count() as u64;
             if let Some(bad) = replies.iter().find(|r| matches!(r, Reply::Unavailable)) {
                 anyhow::bail!("engine answered {bad:?}");
             }
@@ -222,7 +290,11 @@ fn client(id: u64, attempts: u64, users: u64, envelope: usize, window: usize, sh
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
     let base = std::env::var_os("MALL_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
-    let dir = base.join(format!("mall-bench-{}-{}", std::process::id(), Timestamp(SystemClock.now().0).0));
+    let dir = base.join(format!(
+        "mall-bench-{}-{}",
+        std::process::id(),
+        Timestamp(SystemClock.now().0).0
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

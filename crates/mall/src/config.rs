@@ -71,8 +71,11 @@ mod humantime_serde_lite {
 impl Config {
     pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
         use anyhow::Context;
-        let Some(path) = file else { return Ok(Config::default()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let Some(path) = file else {
+            return Ok(Config::default());
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -109,15 +112,39 @@ impl Config {
     }
 
     pub fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.hold_timeout >= Duration::from_secs(1), "hold_timeout must be at least 1s");
-        anyhow::ensure!(self.queue_capacity >= 1, "queue_capacity must be at least 1");
-        anyhow::ensure!(self.batch_commands_max >= 1, "batch_commands_max must be at least 1");
-        anyhow::ensure!(self.staged_effects_max >= 1, "staged_effects_max must be at least 1");
-        anyhow::ensure!(self.body_bytes_max >= 1024, "body_bytes_max must be at least 1024");
-        anyhow::ensure!(self.connections_max >= 1, "connections_max must be at least 1");
-        anyhow::ensure!(self.user_rate_per_s > 0.0 && self.anonymous_rate_per_s > 0.0, "rates must be positive");
+        anyhow::ensure!(
+            self.hold_timeout >= Duration::from_secs(1),
+            "hold_timeout must be at least 1s"
+        );
+        anyhow::ensure!(
+            self.queue_capacity >= 1,
+            "queue_capacity must be at least 1"
+        );
+        anyhow::ensure!(
+            self.batch_commands_max >= 1,
+            "batch_commands_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.staged_effects_max >= 1,
+            "staged_effects_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.body_bytes_max >= 1024,
+            "body_bytes_max must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.connections_max >= 1,
+            "connections_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.user_rate_per_s > 0.0 && self.anonymous_rate_per_s > 0.0,
+            "rates must be positive"
+        );
         if let Some(n) = self.shards {
-            anyhow::ensure!((1..=mall_core::OrderId::SHARDS_MAX).contains(&n), "shards must be 1 to 256");
+            anyhow::ensure!(
+                (1..=mall_core::OrderId::SHARDS_MAX).contains(&n),
+                "shards must be 1 to 256"
+            );
         }
         Ok(())
     }

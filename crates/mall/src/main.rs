@@ -14,7 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "mall", version, about = "The flash-sale platform for Singles' Day")]
+#[command(
+    name = "mall",
+    version,
+    about = "The flash-sale platform for Singles' Day"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -72,7 +76,8 @@ struct ServeArgs {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MALL_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("MALL_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -97,7 +102,10 @@ pub fn lock_data_dir(path: &Path) -> Result<DirLock> {
         .open(path.join("LOCK"))
         .context("opening the data directory's lock file")?;
     file.try_lock().map_err(|_| {
-        anyhow::anyhow!("{} is in use by another mall process (serve, seed or bench)", path.display())
+        anyhow::anyhow!(
+            "{} is in use by another mall process (serve, seed or bench)",
+            path.display()
+        )
     })?;
     Ok(DirLock(file))
 }
@@ -107,7 +115,16 @@ fn serve(args: ServeArgs) -> Result<()> {
     macro_rules! over {
         ($($field:ident),*) => { $( if let Some(v) = args.$field { config.$field = v; } )* };
     }
-    over!(addr, data, hold_timeout, queue_capacity, batch_commands_max, body_bytes_max, connections_max, user_rate_per_s);
+    over!(
+        addr,
+        data,
+        hold_timeout,
+        queue_capacity,
+        batch_commands_max,
+        body_bytes_max,
+        connections_max,
+        user_rate_per_s
+    );
     if args.shards.is_some() {
         config.shards = args.shards;
     }
@@ -123,23 +140,39 @@ fn serve(args: ServeArgs) -> Result<()> {
     let accounts = Arc::new(Accounts::open(&dir.accounts_path())?);
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(dir.clone(), config.engine(), clock.clone())?);
-    tracing::info!(shards = dir.shards, items = engine.board().len(), took_ms = started.elapsed().as_millis() as u64, "store loaded");
+    tracing::info!(
+        shards = dir.shards,
+        items = engine.board().len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "store loaded"
+    );
     if args.seed && engine.board().is_empty() {
         seed::seed_catalog(&engine, &accounts, &args.seed_args, clock.now())?;
     }
     let state = mall_http::AppState::new(engine.clone(), accounts, config.http(), clock)?;
-    let admin_token = std::env::var("MALL_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let admin_token = std::env::var("MALL_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     if let Some(t) = &admin_token {
-        anyhow::ensure!(t.len() >= 32, "MALL_ADMIN_TOKEN must be at least 32 characters");
+        anyhow::ensure!(
+            t.len() >= 32,
+            "MALL_ADMIN_TOKEN must be at least 32 characters"
+        );
     }
-    let admin_password = std::env::var("MALL_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
-    if let Some(token) = mall_http::bootstrap_admin(&state, admin_token.as_deref(), admin_password.as_deref())? {
+    let admin_password = std::env::var("MALL_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if let Some(token) =
+        mall_http::bootstrap_admin(&state, admin_token.as_deref(), admin_password.as_deref())?
+    {
         let path = dir.path.join("admin-token");
         write_secret(&path, &token)?;
         tracing::info!(path = %path.display(), "first start: an admin token was generated and written to this file");
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
@@ -157,9 +190,12 @@ fn serve(args: ServeArgs) -> Result<()> {
                 }
             })
         };
-        let app = mall_http::router(state).into_make_service_with_connect_info::<mall_http::listener::Peer>();
+        let app = mall_http::router(state)
+            .into_make_service_with_connect_info::<mall_http::listener::Peer>();
         let listener = mall_http::listener::LimitedListener::new(listener, config.connections_max);
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
         housekeeping.abort();
         anyhow::Ok(())
     })?;
@@ -207,11 +243,17 @@ fn check(data: &Path) -> Result<()> {
     let dir = DataDir::open_existing(data)?;
     let report = mall_store::audit_data_dir(&dir)?;
     println!("mall check {}", data.display());
-    println!("  shards {}  items {}  orders {}", report.shards, report.items, report.orders);
+    println!(
+        "  shards {}  items {}  orders {}",
+        report.shards, report.items, report.orders
+    );
     for (status, n) in &report.orders_by_status {
         println!("  {status:<17} {n}");
     }
-    println!("  units held {}  units sold {}", report.units_held, report.units_sold);
+    println!(
+        "  units held {}  units sold {}",
+        report.units_held, report.units_sold
+    );
     if report.is_clean() {
         println!("OK: conservation holds for every SKU, no order counted twice, per-user limits respected");
         Ok(())

@@ -66,44 +66,194 @@ struct CategoryShape {
 }
 
 const SHAPES: &[CategoryShape] = &[
-    CategoryShape { category: Category::Fresh, weight: 15, price_yuan: (5.0, 800.0), nouns: &["hairy crab", "durian", "king prawns", "wagyu steak", "cherries", "salmon fillet", "lychees", "milk crate"] },
-    CategoryShape { category: Category::Appliances, weight: 14, price_yuan: (99.0, 50_000.0), nouns: &["air conditioner", "refrigerator", "washing machine", "rice cooker", "robot vacuum", "dishwasher", "air fryer", "water heater"] },
-    CategoryShape { category: Category::Clothing, weight: 24, price_yuan: (19.0, 3_000.0), nouns: &["down jacket", "wool coat", "sneakers", "jeans", "cashmere sweater", "silk scarf", "hoodie", "boots"] },
-    CategoryShape { category: Category::Books, weight: 14, price_yuan: (1.0, 300.0), nouns: &["novel", "cookbook", "textbook", "comic set", "poetry collection", "atlas", "dictionary", "biography"] },
-    CategoryShape { category: Category::Electronics, weight: 11, price_yuan: (49.0, 50_000.0), nouns: &["phone", "laptop", "tablet", "earbuds", "camera", "smart watch", "monitor", "game console"] },
-    CategoryShape { category: Category::Beauty, weight: 10, price_yuan: (9.0, 3_000.0), nouns: &["face cream", "lipstick set", "serum", "perfume", "sunscreen", "hair dryer"] },
-    CategoryShape { category: Category::Home, weight: 7, price_yuan: (9.0, 8_000.0), nouns: &["duvet", "sofa", "desk lamp", "cookware set", "mattress", "storage box"] },
-    CategoryShape { category: Category::Toys, weight: 5, price_yuan: (5.0, 2_000.0), nouns: &["building blocks", "plush panda", "model train", "puzzle", "drone", "board game"] },
+    CategoryShape {
+        category: Category::Fresh,
+        weight: 15,
+        price_yuan: (5.0, 800.0),
+        nouns: &[
+            "hairy crab",
+            "durian",
+            "king prawns",
+            "wagyu steak",
+            "cherries",
+            "salmon fillet",
+            "lychees",
+            "milk crate",
+        ],
+    },
+    CategoryShape {
+        category: Category::Appliances,
+        weight: 14,
+        price_yuan: (99.0, 50_000.0),
+        nouns: &[
+            "air conditioner",
+            "refrigerator",
+            "washing machine",
+            "rice cooker",
+            "robot vacuum",
+            "dishwasher",
+            "air fryer",
+            "water heater",
+        ],
+    },
+    CategoryShape {
+        category: Category::Clothing,
+        weight: 24,
+        price_yuan: (19.0, 3_000.0),
+        nouns: &[
+            "down jacket",
+            "wool coat",
+            "sneakers",
+            "jeans",
+            "cashmere sweater",
+            "silk scarf",
+            "hoodie",
+            "boots",
+        ],
+    },
+    CategoryShape {
+        category: Category::Books,
+        weight: 14,
+        price_yuan: (1.0, 300.0),
+        nouns: &[
+            "novel",
+            "cookbook",
+            "textbook",
+            "comic set",
+            "poetry collection",
+            "atlas",
+            "dictionary",
+            "biography",
+        ],
+    },
+    CategoryShape {
+        category: Category::Electronics,
+        weight: 11,
+        price_yuan: (49.0, 50_000.0),
+        nouns: &[
+            "phone",
+            "laptop",
+            "tablet",
+            "earbuds",
+            "camera",
+            "smart watch",
+            "monitor",
+            "game console",
+        ],
+    },
+    CategoryShape {
+        category: Category::Beauty,
+        weight: 10,
+        price_yuan: (9.0, 3_000.0),
+        nouns: &[
+            "face cream",
+            "lipstick set",
+            "serum",
+            "perfume",
+            "sunscreen",
+            "hair dryer",
+        ],
+    },
+    CategoryShape {
+        category: Category::Home,
+        weight: 7,
+        price_yuan: (9.0, 8_000.0),
+        nouns: &[
+            "duvet",
+            "sofa",
+            "desk lamp",
+            "cookware set",
+            "mattress",
+            "storage box",
+        ],
+    },
+    CategoryShape {
+        category: Category::Toys,
+        weight: 5,
+        price_yuan: (5.0, 2_000.0),
+        nouns: &[
+            "building blocks",
+            "plush panda",
+            "model train",
+            "puzzle",
+            "drone",
+            "board game",
+        ],
+    },
 ];
 
-const ADJECTIVES: &[&str] = &["Double 11", "Limited", "Flagship", "Classic", "Premium", "Family", "Deluxe", "Everyday", "Imported", "Golden"];
-const MERCHANT_WORDS: &[&str] = &["Bonjour", "Jade", "Panda", "Lotus", "Dragon", "Harbor", "Summit", "Phoenix", "Silk Road", "Bamboo", "Lantern", "Peony"];
+const ADJECTIVES: &[&str] = &[
+    "Double 11",
+    "Limited",
+    "Flagship",
+    "Classic",
+    "Premium",
+    "Family",
+    "Deluxe",
+    "Everyday",
+    "Imported",
+    "Golden",
+];
+const MERCHANT_WORDS: &[&str] = &[
+    "Bonjour",
+    "Jade",
+    "Panda",
+    "Lotus",
+    "Dragon",
+    "Harbor",
+    "Summit",
+    "Phoenix",
+    "Silk Road",
+    "Bamboo",
+    "Lantern",
+    "Peony",
+];
 
 /// One item of the catalog; `n` is its position (0-based).
-fn make_item(rng: &mut Rng, sku: Sku, n: u32, merchants: &[MerchantId], opens_at: Timestamp, closes_at: Timestamp) -> Item {
+fn make_item(
+    rng: &mut Rng,
+    sku: Sku,
+    n: u32,
+    merchants: &[MerchantId],
+    opens_at: Timestamp,
+    closes_at: Timestamp,
+) -> Item {
     let total: u64 = SHAPES.iter().map(|s| s.weight).sum();
     let mut pick = rng.below(total);
-    let shape = SHAPES.iter().find(|s| {
-        if pick < s.weight {
-            true
-        } else {
-            pick -= s.weight;
-            false
-        }
-    }).expect("weights cover the range");
+    let shape = SHAPES
+        .iter()
+        .find(|s| {
+            if pick < s.weight {
+                true
+            } else {
+                pick -= s.weight;
+                false
+            }
+        })
+        .expect("weights cover the range");
     let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let (lo, hi) = shape.price_yuan;
     let mut price_fen = ((lo.ln() + u * (hi.ln() - lo.ln())).exp() * 100.0).round() as i64;
     // Pin the extremes so every catalog spans ¥1 to ¥50,000 and stock 1 to 2,000.
     let mut stock = pareto_stock(rng);
     match n {
-        0 => { price_fen = 100; stock = 2_000 }
-        1 => { price_fen = 5_000_000; stock = 1 }
+        0 => {
+            price_fen = 100;
+            stock = 2_000
+        }
+        1 => {
+            price_fen = 5_000_000;
+            stock = 1
+        }
         _ => {}
     }
     let noun = shape.nouns[rng.below(shape.nouns.len() as u64) as usize];
     let adjective = ADJECTIVES[rng.below(ADJECTIVES.len() as u64) as usize];
-    let per_user_limit = match rng.below(10) { 0..=6 => 1, 7 | 8 => 2, _ => 5 };
+    let per_user_limit = match rng.below(10) {
+        0..=6 => 1,
+        7 | 8 => 2,
+        _ => 5,
+    };
     Item {
         sku,
         merchant: merchants[rng.below(merchants.len() as u64) as usize],
@@ -114,7 +264,8 @@ fn make_item(rng: &mut Rng, sku: Sku, n: u32, merchants: &[MerchantId], opens_at
         per_user_limit,
         opens_at,
         closes_at,
-        shelf_life_hours: (shape.category == Category::Fresh).then(|| 24 + rng.below(14 * 24) as u32),
+        shelf_life_hours: (shape.category == Category::Fresh)
+            .then(|| 24 + rng.below(14 * 24) as u32),
     }
 }
 
@@ -126,18 +277,30 @@ fn pareto_stock(rng: &mut Rng) -> u32 {
 }
 
 /// Creates merchants and items through the engine (durable before it returns).
-pub fn seed_catalog(engine: &Engine, accounts: &Accounts, args: &CatalogArgs, now: Timestamp) -> Result<()> {
+pub fn seed_catalog(
+    engine: &Engine,
+    accounts: &Accounts,
+    args: &CatalogArgs,
+    now: Timestamp,
+) -> Result<()> {
     let opens_at = match args.opens_in {
         Some(d) => now.plus_ms(d.as_millis() as i64),
         None => next_midnight_china(now),
     };
     let closes_at = opens_at.plus_ms(args.sale_length.as_millis() as i64);
-    anyhow::ensure!(args.merchants >= 1 && args.items >= 1, "need at least one merchant and one item");
+    anyhow::ensure!(
+        args.merchants >= 1 && args.items >= 1,
+        "need at least one merchant and one item"
+    );
     let mut rng = Rng::new(args.random_seed);
     let existing = accounts.merchants()?;
     let mut merchants: Vec<MerchantId> = existing.iter().map(|m| m.id).collect();
     for i in existing.len() as u32..args.merchants {
-        let name = format!("{} {} Store", MERCHANT_WORDS[i as usize % MERCHANT_WORDS.len()], i + 1);
+        let name = format!(
+            "{} {} Store",
+            MERCHANT_WORDS[i as usize % MERCHANT_WORDS.len()],
+            i + 1
+        );
         merchants.push(accounts.create_merchant(&name, now)?);
     }
     merchants.truncate(args.merchants as usize);
@@ -157,11 +320,19 @@ pub fn seed_catalog(engine: &Engine, accounts: &Accounts, args: &CatalogArgs, no
                 .blocking_recv()
                 .context("shard dropped the reply")?;
             for reply in replies {
-                anyhow::ensure!(matches!(reply, Reply::Item(_)), "seeding an item failed: {reply:?}");
+                anyhow::ensure!(
+                    matches!(reply, Reply::Item(_)),
+                    "seeding an item failed: {reply:?}"
+                );
             }
         }
     }
-    tracing::info!(items = args.items, merchants = merchants.len(), opens_at_ms = opens_at.0, "catalog seeded");
+    tracing::info!(
+        items = args.items,
+        merchants = merchants.len(),
+        opens_at_ms = opens_at.0,
+        "catalog seeded"
+    );
     Ok(())
 }
 
@@ -173,7 +344,9 @@ fn hex_token() -> Result<String> {
 
 pub fn run(args: SeedArgs) -> Result<()> {
     let _lock = crate::lock_data_dir(&args.data)?;
-    let shards = args.shards.or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
+    let shards = args
+        .shards
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
     let dir = DataDir::open(&args.data, shards)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now();
@@ -186,24 +359,45 @@ pub fn run(args: SeedArgs) -> Result<()> {
         let expires = now.plus_ms(7 * DAY_MS);
         let mut lines = String::new();
         let mut users = Vec::new();
-        let taken = accounts.meta_get("seed_shoppers")?.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let taken = accounts
+            .meta_get("seed_shoppers")?
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
         for n in taken + 1..=taken + u64::from(args.shoppers) {
             let token = hex_token()?;
             let username = format!("shopper-{n}");
             lines.push_str(&format!("{username},{token}\n"));
             let hash: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-            users.push(NewUser { username, role: Role::Shopper, merchant: None, password_hash: None, session: Some((hash, expires)) });
+            users.push(NewUser {
+                username,
+                role: Role::Shopper,
+                merchant: None,
+                password_hash: None,
+                session: Some((hash, expires)),
+            });
         }
         for chunk in users.chunks(10_000) {
             accounts.create_users(chunk, now)?;
         }
-        accounts.meta_set("seed_shoppers", &(taken + u64::from(args.shoppers)).to_string())?;
+        accounts.meta_set(
+            "seed_shoppers",
+            &(taken + u64::from(args.shoppers)).to_string(),
+        )?;
         if let Some(path) = &args.tokens_out {
             crate::write_secret(path, &lines)?;
-            println!("{} shopper tokens written to {}", args.shoppers, path.display());
+            println!(
+                "{} shopper tokens written to {}",
+                args.shoppers,
+                path.display()
+            );
         }
     }
-    println!("seeded {} items over {} merchants into {}", args.catalog.items, args.catalog.merchants, dir.path.display());
+    println!(
+        "seeded {} items over {} merchants into {}",
+        args.catalog.items,
+        args.catalog.merchants,
+        dir.path.display()
+    );
     Ok(())
 }
 
@@ -226,7 +420,16 @@ mod tests {
         let mut rng = Rng::new(11);
         let merchants: Vec<_> = (1..=60).map(MerchantId).collect();
         let items: Vec<Item> = (0..10_000)
-            .map(|n| make_item(&mut rng, Sku(u64::from(n) + 1), n, &merchants, Timestamp(0), Timestamp(1)))
+            .map(|n| {
+                make_item(
+                    &mut rng,
+                    Sku(u64::from(n) + 1),
+                    n,
+                    &merchants,
+                    Timestamp(0),
+                    Timestamp(1),
+                )
+            })
             .collect();
         let categories: std::collections::HashSet<_> = items.iter().map(|i| i.category).collect();
         assert!(categories.len() >= 4);
@@ -240,8 +443,18 @@ mod tests {
         let mut stock: Vec<u32> = items.iter().map(|i| i.stock_total).collect();
         stock.sort_unstable();
         let mean = stock.iter().map(|&s| u64::from(s)).sum::<u64>() / stock.len() as u64;
-        assert!(u64::from(stock[stock.len() / 2]) * 2 < mean, "median {} mean {mean}", stock[stock.len() / 2]);
-        assert!(items.iter().filter(|i| i.category == Category::Fresh).all(|i| i.shelf_life_hours.is_some()));
-        assert!(items.iter().filter(|i| i.category != Category::Fresh).all(|i| i.shelf_life_hours.is_none()));
+        assert!(
+            u64::from(stock[stock.len() / 2]) * 2 < mean,
+            "median {} mean {mean}",
+            stock[stock.len() / 2]
+        );
+        assert!(items
+            .iter()
+            .filter(|i| i.category == Category::Fresh)
+            .all(|i| i.shelf_life_hours.is_some()));
+        assert!(items
+            .iter()
+            .filter(|i| i.category != Category::Fresh)
+            .all(|i| i.shelf_life_hours.is_none()));
     }
 }

@@ -13,7 +13,11 @@ const ITEMS: usize = 4;
 const STOCK: i64 = 300;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn agent() -> ureq::Agent {
@@ -54,11 +58,23 @@ fn start(data: &std::path::Path) -> Server {
     Server { child, base }
 }
 
-fn call(agent: &ureq::Agent, method: &str, url: &str, token: &str, body: Option<Value>, key: Option<&str>) -> Option<(u16, Value)> {
+fn call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> Option<(u16, Value)> {
     let result = match (method, body) {
-        ("GET", _) => agent.get(url).header("authorization", &format!("Bearer {token}")).call(),
+        ("GET", _) => agent
+            .get(url)
+            .header("authorization", &format!("Bearer {token}"))
+            .call(),
         (_, body) => {
-            let mut req = agent.post(url).header("authorization", &format!("Bearer {token}"));
+            let mut req = agent
+                .post(url)
+                .header("authorization", &format!("Bearer {token}"));
             if let Some(k) = key {
                 req = req.header("idempotency-key", k);
             }
@@ -67,7 +83,10 @@ fn call(agent: &ureq::Agent, method: &str, url: &str, token: &str, body: Option<
     };
     let mut response = result.ok()?;
     let status = response.status().as_u16();
-    let body = response.body_mut().read_json::<Value>().unwrap_or(Value::Null);
+    let body = response
+        .body_mut()
+        .read_json::<Value>()
+        .unwrap_or(Value::Null);
     Some((status, body))
 }
 
@@ -85,18 +104,55 @@ fn kill_dash_nine_loses_no_acknowledged_order() {
     let data = dir.path().join("data");
     let mut server = start(&data);
     let a = agent();
-    let m = call(&a, "POST", &format!("{}/v1/admin/merchants", server.base), ADMIN, Some(json!({"name": "Crash Store"})), None).unwrap();
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let m = call(
+        &a,
+        "POST",
+        &format!("{}/v1/admin/merchants", server.base),
+        ADMIN,
+        Some(json!({"name": "Crash Store"})),
+        None,
+    )
+    .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let mut skus = Vec::new();
     for n in 0..ITEMS {
         let body = json!({"merchant_id": m.1["id"], "title": format!("hot item {n}"), "category": "electronics", "price_fen": 99900,
                           "stock": STOCK, "per_user_limit": 2, "opens_at_ms": now_ms - 1000, "closes_at_ms": now_ms + 3_600_000});
-        let r = call(&a, "POST", &format!("{}/v1/admin/items", server.base), ADMIN, Some(body), None).unwrap();
+        let r = call(
+            &a,
+            "POST",
+            &format!("{}/v1/admin/items", server.base),
+            ADMIN,
+            Some(body),
+            None,
+        )
+        .unwrap();
         assert_eq!(r.0, 201, "{}", r.1);
         skus.push(r.1["sku"].as_u64().unwrap());
     }
-    let r = call(&a, "POST", &format!("{}/v1/admin/users/bulk", server.base), ADMIN, Some(json!({"count": 2000})), None).unwrap();
-    let users: Vec<(u64, String)> = r.1["users"].as_array().unwrap().iter().map(|u| (u["id"].as_u64().unwrap(), u["token"].as_str().unwrap().to_string())).collect();
+    let r = call(
+        &a,
+        "POST",
+        &format!("{}/v1/admin/users/bulk", server.base),
+        ADMIN,
+        Some(json!({"count": 2000})),
+        None,
+    )
+    .unwrap();
+    let users: Vec<(u64, String)> = r.1["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["id"].as_u64().unwrap(),
+                u["token"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     let users = Arc::new(users);
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
 
@@ -112,14 +168,14 @@ fn kill_dash_nine_loses_no_acknowledged_order() {
                         n += 1;
                         let (user, token) = &users[((w * 7919 + n * 104_729) % users.len() as u64) as usize];
                         let sku = skus[(n as usize + w as usize) % skus.len()];
-                        let pay = if n % 4 == 0 { "cod" } else { "online" };
+                        let pay = if n.is_multiple_of(4) { "cod" } else { "online" };
                         let body = json!({"sku": sku, "quantity": 1, "payment": pay, "address": "11 Singles Road"});
                         let key = format!("c{cycle}-w{w}-{n}");
                         if let Some((201, o)) = call(&agent, "POST", &format!("{base}/v1/orders"), token, Some(body), Some(&key)) {
                             assert_eq!(o["user_id"].as_u64(), Some(*user));
                             let id = o["id"].as_u64().unwrap();
                             // Some shoppers cancel right away; the cancel is acknowledged too.
-                            let status = if n % 7 == 0 {
+                            let status = if n.is_multiple_of(7) {
                                 match call(&agent, "POST", &format!("{base}/v1/orders/{id}/cancel"), token, None, None) {
                                     Some((200, c)) => c["status"].as_str().unwrap().to_string(),
                                     _ => o["status"].as_str().unwrap().to_string(),
@@ -143,29 +199,75 @@ fn kill_dash_nine_loses_no_acknowledged_order() {
         }
         server = start(&data);
         let acked_now = acked.lock().unwrap().clone();
-        assert!(acked_now.len() > 50, "cycle {cycle}: too few orders acknowledged ({}) for the test to mean much", acked_now.len());
+        assert!(
+            acked_now.len() > 50,
+            "cycle {cycle}: too few orders acknowledged ({}) for the test to mean much",
+            acked_now.len()
+        );
         for o in &acked_now {
-            let (status, body) = call(&a, "GET", &format!("{}/v1/orders/{}", server.base, o.id), ADMIN, None, None).unwrap();
-            assert_eq!(status, 200, "cycle {cycle}: acknowledged order {} lost", o.id);
-            assert_eq!((body["sku"].as_u64(), body["user_id"].as_u64()), (Some(o.sku), Some(o.user)));
+            let (status, body) = call(
+                &a,
+                "GET",
+                &format!("{}/v1/orders/{}", server.base, o.id),
+                ADMIN,
+                None,
+                None,
+            )
+            .unwrap();
+            assert_eq!(
+                status, 200,
+                "cycle {cycle}: acknowledged order {} lost",
+                o.id
+            );
+            assert_eq!(
+                (body["sku"].as_u64(), body["user_id"].as_u64()),
+                (Some(o.sku), Some(o.user))
+            );
             if o.status == "cancelled" {
-                assert_eq!(body["status"], "cancelled", "acknowledged cancel of {} lost", o.id);
+                assert_eq!(
+                    body["status"], "cancelled",
+                    "acknowledged cancel of {} lost",
+                    o.id
+                );
             } else {
                 assert_ne!(body["status"], "cancelled");
             }
         }
         // Conservation, exact, per SKU.
         for sku in &skus {
-            let (_, item) = call(&a, "GET", &format!("{}/v1/items/{sku}", server.base), ADMIN, None, None).unwrap();
-            let (av, held, sold) = (item["available"].as_i64().unwrap(), item["held"].as_i64().unwrap(), item["sold"].as_i64().unwrap());
-            assert_eq!(av + held + sold, STOCK, "cycle {cycle}: conservation for {sku}: {item}");
-            let live = acked_now.iter().filter(|o| o.sku == *sku && o.status != "cancelled").count() as i64;
+            let (_, item) = call(
+                &a,
+                "GET",
+                &format!("{}/v1/items/{sku}", server.base),
+                ADMIN,
+                None,
+                None,
+            )
+            .unwrap();
+            let (av, held, sold) = (
+                item["available"].as_i64().unwrap(),
+                item["held"].as_i64().unwrap(),
+                item["sold"].as_i64().unwrap(),
+            );
+            assert_eq!(
+                av + held + sold,
+                STOCK,
+                "cycle {cycle}: conservation for {sku}: {item}"
+            );
+            let live = acked_now
+                .iter()
+                .filter(|o| o.sku == *sku && o.status != "cancelled")
+                .count() as i64;
             assert!(held + sold >= live, "cycle {cycle}: SKU {sku} counts {held}+{sold} below {live} acknowledged live orders");
         }
     }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_mall")).args(["check", "--data"]).arg(&data).output().unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["check", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "mall check failed:\n{text}");
     assert!(text.contains("OK: conservation holds"), "{text}");
@@ -176,17 +278,41 @@ fn check_fails_on_an_oversold_store() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let seeded = Command::new(env!("CARGO_BIN_EXE_mall"))
-        .args(["seed", "--items", "20", "--merchants", "3", "--shards", "1", "--opens-in", "0s", "--data"])
+        .args([
+            "seed",
+            "--items",
+            "20",
+            "--merchants",
+            "3",
+            "--shards",
+            "1",
+            "--opens-in",
+            "0s",
+            "--data",
+        ])
         .arg(&data)
         .env("MALL_LOG", "warn")
         .output()
         .unwrap();
-    assert!(seeded.status.success(), "{}", String::from_utf8_lossy(&seeded.stderr));
-    let ok = Command::new(env!("CARGO_BIN_EXE_mall")).args(["check", "--data"]).arg(&data).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    let ok = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["check", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
     // Tamper: sell 3 units of an item whose stock is 1, behind the engine's back.
     let conn = rusqlite::Connection::open(data.join("shard-000.db")).unwrap();
-    conn.execute("UPDATE items SET stock_total = 1 WHERE sku = 1", []).unwrap();
+    conn.execute("UPDATE items SET stock_total = 1 WHERE sku = 1", [])
+        .unwrap();
     for id in 1..=3i64 {
         conn.execute(
             "INSERT INTO orders (id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, request_fingerprint, created_at_ms, updated_at_ms)
@@ -195,8 +321,15 @@ fn check_fails_on_an_oversold_store() {
         ).unwrap();
     }
     drop(conn);
-    let bad = Command::new(env!("CARGO_BIN_EXE_mall")).args(["check", "--data"]).arg(&data).output().unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["check", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&bad.stdout);
-    assert!(!bad.status.success(), "check passed an oversold store:\n{text}");
+    assert!(
+        !bad.status.success(),
+        "check passed an oversold store:\n{text}"
+    );
     assert!(text.contains("oversold"), "{text}");
 }

@@ -97,11 +97,15 @@ pub struct MerchantsView {
 
 fn check_username(name: &str) -> ApiResult<()> {
     let ok = (3..=32).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid("username must be 3 to 32 characters: a-z, 0-9, '_', '-', '.'"))
+        Err(ApiError::invalid(
+            "username must be 3 to 32 characters: a-z, 0-9, '_', '-', '.'",
+        ))
     }
 }
 
@@ -110,24 +114,37 @@ fn check_password(password: &str) -> ApiResult<()> {
     if (8..=128).contains(&n) {
         Ok(())
     } else {
-        Err(ApiError::invalid("password must be 8 to 128 characters long"))
+        Err(ApiError::invalid(
+            "password must be 8 to 128 characters long",
+        ))
     }
 }
 
-fn to_json<T: Serialize>(status: StatusCode, value: &T) -> ApiResult<(StatusCode, serde_json::Value)> {
-    serde_json::to_value(value).map(|v| (status, v)).map_err(|e| ApiError::internal("serialize", e))
+fn to_json<T: Serialize>(
+    status: StatusCode,
+    value: &T,
+) -> ApiResult<(StatusCode, serde_json::Value)> {
+    serde_json::to_value(value)
+        .map(|v| (status, v))
+        .map_err(|e| ApiError::internal("serialize", e))
 }
 
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::UsernameTaken => ApiError::conflict("username_taken", "that username is taken"),
-        StoreError::MerchantNameTaken => ApiError::conflict("merchant_name_taken", "that merchant name is taken"),
+        StoreError::MerchantNameTaken => {
+            ApiError::conflict("merchant_name_taken", "that merchant name is taken")
+        }
         other => ApiError::internal("accounts store", other),
     }
 }
 
 async fn hash_password(state: &AppState, password: String) -> ApiResult<String> {
-    let _permit = state.password_permits.acquire().await.map_err(|e| ApiError::internal("password permits", e))?;
+    let _permit = state
+        .password_permits
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal("password permits", e))?;
     tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(|e| ApiError::internal("password hash task", e))?
@@ -139,7 +156,10 @@ pub struct ClientAddr(pub std::net::IpAddr);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         let addr = parts
             .extensions
             .get::<axum::extract::ConnectInfo<crate::listener::Peer>>()
@@ -159,12 +179,23 @@ async fn create_account(
     let (accounts, now) = (state.accounts.clone(), state.now());
     let name = username.clone();
     let ids = blocking(move || {
-        let user = NewUser { username: name, role, merchant, password_hash: Some(hash), session: None };
+        let user = NewUser {
+            username: name,
+            role,
+            merchant,
+            password_hash: Some(hash),
+            session: None,
+        };
         accounts.create_users(&[user], now)
     })
     .await
     .map_err(store_error)?;
-    let view = UserView { id: ids[0].0, username, role: role.as_str().into(), merchant_id: merchant.map(|m| m.0) };
+    let view = UserView {
+        id: ids[0].0,
+        username,
+        role: role.as_str().into(),
+        merchant_id: merchant.map(|m| m.0),
+    };
     to_json(StatusCode::CREATED, &view)
 }
 
@@ -183,7 +214,11 @@ pub async fn register(
     check_password(&body.password)?;
     let key = idempotency::key_from(&headers)?;
     // Anonymous keys live under user 0; the username is part of the fingerprint.
-    let fp = mall_core::fingerprint(&[b"register", body.username.as_bytes(), body.password.as_bytes()]);
+    let fp = mall_core::fingerprint(&[
+        b"register",
+        body.username.as_bytes(),
+        body.password.as_bytes(),
+    ]);
     Ok(idempotency::run(&state, UserId(0), key, fp, || {
         create_account(&state, body.username, body.password, Role::Shopper, None)
     })
@@ -200,13 +235,21 @@ pub async fn login(
     StrictJson(body): StrictJson<Credentials>,
 ) -> ApiResult<(StatusCode, Json<SessionView>)> {
     state.limiter.check_address(addr)?;
-    let bad = || ApiError::new(StatusCode::UNAUTHORIZED, "bad_credentials", "unknown username or wrong password");
+    let bad = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_credentials",
+            "unknown username or wrong password",
+        )
+    };
     if body.username.len() > 32 || body.password.len() > 512 {
         return Err(bad());
     }
     let accounts = state.accounts.clone();
     let name = body.username.clone();
-    let user = blocking(move || accounts.user_by_name(&name)).await.map_err(store_error)?;
+    let user = blocking(move || accounts.user_by_name(&name))
+        .await
+        .map_err(store_error)?;
     let (user, phc) = match user {
         Some(u) => match u.password_hash.clone() {
             Some(phc) => (Some(u), phc),
@@ -215,21 +258,38 @@ pub async fn login(
         None => (None, String::new()),
     };
     let password = body.password;
-    let _permit = state.password_permits.acquire().await.map_err(|e| ApiError::internal("password permits", e))?;
-    let ok = tokio::task::spawn_blocking(move || !phc.is_empty() && auth::verify_password(&password, &phc))
+    let _permit = state
+        .password_permits
+        .acquire()
         .await
-        .map_err(|e| ApiError::internal("password verify task", e))?;
+        .map_err(|e| ApiError::internal("password permits", e))?;
+    let ok = tokio::task::spawn_blocking(move || {
+        !phc.is_empty() && auth::verify_password(&password, &phc)
+    })
+    .await
+    .map_err(|e| ApiError::internal("password verify task", e))?;
     let user = user.filter(|_| ok).ok_or_else(bad)?;
     let token = auth::new_token()?;
     let expires_at = state.now().plus_ms(state.config.session_ttl_ms);
-    let principal = Principal { user: user.id, role: user.role, merchant: user.merchant };
+    let principal = Principal {
+        user: user.id,
+        role: user.role,
+        merchant: user.merchant,
+    };
     let session_state = state.clone();
     let t = token.clone();
-    blocking(move || session_state.open_session(&t, principal, expires_at)).await.map_err(store_error)?;
+    blocking(move || session_state.open_session(&t, principal, expires_at))
+        .await
+        .map_err(store_error)?;
     let view = SessionView {
         token,
         expires_at_ms: expires_at.0,
-        user: UserView { id: user.id.0, username: user.username, role: user.role.as_str().into(), merchant_id: user.merchant.map(|m| m.0) },
+        user: UserView {
+            id: user.id.0,
+            username: user.username,
+            role: user.role.as_str().into(),
+            merchant_id: user.merchant.map(|m| m.0),
+        },
     };
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -247,23 +307,40 @@ pub async fn admin_create_user(
     principal.require_admin()?;
     check_username(&body.username)?;
     check_password(&body.password)?;
-    let role = Role::parse(&body.role).ok_or_else(|| ApiError::invalid("role must be shopper, merchant or admin"))?;
+    let role = Role::parse(&body.role)
+        .ok_or_else(|| ApiError::invalid("role must be shopper, merchant or admin"))?;
     let merchant = match (role, body.merchant_id) {
         (Role::Merchant, Some(id)) => {
             let accounts = state.accounts.clone();
-            let known = blocking(move || accounts.merchants()).await.map_err(store_error)?;
+            let known = blocking(move || accounts.merchants())
+                .await
+                .map_err(store_error)?;
             if !known.iter().any(|m| m.id.0 == id) {
-                return Err(ApiError::not_found("merchant_not_found", "no such merchant"));
+                return Err(ApiError::not_found(
+                    "merchant_not_found",
+                    "no such merchant",
+                ));
             }
             Some(MerchantId(id))
         }
-        (Role::Merchant, None) => return Err(ApiError::invalid("a merchant account needs merchant_id")),
+        (Role::Merchant, None) => {
+            return Err(ApiError::invalid("a merchant account needs merchant_id"))
+        }
         (_, Some(_)) => return Err(ApiError::invalid("only merchant accounts take merchant_id")),
         (_, None) => None,
     };
     let key = idempotency::key_from(&headers)?;
-    let fp = mall_core::fingerprint(&[b"admin-user", body.username.as_bytes(), body.password.as_bytes(), body.role.as_bytes(), &body.merchant_id.unwrap_or(0).to_le_bytes()]);
-    Ok(idempotency::run(&state, principal.user, key, fp, || create_account(&state, body.username, body.password, role, merchant)).await)
+    let fp = mall_core::fingerprint(&[
+        b"admin-user",
+        body.username.as_bytes(),
+        body.password.as_bytes(),
+        body.role.as_bytes(),
+        &body.merchant_id.unwrap_or(0).to_le_bytes(),
+    ]);
+    Ok(idempotency::run(&state, principal.user, key, fp, || {
+        create_account(&state, body.username, body.password, role, merchant)
+    })
+    .await)
 }
 
 /// Admin: create shopper accounts in bulk, each with a token (no password:
@@ -279,14 +356,24 @@ pub async fn bulk_create(
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
     if !(1..=BULK_USERS_MAX).contains(&body.count) {
-        return Err(ApiError::invalid(format!("count must be 1 to {BULK_USERS_MAX}")));
+        return Err(ApiError::invalid(format!(
+            "count must be 1 to {BULK_USERS_MAX}"
+        )));
     }
     let prefix = body.prefix.unwrap_or_else(|| "shopper".into());
     let start = body.start.unwrap_or(1);
     check_username(&format!("{prefix}-{start}"))?;
-    check_username(&format!("{prefix}-{}", start.saturating_add(u64::from(body.count))))?;
+    check_username(&format!(
+        "{prefix}-{}",
+        start.saturating_add(u64::from(body.count))
+    ))?;
     let key = idempotency::key_from(&headers)?;
-    let fp = mall_core::fingerprint(&[b"bulk", prefix.as_bytes(), &start.to_le_bytes(), &body.count.to_le_bytes()]);
+    let fp = mall_core::fingerprint(&[
+        b"bulk",
+        prefix.as_bytes(),
+        &start.to_le_bytes(),
+        &body.count.to_le_bytes(),
+    ]);
     let count = body.count;
     Ok(idempotency::run(&state, principal.user, key, fp, || async {
         let view = issue_shoppers(&state, &prefix, start, count).await?;
@@ -296,7 +383,12 @@ pub async fn bulk_create(
 }
 
 /// Creates `count` token-only shopper accounts named `<prefix>-<n>`.
-pub async fn issue_shoppers(state: &AppState, prefix: &str, start: u64, count: u32) -> ApiResult<BulkUsersView> {
+pub async fn issue_shoppers(
+    state: &AppState,
+    prefix: &str,
+    start: u64,
+    count: u32,
+) -> ApiResult<BulkUsersView> {
     let now = state.now();
     let expires_at = now.plus_ms(state.config.session_ttl_ms);
     let mut tokens = Vec::with_capacity(count as usize);
@@ -319,10 +411,25 @@ pub async fn issue_shoppers(state: &AppState, prefix: &str, start: u64, count: u
     let mut out = Vec::with_capacity(ids.len());
     for ((id, user), token) in ids.into_iter().zip(users).zip(tokens) {
         let (hash, _) = user.session.expect("made with a session");
-        state.sessions.insert(hash, Principal { user: id, role: Role::Shopper, merchant: None }, expires_at);
-        out.push(BulkUser { id: id.0, username: user.username, token });
+        state.sessions.insert(
+            hash,
+            Principal {
+                user: id,
+                role: Role::Shopper,
+                merchant: None,
+            },
+            expires_at,
+        );
+        out.push(BulkUser {
+            id: id.0,
+            username: user.username,
+            token,
+        });
     }
-    Ok(BulkUsersView { users: out, expires_at_ms: expires_at.0 })
+    Ok(BulkUsersView {
+        users: out,
+        expires_at_ms: expires_at.0,
+    })
 }
 
 /// Admin: create a merchant.
@@ -341,8 +448,16 @@ pub async fn create_merchant(
     let fp = mall_core::fingerprint(&[b"merchant", body.name.as_bytes()]);
     Ok(idempotency::run(&state, principal.user, key, fp, || async {
         let (accounts, now, name) = (state.accounts.clone(), state.now(), body.name.clone());
-        let id = blocking(move || accounts.create_merchant(&name, now)).await.map_err(store_error)?;
-        to_json(StatusCode::CREATED, &MerchantView { id: id.0, name: body.name })
+        let id = blocking(move || accounts.create_merchant(&name, now))
+            .await
+            .map_err(store_error)?;
+        to_json(
+            StatusCode::CREATED,
+            &MerchantView {
+                id: id.0,
+                name: body.name,
+            },
+        )
     })
     .await)
 }
@@ -350,9 +465,22 @@ pub async fn create_merchant(
 /// Admin: list merchants.
 #[utoipa::path(get, path = "/v1/admin/merchants", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = MerchantsView)))]
-pub async fn list_merchants(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<MerchantsView>> {
+pub async fn list_merchants(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<MerchantsView>> {
     principal.require_admin()?;
     let accounts = state.accounts.clone();
-    let rows = blocking(move || accounts.merchants()).await.map_err(store_error)?;
-    Ok(Json(MerchantsView { merchants: rows.into_iter().map(|m| MerchantView { id: m.id.0, name: m.name }).collect() }))
+    let rows = blocking(move || accounts.merchants())
+        .await
+        .map_err(store_error)?;
+    Ok(Json(MerchantsView {
+        merchants: rows
+            .into_iter()
+            .map(|m| MerchantView {
+                id: m.id.0,
+                name: m.name,
+            })
+            .collect(),
+    }))
 }

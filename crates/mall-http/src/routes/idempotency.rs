@@ -33,12 +33,20 @@ pub fn key_from(headers: &HeaderMap) -> ApiResult<Option<String>> {
 }
 
 pub fn replayed_header(response: &mut Response) {
-    response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
+    response
+        .headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
 }
 
 /// Runs `action` at most once per `(owner, key)`. Responses with 5xx or 429
 /// are not stored: those are worth retrying for real.
-pub async fn run<F, Fut>(state: &AppState, owner: UserId, key: Option<String>, fingerprint: u64, action: F) -> Response
+pub async fn run<F, Fut>(
+    state: &AppState,
+    owner: UserId,
+    key: Option<String>,
+    fingerprint: u64,
+    action: F,
+) -> Response
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ApiResult<(StatusCode, serde_json::Value)>>,
@@ -53,11 +61,13 @@ where
     match lookup {
         Err(e) => return ApiError::internal("idempotency lookup", e).into_response(),
         Ok(Some(stored)) if stored.fingerprint != fingerprint => {
-            return ApiError::from_refusal(&mall_core::Refusal::IdempotencyKeyReused).into_response()
+            return ApiError::from_refusal(&mall_core::Refusal::IdempotencyKeyReused)
+                .into_response()
         }
         Ok(Some(stored)) => {
             let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-            let body: serde_json::Value = serde_json::from_str(&stored.body).unwrap_or(serde_json::Value::Null);
+            let body: serde_json::Value =
+                serde_json::from_str(&stored.body).unwrap_or(serde_json::Value::Null);
             let mut response = (status, axum::Json(body)).into_response();
             replayed_header(&mut response);
             return response;
@@ -65,8 +75,17 @@ where
         Ok(None) => {}
     }
     let slot = (owner, key.clone());
-    if !state.in_flight_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(slot.clone()) {
-        return ApiError::conflict("request_in_progress", "a request with this Idempotency-Key is still running").into_response();
+    if !state
+        .in_flight_keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(slot.clone())
+    {
+        return ApiError::conflict(
+            "request_in_progress",
+            "a request with this Idempotency-Key is still running",
+        )
+        .into_response();
     }
     let outcome = action().await;
     let to_store = match &outcome {
@@ -78,13 +97,23 @@ where
         Err(_) => None,
     };
     if let Some((status, body)) = to_store {
-        let stored = StoredResponse { fingerprint, status: status.as_u16(), body: body.to_string() };
+        let stored = StoredResponse {
+            fingerprint,
+            status: status.as_u16(),
+            body: body.to_string(),
+        };
         let (accounts, now) = (state.accounts.clone(), state.now());
-        if let Err(e) = super::blocking(move || accounts.store_response(owner, &key, &stored, now)).await {
+        if let Err(e) =
+            super::blocking(move || accounts.store_response(owner, &key, &stored, now)).await
+        {
             tracing::warn!(error = %e, "storing an idempotent response failed");
         }
     }
-    state.in_flight_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&slot);
+    state
+        .in_flight_keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&slot);
     into_response(outcome)
 }
 

@@ -10,7 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use mall_core::{Category, Fen, Item, MerchantId, Sku, Timestamp, PER_USER_LIMIT_MAX, PRICE_MAX_FEN, STOCK_MAX};
+use mall_core::{
+    Category, Fen, Item, MerchantId, Sku, Timestamp, PER_USER_LIMIT_MAX, PRICE_MAX_FEN, STOCK_MAX,
+};
 use mall_inventory::{BoardEntry, Command, Reply};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
@@ -89,24 +91,44 @@ pub struct ListQuery {
 /// Browse items, in SKU order.
 #[utoipa::path(get, path = "/v1/items", params(ListQuery), tag = "items",
     responses((status = 200, body = ItemsPage), (status = 400, body = crate::error::ErrorBody)))]
-pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<ItemsPage>> {
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<ItemsPage>> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let category = match q.category.as_deref() {
         None => None,
         Some(c) => Some(Category::parse(c).ok_or_else(|| {
             let all: Vec<_> = Category::ALL.iter().map(|c| c.as_str()).collect();
-            ApiError::bad_request("invalid_query", format!("unknown category {c:?}; one of {}", all.join(", ")))
+            ApiError::bad_request(
+                "invalid_query",
+                format!("unknown category {c:?}; one of {}", all.join(", ")),
+            )
         })?),
     };
     let limit = q.limit.unwrap_or(100);
     if !(1..=PAGE_MAX).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be 1 to {PAGE_MAX}")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {PAGE_MAX}"),
+        ));
     }
     let now = state.now();
-    let entries = state.engine.board().list(q.after.map(Sku), category, limit + 1);
+    let entries = state
+        .engine
+        .board()
+        .list(q.after.map(Sku), category, limit + 1);
     let more = entries.len() > limit;
-    let items: Vec<ItemView> = entries.iter().take(limit).map(|e| ItemView::new(e, now)).collect();
-    let next_after = if more { items.last().map(|i| i.sku) } else { None };
+    let items: Vec<ItemView> = entries
+        .iter()
+        .take(limit)
+        .map(|e| ItemView::new(e, now))
+        .collect();
+    let next_after = if more {
+        items.last().map(|i| i.sku)
+    } else {
+        None
+    };
     Ok(Json(ItemsPage { items, next_after }))
 }
 
@@ -114,9 +136,16 @@ pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>,
 #[utoipa::path(get, path = "/v1/items/{sku}", tag = "items",
     params(("sku" = u64, Path, description = "SKU")),
     responses((status = 200, body = ItemView), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn get_one(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<ItemView>> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<ItemView>> {
     let sku = Sku(parse_id(&raw, "sku")?);
-    let entry = state.engine.board().get(sku).ok_or_else(|| ApiError::from_refusal(&mall_core::Refusal::UnknownItem))?;
+    let entry = state
+        .engine
+        .board()
+        .get(sku)
+        .ok_or_else(|| ApiError::from_refusal(&mall_core::Refusal::UnknownItem))?;
     Ok(Json(ItemView::new(&entry, state.now())))
 }
 
@@ -163,24 +192,45 @@ fn in_range(value: i64, field: &str, min: i64, max: i64) -> ApiResult<i64> {
 pub fn validate_item(item: &Item) -> ApiResult<()> {
     check_text(&item.title, "title", 1, 200)?;
     in_range(item.price_fen.0, "price_fen", 1, PRICE_MAX_FEN)?;
-    in_range(i64::from(item.stock_total), "stock", 0, i64::from(STOCK_MAX))?;
-    in_range(i64::from(item.per_user_limit), "per_user_limit", 1, i64::from(PER_USER_LIMIT_MAX))?;
+    in_range(
+        i64::from(item.stock_total),
+        "stock",
+        0,
+        i64::from(STOCK_MAX),
+    )?;
+    in_range(
+        i64::from(item.per_user_limit),
+        "per_user_limit",
+        1,
+        i64::from(PER_USER_LIMIT_MAX),
+    )?;
     if item.opens_at.0 < 0 || item.opens_at >= item.closes_at {
-        return Err(ApiError::invalid("opens_at_ms must be before closes_at_ms (and not negative)"));
+        return Err(ApiError::invalid(
+            "opens_at_ms must be before closes_at_ms (and not negative)",
+        ));
     }
     match (item.category, item.shelf_life_hours) {
         (Category::Fresh, None) => Err(ApiError::invalid("fresh items need shelf_life_hours")),
-        (Category::Fresh, Some(h)) => in_range(i64::from(h), "shelf_life_hours", 1, 8_760).map(|_| ()),
+        (Category::Fresh, Some(h)) => {
+            in_range(i64::from(h), "shelf_life_hours", 1, 8_760).map(|_| ())
+        }
         (_, Some(_)) => Err(ApiError::invalid("only fresh items take shelf_life_hours")),
         (_, None) => Ok(()),
     }
 }
 
 async fn put(state: &AppState, item: Item, create: bool) -> ApiResult<ItemView> {
-    let rx = state.engine.try_submit_for_sku(item.sku, Command::PutItem { item, create }).map_err(|_| ApiError::overloaded())?;
+    let rx = state
+        .engine
+        .try_submit_for_sku(item.sku, Command::PutItem { item, create })
+        .map_err(|_| ApiError::overloaded())?;
     match rx.await.unwrap_or(Reply::Unavailable) {
         Reply::Item(item) => {
-            let entry = state.engine.board().get(item.sku).ok_or_else(|| ApiError::internal("board", "item missing after put"))?;
+            let entry = state
+                .engine
+                .board()
+                .get(item.sku)
+                .ok_or_else(|| ApiError::internal("board", "item missing after put"))?;
             Ok(ItemView::new(&entry, state.now()))
         }
         Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
@@ -189,7 +239,9 @@ async fn put(state: &AppState, item: Item, create: bool) -> ApiResult<ItemView> 
 }
 
 fn json(status: StatusCode, view: &ItemView) -> ApiResult<(StatusCode, serde_json::Value)> {
-    serde_json::to_value(view).map(|v| (status, v)).map_err(|e| ApiError::internal("serialize", e))
+    serde_json::to_value(view)
+        .map(|v| (status, v))
+        .map_err(|e| ApiError::internal("serialize", e))
 }
 
 /// Admin: create an item (a SKU is assigned).
@@ -203,10 +255,20 @@ pub async fn create(
     StrictJson(body): StrictJson<CreateItem>,
 ) -> Result<Response, ApiError> {
     principal.require_admin()?;
-    let category = Category::parse(&body.category).ok_or_else(|| ApiError::invalid(format!("unknown category {:?}", body.category)))?;
+    let category = Category::parse(&body.category)
+        .ok_or_else(|| ApiError::invalid(format!("unknown category {:?}", body.category)))?;
     let stock = in_range(body.stock, "stock", 0, i64::from(STOCK_MAX))? as u32;
-    let limit = in_range(body.per_user_limit.unwrap_or(1), "per_user_limit", 1, i64::from(PER_USER_LIMIT_MAX))? as u32;
-    let shelf = body.shelf_life_hours.map(|h| in_range(h, "shelf_life_hours", 1, 8_760)).transpose()?.map(|h| h as u32);
+    let limit = in_range(
+        body.per_user_limit.unwrap_or(1),
+        "per_user_limit",
+        1,
+        i64::from(PER_USER_LIMIT_MAX),
+    )? as u32;
+    let shelf = body
+        .shelf_life_hours
+        .map(|h| in_range(h, "shelf_life_hours", 1, 8_760))
+        .transpose()?
+        .map(|h| h as u32);
     let mut item = Item {
         sku: Sku(0),
         merchant: MerchantId(body.merchant_id),
@@ -221,9 +283,14 @@ pub async fn create(
     };
     validate_item(&item)?;
     let accounts = state.accounts.clone();
-    let merchants = blocking(move || accounts.merchants()).await.map_err(|e| ApiError::internal("merchants", e))?;
+    let merchants = blocking(move || accounts.merchants())
+        .await
+        .map_err(|e| ApiError::internal("merchants", e))?;
     if !merchants.iter().any(|m| m.id == item.merchant) {
-        return Err(ApiError::not_found("merchant_not_found", "no such merchant"));
+        return Err(ApiError::not_found(
+            "merchant_not_found",
+            "no such merchant",
+        ));
     }
     let key = idempotency::key_from(&headers)?;
     let fp = mall_core::fingerprint(&[
@@ -259,7 +326,11 @@ pub async fn update(
 ) -> ApiResult<Json<ItemView>> {
     principal.require_admin()?;
     let sku = Sku(parse_id(&raw, "sku")?);
-    let entry = state.engine.board().get(sku).ok_or_else(|| ApiError::from_refusal(&mall_core::Refusal::UnknownItem))?;
+    let entry = state
+        .engine
+        .board()
+        .get(sku)
+        .ok_or_else(|| ApiError::from_refusal(&mall_core::Refusal::UnknownItem))?;
     let mut item = entry.item.clone();
     if let Some(t) = body.title {
         item.title = t;
@@ -271,7 +342,8 @@ pub async fn update(
         item.stock_total = in_range(s, "stock", 0, i64::from(STOCK_MAX))? as u32;
     }
     if let Some(l) = body.per_user_limit {
-        item.per_user_limit = in_range(l, "per_user_limit", 1, i64::from(PER_USER_LIMIT_MAX))? as u32;
+        item.per_user_limit =
+            in_range(l, "per_user_limit", 1, i64::from(PER_USER_LIMIT_MAX))? as u32;
     }
     if let Some(o) = body.opens_at_ms {
         item.opens_at = Timestamp(o);

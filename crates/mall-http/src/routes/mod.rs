@@ -25,7 +25,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/admin/users", post(accounts::admin_create_user))
         .route("/v1/admin/users/bulk", post(accounts::bulk_create))
-        .route("/v1/admin/merchants", post(accounts::create_merchant).get(accounts::list_merchants))
+        .route(
+            "/v1/admin/merchants",
+            post(accounts::create_merchant).get(accounts::list_merchants),
+        )
         .route("/v1/admin/items", post(items::create))
         .route("/v1/admin/items/{sku}", axum::routing::patch(items::update))
         .route("/v1/admin/orders/{id}/mark-paid", post(orders::mark_paid))
@@ -36,18 +39,30 @@ pub fn routes() -> Router<AppState> {
 /// Parses a numeric path segment with a clear error instead of axum's text.
 pub(crate) fn parse_id(raw: &str, what: &'static str) -> Result<u64, crate::error::ApiError> {
     raw.parse::<u64>().map_err(|_| {
-        crate::error::ApiError::bad_request("invalid_id", format!("{what} must be a positive integer, not {raw:?}"))
+        crate::error::ApiError::bad_request(
+            "invalid_id",
+            format!("{what} must be a positive integer, not {raw:?}"),
+        )
     })
 }
 
 /// Validates free text: length in characters and no control characters.
-pub(crate) fn check_text(value: &str, field: &str, min: usize, max: usize) -> Result<(), crate::error::ApiError> {
+pub(crate) fn check_text(
+    value: &str,
+    field: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), crate::error::ApiError> {
     let n = value.chars().count();
     if n < min || n > max {
-        return Err(crate::error::ApiError::invalid(format!("{field} must be {min} to {max} characters long")));
+        return Err(crate::error::ApiError::invalid(format!(
+            "{field} must be {min} to {max} characters long"
+        )));
     }
     if value.chars().any(char::is_control) {
-        return Err(crate::error::ApiError::invalid(format!("{field} must not contain control characters")));
+        return Err(crate::error::ApiError::invalid(format!(
+            "{field} must not contain control characters"
+        )));
     }
     Ok(())
 }
@@ -56,7 +71,9 @@ pub(crate) fn check_text(value: &str, field: &str, min: usize, max: usize) -> Re
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, mall_store::StoreError> + Send + 'static,
 ) -> Result<T, mall_store::StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(mall_store::StoreError::Corrupt(format!("store task failed: {e}"))))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(mall_store::StoreError::Corrupt(format!(
+            "store task failed: {e}"
+        )))
+    })
 }

@@ -31,7 +31,10 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -45,13 +48,20 @@ pub struct Health {
 /// Liveness: the server answers and its shards are running.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
 pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
-    Json(Health { status: "ok".into(), shards: state.engine.shard_count(), items: state.engine.board().len() })
+    Json(Health {
+        status: "ok".into(),
+        shards: state.engine.shard_count(),
+        items: state.engine.board().len(),
+    })
 }
 
 /// Prometheus metrics (admin token).
 #[utoipa::path(get, path = "/metrics", tag = "ops", security(("bearer" = [])),
     responses((status = 200, content_type = "text/plain", body = String), (status = 403, body = crate::error::ErrorBody)))]
-pub async fn metrics(State(state): State<AppState>, principal: Principal) -> ApiResult<impl IntoResponse> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<impl IntoResponse> {
     principal.require_admin()?;
     let body = state.metrics.render(&state.engine, state.sessions.len());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
@@ -69,5 +79,9 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }

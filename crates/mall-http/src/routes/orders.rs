@@ -10,7 +10,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mall_core::{Order, OrderId, OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId, QUANTITY_MAX};
+use mall_core::{
+    Order, OrderId, OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId,
+    QUANTITY_MAX,
+};
 use mall_inventory::{Command, Reply, Reserve};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -89,9 +92,19 @@ fn parse_order(body: &CreateOrder) -> ApiResult<(Sku, Quantity, PaymentMethod)> 
     let quantity = u32::try_from(body.quantity)
         .ok()
         .and_then(Quantity::new)
-        .ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_quantity", format!("quantity must be 1 to {QUANTITY_MAX}")))?;
-    let payment = PaymentMethod::parse(&body.payment)
-        .ok_or_else(|| ApiError::invalid(format!("payment must be \"online\" or \"cod\", not {:?}", body.payment)))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_quantity",
+                format!("quantity must be 1 to {QUANTITY_MAX}"),
+            )
+        })?;
+    let payment = PaymentMethod::parse(&body.payment).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "payment must be \"online\" or \"cod\", not {:?}",
+            body.payment
+        ))
+    })?;
     check_text(&body.address, "address", 1, ADDRESS_CHARS_MAX)?;
     Ok((Sku(body.sku), quantity, payment))
 }
@@ -101,9 +114,13 @@ async fn stored_order(state: &AppState, id: OrderId) -> ApiResult<Option<Order>>
         return Ok(None);
     };
     let engine = state.engine.clone();
-    blocking(move || engine.reader_for_order(id).map_or(Ok(None), |r| r.order(id)))
-        .await
-        .map_err(|e| ApiError::internal("read order", e))
+    blocking(move || {
+        engine
+            .reader_for_order(id)
+            .map_or(Ok(None), |r| r.order(id))
+    })
+    .await
+    .map_err(|e| ApiError::internal("read order", e))
 }
 
 fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response {
@@ -161,7 +178,9 @@ pub async fn create(
             Ok(order_response(StatusCode::CREATED, &order, replayed))
         }
         Reply::StoredOrder(id) => {
-            let order = stored_order(&state, id).await?.ok_or_else(|| ApiError::internal("replay", "replayed order missing from store"))?;
+            let order = stored_order(&state, id)
+                .await?
+                .ok_or_else(|| ApiError::internal("replay", "replayed order missing from store"))?;
             Ok(order_response(StatusCode::CREATED, &order, true))
         }
         Reply::Refused(r) => {
@@ -183,7 +202,11 @@ fn visible(order: &Order, principal: &Principal) -> bool {
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
     params(("id" = u64, Path, description = "order id")),
     responses((status = 200, body = OrderView), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn get_one(State(state): State<AppState>, principal: Principal, Path(raw): Path<String>) -> ApiResult<Json<OrderView>> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<OrderView>> {
     let id = OrderId(parse_id(&raw, "order id")?);
     match stored_order(&state, id).await? {
         Some(order) if visible(&order, &principal) => Ok(Json(OrderView::from(&order))),
@@ -194,7 +217,10 @@ pub async fn get_one(State(state): State<AppState>, principal: Principal, Path(r
 fn parse_cursor(raw: &str) -> ApiResult<(Timestamp, OrderId)> {
     let bad = || ApiError::bad_request("invalid_query", "before must be a cursor from next_before");
     let (t, id) = raw.split_once('.').ok_or_else(bad)?;
-    Ok((Timestamp(t.parse().map_err(|_| bad())?), OrderId(id.parse().map_err(|_| bad())?)))
+    Ok((
+        Timestamp(t.parse().map_err(|_| bad())?),
+        OrderId(id.parse().map_err(|_| bad())?),
+    ))
 }
 
 /// The caller's orders, newest first.
@@ -208,12 +234,19 @@ pub async fn list_mine(
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let user = match q.user_id {
         Some(u) if principal.is_admin() => UserId(u),
-        Some(_) => return Err(ApiError::forbidden("only admins may read another user's orders")),
+        Some(_) => {
+            return Err(ApiError::forbidden(
+                "only admins may read another user's orders",
+            ))
+        }
         None => principal.user,
     };
     let limit = q.limit.unwrap_or(50);
     if !(1..=HISTORY_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be 1 to {HISTORY_PAGE_MAX}")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1 to {HISTORY_PAGE_MAX}"),
+        ));
     }
     let before = q.before.as_deref().map(parse_cursor).transpose()?;
     let engine = state.engine.clone();
@@ -226,11 +259,20 @@ pub async fn list_mine(
     })
     .await
     .map_err(|e| ApiError::internal("order history", e))?;
-    orders.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    orders.sort_by_key(|o| std::cmp::Reverse((o.created_at, o.id)));
     let more = orders.len() > limit;
     orders.truncate(limit);
-    let next_before = if more { orders.last().map(|o| format!("{}.{}", o.created_at.0, o.id.0)) } else { None };
-    Ok(Json(OrdersPage { orders: orders.iter().map(OrderView::from).collect(), next_before }))
+    let next_before = if more {
+        orders
+            .last()
+            .map(|o| format!("{}.{}", o.created_at.0, o.id.0))
+    } else {
+        None
+    };
+    Ok(Json(OrdersPage {
+        orders: orders.iter().map(OrderView::from).collect(),
+        next_before,
+    }))
 }
 
 /// Runs a command on the order's shard and maps the reply.
@@ -244,18 +286,31 @@ async fn order_command(state: &AppState, id: OrderId, command: Command) -> ApiRe
 }
 
 fn order_json(order: &Order) -> ApiResult<(StatusCode, serde_json::Value)> {
-    serde_json::to_value(OrderView::from(order)).map(|v| (StatusCode::OK, v)).map_err(|e| ApiError::internal("serialize", e))
+    serde_json::to_value(OrderView::from(order))
+        .map(|v| (StatusCode::OK, v))
+        .map_err(|e| ApiError::internal("serialize", e))
 }
 
-async fn cancel_once(state: &AppState, principal: Principal, id: OrderId) -> ApiResult<(StatusCode, serde_json::Value)> {
+async fn cancel_once(
+    state: &AppState,
+    principal: Principal,
+    id: OrderId,
+) -> ApiResult<(StatusCode, serde_json::Value)> {
     let by = (!principal.is_admin()).then_some(principal.user);
     match order_command(state, id, Command::Release { order: id, by }).await? {
         Reply::Order { order, .. } => order_json(&order),
         Reply::Refused(Refusal::UnknownOrder) => {
             // Not active: cancelled already (answer as done), expired, or unknown.
             match stored_order(state, id).await? {
-                Some(o) if visible(&o, &principal) && o.status == OrderStatus::Cancelled => order_json(&o),
-                Some(o) if visible(&o, &principal) => Err(ApiError::from_refusal(&Refusal::InvalidTransition { status: o.status, action: "cancelled" })),
+                Some(o) if visible(&o, &principal) && o.status == OrderStatus::Cancelled => {
+                    order_json(&o)
+                }
+                Some(o) if visible(&o, &principal) => {
+                    Err(ApiError::from_refusal(&Refusal::InvalidTransition {
+                        status: o.status,
+                        action: "cancelled",
+                    }))
+                }
                 _ => Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
             }
         }
@@ -269,19 +324,35 @@ async fn cancel_once(state: &AppState, principal: Principal, id: OrderId) -> Api
     params(("id" = u64, Path, description = "order id")),
     responses((status = 200, body = OrderView), (status = 404, body = crate::error::ErrorBody),
               (status = 409, description = "invalid_order_status", body = crate::error::ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, principal: Principal, headers: HeaderMap, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
     let id = OrderId(parse_id(&raw, "order id")?);
     let key = idempotency::key_from(&headers)?;
     let fp = mall_core::fingerprint(&[b"cancel", &id.0.to_le_bytes()]);
-    Ok(idempotency::run(&state, principal.user, key, fp, || cancel_once(&state, principal, id)).await)
+    Ok(idempotency::run(&state, principal.user, key, fp, || {
+        cancel_once(&state, principal, id)
+    })
+    .await)
 }
 
-async fn mark_paid_once(state: &AppState, id: OrderId) -> ApiResult<(StatusCode, serde_json::Value)> {
+async fn mark_paid_once(
+    state: &AppState,
+    id: OrderId,
+) -> ApiResult<(StatusCode, serde_json::Value)> {
     match order_command(state, id, Command::Confirm { order: id }).await? {
         Reply::Order { order, .. } => order_json(&order),
         Reply::Refused(Refusal::UnknownOrder) => match stored_order(state, id).await? {
-            Some(o) if o.status == OrderStatus::Expired => Err(ApiError::from_refusal(&Refusal::HoldExpired)),
-            Some(o) => Err(ApiError::from_refusal(&Refusal::InvalidTransition { status: o.status, action: "paid" })),
+            Some(o) if o.status == OrderStatus::Expired => {
+                Err(ApiError::from_refusal(&Refusal::HoldExpired))
+            }
+            Some(o) => Err(ApiError::from_refusal(&Refusal::InvalidTransition {
+                status: o.status,
+                action: "paid",
+            })),
             None => Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
         },
         Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
@@ -296,10 +367,18 @@ async fn mark_paid_once(state: &AppState, id: OrderId) -> ApiResult<(StatusCode,
     params(("id" = u64, Path, description = "order id")),
     responses((status = 200, body = OrderView), (status = 404, body = crate::error::ErrorBody),
               (status = 409, description = "hold_expired, invalid_order_status", body = crate::error::ErrorBody)))]
-pub async fn mark_paid(State(state): State<AppState>, principal: Principal, headers: HeaderMap, Path(raw): Path<String>) -> Result<Response, ApiError> {
+pub async fn mark_paid(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
     principal.require_admin()?;
     let id = OrderId(parse_id(&raw, "order id")?);
     let key = idempotency::key_from(&headers)?;
     let fp = mall_core::fingerprint(&[b"mark-paid", &id.0.to_le_bytes()]);
-    Ok(idempotency::run(&state, principal.user, key, fp, || mark_paid_once(&state, id)).await)
+    Ok(idempotency::run(&state, principal.user, key, fp, || {
+        mark_paid_once(&state, id)
+    })
+    .await)
 }
