@@ -33,14 +33,15 @@ pub enum Which {
         /// Shards; default one per core.
         #[arg(long)]
         shards: Option<usize>,
-        /// Commands per envelope.
-        #[arg(long, default_value_t = 512)]
+        /// Commands per envelope. Commands in flight = clients x window x envelope
+        /// (default 16,384: a crush of that many concurrent requests).
+        #[arg(long, default_value_t = 1024)]
         envelope: usize,
         /// Client threads.
         #[arg(long, default_value_t = 2)]
         clients: usize,
         /// Envelopes each client keeps in flight.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 8)]
         window: usize,
     },
 }
