@@ -40,6 +40,9 @@ pub enum Refusal {
     StockBelowCommitted {
         committed: u32,
     },
+    /// The item is not as the change expected: changed meanwhile, already
+    /// created, or gone. Read it again and retry.
+    ItemChanged,
 }
 
 impl Refusal {
@@ -57,6 +60,7 @@ impl Refusal {
             Refusal::HoldExpired => "hold_expired",
             Refusal::IdempotencyKeyReused => "idempotency_key_reused",
             Refusal::StockBelowCommitted { .. } => "stock_below_committed",
+            Refusal::ItemChanged => "item_changed",
         }
     }
 
@@ -87,6 +91,7 @@ impl Refusal {
             Refusal::IdempotencyKeyReused => {
                 "this Idempotency-Key was already used for a different request".into()
             }
+            Refusal::ItemChanged => "the item changed meanwhile; read it again and retry".into(),
             Refusal::StockBelowCommitted { committed } => format!(
                 "stock cannot go below the {committed} unit(s) already held or sold"
             ),

@@ -135,6 +135,21 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Verifies `password` against `phc`; with no hash (unknown user, or a
+/// token-only account) verifies against a dummy hash and answers false, so
+/// both take the same time.
+pub fn verify_password_or_burn(password: &str, phc: Option<&str>) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match phc {
+        Some(phc) => verify_password(password, phc),
+        None => {
+            let dummy = DUMMY.get_or_init(|| hash_password("no such account").unwrap_or_default());
+            let _ = verify_password(password, dummy);
+            false
+        }
+    }
+}
+
 fn unauthenticated(code: &'static str, message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, message)
 }

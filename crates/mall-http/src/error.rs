@@ -100,7 +100,8 @@ impl ApiError {
             | Refusal::LimitReached { .. }
             | Refusal::InvalidTransition { .. }
             | Refusal::HoldExpired
-            | Refusal::StockBelowCommitted { .. } => StatusCode::CONFLICT,
+            | Refusal::StockBelowCommitted { .. }
+            | Refusal::ItemChanged => StatusCode::CONFLICT,
             Refusal::SaleNotOpen { .. } | Refusal::SaleClosed { .. } => StatusCode::FORBIDDEN,
             Refusal::UnknownItem | Refusal::UnknownOrder => StatusCode::NOT_FOUND,
             Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,

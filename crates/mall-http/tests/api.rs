@@ -363,6 +363,38 @@ async fn admin_accounts_and_bulk_limits() {
         .code(),
         "invalid_request"
     );
+    let r = api
+        .post(
+            "/v1/admin/users/bulk",
+            Some(ADMIN),
+            json!({"count": 10, "start": u64::MAX - 5}),
+        )
+        .await;
+    assert_eq!(r.code(), "invalid_request");
+    // A replayed bulk creation lists the accounts but never their tokens:
+    // only token hashes are stored.
+    let first = api
+        .call(
+            "POST",
+            "/v1/admin/users/bulk",
+            Some(ADMIN),
+            Some(json!({"count": 2, "prefix": "b"})),
+            Some("bulk-1"),
+        )
+        .await;
+    assert!(first.body["users"][0]["token"].is_string());
+    let replay = api
+        .call(
+            "POST",
+            "/v1/admin/users/bulk",
+            Some(ADMIN),
+            Some(json!({"count": 2, "prefix": "b"})),
+            Some("bulk-1"),
+        )
+        .await;
+    assert!(replay.replayed);
+    assert_eq!(replay.body["users"][1]["id"], first.body["users"][1]["id"]);
+    assert!(replay.body["users"][0]["token"].is_null());
     let r = api.get("/v1/admin/merchants", Some(ADMIN)).await;
     assert_eq!(r.body["merchants"].as_array().unwrap().len(), 1);
 }

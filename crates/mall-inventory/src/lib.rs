@@ -73,11 +73,12 @@ pub enum Command {
         order: OrderId,
         by: Option<UserId>,
     },
-    /// Create (`create: true`) or replace an item. Stock may not drop below
-    /// what is held or sold.
+    /// Create an item (`expected: None`) or replace one that is exactly
+    /// `expected` now (compare-and-swap: concurrent edits never undo each
+    /// other). Stock may not drop below what is held or sold.
     PutItem {
         item: Item,
-        create: bool,
+        expected: Option<Item>,
     },
 }
 
@@ -93,6 +94,10 @@ pub enum Reply {
     /// read it from the store.
     StoredOrder(OrderId),
     Item(Item),
+    /// The order is not active here (cancelled, expired, or unknown).
+    /// Answered only after everything applied before it is committed, so a
+    /// read of the store then sees its latest state.
+    Inactive(OrderId),
     Refused(Refusal),
     /// The batch could not be committed; nothing is acknowledged. Retry with
     /// the same idempotency key.
@@ -278,7 +283,7 @@ impl Inventory {
             Command::Reserve(r) => self.reserve(r, now, effects),
             Command::Confirm { order } => self.confirm(order, now, effects),
             Command::Release { order, by } => self.release(order, by, now, effects),
-            Command::PutItem { item, create } => self.put_item(item, create, effects),
+            Command::PutItem { item, expected } => self.put_item(item, expected, effects),
         }
     }
 
@@ -383,7 +388,7 @@ impl Inventory {
 
     fn confirm(&mut self, id: OrderId, now: Timestamp, effects: &mut Vec<Effect>) -> Reply {
         let Some(order) = self.orders.get(&id) else {
-            return Reply::Refused(Refusal::UnknownOrder);
+            return Reply::Inactive(id);
         };
         match order.status {
             OrderStatus::Paid => Reply::Order {
@@ -430,7 +435,7 @@ impl Inventory {
         effects: &mut Vec<Effect>,
     ) -> Reply {
         let Some(order) = self.orders.get(&id) else {
-            return Reply::Refused(Refusal::UnknownOrder);
+            return Reply::Inactive(id);
         };
         if by.is_some_and(|user| user != order.user) {
             return Reply::Refused(Refusal::UnknownOrder);
@@ -494,24 +499,19 @@ impl Inventory {
         order
     }
 
-    fn put_item(&mut self, item: Item, create: bool, effects: &mut Vec<Effect>) -> Reply {
+    fn put_item(&mut self, item: Item, expected: Option<Item>, effects: &mut Vec<Effect>) -> Reply {
         assert!(
             item.opens_at < item.closes_at,
             "the edge validates the sale window"
         );
-        match (self.skus.get_mut(&item.sku), create) {
-            (Some(_), true) | (None, false) => {
-                // Creating an existing item or updating a missing one: the
-                // edge checks both first, so only a race lands here.
-                Reply::Refused(Refusal::UnknownItem)
-            }
-            (None, true) => {
+        match (self.skus.get_mut(&item.sku), expected) {
+            (None, None) => {
                 self.insert_item(item.clone());
                 self.touched.insert(item.sku);
                 effects.push(Effect::PutItem(item.clone()));
                 Reply::Item(item)
             }
-            (Some(state), false) => {
+            (Some(state), Some(expected)) if state.item == expected => {
                 let committed = state.held + state.sold;
                 if item.stock_total < committed {
                     return Reply::Refused(Refusal::StockBelowCommitted { committed });
@@ -524,6 +524,7 @@ impl Inventory {
                 effects.push(Effect::PutItem(item.clone()));
                 Reply::Item(item)
             }
+            _ => Reply::Refused(Refusal::ItemChanged),
         }
     }
 
@@ -549,6 +550,12 @@ impl Inventory {
         order: OrderId,
         at: Timestamp,
     ) {
+        if let Some(entry) = self.keys.get_mut(&(user, key.clone())) {
+            // Only after a key was forgotten (too many keys) and reused: the
+            // newest order answers for it from now on.
+            *entry = KeyEntry { fingerprint, order };
+            return;
+        }
         if self.keys.len() >= self.config.idempotency_keys_max {
             self.forget_oldest_key();
         }
@@ -666,7 +673,7 @@ impl mall_shard::StateMachine for Inventory {
     fn needs_commit(reply: &Reply) -> bool {
         matches!(
             reply,
-            Reply::Order { .. } | Reply::StoredOrder(_) | Reply::Item(_)
+            Reply::Order { .. } | Reply::StoredOrder(_) | Reply::Item(_) | Reply::Inactive(_)
         )
     }
 

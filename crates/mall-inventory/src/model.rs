@@ -142,7 +142,7 @@ impl Model {
             }
             Command::Confirm { order } => {
                 let Some(o) = self.orders.get_mut(order) else {
-                    return Reply::Refused(Refusal::UnknownOrder);
+                    return Reply::Inactive(*order);
                 };
                 match o.status {
                     OrderStatus::Paid => Reply::Order {
@@ -168,17 +168,17 @@ impl Model {
                         status: o.status,
                         action: "paid",
                     }),
-                    // Terminal orders have left the engine's memory.
-                    OrderStatus::Cancelled | OrderStatus::Expired => {
-                        Reply::Refused(Refusal::UnknownOrder)
-                    }
+                    OrderStatus::Cancelled | OrderStatus::Expired => Reply::Inactive(*order),
                 }
             }
             Command::Release { order, by } => {
                 let Some(o) = self.orders.get_mut(order) else {
-                    return Reply::Refused(Refusal::UnknownOrder);
+                    return Reply::Inactive(*order);
                 };
-                if !o.status.is_active() || by.is_some_and(|u| u != o.user) {
+                if !o.status.is_active() {
+                    return Reply::Inactive(*order);
+                }
+                if by.is_some_and(|u| u != o.user) {
                     return Reply::Refused(Refusal::UnknownOrder);
                 }
                 match o.status {
@@ -197,12 +197,11 @@ impl Model {
                     }),
                 }
             }
-            Command::PutItem { item, create } => {
-                let exists = self.items.contains_key(&item.sku);
-                if exists == *create {
-                    return Reply::Refused(Refusal::UnknownItem);
+            Command::PutItem { item, expected } => {
+                if self.items.get(&item.sku) != expected.as_ref() {
+                    return Reply::Refused(Refusal::ItemChanged);
                 }
-                if exists {
+                if expected.is_some() {
                     let (_, held, sold) = self.counters(item.sku);
                     if item.stock_total < held + sold {
                         return Reply::Refused(Refusal::StockBelowCommitted {

@@ -53,6 +53,8 @@ pub struct Workload {
     pub orders: Vec<OrderId>,
     /// Reserve requests sent with a key, to replay or reuse.
     pub keyed: Vec<Reserve>,
+    /// Items as last acknowledged: the expectation of the next change.
+    pub items: std::collections::BTreeMap<Sku, Item>,
     next_key: u64,
     next_sku: u64,
 }
@@ -67,6 +69,7 @@ impl Workload {
             skus: Vec::new(),
             orders: Vec::new(),
             keyed: Vec::new(),
+            items: std::collections::BTreeMap::new(),
             next_key: 0,
             next_sku: 0,
         }
@@ -166,23 +169,34 @@ impl Workload {
                 let sku = *self.rng.pick(&self.skus).expect("not empty");
                 let mut item = self.new_item(now);
                 item.sku = sku;
-                Command::PutItem {
-                    item,
-                    create: false,
+                // Mostly the right expectation; sometimes a stale one.
+                let mut expected = self.items.get(&sku).cloned();
+                if self.rng.chance(20) {
+                    if let Some(e) = &mut expected {
+                        e.title.push_str(" (stale)");
+                    }
                 }
+                Command::PutItem { item, expected }
             }
             _ => {
                 let item = self.new_item(now);
                 self.skus.push(item.sku);
-                Command::PutItem { item, create: true }
+                Command::PutItem {
+                    item,
+                    expected: None,
+                }
             }
         }
     }
 
     /// Learns order ids from a reply so later commands can name them.
     pub fn observe(&mut self, reply: &crate::Reply) {
-        if let crate::Reply::Order { order, .. } = reply {
-            self.orders.push(order.id);
+        match reply {
+            crate::Reply::Order { order, .. } => self.orders.push(order.id),
+            crate::Reply::Item(item) => {
+                self.items.insert(item.sku, item.clone());
+            }
+            _ => {}
         }
     }
 }

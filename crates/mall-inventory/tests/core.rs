@@ -37,7 +37,7 @@ fn engine(items: &[Item]) -> Inventory {
         let reply = inv.apply(
             Command::PutItem {
                 item: i.clone(),
-                create: true,
+                expected: None,
             },
             T0,
             &mut vec![],
@@ -155,11 +155,7 @@ fn unpaid_hold_expires_and_returns_stock_and_late_payment_is_refused() {
         Command::Confirm { order: order.id },
         T0.plus_ms(HOLD_MS),
     );
-    assert_eq!(
-        reply,
-        Reply::Refused(Refusal::UnknownOrder),
-        "tick expired it first"
-    );
+    assert_eq!(reply, Reply::Inactive(order.id), "tick expired it first");
     assert!(effects.contains(&Effect::UpdateOrder {
         id: order.id,
         status: OrderStatus::Expired,
@@ -320,7 +316,7 @@ fn stock_cannot_drop_below_held_and_sold() {
             &mut inv,
             Command::PutItem {
                 item: smaller.clone(),
-                create: false
+                expected: Some(item(1, 5, 5)),
             },
             T0
         )
@@ -333,7 +329,7 @@ fn stock_cannot_drop_below_held_and_sold() {
             &mut inv,
             Command::PutItem {
                 item: smaller,
-                create: false
+                expected: Some(item(1, 5, 5)),
             },
             T0
         )
@@ -345,6 +341,44 @@ fn stock_cannot_drop_below_held_and_sold() {
         run(&mut inv, reserve(2, 1, 2, None), T0).0,
         Reply::Refused(Refusal::InsufficientStock { available: 1 })
     );
+}
+
+#[test]
+fn item_changes_are_compare_and_swap() {
+    let mut inv = engine(&[item(1, 5, 1)]);
+    let mut cheaper = item(1, 5, 1);
+    cheaper.price_fen = Fen(999);
+    let stale = Command::PutItem {
+        item: cheaper.clone(),
+        expected: Some(cheaper.clone()),
+    };
+    assert_eq!(
+        run(&mut inv, stale, T0).0,
+        Reply::Refused(Refusal::ItemChanged)
+    );
+    let fresh = Command::PutItem {
+        item: cheaper.clone(),
+        expected: Some(item(1, 5, 1)),
+    };
+    assert_eq!(run(&mut inv, fresh, T0).0, Reply::Item(cheaper.clone()));
+    let again = Command::PutItem {
+        item: item(1, 5, 1),
+        expected: None,
+    };
+    assert_eq!(
+        run(&mut inv, again, T0).0,
+        Reply::Refused(Refusal::ItemChanged),
+        "already exists"
+    );
+    let missing = Command::PutItem {
+        item: item(2, 5, 1),
+        expected: Some(item(2, 5, 1)),
+    };
+    assert_eq!(
+        run(&mut inv, missing, T0).0,
+        Reply::Refused(Refusal::ItemChanged)
+    );
+    assert_eq!(inv.item(Sku(1)), Some(&cheaper));
 }
 
 #[test]
@@ -369,7 +403,7 @@ fn order_ids_name_their_shard() {
     inv.apply(
         Command::PutItem {
             item: item(5, 1, 1),
-            create: true,
+            expected: None,
         },
         T0,
         &mut vec![],
@@ -417,6 +451,8 @@ fn property_random_interleavings_match_the_model() {
         "hold_expired",
         "idempotency_key_reused",
         "stock_below_committed",
+        "item_changed",
+        "Inactive",
     ] {
         assert!(kinds.contains(kind), "no {kind} in the workload: {kinds:?}");
     }

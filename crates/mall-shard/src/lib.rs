@@ -317,9 +317,17 @@ impl<M: StateMachine> Shard<M> {
         let apply_thread = std::thread::Builder::new()
             .name(format!("{name}-apply"))
             .spawn(move || {
-                applier.run();
+                // Fail-stop: a broken invariant (or any panic) in the apply
+                // thread must not leave a dead shard answering 503 forever.
+                // Abort; a restart rebuilds the shard from what is durable.
+                let run = std::panic::AssertUnwindSafe(|| applier.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("shard apply thread panicked; aborting the process");
+                    std::process::abort();
+                }
                 if committer.join().is_err() {
-                    tracing::error!("commit thread panicked");
+                    tracing::error!("commit thread panicked; aborting the process");
+                    std::process::abort();
                 }
             })
             .map_err(|e| JournalError(format!("spawn apply thread: {e}")))?;

@@ -120,6 +120,8 @@ pub(crate) fn load_items(conn: &Connection) -> rusqlite::Result<Vec<Item>> {
 /// The journal of one inventory shard: writes its effects, rebuilds it.
 pub struct ShardJournal {
     shard: usize,
+    path: std::path::PathBuf,
+    sync: Sync,
     conn: Connection,
     config: InventoryConfig,
     board: Arc<Board>,
@@ -136,6 +138,8 @@ impl ShardJournal {
         let conn = open_shard_db(path, sync)?;
         Ok(ShardJournal {
             shard,
+            path: path.into(),
+            sync,
             conn,
             config,
             board,
@@ -239,6 +243,9 @@ impl Journal for ShardJournal {
     }
 
     fn load(&mut self, now: Timestamp) -> Result<Inventory, JournalError> {
+        // A fresh connection: after a failed commit the old one may hold a
+        // transaction that did not roll back, and must not be read from.
+        self.conn = open_shard_db(&self.path, self.sync)?;
         let snapshot = self.snapshot(now)?;
         Ok(Inventory::restore(
             self.shard,

@@ -139,7 +139,10 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
             closes_at: now.plus_ms(3_600_000),
             shelf_life_hours: None,
         };
-        per_shard[engine.shard_of_sku(Sku(sku))].push(Command::PutItem { item, create: true });
+        per_shard[engine.shard_of_sku(Sku(sku))].push(Command::PutItem {
+            item,
+            expected: None,
+        });
     }
     for (shard, cmds) in per_shard.into_iter().enumerate() {
         if !cmds.is_empty() {

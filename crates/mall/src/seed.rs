@@ -309,7 +309,10 @@ pub fn seed_catalog(
     for n in 0..args.items {
         let sku = Sku(first + u64::from(n));
         let item = make_item(&mut rng, sku, n, &merchants, opens_at, closes_at);
-        per_shard[engine.shard_of_sku(sku)].push(Command::PutItem { item, create: true });
+        per_shard[engine.shard_of_sku(sku)].push(Command::PutItem {
+            item,
+            expected: None,
+        });
     }
     for (shard, commands) in per_shard.into_iter().enumerate() {
         for chunk in commands.chunks(1_000) {

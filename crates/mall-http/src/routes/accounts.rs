@@ -214,15 +214,13 @@ pub async fn register(
     check_password(&body.password)?;
     let key = idempotency::key_from(&headers)?;
     // Anonymous keys live under user 0; the username is part of the fingerprint.
-    let fp = mall_core::fingerprint(&[
-        b"register",
-        body.username.as_bytes(),
-        body.password.as_bytes(),
-    ]);
-    Ok(idempotency::run(&state, UserId(0), key, fp, || {
-        create_account(&state, body.username, body.password, Role::Shopper, None)
-    })
-    .await)
+    let fp = mall_core::fingerprint(&[b"register", body.username.as_bytes()]);
+    Ok(
+        idempotency::run(&state, UserId(0), key, fp, idempotency::keep, || {
+            create_account(&state, body.username, body.password, Role::Shopper, None)
+        })
+        .await,
+    )
 }
 
 /// Log in: returns a bearer token.
@@ -263,8 +261,9 @@ pub async fn login(
         .acquire()
         .await
         .map_err(|e| ApiError::internal("password permits", e))?;
+    // Unknown users cost a hash too, so timing does not tell which exist.
     let ok = tokio::task::spawn_blocking(move || {
-        !phc.is_empty() && auth::verify_password(&password, &phc)
+        auth::verify_password_or_burn(&password, (!phc.is_empty()).then_some(phc.as_str()))
     })
     .await
     .map_err(|e| ApiError::internal("password verify task", e))?;
@@ -333,14 +332,15 @@ pub async fn admin_create_user(
     let fp = mall_core::fingerprint(&[
         b"admin-user",
         body.username.as_bytes(),
-        body.password.as_bytes(),
         body.role.as_bytes(),
         &body.merchant_id.unwrap_or(0).to_le_bytes(),
     ]);
-    Ok(idempotency::run(&state, principal.user, key, fp, || {
-        create_account(&state, body.username, body.password, role, merchant)
-    })
-    .await)
+    Ok(
+        idempotency::run(&state, principal.user, key, fp, idempotency::keep, || {
+            create_account(&state, body.username, body.password, role, merchant)
+        })
+        .await,
+    )
 }
 
 /// Admin: create shopper accounts in bulk, each with a token (no password:
@@ -362,6 +362,12 @@ pub async fn bulk_create(
     }
     let prefix = body.prefix.unwrap_or_else(|| "shopper".into());
     let start = body.start.unwrap_or(1);
+    if start
+        .checked_add(u64::from(body.count))
+        .is_none_or(|end| end > 1 << 53)
+    {
+        return Err(ApiError::invalid("start + count must stay below 2^53"));
+    }
     check_username(&format!("{prefix}-{start}"))?;
     check_username(&format!(
         "{prefix}-{}",
@@ -375,11 +381,23 @@ pub async fn bulk_create(
         &body.count.to_le_bytes(),
     ]);
     let count = body.count;
-    Ok(idempotency::run(&state, principal.user, key, fp, || async {
-        let view = issue_shoppers(&state, &prefix, start, count).await?;
-        to_json(StatusCode::CREATED, &view)
-    })
-    .await)
+    Ok(
+        idempotency::run(&state, principal.user, key, fp, redact_tokens, || async {
+            let view = issue_shoppers(&state, &prefix, start, count).await?;
+            to_json(StatusCode::CREATED, &view)
+        })
+        .await,
+    )
+}
+
+/// Tokens are shown once: a replay of a bulk creation lists the accounts
+/// without them (only their hashes are stored).
+fn redact_tokens(body: &mut serde_json::Value) {
+    if let Some(users) = body.get_mut("users").and_then(|u| u.as_array_mut()) {
+        for user in users {
+            user["token"] = serde_json::Value::Null;
+        }
+    }
 }
 
 /// Creates `count` token-only shopper accounts named `<prefix>-<n>`.
@@ -446,19 +464,26 @@ pub async fn create_merchant(
     check_text(&body.name, "name", 1, 100)?;
     let key = idempotency::key_from(&headers)?;
     let fp = mall_core::fingerprint(&[b"merchant", body.name.as_bytes()]);
-    Ok(idempotency::run(&state, principal.user, key, fp, || async {
-        let (accounts, now, name) = (state.accounts.clone(), state.now(), body.name.clone());
-        let id = blocking(move || accounts.create_merchant(&name, now))
-            .await
-            .map_err(store_error)?;
-        to_json(
-            StatusCode::CREATED,
-            &MerchantView {
-                id: id.0,
-                name: body.name,
-            },
-        )
-    })
+    Ok(idempotency::run(
+        &state,
+        principal.user,
+        key,
+        fp,
+        idempotency::keep,
+        || async {
+            let (accounts, now, name) = (state.accounts.clone(), state.now(), body.name.clone());
+            let id = blocking(move || accounts.create_merchant(&name, now))
+                .await
+                .map_err(store_error)?;
+            to_json(
+                StatusCode::CREATED,
+                &MerchantView {
+                    id: id.0,
+                    name: body.name,
+                },
+            )
+        },
+    )
     .await)
 }
 

@@ -39,12 +39,14 @@ pub fn replayed_header(response: &mut Response) {
 }
 
 /// Runs `action` at most once per `(owner, key)`. Responses with 5xx or 429
-/// are not stored: those are worth retrying for real.
+/// are not stored: those are worth retrying for real. `redact` removes
+/// secrets from the body before it is stored (a replay shows the rest).
 pub async fn run<F, Fut>(
     state: &AppState,
     owner: UserId,
     key: Option<String>,
     fingerprint: u64,
+    redact: fn(&mut serde_json::Value),
     action: F,
 ) -> Response
 where
@@ -54,38 +56,20 @@ where
     let Some(key) = key else {
         return into_response(action().await);
     };
-    let lookup = {
-        let (accounts, key) = (state.accounts.clone(), key.clone());
-        super::blocking(move || accounts.stored_response(owner, &key)).await
-    };
-    match lookup {
-        Err(e) => return ApiError::internal("idempotency lookup", e).into_response(),
-        Ok(Some(stored)) if stored.fingerprint != fingerprint => {
-            return ApiError::from_refusal(&mall_core::Refusal::IdempotencyKeyReused)
-                .into_response()
-        }
-        Ok(Some(stored)) => {
-            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-            let body: serde_json::Value =
-                serde_json::from_str(&stored.body).unwrap_or(serde_json::Value::Null);
-            let mut response = (status, axum::Json(body)).into_response();
-            replayed_header(&mut response);
-            return response;
-        }
-        Ok(None) => {}
+    if let Some(replay) = replay(state, owner, &key, fingerprint).await {
+        return replay;
     }
-    let slot = (owner, key.clone());
-    if !state
-        .in_flight_keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(slot.clone())
-    {
+    let Some(_slot) = InFlight::take(state, owner, &key) else {
         return ApiError::conflict(
             "request_in_progress",
             "a request with this Idempotency-Key is still running",
         )
         .into_response();
+    };
+    // A request with the same key may have finished between the first look
+    // and taking the slot.
+    if let Some(replay) = replay(state, owner, &key, fingerprint).await {
+        return replay;
     }
     let outcome = action().await;
     let to_store = match &outcome {
@@ -96,7 +80,8 @@ where
         }
         Err(_) => None,
     };
-    if let Some((status, body)) = to_store {
+    if let Some((status, mut body)) = to_store {
+        redact(&mut body);
         let stored = StoredResponse {
             fingerprint,
             status: status.as_u16(),
@@ -109,12 +94,66 @@ where
             tracing::warn!(error = %e, "storing an idempotent response failed");
         }
     }
-    state
-        .in_flight_keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&slot);
     into_response(outcome)
+}
+
+/// Stores nothing secret: the default for [`run`].
+pub fn keep(_: &mut serde_json::Value) {}
+
+/// The stored first response to `key`, as a replay; a 422 if the key was
+/// used for another request.
+async fn replay(state: &AppState, owner: UserId, key: &str, fingerprint: u64) -> Option<Response> {
+    let lookup = {
+        let (accounts, key) = (state.accounts.clone(), key.to_string());
+        super::blocking(move || accounts.stored_response(owner, &key)).await
+    };
+    match lookup {
+        Err(e) => Some(ApiError::internal("idempotency lookup", e).into_response()),
+        Ok(Some(stored)) if stored.fingerprint != fingerprint => {
+            Some(ApiError::from_refusal(&mall_core::Refusal::IdempotencyKeyReused).into_response())
+        }
+        Ok(Some(stored)) => {
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+            let body: serde_json::Value =
+                serde_json::from_str(&stored.body).unwrap_or(serde_json::Value::Null);
+            let mut response = (status, axum::Json(body)).into_response();
+            replayed_header(&mut response);
+            Some(response)
+        }
+        Ok(None) => None,
+    }
+}
+
+/// A key being executed now. Released on drop, so a request abandoned
+/// mid-way (client gone, task cancelled) never leaves its key stuck.
+struct InFlight {
+    state: AppState,
+    slot: (UserId, String),
+}
+
+impl InFlight {
+    fn take(state: &AppState, owner: UserId, key: &str) -> Option<InFlight> {
+        let slot = (owner, key.to_string());
+        let fresh = state
+            .in_flight_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(slot.clone());
+        fresh.then(|| InFlight {
+            state: state.clone(),
+            slot,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state
+            .in_flight_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.slot);
+    }
 }
 
 fn into_response(outcome: ApiResult<(StatusCode, serde_json::Value)>) -> Response {

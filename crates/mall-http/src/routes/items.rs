@@ -219,10 +219,10 @@ pub fn validate_item(item: &Item) -> ApiResult<()> {
     }
 }
 
-async fn put(state: &AppState, item: Item, create: bool) -> ApiResult<ItemView> {
+async fn put(state: &AppState, item: Item, expected: Option<Item>) -> ApiResult<ItemView> {
     let rx = state
         .engine
-        .try_submit_for_sku(item.sku, Command::PutItem { item, create })
+        .try_submit_for_sku(item.sku, Command::PutItem { item, expected })
         .map_err(|_| ApiError::overloaded())?;
     match rx.await.unwrap_or(Reply::Unavailable) {
         Reply::Item(item) => {
@@ -305,11 +305,18 @@ pub async fn create(
         &body.closes_at_ms.to_le_bytes(),
         &shelf.unwrap_or(0).to_le_bytes(),
     ]);
-    Ok(idempotency::run(&state, principal.user, key, fp, || async {
-        item.sku = Sku(state.next_sku.fetch_add(1, Ordering::Relaxed));
-        let view = put(&state, item, true).await?;
-        json(StatusCode::CREATED, &view)
-    })
+    Ok(idempotency::run(
+        &state,
+        principal.user,
+        key,
+        fp,
+        idempotency::keep,
+        || async {
+            item.sku = Sku(state.next_sku.fetch_add(1, Ordering::Relaxed));
+            let view = put(&state, item, None).await?;
+            json(StatusCode::CREATED, &view)
+        },
+    )
     .await)
 }
 
@@ -326,14 +333,34 @@ pub async fn update(
 ) -> ApiResult<Json<ItemView>> {
     principal.require_admin()?;
     let sku = Sku(parse_id(&raw, "sku")?);
-    let entry = state
-        .engine
-        .board()
-        .get(sku)
-        .ok_or_else(|| ApiError::from_refusal(&mall_core::Refusal::UnknownItem))?;
-    let mut item = entry.item.clone();
-    if let Some(t) = body.title {
-        item.title = t;
+    // Read, change, compare-and-swap: a concurrent edit makes the swap
+    // fail, and the change is made again on the newer item.
+    for _ in 0..ITEM_CAS_TRIES {
+        let entry = state
+            .engine
+            .board()
+            .get(sku)
+            .ok_or_else(|| ApiError::from_refusal(&mall_core::Refusal::UnknownItem))?;
+        let item = changed(&entry.item, &body)?;
+        match put(&state, item, Some(entry.item.clone())).await {
+            Err(e) if e.code == "item_changed" => continue,
+            other => return other.map(Json),
+        }
+    }
+    Err(ApiError::conflict(
+        "item_changed",
+        "the item kept changing; try again",
+    ))
+}
+
+/// Attempts of a PATCH against concurrent edits.
+const ITEM_CAS_TRIES: usize = 5;
+
+/// `current` with the PATCH's fields applied, validated.
+fn changed(current: &Item, body: &UpdateItem) -> ApiResult<Item> {
+    let mut item = current.clone();
+    if let Some(t) = &body.title {
+        item.title = t.clone();
     }
     if let Some(p) = body.price_fen {
         item.price_fen = Fen(p);
@@ -352,5 +379,5 @@ pub async fn update(
         item.closes_at = Timestamp(c);
     }
     validate_item(&item)?;
-    Ok(Json(put(&state, item, false).await?))
+    Ok(item)
 }

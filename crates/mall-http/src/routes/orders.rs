@@ -187,7 +187,7 @@ pub async fn create(
             state.metrics.record_refusal(r.code());
             Err(ApiError::from_refusal(&r))
         }
-        Reply::Item(_) | Reply::Unavailable => {
+        Reply::Item(_) | Reply::Inactive(_) | Reply::Unavailable => {
             state.metrics.record_refusal("store_unavailable");
             Err(ApiError::unavailable())
         }
@@ -299,7 +299,7 @@ async fn cancel_once(
     let by = (!principal.is_admin()).then_some(principal.user);
     match order_command(state, id, Command::Release { order: id, by }).await? {
         Reply::Order { order, .. } => order_json(&order),
-        Reply::Refused(Refusal::UnknownOrder) => {
+        Reply::Inactive(_) => {
             // Not active: cancelled already (answer as done), expired, or unknown.
             match stored_order(state, id).await? {
                 Some(o) if visible(&o, &principal) && o.status == OrderStatus::Cancelled => {
@@ -333,10 +333,12 @@ pub async fn cancel(
     let id = OrderId(parse_id(&raw, "order id")?);
     let key = idempotency::key_from(&headers)?;
     let fp = mall_core::fingerprint(&[b"cancel", &id.0.to_le_bytes()]);
-    Ok(idempotency::run(&state, principal.user, key, fp, || {
-        cancel_once(&state, principal, id)
-    })
-    .await)
+    Ok(
+        idempotency::run(&state, principal.user, key, fp, idempotency::keep, || {
+            cancel_once(&state, principal, id)
+        })
+        .await,
+    )
 }
 
 async fn mark_paid_once(
@@ -345,7 +347,7 @@ async fn mark_paid_once(
 ) -> ApiResult<(StatusCode, serde_json::Value)> {
     match order_command(state, id, Command::Confirm { order: id }).await? {
         Reply::Order { order, .. } => order_json(&order),
-        Reply::Refused(Refusal::UnknownOrder) => match stored_order(state, id).await? {
+        Reply::Inactive(_) => match stored_order(state, id).await? {
             Some(o) if o.status == OrderStatus::Expired => {
                 Err(ApiError::from_refusal(&Refusal::HoldExpired))
             }
@@ -377,8 +379,10 @@ pub async fn mark_paid(
     let id = OrderId(parse_id(&raw, "order id")?);
     let key = idempotency::key_from(&headers)?;
     let fp = mall_core::fingerprint(&[b"mark-paid", &id.0.to_le_bytes()]);
-    Ok(idempotency::run(&state, principal.user, key, fp, || {
-        mark_paid_once(&state, id)
-    })
-    .await)
+    Ok(
+        idempotency::run(&state, principal.user, key, fp, idempotency::keep, || {
+            mark_paid_once(&state, id)
+        })
+        .await,
+    )
 }
