@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod rush;
 mod seed;
 
 use anyhow::{Context, Result};
@@ -35,6 +36,10 @@ enum Cmd {
         #[arg(long, env = "MALL_DATA", default_value = "mall-data")]
         data: PathBuf,
     },
+    /// Rehearse the night against a server (or the engine in-process), then audit it.
+    Rush(rush::RushArgs),
+    /// The first command to run: a fresh mall, a one-minute rehearsal of the night, its report; then keeps serving.
+    Demo(rush::DemoArgs),
     /// Benchmarks that print numbers.
     Bench {
         #[command(subcommand)]
@@ -86,6 +91,8 @@ fn main() -> Result<()> {
         Cmd::Serve(args) => serve(args),
         Cmd::Seed(args) => seed::run(args),
         Cmd::Check { data } => check(&data),
+        Cmd::Rush(args) => rush::rush(args),
+        Cmd::Demo(args) => rush::demo(args),
         Cmd::Bench { which } => bench::run(which),
     }
 }
@@ -208,7 +215,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -6,9 +6,10 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mall_core::{Category, Fen, Item, MerchantId, Role, Sku, Timestamp};
+use mall_core::{MerchantId, Role, Sku, Timestamp};
 use mall_inventory::sim::Rng;
 use mall_inventory::{Command, Reply};
+use mall_rush::catalog::{make_item, merchant_name, CatalogShape};
 use mall_shard::{Clock, SystemClock};
 use mall_store::{Accounts, DataDir, Engine, EngineConfig, NewUser};
 use std::path::PathBuf;
@@ -58,224 +59,6 @@ pub fn next_midnight_china(now: Timestamp) -> Timestamp {
     Timestamp((local.div_euclid(DAY_MS) + 1) * DAY_MS - CHINA_OFFSET_MS)
 }
 
-struct CategoryShape {
-    category: Category,
-    weight: u64,
-    price_yuan: (f64, f64),
-    nouns: &'static [&'static str],
-}
-
-const SHAPES: &[CategoryShape] = &[
-    CategoryShape {
-        category: Category::Fresh,
-        weight: 15,
-        price_yuan: (5.0, 800.0),
-        nouns: &[
-            "hairy crab",
-            "durian",
-            "king prawns",
-            "wagyu steak",
-            "cherries",
-            "salmon fillet",
-            "lychees",
-            "milk crate",
-        ],
-    },
-    CategoryShape {
-        category: Category::Appliances,
-        weight: 14,
-        price_yuan: (99.0, 50_000.0),
-        nouns: &[
-            "air conditioner",
-            "refrigerator",
-            "washing machine",
-            "rice cooker",
-            "robot vacuum",
-            "dishwasher",
-            "air fryer",
-            "water heater",
-        ],
-    },
-    CategoryShape {
-        category: Category::Clothing,
-        weight: 24,
-        price_yuan: (19.0, 3_000.0),
-        nouns: &[
-            "down jacket",
-            "wool coat",
-            "sneakers",
-            "jeans",
-            "cashmere sweater",
-            "silk scarf",
-            "hoodie",
-            "boots",
-        ],
-    },
-    CategoryShape {
-        category: Category::Books,
-        weight: 14,
-        price_yuan: (1.0, 300.0),
-        nouns: &[
-            "novel",
-            "cookbook",
-            "textbook",
-            "comic set",
-            "poetry collection",
-            "atlas",
-            "dictionary",
-            "biography",
-        ],
-    },
-    CategoryShape {
-        category: Category::Electronics,
-        weight: 11,
-        price_yuan: (49.0, 50_000.0),
-        nouns: &[
-            "phone",
-            "laptop",
-            "tablet",
-            "earbuds",
-            "camera",
-            "smart watch",
-            "monitor",
-            "game console",
-        ],
-    },
-    CategoryShape {
-        category: Category::Beauty,
-        weight: 10,
-        price_yuan: (9.0, 3_000.0),
-        nouns: &[
-            "face cream",
-            "lipstick set",
-            "serum",
-            "perfume",
-            "sunscreen",
-            "hair dryer",
-        ],
-    },
-    CategoryShape {
-        category: Category::Home,
-        weight: 7,
-        price_yuan: (9.0, 8_000.0),
-        nouns: &[
-            "duvet",
-            "sofa",
-            "desk lamp",
-            "cookware set",
-            "mattress",
-            "storage box",
-        ],
-    },
-    CategoryShape {
-        category: Category::Toys,
-        weight: 5,
-        price_yuan: (5.0, 2_000.0),
-        nouns: &[
-            "building blocks",
-            "plush panda",
-            "model train",
-            "puzzle",
-            "drone",
-            "board game",
-        ],
-    },
-];
-
-const ADJECTIVES: &[&str] = &[
-    "Double 11",
-    "Limited",
-    "Flagship",
-    "Classic",
-    "Premium",
-    "Family",
-    "Deluxe",
-    "Everyday",
-    "Imported",
-    "Golden",
-];
-const MERCHANT_WORDS: &[&str] = &[
-    "Bonjour",
-    "Jade",
-    "Panda",
-    "Lotus",
-    "Dragon",
-    "Harbor",
-    "Summit",
-    "Phoenix",
-    "Silk Road",
-    "Bamboo",
-    "Lantern",
-    "Peony",
-];
-
-/// One item of the catalog; `n` is its position (0-based).
-fn make_item(
-    rng: &mut Rng,
-    sku: Sku,
-    n: u32,
-    merchants: &[MerchantId],
-    opens_at: Timestamp,
-    closes_at: Timestamp,
-) -> Item {
-    let total: u64 = SHAPES.iter().map(|s| s.weight).sum();
-    let mut pick = rng.below(total);
-    let shape = SHAPES
-        .iter()
-        .find(|s| {
-            if pick < s.weight {
-                true
-            } else {
-                pick -= s.weight;
-                false
-            }
-        })
-        .expect("weights cover the range");
-    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    let (lo, hi) = shape.price_yuan;
-    let mut price_fen = ((lo.ln() + u * (hi.ln() - lo.ln())).exp() * 100.0).round() as i64;
-    // Pin the extremes so every catalog spans ¥1 to ¥50,000 and stock 1 to 2,000.
-    let mut stock = pareto_stock(rng);
-    match n {
-        0 => {
-            price_fen = 100;
-            stock = 2_000
-        }
-        1 => {
-            price_fen = 5_000_000;
-            stock = 1
-        }
-        _ => {}
-    }
-    let noun = shape.nouns[rng.below(shape.nouns.len() as u64) as usize];
-    let adjective = ADJECTIVES[rng.below(ADJECTIVES.len() as u64) as usize];
-    let per_user_limit = match rng.below(10) {
-        0..=6 => 1,
-        7 | 8 => 2,
-        _ => 5,
-    };
-    Item {
-        sku,
-        merchant: merchants[rng.below(merchants.len() as u64) as usize],
-        title: format!("{adjective} {noun} #{}", sku.0),
-        category: shape.category,
-        price_fen: Fen(price_fen.max(100)),
-        stock_total: stock,
-        per_user_limit,
-        opens_at,
-        closes_at,
-        shelf_life_hours: (shape.category == Category::Fresh)
-            .then(|| 24 + rng.below(14 * 24) as u32),
-    }
-}
-
-/// Stock with a long tail: most items have tens of units, a few thousands.
-fn pareto_stock(rng: &mut Rng) -> u32 {
-    let u = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    let x = 5.0 / u.powf(1.0 / 0.9);
-    (x as u32).clamp(1, 2_000)
-}
-
 /// Creates merchants and items through the engine (durable before it returns).
 pub fn seed_catalog(
     engine: &Engine,
@@ -296,11 +79,7 @@ pub fn seed_catalog(
     let existing = accounts.merchants()?;
     let mut merchants: Vec<MerchantId> = existing.iter().map(|m| m.id).collect();
     for i in existing.len() as u32..args.merchants {
-        let name = format!(
-            "{} {} Store",
-            MERCHANT_WORDS[i as usize % MERCHANT_WORDS.len()],
-            i + 1
-        );
+        let name = merchant_name(i);
         merchants.push(accounts.create_merchant(&name, now)?);
     }
     merchants.truncate(args.merchants as usize);
@@ -308,7 +87,14 @@ pub fn seed_catalog(
     let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); engine.shard_count()];
     for n in 0..args.items {
         let sku = Sku(first + u64::from(n));
-        let item = make_item(&mut rng, sku, n, &merchants, opens_at, closes_at);
+        let item = make_item(
+            &mut rng,
+            sku,
+            n,
+            &merchants,
+            (opens_at, closes_at),
+            &CatalogShape::default(),
+        );
         per_shard[engine.shard_of_sku(sku)].push(Command::PutItem {
             item,
             expected: None,
@@ -416,48 +202,5 @@ mod tests {
         assert_eq!(m.0, 1_794_326_400_000);
         assert_eq!((m.0 + CHINA_OFFSET_MS) % DAY_MS, 0);
         assert_eq!(next_midnight_china(m), m.plus_ms(DAY_MS));
-    }
-
-    #[test]
-    fn catalog_shape_is_realistic() {
-        let mut rng = Rng::new(11);
-        let merchants: Vec<_> = (1..=60).map(MerchantId).collect();
-        let items: Vec<Item> = (0..10_000)
-            .map(|n| {
-                make_item(
-                    &mut rng,
-                    Sku(u64::from(n) + 1),
-                    n,
-                    &merchants,
-                    Timestamp(0),
-                    Timestamp(1),
-                )
-            })
-            .collect();
-        let categories: std::collections::HashSet<_> = items.iter().map(|i| i.category).collect();
-        assert!(categories.len() >= 4);
-        let sellers: std::collections::HashSet<_> = items.iter().map(|i| i.merchant).collect();
-        assert!(sellers.len() >= 50);
-        assert_eq!(items.iter().map(|i| i.price_fen.0).min(), Some(100));
-        assert_eq!(items.iter().map(|i| i.price_fen.0).max(), Some(5_000_000));
-        assert_eq!(items.iter().map(|i| i.stock_total).min(), Some(1));
-        assert_eq!(items.iter().map(|i| i.stock_total).max(), Some(2_000));
-        // Long tail: the median item has far less than the mean.
-        let mut stock: Vec<u32> = items.iter().map(|i| i.stock_total).collect();
-        stock.sort_unstable();
-        let mean = stock.iter().map(|&s| u64::from(s)).sum::<u64>() / stock.len() as u64;
-        assert!(
-            u64::from(stock[stock.len() / 2]) * 2 < mean,
-            "median {} mean {mean}",
-            stock[stock.len() / 2]
-        );
-        assert!(items
-            .iter()
-            .filter(|i| i.category == Category::Fresh)
-            .all(|i| i.shelf_life_hours.is_some()));
-        assert!(items
-            .iter()
-            .filter(|i| i.category != Category::Fresh)
-            .all(|i| i.shelf_life_hours.is_none()));
     }
 }

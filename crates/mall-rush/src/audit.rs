@@ -1,0 +1,329 @@
+//! The consistency audit: after a run, ask the server about everything the
+//! client was told, and check the server's own counters.
+//!
+//! - every order acknowledged to the client exists, on the right item and
+//!   shopper, in a status consistent with what the client was last told;
+//! - one idempotency key never made two orders;
+//! - for every item: `available + held + sold == stock_total`, nothing sold
+//!   beyond stock, and the server counts at least the sales the client was
+//!   told about.
+
+use crate::http::Conn;
+use crate::run::{Backend, Kind, Outcome};
+use hyper::{Method, StatusCode};
+use mall_core::OrderId;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+#[derive(Serialize, Debug, Default)]
+pub struct AuditReport {
+    pub orders_checked: u64,
+    pub items_checked: u64,
+    pub violations: Vec<String>,
+}
+
+impl AuditReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// What the client knows of one order.
+#[derive(Debug, Clone)]
+struct Known {
+    rank: u32,
+    user: u32,
+    /// The status in the last successful answer about it.
+    status: String,
+}
+
+/// An order or item as the server reports it.
+#[derive(Debug, Clone)]
+struct ServerOrder {
+    sku: u64,
+    user: u64,
+    status: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ServerItem {
+    stock_total: u64,
+    available: u64,
+    held: u64,
+    sold: u64,
+}
+
+pub async fn audit(outcome: &Outcome, backend: &Backend) -> AuditReport {
+    let mut report = AuditReport::default();
+    let known = acknowledged(outcome, &mut report);
+    let ids: Vec<u64> = known.keys().copied().collect();
+    let orders = fetch_orders(backend, &ids).await;
+    let items = fetch_items(backend, &outcome.skus).await;
+    let v = &mut report.violations;
+    for (id, k) in &known {
+        report.orders_checked += 1;
+        let Some(server) = orders.get(id) else {
+            v.push(format!(
+                "order {id}: acknowledged to the client but missing on the server"
+            ));
+            continue;
+        };
+        let Some(server) = server else {
+            v.push(format!("order {id}: could not be read back"));
+            continue;
+        };
+        let sku = outcome.skus[k.rank as usize].0;
+        if server.sku != sku || server.user != outcome.user_ids[k.user as usize] {
+            v.push(format!(
+                "order {id}: server has sku {} user {}, the client was told sku {sku} user {}",
+                server.sku, server.user, outcome.user_ids[k.user as usize]
+            ));
+        }
+        let consistent = match k.status.as_str() {
+            "cancelled" => server.status == "cancelled",
+            "paid" => server.status == "paid",
+            "confirmed" => server.status == "confirmed" || server.status == "cancelled",
+            // Unpaid: a later payment or cancel may have landed unseen, or it expired.
+            _ => true,
+        };
+        if !consistent {
+            v.push(format!(
+                "order {id}: the client was told {}, the server says {}",
+                k.status, server.status
+            ));
+        }
+    }
+    // Sales the client was told about, per item.
+    let mut told_sold: HashMap<u32, u64> = HashMap::new();
+    for k in known.values() {
+        if k.status == "paid" || k.status == "confirmed" {
+            *told_sold.entry(k.rank).or_default() += 1;
+        }
+    }
+    for (rank, sku) in outcome.skus.iter().enumerate() {
+        report.items_checked += 1;
+        let Some(Some(item)) = items.get(&sku.0) else {
+            v.push(format!("item {sku}: could not be read back"));
+            continue;
+        };
+        if item.available + item.held + item.sold != item.stock_total {
+            v.push(format!(
+                "item {sku}: available {} + held {} + sold {} != stock {}",
+                item.available, item.held, item.sold, item.stock_total
+            ));
+        }
+        if item.held + item.sold > item.stock_total {
+            v.push(format!(
+                "item {sku}: oversold: {} held or sold of {}",
+                item.held + item.sold,
+                item.stock_total
+            ));
+        }
+        let told = told_sold.get(&(rank as u32)).copied().unwrap_or(0);
+        if told > item.stock_total {
+            v.push(format!(
+                "item {sku}: the client was told of {told} sales, stock is {}",
+                item.stock_total
+            ));
+        }
+        if item.sold < told {
+            v.push(format!(
+                "item {sku}: the server counts {} sold, the client was told of {told} sales",
+                item.sold
+            ));
+        }
+    }
+    report
+}
+
+/// Orders acknowledged to the client, with what it was last told; and the
+/// check that no idempotency key made two orders.
+fn acknowledged(outcome: &Outcome, report: &mut AuditReport) -> BTreeMap<u64, Known> {
+    let mut known: BTreeMap<u64, Known> = BTreeMap::new();
+    let mut by_attempt: HashMap<u32, HashSet<u64>> = HashMap::new();
+    for r in outcome
+        .records
+        .iter()
+        .filter(|r| r.kind == Kind::SnapUp && r.ok())
+    {
+        let Some(id) = r.order else { continue };
+        if let Some(a) = r.attempt {
+            by_attempt.entry(a).or_default().insert(id);
+        }
+        let status = r.order_status.clone().unwrap_or_default();
+        known.entry(id).or_insert(Known {
+            rank: r.rank,
+            user: r.user,
+            status,
+        });
+    }
+    for (attempt, ids) in by_attempt {
+        if ids.len() > 1 {
+            report.violations.push(format!(
+                "attempt {attempt}: one idempotency key made {} orders: {ids:?}",
+                ids.len()
+            ));
+        }
+    }
+    let mut follow: Vec<_> = outcome
+        .records
+        .iter()
+        .filter(|r| matches!(r.kind, Kind::Pay | Kind::Cancel | Kind::LatePay) && r.ok())
+        .collect();
+    follow.sort_by_key(|r| r.done_us);
+    for r in follow {
+        if let (Some(id), Some(status)) = (r.order, &r.order_status) {
+            if let Some(k) = known.get_mut(&id) {
+                k.status = status.clone();
+            }
+        }
+    }
+    known
+}
+
+const AUDIT_LANES: usize = 16;
+
+async fn fetch_orders(backend: &Backend, ids: &[u64]) -> HashMap<u64, Option<ServerOrder>> {
+    let mut out = HashMap::new();
+    match backend {
+        Backend::InProcess { engine } => {
+            for &id in ids {
+                let got = engine
+                    .reader_for_order(OrderId(id))
+                    .and_then(|r| r.order(OrderId(id)).ok().flatten());
+                if let Some(o) = got {
+                    out.insert(
+                        id,
+                        Some(ServerOrder {
+                            sku: o.sku.0,
+                            user: o.user.0,
+                            status: o.status.as_str().into(),
+                        }),
+                    );
+                }
+            }
+        }
+        Backend::Http {
+            target,
+            admin_token,
+        } => {
+            let paths: Vec<(u64, String)> = ids
+                .iter()
+                .map(|id| (*id, format!("/v1/orders/{id}")))
+                .collect();
+            for (id, got) in http_get_all(target, admin_token, paths).await {
+                match got {
+                    Some((StatusCode::OK, v)) => {
+                        let o = ServerOrder {
+                            sku: v["sku"].as_u64().unwrap_or(0),
+                            user: v["user_id"].as_u64().unwrap_or(0),
+                            status: v["status"].as_str().unwrap_or("").into(),
+                        };
+                        out.insert(id, Some(o));
+                    }
+                    Some((StatusCode::NOT_FOUND, _)) => {}
+                    _ => {
+                        out.insert(id, None);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn fetch_items(
+    backend: &Backend,
+    skus: &[mall_core::Sku],
+) -> HashMap<u64, Option<ServerItem>> {
+    let mut out = HashMap::new();
+    match backend {
+        Backend::InProcess { engine } => {
+            for sku in skus {
+                let got = engine.board().get(*sku).map(|e| {
+                    let (available, held, sold) = e.live.load();
+                    ServerItem {
+                        stock_total: u64::from(e.item.stock_total),
+                        available: available.into(),
+                        held: held.into(),
+                        sold: sold.into(),
+                    }
+                });
+                out.insert(sku.0, got);
+            }
+        }
+        Backend::Http {
+            target,
+            admin_token,
+        } => {
+            let paths: Vec<(u64, String)> = skus
+                .iter()
+                .map(|s| (s.0, format!("/v1/items/{}", s.0)))
+                .collect();
+            for (sku, got) in http_get_all(target, admin_token, paths).await {
+                let item = got.filter(|(s, _)| *s == StatusCode::OK).map(|(_, v)| {
+                    let n = |f: &str| v[f].as_u64().unwrap_or(0);
+                    ServerItem {
+                        stock_total: n("stock_total"),
+                        available: n("available"),
+                        held: n("held"),
+                        sold: n("sold"),
+                    }
+                });
+                out.insert(sku, item);
+            }
+        }
+    }
+    out
+}
+
+/// GETs every path over a few connections, with retries.
+async fn http_get_all(
+    target: &crate::http::Target,
+    token: &str,
+    paths: Vec<(u64, String)>,
+) -> Vec<(u64, Option<(StatusCode, Value)>)> {
+    let paths = std::sync::Arc::new(paths);
+    let mut tasks = Vec::new();
+    for lane in 0..AUDIT_LANES {
+        let (paths, target, token) = (paths.clone(), target.clone(), token.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new(target);
+            let mut out = Vec::new();
+            for i in (lane..paths.len()).step_by(AUDIT_LANES) {
+                let (key, path) = &paths[i];
+                let mut got = None;
+                for _ in 0..3 {
+                    if let Ok((status, bytes)) = conn
+                        .send(
+                            Method::GET,
+                            path,
+                            Some(&token),
+                            None,
+                            None,
+                            Duration::from_secs(10),
+                        )
+                        .await
+                    {
+                        got = Some((
+                            status,
+                            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                        ));
+                        break;
+                    }
+                }
+                out.push((*key, got));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(part) = t.await {
+            all.extend(part);
+        }
+    }
+    all
+}

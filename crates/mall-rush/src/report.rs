@@ -1,0 +1,241 @@
+//! Reports: the summary and audit as JSON, and a self-contained HTML page
+//! (inline SVG charts, no scripts or fonts from anywhere) that opens in a
+//! browser with no network.
+
+use crate::audit::AuditReport;
+use crate::summary::Summary;
+use std::fmt::Write;
+use std::path::Path;
+
+#[derive(serde::Serialize)]
+struct Both<'a> {
+    summary: &'a Summary,
+    audit: &'a AuditReport,
+}
+
+pub fn write_json(path: &Path, summary: &Summary, audit: &AuditReport) -> std::io::Result<()> {
+    let text =
+        serde_json::to_string_pretty(&Both { summary, audit }).map_err(std::io::Error::other)?;
+    std::fs::write(path, text)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const COLORS: [&str; 5] = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"];
+
+/// One line chart: series of `(x, y)` points.
+fn chart(title: &str, x_label: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> String {
+    let (w, h, left, bottom, top, right) = (720.0, 260.0, 60.0, 36.0, 24.0, 150.0);
+    let points = series.iter().flat_map(|(_, p)| p.iter());
+    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
+    for &(x, y) in points {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if x1 - x0 < 1e-9 {
+        x1 = x0 + 1.0;
+    }
+    let y1 = if y1 <= 0.0 { 1.0 } else { y1 * 1.05 };
+    let sx = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
+    let sy = |y: f64| h - bottom - y / y1 * (h - bottom - top);
+    let mut svg = format!("<figure><figcaption>{}</figcaption><svg viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\">", escape(title));
+    let _ = write!(
+        svg,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/>",
+        h - bottom,
+        w - right,
+        h - bottom
+    );
+    let _ = write!(
+        svg,
+        "<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"#888\"/>",
+        h - bottom
+    );
+    for i in 0..=4 {
+        let y = y1 * f64::from(i) / 4.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">{}</text>",
+            left - 4.0,
+            sy(y) + 3.0,
+            fmt_num(y)
+        );
+        let x = x0 + (x1 - x0) * f64::from(i) / 4.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
+            sx(x),
+            h - bottom + 14.0,
+            fmt_num(x)
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+        (left + w - right) / 2.0,
+        h - 4.0,
+        escape(x_label)
+    );
+    let _ = write!(svg, "<text x=\"12\" y=\"{}\" font-size=\"11\" transform=\"rotate(-90 12 {})\" text-anchor=\"middle\">{}</text>", h / 2.0, h / 2.0, escape(y_label));
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        let ly = top + 14.0 * i as f64;
+        let _ = write!(svg, "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"3\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>", w - right + 10.0, ly, w - right + 24.0, ly + 4.0, escape(name));
+    }
+    svg.push_str("</svg></figure>");
+    svg
+}
+
+fn fmt_num(x: f64) -> String {
+    if x.abs() >= 10_000.0 {
+        format!("{:.0}k", x / 1000.0)
+    } else if x.abs() >= 10.0 || x == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+pub fn html(summary: &Summary, audit: &AuditReport) -> String {
+    let mut page = String::new();
+    let _ = write!(
+        page,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>mall rush: {name}</title><style>body{{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;padding:0 1em;color:#222}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:#f4f4f4}}\
+         .ok{{color:#2a7a2a}}.bad{{color:#b00}}figure{{margin:1.5em 0}}figcaption{{font-weight:600}}</style></head><body>\
+         <h1>mall rush: {name}</h1><p>{backend}; {users} shoppers, {items} items; {wall:.1} s; generator used {cpu:.2} cores.</p>",
+        name = escape(&summary.scenario),
+        backend = escape(&summary.backend),
+        users = summary.users,
+        items = summary.items,
+        wall = summary.wall_s,
+        cpu = summary.generator_cpu_cores
+    );
+    let verdict = if audit.passed() {
+        "<p class=\"ok\"><b>Audit passed</b>"
+    } else {
+        "<p class=\"bad\"><b>Audit FAILED</b>"
+    };
+    let _ = write!(
+        page,
+        "{verdict}: {} orders and {} items checked.</p>",
+        audit.orders_checked, audit.items_checked
+    );
+    if !audit.passed() {
+        page.push_str("<ul class=\"bad\">");
+        for v in audit.violations.iter().take(50) {
+            let _ = write!(page, "<li>{}</li>", escape(v));
+        }
+        page.push_str("</ul>");
+    }
+    page.push_str("<table><tr><th>kind</th><th>sent</th><th>ok</th><th style=\"text-align:left\">answers</th></tr>");
+    for (kind, k) in &summary.by_kind {
+        let codes: Vec<String> = k
+            .codes
+            .iter()
+            .map(|(c, n)| format!("{} {n}", escape(c)))
+            .collect();
+        let _ = write!(
+            page,
+            "<tr><td>{kind}</td><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+            k.sent,
+            k.ok,
+            codes.join(", ")
+        );
+    }
+    page.push_str("</table>");
+    let l = &summary.snapup_latency;
+    let _ = write!(
+        page,
+        "<p>Snap-up latency from the intended send time: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms. \
+         {:.0} snap-ups/s over their window; peak {} requests in one second.</p>",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, summary.snapups_per_s, summary.peak_requests_per_s
+    );
+    let tl = &summary.timeline;
+    let pts = |f: &dyn Fn(&crate::summary::Second) -> f64| {
+        tl.iter().map(|s| (s.t as f64, f(s))).collect::<Vec<_>>()
+    };
+    page.push_str(&chart(
+        "Throughput over time",
+        "seconds from the opening",
+        "requests per second",
+        &[
+            ("sent", pts(&|s| s.sent as f64)),
+            ("ok", pts(&|s| s.ok as f64)),
+            ("refused", pts(&|s| s.refused as f64)),
+            ("errors", pts(&|s| s.errors as f64)),
+        ],
+    ));
+    page.push_str(&chart(
+        "Latency over time",
+        "seconds from the opening",
+        "ms",
+        &[("p50", pts(&|s| s.p50_ms)), ("p99", pts(&|s| s.p99_ms))],
+    ));
+    let curves: Vec<(String, Vec<(f64, f64)>)> = summary
+        .hottest
+        .iter()
+        .map(|h| {
+            (
+                format!("#{} (stock {})", h.rank + 1, h.stock),
+                h.curve.iter().map(|&(t, n)| (t, n as f64)).collect(),
+            )
+        })
+        .collect();
+    let named: Vec<(&str, Vec<(f64, f64)>)> = curves
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.clone()))
+        .collect();
+    page.push_str(&chart(
+        "Sell-out of the hottest items",
+        "ms from the opening",
+        "orders",
+        &named,
+    ));
+    page.push_str("<table><tr><th>rank</th><th>sku</th><th>stock</th><th>attempts</th><th>orders</th><th>sold out at</th></tr>");
+    for h in &summary.hottest {
+        let at = h
+            .sold_out_at_ms
+            .map_or("—".to_string(), |ms| format!("{ms:.0} ms"));
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{at}</td></tr>",
+            h.rank + 1,
+            h.sku,
+            h.stock,
+            h.attempts,
+            h.orders
+        );
+    }
+    page.push_str("</table>");
+    let f = &summary.fairness;
+    let _ = write!(
+        page,
+        "<p>Fairness: {} of {} sold-out answers went to a request meant to leave before a later winner.</p></body></html>",
+        f.lost_to_later, f.sold_out_answers
+    );
+    page
+}
+
+pub fn write_html(path: &Path, summary: &Summary, audit: &AuditReport) -> std::io::Result<()> {
+    std::fs::write(path, html(summary, audit))
+}

@@ -1,0 +1,876 @@
+//! Running a plan: set up the catalog and shoppers, then send every request
+//! at its intended time (open loop: a request leaves on schedule whether or
+//! not earlier ones returned), over a bounded pool of keep-alive
+//! connections, or straight into the engine in-process. Latency is measured
+//! from the intended send time, so a slow server cannot hide its queueing
+//! (no coordinated omission).
+
+use crate::http::{Conn, HttpError, Target};
+use crate::plan::{Attempt, FollowUp, Plan, PLAN_MERCHANTS};
+use hyper::{Method, StatusCode};
+use mall_core::{MerchantId, OrderId, PaymentMethod, Quantity, Sku, Timestamp, UserId};
+use mall_inventory::{Command, Reply, Reserve};
+use mall_store::Engine;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Mutex};
+
+/// Where the rush goes.
+#[derive(Clone)]
+pub enum Backend {
+    Http { target: Target, admin_token: String },
+    InProcess { engine: Arc<Engine> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Browse,
+    SnapUp,
+    Pay,
+    Cancel,
+    LatePay,
+}
+
+/// What one request met.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Record {
+    pub kind: Kind,
+    pub rank: u32,
+    pub user: u32,
+    /// Intended send time, µs from the opening.
+    pub at_us: i64,
+    /// When the answer arrived, µs from the opening.
+    pub done_us: i64,
+    /// `created`/`ok`, a refusal code, or `timeout`/`transport_error`.
+    pub code: String,
+    pub order: Option<u64>,
+    /// Status of the order in the answer.
+    pub order_status: Option<String>,
+    /// Snap-ups: the attempt (and so the idempotency key) it belongs to.
+    pub attempt: Option<u32>,
+    pub retries: u32,
+}
+
+impl Record {
+    pub fn ok(&self) -> bool {
+        self.code == "created" || self.code == "ok"
+    }
+    pub fn latency_us(&self) -> i64 {
+        (self.done_us - self.at_us).max(0)
+    }
+}
+
+/// The result of a run, before summary and audit.
+pub struct Outcome {
+    pub plan: Plan,
+    /// SKU of each item, by rank.
+    pub skus: Vec<Sku>,
+    /// Server id of each shopper, by index.
+    pub user_ids: Vec<u64>,
+    pub records: Vec<Record>,
+    /// Opening of the sale, wall-clock ms.
+    pub opening_ms: i64,
+    /// Requests planned but not sent (limits reached).
+    pub not_sent: u64,
+    pub wall_s: f64,
+    /// CPU time of this process over wall time, during the rush (2.0 = two cores).
+    pub cpu_cores_used: f64,
+    /// Late payments skipped because the hold outlives the run.
+    pub late_pays_skipped: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Job {
+    Browse {
+        rank: u32,
+        user: u32,
+    },
+    SnapUp {
+        index: u32,
+    },
+    Pay {
+        order: u64,
+        rank: u32,
+        user: u32,
+        late: bool,
+    },
+    Cancel {
+        order: u64,
+        rank: u32,
+        user: u32,
+    },
+}
+
+struct Scheduled {
+    job: Job,
+    /// Intended send time, µs from the opening.
+    at_us: i64,
+}
+
+/// The answer to one request, whatever the backend.
+struct Answer {
+    code: String,
+    order: Option<(u64, String, Option<i64>)>,
+}
+
+struct Shared {
+    plan: Plan,
+    skus: Vec<Sku>,
+    tokens: Vec<String>,
+    backend: Backend,
+    run_id: String,
+    opening: Instant,
+    opening_ms: i64,
+    deadline: Instant,
+    timeout: Duration,
+    retries: u32,
+    /// Jobs scheduled and not yet finished.
+    outstanding: AtomicI64,
+    sent: AtomicU64,
+    ok: AtomicU64,
+    late_pays_skipped: AtomicU64,
+    not_sent: AtomicU64,
+    tx: mpsc::UnboundedSender<Scheduled>,
+    /// Records handed back by the workers.
+    records: std::sync::Mutex<Vec<Record>>,
+    /// Server ids of the shoppers, by index.
+    user_ids: Vec<u64>,
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+fn cpu_seconds() -> f64 {
+    // utime + stime of this process, from /proc (Linux); 0 where unavailable.
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split(' ').collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("setup: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+/// Sets up the scenario on the backend and runs it. `progress`: print a
+/// progress line (a bar on a terminal) every second.
+pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome, RunError> {
+    let s = plan.scenario.clone();
+    let run_id = format!("r{}x{}", s.seed, wall_ms() % 1_000_000_000);
+    // Time for setup before the opening: items and accounts at a modest rate.
+    let setup_allowance_ms = 3_000 + i64::from(s.items) / 2 + i64::from(s.users) / 20;
+    let opening_ms = wall_ms() + setup_allowance_ms + (s.opens_in_s * 1000.0) as i64;
+    let (skus, tokens, user_ids) = setup(&plan, &backend, &run_id, Timestamp(opening_ms)).await?;
+    let now_ms = wall_ms();
+    if now_ms > opening_ms {
+        return Err(RunError::Setup(format!(
+            "setup took {} ms too long; the sale opened before it ended",
+            now_ms - opening_ms
+        )));
+    }
+    let opening = Instant::now() + Duration::from_millis((opening_ms - now_ms) as u64);
+    let deadline = opening + Duration::from_secs_f64(s.duration_max_s);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        plan,
+        skus,
+        tokens,
+        backend,
+        run_id,
+        opening,
+        opening_ms,
+        deadline,
+        timeout: Duration::from_millis(s.timeout_ms),
+        retries: s.retries,
+        outstanding: AtomicI64::new(0),
+        sent: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        late_pays_skipped: AtomicU64::new(0),
+        not_sent: AtomicU64::new(0),
+        tx,
+        records: std::sync::Mutex::new(Vec::new()),
+        user_ids,
+    });
+    let cpu_before = cpu_seconds();
+    let wall_before = Instant::now();
+    let rx = Arc::new(Mutex::new(rx));
+    let workers: Vec<_> = (0..s.connections)
+        .map(|_| {
+            let (shared, rx) = (shared.clone(), rx.clone());
+            tokio::spawn(async move { worker(shared, rx).await })
+        })
+        .collect();
+    let dispatcher = tokio::spawn(dispatch(shared.clone()));
+    let ticker = progress.then(|| tokio::spawn(report_progress(shared.clone())));
+    let _ = dispatcher.await;
+    // Wait for the scheduled work, or the deadline.
+    while shared.outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < shared.deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leftover = shared.outstanding.load(Ordering::SeqCst).max(0) as u64;
+    if let Some(t) = ticker {
+        t.abort();
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!();
+        }
+    }
+    for w in workers {
+        w.abort();
+    }
+    let mut records =
+        std::mem::take(&mut *shared.records.lock().unwrap_or_else(|p| p.into_inner()));
+    let wall_s = wall_before.elapsed().as_secs_f64();
+    let cpu_cores_used = (cpu_seconds() - cpu_before) / wall_s.max(1e-9);
+    // Follow-ups still sleeping past the deadline hold the state: copy out.
+    let (plan, skus, user_ids) = (
+        shared.plan.clone(),
+        shared.skus.clone(),
+        shared.user_ids.clone(),
+    );
+    let late = shared.late_pays_skipped.load(Ordering::Relaxed);
+    let not_sent = shared.not_sent.load(Ordering::Relaxed);
+    records.sort_by_key(|r| (r.at_us, r.done_us));
+    Ok(Outcome {
+        plan,
+        skus,
+        user_ids,
+        records,
+        opening_ms,
+        not_sent: not_sent + leftover,
+        wall_s,
+        cpu_cores_used,
+        late_pays_skipped: late,
+    })
+}
+
+/// The id the in-process backend gives shopper `user`.
+pub fn local_user_id(user: u32) -> UserId {
+    UserId(1_000_000_000 + u64::from(user))
+}
+
+type Setup = (Vec<Sku>, Vec<String>, Vec<u64>);
+
+async fn setup(
+    plan: &Plan,
+    backend: &Backend,
+    run_id: &str,
+    opens_at: Timestamp,
+) -> Result<Setup, RunError> {
+    let s = &plan.scenario;
+    let closes_at = opens_at.plus_ms(24 * 3_600_000);
+    match backend {
+        Backend::InProcess { engine } => {
+            let first = engine.board().max_sku().map_or(1, |s| s.0 + 1);
+            let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); engine.shard_count()];
+            let mut skus = Vec::with_capacity(plan.items.len());
+            for (rank, template) in plan.items.iter().enumerate() {
+                let mut item = template.clone();
+                item.sku = Sku(first + rank as u64);
+                item.opens_at = opens_at;
+                item.closes_at = closes_at;
+                skus.push(item.sku);
+                per_shard[engine.shard_of_sku(item.sku)].push(Command::PutItem {
+                    item,
+                    expected: None,
+                });
+            }
+            for (shard, commands) in per_shard.into_iter().enumerate() {
+                for chunk in commands.chunks(1_000) {
+                    let rx = engine
+                        .handle(shard)
+                        .submit_many(chunk.to_vec())
+                        .map_err(|e| RunError::Setup(e.to_string()))?;
+                    let replies = rx.await.map_err(|e| RunError::Setup(e.to_string()))?;
+                    if let Some(bad) = replies.iter().find(|r| !matches!(r, Reply::Item(_))) {
+                        return Err(RunError::Setup(format!("creating an item: {bad:?}")));
+                    }
+                }
+            }
+            let ids = (0..s.users).map(|u| local_user_id(u).0).collect();
+            Ok((skus, Vec::new(), ids))
+        }
+        Backend::Http {
+            target,
+            admin_token,
+        } => {
+            let timeout = Duration::from_secs(30);
+            let mut conn = Conn::new(target.clone());
+            let mut merchants = Vec::new();
+            for i in 0..PLAN_MERCHANTS.min(s.items) {
+                let name = format!("{run_id} {}", crate::catalog::merchant_name(i));
+                let (status, body) = conn
+                    .send(
+                        Method::POST,
+                        "/v1/admin/merchants",
+                        Some(admin_token),
+                        None,
+                        Some(&json!({ "name": name })),
+                        timeout,
+                    )
+                    .await?;
+                let v = expect(status, &body, StatusCode::CREATED, "create merchant")?;
+                merchants.push(MerchantId(v["id"].as_u64().unwrap_or(0)));
+            }
+            // Items, a few connections at a time.
+            let items: Vec<Value> = plan
+                .items
+                .iter()
+                .map(|i| {
+                    json!({
+                        "merchant_id": merchants[(i.merchant.0 as usize - 1) % merchants.len()].0,
+                        "title": i.title, "category": i.category.as_str(), "price_fen": i.price_fen.0,
+                        "stock": i.stock_total, "per_user_limit": i.per_user_limit,
+                        "opens_at_ms": opens_at.0, "closes_at_ms": closes_at.0,
+                        "shelf_life_hours": i.shelf_life_hours,
+                    })
+                })
+                .collect();
+            let items = Arc::new(items);
+            let lanes = 16usize.min(items.len().max(1));
+            let mut tasks = Vec::new();
+            for lane in 0..lanes {
+                let (items, target, token) = (items.clone(), target.clone(), admin_token.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut conn = Conn::new(target);
+                    let mut out = Vec::new();
+                    for rank in (lane..items.len()).step_by(lanes) {
+                        let (status, body) = conn
+                            .send(
+                                Method::POST,
+                                "/v1/admin/items",
+                                Some(&token),
+                                None,
+                                Some(&items[rank]),
+                                timeout,
+                            )
+                            .await?;
+                        let v = expect(status, &body, StatusCode::CREATED, "create item")?;
+                        out.push((rank, Sku(v["sku"].as_u64().unwrap_or(0))));
+                    }
+                    Ok::<_, RunError>(out)
+                }));
+            }
+            let mut skus = vec![Sku(0); items.len()];
+            for t in tasks {
+                for (rank, sku) in t.await.map_err(|e| RunError::Setup(e.to_string()))?? {
+                    skus[rank] = sku;
+                }
+            }
+            let mut tokens = Vec::with_capacity(s.users as usize);
+            let mut ids = Vec::with_capacity(s.users as usize);
+            let mut start = 1u64;
+            while tokens.len() < s.users as usize {
+                let count = (s.users as usize - tokens.len()).min(10_000);
+                let body = json!({"count": count, "prefix": run_id, "start": start});
+                let (status, bytes) = conn
+                    .send(
+                        Method::POST,
+                        "/v1/admin/users/bulk",
+                        Some(admin_token),
+                        None,
+                        Some(&body),
+                        timeout,
+                    )
+                    .await?;
+                let v = expect(status, &bytes, StatusCode::CREATED, "create shoppers")?;
+                for u in v["users"].as_array().into_iter().flatten() {
+                    tokens.push(u["token"].as_str().unwrap_or_default().to_string());
+                    ids.push(u["id"].as_u64().unwrap_or(0));
+                }
+                start += count as u64;
+            }
+            Ok((skus, tokens, ids))
+        }
+    }
+}
+
+fn expect(
+    status: StatusCode,
+    body: &[u8],
+    want: StatusCode,
+    what: &str,
+) -> Result<Value, RunError> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if status != want {
+        return Err(RunError::Setup(format!("{what}: {status} {v}")));
+    }
+    Ok(v)
+}
+
+/// Puts every planned request on the queue at its intended time.
+async fn dispatch(shared: Arc<Shared>) {
+    let plan = &shared.plan;
+    let max = plan.scenario.requests_max;
+    let mut browses = plan.browses.iter().peekable();
+    let mut attempts = plan.attempts.iter().enumerate().peekable();
+    let mut scheduled = 0u64;
+    loop {
+        let next_browse = browses.peek().map(|b| b.at_us);
+        let next_attempt = attempts.peek().map(|(_, a)| a.at_us);
+        let (at_us, job) = match (next_browse, next_attempt) {
+            (None, None) => break,
+            (Some(b), a) if a.is_none_or(|a| b <= a) => {
+                let b = browses.next().expect("peeked");
+                (
+                    b.at_us,
+                    Job::Browse {
+                        rank: b.rank,
+                        user: b.user,
+                    },
+                )
+            }
+            _ => {
+                let (i, a) = attempts.next().expect("peeked");
+                (a.at_us, Job::SnapUp { index: i as u32 })
+            }
+        };
+        if scheduled >= max || Instant::now() >= shared.deadline {
+            shared.not_sent.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let when = instant_at(&shared, at_us);
+        if when > Instant::now() + Duration::from_millis(1) {
+            tokio::time::sleep_until(when.into()).await;
+        }
+        scheduled += 1;
+        shared.outstanding.fetch_add(1, Ordering::SeqCst);
+        let _ = shared.tx.send(Scheduled { job, at_us });
+    }
+}
+
+fn instant_at(shared: &Shared, at_us: i64) -> Instant {
+    if at_us >= 0 {
+        shared.opening + Duration::from_micros(at_us as u64)
+    } else {
+        shared
+            .opening
+            .checked_sub(Duration::from_micros(at_us.unsigned_abs()))
+            .unwrap_or_else(Instant::now)
+    }
+}
+
+fn now_us(shared: &Shared) -> i64 {
+    let now = Instant::now();
+    if now >= shared.opening {
+        now.duration_since(shared.opening).as_micros() as i64
+    } else {
+        -(shared.opening.duration_since(now).as_micros() as i64)
+    }
+}
+
+/// Schedules a follow-up at `at_us` (µs from the opening), unless past the deadline.
+fn schedule(shared: &Arc<Shared>, job: Job, at_us: i64) -> bool {
+    let when = instant_at(shared, at_us);
+    if when >= shared.deadline
+        || shared.sent.load(Ordering::Relaxed) >= shared.plan.scenario.requests_max
+    {
+        return false;
+    }
+    shared.outstanding.fetch_add(1, Ordering::SeqCst);
+    let shared2 = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(when.into()).await;
+        let _ = shared2.tx.send(Scheduled { job, at_us });
+    });
+    true
+}
+
+async fn worker(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Scheduled>>>) {
+    let mut conn = match &shared.backend {
+        Backend::Http { target, .. } => Some(Conn::new(target.clone())),
+        Backend::InProcess { .. } => None,
+    };
+    loop {
+        let next = rx.lock().await.recv().await;
+        let Some(scheduled) = next else { break };
+        if Instant::now() >= shared.deadline {
+            shared.not_sent.fetch_add(1, Ordering::Relaxed);
+            shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let record = execute(&shared, &mut conn, scheduled).await;
+        shared
+            .records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
+        shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Scheduled) -> Record {
+    let Scheduled { job, at_us } = scheduled;
+    shared.sent.fetch_add(1, Ordering::Relaxed);
+    let (kind, rank, user, attempt) = match &job {
+        Job::Browse { rank, user } => (Kind::Browse, *rank, *user, None),
+        Job::SnapUp { index } => {
+            let a = &shared.plan.attempts[*index as usize];
+            (Kind::SnapUp, a.rank, a.user, Some(*index))
+        }
+        Job::Pay {
+            rank, user, late, ..
+        } => (
+            if *late { Kind::LatePay } else { Kind::Pay },
+            *rank,
+            *user,
+            None,
+        ),
+        Job::Cancel { rank, user, .. } => (Kind::Cancel, *rank, *user, None),
+    };
+    let mut retries = 0;
+    let answer = loop {
+        let answer = match (&shared.backend, conn.as_mut()) {
+            (Backend::Http { admin_token, .. }, Some(conn)) => {
+                send_http(shared, conn, admin_token, &job).await
+            }
+            (Backend::InProcess { engine }, _) => send_local(shared, engine, &job).await,
+            (Backend::Http { .. }, None) => unreachable!("HTTP workers own a connection"),
+        };
+        let retry = (answer.code == "timeout"
+            || answer.code == "transport_error"
+            || answer.code == "overloaded")
+            && retries < shared.retries
+            && Instant::now() < shared.deadline;
+        if !retry {
+            break answer;
+        }
+        retries += 1;
+        if answer.code == "overloaded" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let done_us = now_us(shared);
+    let ok = answer.code == "created" || answer.code == "ok";
+    if ok {
+        shared.ok.fetch_add(1, Ordering::Relaxed);
+    }
+    // Follow-ups of a successful online snap-up.
+    if let (Job::SnapUp { index }, Some((order, status, expires_at))) = (&job, &answer.order) {
+        let a: &Attempt = &shared.plan.attempts[*index as usize];
+        if answer.code == "created" && status == "awaiting_payment" {
+            match a.follow {
+                FollowUp::Pay { after_us } => {
+                    schedule(
+                        shared,
+                        Job::Pay {
+                            order: *order,
+                            rank,
+                            user,
+                            late: false,
+                        },
+                        done_us + after_us,
+                    );
+                }
+                FollowUp::Cancel { after_us } => {
+                    schedule(
+                        shared,
+                        Job::Cancel {
+                            order: *order,
+                            rank,
+                            user,
+                        },
+                        done_us + after_us,
+                    );
+                }
+                FollowUp::LatePay => {
+                    let at_us =
+                        expires_at.map_or(i64::MAX / 2, |e| (e - shared.opening_ms + 500) * 1000);
+                    if !schedule(
+                        shared,
+                        Job::Pay {
+                            order: *order,
+                            rank,
+                            user,
+                            late: true,
+                        },
+                        at_us,
+                    ) {
+                        shared.late_pays_skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                FollowUp::Nothing => {}
+            }
+        } else if a.payment == PaymentMethod::Cod {
+            if let FollowUp::Cancel { after_us } = a.follow {
+                schedule(
+                    shared,
+                    Job::Cancel {
+                        order: *order,
+                        rank,
+                        user,
+                    },
+                    done_us + after_us,
+                );
+            }
+        }
+    }
+    let (order, order_status) = match answer.order {
+        Some((id, status, _)) => (Some(id), Some(status)),
+        None => (None, None),
+    };
+    Record {
+        kind,
+        rank,
+        user,
+        at_us,
+        done_us,
+        code: answer.code,
+        order,
+        order_status,
+        attempt,
+        retries,
+    }
+}
+
+async fn send_http(shared: &Shared, conn: &mut Conn, admin_token: &str, job: &Job) -> Answer {
+    let token = |user: u32| shared.tokens.get(user as usize).map(String::as_str);
+    let (method, path, token, key, body) = match job {
+        Job::Browse { rank, .. } => (
+            Method::GET,
+            format!("/v1/items/{}", shared.skus[*rank as usize].0),
+            None,
+            None,
+            None,
+        ),
+        Job::SnapUp { index } => {
+            let a = &shared.plan.attempts[*index as usize];
+            let body = json!({"sku": shared.skus[a.rank as usize].0, "quantity": 1, "payment": a.payment.as_str(), "address": format!("{} Singles Road", a.user + 1)});
+            (
+                Method::POST,
+                "/v1/orders".to_string(),
+                token(a.user),
+                Some(format!("{}-{index}", shared.run_id)),
+                Some(body),
+            )
+        }
+        Job::Pay { order, late, .. } => {
+            let key = format!("{}-p{order}{}", shared.run_id, if *late { "l" } else { "" });
+            (
+                Method::POST,
+                format!("/v1/admin/orders/{order}/mark-paid"),
+                Some(admin_token),
+                Some(key),
+                None,
+            )
+        }
+        Job::Cancel { order, user, .. } => (
+            Method::POST,
+            format!("/v1/orders/{order}/cancel"),
+            token(*user),
+            Some(format!("{}-c{order}", shared.run_id)),
+            None,
+        ),
+    };
+    match conn
+        .send(
+            method,
+            &path,
+            token,
+            key.as_deref(),
+            body.as_ref(),
+            shared.timeout,
+        )
+        .await
+    {
+        Err(HttpError::Timeout) => Answer {
+            code: "timeout".into(),
+            order: None,
+        },
+        Err(_) => Answer {
+            code: "transport_error".into(),
+            order: None,
+        },
+        Ok((status, bytes)) => {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if status.is_success() {
+                let order = v["id"]
+                    .as_u64()
+                    .filter(|_| !matches!(job, Job::Browse { .. }))
+                    .map(|id| {
+                        (
+                            id,
+                            v["status"].as_str().unwrap_or("").to_string(),
+                            v["expires_at_ms"].as_i64(),
+                        )
+                    });
+                let code = if status == StatusCode::CREATED {
+                    "created"
+                } else {
+                    "ok"
+                };
+                Answer {
+                    code: code.into(),
+                    order,
+                }
+            } else {
+                let code = v["error"]["code"]
+                    .as_str()
+                    .map_or_else(|| format!("http_{}", status.as_u16()), str::to_string);
+                Answer { code, order: None }
+            }
+        }
+    }
+}
+
+async fn send_local(shared: &Shared, engine: &Engine, job: &Job) -> Answer {
+    let user_id = local_user_id;
+    let (sku_or_order, command) = match job {
+        Job::Browse { rank, .. } => {
+            return match engine.board().get(shared.skus[*rank as usize]) {
+                Some(_) => Answer {
+                    code: "ok".into(),
+                    order: None,
+                },
+                None => Answer {
+                    code: "item_not_found".into(),
+                    order: None,
+                },
+            };
+        }
+        Job::SnapUp { index } => {
+            let a = &shared.plan.attempts[*index as usize];
+            let sku = shared.skus[a.rank as usize];
+            let key: Arc<str> = format!("{}-{index}", shared.run_id).into();
+            let command = Command::Reserve(Reserve {
+                user: user_id(a.user),
+                sku,
+                quantity: Quantity::new(1).expect("1 is a quantity"),
+                payment: a.payment,
+                address: "Singles Road".into(),
+                idempotency_key: Some(key),
+                fingerprint: mall_core::fingerprint(&[
+                    &sku.0.to_le_bytes(),
+                    a.payment.as_str().as_bytes(),
+                ]),
+                early_access: false,
+            });
+            (Ok(sku), command)
+        }
+        Job::Pay { order, .. } => (
+            Err(OrderId(*order)),
+            Command::Confirm {
+                order: OrderId(*order),
+            },
+        ),
+        Job::Cancel { order, user, .. } => (
+            Err(OrderId(*order)),
+            Command::Release {
+                order: OrderId(*order),
+                by: Some(user_id(*user)),
+            },
+        ),
+    };
+    let submitted = match sku_or_order {
+        Ok(sku) => Some(engine.try_submit_for_sku(sku, command)),
+        Err(order) => engine.try_submit_for_order(order, command),
+    };
+    let rx = match submitted {
+        None => {
+            return Answer {
+                code: "order_not_found".into(),
+                order: None,
+            }
+        }
+        Some(Err(_)) => {
+            return Answer {
+                code: "overloaded".into(),
+                order: None,
+            }
+        }
+        Some(Ok(rx)) => rx,
+    };
+    let created = matches!(job, Job::SnapUp { .. });
+    match rx.await.unwrap_or(Reply::Unavailable) {
+        Reply::Order { order, replayed } => Answer {
+            code: if created && !replayed {
+                "created"
+            } else {
+                "ok"
+            }
+            .into(),
+            order: Some((
+                order.id.0,
+                order.status.as_str().to_string(),
+                order.expires_at.map(|t| t.0),
+            )),
+        },
+        Reply::StoredOrder(id) => Answer {
+            code: "created".into(),
+            order: Some((id.0, String::new(), None)),
+        },
+        Reply::Inactive(id) => {
+            // Expired or cancelled: what the HTTP layer answers, from the store.
+            let stored = engine
+                .reader_for_order(id)
+                .and_then(|r| r.order(id).ok().flatten());
+            let code = match (job, stored.map(|o| o.status)) {
+                (Job::Pay { .. }, Some(mall_core::OrderStatus::Expired)) => "hold_expired",
+                (Job::Cancel { .. }, Some(mall_core::OrderStatus::Cancelled)) => "ok",
+                (_, Some(_)) => "invalid_order_status",
+                (_, None) => "order_not_found",
+            };
+            Answer {
+                code: code.into(),
+                order: None,
+            }
+        }
+        Reply::Item(_) => Answer {
+            code: "ok".into(),
+            order: None,
+        },
+        Reply::Refused(r) => Answer {
+            code: r.code().into(),
+            order: None,
+        },
+        Reply::Unavailable => Answer {
+            code: "store_unavailable".into(),
+            order: None,
+        },
+    }
+}
+
+async fn report_progress(shared: Arc<Shared>) {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let total = (shared.plan.attempts.len() + shared.plan.browses.len()) as f64;
+    let mut last = 0u64;
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let sent = shared.sent.load(Ordering::Relaxed);
+        let ok = shared.ok.load(Ordering::Relaxed);
+        let rate = sent - last;
+        last = sent;
+        let t = now_us(&shared) as f64 / 1e6;
+        let pct = (sent as f64 / total.max(1.0) * 100.0).min(100.0);
+        if tty {
+            let filled = (pct / 5.0) as usize;
+            print!(
+                "\r[{}{}] {pct:5.1}%  t={t:+6.1}s  sent {sent}  ok {ok}  {rate}/s   ",
+                "#".repeat(filled),
+                ".".repeat(20 - filled.min(20))
+            );
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else {
+            println!("rush t={t:+.1}s sent={sent} ok={ok} rate={rate}/s ({pct:.0}% of planned)");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! `mall rush` and `mall demo`: glue over `mall-rush`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mall_rush::audit::audit;
+use mall_rush::http::Target;
+use mall_rush::plan::Plan;
+use mall_rush::run::{run, Backend};
+use mall_rush::scenario::Scenario;
+use mall_rush::summary::{print, summarize};
+use mall_shard::{Clock, SystemClock};
+use mall_store::{DataDir, Engine, EngineConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct RushArgs {
+    /// The server to rush (loopback only, unless --allow-remote).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// Run against the engine in this process instead, with no HTTP.
+    #[arg(long)]
+    in_process: bool,
+    /// A built-in scenario (double11, smoke) or a TOML file.
+    #[arg(long, default_value = "double11")]
+    scenario: String,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Shrink the scenario's shoppers and items by this factor (0 to 1).
+    #[arg(long)]
+    scale: Option<f64>,
+    /// Admin token of the target (default: MALL_ADMIN_TOKEN, then DATA/admin-token).
+    #[arg(long, env = "MALL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// The target's data directory, to read its generated admin token.
+    #[arg(long, default_value = "mall-data")]
+    data: PathBuf,
+    #[arg(long)]
+    allow_remote: bool,
+    /// Where the JSON and HTML reports go.
+    #[arg(long, default_value = "rush-report")]
+    out: PathBuf,
+    /// In-process only: shards (default one per core) and hold timeout.
+    #[arg(long)]
+    shards: Option<usize>,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15m")]
+    hold_timeout: Duration,
+}
+
+fn scenario_of(name: &str, seed: Option<u64>, scale: Option<f64>) -> Result<Scenario> {
+    let mut s = Scenario::load(name)?;
+    if let Some(f) = scale {
+        anyhow::ensure!(f > 0.0 && f <= 1.0, "--scale must be in (0, 1]");
+        s = s.scaled(f);
+    }
+    if let Some(seed) = seed {
+        s.seed = seed;
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+/// Summarizes, audits and reports a finished run; false when the audit failed.
+async fn finish(
+    outcome: mall_rush::run::Outcome,
+    backend: &Backend,
+    name: &str,
+    out: &Path,
+) -> Result<bool> {
+    let summary = summarize(&outcome, name);
+    print(&summary);
+    println!(
+        "auditing {} acknowledged orders against the server...",
+        outcome
+            .records
+            .iter()
+            .filter(|r| r.code == "created")
+            .count()
+    );
+    let report = audit(&outcome, backend).await;
+    if report.passed() {
+        println!("AUDIT PASSED: {} orders and {} items checked; nothing lost, nothing doubled, nothing oversold", report.orders_checked, report.items_checked);
+    } else {
+        println!("AUDIT FAILED: {} violation(s)", report.violations.len());
+        for v in report.violations.iter().take(30) {
+            println!("  - {v}");
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let base = out.join(format!("rush-{}", summary.scenario));
+    mall_rush::report::write_json(&base.with_extension("json"), &summary, &report)?;
+    mall_rush::report::write_html(&base.with_extension("html"), &summary, &report)?;
+    println!(
+        "reports: {} and {}",
+        base.with_extension("json").display(),
+        base.with_extension("html").display()
+    );
+    Ok(report.passed())
+}
+
+pub fn rush(args: RushArgs) -> Result<()> {
+    let scenario = scenario_of(&args.scenario, args.seed, args.scale)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let passed = if args.in_process {
+        let dir = std::env::temp_dir().join(format!("mall-rush-{}", std::process::id()));
+        let shards = args
+            .shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let data = DataDir::open(&dir, Some(shards))?;
+        let mut config = EngineConfig::default();
+        config.inventory.hold_timeout_ms = args.hold_timeout.as_millis() as i64;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let engine = Arc::new(Engine::start(data, config, clock)?);
+        let backend = Backend::InProcess {
+            engine: engine.clone(),
+        };
+        println!(
+            "mall rush: scenario {} in-process ({} shards, data in {})",
+            scenario.name,
+            shards,
+            dir.display()
+        );
+        let passed = runtime.block_on(async {
+            let outcome = run(Plan::new(&scenario), backend.clone(), true).await?;
+            finish(outcome, &backend, "in-process", &args.out).await
+        })?;
+        drop(backend);
+        if let Ok(engine) = Arc::try_unwrap(engine) {
+            engine.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        passed
+    } else {
+        let target = Target::parse(&args.target, args.allow_remote)?;
+        let token = match args.admin_token {
+            Some(t) => t,
+            None => std::fs::read_to_string(args.data.join("admin-token"))
+                .map(|t| t.trim().to_string())
+                .context("no admin token: pass --admin-token, set MALL_ADMIN_TOKEN, or point --data at the server's data directory")?,
+        };
+        let backend = Backend::Http {
+            target,
+            admin_token: token,
+        };
+        println!(
+            "mall rush: scenario {} against {}",
+            scenario.name, args.target
+        );
+        runtime.block_on(async {
+            let outcome = run(Plan::new(&scenario), backend.clone(), true).await?;
+            finish(outcome, &backend, "http", &args.out).await
+        })?
+    };
+    anyhow::ensure!(passed, "the consistency audit failed");
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// A fresh data directory for the demo (wiped at start if the demo made it).
+    #[arg(long, default_value = "mall-demo-data")]
+    data: PathBuf,
+    /// Share of the full double11 night to rehearse.
+    #[arg(long, default_value_t = 0.2)]
+    scale: f64,
+    #[arg(long, default_value = "rush-report")]
+    out: PathBuf,
+}
+
+/// The newcomer's first command: a fresh mall, a rehearsal of the night
+/// against it, the figures and the audit, then the mall keeps serving.
+pub fn demo(args: DemoArgs) -> Result<()> {
+    const MARKER: &str = "MADE-BY-MALL-DEMO";
+    if args.data.exists() {
+        anyhow::ensure!(
+            args.data.join(MARKER).exists(),
+            "{} exists and was not made by mall demo; pass another --data",
+            args.data.display()
+        );
+        std::fs::remove_dir_all(&args.data)?;
+    }
+    std::fs::create_dir_all(&args.data)?;
+    std::fs::write(args.data.join(MARKER), "")?;
+    let _lock = crate::lock_data_dir(&args.data)?;
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dir = DataDir::open(&args.data, Some(shards))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut config = EngineConfig::default();
+    // A short hold, so unpaid orders expire and late payments are refused within the minute.
+    config.inventory.hold_timeout_ms = 20_000;
+    let engine = Arc::new(Engine::start(dir.clone(), config, clock.clone())?);
+    let accounts = Arc::new(mall_store::Accounts::open(&dir.accounts_path())?);
+    let mut http = mall_http::HttpConfig::default();
+    http.rate.user_rate_per_s = 1_000.0;
+    let state = mall_http::AppState::new(engine.clone(), accounts, http, clock)?;
+    let token = mall_http::bootstrap_admin(&state, None, None)?
+        .context("the fresh demo store has an admin token")?;
+    crate::write_secret(&dir.path.join("admin-token"), &token)?;
+    let scenario = scenario_of("double11", None, Some(args.scale))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("binding {}", args.addr))?;
+        let app = mall_http::router(state)
+            .into_make_service_with_connect_info::<mall_http::listener::Peer>();
+        let listener = mall_http::listener::LimitedListener::new(listener, 16_384);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(crate::shutdown_signal())
+                .await
+        });
+        println!(
+            "mall demo: serving http://{} from {}",
+            args.addr,
+            dir.path.display()
+        );
+        println!(
+            "rehearsing the night: {} shoppers, {} items, sale opening in a few seconds",
+            scenario.users, scenario.items
+        );
+        let backend = Backend::Http {
+            target: Target::parse(&format!("http://{}", args.addr), false)?,
+            admin_token: token.clone(),
+        };
+        let outcome = run(Plan::new(&scenario), backend.clone(), true).await?;
+        let passed = finish(outcome, &backend, "http (demo)", &args.out).await?;
+        println!();
+        println!(
+            "mall keeps serving at http://{} — admin token in {}; Ctrl-C to stop.",
+            args.addr,
+            dir.path.join("admin-token").display()
+        );
+        if !passed {
+            println!("(the audit failed: see above)");
+        }
+        let _ = server.await;
+        anyhow::Ok(())
+    })?;
+    drop(runtime);
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        engine.shutdown();
+    }
+    Ok(())
+}
