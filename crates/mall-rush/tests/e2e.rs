@@ -1,0 +1,191 @@
+//! The rush end to end: against the real server (HTTP, in this process),
+//! in-process against the engine, and against deliberately broken servers
+//! that the audit must catch.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use mall_rush::audit::audit;
+use mall_rush::http::Target;
+use mall_rush::plan::Plan;
+use mall_rush::run::{run, Backend};
+use mall_rush::scenario::Scenario;
+use mall_rush::summary::summarize;
+use mall_shard::{Clock, SystemClock};
+use mall_store::{Accounts, DataDir, Engine, EngineConfig};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+const ADMIN: &str = "rush-test-admin-token-0123456789abcdef";
+
+fn small() -> Scenario {
+    let mut s = Scenario::load("smoke").unwrap();
+    s.users = 400;
+    s.items = 6;
+    s.stock_max = 30;
+    s.opens_in_s = 0.5;
+    s.spike_s = 0.5;
+    s.tail_s = 1.0;
+    s.duration_max_s = 10.0;
+    s.connections = 8;
+    s
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn engine(dir: &std::path::Path, hold_timeout_ms: i64) -> (Arc<Engine>, Arc<Accounts>) {
+    let data = DataDir::open(dir, Some(2)).unwrap();
+    let mut config = EngineConfig::default();
+    config.inventory.hold_timeout_ms = hold_timeout_ms;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let accounts = Arc::new(Accounts::open(&data.accounts_path()).unwrap());
+    (Arc::new(Engine::start(data, config, clock).unwrap()), accounts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_rush_against_the_real_server_passes_the_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, accounts) = engine(dir.path(), 1_500);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut http = mall_http::HttpConfig::default();
+    http.rate.user_rate_per_s = 1_000.0;
+    let state = mall_http::AppState::new(engine, accounts, http, clock).unwrap();
+    mall_http::bootstrap_admin(&state, Some(ADMIN), None).unwrap();
+    let url = serve(mall_http::router(state)).await;
+    let backend = Backend::Http { target: Target::parse(&url, false).unwrap(), admin_token: ADMIN.into() };
+    let mut scenario = Scenario::load("smoke").unwrap();
+    scenario.opens_in_s = 0.5;
+    let outcome = run(Plan::new(&scenario), backend.clone(), false).await.unwrap();
+    let summary = summarize(&outcome, "http");
+    let snap = &summary.by_kind["snap_up"];
+    assert_eq!(snap.sent, Plan::new(&scenario).attempts.len() as u64, "every planned snap-up was sent");
+    assert!(snap.codes.get("created").copied().unwrap_or(0) > 100, "{:?}", snap.codes);
+    assert!(snap.codes.get("sold_out").copied().unwrap_or(0) > 100, "{:?}", snap.codes);
+    assert!(!snap.codes.contains_key("timeout") && !snap.codes.contains_key("transport_error"), "{:?}", snap.codes);
+    // The 1.5 s hold lapses inside the run: late payments are refused.
+    assert!(summary.by_kind.get("late_pay").is_some_and(|k| k.codes.contains_key("hold_expired")), "{:?}", summary.by_kind);
+    let report = audit(&outcome, &backend).await;
+    assert!(report.passed(), "{:?}", report.violations);
+    assert_eq!(report.orders_checked, snap.codes["created"]);
+    let html = mall_rush::report::html(&summary, &report);
+    assert!(html.contains("<svg") && html.contains("Audit passed") && !html.contains("http://") && !html.contains("<script"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_rush_passes_the_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = engine(dir.path(), 60_000);
+    let backend = Backend::InProcess { engine };
+    let outcome = run(Plan::new(&small()), backend.clone(), false).await.unwrap();
+    let report = audit(&outcome, &backend).await;
+    assert!(report.passed(), "{:?}", report.violations);
+    assert!(report.orders_checked > 20);
+}
+
+/// A server that speaks the API but breaks a promise.
+#[derive(Clone, Copy, PartialEq)]
+enum Broken {
+    /// Never refuses: sells past the stock.
+    Oversells,
+    /// Acknowledges orders, then loses every third one.
+    Forgets,
+}
+
+#[derive(Default)]
+struct Fake {
+    next: u64,
+    /// sku -> (stock, sold)
+    items: HashMap<u64, (u64, u64)>,
+    /// id -> (sku, user, status)
+    orders: HashMap<u64, (u64, u64, String)>,
+}
+
+type Shared = Arc<(Broken, Mutex<Fake>)>;
+
+fn user_of(headers: &HeaderMap) -> u64 {
+    headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer t")).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn fake_app(mode: Broken) -> Router {
+    let shared: Shared = Arc::new((mode, Mutex::new(Fake::default())));
+    Router::new()
+        .route("/v1/admin/merchants", post(|State(s): State<Shared>| async move {
+            let mut f = s.1.lock().unwrap();
+            f.next += 1;
+            (StatusCode::CREATED, Json(json!({"id": f.next})))
+        }))
+        .route("/v1/admin/items", post(|State(s): State<Shared>, Json(b): Json<Value>| async move {
+            let mut f = s.1.lock().unwrap();
+            f.next += 1;
+            let sku = f.next;
+            f.items.insert(sku, (b["stock"].as_u64().unwrap(), 0));
+            (StatusCode::CREATED, Json(json!({"sku": sku})))
+        }))
+        .route("/v1/admin/users/bulk", post(|State(s): State<Shared>, Json(b): Json<Value>| async move {
+            let mut f = s.1.lock().unwrap();
+            let users: Vec<Value> = (0..b["count"].as_u64().unwrap()).map(|_| {
+                f.next += 1;
+                json!({"id": f.next, "token": format!("t{}", f.next)})
+            }).collect();
+            (StatusCode::CREATED, Json(json!({"users": users})))
+        }))
+        .route("/v1/items/{sku}", get(|State(s): State<Shared>, Path(sku): Path<u64>| async move {
+            let f = s.1.lock().unwrap();
+            let (stock, sold) = f.items[&sku];
+            let sold = sold.min(stock); // it hides the oversell in its counters
+            Json(json!({"stock_total": stock, "available": stock - sold, "held": 0, "sold": sold}))
+        }))
+        .route("/v1/orders", post(|State(s): State<Shared>, headers: HeaderMap, Json(b): Json<Value>| async move {
+            let mut f = s.1.lock().unwrap();
+            let sku = b["sku"].as_u64().unwrap();
+            let (stock, sold) = f.items[&sku];
+            if s.0 == Broken::Forgets && sold >= stock {
+                return (StatusCode::CONFLICT, Json(json!({"error": {"code": "sold_out", "message": "sold out"}})));
+            }
+            f.items.get_mut(&sku).unwrap().1 += 1;
+            f.next += 1;
+            let id = f.next;
+            f.orders.insert(id, (sku, user_of(&headers), "confirmed".into()));
+            (StatusCode::CREATED, Json(json!({"id": id, "status": "confirmed"})))
+        }))
+        .route("/v1/orders/{id}", get(|State(s): State<Shared>, Path(id): Path<u64>| async move {
+            let f = s.1.lock().unwrap();
+            match f.orders.get(&id) {
+                Some((sku, user, status)) if !(s.0 == Broken::Forgets && id % 3 == 0) => {
+                    (StatusCode::OK, Json(json!({"sku": sku, "user_id": user, "status": status})))
+                }
+                _ => (StatusCode::NOT_FOUND, Json(json!({"error": {"code": "order_not_found", "message": "no"}}))),
+            }
+        }))
+        .route("/v1/orders/{id}/cancel", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
+        .route("/v1/admin/orders/{id}/mark-paid", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
+        .with_state(shared)
+}
+
+async fn audit_of(mode: Broken) -> Vec<String> {
+    let url = serve(fake_app(mode)).await;
+    let backend = Backend::Http { target: Target::parse(&url, false).unwrap(), admin_token: ADMIN.into() };
+    let mut s = small();
+    s.cod_share = 1.0; // every order a sale the client is told about
+    let outcome = run(Plan::new(&s), backend.clone(), false).await.unwrap();
+    audit(&outcome, &backend).await.violations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_catches_an_overselling_server() {
+    let violations = audit_of(Broken::Oversells).await;
+    assert!(violations.iter().any(|v| v.contains("client was told of") && v.contains("stock is")), "{violations:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_catches_a_server_that_forgets_acknowledged_orders() {
+    let violations = audit_of(Broken::Forgets).await;
+    assert!(violations.iter().any(|v| v.contains("missing on the server")), "{violations:?}");
+}
