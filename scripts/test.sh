@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# Sets up and runs every test of mall. Needs only the Rust toolchain today:
-# SQLite is bundled into the binary. (Services for the scale-out backends,
-# PostgreSQL and Redis, are installed and started here once those land.)
+# Sets up and runs every test of mall: installs what the tests need (Redis
+# and PostgreSQL, the peers `mall bench stock` is checked against; the tests
+# start their own throwaway servers on loopback), builds, and runs them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
+fi
+# The packages may start system-wide servers; the tests use their own.
+(service redis-server stop || true; service postgresql stop || true) >/dev/null 2>&1
+
 cargo build --workspace --all-targets
 cargo test --workspace

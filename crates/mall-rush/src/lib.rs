@@ -8,8 +8,10 @@
 pub mod audit;
 pub mod catalog;
 pub mod http;
+pub mod peers;
 pub mod plan;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod stockbench;
 pub mod summary;

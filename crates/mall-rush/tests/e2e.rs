@@ -46,7 +46,10 @@ fn engine(dir: &std::path::Path, hold_timeout_ms: i64) -> (Arc<Engine>, Arc<Acco
     config.inventory.hold_timeout_ms = hold_timeout_ms;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let accounts = Arc::new(Accounts::open(&data.accounts_path()).unwrap());
-    (Arc::new(Engine::start(data, config, clock).unwrap()), accounts)
+    (
+        Arc::new(Engine::start(data, config, clock).unwrap()),
+        accounts,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,23 +62,56 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
     let state = mall_http::AppState::new(engine, accounts, http, clock).unwrap();
     mall_http::bootstrap_admin(&state, Some(ADMIN), None).unwrap();
     let url = serve(mall_http::router(state)).await;
-    let backend = Backend::Http { target: Target::parse(&url, false).unwrap(), admin_token: ADMIN.into() };
+    let backend = Backend::Http {
+        target: Target::parse(&url, false).unwrap(),
+        admin_token: ADMIN.into(),
+    };
     let mut scenario = Scenario::load("smoke").unwrap();
     scenario.opens_in_s = 0.5;
-    let outcome = run(Plan::new(&scenario), backend.clone(), false).await.unwrap();
+    let outcome = run(Plan::new(&scenario), backend.clone(), false)
+        .await
+        .unwrap();
     let summary = summarize(&outcome, "http");
     let snap = &summary.by_kind["snap_up"];
-    assert_eq!(snap.sent, Plan::new(&scenario).attempts.len() as u64, "every planned snap-up was sent");
-    assert!(snap.codes.get("created").copied().unwrap_or(0) > 100, "{:?}", snap.codes);
-    assert!(snap.codes.get("sold_out").copied().unwrap_or(0) > 100, "{:?}", snap.codes);
-    assert!(!snap.codes.contains_key("timeout") && !snap.codes.contains_key("transport_error"), "{:?}", snap.codes);
+    assert_eq!(
+        snap.sent,
+        Plan::new(&scenario).attempts.len() as u64,
+        "every planned snap-up was sent"
+    );
+    assert!(
+        snap.codes.get("created").copied().unwrap_or(0) > 100,
+        "{:?}",
+        snap.codes
+    );
+    assert!(
+        snap.codes.get("sold_out").copied().unwrap_or(0) > 100,
+        "{:?}",
+        snap.codes
+    );
+    assert!(
+        !snap.codes.contains_key("timeout") && !snap.codes.contains_key("transport_error"),
+        "{:?}",
+        snap.codes
+    );
     // The 1.5 s hold lapses inside the run: late payments are refused.
-    assert!(summary.by_kind.get("late_pay").is_some_and(|k| k.codes.contains_key("hold_expired")), "{:?}", summary.by_kind);
+    assert!(
+        summary
+            .by_kind
+            .get("late_pay")
+            .is_some_and(|k| k.codes.contains_key("hold_expired")),
+        "{:?}",
+        summary.by_kind
+    );
     let report = audit(&outcome, &backend).await;
     assert!(report.passed(), "{:?}", report.violations);
     assert_eq!(report.orders_checked, snap.codes["created"]);
     let html = mall_rush::report::html(&summary, &report);
-    assert!(html.contains("<svg") && html.contains("Audit passed") && !html.contains("http://") && !html.contains("<script"));
+    assert!(
+        html.contains("<svg")
+            && html.contains("Audit passed")
+            && !html.contains("http://")
+            && !html.contains("<script")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +119,9 @@ async fn in_process_rush_passes_the_audit() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, _) = engine(dir.path(), 60_000);
     let backend = Backend::InProcess { engine };
-    let outcome = run(Plan::new(&small()), backend.clone(), false).await.unwrap();
+    let outcome = run(Plan::new(&small()), backend.clone(), false)
+        .await
+        .unwrap();
     let report = audit(&outcome, &backend).await;
     assert!(report.passed(), "{:?}", report.violations);
     assert!(report.orders_checked > 20);
@@ -110,7 +148,12 @@ struct Fake {
 type Shared = Arc<(Broken, Mutex<Fake>)>;
 
 fn user_of(headers: &HeaderMap) -> u64 {
-    headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer t")).and_then(|v| v.parse().ok()).unwrap_or(0)
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer t"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn fake_app(mode: Broken) -> Router {
@@ -171,7 +214,10 @@ fn fake_app(mode: Broken) -> Router {
 
 async fn audit_of(mode: Broken) -> Vec<String> {
     let url = serve(fake_app(mode)).await;
-    let backend = Backend::Http { target: Target::parse(&url, false).unwrap(), admin_token: ADMIN.into() };
+    let backend = Backend::Http {
+        target: Target::parse(&url, false).unwrap(),
+        admin_token: ADMIN.into(),
+    };
     let mut s = small();
     s.cod_share = 1.0; // every order a sale the client is told about
     let outcome = run(Plan::new(&s), backend.clone(), false).await.unwrap();
@@ -181,11 +227,21 @@ async fn audit_of(mode: Broken) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_catches_an_overselling_server() {
     let violations = audit_of(Broken::Oversells).await;
-    assert!(violations.iter().any(|v| v.contains("client was told of") && v.contains("stock is")), "{violations:?}");
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("client was told of") && v.contains("stock is")),
+        "{violations:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_catches_a_server_that_forgets_acknowledged_orders() {
     let violations = audit_of(Broken::Forgets).await;
-    assert!(violations.iter().any(|v| v.contains("missing on the server")), "{violations:?}");
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("missing on the server")),
+        "{violations:?}"
+    );
 }

@@ -44,6 +44,94 @@ pub enum Which {
         #[arg(long, default_value_t = 8)]
         window: usize,
     },
+    /// One flash-sale workload side by side: mall in-process, mall over
+    /// HTTP, Redis (Lua, AOF always) and PostgreSQL (durable), checked for
+    /// overselling. Starts throwaway servers (apt-installing them if
+    /// missing) unless given URLs.
+    Stock {
+        #[arg(long, value_enum, default_value = "both")]
+        shape: StockShape,
+        /// Peers to run beside mall (comma-separated); none with an empty value.
+        #[arg(long, value_enum, value_delimiter = ',', default_values = ["redis", "postgres"])]
+        against: Vec<Peer>,
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        /// Attempts per shape (each of the first `users` is one shopper's).
+        #[arg(long, default_value_t = 100_000)]
+        attempts: u64,
+        /// Items of the Zipf shape.
+        #[arg(long, default_value_t = 10_000)]
+        items: u32,
+        /// Stock of the hot item.
+        #[arg(long, default_value_t = 10_000)]
+        hot_stock: u32,
+        /// Requests in flight, the same for every system.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Each system stops after this many seconds, done or not.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Use this Redis (host:port) instead of starting one.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Use this PostgreSQL (libpq key=value string) instead of starting one.
+        #[arg(long)]
+        postgres_url: Option<String>,
+    },
+}
+
+fn stock(
+    shape: StockShape,
+    against: &[Peer],
+    config: &mall_rush::stockbench::Config,
+) -> Result<()> {
+    use mall_rush::stockbench::{Shape as S, System};
+    let shapes: Vec<S> = match shape {
+        StockShape::Hot => vec![S::Hot],
+        StockShape::Zipf => vec![S::Zipf],
+        StockShape::Both => vec![S::Hot, S::Zipf],
+    };
+    let peers: Vec<System> = against
+        .iter()
+        .map(|p| match p {
+            Peer::Redis => System::Redis,
+            Peer::Postgres => System::Postgres,
+        })
+        .collect();
+    println!(
+        "mall bench stock: {} attempts from {} users per shape, concurrency {}, at most {}s per system; hot: 1 item x {} stock; zipf: {} items, Zipf(1.1)",
+        config.attempts, config.users, config.concurrency, config.seconds_max, config.hot_stock, config.items
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rows = runtime.block_on(mall_rush::stockbench::run(&shapes, &peers, config))?;
+    mall_rush::stockbench::print(&rows);
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| r.verified != "ok" && r.verified != "n/a")
+        .collect();
+    anyhow::ensure!(
+        bad.is_empty(),
+        "{} system(s) failed verification",
+        bad.len()
+    );
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum StockShape {
+    Hot,
+    Zipf,
+    Both,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Peer {
+    Redis,
+    Postgres,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -54,15 +142,56 @@ pub enum Shape {
 }
 
 pub fn run(which: Which) -> Result<()> {
-    let Which::Engine {
-        shape,
-        attempts,
-        users,
-        shards,
-        envelope,
-        clients,
-        window,
-    } = which;
+    match which {
+        Which::Engine {
+            shape,
+            attempts,
+            users,
+            shards,
+            envelope,
+            clients,
+            window,
+        } => engine(shape, attempts, users, shards, envelope, clients, window),
+        Which::Stock {
+            shape,
+            against,
+            users,
+            attempts,
+            items,
+            hot_stock,
+            concurrency,
+            seconds,
+            shards,
+            redis_url,
+            postgres_url,
+        } => {
+            let config = mall_rush::stockbench::Config {
+                users,
+                attempts,
+                items,
+                hot_stock,
+                concurrency: concurrency.max(1),
+                seconds_max: seconds,
+                shards: shards
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                redis_url,
+                postgres_url,
+            };
+            stock(shape, &against, &config)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn engine(
+    shape: Shape,
+    attempts: u64,
+    users: u64,
+    shards: Option<usize>,
+    envelope: usize,
+    clients: usize,
+    window: usize,
+) -> Result<()> {
     let shards =
         shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let params = Params {

@@ -1,0 +1,342 @@
+//! The peers mall is measured against, as real servers: throwaway Redis and
+//! PostgreSQL started on loopback (installed with apt when missing), or
+//! ones given by URL. Each throwaway server lives in a temp directory and is
+//! stopped and removed on drop.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+fn free_port() -> Result<u16, PeerError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn temp_dir(name: &str) -> Result<PathBuf, PeerError> {
+    let dir = std::env::temp_dir().join(format!(
+        "mall-{name}-{}-{}",
+        std::process::id(),
+        free_port()?
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn is_root() -> bool {
+    // Effective uid from /proc; root needs to run PostgreSQL as another user.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Installs Debian packages if `probe` is not on the machine.
+fn ensure_installed(probe: &Path, packages: &[&str]) -> Result<(), PeerError> {
+    if probe.exists() {
+        return Ok(());
+    }
+    eprintln!("installing {} with apt-get...", packages.join(" "));
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() || !probe.exists() {
+        let _ = Command::new("apt-get")
+            .args(["update", "-q"])
+            .stdout(Stdio::null())
+            .status();
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() || !probe.exists() {
+            return Err(PeerError::Setup(format!(
+                "could not install {}",
+                packages.join(" ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn wait_for_port(port: u16, what: &str) -> Result<(), PeerError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(PeerError::Setup(format!(
+        "{what} did not start on port {port}"
+    )))
+}
+
+/// A Redis server of our own: AOF on, `appendfsync always` (durable like mall).
+pub struct RedisServer {
+    child: Child,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Result<RedisServer, PeerError> {
+        ensure_installed(Path::new("/usr/bin/redis-server"), &["redis-server"])?;
+        let port = free_port()?;
+        let dir = temp_dir("redis")?;
+        let child = Command::new("/usr/bin/redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .args([
+                "--appendfsync",
+                "always",
+                "--protected-mode",
+                "yes",
+                "--daemonize",
+                "no",
+                "--dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let server = RedisServer { child, dir, port };
+        wait_for_port(port, "redis-server")?;
+        Ok(server)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A PostgreSQL cluster of our own, with durable commits (`fsync=on`,
+/// `synchronous_commit=on`, the defaults).
+pub struct PostgresServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .collect();
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .find(|b| b.join("initdb").exists())
+}
+
+impl PostgresServer {
+    pub fn start() -> Result<PostgresServer, PeerError> {
+        if postgres_bin().is_none() {
+            ensure_installed(Path::new("/nonexistent-probe"), &["postgresql"]).ok();
+        }
+        let bin = postgres_bin().ok_or_else(|| {
+            PeerError::Setup("PostgreSQL is not installed and could not be".into())
+        })?;
+        let port = free_port()?;
+        let dir = temp_dir("postgres")?;
+        let as_postgres = is_root();
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()?;
+            if !status.success() {
+                return Err(PeerError::Setup(
+                    "chown of the PostgreSQL directory failed".into(),
+                ));
+            }
+        }
+        let data = dir.join("data");
+        let server = PostgresServer {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
+        server.run(&[
+            "initdb",
+            "-D",
+            &data.to_string_lossy(),
+            "-A",
+            "trust",
+            "-U",
+            "mall",
+            "--no-sync",
+        ])?;
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on -c synchronous_commit=on", server.dir.display());
+        server.run(&[
+            "pg_ctl",
+            "-D",
+            &data.to_string_lossy(),
+            "-o",
+            &opts,
+            "-l",
+            &server.dir.join("log").to_string_lossy(),
+            "-w",
+            "start",
+        ])?;
+        wait_for_port(port, "postgres")?;
+        Ok(server)
+    }
+
+    fn run(&self, args: &[&str]) -> Result<(), PeerError> {
+        let program = self.bin.join(args[0]);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = cmd.args(&args[1..]).current_dir(&self.dir).output()?;
+        if !out.status.success() {
+            return Err(PeerError::Setup(format!(
+                "{}: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=mall dbname=postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = self.run(&[
+            "pg_ctl",
+            "-D",
+            &data.to_string_lossy(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A minimal RESP2 client: one connection, one command at a time.
+pub struct Resp {
+    stream: BufReader<TcpStream>,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RespValue {
+    Simple(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<RespValue>),
+}
+
+impl Resp {
+    pub async fn connect(addr: &str) -> Result<Resp, PeerError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Resp {
+            stream: BufReader::new(stream),
+            buf: Vec::with_capacity(256),
+        })
+    }
+
+    pub async fn call(&mut self, args: &[&[u8]]) -> Result<RespValue, PeerError> {
+        self.buf.clear();
+        let _ = write!(self.buf, "*{}\r\n", args.len());
+        for a in args {
+            let _ = write!(self.buf, "${}\r\n", a.len());
+            self.buf.extend_from_slice(a);
+            self.buf.extend_from_slice(b"\r\n");
+        }
+        self.stream.get_mut().write_all(&self.buf).await?;
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Result<RespValue, PeerError> {
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let line = line.trim_end();
+        let (kind, rest) = line.split_at(line.len().min(1));
+        let int = |s: &str| {
+            s.parse::<i64>()
+                .map_err(|_| PeerError::Redis(format!("bad reply {line:?}")))
+        };
+        match kind {
+            "+" => Ok(RespValue::Simple(rest.into())),
+            "-" => Err(PeerError::Redis(rest.into())),
+            ":" => Ok(RespValue::Int(int(rest)?)),
+            "$" => {
+                let n = int(rest)?;
+                if n < 0 {
+                    return Ok(RespValue::Bulk(None));
+                }
+                let mut data = vec![0; n as usize + 2];
+                self.stream.read_exact(&mut data).await?;
+                data.truncate(n as usize);
+                Ok(RespValue::Bulk(Some(data)))
+            }
+            "*" => {
+                let n = int(rest)?;
+                let mut items = Vec::new();
+                for _ in 0..n.max(0) {
+                    items.push(Box::pin(self.read()).await?);
+                }
+                Ok(RespValue::Array(items))
+            }
+            _ => Err(PeerError::Redis(format!("bad reply {line:?}"))),
+        }
+    }
+}
