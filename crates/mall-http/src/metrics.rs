@@ -5,7 +5,6 @@
 use mall_shard::stats::LATENCY_BOUNDS_S;
 use mall_shard::Histogram;
 use mall_store::Engine;
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -36,8 +35,9 @@ struct RouteStats {
 }
 
 pub struct Metrics {
-    /// Per `(method, route)`; routes are the matched templates, a bounded set.
-    routes: RwLock<BTreeMap<(String, String), std::sync::Arc<RouteStats>>>,
+    /// Per `(method, route)`; routes are the matched templates, a small
+    /// bounded set (plus "unmatched"), kept sorted for the exposition.
+    routes: RwLock<Vec<(String, String, std::sync::Arc<RouteStats>)>>,
     orders_online: AtomicU64,
     orders_cod: AtomicU64,
     refusals: Vec<AtomicU64>,
@@ -46,7 +46,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            routes: RwLock::new(BTreeMap::new()),
+            routes: RwLock::new(Vec::new()),
             orders_online: AtomicU64::new(0),
             orders_cod: AtomicU64::new(0),
             refusals: REFUSAL_CODES.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -56,22 +56,26 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn record_request(&self, method: &str, route: &str, status: u16, took: Duration) {
-        let key = (method.to_string(), route.to_string());
-        let stats = {
+        // The hot path: a read lock and a short scan, no allocation.
+        let found = {
             let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-            routes.get(&key).cloned()
-        };
-        let stats = stats.unwrap_or_else(|| {
-            let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
             routes
-                .entry(key)
-                .or_insert_with(|| {
-                    std::sync::Arc::new(RouteStats {
-                        latency: Histogram::new(LATENCY_BOUNDS_S),
-                        by_class: Default::default(),
-                    })
-                })
-                .clone()
+                .iter()
+                .find(|(m, r, _)| m == method && r == route)
+                .map(|(_, _, s)| s.clone())
+        };
+        let stats = found.unwrap_or_else(|| {
+            let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, _, s)) = routes.iter().find(|(m, r, _)| m == method && r == route) {
+                return s.clone();
+            }
+            let stats = std::sync::Arc::new(RouteStats {
+                latency: Histogram::new(LATENCY_BOUNDS_S),
+                by_class: Default::default(),
+            });
+            routes.push((method.to_string(), route.to_string(), stats.clone()));
+            routes.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+            stats
         });
         stats.latency.observe_duration(took);
         let class = (usize::from(status / 100)).clamp(2, 5) - 2;
@@ -100,7 +104,7 @@ impl Metrics {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for ((method, route), stats) in &routes {
+        for (method, route, stats) in &routes {
             stats.latency.write_prometheus(
                 &mut out,
                 "mall_http_request_duration_seconds",
@@ -108,7 +112,7 @@ impl Metrics {
             );
         }
         out.push_str("# HELP mall_http_responses_total Responses by route and status class.\n# TYPE mall_http_responses_total counter\n");
-        for ((method, route), stats) in &routes {
+        for (method, route, stats) in &routes {
             for (i, class) in ["2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
                 let n = stats.by_class[i].load(Ordering::Relaxed);
                 let _ = writeln!(out, "mall_http_responses_total{{method=\"{method}\",route=\"{route}\",class=\"{class}\"}} {n}");

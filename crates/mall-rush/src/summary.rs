@@ -279,7 +279,7 @@ pub fn print(summary: &Summary) {
         l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
     );
     println!(
-        "snap-ups {:.0}/s over their window; peak {} requests in one second; generator used {:.2} cores; {} not sent; {} late payments skipped (hold outlives the run)",
+        "snap-ups {:.0}/s over their window; peak {} requests in one second; this process used {:.2} cores (the generator; plus the server in demo and in-process runs); {} not sent; {} late payments skipped (hold outlives the run)",
         summary.snapups_per_s, summary.peak_requests_per_s, summary.generator_cpu_cores, summary.not_sent, summary.late_pays_skipped
     );
     println!("throughput (by intended second): t  sent  ok  refused  errors  p50ms  p99ms");
