@@ -49,37 +49,34 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Installs Debian packages if `probe` is not on the machine.
-fn ensure_installed(probe: &Path, packages: &[&str]) -> Result<(), PeerError> {
-    if probe.exists() {
+/// Installs Debian packages unless `installed()` says they are there;
+/// refreshes the package lists once if the first try fails.
+fn ensure_installed(installed: impl Fn() -> bool, packages: &[&str]) -> Result<(), PeerError> {
+    if installed() {
         return Ok(());
     }
     eprintln!("installing {} with apt-get...", packages.join(" "));
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() || !probe.exists() {
-        let _ = Command::new("apt-get")
-            .args(["update", "-q"])
-            .stdout(Stdio::null())
-            .status();
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(packages)
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null())
-            .status()?;
-        if !status.success() || !probe.exists() {
-            return Err(PeerError::Setup(format!(
-                "could not install {}",
-                packages.join(" ")
-            )));
-        }
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install = |apt: &dyn Fn(&[&str]) -> bool| {
+        let mut args = vec!["install", "-y", "-q"];
+        args.extend_from_slice(packages);
+        apt(&args) && installed()
+    };
+    if install(&apt) || (apt(&["update", "-q"]) && install(&apt)) {
+        Ok(())
+    } else {
+        Err(PeerError::Setup(format!(
+            "could not install {}",
+            packages.join(" ")
+        )))
     }
-    Ok(())
 }
 
 fn wait_for_port(port: u16, what: &str) -> Result<(), PeerError> {
@@ -95,6 +92,8 @@ fn wait_for_port(port: u16, what: &str) -> Result<(), PeerError> {
     )))
 }
 
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
 /// A Redis server of our own: AOF on, `appendfsync always` (durable like mall).
 pub struct RedisServer {
     child: Child,
@@ -104,10 +103,10 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Result<RedisServer, PeerError> {
-        ensure_installed(Path::new("/usr/bin/redis-server"), &["redis-server"])?;
+        ensure_installed(|| Path::new(REDIS_SERVER).exists(), &["redis-server"])?;
         let port = free_port()?;
         let dir = temp_dir("redis")?;
-        let child = Command::new("/usr/bin/redis-server")
+        let child = Command::new(REDIS_SERVER)
             .args([
                 "--port",
                 &port.to_string(),
@@ -172,12 +171,9 @@ fn postgres_bin() -> Option<PathBuf> {
 
 impl PostgresServer {
     pub fn start() -> Result<PostgresServer, PeerError> {
-        if postgres_bin().is_none() {
-            ensure_installed(Path::new("/nonexistent-probe"), &["postgresql"]).ok();
-        }
-        let bin = postgres_bin().ok_or_else(|| {
-            PeerError::Setup("PostgreSQL is not installed and could not be".into())
-        })?;
+        ensure_installed(|| postgres_bin().is_some(), &["postgresql"])?;
+        let bin =
+            postgres_bin().ok_or_else(|| PeerError::Setup("PostgreSQL is not installed".into()))?;
         let port = free_port()?;
         let dir = temp_dir("postgres")?;
         let as_postgres = is_root();

@@ -225,21 +225,6 @@ struct Params {
     window: usize,
 }
 
-/// Cumulative Zipf(s) over `n` ranks, for sampling by binary search.
-fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
-    let mut acc = 0.0;
-    let mut cdf: Vec<f64> = (1..=n)
-        .map(|k| {
-            acc += 1.0 / (k as f64).powf(s);
-            acc
-        })
-        .collect();
-    for c in &mut cdf {
-        *c /= acc;
-    }
-    cdf
-}
-
 fn bench_shape(p: &Params, hot: bool) -> Result<()> {
     let tmp = tempfile_dir()?;
     let dir = DataDir::open(&tmp, Some(p.shards))?;
@@ -282,7 +267,7 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
                 .context("put items")?;
         }
     }
-    let cdf = Arc::new(zipf_cdf(items as usize, 1.1));
+    let cdf = Arc::new(mall_rush::plan::zipf_cdf(items as usize, 1.1));
     let per_client = p.attempts / p.clients as u64;
     let started = Instant::now();
     let handles: Vec<_> = (0..p.clients)
@@ -387,8 +372,7 @@ fn client(
         Ok(())
     };
     while sent < attempts {
-        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        let sku = Sku(cdf.partition_point(|&c| c < u) as u64 + 1);
+        let sku = Sku(u64::from(mall_rush::plan::sample_rank(cdf, &mut rng)) + 1);
         let user = UserId(1 + rng.below(users));
         sent += 1;
         let shard = (sku.0 % shards as u64) as usize;
