@@ -78,6 +78,8 @@ pub struct Outcome {
     pub wall_s: f64,
     /// CPU time of this process over wall time, during the rush (2.0 = two cores).
     pub cpu_cores_used: f64,
+    /// The same over the busiest second.
+    pub cpu_cores_peak: f64,
     /// Late payments skipped because the hold outlives the run.
     pub late_pays_skipped: u64,
 }
@@ -220,12 +222,28 @@ pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome
         .collect();
     let dispatcher = tokio::spawn(dispatch(shared.clone()));
     let ticker = progress.then(|| tokio::spawn(report_progress(shared.clone())));
+    let peak_millicores = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let peak = peak_millicores.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            let mut last = (Instant::now(), cpu_seconds());
+            loop {
+                every.tick().await;
+                let now = (Instant::now(), cpu_seconds());
+                let cores = (now.1 - last.1) / now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+                peak.fetch_max((cores * 1000.0) as u64, Ordering::Relaxed);
+                last = now;
+            }
+        })
+    };
     let _ = dispatcher.await;
     // Wait for the scheduled work, or the deadline.
     while shared.outstanding.load(Ordering::SeqCst) > 0 && Instant::now() < shared.deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let leftover = shared.outstanding.load(Ordering::SeqCst).max(0) as u64;
+    sampler.abort();
     if let Some(t) = ticker {
         t.abort();
         if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -257,6 +275,7 @@ pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome
         not_sent: not_sent + leftover,
         wall_s,
         cpu_cores_used,
+        cpu_cores_peak: peak_millicores.load(Ordering::Relaxed) as f64 / 1000.0,
         late_pays_skipped: late,
     })
 }
