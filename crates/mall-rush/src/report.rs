@@ -122,13 +122,14 @@ pub fn html(summary: &Summary, audit: &AuditReport) -> String {
          <title>mall rush: {name}</title><style>body{{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;padding:0 1em;color:#222}}\
          table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}th{{background:#f4f4f4}}\
          .ok{{color:#2a7a2a}}.bad{{color:#b00}}figure{{margin:1.5em 0}}figcaption{{font-weight:600}}</style></head><body>\
-         <h1>mall rush: {name}</h1><p>{backend}; {users} shoppers, {items} items; {wall:.1} s; generator used {cpu:.2} cores.</p>",
+         <h1>mall rush: {name}</h1><p>{backend}; {users} shoppers, {items} items; {wall:.1} s; this process used {cpu:.2} cores on average, {peak:.2} in its busiest second.</p>",
         name = escape(&summary.scenario),
         backend = escape(&summary.backend),
         users = summary.users,
         items = summary.items,
         wall = summary.wall_s,
-        cpu = summary.generator_cpu_cores
+        cpu = summary.generator_cpu_cores,
+        peak = summary.generator_cpu_cores_peak
     );
     let verdict = if audit.passed() {
         "<p class=\"ok\"><b>Audit passed</b>"

@@ -41,8 +41,8 @@ pub struct HotItem {
     pub stock: u32,
     pub attempts: u64,
     pub orders: u64,
-    /// When the last order was created before the first sold-out answer
-    /// that stayed (ms from the opening); absent if it never sold out.
+    /// When a shopper was first told it was sold out (ms from the
+    /// opening); absent if it never sold out.
     pub sold_out_at_ms: Option<f64>,
     /// Cumulative orders over time: `(ms from the opening, orders)`.
     pub curve: Vec<(f64, u64)>,
@@ -220,12 +220,13 @@ pub fn summarize(outcome: &Outcome, backend: &str) -> Summary {
                 .map(|r| r.done_us as f64 / 1000.0)
                 .collect();
             wins.sort_by(f64::total_cmp);
-            let first_sold_out = rs
+            // The first time a shopper was told "sold out": the time to sell
+            // out. (Cancels and expired holds may put units back later.)
+            let sold_out_at_ms = rs
                 .iter()
                 .filter(|r| r.code == "sold_out")
-                .map(|r| r.done_us)
-                .min();
-            let sold_out_at_ms = first_sold_out.map(|_| wins.last().copied().unwrap_or(0.0));
+                .map(|r| r.done_us as f64 / 1000.0)
+                .reduce(f64::min);
             let step = (wins.len() / 200).max(1);
             let curve = wins
                 .iter()
