@@ -1,0 +1,96 @@
+//! `mall serve` as an operator starts it: settings from a TOML file with
+//! flags winning, a refusal of a bad setting, and a graceful stop on SIGTERM
+//! that keeps everything acknowledged.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "serve-test-admin-token-0123456789abcdef";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_healthy(base: &str) -> serde_json::Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut r) = agent.get(&format!("{base}/healthz")).call() {
+            if r.status() == 200 {
+                return r.body_mut().read_json().unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn config_file_flags_and_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("mall.toml");
+    std::fs::write(
+        &config,
+        format!("addr = \"127.0.0.1:{port}\"\ndata = \"{}\"\nshards = 3\nhold_timeout = \"2m\"\n", dir.path().join("data").display()),
+    )
+    .unwrap();
+    // The flag wins over the file: 1 shard, not 3.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["serve", "--seed", "--items", "50", "--merchants", "5", "--opens-in", "0s", "--shards", "1", "--config"])
+        .arg(&config)
+        .env("MALL_ADMIN_TOKEN", ADMIN)
+        .env("MALL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let health = wait_healthy(&base);
+    assert_eq!(health["shards"], 1);
+    assert_eq!(health["items"], 50);
+    // Buy one thing, then stop with SIGTERM.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut bulk = agent
+        .post(&format!("{base}/v1/admin/users/bulk"))
+        .header("authorization", &format!("Bearer {ADMIN}"))
+        .send_json(serde_json::json!({"count": 1}))
+        .unwrap();
+    let users: serde_json::Value = bulk.body_mut().read_json().unwrap();
+    let token = users["users"][0]["token"].as_str().unwrap().to_string();
+    let mut order = agent
+        .post(&format!("{base}/v1/orders"))
+        .header("authorization", &format!("Bearer {token}"))
+        .send_json(serde_json::json!({"sku": 1, "quantity": 1, "payment": "online", "address": "1 Road"}))
+        .unwrap();
+    assert_eq!(order.status(), 201);
+    let order: serde_json::Value = order.body_mut().read_json().unwrap();
+    assert_eq!(order["expires_at_ms"].as_i64().unwrap() - order["created_at_ms"].as_i64().unwrap(), 120_000, "hold_timeout from the file");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no graceful exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    let check = Command::new(env!("CARGO_BIN_EXE_mall")).args(["check", "--data"]).arg(dir.path().join("data")).output().unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && text.contains("awaiting_payment  1"), "{text}");
+}
+
+#[test]
+fn bad_settings_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "hold_timeout = \"0s\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mall")).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hold_timeout must be at least 1s"));
+    std::fs::write(&config, "bogus_setting = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mall")).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_setting"), "{}", String::from_utf8_lossy(&out.stderr));
+}
