@@ -74,6 +74,11 @@ impl Conn {
         }
     }
 
+    /// Opens the connection now (clients keep theirs open before a sale).
+    pub async fn warm_up(&mut self) -> Result<(), HttpError> {
+        self.connect().await.map(|_| ())
+    }
+
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, HttpError> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let stream = tokio::net::TcpStream::connect(self.target.addr)

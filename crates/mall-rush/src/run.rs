@@ -517,6 +517,11 @@ async fn worker(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Sched
         Backend::Http { target, .. } => Some(Conn::new(target.clone())),
         Backend::InProcess { .. } => None,
     };
+    if let Some(conn) = conn.as_mut() {
+        // Shoppers' apps hold their connections before the sale opens; a
+        // failure here is retried on the first request.
+        let _ = conn.warm_up().await;
+    }
     loop {
         let next = rx.lock().await.recv().await;
         let Some(scheduled) = next else { break };
