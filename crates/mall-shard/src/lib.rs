@@ -19,7 +19,10 @@
 //! [`StateMachine::unavailable`], and the apply thread rebuilds its machine
 //! from the journal (the same code path as a start) before taking new work.
 
+mod queue;
 pub mod stats;
+
+use queue::{Queue, Received};
 
 pub use stats::{Histogram, ShardStats};
 
@@ -206,18 +209,26 @@ struct Shared<M: StateMachine> {
     drained: Condvar,
 }
 
-/// A cheap, cloneable handle for submitting commands to one shard.
+/// A cheap, cloneable handle for submitting commands to one shard. The
+/// shard stops once every handle is dropped.
 pub struct ShardHandle<M: StateMachine> {
-    tx: crossbeam_channel::Sender<Envelope<M>>,
+    queue: Arc<Queue<Envelope<M>>>,
     stats: Arc<ShardStats>,
 }
 
 impl<M: StateMachine> Clone for ShardHandle<M> {
     fn clone(&self) -> Self {
+        self.queue.add_sender();
         ShardHandle {
-            tx: self.tx.clone(),
+            queue: self.queue.clone(),
             stats: self.stats.clone(),
         }
+    }
+}
+
+impl<M: StateMachine> Drop for ShardHandle<M> {
+    fn drop(&mut self) {
+        self.queue.remove_sender();
     }
 }
 
@@ -225,7 +236,7 @@ impl<M: StateMachine> ShardHandle<M> {
     /// Enqueues one command, or refuses at once when the queue is full.
     pub fn try_submit(&self, command: M::Command) -> Result<oneshot::Receiver<M::Reply>, Busy> {
         let (tx, rx) = oneshot::channel();
-        self.tx
+        self.queue
             .try_send(Envelope::One(command, tx))
             .map_err(|_| Busy)?;
         Ok(rx)
@@ -238,24 +249,20 @@ impl<M: StateMachine> ShardHandle<M> {
         commands: Vec<M::Command>,
     ) -> Result<oneshot::Receiver<Vec<M::Reply>>, Stopped> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Envelope::Many(commands, tx))
-            .map_err(|_| Stopped)?;
+        self.queue.send(Envelope::Many(commands, tx));
         Ok(rx)
     }
 
     /// Enqueues one command, waiting for room in the queue.
     pub fn submit(&self, command: M::Command) -> Result<oneshot::Receiver<M::Reply>, Stopped> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Envelope::One(command, tx))
-            .map_err(|_| Stopped)?;
+        self.queue.send(Envelope::One(command, tx));
         Ok(rx)
     }
 
     /// Commands waiting in the queue now.
     pub fn queue_depth(&self) -> usize {
-        self.tx.len()
+        self.queue.len()
     }
 
     pub fn stats(&self) -> &ShardStats {
@@ -285,7 +292,7 @@ impl<M: StateMachine> Shard<M> {
         assert!(config.batch_commands_max > 0);
         assert!(config.staged_effects_max > 0);
         let machine = journal.load(clock.now())?;
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
+        let queue = Arc::new(Queue::new(config.queue_capacity));
         let stats = Arc::new(ShardStats::default());
         let shared = Arc::new(Shared {
             staging: Mutex::new(Staging {
@@ -307,7 +314,7 @@ impl<M: StateMachine> Shard<M> {
         };
         let applier = Applier {
             machine,
-            rx,
+            queue: queue.clone(),
             shared,
             journal,
             clock,
@@ -332,7 +339,7 @@ impl<M: StateMachine> Shard<M> {
             })
             .map_err(|e| JournalError(format!("spawn apply thread: {e}")))?;
         Ok(Shard {
-            handle: ShardHandle { tx, stats },
+            handle: ShardHandle { queue, stats },
             apply_thread,
         })
     }
@@ -353,7 +360,7 @@ impl<M: StateMachine> Shard<M> {
 
 struct Applier<M: StateMachine, J: Journal<Machine = M>, C: Clock> {
     machine: M,
-    rx: crossbeam_channel::Receiver<Envelope<M>>,
+    queue: Arc<Queue<Envelope<M>>>,
     shared: Arc<Shared<M>>,
     journal: Arc<Mutex<J>>,
     clock: C,
@@ -367,16 +374,13 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
         let mut effects = Vec::new();
         let mut pending = Vec::new();
         loop {
-            match self.rx.recv_timeout(self.config.tick_interval) {
-                Ok(envelope) => envelopes.push(envelope),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            }
-            while envelopes.len() < self.config.batch_commands_max {
-                match self.rx.try_recv() {
-                    Ok(envelope) => envelopes.push(envelope),
-                    Err(_) => break,
-                }
+            let batch_max = self.config.batch_commands_max;
+            match self
+                .queue
+                .recv_batch(&mut envelopes, batch_max, self.config.tick_interval)
+            {
+                Received::Items | Received::Timeout => {}
+                Received::Disconnected => break,
             }
             if self.is_poisoned() {
                 self.recover();

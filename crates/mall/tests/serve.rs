@@ -8,11 +8,18 @@ use std::time::{Duration, Instant};
 const ADMIN: &str = "serve-test-admin-token-0123456789abcdef";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_healthy(base: &str) -> serde_json::Value {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut r) = agent.get(&format!("{base}/healthz")).call() {
@@ -32,12 +39,27 @@ fn config_file_flags_and_graceful_shutdown() {
     let config = dir.path().join("mall.toml");
     std::fs::write(
         &config,
-        format!("addr = \"127.0.0.1:{port}\"\ndata = \"{}\"\nshards = 3\nhold_timeout = \"2m\"\n", dir.path().join("data").display()),
+        format!(
+            "addr = \"127.0.0.1:{port}\"\ndata = \"{}\"\nshards = 3\nhold_timeout = \"2m\"\n",
+            dir.path().join("data").display()
+        ),
     )
     .unwrap();
     // The flag wins over the file: 1 shard, not 3.
     let mut child = Command::new(env!("CARGO_BIN_EXE_mall"))
-        .args(["serve", "--seed", "--items", "50", "--merchants", "5", "--opens-in", "0s", "--shards", "1", "--config"])
+        .args([
+            "serve",
+            "--seed",
+            "--items",
+            "50",
+            "--merchants",
+            "5",
+            "--opens-in",
+            "0s",
+            "--shards",
+            "1",
+            "--config",
+        ])
         .arg(&config)
         .env("MALL_ADMIN_TOKEN", ADMIN)
         .env("MALL_LOG", "warn")
@@ -49,7 +71,10 @@ fn config_file_flags_and_graceful_shutdown() {
     assert_eq!(health["shards"], 1);
     assert_eq!(health["items"], 50);
     // Buy one thing, then stop with SIGTERM.
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let mut bulk = agent
         .post(&format!("{base}/v1/admin/users/bulk"))
         .header("authorization", &format!("Bearer {ADMIN}"))
@@ -60,12 +85,21 @@ fn config_file_flags_and_graceful_shutdown() {
     let mut order = agent
         .post(&format!("{base}/v1/orders"))
         .header("authorization", &format!("Bearer {token}"))
-        .send_json(serde_json::json!({"sku": 1, "quantity": 1, "payment": "online", "address": "1 Road"}))
+        .send_json(
+            serde_json::json!({"sku": 1, "quantity": 1, "payment": "online", "address": "1 Road"}),
+        )
         .unwrap();
     assert_eq!(order.status(), 201);
     let order: serde_json::Value = order.body_mut().read_json().unwrap();
-    assert_eq!(order["expires_at_ms"].as_i64().unwrap() - order["created_at_ms"].as_i64().unwrap(), 120_000, "hold_timeout from the file");
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert_eq!(
+        order["expires_at_ms"].as_i64().unwrap() - order["created_at_ms"].as_i64().unwrap(),
+        120_000,
+        "hold_timeout from the file"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
@@ -76,9 +110,16 @@ fn config_file_flags_and_graceful_shutdown() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit status {exit:?}");
-    let check = Command::new(env!("CARGO_BIN_EXE_mall")).args(["check", "--data"]).arg(dir.path().join("data")).output().unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["check", "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success() && text.contains("awaiting_payment  1"), "{text}");
+    assert!(
+        check.status.success() && text.contains("awaiting_payment  1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -86,11 +127,23 @@ fn bad_settings_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "hold_timeout = \"0s\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mall")).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("hold_timeout must be at least 1s"));
     std::fs::write(&config, "bogus_setting = 1\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mall")).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_setting"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bogus_setting"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
