@@ -127,13 +127,19 @@ pub fn rush(args: RushArgs) -> Result<()> {
         let passed = runtime.block_on(async {
             let outcome = run(Plan::new(&scenario), backend.clone(), true).await?;
             finish(outcome, &backend, "in-process", &args.out).await
-        })?;
+        });
         drop(backend);
+        drop(runtime);
         if let Ok(engine) = Arc::try_unwrap(engine) {
             engine.shutdown();
         }
+        // The throwaway store goes, whatever the outcome.
         let _ = std::fs::remove_dir_all(&dir);
-        passed
+        return match passed {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(anyhow::anyhow!("the consistency audit failed")),
+            Err(e) => Err(e),
+        };
     } else {
         let target = Target::parse(&args.target, args.allow_remote)?;
         let token = match args.admin_token {
