@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod http;
+pub mod ledgerbench;
 pub mod peers;
 pub mod plan;
 pub mod report;

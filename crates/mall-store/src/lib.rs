@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod engine;
+pub mod ledger;
 pub mod shard;
 
 pub use accounts::{Accounts, MerchantRow, NewUser, SessionRow, StoredResponse, UserRow};
