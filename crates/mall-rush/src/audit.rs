@@ -37,7 +37,24 @@ struct Known {
     user: u32,
     /// The status in the last successful answer about it.
     status: String,
+    /// A payment or cancel was sent for it.
+    followed_up: bool,
+    /// A payment or cancel got no definite answer (timeout, run's end):
+    /// it may or may not have been applied.
+    uncertain: bool,
 }
+
+/// Answers that say nothing about whether the request was applied.
+fn indefinite(code: &str) -> bool {
+    matches!(
+        code,
+        "timeout" | "transport_error" | "unanswered" | "store_unavailable"
+    ) || code.starts_with("http_5")
+}
+
+/// Users whose orders are listed to look for doubles: those whose snap-ups
+/// were retried, and a sample of the others.
+const DOUBLES_SAMPLE: usize = 2_000;
 
 /// An order or item as the server reports it.
 #[derive(Debug, Clone)]
@@ -60,7 +77,30 @@ pub async fn audit(outcome: &Outcome, backend: &Backend) -> AuditReport {
     let known = acknowledged(outcome, &mut report);
     let ids: Vec<u64> = known.keys().copied().collect();
     let orders = fetch_orders(backend, &ids).await;
-    let items = fetch_items(backend, &outcome.skus).await;
+    let mut items = fetch_items(backend, &outcome.skus).await;
+    // Counters are read while the server may still settle the run's last
+    // requests and expire holds: re-read any item that looks off.
+    for _ in 0..3 {
+        let off: Vec<mall_core::Sku> = outcome
+            .skus
+            .iter()
+            .filter(|s| {
+                let settled = |i: ServerItem| i.available + i.held + i.sold == i.stock_total;
+                items
+                    .get(&s.0)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|i| !settled(i))
+            })
+            .copied()
+            .collect();
+        if off.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        items.extend(fetch_items(backend, &off).await);
+    }
+    doubles(outcome, backend, &mut report).await;
     let v = &mut report.violations;
     for (id, k) in &known {
         report.orders_checked += 1;
@@ -81,13 +121,17 @@ pub async fn audit(outcome: &Outcome, backend: &Backend) -> AuditReport {
                 server.sku, server.user, outcome.user_ids[k.user as usize]
             ));
         }
-        let consistent = match k.status.as_str() {
-            "cancelled" => server.status == "cancelled",
-            "paid" => server.status == "paid",
-            "confirmed" => server.status == "confirmed" || server.status == "cancelled",
-            // Unpaid: a later payment or cancel may have landed unseen, or it expired.
-            _ => true,
-        };
+        let st = server.status.as_str();
+        let consistent = k.uncertain
+            || match k.status.as_str() {
+                "cancelled" => st == "cancelled",
+                "paid" => st == "paid",
+                "confirmed" => st == "confirmed",
+                // Unpaid and left alone: still held, or expired.
+                "awaiting_payment" if !k.followed_up => st == "awaiting_payment" || st == "expired",
+                // Unpaid, followed up and refused (a late payment): expired.
+                _ => st == "expired" || st == "awaiting_payment",
+            };
         if !consistent {
             v.push(format!(
                 "order {id}: the client was told {}, the server says {}",
@@ -98,7 +142,7 @@ pub async fn audit(outcome: &Outcome, backend: &Backend) -> AuditReport {
     // Sales the client was told about, per item.
     let mut told_sold: HashMap<u32, u64> = HashMap::new();
     for k in known.values() {
-        if k.status == "paid" || k.status == "confirmed" {
+        if !k.uncertain && (k.status == "paid" || k.status == "confirmed") {
             *told_sold.entry(k.rank).or_default() += 1;
         }
     }
@@ -138,33 +182,45 @@ pub async fn audit(outcome: &Outcome, backend: &Backend) -> AuditReport {
     report
 }
 
-/// Orders acknowledged to the client, with what it was last told; and the
-/// check that no idempotency key made two orders.
+/// Orders acknowledged to the client, with what it was last told.
 fn acknowledged(outcome: &Outcome, report: &mut AuditReport) -> BTreeMap<u64, Known> {
     let mut known: BTreeMap<u64, Known> = BTreeMap::new();
-    let mut by_attempt: HashMap<u32, HashSet<u64>> = HashMap::new();
     for r in outcome
         .records
         .iter()
         .filter(|r| r.kind == Kind::SnapUp && r.ok())
     {
-        let Some(id) = r.order else { continue };
-        if let Some(a) = r.attempt {
-            by_attempt.entry(a).or_default().insert(id);
-        }
+        let Some(id) = r.order else {
+            report.violations.push(format!(
+                "snap-up of shopper {} answered {} without an order id",
+                r.user, r.code
+            ));
+            continue;
+        };
         let status = r.order_status.clone().unwrap_or_default();
         known.entry(id).or_insert(Known {
             rank: r.rank,
             user: r.user,
             status,
+            followed_up: false,
+            uncertain: false,
         });
     }
-    for (attempt, ids) in by_attempt {
-        if ids.len() > 1 {
-            report.violations.push(format!(
-                "attempt {attempt}: one idempotency key made {} orders: {ids:?}",
-                ids.len()
-            ));
+    // Follow-ups carry the order id only in a successful answer; match the
+    // others to their order through the (item, shopper) of the snap-up.
+    let by_snap: HashMap<(u32, u32), u64> = known
+        .iter()
+        .map(|(id, k)| ((k.rank, k.user), *id))
+        .collect();
+    for r in outcome
+        .records
+        .iter()
+        .filter(|r| matches!(r.kind, Kind::Pay | Kind::Cancel | Kind::LatePay))
+    {
+        let id = r.order.or_else(|| by_snap.get(&(r.rank, r.user)).copied());
+        if let Some(k) = id.and_then(|id| known.get_mut(&id)) {
+            k.followed_up = true;
+            k.uncertain |= indefinite(&r.code);
         }
     }
     let mut follow: Vec<_> = outcome
@@ -181,6 +237,66 @@ fn acknowledged(outcome: &Outcome, report: &mut AuditReport) -> BTreeMap<u64, Kn
         }
     }
     known
+}
+
+/// Each shopper tries each item once, under one idempotency key: more than
+/// one order of a shopper on an item is a doubled order.
+async fn doubles(outcome: &Outcome, backend: &Backend, report: &mut AuditReport) {
+    let mut users: Vec<u32> = outcome
+        .records
+        .iter()
+        .filter(|r| r.kind == Kind::SnapUp && r.retries > 0)
+        .map(|r| r.user)
+        .collect();
+    users.extend(0..(outcome.user_ids.len().min(DOUBLES_SAMPLE)) as u32);
+    users.sort_unstable();
+    users.dedup();
+    let ours: HashSet<u64> = outcome.skus.iter().map(|s| s.0).collect();
+    let mut per: HashMap<(u64, u64), u32> = HashMap::new();
+    match backend {
+        Backend::InProcess { engine } => {
+            for &u in &users {
+                let id = mall_core::UserId(outcome.user_ids[u as usize]);
+                for reader in engine.readers() {
+                    for o in reader.orders_of_user(id, None, 1_000).unwrap_or_default() {
+                        *per.entry((id.0, o.sku.0)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        Backend::Http {
+            target,
+            admin_token,
+        } => {
+            let paths = users
+                .iter()
+                .map(|&u| {
+                    let id = outcome.user_ids[u as usize];
+                    (id, format!("/v1/orders?user_id={id}&limit=100"))
+                })
+                .collect();
+            for (user, got) in http_get_all(target, admin_token, paths).await {
+                match got {
+                    Some((StatusCode::OK, v)) => {
+                        for o in v["orders"].as_array().into_iter().flatten() {
+                            *per.entry((user, o["sku"].as_u64().unwrap_or(0)))
+                                .or_default() += 1;
+                        }
+                    }
+                    _ => report
+                        .violations
+                        .push(format!("orders of user {user} could not be read back")),
+                }
+            }
+        }
+    }
+    for ((user, sku), n) in per {
+        if n > 1 && ours.contains(&sku) {
+            report.violations.push(format!(
+                "user {user} has {n} orders of item {sku} from one attempt: doubled"
+            ));
+        }
+    }
 }
 
 const AUDIT_LANES: usize = 16;

@@ -5,7 +5,10 @@
 
 use crate::peers::{PeerError, PostgresServer};
 use mall_inventory::sim::Rng;
-use mall_ledger::{Account, AccountId, AccountKind, Command, LedgerConfig, Limits, Mode, Reply, Transfer, TransferId};
+use mall_ledger::{
+    Account, AccountId, AccountKind, Command, LedgerConfig, Limits, Mode, Reply, Transfer,
+    TransferId,
+};
 use mall_shard::{Clock, RuntimeConfig, Shard, SystemClock};
 use mall_store::ledger::{verify_ledger, LedgerJournal};
 use mall_store::Sync;
@@ -63,26 +66,60 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
 }
 
 pub async fn mall(config: &Config) -> Result<Row, PeerError> {
-    let dir = std::env::temp_dir().join(format!("mall-ledgerbench-{}-{}", std::process::id(), SystemClock.now().0));
+    let dir = std::env::temp_dir().join(format!(
+        "mall-ledgerbench-{}-{}",
+        std::process::id(),
+        SystemClock.now().0
+    ));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("ledger.db");
-    let ledger_config = LedgerConfig { transfers_max: (config.transfers + config.wallets) as usize + 10, accounts_max: config.wallets as usize + 10 };
-    let journal = LedgerJournal::open(&path, ledger_config, Sync::Full).map_err(|e| PeerError::Setup(e.to_string()))?;
+    let ledger_config = LedgerConfig {
+        transfers_max: (config.transfers + config.wallets) as usize + 10,
+        accounts_max: config.wallets as usize + 10,
+    };
+    let journal = LedgerJournal::open(&path, ledger_config, Sync::Full)
+        .map_err(|e| PeerError::Setup(e.to_string()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let shard = Shard::start("ledger".into(), journal, clock, RuntimeConfig::default()).map_err(|e| PeerError::Setup(e.to_string()))?;
+    let shard = Shard::start("ledger".into(), journal, clock, RuntimeConfig::default())
+        .map_err(|e| PeerError::Setup(e.to_string()))?;
     let handle = shard.handle();
     // Accounts, and a top-up of every wallet (not timed).
-    let wallet_limits = Limits { debits_must_not_exceed_credits: true, credits_must_not_exceed_debits: false };
-    let mut accounts = vec![Account::new(FUNDING, AccountKind::ChannelClearing, Limits::default()), Account::new(ESCROW, AccountKind::PlatformEscrow, Limits::default())];
-    accounts.extend((0..config.wallets).map(|i| Account::new(wallet(i), AccountKind::Wallet, wallet_limits)));
+    let wallet_limits = Limits {
+        debits_must_not_exceed_credits: true,
+        credits_must_not_exceed_debits: false,
+    };
+    let mut accounts = vec![
+        Account::new(FUNDING, AccountKind::ChannelClearing, Limits::default()),
+        Account::new(ESCROW, AccountKind::PlatformEscrow, Limits::default()),
+    ];
+    accounts.extend(
+        (0..config.wallets).map(|i| Account::new(wallet(i), AccountKind::Wallet, wallet_limits)),
+    );
     for chunk in accounts.chunks(8_000) {
-        handle.submit(Command::CreateAccounts(chunk.to_vec())).map_err(|e| PeerError::Setup(e.to_string()))?.await.map_err(|e| PeerError::Setup(e.to_string()))?;
+        handle
+            .submit(Command::CreateAccounts(chunk.to_vec()))
+            .map_err(|e| PeerError::Setup(e.to_string()))?
+            .await
+            .map_err(|e| PeerError::Setup(e.to_string()))?;
     }
     let top_ups: Vec<Transfer> = (0..config.wallets)
-        .map(|i| Transfer { id: TransferId(1 + i), debit: FUNDING, credit: wallet(i), amount: TOP_UP, mode: Mode::Single, linked: false, code: 1, user_data: 0 })
+        .map(|i| Transfer {
+            id: TransferId(1 + i),
+            debit: FUNDING,
+            credit: wallet(i),
+            amount: TOP_UP,
+            mode: Mode::Single,
+            linked: false,
+            code: 1,
+            user_data: 0,
+        })
         .collect();
     for chunk in top_ups.chunks(8_000) {
-        handle.submit(Command::CreateTransfers(chunk.to_vec())).map_err(|e| PeerError::Setup(e.to_string()))?.await.map_err(|e| PeerError::Setup(e.to_string()))?;
+        handle
+            .submit(Command::CreateTransfers(chunk.to_vec()))
+            .map_err(|e| PeerError::Setup(e.to_string()))?
+            .await
+            .map_err(|e| PeerError::Setup(e.to_string()))?;
     }
     // The timed part: payments in commands of `batch`, `in_flight` at a time.
     let next = Arc::new(AtomicUsize::new(0));
@@ -91,7 +128,12 @@ pub async fn mall(config: &Config) -> Result<Row, PeerError> {
     let started = Instant::now();
     let tasks: Vec<_> = (0..config.in_flight)
         .map(|w| {
-            let (handle, next, created, config) = (handle.clone(), next.clone(), created.clone(), config.clone());
+            let (handle, next, created, config) = (
+                handle.clone(),
+                next.clone(),
+                created.clone(),
+                config.clone(),
+            );
             tokio::spawn(async move {
                 let mut rng = Rng::new(0x1ed6e7 + w as u64);
                 let mut hist = histogram();
@@ -101,15 +143,26 @@ pub async fn mall(config: &Config) -> Result<Row, PeerError> {
                         break;
                     }
                     let end = (start + config.batch as u64).min(config.transfers);
-                    let batch: Vec<Transfer> = (start..end).map(|i| payment(i, config.wallets, &mut rng)).collect();
+                    let batch: Vec<Transfer> = (start..end)
+                        .map(|i| payment(i, config.wallets, &mut rng))
+                        .collect();
                     let at = Instant::now();
-                    let reply = handle.submit(Command::CreateTransfers(batch)).map_err(|e| PeerError::Setup(e.to_string()))?.await.map_err(|e| PeerError::Setup(e.to_string()))?;
+                    let reply = handle
+                        .submit(Command::CreateTransfers(batch))
+                        .map_err(|e| PeerError::Setup(e.to_string()))?
+                        .await
+                        .map_err(|e| PeerError::Setup(e.to_string()))?;
                     let _ = hist.record_n(at.elapsed().as_micros().max(1) as u64, end - start);
                     match reply {
                         Reply::Transfers(rs) => {
-                            created.fetch_add(rs.iter().filter(|r| r.is_ok()).count() as u64, Ordering::Relaxed);
+                            created.fetch_add(
+                                rs.iter().filter(|r| r.is_ok()).count() as u64,
+                                Ordering::Relaxed,
+                            );
                         }
-                        other => return Err(PeerError::Setup(format!("ledger answered {other:?}"))),
+                        other => {
+                            return Err(PeerError::Setup(format!("ledger answered {other:?}")))
+                        }
                     }
                 }
                 Ok::<_, PeerError>(hist)
@@ -123,23 +176,35 @@ pub async fn mall(config: &Config) -> Result<Row, PeerError> {
     }
     let secs = started.elapsed().as_secs_f64();
     drop(handle);
-    tokio::task::spawn_blocking(move || shard.join()).await.map_err(|e| PeerError::Setup(e.to_string()))?;
+    tokio::task::spawn_blocking(move || shard.join())
+        .await
+        .map_err(|e| PeerError::Setup(e.to_string()))?;
     let created = created.load(Ordering::Relaxed);
     let violations = verify_ledger(&path).map_err(|e| PeerError::Setup(e.to_string()))?;
     let stored = rusqlite_count(&path)?;
     let verified = if !violations.is_empty() {
         format!("FAILED: {}", violations[0])
     } else if stored != created + config.wallets {
-        format!("MISMATCH: {created} acknowledged, {} stored", stored - config.wallets)
+        format!(
+            "MISMATCH: {created} acknowledged, {} stored",
+            stored - config.wallets
+        )
     } else {
         "ok".into()
     };
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(Row { system: "mall ledger in-process", transfers: created, per_s: created as f64 / secs, p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0, verified })
+    Ok(Row {
+        system: "mall ledger in-process",
+        transfers: created,
+        per_s: created as f64 / secs,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        verified,
+    })
 }
 
 fn rusqlite_count(path: &std::path::Path) -> Result<u64, PeerError> {
-    let (_, transfers) = mall_store::ledger::read_ledger(path).map_err(|e| PeerError::Setup(e.to_string()))?;
+    let (_, transfers) =
+        mall_store::ledger::read_ledger(path).map_err(|e| PeerError::Setup(e.to_string()))?;
     Ok(transfers.len() as u64)
 }
 
@@ -148,7 +213,10 @@ pub async fn postgres(config: &Config) -> Result<Row, PeerError> {
         Some(_) => None,
         None => Some(PostgresServer::start()?),
     };
-    let url = config.postgres_url.clone().unwrap_or_else(|| own.as_ref().map(|s| s.url()).unwrap_or_default());
+    let url = config
+        .postgres_url
+        .clone()
+        .unwrap_or_else(|| own.as_ref().map(|s| s.url()).unwrap_or_default());
     let connect = |url: String| async move {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
@@ -158,7 +226,10 @@ pub async fn postgres(config: &Config) -> Result<Row, PeerError> {
     };
     let admin = connect(url.clone()).await?;
     let suffix = SystemClock.now().0 % 1_000_000_000;
-    let (acc, tr) = (format!("ledger_accounts_{suffix}"), format!("ledger_transfers_{suffix}"));
+    let (acc, tr) = (
+        format!("ledger_accounts_{suffix}"),
+        format!("ledger_transfers_{suffix}"),
+    );
     admin
         .batch_execute(&format!(
             "CREATE TABLE {acc} (id bigint PRIMARY KEY, is_wallet boolean NOT NULL, debits_posted bigint NOT NULL DEFAULT 0, credits_posted bigint NOT NULL DEFAULT 0,
@@ -223,16 +294,35 @@ pub async fn postgres(config: &Config) -> Result<Row, PeerError> {
     } else {
         "ok".into()
     };
-    let _ = admin.batch_execute(&format!("DROP TABLE {acc}; DROP TABLE {tr};")).await;
+    let _ = admin
+        .batch_execute(&format!("DROP TABLE {acc}; DROP TABLE {tr};"))
+        .await;
     drop(admin);
     drop(own);
-    Ok(Row { system: "PostgreSQL", transfers: created, per_s: created as f64 / secs, p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0, verified })
+    Ok(Row {
+        system: "PostgreSQL",
+        transfers: created,
+        per_s: created as f64 / secs,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        verified,
+    })
 }
 
 pub fn print(rows: &[Row]) {
     let base = rows.first().map_or(1.0, |r| r.per_s);
-    println!("{:<24} {:>10} {:>12} {:>9} {:>10}  verified", "system", "transfers", "transfers/s", "p99 ms", "mall is N×");
+    println!(
+        "{:<24} {:>10} {:>12} {:>9} {:>10}  verified",
+        "system", "transfers", "transfers/s", "p99 ms", "mall is N×"
+    );
     for r in rows {
-        println!("{:<24} {:>10} {:>12.0} {:>9.3} {:>10.1}  {}", r.system, r.transfers, r.per_s, r.p99_ms, base / r.per_s.max(1e-9), r.verified);
+        println!(
+            "{:<24} {:>10} {:>12.0} {:>9.3} {:>10.1}  {}",
+            r.system,
+            r.transfers,
+            r.per_s,
+            r.p99_ms,
+            base / r.per_s.max(1e-9),
+            r.verified
+        );
     }
 }

@@ -106,7 +106,7 @@ impl RedisServer {
         ensure_installed(|| Path::new(REDIS_SERVER).exists(), &["redis-server"])?;
         let port = free_port()?;
         let dir = temp_dir("redis")?;
-        let child = Command::new(REDIS_SERVER)
+        let spawned = Command::new(REDIS_SERVER)
             .args([
                 "--port",
                 &port.to_string(),
@@ -129,7 +129,14 @@ impl RedisServer {
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?;
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
         let server = RedisServer { child, dir, port };
         wait_for_port(port, "redis-server")?;
         Ok(server)
@@ -177,10 +184,17 @@ impl PostgresServer {
         let port = free_port()?;
         let dir = temp_dir("postgres")?;
         let as_postgres = is_root();
+        // The guard first: whatever fails below, the directory goes.
+        let server = PostgresServer {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
         if as_postgres {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
-                .arg(&dir)
+                .arg(&server.dir)
                 .status()?;
             if !status.success() {
                 return Err(PeerError::Setup(
@@ -188,13 +202,7 @@ impl PostgresServer {
                 ));
             }
         }
-        let data = dir.join("data");
-        let server = PostgresServer {
-            bin,
-            dir,
-            port,
-            as_postgres,
-        };
+        let data = server.dir.join("data");
         server.run(&[
             "initdb",
             "-D",
@@ -265,6 +273,9 @@ impl Drop for PostgresServer {
     }
 }
 
+/// Largest bulk reply the RESP client accepts.
+const BULK_MAX: i64 = 64 * 1024 * 1024;
+
 /// A minimal RESP2 client: one connection, one command at a time.
 pub struct Resp {
     stream: BufReader<TcpStream>,
@@ -318,6 +329,11 @@ impl Resp {
                 let n = int(rest)?;
                 if n < 0 {
                     return Ok(RespValue::Bulk(None));
+                }
+                if n > BULK_MAX {
+                    return Err(PeerError::Redis(format!(
+                        "a {n}-byte reply is more than this client takes"
+                    )));
                 }
                 let mut data = vec![0; n as usize + 2];
                 self.stream.read_exact(&mut data).await?;

@@ -227,6 +227,7 @@ pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome
         let peak = peak_millicores.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.tick().await; // the first tick is immediate
             let mut last = (Instant::now(), cpu_seconds());
             loop {
                 every.tick().await;
@@ -410,6 +411,12 @@ async fn setup(
                     )
                     .await?;
                 let v = expect(status, &bytes, StatusCode::CREATED, "create shoppers")?;
+                let made = v["users"].as_array().map_or(0, Vec::len);
+                if made != count {
+                    return Err(RunError::Setup(format!(
+                        "asked for {count} shoppers, the server made {made}"
+                    )));
+                }
                 for u in v["users"].as_array().into_iter().flatten() {
                     tokens.push(u["token"].as_str().unwrap_or_default().to_string());
                     ids.push(u["id"].as_u64().unwrap_or(0));
@@ -461,7 +468,7 @@ async fn dispatch(shared: Arc<Shared>) {
                 (a.at_us, Job::SnapUp { index: i as u32 })
             }
         };
-        if scheduled >= max || Instant::now() >= shared.deadline {
+        if scheduled >= max || instant_at(&shared, at_us) >= shared.deadline {
             shared.not_sent.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -525,12 +532,25 @@ async fn worker(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Sched
     loop {
         let next = rx.lock().await.recv().await;
         let Some(scheduled) = next else { break };
-        if Instant::now() >= shared.deadline {
-            shared.not_sent.fetch_add(1, Ordering::Relaxed);
-            shared.outstanding.fetch_sub(1, Ordering::SeqCst);
-            continue;
-        }
-        let record = execute(&shared, &mut conn, scheduled).await;
+        let record = if Instant::now() >= shared.deadline {
+            // Due, but no connection freed up before the run's end: it
+            // counts, with the deadline as a lower bound of its latency.
+            let (kind, rank, user, attempt) = job_meta(&shared, &scheduled.job);
+            Record {
+                kind,
+                rank,
+                user,
+                at_us: scheduled.at_us,
+                done_us: now_us(&shared),
+                code: "unanswered".into(),
+                order: None,
+                order_status: None,
+                attempt,
+                retries: 0,
+            }
+        } else {
+            execute(&shared, &mut conn, scheduled).await
+        };
         shared
             .records
             .lock()
@@ -540,10 +560,9 @@ async fn worker(shared: Arc<Shared>, rx: Arc<Mutex<mpsc::UnboundedReceiver<Sched
     }
 }
 
-async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Scheduled) -> Record {
-    let Scheduled { job, at_us } = scheduled;
-    shared.sent.fetch_add(1, Ordering::Relaxed);
-    let (kind, rank, user, attempt) = match &job {
+/// `(kind, rank, user, attempt)` of a job.
+fn job_meta(shared: &Shared, job: &Job) -> (Kind, u32, u32, Option<u32>) {
+    match job {
         Job::Browse { rank, user } => (Kind::Browse, *rank, *user, None),
         Job::SnapUp { index } => {
             let a = &shared.plan.attempts[*index as usize];
@@ -558,7 +577,13 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
             None,
         ),
         Job::Cancel { rank, user, .. } => (Kind::Cancel, *rank, *user, None),
-    };
+    }
+}
+
+async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Scheduled) -> Record {
+    let Scheduled { job, at_us } = scheduled;
+    shared.sent.fetch_add(1, Ordering::Relaxed);
+    let (kind, rank, user, attempt) = job_meta(shared, &job);
     let mut retries = 0;
     let answer = loop {
         let answer = match (&shared.backend, conn.as_mut()) {
@@ -615,8 +640,11 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
                     );
                 }
                 FollowUp::LatePay => {
-                    let at_us =
-                        expires_at.map_or(i64::MAX / 2, |e| (e - shared.opening_ms + 500) * 1000);
+                    let at_us = expires_at.map_or(i64::MAX / 2, |e| {
+                        e.saturating_sub(shared.opening_ms)
+                            .saturating_add(500)
+                            .saturating_mul(1000)
+                    });
                     if !schedule(
                         shared,
                         Job::Pay {

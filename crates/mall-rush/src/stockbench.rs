@@ -60,6 +60,24 @@ pub struct Config {
     pub shards: usize,
     pub redis_url: Option<String>,
     pub postgres_url: Option<String>,
+    /// Allow `redis_url` / `postgres_url` to name a non-loopback host.
+    pub allow_remote: bool,
+}
+
+/// Refuses a peer URL that is not on this machine, unless allowed.
+fn check_local(what: &str, host_port: &str, allow_remote: bool) -> Result<(), PeerError> {
+    if allow_remote {
+        return Ok(());
+    }
+    let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .map_err(|e| PeerError::Setup(format!("{what} {host_port}: {e}")))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+        return Err(PeerError::Setup(format!(
+            "{what} {host_port} is not a loopback address; pass --allow-remote to use it"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -125,7 +143,10 @@ fn histogram() -> hdrhistogram::Histogram<u64> {
 
 /// Runs `concurrency` workers made by `make` to completion; returns the
 /// elapsed seconds and their merged latency histogram.
-async fn drive<F, Fut>(config: &Config, mut make: F) -> (f64, hdrhistogram::Histogram<u64>)
+async fn drive<F, Fut>(
+    config: &Config,
+    mut make: F,
+) -> (f64, hdrhistogram::Histogram<u64>, Vec<String>)
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = Result<hdrhistogram::Histogram<u64>, PeerError>>
@@ -137,16 +158,25 @@ where
         .map(|w| tokio::spawn(make(w)))
         .collect();
     let mut hist = histogram();
+    let mut failures = Vec::new();
     for t in tasks {
         match t.await {
             Ok(Ok(h)) => {
                 let _ = hist.add(h);
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "bench worker failed"),
-            Err(e) => tracing::warn!(error = %e, "bench worker panicked"),
+            Ok(Err(e)) => failures.push(e.to_string()),
+            Err(e) => failures.push(format!("worker panicked: {e}")),
         }
     }
-    (started.elapsed().as_secs_f64(), hist)
+    (started.elapsed().as_secs_f64(), hist, failures)
+}
+
+/// A row's verdict: a worker that failed mid-request makes the counts unsure.
+fn verdict(verified: String, failures: &[String]) -> String {
+    match failures.first() {
+        Some(first) => format!("FAILED: {} worker(s) stopped: {first}", failures.len()),
+        None => verified,
+    }
 }
 
 fn row(
@@ -284,7 +314,7 @@ async fn mall_in_process(
     let (engine, dir) = mall_engine(workload, config).await?;
     let m = meter(config);
     const ENVELOPE: usize = 64;
-    let (secs, hist) = drive(config, |_| {
+    let (secs, hist, failed_secs) = drive(config, |_| {
         let (engine, workload, m) = (engine.clone(), workload.clone(), m.clone());
         async move {
             let mut hist = histogram();
@@ -327,7 +357,14 @@ async fn mall_in_process(
     .await;
     let verified = verify_mall(&engine, workload, m.orders.load(Ordering::Relaxed));
     shutdown(engine, &dir);
-    Ok(row(shape, System::MallInProcess, &m, secs, &hist, verified))
+    Ok(row(
+        shape,
+        System::MallInProcess,
+        &m,
+        secs,
+        &hist,
+        verdict(verified, &failed_secs),
+    ))
 }
 
 fn shutdown(engine: Arc<Engine>, dir: &std::path::Path) {
@@ -372,11 +409,18 @@ async fn mall_http(
     let target = Target::parse(&format!("http://{}", listener.local_addr()?), false)
         .map_err(|e| PeerError::Setup(e.to_string()))?;
     let app = mall_http::router(state);
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
     // The trivial endpoint first: what this generator reaches on this server.
     let trivial = meter(config);
     let total = workload.attempts.len();
-    let (tsecs, thist) = drive(config, |_| {
+    let (tsecs, thist, failed_tsecs) = drive(config, |_| {
         let (target, m) = (target.clone(), trivial.clone());
         async move {
             let mut conn = Conn::new(target);
@@ -401,7 +445,7 @@ async fn mall_http(
     })
     .await;
     let m = meter(config);
-    let (secs, hist) = drive(config, |_| {
+    let (secs, hist, failed_secs) = drive(config, |_| {
         let (target, m, workload, tokens) = (target.clone(), m.clone(), workload.clone(), tokens.clone());
         async move {
             let mut conn = Conn::new(target);
@@ -426,7 +470,9 @@ async fn mall_http(
         }
     })
     .await;
-    server.abort();
+    // A graceful stop: the connections close and the state (and with it
+    // the engine) is released, so the engine can shut down cleanly.
+    let _ = stop.send(());
     let _ = server.await;
     let verified = verify_mall(&engine, workload, m.orders.load(Ordering::Relaxed));
     shutdown(engine, &dir);
@@ -437,9 +483,16 @@ async fn mall_http(
             &trivial,
             tsecs,
             &thist,
-            "n/a".into(),
+            verdict("n/a".into(), &failed_tsecs),
         ),
-        row(shape, System::MallHttp, &m, secs, &hist, verified),
+        row(
+            shape,
+            System::MallHttp,
+            &m,
+            secs,
+            &hist,
+            verdict(verified, &failed_secs),
+        ),
     ])
 }
 
@@ -483,7 +536,7 @@ async fn redis(
     }
     let m = meter(config);
     let run_id2 = run_id.to_string();
-    let (secs, hist) = drive(config, |_| {
+    let (secs, hist, failed_secs) = drive(config, |_| {
         let (addr, m, workload, sha, run_id) = (
             addr.clone(),
             m.clone(),
@@ -556,7 +609,14 @@ async fn redis(
         );
     }
     drop(own);
-    Ok(row(shape, System::Redis, &m, secs, &hist, verified))
+    Ok(row(
+        shape,
+        System::Redis,
+        &m,
+        secs,
+        &hist,
+        verdict(verified, &failed_secs),
+    ))
 }
 
 async fn postgres(
@@ -603,7 +663,7 @@ async fn postgres(
     }
     let m = meter(config);
     let (st, ot) = (stock_t.clone(), orders_t.clone());
-    let (secs, hist) = drive(config, |_| {
+    let (secs, hist, failed_secs) = drive(config, |_| {
         let (url, m, workload, st, ot) = (
             url.clone(),
             m.clone(),
@@ -679,7 +739,14 @@ async fn postgres(
         .await;
     drop(admin);
     drop(own);
-    Ok(row(shape, System::Postgres, &m, secs, &hist, verified))
+    Ok(row(
+        shape,
+        System::Postgres,
+        &m,
+        secs,
+        &hist,
+        verdict(verified, &failed_secs),
+    ))
 }
 
 /// Runs the shapes on mall and the peers asked for; one row per system.
@@ -688,10 +755,28 @@ pub async fn run(
     peers: &[System],
     config: &Config,
 ) -> Result<Vec<Row>, PeerError> {
+    if let Some(url) = &config.redis_url {
+        check_local(
+            "redis",
+            url.trim_start_matches("redis://").trim_end_matches('/'),
+            config.allow_remote,
+        )?;
+    }
+    if let Some(url) = &config.postgres_url {
+        let field = |key: &str| {
+            url.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let host = field("host=").unwrap_or_else(|| "localhost".into());
+        let port = field("port=").unwrap_or_else(|| "5432".into());
+        check_local("postgres", &format!("{host}:{port}"), config.allow_remote)?;
+    }
     let mut rows = Vec::new();
     let run_id = format!("b{}", SystemClock.now().0 % 1_000_000_000);
     for &shape in shapes {
         let workload = Arc::new(Workload::new(shape, config, 11));
+        let run_id = format!("{run_id}{}", if shape == Shape::Hot { "h" } else { "z" });
         rows.push(mall_in_process(shape, &workload, config).await?);
         rows.extend(mall_http(shape, &workload, config).await?);
         if peers.contains(&System::Redis) {

@@ -94,7 +94,7 @@ fn kind_name(k: Kind) -> &'static str {
 fn is_error(code: &str) -> bool {
     matches!(
         code,
-        "timeout" | "transport_error" | "store_unavailable" | "internal"
+        "timeout" | "transport_error" | "store_unavailable" | "internal" | "unanswered"
     ) || code.starts_with("http_5")
 }
 

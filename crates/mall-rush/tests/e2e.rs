@@ -134,6 +134,8 @@ enum Broken {
     Oversells,
     /// Acknowledges orders, then loses every third one.
     Forgets,
+    /// Makes two orders for every request, and shows the client one.
+    Doubles,
 }
 
 #[derive(Default)]
@@ -193,10 +195,21 @@ fn fake_app(mode: Broken) -> Router {
                 return (StatusCode::CONFLICT, Json(json!({"error": {"code": "sold_out", "message": "sold out"}})));
             }
             f.items.get_mut(&sku).unwrap().1 += 1;
+            if s.0 == Broken::Doubles {
+                f.next += 1;
+                let extra = f.next;
+                f.orders.insert(extra, (sku, user_of(&headers), "confirmed".into()));
+            }
             f.next += 1;
             let id = f.next;
             f.orders.insert(id, (sku, user_of(&headers), "confirmed".into()));
             (StatusCode::CREATED, Json(json!({"id": id, "status": "confirmed"})))
+        }))
+        .route("/v1/orders", get(|State(s): State<Shared>, axum::extract::Query(q): axum::extract::Query<HashMap<String, u64>>| async move {
+            let f = s.1.lock().unwrap();
+            let user = q.get("user_id").copied().unwrap_or(0);
+            let orders: Vec<Value> = f.orders.values().filter(|o| o.1 == user).map(|o| json!({"sku": o.0, "status": o.2})).collect();
+            Json(json!({"orders": orders}))
         }))
         .route("/v1/orders/{id}", get(|State(s): State<Shared>, Path(id): Path<u64>| async move {
             let f = s.1.lock().unwrap();
@@ -242,6 +255,15 @@ async fn audit_catches_a_server_that_forgets_acknowledged_orders() {
         violations
             .iter()
             .any(|v| v.contains("missing on the server")),
+        "{violations:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_catches_a_server_that_doubles_orders() {
+    let violations = audit_of(Broken::Doubles).await;
+    assert!(
+        violations.iter().any(|v| v.contains("doubled")),
         "{violations:?}"
     );
 }

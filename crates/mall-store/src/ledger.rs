@@ -4,7 +4,10 @@
 
 use crate::{open_connection, StoreError, Sync};
 use mall_core::Timestamp;
-use mall_ledger::{Account, AccountId, AccountKind, Effect, Ledger, LedgerConfig, Limits, Mode, PendingState, Stored, Transfer, TransferId};
+use mall_ledger::{
+    Account, AccountId, AccountKind, Effect, Ledger, LedgerConfig, Limits, Mode, PendingState,
+    Stored, Transfer, TransferId,
+};
 use mall_shard::{Journal, JournalError};
 use rusqlite::{params, Connection, Row};
 use std::path::{Path, PathBuf};
@@ -47,9 +50,16 @@ fn bad(what: String) -> rusqlite::Error {
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let kind: String = row.get(1)?;
-    let limits = Limits { debits_must_not_exceed_credits: row.get(2)?, credits_must_not_exceed_debits: row.get(3)? };
+    let limits = Limits {
+        debits_must_not_exceed_credits: row.get(2)?,
+        credits_must_not_exceed_debits: row.get(3)?,
+    };
     let kind = AccountKind::parse(&kind).ok_or_else(|| bad(format!("account kind {kind}")))?;
-    Ok(Account::new(AccountId(row.get::<_, i64>(0)? as u64), kind, limits))
+    Ok(Account::new(
+        AccountId(row.get::<_, i64>(0)? as u64),
+        kind,
+        limits,
+    ))
 }
 
 fn stored_from_row(row: &Row<'_>) -> rusqlite::Result<Stored> {
@@ -57,12 +67,17 @@ fn stored_from_row(row: &Row<'_>) -> rusqlite::Result<Stored> {
     let pending = row.get::<_, Option<i64>>(6)?.map(|p| TransferId(p as u64));
     let mode = match (mode.as_str(), pending) {
         ("single", _) => Mode::Single,
-        ("pending", _) => Mode::Pending { timeout_ms: row.get::<_, Option<i64>>(7)?.unwrap_or(0) },
+        ("pending", _) => Mode::Pending {
+            timeout_ms: row.get::<_, Option<i64>>(7)?.unwrap_or(0),
+        },
         ("post", Some(p)) => Mode::Post { pending: p },
         ("void", Some(p)) => Mode::Void { pending: p },
         (m, _) => return Err(bad(format!("transfer mode {m}"))),
     };
-    let state = row.get::<_, Option<String>>(12)?.map(|s| PendingState::parse(&s).ok_or_else(|| bad(format!("state {s}")))).transpose()?;
+    let state = row
+        .get::<_, Option<String>>(12)?
+        .map(|s| PendingState::parse(&s).ok_or_else(|| bad(format!("state {s}"))))
+        .transpose()?;
     Ok(Stored {
         seq: row.get::<_, i64>(1)? as u64,
         transfer: Transfer {
@@ -90,9 +105,15 @@ pub fn read_ledger(path: &Path) -> Result<(Vec<Account>, Vec<Stored>), StoreErro
 
 fn read(conn: &Connection) -> Result<(Vec<Account>, Vec<Stored>), StoreError> {
     let mut stmt = conn.prepare("SELECT id, kind, debits_must_not_exceed_credits, credits_must_not_exceed_debits FROM accounts")?;
-    let accounts = stmt.query_map([], account_from_row)?.collect::<Result<Vec<_>, _>>()?;
-    let mut stmt = conn.prepare(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers ORDER BY seq"))?;
-    let transfers = stmt.query_map([], stored_from_row)?.collect::<Result<Vec<_>, _>>()?;
+    let accounts = stmt
+        .query_map([], account_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {TRANSFER_COLUMNS} FROM transfers ORDER BY seq"
+    ))?;
+    let transfers = stmt
+        .query_map([], stored_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((accounts, transfers))
 }
 
@@ -104,8 +125,17 @@ pub struct LedgerJournal {
 }
 
 impl LedgerJournal {
-    pub fn open(path: &Path, config: LedgerConfig, sync: Sync) -> Result<LedgerJournal, StoreError> {
-        Ok(LedgerJournal { path: path.into(), sync, conn: open_ledger_db(path, sync)?, config })
+    pub fn open(
+        path: &Path,
+        config: LedgerConfig,
+        sync: Sync,
+    ) -> Result<LedgerJournal, StoreError> {
+        Ok(LedgerJournal {
+            path: path.into(),
+            sync,
+            conn: open_ledger_db(path, sync)?,
+            config,
+        })
     }
 
     fn write(&mut self, effects: &[Effect]) -> Result<(), StoreError> {
@@ -117,7 +147,12 @@ impl LedgerJournal {
             for e in effects {
                 match e {
                     Effect::InsertAccount(a) => {
-                        account.execute(params![a.id.0 as i64, a.kind.as_str(), a.limits.debits_must_not_exceed_credits, a.limits.credits_must_not_exceed_debits])?;
+                        account.execute(params![
+                            a.id.0 as i64,
+                            a.kind.as_str(),
+                            a.limits.debits_must_not_exceed_credits,
+                            a.limits.credits_must_not_exceed_debits
+                        ])?;
                     }
                     Effect::InsertTransfer(s) => {
                         let t = &s.transfer;
@@ -145,7 +180,10 @@ impl LedgerJournal {
                     }
                     Effect::SetPendingState { id, state: s } => {
                         if state.execute(params![id.0 as i64, s.as_str()])? != 1 {
-                            return Err(StoreError::Corrupt(format!("pending transfer {} to update is missing", id.0)));
+                            return Err(StoreError::Corrupt(format!(
+                                "pending transfer {} to update is missing",
+                                id.0
+                            )));
                         }
                     }
                 }
@@ -175,19 +213,32 @@ impl Journal for LedgerJournal {
 pub fn verify_ledger(path: &Path) -> Result<Vec<String>, StoreError> {
     let (accounts, transfers) = read_ledger(path)?;
     let mut violations = Vec::new();
-    let by_id: std::collections::HashMap<TransferId, &Stored> = transfers.iter().map(|s| (s.transfer.id, s)).collect();
-    let mut resolutions: std::collections::HashMap<TransferId, Vec<&Stored>> = std::collections::HashMap::new();
+    let by_id: std::collections::HashMap<TransferId, &Stored> =
+        transfers.iter().map(|s| (s.transfer.id, s)).collect();
+    let mut resolutions: std::collections::HashMap<TransferId, Vec<&Stored>> =
+        std::collections::HashMap::new();
     for s in &transfers {
         if let Mode::Post { pending } | Mode::Void { pending } = s.transfer.mode {
             resolutions.entry(pending).or_default().push(s);
             match by_id.get(&pending) {
-                None => violations.push(format!("transfer {} resolves missing pending transfer {}", s.transfer.id.0, pending.0)),
+                None => violations.push(format!(
+                    "transfer {} resolves missing pending transfer {}",
+                    s.transfer.id.0, pending.0
+                )),
                 Some(p) => {
-                    if p.transfer.debit != s.transfer.debit || p.transfer.credit != s.transfer.credit {
-                        violations.push(format!("transfer {} resolves {} with other accounts", s.transfer.id.0, pending.0));
+                    if p.transfer.debit != s.transfer.debit
+                        || p.transfer.credit != s.transfer.credit
+                    {
+                        violations.push(format!(
+                            "transfer {} resolves {} with other accounts",
+                            s.transfer.id.0, pending.0
+                        ));
                     }
                     if s.transfer.amount > p.transfer.amount {
-                        violations.push(format!("transfer {} posts more than pending {}", s.transfer.id.0, pending.0));
+                        violations.push(format!(
+                            "transfer {} posts more than pending {}",
+                            s.transfer.id.0, pending.0
+                        ));
                     }
                 }
             }
@@ -200,14 +251,20 @@ pub fn verify_ledger(path: &Path) -> Result<Vec<String>, StoreError> {
             _ => 0,
         };
         if n != expected {
-            violations.push(format!("pending transfer {} is {:?} but resolved {n} time(s)", s.transfer.id.0, s.state));
+            violations.push(format!(
+                "pending transfer {} is {:?} but resolved {n} time(s)",
+                s.transfer.id.0, s.state
+            ));
         }
     }
     let known: std::collections::HashSet<AccountId> = accounts.iter().map(|a| a.id).collect();
     for s in &transfers {
         for side in [s.transfer.debit, s.transfer.credit] {
             if !known.contains(&side) {
-                violations.push(format!("transfer {} names missing account {}", s.transfer.id.0, side.0));
+                violations.push(format!(
+                    "transfer {} names missing account {}",
+                    s.transfer.id.0, side.0
+                ));
             }
         }
     }

@@ -4,7 +4,9 @@
 
 use mall_core::Timestamp;
 use mall_inventory::sim::Rng;
-use mall_ledger::{Account, AccountId, AccountKind, Command, LedgerConfig, Limits, Mode, Transfer, TransferId};
+use mall_ledger::{
+    Account, AccountId, AccountKind, Command, LedgerConfig, Limits, Mode, Transfer, TransferId,
+};
 use mall_shard::{Journal, StateMachine};
 use mall_store::ledger::{verify_ledger, LedgerJournal};
 use mall_store::Sync;
@@ -17,11 +19,22 @@ fn ledger_survives_reloads_exactly_and_verifies() {
     let path = dir.path().join("ledger.db");
     let mut journal = LedgerJournal::open(&path, LedgerConfig::default(), Sync::Off).unwrap();
     let mut ledger = journal.load(T0).unwrap();
-    let wallet = Limits { debits_must_not_exceed_credits: true, credits_must_not_exceed_debits: false };
+    let wallet = Limits {
+        debits_must_not_exceed_credits: true,
+        credits_must_not_exceed_debits: false,
+    };
     let mut effects = vec![];
-    let mut accounts = vec![Account::new(AccountId(1), AccountKind::ChannelClearing, Limits::default())];
+    let mut accounts = vec![Account::new(
+        AccountId(1),
+        AccountKind::ChannelClearing,
+        Limits::default(),
+    )];
     accounts.extend((2..=20).map(|id| Account::new(AccountId(id), AccountKind::Wallet, wallet)));
-    accounts.push(Account::new(AccountId(21), AccountKind::PlatformEscrow, Limits::default()));
+    accounts.push(Account::new(
+        AccountId(21),
+        AccountKind::PlatformEscrow,
+        Limits::default(),
+    ));
     ledger.apply(Command::CreateAccounts(accounts), T0, &mut effects);
     journal.commit(&effects).unwrap();
     let mut rng = Rng::new(42);
@@ -37,20 +50,65 @@ fn ledger_survives_reloads_exactly_and_verifies() {
             next += 1;
             let wallet = AccountId(2 + rng.below(19));
             let t = match rng.below(6) {
-                0 | 1 => Transfer { id: TransferId(next), debit: AccountId(1), credit: wallet, amount: 1 + rng.below(10_000), mode: Mode::Single, linked: false, code: 1, user_data: 0 },
+                0 | 1 => Transfer {
+                    id: TransferId(next),
+                    debit: AccountId(1),
+                    credit: wallet,
+                    amount: 1 + rng.below(10_000),
+                    mode: Mode::Single,
+                    linked: false,
+                    code: 1,
+                    user_data: 0,
+                },
                 2 => {
                     pendings.push((TransferId(next), wallet));
-                    Transfer { id: TransferId(next), debit: wallet, credit: AccountId(21), amount: 1 + rng.below(3_000), mode: Mode::Pending { timeout_ms: 20_000 }, linked: false, code: 2, user_data: 0 }
+                    Transfer {
+                        id: TransferId(next),
+                        debit: wallet,
+                        credit: AccountId(21),
+                        amount: 1 + rng.below(3_000),
+                        mode: Mode::Pending { timeout_ms: 20_000 },
+                        linked: false,
+                        code: 2,
+                        user_data: 0,
+                    }
                 }
                 3 if !pendings.is_empty() => {
                     let (p, w) = pendings[rng.below(pendings.len() as u64) as usize];
-                    Transfer { id: TransferId(next), debit: w, credit: AccountId(21), amount: 1 + rng.below(100), mode: Mode::Post { pending: p }, linked: false, code: 3, user_data: 0 }
+                    Transfer {
+                        id: TransferId(next),
+                        debit: w,
+                        credit: AccountId(21),
+                        amount: 1 + rng.below(100),
+                        mode: Mode::Post { pending: p },
+                        linked: false,
+                        code: 3,
+                        user_data: 0,
+                    }
                 }
                 4 if !pendings.is_empty() => {
                     let (p, w) = pendings[rng.below(pendings.len() as u64) as usize];
-                    Transfer { id: TransferId(next), debit: w, credit: AccountId(21), amount: 0, mode: Mode::Void { pending: p }, linked: false, code: 4, user_data: 0 }
+                    Transfer {
+                        id: TransferId(next),
+                        debit: w,
+                        credit: AccountId(21),
+                        amount: 0,
+                        mode: Mode::Void { pending: p },
+                        linked: false,
+                        code: 4,
+                        user_data: 0,
+                    }
                 }
-                _ => Transfer { id: TransferId(next), debit: wallet, credit: AccountId(21), amount: 1 + rng.below(2_000), mode: Mode::Single, linked: rng.chance(30), code: 5, user_data: 0 },
+                _ => Transfer {
+                    id: TransferId(next),
+                    debit: wallet,
+                    credit: AccountId(21),
+                    amount: 1 + rng.below(2_000),
+                    mode: Mode::Single,
+                    linked: rng.chance(30),
+                    code: 5,
+                    user_data: 0,
+                },
             };
             batch.push(t);
         }
@@ -61,7 +119,11 @@ fn ledger_survives_reloads_exactly_and_verifies() {
             journal = LedgerJournal::open(&path, LedgerConfig::default(), Sync::Off).unwrap();
             let reloaded = journal.load(now).unwrap();
             for id in 1..=21 {
-                assert_eq!(reloaded.account(AccountId(id)), ledger.account(AccountId(id)), "step {step}: account {id} after reload");
+                assert_eq!(
+                    reloaded.account(AccountId(id)),
+                    ledger.account(AccountId(id)),
+                    "step {step}: account {id} after reload"
+                );
             }
             assert_eq!(reloaded.totals(), ledger.totals());
             ledger = reloaded;
@@ -75,5 +137,10 @@ fn ledger_survives_reloads_exactly_and_verifies() {
     conn.execute("INSERT INTO transfers (id, seq, debit, credit, amount, mode, pending_id, linked, code, user_data, created_at_ms) VALUES (999999, 999999, 2, 21, 5, 'post', 888888, 0, 0, 0, 0)", []).unwrap();
     drop(conn);
     let violations = verify_ledger(&path).unwrap();
-    assert!(violations.iter().any(|v| v.contains("missing pending transfer 888888")), "{violations:?}");
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("missing pending transfer 888888")),
+        "{violations:?}"
+    );
 }

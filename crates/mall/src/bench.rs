@@ -79,6 +79,9 @@ pub enum Which {
         /// Use this PostgreSQL (libpq key=value string) instead of starting one.
         #[arg(long)]
         postgres_url: Option<String>,
+        /// Allow --redis-url / --postgres-url to name a host that is not this machine.
+        #[arg(long)]
+        allow_remote: bool,
     },
 }
 
@@ -164,6 +167,7 @@ pub fn run(which: Which) -> Result<()> {
             shards,
             redis_url,
             postgres_url,
+            allow_remote,
         } => {
             let config = mall_rush::stockbench::Config {
                 users,
@@ -176,6 +180,7 @@ pub fn run(which: Which) -> Result<()> {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 redis_url,
                 postgres_url,
+                allow_remote,
             };
             stock(shape, &against, &config)
         }
