@@ -237,7 +237,7 @@ pub async fn postgres(config: &Config) -> Result<Row, PeerError> {
              CREATE TABLE {tr} (id bigint PRIMARY KEY, debit bigint NOT NULL, credit bigint NOT NULL, amount bigint NOT NULL, code int NOT NULL, user_data bigint NOT NULL);
              INSERT INTO {acc} (id, is_wallet) VALUES ({}, false), ({}, false);
              INSERT INTO {acc} (id, is_wallet, credits_posted) SELECT 3 + g, true, {TOP_UP} FROM generate_series(0, {} - 1) g;
-             UPDATE {acc} SET debits_posted = {TOP_UP} * {} WHERE id = {};",
+             UPDATE {acc} SET debits_posted = {TOP_UP}::bigint * {} WHERE id = {};",
             FUNDING.0, ESCROW.0, config.wallets, config.wallets, FUNDING.0
         ))
         .await?;

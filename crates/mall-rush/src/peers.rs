@@ -20,7 +20,17 @@ pub enum PeerError {
     #[error("redis: {0}")]
     Redis(String),
     #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(String),
+}
+
+impl From<tokio_postgres::Error> for PeerError {
+    fn from(e: tokio_postgres::Error) -> PeerError {
+        // The server's own message says what went wrong; the Display alone is "db error".
+        match e.as_db_error() {
+            Some(db) => PeerError::Postgres(format!("{}: {}", db.code().code(), db.message())),
+            None => PeerError::Postgres(e.to_string()),
+        }
+    }
 }
 
 fn free_port() -> Result<u16, PeerError> {

@@ -83,6 +83,32 @@ pub enum Which {
         #[arg(long)]
         allow_remote: bool,
     },
+    /// Durable double-entry transfers/s: the ledger in-process beside
+    /// PostgreSQL doing the same transfer (two balance UPDATEs with a
+    /// non-negative check plus one INSERT, durable commits).
+    Ledger {
+        #[arg(long, default_value_t = 100_000)]
+        wallets: u64,
+        #[arg(long, default_value_t = 2_000_000)]
+        transfers: u64,
+        /// Transfers per command.
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+        /// Commands in flight.
+        #[arg(long, default_value_t = 8)]
+        in_flight: usize,
+        /// PostgreSQL sessions.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Each system stops after this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Skip PostgreSQL.
+        #[arg(long)]
+        no_postgres: bool,
+        #[arg(long)]
+        postgres_url: Option<String>,
+    },
 }
 
 fn stock(
@@ -146,6 +172,46 @@ pub enum Shape {
 
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Ledger {
+            wallets,
+            transfers,
+            batch,
+            in_flight,
+            concurrency,
+            seconds,
+            no_postgres,
+            postgres_url,
+        } => {
+            let config = mall_rush::ledgerbench::Config {
+                wallets: wallets.max(1),
+                transfers,
+                batch: batch.max(1),
+                in_flight: in_flight.max(1),
+                concurrency: concurrency.max(1),
+                seconds_max: seconds,
+                postgres_url,
+            };
+            println!(
+                "mall bench ledger: {} transfers from {} wallets into escrow, in commands of {}, {} in flight, durable (synchronous=FULL); PostgreSQL with {} sessions; at most {}s each",
+                config.transfers, config.wallets, config.batch, config.in_flight, config.concurrency, config.seconds_max
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let rows = runtime.block_on(async {
+                let mut rows = vec![mall_rush::ledgerbench::mall(&config).await?];
+                if !no_postgres {
+                    rows.push(mall_rush::ledgerbench::postgres(&config).await?);
+                }
+                Ok::<_, mall_rush::peers::PeerError>(rows)
+            })?;
+            mall_rush::ledgerbench::print(&rows);
+            anyhow::ensure!(
+                rows.iter().all(|r| r.verified == "ok"),
+                "a system failed verification"
+            );
+            Ok(())
+        }
         Which::Engine {
             shape,
             attempts,

@@ -40,10 +40,26 @@ enum Cmd {
     Rush(rush::RushArgs),
     /// The first command to run: a fresh mall, a one-minute rehearsal of the night, its report; then keeps serving.
     Demo(rush::DemoArgs),
+    /// The ledger: `mall ledger verify --data DIR` audits its store.
+    Ledger {
+        #[command(subcommand)]
+        which: LedgerCmd,
+    },
     /// Benchmarks that print numbers.
     Bench {
         #[command(subcommand)]
         which: bench::Which,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Recount the ledger from its transfers and check every rule: double
+    /// entry balanced, limits held, every post or void matching its pending
+    /// transfer. Exits non-zero on any violation.
+    Verify {
+        #[arg(long, env = "MALL_DATA", default_value = "mall-data")]
+        data: PathBuf,
     },
 }
 
@@ -93,6 +109,9 @@ fn main() -> Result<()> {
         Cmd::Check { data } => check(&data),
         Cmd::Rush(args) => rush::rush(args),
         Cmd::Demo(args) => rush::demo(args),
+        Cmd::Ledger {
+            which: LedgerCmd::Verify { data },
+        } => ledger_verify(&data),
         Cmd::Bench { which } => bench::run(which),
     }
 }
@@ -244,6 +263,33 @@ pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(secret.as_bytes())?;
     Ok(())
+}
+
+fn ledger_verify(data: &Path) -> Result<()> {
+    let path = data.join("ledger.db");
+    anyhow::ensure!(
+        path.exists(),
+        "{} has no ledger (no ledger.db)",
+        data.display()
+    );
+    let violations = mall_store::ledger::verify_ledger(&path)?;
+    let (accounts, transfers) = mall_store::ledger::read_ledger(&path)?;
+    println!(
+        "mall ledger verify {}: {} accounts, {} transfers",
+        data.display(),
+        accounts.len(),
+        transfers.len()
+    );
+    if violations.is_empty() {
+        println!("OK: debits equal credits (posted and pending), every limit holds, every post and void matches its pending transfer");
+        Ok(())
+    } else {
+        println!("FAILED: {} violation(s)", violations.len());
+        for v in violations.iter().take(100) {
+            println!("  - {v}");
+        }
+        std::process::exit(1);
+    }
 }
 
 fn check(data: &Path) -> Result<()> {

@@ -58,3 +58,43 @@ fn stock_bench_against_real_redis_and_postgres_oversells_nowhere() {
         }
     }
 }
+
+#[test]
+fn ledger_bench_against_real_postgres_balances_everywhere() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args([
+            "bench",
+            "ledger",
+            "--wallets",
+            "500",
+            "--transfers",
+            "20000",
+            "--batch",
+            "512",
+            "--concurrency",
+            "8",
+            "--seconds",
+            "30",
+        ])
+        .env("MALL_LOG", "warn")
+        .output()
+        .expect("run mall bench ledger");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench ledger failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for system in ["mall ledger in-process", "PostgreSQL"] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(system))
+            .unwrap_or_else(|| panic!("no {system} row in\n{text}"));
+        assert!(
+            row.trim_end().ends_with("ok"),
+            "{system} not verified: {row}"
+        );
+    }
+    let mall = text.lines().find(|l| l.starts_with("mall ledger")).unwrap();
+    assert!(mall.contains(" 20000 "), "every transfer made: {mall}");
+}
