@@ -4,32 +4,54 @@
 
 use mall_core::{Category, Item, Sku};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Counters of one SKU as last published by its shard (may include effects
 /// not yet committed: fine for display, never used for decisions).
+///
+/// A sequence lock: the shard (the only writer) makes `seq` odd while it
+/// writes; a reader retries until it sees the same even `seq` before and
+/// after, so it never sees a torn triple (`available + held + sold` always
+/// equals the stock at some moment).
 #[derive(Debug, Default)]
 pub struct Live {
+    seq: AtomicU64,
     available: AtomicU32,
     held: AtomicU32,
     sold: AtomicU32,
 }
 
 impl Live {
+    /// Publishes new counters. One writer at a time (the owning shard).
     pub fn store(&self, available: u32, held: u32, sold: u32) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
         self.available.store(available, Ordering::Relaxed);
         self.held.store(held, Ordering::Relaxed);
         self.sold.store(sold, Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 
-    /// `(available, held, sold)`.
+    /// `(available, held, sold)`, all from one publication.
     pub fn load(&self) -> (u32, u32, u32) {
-        (
-            self.available.load(Ordering::Relaxed),
-            self.held.load(Ordering::Relaxed),
-            self.sold.load(Ordering::Relaxed),
-        )
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let triple = (
+                self.available.load(Ordering::Relaxed),
+                self.held.load(Ordering::Relaxed),
+                self.sold.load(Ordering::Relaxed),
+            );
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == before {
+                return triple;
+            }
+        }
     }
 }
 
@@ -98,5 +120,33 @@ impl Board {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<Sku, Arc<BoardEntry>>> {
         self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn readers_never_see_a_torn_triple() {
+        let live = Arc::new(Live::default());
+        live.store(100, 0, 0);
+        let writer = {
+            let live = live.clone();
+            std::thread::spawn(move || {
+                for i in 0..200_000u32 {
+                    let held = i % 100;
+                    live.store(100 - held, held, 0);
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() || reads < 1_000 {
+            let (a, h, s) = live.load();
+            assert_eq!(a + h + s, 100, "torn read");
+            reads += 1;
+        }
+        writer.join().unwrap();
     }
 }
