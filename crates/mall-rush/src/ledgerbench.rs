@@ -3,7 +3,7 @@
 //! side with PostgreSQL doing the same transfer (two balance UPDATEs with a
 //! non-negative check plus one INSERT, durable commits).
 
-use crate::peers::{PeerError, PostgresServer};
+use crate::peers::{pg_connect, postgres_target, PeerError};
 use mall_inventory::sim::Rng;
 use mall_ledger::{
     Account, AccountId, AccountKind, Command, LedgerConfig, Limits, Mode, Reply, Transfer,
@@ -209,21 +209,8 @@ fn rusqlite_count(path: &std::path::Path) -> Result<u64, PeerError> {
 }
 
 pub async fn postgres(config: &Config) -> Result<Row, PeerError> {
-    let own = match &config.postgres_url {
-        Some(_) => None,
-        None => Some(PostgresServer::start()?),
-    };
-    let url = config
-        .postgres_url
-        .clone()
-        .unwrap_or_else(|| own.as_ref().map(|s| s.url()).unwrap_or_default());
-    let connect = |url: String| async move {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok::<_, PeerError>(client)
-    };
+    let (own, url) = postgres_target(config.postgres_url.as_deref())?;
+    let connect = |url: String| async move { pg_connect(&url).await };
     let admin = connect(url.clone()).await?;
     let suffix = SystemClock.now().0 % 1_000_000_000;
     let (acc, tr) = (

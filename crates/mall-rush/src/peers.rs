@@ -286,6 +286,28 @@ impl Drop for PostgresServer {
 /// Largest bulk reply the RESP client accepts.
 const BULK_MAX: i64 = 64 * 1024 * 1024;
 
+/// The PostgreSQL to use: the one at `url`, or a throwaway one started now
+/// (kept alive by the returned guard).
+pub fn postgres_target(url: Option<&str>) -> Result<(Option<PostgresServer>, String), PeerError> {
+    match url {
+        Some(url) => Ok((None, url.to_string())),
+        None => {
+            let server = PostgresServer::start()?;
+            let url = server.url();
+            Ok((Some(server), url))
+        }
+    }
+}
+
+/// One PostgreSQL session, its connection driven in the background.
+pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, PeerError> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
 /// A minimal RESP2 client: one connection, one command at a time.
 pub struct Resp {
     stream: BufReader<TcpStream>,

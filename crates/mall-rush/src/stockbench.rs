@@ -7,7 +7,7 @@
 
 use crate::catalog::{pareto_stock, StockShape};
 use crate::http::{Conn, Target};
-use crate::peers::{PeerError, PostgresServer, RedisServer, Resp, RespValue};
+use crate::peers::{pg_connect, postgres_target, PeerError, RedisServer, Resp, RespValue};
 use crate::plan::{sample_rank, zipf_cdf};
 use hyper::Method;
 use mall_core::{Category, Fen, Item, MerchantId, PaymentMethod, Quantity, Sku, Timestamp, UserId};
@@ -625,21 +625,8 @@ async fn postgres(
     config: &Config,
     run_id: &str,
 ) -> Result<Row, PeerError> {
-    let own = match &config.postgres_url {
-        Some(_) => None,
-        None => Some(PostgresServer::start()?),
-    };
-    let url = config
-        .postgres_url
-        .clone()
-        .unwrap_or_else(|| own.as_ref().map(|s| s.url()).unwrap_or_default());
-    let connect = |url: String| async move {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok::<_, PeerError>(client)
-    };
+    let (own, url) = postgres_target(config.postgres_url.as_deref())?;
+    let connect = |url: String| async move { pg_connect(&url).await };
     let admin = connect(url.clone()).await?;
     let (stock_t, orders_t) = (format!("stock_{run_id}"), format!("orders_{run_id}"));
     admin
