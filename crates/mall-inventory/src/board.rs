@@ -74,9 +74,13 @@ impl Board {
         self.write().insert(entry.item.sku, entry);
     }
 
-    /// Forgets a shard's items before it is rebuilt from its store.
-    pub fn remove_shard(&self, shard: usize) {
-        self.write().retain(|_, e| e.shard != shard);
+    /// Replaces all of a shard's items at once (a shard rebuilt from its store).
+    pub fn replace_shard(&self, shard: usize, entries: Vec<(Item, Arc<Live>)>) {
+        let mut board = self.write();
+        board.retain(|_, e| e.shard != shard);
+        for (item, live) in entries {
+            board.insert(item.sku, Arc::new(BoardEntry { shard, item, live }));
+        }
     }
 
     pub fn get(&self, sku: Sku) -> Option<Arc<BoardEntry>> {

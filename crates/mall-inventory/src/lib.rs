@@ -127,6 +127,19 @@ struct SkuState {
 }
 
 impl SkuState {
+    /// A new item: all its stock available, published.
+    fn new(item: Item) -> SkuState {
+        let state = SkuState {
+            available: item.stock_total,
+            held: 0,
+            sold: 0,
+            live: Arc::new(Live::default()),
+            item,
+        };
+        state.publish();
+        state
+    }
+
     fn publish(&self) {
         self.live.store(self.available, self.held, self.sold);
     }
@@ -202,10 +215,12 @@ impl Inventory {
         mut snapshot: Snapshot,
         now: Timestamp,
     ) -> Inventory {
-        board.remove_shard(shard);
         let mut inv = Inventory::new(shard, config, board);
+        // Built aside, counted, then swapped onto the board in one step, so
+        // browsing never sees a reloading shard's items missing or unsold.
         for item in snapshot.items {
-            inv.insert_item(item);
+            let state = SkuState::new(item);
+            inv.skus.insert(state.item.sku, state);
         }
         snapshot.orders.sort_by_key(|o| o.id.seq());
         let key_horizon = now.plus_ms(-inv.config.idempotency_retention_ms);
@@ -249,6 +264,12 @@ impl Inventory {
         for sku in inv.skus.values() {
             sku.publish();
         }
+        let entries = inv
+            .skus
+            .values()
+            .map(|s| (s.item.clone(), s.live.clone()))
+            .collect();
+        inv.board.replace_shard(shard, entries);
         inv.check_touched();
         inv
     }
@@ -529,16 +550,9 @@ impl Inventory {
     }
 
     fn insert_item(&mut self, item: Item) {
-        let live = Arc::new(Live::default());
-        let state = SkuState {
-            available: item.stock_total,
-            held: 0,
-            sold: 0,
-            live: live.clone(),
-            item,
-        };
-        state.publish();
-        self.board.put(self.shard, state.item.clone(), live);
+        let state = SkuState::new(item);
+        self.board
+            .put(self.shard, state.item.clone(), state.live.clone());
         self.skus.insert(state.item.sku, state);
     }
 

@@ -194,6 +194,8 @@ pub enum Refusal {
     LinkedChainOpen,
     LedgerFull,
     AccountExists,
+    /// An account cannot limit both its debits and its credits.
+    FlagsMutuallyExclusive,
 }
 
 impl Refusal {
@@ -219,6 +221,7 @@ impl Refusal {
             Refusal::LinkedChainOpen => "linked_event_chain_open",
             Refusal::LedgerFull => "ledger_full",
             Refusal::AccountExists => "account_exists_with_different_fields",
+            Refusal::FlagsMutuallyExclusive => "flags_are_mutually_exclusive",
         }
     }
 }
@@ -298,6 +301,9 @@ pub struct Ledger {
     totals: Totals,
     /// Undo log of the chain being applied.
     undo: Vec<Undo>,
+    /// Expiries of the chain being applied: into `expiry` only if it holds,
+    /// so undone transfers leave nothing behind.
+    chain_expiries: Vec<Reverse<(Timestamp, TransferId)>>,
 }
 
 impl Ledger {
@@ -310,6 +316,7 @@ impl Ledger {
             next_seq: 1,
             totals: Totals::default(),
             undo: Vec::new(),
+            chain_expiries: Vec::new(),
         }
     }
 
@@ -398,6 +405,9 @@ impl Ledger {
         if a.id.0 == 0 {
             return Err(Refusal::IdZero);
         }
+        if a.limits.debits_must_not_exceed_credits && a.limits.credits_must_not_exceed_debits {
+            return Err(Refusal::FlagsMutuallyExclusive);
+        }
         if let Some(existing) = self.accounts.get(&a.id) {
             return if existing.kind == a.kind && existing.limits == a.limits {
                 Ok(Outcome::Replayed)
@@ -448,6 +458,7 @@ impl Ledger {
                 // Undo what the chain did; its other members fail with it.
                 chain_failed = true;
                 self.rollback_to(0);
+                self.chain_expiries.clear();
                 chain_effects.clear();
                 for r in &mut results[chain_start..i] {
                     *r = Err(Refusal::LinkedEventFailed);
@@ -456,12 +467,14 @@ impl Ledger {
             results.push(result);
             if !t.linked {
                 effects.append(&mut chain_effects);
+                self.expiry.extend(self.chain_expiries.drain(..));
                 self.undo.clear();
                 chain_failed = false;
                 chain_start = i + 1;
             }
         }
         self.rollback_to(0);
+        self.chain_expiries.clear();
         results
     }
 
@@ -527,7 +540,9 @@ impl Ledger {
                 let state = pending.then_some(PendingState::Pending);
                 if let Mode::Pending { timeout_ms } = t.mode {
                     if timeout_ms > 0 {
-                        self.expiry.push(Reverse((now.plus_ms(timeout_ms), t.id)));
+                        // Into the heap only once the chain holds (see create_transfers).
+                        self.chain_expiries
+                            .push(Reverse((now.plus_ms(timeout_ms), t.id)));
                     }
                 }
                 self.record(t, now, state, effects);

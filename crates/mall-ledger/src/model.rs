@@ -148,6 +148,11 @@ impl Model {
                         if a.id.0 == 0 {
                             return Err(Refusal::IdZero);
                         }
+                        if a.limits.debits_must_not_exceed_credits
+                            && a.limits.credits_must_not_exceed_debits
+                        {
+                            return Err(Refusal::FlagsMutuallyExclusive);
+                        }
                         match self.accounts.get(&a.id) {
                             Some(e) if e.kind == a.kind && e.limits == a.limits => {
                                 Ok(Outcome::Replayed)

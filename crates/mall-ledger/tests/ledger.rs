@@ -393,3 +393,22 @@ fn replays_answer_like_the_first_time_and_changed_bodies_are_refused() {
     );
     assert_eq!(l.account(AccountId(2)).unwrap().balance(), 100);
 }
+
+#[test]
+fn an_account_cannot_limit_both_sides() {
+    let mut l = Ledger::new(LedgerConfig::default());
+    let both = Limits {
+        debits_must_not_exceed_credits: true,
+        credits_must_not_exceed_debits: true,
+    };
+    let r = l.apply(
+        Command::CreateAccounts(vec![Account::new(AccountId(9), AccountKind::Wallet, both)]),
+        T0,
+        &mut vec![],
+    );
+    assert_eq!(
+        r,
+        Reply::Accounts(vec![Err(Refusal::FlagsMutuallyExclusive)])
+    );
+    assert!(l.account(AccountId(9)).is_none());
+}

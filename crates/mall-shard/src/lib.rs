@@ -309,7 +309,15 @@ impl<M: StateMachine> Shard<M> {
             let (shared, journal, stats) = (shared.clone(), journal.clone(), stats.clone());
             std::thread::Builder::new()
                 .name(format!("{name}-commit"))
-                .spawn(move || commit_loop(shared, journal, stats))
+                .spawn(move || {
+                    // Fail-stop here too: a dead commit thread would leave
+                    // the apply thread staging forever and the shard hung.
+                    let run = std::panic::AssertUnwindSafe(|| commit_loop(shared, journal, stats));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!("shard commit thread panicked; aborting the process");
+                        std::process::abort();
+                    }
+                })
                 .map_err(|e| JournalError(format!("spawn commit thread: {e}")))?
         };
         let applier = Applier {

@@ -99,6 +99,13 @@ const TRANSFER_COLUMNS: &str = "id, seq, debit, credit, amount, mode, pending_id
 
 /// Everything recorded in a ledger store.
 pub fn read_ledger(path: &Path) -> Result<(Vec<Account>, Vec<Stored>), StoreError> {
+    if !path.exists() {
+        // Never create an empty ledger where one was expected.
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no ledger at {}", path.display()),
+        )));
+    }
     let conn = open_ledger_db(path, Sync::Full)?;
     read(&conn)
 }
@@ -245,16 +252,61 @@ pub fn verify_ledger(path: &Path) -> Result<Vec<String>, StoreError> {
         }
     }
     for s in &transfers {
-        let n = resolutions.get(&s.transfer.id).map_or(0, Vec::len);
-        let expected = match s.state {
-            Some(PendingState::Posted) | Some(PendingState::Voided) => 1,
-            _ => 0,
-        };
-        if n != expected {
+        let t = &s.transfer;
+        let is_pending = matches!(t.mode, Mode::Pending { .. });
+        if is_pending != s.state.is_some() {
             violations.push(format!(
-                "pending transfer {} is {:?} but resolved {n} time(s)",
-                s.transfer.id.0, s.state
+                "transfer {}: state {:?} does not fit its mode",
+                t.id.0, s.state
             ));
+        }
+        if t.debit == t.credit {
+            violations.push(format!(
+                "transfer {}: debit and credit are the same account",
+                t.id.0
+            ));
+        }
+        match t.mode {
+            Mode::Void { .. } if t.amount != 0 => {
+                violations.push(format!("void {} carries an amount", t.id.0))
+            }
+            Mode::Single | Mode::Pending { .. } | Mode::Post { .. } if t.amount == 0 => {
+                violations.push(format!("transfer {} moves nothing", t.id.0))
+            }
+            _ => {}
+        }
+        let resolved_by = resolutions
+            .get(&t.id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let expected = match s.state {
+            Some(PendingState::Posted) => Some("post"),
+            Some(PendingState::Voided) => Some("void"),
+            _ => None,
+        };
+        let kinds: Vec<&str> = resolved_by
+            .iter()
+            .map(|r| {
+                if matches!(r.transfer.mode, Mode::Post { .. }) {
+                    "post"
+                } else {
+                    "void"
+                }
+            })
+            .collect();
+        if kinds != expected.into_iter().collect::<Vec<_>>() {
+            violations.push(format!(
+                "pending transfer {} is {:?} but resolved by {kinds:?}",
+                t.id.0, s.state
+            ));
+        }
+        for r in resolved_by {
+            if r.seq < s.seq {
+                violations.push(format!(
+                    "transfer {} resolves {} before it existed",
+                    r.transfer.id.0, t.id.0
+                ));
+            }
         }
     }
     let known: std::collections::HashSet<AccountId> = accounts.iter().map(|a| a.id).collect();

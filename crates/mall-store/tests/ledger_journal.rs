@@ -136,11 +136,36 @@ fn ledger_survives_reloads_exactly_and_verifies() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute("INSERT INTO transfers (id, seq, debit, credit, amount, mode, pending_id, linked, code, user_data, created_at_ms) VALUES (999999, 999999, 2, 21, 5, 'post', 888888, 0, 0, 0, 0)", []).unwrap();
     drop(conn);
+    // And a posted reservation relabelled voided: its post would move money for a void.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let posted: i64 = conn
+        .query_row(
+            "SELECT id FROM transfers WHERE state = 'posted' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    conn.execute(
+        "UPDATE transfers SET state = 'voided' WHERE id = ?1",
+        [posted],
+    )
+    .unwrap();
+    drop(conn);
     let violations = verify_ledger(&path).unwrap();
     assert!(
         violations
             .iter()
             .any(|v| v.contains("missing pending transfer 888888")),
         "{violations:?}"
+    );
+    let relabelled =
+        format!("pending transfer {posted} is Some(Voided) but resolved by [\"post\"]");
+    assert!(
+        violations.iter().any(|v| v.contains(&relabelled)),
+        "{violations:?}"
+    );
+    assert!(
+        verify_ledger(&dir.path().join("typo.db")).is_err(),
+        "a missing ledger is an error, not a clean one"
     );
 }
