@@ -310,3 +310,21 @@ pub fn fingerprint(parts: &[&[u8]]) -> u64 {
     }
     hash
 }
+
+// Relations between limits, checked when the code compiles.
+const _: () = assert!(
+    PER_USER_LIMIT_MAX <= QUANTITY_MAX,
+    "a limit above the largest order is meaningless"
+);
+const _: () = assert!(
+    (STOCK_MAX as u64) < u32::MAX as u64,
+    "available + held + sold = stock fits the u32 counters"
+);
+const _: () = assert!(
+    (PRICE_MAX_FEN as i128) * (QUANTITY_MAX as i128) < i64::MAX as i128,
+    "an order's amount fits in i64"
+);
+const _: () = assert!(
+    OrderId::SHARDS_MAX <= 256,
+    "the shard index fits in an order id's low byte"
+);
