@@ -292,6 +292,9 @@ pub struct Order {
     /// Fingerprint of the request that made the order, to tell a replay
     /// (same key, same request) from a reused key (same key, other request).
     pub request_fingerprint: u64,
+    /// The item's per-user limit when the order was made (an admin may
+    /// lower it later; audits judge each order by the limit it met).
+    pub per_user_limit: u32,
     pub created_at: Timestamp,
     /// When an unpaid hold lapses; `None` once the order is no longer awaiting payment.
     pub expires_at: Option<Timestamp>,

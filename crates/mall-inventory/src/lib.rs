@@ -372,7 +372,7 @@ impl Inventory {
             }
         };
         sku.publish();
-        let unit_price = sku.item.price_fen;
+        let (unit_price, limit) = (sku.item.price_fen, sku.item.per_user_limit);
         let id = OrderId::new(self.shard, self.next_seq);
         self.next_seq += 1;
         let order = Order {
@@ -387,6 +387,7 @@ impl Inventory {
             address: r.address,
             idempotency_key: r.idempotency_key.clone(),
             request_fingerprint: r.fingerprint,
+            per_user_limit: limit,
             created_at: now,
             expires_at,
             updated_at: now,

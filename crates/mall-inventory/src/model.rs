@@ -129,6 +129,7 @@ impl Model {
                     address: r.address.clone(),
                     idempotency_key: r.idempotency_key.clone(),
                     request_fingerprint: r.fingerprint,
+                    per_user_limit: item.per_user_limit,
                     created_at: now,
                     expires_at: online.then(|| now.plus_ms(self.hold_timeout_ms)),
                     updated_at: now,

@@ -43,7 +43,10 @@ pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
         let items: BTreeMap<Sku, _> = load_items(&conn)?.into_iter().map(|i| (i.sku, i)).collect();
         report.items += items.len();
         let mut counts: BTreeMap<Sku, Count> = BTreeMap::new();
-        let mut per_user: BTreeMap<(UserId, Sku), u64> = BTreeMap::new();
+        // Active units per shopper and item, and the highest per-user limit
+        // any of those orders met when it was made (a limit lowered later
+        // does not make earlier orders wrong).
+        let mut per_user: BTreeMap<(UserId, Sku), (u64, u32)> = BTreeMap::new();
         let mut keys: HashSet<(UserId, String)> = HashSet::new();
         let mut stmt = conn.prepare(&format!("SELECT {ORDER_COLUMNS} FROM orders"))?;
         let mut rows = stmt.query([])?;
@@ -115,7 +118,9 @@ pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
                 } else {
                     c.held += q
                 }
-                *per_user.entry((o.user, o.sku)).or_default() += q;
+                let entry = per_user.entry((o.user, o.sku)).or_default();
+                entry.0 += q;
+                entry.1 = entry.1.max(o.per_user_limit);
             }
         }
         for (sku, c) in &counts {
@@ -129,9 +134,8 @@ pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
                 ));
             }
         }
-        for ((user, sku), units) in &per_user {
-            let limit = items[sku].per_user_limit;
-            if *units > u64::from(limit) {
+        for ((user, sku), (units, limit)) in &per_user {
+            if *units > u64::from(*limit) {
                 report.violations.push(format!(
                     "user {user}: holds {units} of SKU {sku}, over the per-user limit {limit}"
                 ));

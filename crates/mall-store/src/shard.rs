@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS orders (
     address TEXT NOT NULL,
     idempotency_key TEXT,
     request_fingerprint INTEGER NOT NULL,
+    per_user_limit INTEGER NOT NULL,
     created_at_ms INTEGER NOT NULL,
     expires_at_ms INTEGER,
     updated_at_ms INTEGER NOT NULL
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, created_at_ms);
 ";
 
-pub(crate) const ORDER_COLUMNS: &str = "id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, created_at_ms, expires_at_ms, updated_at_ms";
+pub(crate) const ORDER_COLUMNS: &str = "id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, created_at_ms, expires_at_ms, updated_at_ms, per_user_limit";
 pub(crate) const ITEM_COLUMNS: &str = "sku, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours";
 
 pub(crate) fn open_shard_db(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
@@ -88,6 +89,7 @@ pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         address: address.into(),
         idempotency_key: key.map(Into::into),
         request_fingerprint: row.get::<_, i64>(10)? as u64,
+        per_user_limit: row.get(14)?,
         created_at: Timestamp(row.get(11)?),
         expires_at: row.get::<_, Option<i64>>(12)?.map(Timestamp),
         updated_at: Timestamp(row.get(13)?),
@@ -150,7 +152,7 @@ impl ShardJournal {
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(&format!(
-                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             ))?;
             let mut update = tx.prepare_cached(
                 "UPDATE orders SET status = ?2, expires_at_ms = NULL, updated_at_ms = ?3 WHERE id = ?1",
@@ -176,6 +178,7 @@ impl ShardJournal {
                             o.created_at.0,
                             o.expires_at.map(|t| t.0),
                             o.updated_at.0,
+                            o.per_user_limit,
                         ])?;
                     }
                     Effect::UpdateOrder {

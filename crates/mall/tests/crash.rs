@@ -315,8 +315,8 @@ fn check_fails_on_an_oversold_store() {
         .unwrap();
     for id in 1..=3i64 {
         conn.execute(
-            "INSERT INTO orders (id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, request_fingerprint, created_at_ms, updated_at_ms)
-             VALUES (?1, 1, ?1, 1, 100, 100, 'cod', 'confirmed', 'x', 0, 0, 0)",
+            "INSERT INTO orders (id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, request_fingerprint, created_at_ms, updated_at_ms, per_user_limit)
+             VALUES (?1, 1, ?1, 1, 100, 100, 'cod', 'confirmed', 'x', 0, 0, 0, 1)",
             [id << 8],
         ).unwrap();
     }
