@@ -61,6 +61,18 @@ fn payment(i: u64, wallets: u64, rng: &mut Rng) -> Transfer {
     }
 }
 
+/// Waits for every worker; any failure fails the run (its counts are unsure).
+async fn join(
+    tasks: Vec<tokio::task::JoinHandle<Result<hdrhistogram::Histogram<u64>, PeerError>>>,
+) -> Result<hdrhistogram::Histogram<u64>, PeerError> {
+    let mut hist = histogram();
+    for t in tasks {
+        let h = t.await.map_err(|e| PeerError::Setup(e.to_string()))??;
+        let _ = hist.add(h);
+    }
+    Ok(hist)
+}
+
 fn histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
@@ -169,11 +181,7 @@ pub async fn mall(config: &Config) -> Result<Row, PeerError> {
             })
         })
         .collect();
-    let mut hist = histogram();
-    for t in tasks {
-        let h = t.await.map_err(|e| PeerError::Setup(e.to_string()))??;
-        let _ = hist.add(h);
-    }
+    let hist = join(tasks).await?;
     let secs = started.elapsed().as_secs_f64();
     drop(handle);
     tokio::task::spawn_blocking(move || shard.join())
@@ -265,11 +273,7 @@ pub async fn postgres(config: &Config) -> Result<Row, PeerError> {
             })
         })
         .collect();
-    let mut hist = histogram();
-    for t in tasks {
-        let h = t.await.map_err(|e| PeerError::Setup(e.to_string()))??;
-        let _ = hist.add(h);
-    }
+    let hist = join(tasks).await?;
     let secs = started.elapsed().as_secs_f64();
     let created = created.load(Ordering::Relaxed);
     let row = admin.query_one(&format!("SELECT sum(debits_posted)::text, sum(credits_posted)::text, (SELECT count(*) FROM {tr}) FROM {acc}"), &[]).await?;
