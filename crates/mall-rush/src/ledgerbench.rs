@@ -110,7 +110,6 @@ pub async fn mall(config: &Config) -> Result<Row, PeerError> {
     for chunk in accounts.chunks(8_000) {
         handle
             .submit(Command::CreateAccounts(chunk.to_vec()))
-            .map_err(|e| PeerError::Setup(e.to_string()))?
             .await
             .map_err(|e| PeerError::Setup(e.to_string()))?;
     }
@@ -129,7 +128,6 @@ pub async fn mall(config: &Config) -> Result<Row, PeerError> {
     for chunk in top_ups.chunks(8_000) {
         handle
             .submit(Command::CreateTransfers(chunk.to_vec()))
-            .map_err(|e| PeerError::Setup(e.to_string()))?
             .await
             .map_err(|e| PeerError::Setup(e.to_string()))?;
     }
@@ -161,7 +159,6 @@ pub async fn mall(config: &Config) -> Result<Row, PeerError> {
                     let at = Instant::now();
                     let reply = handle
                         .submit(Command::CreateTransfers(batch))
-                        .map_err(|e| PeerError::Setup(e.to_string()))?
                         .await
                         .map_err(|e| PeerError::Setup(e.to_string()))?;
                     let _ = hist.record_n(at.elapsed().as_micros().max(1) as u64, end - start);

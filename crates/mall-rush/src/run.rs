@@ -6,9 +6,9 @@
 //! (no coordinated omission).
 
 use crate::http::{Conn, HttpError, Target};
-use crate::plan::{Attempt, FollowUp, Plan, PLAN_MERCHANTS};
+use crate::plan::{FollowUp, Plan, PLAN_MERCHANTS};
 use hyper::{Method, StatusCode};
-use mall_core::{MerchantId, OrderId, PaymentMethod, Quantity, Sku, Timestamp, UserId};
+use mall_core::{MerchantId, OrderId, Quantity, Sku, Timestamp, UserId};
 use mall_inventory::{Command, Reply, Reserve};
 use mall_store::Engine;
 use serde_json::{json, Value};
@@ -299,31 +299,23 @@ async fn setup(
     match backend {
         Backend::InProcess { engine } => {
             let first = engine.board().max_sku().map_or(1, |s| s.0 + 1);
-            let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); engine.shard_count()];
-            let mut skus = Vec::with_capacity(plan.items.len());
-            for (rank, template) in plan.items.iter().enumerate() {
-                let mut item = template.clone();
-                item.sku = Sku(first + rank as u64);
-                item.opens_at = opens_at;
-                item.closes_at = closes_at;
-                skus.push(item.sku);
-                per_shard[engine.shard_of_sku(item.sku)].push(Command::PutItem {
-                    item,
-                    expected: None,
-                });
-            }
-            for (shard, commands) in per_shard.into_iter().enumerate() {
-                for chunk in commands.chunks(1_000) {
-                    let rx = engine
-                        .handle(shard)
-                        .submit_many(chunk.to_vec())
-                        .map_err(|e| RunError::Setup(e.to_string()))?;
-                    let replies = rx.await.map_err(|e| RunError::Setup(e.to_string()))?;
-                    if let Some(bad) = replies.iter().find(|r| !matches!(r, Reply::Item(_))) {
-                        return Err(RunError::Setup(format!("creating an item: {bad:?}")));
-                    }
-                }
-            }
+            let items: Vec<_> = plan
+                .items
+                .iter()
+                .enumerate()
+                .map(|(rank, template)| {
+                    let mut item = template.clone();
+                    item.sku = Sku(first + rank as u64);
+                    item.opens_at = opens_at;
+                    item.closes_at = closes_at;
+                    item
+                })
+                .collect();
+            let skus = items.iter().map(|i| i.sku).collect();
+            engine
+                .create_items(items)
+                .await
+                .map_err(|e| RunError::Setup(e.to_string()))?;
             let ids = (0..s.users).map(|u| local_user_id(u).0).collect();
             Ok((skus, Vec::new(), ids))
         }
@@ -611,66 +603,48 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
     if ok {
         shared.ok.fetch_add(1, Ordering::Relaxed);
     }
-    // Follow-ups of a successful online snap-up.
-    if let (Job::SnapUp { index }, Some((order, status, expires_at))) = (&job, &answer.order) {
-        let a: &Attempt = &shared.plan.attempts[*index as usize];
-        if answer.code == "created" && status == "awaiting_payment" {
-            match a.follow {
-                FollowUp::Pay { after_us } => {
-                    schedule(
-                        shared,
-                        Job::Pay {
-                            order: *order,
-                            rank,
-                            user,
-                            late: false,
-                        },
-                        done_us + after_us,
-                    );
-                }
-                FollowUp::Cancel { after_us } => {
-                    schedule(
-                        shared,
-                        Job::Cancel {
-                            order: *order,
-                            rank,
-                            user,
-                        },
-                        done_us + after_us,
-                    );
-                }
-                FollowUp::LatePay => {
-                    let at_us = expires_at.map_or(i64::MAX / 2, |e| {
-                        e.saturating_sub(shared.opening_ms)
-                            .saturating_add(500)
-                            .saturating_mul(1000)
-                    });
-                    if !schedule(
-                        shared,
-                        Job::Pay {
-                            order: *order,
-                            rank,
-                            user,
-                            late: true,
-                        },
-                        at_us,
-                    ) {
-                        shared.late_pays_skipped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                FollowUp::Nothing => {}
+    // Follow-ups of a fresh order: an unpaid one may be paid (in time or
+    // late) or cancelled; a cash-on-delivery one may be cancelled.
+    if let (Job::SnapUp { index }, Some((order, status, expires_at)), "created") =
+        (&job, &answer.order, answer.code.as_str())
+    {
+        let order = *order;
+        let unpaid = status == "awaiting_payment";
+        let follow = match shared.plan.attempts[*index as usize].follow {
+            FollowUp::Cancel { after_us } => {
+                Some((Job::Cancel { order, rank, user }, done_us + after_us))
             }
-        } else if a.payment == PaymentMethod::Cod {
-            if let FollowUp::Cancel { after_us } = a.follow {
-                schedule(
-                    shared,
-                    Job::Cancel {
-                        order: *order,
+            FollowUp::Pay { after_us } if unpaid => Some((
+                Job::Pay {
+                    order,
+                    rank,
+                    user,
+                    late: false,
+                },
+                done_us + after_us,
+            )),
+            FollowUp::LatePay if unpaid => {
+                let at_us = expires_at.map_or(i64::MAX / 2, |e| {
+                    e.saturating_sub(shared.opening_ms)
+                        .saturating_add(500)
+                        .saturating_mul(1000)
+                });
+                Some((
+                    Job::Pay {
+                        order,
                         rank,
                         user,
+                        late: true,
                     },
-                    done_us + after_us,
-                );
+                    at_us,
+                ))
+            }
+            _ => None,
+        };
+        if let Some((job, at_us)) = follow {
+            let late = matches!(job, Job::Pay { late: true, .. });
+            if !schedule(shared, job, at_us) && late {
+                shared.late_pays_skipped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

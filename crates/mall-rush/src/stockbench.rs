@@ -252,23 +252,16 @@ async fn mall_engine(
     let engine = Arc::new(
         Engine::start(data, engine_config, clock).map_err(|e| PeerError::Setup(e.to_string()))?,
     );
-    let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); config.shards];
-    for (i, &stock) in workload.stock.iter().enumerate() {
-        let sku = i as u64 + 1;
-        per_shard[engine.shard_of_sku(Sku(sku))].push(Command::PutItem {
-            item: bench_item(sku, stock, now),
-            expected: None,
-        });
-    }
-    for (shard, cmds) in per_shard.into_iter().enumerate() {
-        for chunk in cmds.chunks(1_000) {
-            let rx = engine
-                .handle(shard)
-                .submit_many(chunk.to_vec())
-                .map_err(|e| PeerError::Setup(e.to_string()))?;
-            rx.await.map_err(|e| PeerError::Setup(e.to_string()))?;
-        }
-    }
+    let items = workload
+        .stock
+        .iter()
+        .enumerate()
+        .map(|(i, &stock)| bench_item(i as u64 + 1, stock, now))
+        .collect();
+    engine
+        .create_items(items)
+        .await
+        .map_err(|e| PeerError::Setup(e.to_string()))?;
     Ok((engine, dir))
 }
 
@@ -332,12 +325,7 @@ async fn mall_in_process(
                     .enumerate()
                     .filter(|(_, c)| !c.is_empty())
                 {
-                    rxs.push(
-                        engine
-                            .handle(shard)
-                            .submit_many(cmds)
-                            .map_err(|e| PeerError::Setup(e.to_string()))?,
-                    );
+                    rxs.push(engine.handle(shard).submit_many(cmds));
                 }
                 for rx in rxs {
                     let replies = rx.await.map_err(|e| PeerError::Setup(e.to_string()))?;

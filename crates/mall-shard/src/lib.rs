@@ -155,11 +155,6 @@ impl Default for RuntimeConfig {
 #[error("shard queue is full")]
 pub struct Busy;
 
-/// The shard has stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("shard has stopped")]
-pub struct Stopped;
-
 enum Envelope<M: StateMachine> {
     One(M::Command, oneshot::Sender<M::Reply>),
     Many(Vec<M::Command>, oneshot::Sender<Vec<M::Reply>>),
@@ -244,20 +239,19 @@ impl<M: StateMachine> ShardHandle<M> {
 
     /// Enqueues commands as one envelope (applied back to back, answered together),
     /// waiting for room in the queue. For in-process clients such as benchmarks.
-    pub fn submit_many(
-        &self,
-        commands: Vec<M::Command>,
-    ) -> Result<oneshot::Receiver<Vec<M::Reply>>, Stopped> {
+    /// (A live handle keeps the shard running, so this cannot fail; a
+    /// dropped receiver means the process is going down.)
+    pub fn submit_many(&self, commands: Vec<M::Command>) -> oneshot::Receiver<Vec<M::Reply>> {
         let (tx, rx) = oneshot::channel();
         self.queue.send(Envelope::Many(commands, tx));
-        Ok(rx)
+        rx
     }
 
     /// Enqueues one command, waiting for room in the queue.
-    pub fn submit(&self, command: M::Command) -> Result<oneshot::Receiver<M::Reply>, Stopped> {
+    pub fn submit(&self, command: M::Command) -> oneshot::Receiver<M::Reply> {
         let (tx, rx) = oneshot::channel();
         self.queue.send(Envelope::One(command, tx));
-        Ok(rx)
+        rx
     }
 
     /// Commands waiting in the queue now.

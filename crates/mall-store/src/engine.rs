@@ -2,7 +2,7 @@
 //! the board they publish to, and read access to their orders.
 
 use crate::{DataDir, ShardJournal, ShardReader, StoreError, Sync};
-use mall_core::{OrderId, Sku};
+use mall_core::{Item, OrderId, Sku};
 use mall_inventory::{Board, Command, Inventory, InventoryConfig, Reply};
 use mall_shard::{Busy, Clock, RuntimeConfig, Shard, ShardHandle};
 use std::sync::Arc;
@@ -109,6 +109,49 @@ impl Engine {
 
     pub fn readers(&self) -> &[ShardReader] {
         &self.readers
+    }
+
+    /// Queues the creation of items, 1,000 to an envelope, on the shards
+    /// that own them (waiting for room).
+    fn submit_items(&self, items: Vec<Item>) -> Vec<oneshot::Receiver<Vec<Reply>>> {
+        let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); self.shard_count()];
+        for item in items {
+            per_shard[self.shard_of_sku(item.sku)].push(Command::PutItem {
+                item,
+                expected: None,
+            });
+        }
+        let mut receivers = Vec::new();
+        for (shard, commands) in per_shard.into_iter().enumerate() {
+            for chunk in commands.chunks(1_000) {
+                receivers.push(self.handles[shard].submit_many(chunk.to_vec()));
+            }
+        }
+        receivers
+    }
+
+    fn created(answer: Result<Vec<Reply>, oneshot::error::RecvError>) -> Result<(), StoreError> {
+        let replies = answer.map_err(|_| StoreError::Rejected("a shard went away".into()))?;
+        match replies.iter().find(|r| !matches!(r, Reply::Item(_))) {
+            Some(bad) => Err(StoreError::Rejected(format!("creating an item: {bad:?}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates new items and waits until they are durable.
+    pub async fn create_items(&self, items: Vec<Item>) -> Result<(), StoreError> {
+        for rx in self.submit_items(items) {
+            Self::created(rx.await)?;
+        }
+        Ok(())
+    }
+
+    /// [`Engine::create_items`] for threads outside an async runtime.
+    pub fn create_items_blocking(&self, items: Vec<Item>) -> Result<(), StoreError> {
+        for rx in self.submit_items(items) {
+            Self::created(rx.blocking_recv())?;
+        }
+        Ok(())
     }
 
     /// Stops every shard after committing what is staged.

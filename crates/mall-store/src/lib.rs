@@ -40,6 +40,8 @@ pub enum StoreError {
     UsernameTaken,
     #[error("merchant name already taken")]
     MerchantNameTaken,
+    #[error("the engine refused: {0}")]
+    Rejected(String),
 }
 
 impl From<StoreError> for mall_shard::JournalError {

@@ -304,15 +304,14 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
     let mut config = EngineConfig::default();
     config.inventory.idempotency_keys_max = (p.attempts as usize).max(1);
     let engine = Arc::new(Engine::start(dir.clone(), config, clock)?);
-    let (items, stock) = if hot {
+    let (items_count, stock) = if hot {
         (1u64, 10_000u32)
     } else {
         (10_000u64, 1_000_000u32)
     };
     // Create the items.
-    let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); p.shards];
-    for sku in 1..=items {
-        let item = Item {
+    let items = (1..=items_count)
+        .map(|sku| Item {
             sku: Sku(sku),
             merchant: MerchantId(1),
             title: format!("bench {sku}"),
@@ -323,22 +322,10 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
             opens_at: now.plus_ms(-1_000),
             closes_at: now.plus_ms(3_600_000),
             shelf_life_hours: None,
-        };
-        per_shard[engine.shard_of_sku(Sku(sku))].push(Command::PutItem {
-            item,
-            expected: None,
-        });
-    }
-    for (shard, cmds) in per_shard.into_iter().enumerate() {
-        if !cmds.is_empty() {
-            engine
-                .handle(shard)
-                .submit_many(cmds)?
-                .blocking_recv()
-                .context("put items")?;
-        }
-    }
-    let cdf = Arc::new(mall_rush::plan::zipf_cdf(items as usize, 1.1));
+        })
+        .collect();
+    engine.create_items_blocking(items)?;
+    let cdf = Arc::new(mall_rush::plan::zipf_cdf(items_count as usize, 1.1));
     let per_client = p.attempts / p.clients as u64;
     let started = Instant::now();
     let handles: Vec<_> = (0..p.clients)
@@ -418,7 +405,7 @@ fn client(
                  in_flight: &mut std::collections::VecDeque<_>|
      -> Result<()> {
         let n = cmds.len() as u64;
-        let rx = engine.handle(shard).submit_many(cmds)?;
+        let rx = engine.handle(shard).submit_many(cmds);
         in_flight.push_back((Instant::now(), n, rx));
         Ok(())
     };

@@ -4,11 +4,10 @@
 //! long tail (Pareto), sale opening at the next midnight (China time) or
 //! when told, and N token-only shopper accounts.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use mall_core::{MerchantId, Role, Sku, Timestamp};
 use mall_inventory::sim::Rng;
-use mall_inventory::{Command, Reply};
 use mall_rush::catalog::{make_item, merchant_name, CatalogShape};
 use mall_shard::{Clock, SystemClock};
 use mall_store::{Accounts, DataDir, Engine, EngineConfig, NewUser};
@@ -84,38 +83,20 @@ pub fn seed_catalog(
     }
     merchants.truncate(args.merchants as usize);
     let first = engine.board().max_sku().map_or(1, |s| s.0 + 1);
-    let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); engine.shard_count()];
-    for n in 0..args.items {
-        let sku = Sku(first + u64::from(n));
-        let item = make_item(
-            &mut rng,
-            sku,
-            n,
-            &merchants,
-            (opens_at, closes_at),
-            &CatalogShape::default(),
-        );
-        per_shard[engine.shard_of_sku(sku)].push(Command::PutItem {
-            item,
-            expected: None,
-        });
-    }
-    for (shard, commands) in per_shard.into_iter().enumerate() {
-        for chunk in commands.chunks(1_000) {
-            let replies = engine
-                .handle(shard)
-                .submit_many(chunk.to_vec())
-                .context("shard stopped")?
-                .blocking_recv()
-                .context("shard dropped the reply")?;
-            for reply in replies {
-                anyhow::ensure!(
-                    matches!(reply, Reply::Item(_)),
-                    "seeding an item failed: {reply:?}"
-                );
-            }
-        }
-    }
+    let items = (0..args.items)
+        .map(|n| {
+            let sku = Sku(first + u64::from(n));
+            make_item(
+                &mut rng,
+                sku,
+                n,
+                &merchants,
+                (opens_at, closes_at),
+                &CatalogShape::default(),
+            )
+        })
+        .collect();
+    engine.create_items_blocking(items)?;
     tracing::info!(
         items = args.items,
         merchants = merchants.len(),
