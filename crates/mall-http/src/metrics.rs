@@ -3,12 +3,15 @@
 //! commit latency.
 
 use mall_shard::stats::LATENCY_BOUNDS_S;
-use mall_shard::Histogram;
+use mall_shard::{Histogram, ShardStats};
 use mall_store::Engine;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
+
+/// Reads one counter of a shard's stats.
+type ShardCounter = fn(&ShardStats) -> u64;
 
 /// Every refusal code the API can answer with, for a fixed counter array.
 pub const REFUSAL_CODES: &[&str] = &[
@@ -172,17 +175,25 @@ impl Metrics {
                 &format!("shard=\"{shard}\""),
             );
         }
-        out.push_str("# HELP mall_shard_commit_failures_total Failed commits (the shard reloads).\n# TYPE mall_shard_commit_failures_total counter\n");
-        for shard in 0..engine.shard_count() {
-            let n = engine
-                .handle(shard)
-                .stats()
-                .commit_failures
-                .load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "mall_shard_commit_failures_total{{shard=\"{shard}\"}} {n}"
-            );
+        let counters: [(&str, &str, ShardCounter); 2] = [
+            ("mall_shard_commit_failures_total", "Failed commits.", |s| {
+                s.commit_failures.load(Ordering::Relaxed)
+            }),
+            (
+                "mall_shard_reloads_total",
+                "Times a shard was rebuilt from its store after a failed commit.",
+                |s| s.reloads.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for shard in 0..engine.shard_count() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{shard}\"}} {}",
+                    value(engine.handle(shard).stats())
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -219,6 +219,7 @@ async fn metrics_need_an_admin_and_count_orders_and_refusals() {
         "mall_orders_total{payment=\"online\"} 1",
         "mall_refusals_total{reason=\"sold_out\"} 1",
         "mall_shard_queue_depth{shard=\"0\"}",
+        "mall_shard_reloads_total{shard=\"0\"} 0",
         "mall_shard_commit_seconds_bucket",
         "route=\"/v1/orders\"",
     ] {

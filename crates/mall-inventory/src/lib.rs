@@ -287,10 +287,6 @@ impl Inventory {
         self.skus.get(&sku).map(|s| (s.available, s.held, s.sold))
     }
 
-    pub fn active_order(&self, id: OrderId) -> Option<&Order> {
-        self.orders.get(&id)
-    }
-
     pub fn active_orders(&self) -> impl Iterator<Item = &Order> {
         self.orders.values()
     }

@@ -366,10 +366,6 @@ impl Ledger {
         self.accounts.get(&id)
     }
 
-    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
-        self.accounts.values()
-    }
-
     pub fn transfer(&self, id: TransferId) -> Option<&Stored> {
         self.transfers.get(&id)
     }
