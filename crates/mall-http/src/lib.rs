@@ -77,6 +77,8 @@ pub struct Inner {
     pub password_permits: tokio::sync::Semaphore,
     /// Idempotency keys of non-order requests being executed now.
     pub in_flight_keys: Mutex<HashSet<(UserId, String)>>,
+    /// The payment service, attached once it has started (see [`AppState::attach_payments`]).
+    pub payments: std::sync::OnceLock<mall_payments::Payments>,
 }
 
 impl std::ops::Deref for AppState {
@@ -107,8 +109,20 @@ impl AppState {
                 clock,
                 next_sku: AtomicU64::new(next_sku),
                 in_flight_keys: Mutex::new(HashSet::new()),
+                payments: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Starts the payment service on this state's engine and attaches it.
+    pub async fn attach_payments(
+        &self,
+        config: mall_payments::PaymentsConfig,
+    ) -> Result<(), mall_payments::PayError> {
+        let payments =
+            mall_payments::Payments::start(self.engine.clone(), config, self.clock.clone()).await?;
+        let _ = self.payments.set(payments);
+        Ok(())
     }
 
     pub fn now(&self) -> Timestamp {

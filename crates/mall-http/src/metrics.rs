@@ -204,3 +204,68 @@ impl Metrics {
         out
     }
 }
+
+/// Payment channels and the payment service, in Prometheus text format.
+pub fn render_payments(out: &mut String, p: &mall_payments::Payments) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let channels = p.channels();
+    let gauges: [(&str, &str, fn(&mall_pay::router::ChannelStatus) -> f64); 7] = [
+        (
+            "mall_channel_rate_per_second",
+            "Dispatches over the last second.",
+            |c| c.rate_per_s,
+        ),
+        (
+            "mall_channel_success_ratio",
+            "Successes over outcomes in the health window.",
+            |c| c.success_rate,
+        ),
+        (
+            "mall_channel_latency_p99_seconds",
+            "p99 time from dispatch to outcome, health window.",
+            |c| c.p99_latency_ms / 1e3,
+        ),
+        (
+            "mall_channel_in_flight",
+            "Payments with the provider now.",
+            |c| f64::from(c.in_flight),
+        ),
+        (
+            "mall_channel_timeouts",
+            "Timeouts in the health window.",
+            |c| c.timeouts as f64,
+        ),
+        (
+            "mall_channel_circuit_open",
+            "1 when the circuit is open, 0.5 half-open, 0 closed.",
+            |c| match c.circuit.as_str() {
+                "open" => 1.0,
+                "half_open" => 0.5,
+                _ => 0.0,
+            },
+        ),
+        (
+            "mall_channel_dispatched_total",
+            "Payments dispatched since start.",
+            |c| c.dispatched_total as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for c in &channels {
+            let _ = writeln!(out, "{name}{{channel=\"{}\"}} {}", c.name, value(c));
+        }
+    }
+    let _ = writeln!(out, "# HELP mall_payment_queue_depth Payments waiting for a channel.\n# TYPE mall_payment_queue_depth gauge\nmall_payment_queue_depth {}", p.queue_depth());
+    let k = p.counters();
+    for (name, c) in [
+        ("succeeded", &k.succeeded),
+        ("failed", &k.failed),
+        ("late_refunds", &k.late_refunds),
+        ("refunds", &k.refunds),
+        ("callbacks_refused", &k.callbacks_refused),
+    ] {
+        let _ = writeln!(out, "mall_payments_{name}_total {}", c.load(Relaxed));
+    }
+}

@@ -459,7 +459,8 @@ impl Inventory {
             return Reply::Refused(Refusal::UnknownOrder);
         }
         match order.status {
-            OrderStatus::AwaitingPayment | OrderStatus::Confirmed => {
+            // A paid order's money is refunded by the payment service.
+            OrderStatus::AwaitingPayment | OrderStatus::Confirmed | OrderStatus::Paid => {
                 let order = self.end_hold(id, OrderStatus::Cancelled, now, effects);
                 Reply::Order {
                     order,
@@ -491,7 +492,7 @@ impl Inventory {
             .expect("active order's item exists");
         match order.status {
             OrderStatus::AwaitingPayment => state.held -= q,
-            OrderStatus::Confirmed => state.sold -= q,
+            OrderStatus::Confirmed | OrderStatus::Paid => state.sold -= q,
             other => panic!("cannot end an order that is {}", other.as_str()),
         }
         state.available += q;

@@ -183,7 +183,7 @@ impl Model {
                     return Reply::Refused(Refusal::UnknownOrder);
                 }
                 match o.status {
-                    OrderStatus::AwaitingPayment | OrderStatus::Confirmed => {
+                    OrderStatus::AwaitingPayment | OrderStatus::Confirmed | OrderStatus::Paid => {
                         o.status = OrderStatus::Cancelled;
                         o.expires_at = None;
                         o.updated_at = now;

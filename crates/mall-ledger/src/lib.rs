@@ -15,6 +15,7 @@
 //! accounts' posted debits equals the sum of their posted credits, and the
 //! same for pending amounts.
 
+pub mod chart;
 pub mod model;
 
 use mall_core::Timestamp;
@@ -240,6 +241,7 @@ pub enum Command {
     /// Applied in order; runs of `linked` transfers are all-or-none chains.
     CreateTransfers(Vec<Transfer>),
     LookupAccounts(Vec<AccountId>),
+    LookupTransfers(Vec<TransferId>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,6 +249,7 @@ pub enum Reply {
     Accounts(Vec<Result<Outcome, Refusal>>),
     Transfers(Vec<Result<Outcome, Refusal>>),
     Lookup(Vec<Option<Account>>),
+    TransferLookup(Vec<Option<Stored>>),
     /// The batch could not be committed; retry with the same ids.
     Unavailable,
 }
@@ -388,6 +391,11 @@ impl Ledger {
             Command::LookupAccounts(ids) => Reply::Lookup(
                 ids.iter()
                     .map(|id| self.accounts.get(id).cloned())
+                    .collect(),
+            ),
+            Command::LookupTransfers(ids) => Reply::TransferLookup(
+                ids.iter()
+                    .map(|id| self.transfers.get(id).cloned())
                     .collect(),
             ),
         }
@@ -802,7 +810,7 @@ impl mall_shard::StateMachine for Ledger {
         match reply {
             Reply::Accounts(r) | Reply::Transfers(r) => r.iter().any(Result::is_ok),
             // Balances read may include effects not yet committed.
-            Reply::Lookup(_) => true,
+            Reply::Lookup(_) | Reply::TransferLookup(_) => true,
             Reply::Unavailable => false,
         }
     }

@@ -4,8 +4,8 @@
 //! succeeds. Property tests check [`crate::Ledger`] against it.
 
 use crate::{
-    Account, AccountId, Command, Limits, Mode, Outcome, PendingState, Refusal, Reply, Transfer,
-    TransferId,
+    Account, AccountId, Command, Limits, Mode, Outcome, PendingState, Refusal, Reply, Stored,
+    Transfer, TransferId,
 };
 use mall_core::Timestamp;
 use std::collections::BTreeMap;
@@ -180,6 +180,22 @@ impl Model {
                                 ..a.clone()
                             }
                         })
+                    })
+                    .collect(),
+            ),
+            Command::LookupTransfers(ids) => Reply::TransferLookup(
+                ids.iter()
+                    .map(|id| {
+                        self.transfers
+                            .iter()
+                            .enumerate()
+                            .find(|(_, (t, _, _))| t.id == *id)
+                            .map(|(i, (t, at, state))| Stored {
+                                seq: i as u64 + 1,
+                                transfer: t.clone(),
+                                created_at: *at,
+                                state: *state,
+                            })
                     })
                     .collect(),
             ),

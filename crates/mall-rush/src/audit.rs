@@ -126,6 +126,8 @@ pub async fn audit(outcome: &Outcome, backend: &Backend) -> AuditReport {
             || match k.status.as_str() {
                 "cancelled" => st == "cancelled",
                 "paid" => st == "paid",
+                // A payment still with its provider when the answer left.
+                "pay_pending" => matches!(st, "paid" | "awaiting_payment" | "expired"),
                 "confirmed" => st == "confirmed",
                 // Unpaid and left alone: still held, or expired.
                 "awaiting_payment" if !k.followed_up => st == "awaiting_payment" || st == "expired",

@@ -579,9 +579,7 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
     let mut retries = 0;
     let answer = loop {
         let answer = match (&shared.backend, conn.as_mut()) {
-            (Backend::Http { admin_token, .. }, Some(conn)) => {
-                send_http(shared, conn, admin_token, &job).await
-            }
+            (Backend::Http { .. }, Some(conn)) => send_http(shared, conn, &job).await,
             (Backend::InProcess { engine }, _) => send_local(shared, engine, &job).await,
             (Backend::Http { .. }, None) => unreachable!("HTTP workers own a connection"),
         };
@@ -666,7 +664,7 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
     }
 }
 
-async fn send_http(shared: &Shared, conn: &mut Conn, admin_token: &str, job: &Job) -> Answer {
+async fn send_http(shared: &Shared, conn: &mut Conn, job: &Job) -> Answer {
     let token = |user: u32| shared.tokens.get(user as usize).map(String::as_str);
     let (method, path, token, key, body) = match job {
         Job::Browse { rank, .. } => (
@@ -687,14 +685,16 @@ async fn send_http(shared: &Shared, conn: &mut Conn, admin_token: &str, job: &Jo
                 Some(body),
             )
         }
-        Job::Pay { order, late, .. } => {
+        Job::Pay {
+            order, late, user, ..
+        } => {
             let key = format!("{}-p{order}{}", shared.run_id, if *late { "l" } else { "" });
             (
                 Method::POST,
-                format!("/v1/admin/orders/{order}/mark-paid"),
-                Some(admin_token),
+                format!("/v1/orders/{order}/payments"),
+                token(*user),
                 Some(key),
-                None,
+                Some(json!({"method": shared.plan.scenario.pay_method})),
             )
         }
         Job::Cancel { order, user, .. } => (
@@ -727,13 +727,24 @@ async fn send_http(shared: &Shared, conn: &mut Conn, admin_token: &str, job: &Jo
         Ok((status, bytes)) => {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if status.is_success() {
+                // A payment answers `{payment, order}`.
+                let v = if v["order"].is_object() {
+                    &v["order"]
+                } else {
+                    &v
+                };
                 let order = v["id"]
                     .as_u64()
                     .filter(|_| !matches!(job, Job::Browse { .. }))
                     .map(|id| {
                         (
                             id,
-                            v["status"].as_str().unwrap_or("").to_string(),
+                            if status == StatusCode::ACCEPTED {
+                                // Still with a provider: it may end paid or not.
+                                "pay_pending".to_string()
+                            } else {
+                                v["status"].as_str().unwrap_or("").to_string()
+                            },
                             v["expires_at_ms"].as_i64(),
                         )
                     });

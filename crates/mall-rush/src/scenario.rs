@@ -44,6 +44,10 @@ pub struct Scenario {
     /// Share of online orders paid late: after their hold expired (only
     /// when the server's hold timeout ends within the run).
     pub late_pay_share: f64,
+    /// How shoppers pay online orders: `third_party`, `card` or `wallet`
+    /// (wallets must be topped up first).
+    #[serde(default = "default_pay_method")]
+    pub pay_method: String,
     /// Connections to the server (keep-alive, reused).
     pub connections: u32,
     /// A request not answered in this time is retried with the same key.
@@ -53,6 +57,10 @@ pub struct Scenario {
     pub duration_max_s: f64,
     /// Requests at most (snap-ups, follow-ups, browsing).
     pub requests_max: u64,
+}
+
+fn default_pay_method() -> String {
+    "third_party".into()
 }
 
 fn default_seed() -> u64 {

@@ -1,9 +1,11 @@
-//! The inventory engine as a whole: one running shard per `shard-NNN.db`,
-//! the board they publish to, and read access to their orders.
+//! The engine as a whole: one running inventory shard per `shard-NNN.db`,
+//! the board they publish to, read access to their orders, and the ledger
+//! (`ledger.db`), run by the same group-commit runtime.
 
-use crate::{DataDir, ShardJournal, ShardReader, StoreError, Sync};
+use crate::{DataDir, LedgerJournal, LedgerReader, ShardJournal, ShardReader, StoreError, Sync};
 use mall_core::{Item, OrderId, Sku};
 use mall_inventory::{Board, Command, Inventory, InventoryConfig, Reply};
+use mall_ledger::{Ledger, LedgerConfig};
 use mall_shard::{Busy, Clock, RuntimeConfig, Shard, ShardHandle};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -12,6 +14,7 @@ use tokio::sync::oneshot;
 pub struct EngineConfig {
     pub inventory: InventoryConfig,
     pub runtime: RuntimeConfig,
+    pub ledger: LedgerConfig,
 }
 
 pub struct Engine {
@@ -20,6 +23,9 @@ pub struct Engine {
     shards: Vec<Shard<Inventory>>,
     handles: Vec<ShardHandle<Inventory>>,
     readers: Vec<ShardReader>,
+    ledger: Shard<Ledger>,
+    ledger_handle: ShardHandle<Ledger>,
+    ledger_reader: LedgerReader,
 }
 
 impl Engine {
@@ -52,12 +58,23 @@ impl Engine {
             readers.push(ShardReader::open(&path)?);
         }
         let handles = shards.iter().map(Shard::handle).collect();
+        let ledger_path = dir.ledger_path();
+        let ledger = Shard::start(
+            "ledger".to_string(),
+            LedgerJournal::open(&ledger_path, config.ledger.clone(), Sync::Full)?,
+            clock,
+            config.runtime.clone(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(Engine {
             dir,
             board,
             shards,
             handles,
             readers,
+            ledger_handle: ledger.handle(),
+            ledger,
+            ledger_reader: LedgerReader::open(&ledger_path)?,
         })
     }
 
@@ -100,6 +117,15 @@ impl Engine {
         self.handles
             .get(order.shard())
             .map(|h| h.try_submit(command))
+    }
+
+    /// The ledger: every fen that moves.
+    pub fn ledger(&self) -> &ShardHandle<Ledger> {
+        &self.ledger_handle
+    }
+
+    pub fn ledger_reader(&self) -> &LedgerReader {
+        &self.ledger_reader
     }
 
     /// Read access to the shard that owns `order`, if any.
@@ -157,8 +183,10 @@ impl Engine {
     /// Stops every shard after committing what is staged.
     pub fn shutdown(self) {
         drop(self.handles);
+        drop(self.ledger_handle);
         for shard in self.shards {
             shard.join();
         }
+        self.ledger.join();
     }
 }

@@ -34,6 +34,13 @@ CREATE TABLE IF NOT EXISTS transfers (
     created_at_ms INTEGER NOT NULL,
     state TEXT
 );
+-- Wallet statements: partial indexes hold only wallet accounts' rows
+-- (ids 1 << 56 .. 2 << 56, see mall_ledger::chart), so other transfers
+-- pay nothing for them.
+CREATE INDEX IF NOT EXISTS transfers_wallet_debit ON transfers (debit, seq)
+    WHERE debit >= 72057594037927936 AND debit < 144115188075855872;
+CREATE INDEX IF NOT EXISTS transfers_wallet_credit ON transfers (credit, seq)
+    WHERE credit >= 72057594037927936 AND credit < 144115188075855872;
 ";
 
 fn open_ledger_db(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
@@ -122,6 +129,61 @@ fn read(conn: &Connection) -> Result<(Vec<Account>, Vec<Stored>), StoreError> {
         .query_map([], stored_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok((accounts, transfers))
+}
+
+/// Read access to a running ledger's store (a WAL reader beside the writer).
+pub struct LedgerReader {
+    conn: std::sync::Mutex<Connection>,
+}
+
+impl LedgerReader {
+    pub fn open(path: &Path) -> Result<LedgerReader, StoreError> {
+        Ok(LedgerReader {
+            conn: std::sync::Mutex::new(open_ledger_db(path, Sync::Full)?),
+        })
+    }
+
+    /// A wallet's transfers, newest first: at most `limit`, before `before_seq`.
+    pub fn wallet_statement(
+        &self,
+        wallet: AccountId,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        assert_eq!(
+            mall_ledger::chart::kind_of(wallet),
+            Some(AccountKind::Wallet),
+            "statements are for wallets"
+        );
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        // The literal bounds let SQLite use the partial indexes.
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id IN (
+                SELECT id FROM transfers WHERE debit = ?1
+                    AND debit >= 72057594037927936 AND debit < 144115188075855872 AND seq < ?2
+                UNION ALL
+                SELECT id FROM transfers WHERE credit = ?1
+                    AND credit >= 72057594037927936 AND credit < 144115188075855872 AND seq < ?2)
+             ORDER BY seq DESC LIMIT ?3"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    wallet.0 as i64,
+                    before_seq.map_or(i64::MAX, |s| s as i64),
+                    limit as i64
+                ],
+                stored_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Every transfer, in order (for rebuilding the payments index at start).
+    pub fn all_transfers(&self) -> Result<Vec<Stored>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(read(&conn)?.1)
+    }
 }
 
 pub struct LedgerJournal {

@@ -17,6 +17,7 @@ pub mod shard;
 pub use accounts::{Accounts, MerchantRow, NewUser, SessionRow, StoredResponse, UserRow};
 pub use audit::{audit_data_dir, AuditReport};
 pub use engine::{Engine, EngineConfig};
+pub use ledger::{LedgerJournal, LedgerReader};
 pub use shard::{ShardJournal, ShardReader};
 
 use rusqlite::Connection;
@@ -125,6 +126,10 @@ impl DataDir {
 
     pub fn accounts_path(&self) -> PathBuf {
         self.path.join("mall.db")
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        self.path.join("ledger.db")
     }
 
     pub fn shard_path(&self, shard: usize) -> PathBuf {

@@ -32,6 +32,8 @@ pub struct Config {
     pub user_burst: f64,
     pub anonymous_rate_per_s: f64,
     pub anonymous_burst: f64,
+    /// The payment channels file (see `mall channels`).
+    pub channels: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             user_burst: http.rate.user_burst,
             anonymous_rate_per_s: http.rate.anonymous_rate_per_s,
             anonymous_burst: http.rate.anonymous_burst,
+            channels: None,
         }
     }
 }
@@ -92,6 +95,7 @@ impl Config {
                 staged_effects_max: self.staged_effects_max,
                 ..RuntimeConfig::default()
             },
+            ledger: Default::default(),
         }
     }
 

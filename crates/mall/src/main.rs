@@ -1,6 +1,7 @@
 //! `mall`: the binary is glue over the library crates.
 
 mod bench;
+mod channels;
 mod config;
 mod rush;
 mod seed;
@@ -40,6 +41,8 @@ enum Cmd {
     Rush(rush::RushArgs),
     /// The first command to run: a fresh mall, a one-minute rehearsal of the night, its report; then keeps serving.
     Demo(rush::DemoArgs),
+    /// Simulated payment providers on loopback ports, from a channels file.
+    Channels(channels::ChannelsArgs),
     /// The ledger: `mall ledger verify --data DIR` audits its store.
     Ledger {
         #[command(subcommand)]
@@ -87,6 +90,10 @@ struct ServeArgs {
     connections_max: Option<usize>,
     #[arg(long, env = "MALL_USER_RATE_PER_S")]
     user_rate_per_s: Option<f64>,
+    /// Payment channels (the file `mall channels` serves); without it only
+    /// wallet payments work.
+    #[arg(long, env = "MALL_CHANNELS")]
+    channels: Option<PathBuf>,
     /// Seed a Singles' Day catalog first if the store has no items.
     #[arg(long)]
     seed: bool,
@@ -113,6 +120,7 @@ fn main() -> Result<()> {
             which: LedgerCmd::Verify { data },
         } => ledger_verify(&data),
         Cmd::Bench { which } => bench::run(which),
+        Cmd::Channels(args) => channels::run(args),
     }
 }
 
@@ -154,6 +162,10 @@ fn serve(args: ServeArgs) -> Result<()> {
     if args.shards.is_some() {
         config.shards = args.shards;
     }
+    if args.channels.is_some() {
+        config.channels = args.channels;
+    }
+    let channels_file = config.channels.as_deref().map(channels::load).transpose()?;
     config.check()?;
     let _lock = lock_data_dir(&config.data)?;
     let shards = config.shards.or_else(|| {
@@ -204,7 +216,13 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", config.addr))?;
         let local = listener.local_addr()?;
-        tracing::info!(addr = %local, data = %dir.path.display(), "mall is serving");
+        let payments = channels::payments_config(channels_file.as_ref(), &[], local)?;
+        let channel_count = payments.channels.len();
+        state
+            .attach_payments(payments)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting payments: {e}"))?;
+        tracing::info!(addr = %local, data = %dir.path.display(), channels = channel_count, "mall is serving");
         let housekeeping = {
             let state = state.clone();
             tokio::spawn(async move {

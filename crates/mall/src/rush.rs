@@ -216,6 +216,23 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("binding {}", args.addr))?;
+        // Simulated payment providers, in this process, on free ports; one
+        // of them has an outage half-way through the rehearsal.
+        let mut channels = mall_channels::config::parse(crate::channels::EXAMPLE)?;
+        for c in &mut channels.channel {
+            c.port = 0;
+        }
+        let simulator = mall_channels::Simulator::start(channels.clone(), 11).await?;
+        let payments = crate::channels::payments_config(
+            Some(&channels),
+            &simulator.addrs(),
+            listener.local_addr()?,
+        )?;
+        state
+            .attach_payments(payments)
+            .await
+            .map_err(|e| anyhow::anyhow!("starting payments: {e}"))?;
+        let status_state = state.clone();
         let app = mall_http::router(state)
             .into_make_service_with_connect_info::<mall_http::listener::Peer>();
         let listener = mall_http::listener::LimitedListener::new(listener, 16_384);
@@ -239,6 +256,17 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         };
         let outcome = run(Plan::new(&scenario), backend.clone(), true).await?;
         let passed = finish(outcome, &backend, "http (demo)", &args.out).await?;
+        if let Some(p) = status_state.payments.get() {
+            crate::channels::print_channels(p);
+        }
+        let ledger = mall_store::ledger::verify_ledger(&dir.ledger_path())?;
+        match ledger.as_slice() {
+            [] => {
+                println!("ledger verify: ok (double entry balanced, every wallet at or above zero)")
+            }
+            v => println!("ledger verify: {} violation(s): {}", v.len(), v.join("; ")),
+        }
+        let passed = passed && ledger.is_empty();
         println!();
         println!(
             "mall keeps serving at http://{} — admin token in {}; Ctrl-C to stop.",

@@ -73,6 +73,8 @@ where
     }
     let outcome = action().await;
     let to_store = match &outcome {
+        // 202: the outcome was still open; a retry should see how it ended.
+        Ok((status, _)) if *status == StatusCode::ACCEPTED => None,
         Ok((status, body)) => Some((*status, body.clone())),
         Err(e) if e.status.is_client_error() && e.status != StatusCode::TOO_MANY_REQUESTS => {
             let body = serde_json::json!({"error": {"code": e.code, "message": e.message}});

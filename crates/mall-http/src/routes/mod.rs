@@ -6,6 +6,7 @@ pub mod idempotency;
 pub mod items;
 pub mod ops;
 pub mod orders;
+pub mod payments;
 
 use crate::AppState;
 use axum::routing::{get, post};
@@ -31,7 +32,18 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/v1/admin/items", post(items::create))
         .route("/v1/admin/items/{sku}", axum::routing::patch(items::update))
-        .route("/v1/admin/orders/{id}/mark-paid", post(orders::mark_paid))
+        .route("/v1/orders/{id}/payments", post(payments::pay))
+        .route("/v1/orders/{id}/refunds", post(payments::refund))
+        .route("/v1/wallet", get(payments::wallet))
+        .route("/v1/wallet/top-ups", post(payments::top_up))
+        .route("/v1/wallet/statement", get(payments::statement))
+        .route("/v1/channels/{name}/callback", post(payments::callback))
+        .route("/v1/admin/channels", get(payments::channels))
+        .route("/v1/admin/orders/{id}/deliver", post(payments::deliver))
+        .route(
+            "/v1/admin/orders/{id}/cod-collected",
+            post(payments::cod_collected),
+        )
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
 }

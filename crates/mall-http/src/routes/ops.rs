@@ -20,7 +20,9 @@ use utoipa::{Modify, OpenApi};
         super::accounts::bulk_create, super::accounts::create_merchant, super::accounts::list_merchants,
         super::items::list, super::items::get_one, super::items::create, super::items::update,
         super::orders::create, super::orders::list_mine, super::orders::get_one, super::orders::cancel,
-        super::orders::mark_paid,
+        super::payments::pay, super::payments::top_up, super::payments::wallet,
+        super::payments::statement, super::payments::refund, super::payments::deliver,
+        super::payments::cod_collected, super::payments::callback, super::payments::channels,
     ),
     modifiers(&BearerAuth),
 )]
@@ -63,7 +65,10 @@ pub async fn metrics(
     principal: Principal,
 ) -> ApiResult<impl IntoResponse> {
     principal.require_admin()?;
-    let body = state.metrics.render(&state.engine, state.sessions.len());
+    let mut body = state.metrics.render(&state.engine, state.sessions.len());
+    if let Some(p) = state.payments.get() {
+        crate::metrics::render_payments(&mut body, p);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
 }
 

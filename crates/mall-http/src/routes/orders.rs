@@ -1,5 +1,5 @@
-//! Orders: the snap-up (the hot path), history, cancel, and the interim
-//! admin "mark paid" that the payment service will call.
+//! Orders: the snap-up (the hot path), history and cancel (a paid order's
+//! money is refunded on cancel). Paying is in `payments`.
 
 use super::{blocking, check_text, idempotency, parse_id};
 use crate::auth::Principal;
@@ -291,6 +291,16 @@ fn order_json(order: &Order) -> ApiResult<(StatusCode, serde_json::Value)> {
         .map_err(|e| ApiError::internal("serialize", e))
 }
 
+/// Hands back what a cancelled order had paid (nothing if it was unpaid).
+/// Should this fail, the order is cancelled all the same and the refund is
+/// made by a retry of the cancel or at the next start.
+async fn refund_cancelled(state: &AppState, id: OrderId) -> ApiResult<()> {
+    if let Some(p) = state.payments.get() {
+        p.on_cancelled(id).await?;
+    }
+    Ok(())
+}
+
 async fn cancel_once(
     state: &AppState,
     principal: Principal,
@@ -298,11 +308,16 @@ async fn cancel_once(
 ) -> ApiResult<(StatusCode, serde_json::Value)> {
     let by = (!principal.is_admin()).then_some(principal.user);
     match order_command(state, id, Command::Release { order: id, by }).await? {
-        Reply::Order { order, .. } => order_json(&order),
+        Reply::Order { order, .. } => {
+            refund_cancelled(state, id).await?;
+            order_json(&order)
+        }
         Reply::Inactive(_) => {
             // Not active: cancelled already (answer as done), expired, or unknown.
             match stored_order(state, id).await? {
                 Some(o) if visible(&o, &principal) && o.status == OrderStatus::Cancelled => {
+                    // A retry after a refund failed half-way finishes it.
+                    refund_cancelled(state, id).await?;
                     order_json(&o)
                 }
                 Some(o) if visible(&o, &principal) => {
@@ -319,7 +334,8 @@ async fn cancel_once(
     }
 }
 
-/// Cancel an order awaiting payment or paid cash on delivery: its stock goes back on sale.
+/// Cancel an active order (awaiting payment, paid, or cash on delivery): its
+/// stock goes back on sale and anything paid is refunded the way it came.
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
     params(("id" = u64, Path, description = "order id")),
     responses((status = 200, body = OrderView), (status = 404, body = crate::error::ErrorBody),
@@ -336,52 +352,6 @@ pub async fn cancel(
     Ok(
         idempotency::run(&state, principal.user, key, fp, idempotency::keep, || {
             cancel_once(&state, principal, id)
-        })
-        .await,
-    )
-}
-
-async fn mark_paid_once(
-    state: &AppState,
-    id: OrderId,
-) -> ApiResult<(StatusCode, serde_json::Value)> {
-    match order_command(state, id, Command::Confirm { order: id }).await? {
-        Reply::Order { order, .. } => order_json(&order),
-        Reply::Inactive(_) => match stored_order(state, id).await? {
-            Some(o) if o.status == OrderStatus::Expired => {
-                Err(ApiError::from_refusal(&Refusal::HoldExpired))
-            }
-            Some(o) => Err(ApiError::from_refusal(&Refusal::InvalidTransition {
-                status: o.status,
-                action: "paid",
-            })),
-            None => Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
-        },
-        Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
-        _ => Err(ApiError::unavailable()),
-    }
-}
-
-/// Admin, interim: record that an online order was paid (hold → sold).
-/// This is exactly what the payment service will call once online payment
-/// lands; it moves no money itself.
-#[utoipa::path(post, path = "/v1/admin/orders/{id}/mark-paid", tag = "admin", security(("bearer" = [])),
-    params(("id" = u64, Path, description = "order id")),
-    responses((status = 200, body = OrderView), (status = 404, body = crate::error::ErrorBody),
-              (status = 409, description = "hold_expired, invalid_order_status", body = crate::error::ErrorBody)))]
-pub async fn mark_paid(
-    State(state): State<AppState>,
-    principal: Principal,
-    headers: HeaderMap,
-    Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    principal.require_admin()?;
-    let id = OrderId(parse_id(&raw, "order id")?);
-    let key = idempotency::key_from(&headers)?;
-    let fp = mall_core::fingerprint(&[b"mark-paid", &id.0.to_le_bytes()]);
-    Ok(
-        idempotency::run(&state, principal.user, key, fp, idempotency::keep, || {
-            mark_paid_once(&state, id)
         })
         .await,
     )

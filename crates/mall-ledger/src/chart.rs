@@ -1,0 +1,129 @@
+//! The mall's chart of accounts and transfer codes: which ledger account
+//! holds whose money, and what each transfer was for.
+//!
+//! An account id carries its kind in the top byte and its owner below, so
+//! every account has one id that anyone can compute (no lookup table):
+//!
+//! | kind | id | limit |
+//! |---|---|---|
+//! | shopper wallet | `1 << 56 \| user` | debits ≤ credits: never below zero |
+//! | merchant receivable | `2 << 56 \| merchant` | — |
+//! | platform escrow | `3 << 56` | — |
+//! | channel clearing | `4 << 56 \| channel` | — (what a provider owes the mall) |
+//! | COD receivable | `5 << 56` | — (cash couriers collected) |
+//!
+//! Money paths: top-up `clearing → wallet`; payment `wallet | clearing →
+//! escrow` (two-phase: pending until the order is confirmed); delivery
+//! `escrow → merchant`; COD collection `cod → escrow`; refund back along
+//! the path the money came.
+
+use crate::{Account, AccountId, AccountKind, Limits};
+use mall_core::{MerchantId, UserId};
+
+const SHIFT: u32 = 56;
+const OWNER_MASK: u64 = (1 << SHIFT) - 1;
+
+pub fn wallet(user: UserId) -> AccountId {
+    AccountId((1 << SHIFT) | (user.0 & OWNER_MASK))
+}
+
+pub fn merchant(m: MerchantId) -> AccountId {
+    AccountId((2 << SHIFT) | (m.0 & OWNER_MASK))
+}
+
+pub const ESCROW: AccountId = AccountId(3 << SHIFT);
+
+pub fn clearing(channel: usize) -> AccountId {
+    AccountId((4 << SHIFT) | (channel as u64 & OWNER_MASK))
+}
+
+pub const COD: AccountId = AccountId(5 << SHIFT);
+
+/// The kind an id names, if it is in the chart.
+pub fn kind_of(id: AccountId) -> Option<AccountKind> {
+    match id.0 >> SHIFT {
+        1 => Some(AccountKind::Wallet),
+        2 => Some(AccountKind::MerchantReceivable),
+        3 if id == ESCROW => Some(AccountKind::PlatformEscrow),
+        4 => Some(AccountKind::ChannelClearing),
+        5 if id == COD => Some(AccountKind::CodReceivable),
+        _ => None,
+    }
+}
+
+/// The channel a clearing account belongs to.
+pub fn channel_of(id: AccountId) -> Option<usize> {
+    (id.0 >> SHIFT == 4).then_some((id.0 & OWNER_MASK) as usize)
+}
+
+/// The account as it must be created (kind and limits follow from the id).
+pub fn account(id: AccountId) -> Option<Account> {
+    let kind = kind_of(id)?;
+    let limits = Limits {
+        debits_must_not_exceed_credits: kind == AccountKind::Wallet,
+        credits_must_not_exceed_debits: false,
+    };
+    Some(Account::new(id, kind, limits))
+}
+
+/// What a transfer was for (its `code`). `user_data` holds the order id
+/// (or the user id for top-ups).
+pub mod code {
+    pub const TOP_UP: u16 = 1;
+    pub const WALLET_PAYMENT: u16 = 2;
+    pub const CHANNEL_PAYMENT: u16 = 3;
+    pub const SETTLEMENT: u16 = 4;
+    pub const COD_COLLECTION: u16 = 5;
+    pub const REFUND: u16 = 6;
+    /// A provider charged for an attempt the mall had abandoned...
+    pub const LATE_CAPTURE: u16 = 7;
+    /// ...and the mall gave it straight back.
+    pub const LATE_REFUND: u16 = 8;
+
+    pub fn name(code: u16) -> &'static str {
+        match code {
+            TOP_UP => "top_up",
+            WALLET_PAYMENT => "wallet_payment",
+            CHANNEL_PAYMENT => "channel_payment",
+            SETTLEMENT => "settlement",
+            COD_COLLECTION => "cod_collection",
+            REFUND => "refund",
+            LATE_CAPTURE => "late_capture",
+            LATE_REFUND => "late_refund",
+            _ => "other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_do_not_collide() {
+        let w = wallet(UserId(7));
+        let m = merchant(MerchantId(7));
+        let c = clearing(7);
+        assert_eq!(kind_of(w), Some(AccountKind::Wallet));
+        assert_eq!(kind_of(m), Some(AccountKind::MerchantReceivable));
+        assert_eq!(kind_of(c), Some(AccountKind::ChannelClearing));
+        assert_eq!(kind_of(ESCROW), Some(AccountKind::PlatformEscrow));
+        assert_eq!(kind_of(COD), Some(AccountKind::CodReceivable));
+        assert_eq!(channel_of(c), Some(7));
+        assert_eq!(channel_of(w), None);
+        assert_eq!(kind_of(AccountId(3)), None);
+        assert!(account(w).unwrap().limits.debits_must_not_exceed_credits);
+        assert!(
+            !account(ESCROW)
+                .unwrap()
+                .limits
+                .debits_must_not_exceed_credits
+        );
+        let ids = [w, m, c, ESCROW, COD];
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! What the binary's tests share: free ports, a client, starting `mall
+//! serve` (and `mall channels`) as processes, and one-line calls.
+#![allow(dead_code)] // each test file uses its own part
+
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "binary-test-admin-token-0123456789abcdef";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .build()
+        .into()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// `mall serve` on a free port over `data`, with `extra` flags.
+    pub fn start(data: &Path, extra: &[&str]) -> Server {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_mall"))
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data)
+            .args(["--shards", "2", "--user-rate-per-s", "100000"])
+            .args(extra)
+            .env("MALL_ADMIN_TOKEN", ADMIN)
+            .env("MALL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start mall serve");
+        let base = format!("http://127.0.0.1:{port}");
+        wait_for(&format!("{base}/healthz"), "");
+        Server { child, base }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                assert!(s.success(), "exit status {s:?}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "no graceful exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `url` answers 200 (with `token` as bearer, if any).
+pub fn wait_for(url: &str, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut req = agent().get(url);
+        if !token.is_empty() {
+            req = req.header("authorization", &format!("Bearer {token}"));
+        }
+        if let Ok(r) = req.call() {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One request; `None` on a transport error (e.g. the server was killed).
+pub fn call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+) -> Option<(u16, Value)> {
+    let result = match (method, body) {
+        ("GET", _) => agent
+            .get(url)
+            .header("authorization", &format!("Bearer {token}"))
+            .call(),
+        (_, body) => {
+            let mut req = agent
+                .post(url)
+                .header("authorization", &format!("Bearer {token}"));
+            if let Some(k) = key {
+                req = req.header("idempotency-key", k);
+            }
+            req.send_json(body.unwrap_or(json!({})))
+        }
+    };
+    let mut response = result.ok()?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_json::<Value>()
+        .unwrap_or(Value::Null);
+    Some((status, body))
+}
+
+/// A merchant and `n` items of `stock` units at `price_fen`, on sale now.
+pub fn items(server: &Server, n: usize, stock: i64, price_fen: i64) -> Vec<u64> {
+    let a = agent();
+    let m = call(
+        &a,
+        "POST",
+        &server.url("/v1/admin/merchants"),
+        ADMIN,
+        Some(json!({"name": format!("Store {}", now_ms())})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(m.0, 201, "{}", m.1);
+    let now = now_ms();
+    (0..n)
+        .map(|i| {
+            let body = json!({"merchant_id": m.1["id"], "title": format!("item {i}"), "category": "electronics", "price_fen": price_fen,
+                              "stock": stock, "per_user_limit": 2, "opens_at_ms": now - 1000, "closes_at_ms": now + 3_600_000});
+            let r = call(&a, "POST", &server.url("/v1/admin/items"), ADMIN, Some(body), None).unwrap();
+            assert_eq!(r.0, 201, "{}", r.1);
+            r.1["sku"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// `n` shoppers: `(user id, token)`.
+pub fn shoppers(server: &Server, n: usize) -> Vec<(u64, String)> {
+    let r = call(
+        &agent(),
+        "POST",
+        &server.url("/v1/admin/users/bulk"),
+        ADMIN,
+        Some(json!({"count": n})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 201, "{}", r.1);
+    r.1["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["id"].as_u64().unwrap(),
+                u["token"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `mall <args…>` to completion: (success, stdout + stderr).
+pub fn mall(args: &[&str], data: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

@@ -1,0 +1,584 @@
+//! Payments end to end on the real binaries: `mall channels` simulates the
+//! providers, `mall serve --channels` routes payments to them through the
+//! scheduler, and the ledger must verify at the end.
+//!
+//! - An outage of one channel in the middle of a run: it stops getting
+//!   payments within seconds, every order still ends paid exactly once, and
+//!   what the providers charged less what they refunded equals what the
+//!   mall recorded.
+//! - Forged and replayed callbacks are refused.
+//! - Wallets: top-up through a channel, paying, statement, refunds (partial,
+//!   too much, on cancel), settlement on delivery, cash on delivery.
+
+mod common;
+
+use common::{agent, call, items, mall, now_ms, shoppers, wait_for, Server, ADMIN};
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SECRETS: [&str; 3] = [
+    "alpha-secret-0123456789",
+    "beta-secret-0123456789",
+    "gamma-secret-0123456789",
+];
+
+struct Channels {
+    child: Child,
+    ports: [u16; 3],
+    started: Instant,
+    file: std::path::PathBuf,
+}
+
+impl Drop for Channels {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three providers: alpha and beta (third party), gamma (card). Beta times
+/// out from `outage.0` to `outage.1` seconds after start, if given.
+fn start_channels(dir: &std::path::Path, outage: Option<(u64, u64)>) -> Channels {
+    let ports = [
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    ];
+    let mut text = String::new();
+    for (i, (name, method)) in [
+        ("alpha", "third_party"),
+        ("beta", "third_party"),
+        ("gamma", "card"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        text.push_str(&format!(
+            "[[channel]]\nname = \"{name}\"\nport = {}\nsecret = \"{}\"\nmethods = [\"{method}\"]\n\
+             capacity_per_s = 400\nmax_concurrency = 200\nfee_bp = 50\nlatency_ms = {{ median = 15, p99 = 60 }}\n",
+            ports[i], SECRETS[i]
+        ));
+        if let (1, Some((from, to))) = (i, outage) {
+            text.push_str(&format!(
+                "[[channel.outage]]\nfrom_s = {from}\nto_s = {to}\nkind = \"timeout\"\n"
+            ));
+        }
+    }
+    let file = dir.join("channels.toml");
+    std::fs::write(&file, text).unwrap();
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["channels", "--config"])
+        .arg(&file)
+        .env("MALL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mall channels");
+    for (port, secret) in ports.iter().zip(SECRETS) {
+        wait_for(&format!("http://127.0.0.1:{port}/v1/stats"), secret);
+    }
+    Channels {
+        child,
+        ports,
+        started,
+        file,
+    }
+}
+
+fn provider_stats(ch: &Channels, i: usize) -> Value {
+    let r = call(
+        &agent(),
+        "GET",
+        &format!("http://127.0.0.1:{}/v1/stats", ch.ports[i]),
+        SECRETS[i],
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 200, "{}", r.1);
+    r.1
+}
+
+fn dispatched(server: &Server, channel: &str) -> u64 {
+    let r = call(
+        &agent(),
+        "GET",
+        &server.url("/v1/admin/channels"),
+        ADMIN,
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 200, "{}", r.1);
+    r.1["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == channel)
+        .unwrap()["dispatched_total"]
+        .as_u64()
+        .unwrap()
+}
+
+fn order_status(server: &Server, token: &str, id: u64) -> String {
+    let r = call(
+        &agent(),
+        "GET",
+        &server.url(&format!("/v1/orders/{id}")),
+        token,
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 200, "{}", r.1);
+    r.1["status"].as_str().unwrap().to_string()
+}
+
+fn snap_up(server: &Server, token: &str, sku: u64, payment: &str) -> u64 {
+    let r = call(
+        &agent(),
+        "POST",
+        &server.url("/v1/orders"),
+        token,
+        Some(json!({"sku": sku, "quantity": 1, "payment": payment, "address": "11 Singles Road"})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 201, "{}", r.1);
+    r.1["id"].as_u64().unwrap()
+}
+
+#[test]
+fn an_outage_mid_run_moves_payments_elsewhere_and_nothing_is_charged_twice() {
+    const PAYERS: usize = 400;
+    const PRICE: i64 = 1_999;
+    let dir = tempfile::tempdir().unwrap();
+    let channels = start_channels(dir.path(), Some((5, 9)));
+    let data = dir.path().join("data");
+    let channels_file = channels.file.to_str().unwrap().to_string();
+    let server = Server::start(&data, &["--channels", &channels_file]);
+    let skus = items(&server, 4, 100, PRICE);
+    let users = shoppers(&server, PAYERS);
+    let orders: Vec<(u64, String)> = users
+        .iter()
+        .enumerate()
+        .map(|(i, (_, token))| {
+            (
+                snap_up(&server, token, skus[i % 4], "online"),
+                token.clone(),
+            )
+        })
+        .collect();
+
+    // Pay over ~8 s, across beta's outage (5 s to 9 s after the providers started).
+    let outage_start = channels.started + Duration::from_secs(5);
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let pay_from = Instant::now();
+    let spread = Duration::from_secs(8);
+    let workers: Vec<_> = (0..16)
+        .map(|w| {
+            let (orders, answers, base) = (orders.clone(), answers.clone(), server.base.clone());
+            std::thread::spawn(move || {
+                let a = agent();
+                for (i, (id, token)) in orders.iter().enumerate().filter(|(i, _)| i % 16 == w) {
+                    let at = pay_from + spread * i as u32 / PAYERS as u32;
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    let r = call(
+                        &a,
+                        "POST",
+                        &format!("{base}/v1/orders/{id}/payments"),
+                        token,
+                        Some(json!({"method": "third_party"})),
+                        Some(&format!("pay-{id}")),
+                    );
+                    answers.lock().unwrap().push((*id, r));
+                }
+            })
+        })
+        .collect();
+    // Beta must get nothing new from 2 s after its outage began until it ends.
+    std::thread::sleep(
+        (outage_start + Duration::from_millis(2_600)).saturating_duration_since(Instant::now()),
+    );
+    let beta_then = dispatched(&server, "beta");
+    std::thread::sleep(
+        (outage_start + Duration::from_millis(3_800)).saturating_duration_since(Instant::now()),
+    );
+    let beta_later = dispatched(&server, "beta");
+    assert_eq!(
+        beta_then, beta_later,
+        "beta got payments in the middle of its outage"
+    );
+    for w in workers {
+        w.join().unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), PAYERS);
+    for (id, r) in &answers {
+        let (status, body) = r.as_ref().expect("every payment answered");
+        assert!(
+            *status == 200 || *status == 202,
+            "order {id}: {status} {body}"
+        );
+    }
+    assert!(
+        dispatched(&server, "beta") > 0,
+        "beta took payments before its outage"
+    );
+
+    // Let late callbacks (held by the outage) arrive and be handed back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: u64 = (0..3)
+            .map(|i| provider_stats(&channels, i)["pending"].as_u64().unwrap())
+            .sum();
+        let unpaid = orders
+            .iter()
+            .filter(|(id, token)| order_status(&server, token, *id) != "paid")
+            .count();
+        if pending == 0
+            && unpaid == 0
+            && Instant::now() > channels.started + Duration::from_secs(10)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unpaid} orders unpaid, {pending} payments pending at providers"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // What the providers kept is exactly what the mall recorded: every order once.
+    let kept: i64 = (0..3)
+        .map(|i| {
+            let s = provider_stats(&channels, i);
+            s["succeeded_fen"].as_i64().unwrap() - s["refunded_fen"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(
+        kept,
+        PRICE * PAYERS as i64,
+        "charged minus refunded at the providers"
+    );
+
+    // A forged callback (wrong key) and a replayed one are refused.
+    let (id, _) = &orders[0];
+    let attempt = answers
+        .iter()
+        .find(|(o, _)| o == id)
+        .unwrap()
+        .1
+        .as_ref()
+        .unwrap()
+        .1["payment"]["attempt"]
+        .as_u64()
+        .unwrap();
+    let channel = answers
+        .iter()
+        .find(|(o, _)| o == id)
+        .unwrap()
+        .1
+        .as_ref()
+        .unwrap()
+        .1["payment"]["channel"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret = SECRETS[["alpha", "beta", "gamma"]
+        .iter()
+        .position(|c| *c == channel)
+        .unwrap()];
+    let body = json!({"event_id": format!("evt-{channel}-{attempt}"), "channel": channel,
+                      "payment_id": attempt.to_string(), "status": "succeeded", "amount_fen": PRICE})
+    .to_string();
+    let post = |sig: &str| {
+        let mut r = agent()
+            .post(&server.url(&format!("/v1/channels/{channel}/callback")))
+            .header("x-mall-signature", sig)
+            .header("content-type", "application/json")
+            .send(body.as_bytes())
+            .unwrap();
+        let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+        (
+            r.status().as_u16(),
+            v["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let forged = mall_pay::signature::sign(b"not-the-secret-at-all", now_ms(), body.as_bytes());
+    assert_eq!(post(&forged), (401, "signature_mismatch".to_string()));
+    let stale = mall_pay::signature::sign(secret.as_bytes(), now_ms() - 3_600_000, body.as_bytes());
+    assert_eq!(post(&stale), (401, "signature_stale".to_string()));
+    let replay = mall_pay::signature::sign(secret.as_bytes(), now_ms(), body.as_bytes());
+    assert_eq!(post(&replay), (409, "callback_replayed".to_string()));
+
+    server.stop();
+    let (ok, text) = mall(&["ledger", "verify"], &data);
+    assert!(ok, "{text}");
+    let (ok, text) = mall(&["check"], &data);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn wallets_refunds_settlement_and_cash_on_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let channels = start_channels(dir.path(), None);
+    let data = dir.path().join("data");
+    let channels_file = channels.file.to_str().unwrap().to_string();
+    let server = Server::start(&data, &["--channels", &channels_file]);
+    let skus = items(&server, 2, 50, 3_000);
+    let users = shoppers(&server, 2);
+    let (_, token) = &users[0];
+    let a = agent();
+    let wallet = |t: &str| {
+        call(&a, "GET", &server.url("/v1/wallet"), t, None, None)
+            .unwrap()
+            .1
+    };
+    assert_eq!(wallet(token)["balance_fen"], 0);
+
+    // Top up 10,000 fen by card, then pay a 3,000 order from the wallet.
+    let r = call(
+        &a,
+        "POST",
+        &server.url("/v1/wallet/top-ups"),
+        token,
+        Some(json!({"amount_fen": 10_000, "method": "card"})),
+        Some("top-1"),
+    )
+    .unwrap();
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(r.1["payment"]["channel"], "gamma");
+    assert_eq!(r.1["wallet"]["balance_fen"], 10_000);
+    let first = snap_up(&server, token, skus[0], "online");
+    let r = call(
+        &a,
+        "POST",
+        &server.url(&format!("/v1/orders/{first}/payments")),
+        token,
+        Some(json!({"method": "wallet"})),
+        Some("pay-1"),
+    )
+    .unwrap();
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(r.1["order"]["status"], "paid");
+    assert_eq!(wallet(token)["balance_fen"], 7_000);
+    // Paying again changes nothing: the order is paid.
+    let again = call(
+        &a,
+        "POST",
+        &server.url(&format!("/v1/orders/{first}/payments")),
+        token,
+        Some(json!({"method": "wallet"})),
+        Some("pay-2"),
+    )
+    .unwrap();
+    assert_eq!(
+        (again.0, again.1["error"]["code"].as_str()),
+        (409, Some("invalid_order_status"))
+    );
+    assert_eq!(wallet(token)["balance_fen"], 7_000);
+
+    // Too little in the wallet: refused, nothing moves.
+    let (_, poor) = &users[1];
+    let other = snap_up(&server, poor, skus[0], "online");
+    let r = call(
+        &a,
+        "POST",
+        &server.url(&format!("/v1/orders/{other}/payments")),
+        poor,
+        Some(json!({"method": "wallet"})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.0, r.1["error"]["code"].as_str()),
+        (402, Some("insufficient_funds"))
+    );
+    assert_eq!(order_status(&server, poor, other), "awaiting_payment");
+    // Bad input is refused with a code.
+    for (body, code) in [
+        (json!({"method": "cash"}), "invalid_request"),
+        (json!({"method": "wallet", "extra": 1}), "invalid_request"),
+    ] {
+        let r = call(
+            &a,
+            "POST",
+            &server.url(&format!("/v1/orders/{other}/payments")),
+            poor,
+            Some(body),
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.1["error"]["code"], code, "{}", r.1);
+    }
+    let r = call(
+        &a,
+        "POST",
+        &server.url("/v1/wallet/top-ups"),
+        poor,
+        Some(json!({"amount_fen": 0, "method": "card"})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.0, r.1["error"]["code"].as_str()),
+        (422, Some("invalid_amount"))
+    );
+    // Someone else's order is not yours to pay.
+    let r = call(
+        &a,
+        "POST",
+        &server.url(&format!("/v1/orders/{first}/payments")),
+        poor,
+        Some(json!({"method": "wallet"})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 404, "{}", r.1);
+
+    // Refunds: a shopper may not; partial; too much; replay; cancel refunds the rest.
+    let refund = |amount: Option<i64>, key: &str, who: &str| {
+        let body = amount.map_or(json!({}), |a| json!({"amount_fen": a}));
+        call(
+            &a,
+            "POST",
+            &server.url(&format!("/v1/orders/{first}/refunds")),
+            who,
+            Some(body),
+            Some(key),
+        )
+        .unwrap()
+    };
+    assert_eq!(refund(Some(500), "r1", token).0, 403);
+    let r = refund(Some(500), "r1", ADMIN);
+    assert_eq!(
+        (r.0, r.1["refunded_total_fen"].as_i64()),
+        (200, Some(500)),
+        "{}",
+        r.1
+    );
+    let r = refund(Some(500), "r1", ADMIN);
+    assert_eq!(
+        (r.0, r.1["refunded_total_fen"].as_i64()),
+        (200, Some(500)),
+        "a replay refunds nothing more: {}",
+        r.1
+    );
+    let r = refund(Some(2_501), "r2", ADMIN);
+    assert_eq!(
+        (r.0, r.1["error"]["code"].as_str()),
+        (409, Some("refund_exceeds_paid")),
+        "{}",
+        r.1
+    );
+    assert_eq!(wallet(token)["balance_fen"], 7_500);
+    let r = call(
+        &a,
+        "POST",
+        &server.url(&format!("/v1/orders/{first}/cancel")),
+        token,
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.0, r.1["status"].as_str()),
+        (200, Some("cancelled")),
+        "{}",
+        r.1
+    );
+    assert_eq!(
+        wallet(token)["balance_fen"],
+        10_000,
+        "cancel refunds what is left"
+    );
+
+    // Pay by third party, deliver: the money leaves escrow for the merchant, once.
+    let second = snap_up(&server, token, skus[1], "online");
+    let r = call(
+        &a,
+        "POST",
+        &server.url(&format!("/v1/orders/{second}/payments")),
+        token,
+        Some(json!({"method": "third_party"})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 200, "{}", r.1);
+    let deliver = |id: u64| {
+        call(
+            &a,
+            "POST",
+            &server.url(&format!("/v1/admin/orders/{id}/deliver")),
+            ADMIN,
+            None,
+            None,
+        )
+        .unwrap()
+    };
+    assert_eq!(deliver(second).1["amount_fen"], 3_000);
+    assert_eq!(deliver(second).1["error"]["code"], "already_settled");
+    // Cash on delivery: collected by the courier, then settled.
+    let cod = snap_up(&server, token, skus[1], "cod");
+    assert_eq!(deliver(cod).1["error"]["code"], "not_paid");
+    let r = call(
+        &a,
+        "POST",
+        &server.url(&format!("/v1/admin/orders/{cod}/cod-collected")),
+        ADMIN,
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.0, r.1["amount_fen"].as_i64()),
+        (200, Some(3_000)),
+        "{}",
+        r.1
+    );
+    assert_eq!(deliver(cod).1["amount_fen"], 3_000);
+
+    // The statement tells the wallet's story, newest first.
+    let s = call(
+        &a,
+        "GET",
+        &server.url("/v1/wallet/statement"),
+        token,
+        None,
+        None,
+    )
+    .unwrap()
+    .1;
+    let kinds: Vec<&str> = s["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "refund",
+            "refund",
+            "wallet_payment",
+            "wallet_payment",
+            "top_up",
+            "top_up"
+        ],
+        "{s}"
+    );
+    let sum: i64 = s["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["mode"] != "pending")
+        .map(|l| l["amount_fen"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sum, 10_000);
+
+    server.stop();
+    let (ok, text) = mall(&["ledger", "verify"], &data);
+    assert!(ok, "{text}");
+}
