@@ -16,6 +16,7 @@ const ADMIN: &str = "admin-token-for-tests-0123456789abcdef";
 struct Api {
     app: axum::Router,
     clock: Arc<ManualClock>,
+    state: mall_http::AppState,
     _dir: tempfile::TempDir,
 }
 
@@ -54,10 +55,44 @@ impl Api {
             None
         );
         Api {
-            app: mall_http::router(state),
+            app: mall_http::router(state.clone()),
             clock,
+            state,
             _dir: dir,
         }
+    }
+
+    /// With one simulated payment channel ("sim", third party) in this
+    /// process, and the API also on a real loopback port for its callbacks.
+    async fn with_channel() -> (Api, mall_channels::Simulator) {
+        let api = Api::new();
+        let file = mall_channels::config::parse(
+            "[[channel]]\nname = \"sim\"\nport = 0\nsecret = \"sim-secret-0123456789\"\n\
+             methods = [\"third_party\"]\ncapacity_per_s = 1000\nmax_concurrency = 100\n\
+             latency_ms = { median = 5, p99 = 20 }\n",
+        )
+        .unwrap();
+        let sim = mall_channels::Simulator::start(file, 1).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = api.app.clone();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = mall_payments::PaymentsConfig {
+            channels: vec![mall_payments::ChannelSetup {
+                name: "sim".into(),
+                addr: sim.addr("sim").unwrap(),
+                secret: "sim-secret-0123456789".into(),
+                methods: vec![mall_pay::router::PayMethod::ThirdParty],
+                capacity_per_s: 1000,
+                max_concurrency: 100,
+                fee_bp: 0,
+                priority: 0,
+            }],
+            callback_base: format!("http://{addr}"),
+            ..Default::default()
+        };
+        api.state.attach_payments(config).await.unwrap();
+        (api, sim)
     }
 
     async fn raw(&self, req: Request<Body>) -> Reply {
@@ -816,8 +851,8 @@ async fn history_pages_newest_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mark_paid_expiry_and_stock_changes() {
-    let api = Api::new();
+async fn payment_expiry_and_stock_changes() {
+    let (api, _sim) = Api::with_channel().await;
     let sku = api.item(3, 1, 0).await;
     let u = api.shoppers(3, "p").await;
     let paid = api.order(&u[0], sku, 1, None).await.body["id"]
@@ -826,46 +861,45 @@ async fn mark_paid_expiry_and_stock_changes() {
     let lapsing = api.order(&u[1], sku, 1, None).await.body["id"]
         .as_u64()
         .unwrap();
-    let mark = |id: u64| format!("/v1/admin/orders/{id}/mark-paid");
+    let api = &api;
+    let pay = |id: u64, who: &str, method: &str| {
+        let (who, path) = (who.to_string(), format!("/v1/orders/{id}/payments"));
+        let body = json!({ "method": method });
+        async move { api.call("POST", &path, Some(&who), Some(body), None).await }
+    };
+    // Only the order's shopper pays it; the method must be one we know.
     assert_eq!(
-        api.call("POST", &mark(paid), Some(&u[0]), None, None)
-            .await
-            .status,
-        StatusCode::FORBIDDEN
+        pay(paid, &u[1], "third_party").await.code(),
+        "order_not_found"
     );
-    let r = api.call("POST", &mark(paid), Some(ADMIN), None, None).await;
+    assert_eq!(pay(paid, &u[0], "cheque").await.code(), "invalid_request");
     assert_eq!(
-        (r.status, r.body["status"].as_str()),
-        (StatusCode::OK, Some("paid"))
+        pay(paid, &u[0], "card").await.code(),
+        "no_channel_for_method"
     );
-    let r = api
-        .call(
-            "POST",
-            &format!("/v1/orders/{paid}/cancel"),
-            Some(&u[0]),
-            None,
-            None,
-        )
-        .await;
+    let r = pay(paid, &u[0], "third_party").await;
     assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::CONFLICT, "invalid_order_status")
+        (
+            r.status,
+            r.body["order"]["status"].as_str(),
+            r.body["payment"]["channel"].as_str()
+        ),
+        (StatusCode::OK, Some("paid"), Some("sim")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        pay(paid, &u[0], "third_party").await.code(),
+        "invalid_order_status"
     );
     // The unpaid hold lapses: stock returns, a late payment is refused.
     api.clock.advance_ms(61_000);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await; // a few shard ticks
     let r = api.get(&format!("/v1/orders/{lapsing}"), Some(&u[1])).await;
     assert_eq!(r.body["status"], "expired");
-    let r = api
-        .call("POST", &mark(lapsing), Some(ADMIN), None, None)
-        .await;
+    let r = pay(lapsing, &u[1], "third_party").await;
     assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "hold_expired"));
-    assert_eq!(
-        api.call("POST", &mark(99_999), Some(ADMIN), None, None)
-            .await
-            .code(),
-        "order_not_found"
-    );
+    assert_eq!(pay(99_999, &u[1], "wallet").await.code(), "order_not_found");
     let item = api.get(&format!("/v1/items/{sku}"), None).await;
     assert_eq!(
         (item.body["available"].as_u64(), item.body["sold"].as_u64()),

@@ -181,7 +181,7 @@ pub enum PayError {
 impl PayError {
     pub fn code(&self) -> &'static str {
         match self {
-            PayError::UnknownOrder => "unknown_order",
+            PayError::UnknownOrder => "order_not_found",
             PayError::NotPayable(_) => "invalid_order_status",
             PayError::HoldExpired => "hold_expired",
             PayError::InsufficientFunds => "insufficient_funds",
@@ -1082,7 +1082,11 @@ impl Payments {
             .ok_or_else(|| PayError::UnknownChannel(channel_name.into()))?;
         let provider = &self.shared.providers[channel];
         let header = signature_header.ok_or(PayError::Signature("signature_missing"))?;
-        signature::verify(provider.secret(), header, body, self.now().0)
+        // Providers sign with the wall clock, whatever clock the mall runs on.
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        signature::verify(provider.secret(), header, body, wall_ms)
             .map_err(|e| PayError::Signature(e.code()))?;
         let v: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| PayError::BadCallback(e.to_string()))?;
