@@ -207,21 +207,30 @@ fn confirm_turns_hold_into_sale_and_is_idempotent() {
     );
     assert!(matches!(again, Reply::Order { replayed: true, .. }));
     assert!(effects.is_empty());
+    // Someone else may not cancel it; its shopper may (the payment service
+    // refunds), and the unit goes back on sale.
     assert_eq!(
         run(
             &mut inv,
             Command::Release {
                 order: order.id,
-                by: Some(UserId(1))
+                by: Some(UserId(2))
             },
             T0
         )
         .0,
-        Reply::Refused(Refusal::InvalidTransition {
-            status: OrderStatus::Paid,
-            action: "cancelled"
-        })
+        Reply::Refused(Refusal::UnknownOrder)
     );
+    let (cancelled, _) = run(
+        &mut inv,
+        Command::Release {
+            order: order.id,
+            by: Some(UserId(1)),
+        },
+        T0.plus_ms(3000),
+    );
+    assert_eq!(order_of(&cancelled).status, OrderStatus::Cancelled);
+    assert_eq!(inv.counters(Sku(1)), Some((3, 0, 0)));
 }
 
 #[test]

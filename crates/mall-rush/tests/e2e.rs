@@ -61,7 +61,19 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
     http.rate.user_rate_per_s = 1_000.0;
     let state = mall_http::AppState::new(engine, accounts, http, clock).unwrap();
     mall_http::bootstrap_admin(&state, Some(ADMIN), None).unwrap();
-    let url = serve(mall_http::router(state)).await;
+    let url = serve(mall_http::router(state.clone())).await;
+    // Payments go to a simulated provider in this process.
+    let channels = mall_channels::config::parse(
+        "[[channel]]\nname = \"sim\"\nport = 0\nsecret = \"sim-secret-0123456789\"\n\
+         methods = [\"third_party\"]\ncapacity_per_s = 5000\nmax_concurrency = 1000\n\
+         latency_ms = { median = 5, p99 = 30 }\n",
+    )
+    .unwrap();
+    let server = url.trim_start_matches("http://").parse().unwrap();
+    let (_simulator, payments) = mall_payments::simulated_channels(channels, 1, server)
+        .await
+        .unwrap();
+    state.attach_payments(payments).await.unwrap();
     let backend = Backend::Http {
         target: Target::parse(&url, false).unwrap(),
         admin_token: ADMIN.into(),
@@ -101,6 +113,13 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
             .is_some_and(|k| k.codes.contains_key("hold_expired")),
         "{:?}",
         summary.by_kind
+    );
+    // Payments in time go through the channel and succeed.
+    let pay = &summary.by_kind["pay"];
+    assert!(
+        pay.codes.get("ok").copied().unwrap_or(0) > 0,
+        "{:?}",
+        pay.codes
     );
     let report = audit(&outcome, &backend).await;
     assert!(report.passed(), "{:?}", report.violations);

@@ -4,9 +4,6 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use mall_channels::config::ChannelsFile;
-use mall_pay::router::PayMethod;
-use mall_payments::{ChannelSetup, PaymentsConfig};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The example channels file: three providers, one with an outage from 30 s to 60 s.
@@ -69,55 +66,6 @@ pub fn run(args: ChannelsArgs) -> Result<()> {
         sim.shutdown().await;
         anyhow::Ok(())
     })
-}
-
-fn method(m: mall_channels::config::PayMethod) -> PayMethod {
-    match m {
-        mall_channels::config::PayMethod::Card => PayMethod::Card,
-        mall_channels::config::PayMethod::ThirdParty => PayMethod::ThirdParty,
-    }
-}
-
-/// The payment service's settings for a server listening on `server`:
-/// channels from `file` (none: wallet payments only), at the addresses
-/// given (`addrs` overrides the file's ports, for in-process simulators).
-pub fn payments_config(
-    file: Option<&ChannelsFile>,
-    addrs: &[(String, SocketAddr)],
-    server: SocketAddr,
-) -> Result<PaymentsConfig> {
-    // Providers call back on loopback; a server on every address is also there.
-    let callback = if server.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], server.port()))
-    } else {
-        server
-    };
-    let mut config = PaymentsConfig {
-        callback_base: format!("http://{callback}"),
-        ..PaymentsConfig::default()
-    };
-    for spec in file.map(|f| f.channel.as_slice()).unwrap_or_default() {
-        let addr = match addrs.iter().find(|(n, _)| *n == spec.name) {
-            Some((_, a)) => *a,
-            None => SocketAddr::new(file.expect("specs come from a file").host, spec.port),
-        };
-        anyhow::ensure!(
-            addr.port() != 0,
-            "channel {} has port 0; give it a port to reach it",
-            spec.name
-        );
-        config.channels.push(ChannelSetup {
-            name: spec.name.clone(),
-            addr,
-            secret: spec.secret.clone(),
-            methods: spec.methods.iter().copied().map(method).collect(),
-            capacity_per_s: spec.capacity_per_s,
-            max_concurrency: spec.max_concurrency,
-            fee_bp: spec.fee_bp,
-            priority: spec.priority.min(255) as u8,
-        });
-    }
-    Ok(config)
 }
 
 /// Reads a channels file for `serve`.

@@ -216,7 +216,8 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", config.addr))?;
         let local = listener.local_addr()?;
-        let payments = channels::payments_config(channels_file.as_ref(), &[], local)?;
+        let payments = mall_payments::config_from_file(channels_file.as_ref(), &[], local)
+            .map_err(anyhow::Error::msg)?;
         let channel_count = payments.channels.len();
         state
             .attach_payments(payments)

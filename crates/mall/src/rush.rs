@@ -218,16 +218,11 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             .with_context(|| format!("binding {}", args.addr))?;
         // Simulated payment providers, in this process, on free ports; one
         // of them has an outage half-way through the rehearsal.
-        let mut channels = mall_channels::config::parse(crate::channels::EXAMPLE)?;
-        for c in &mut channels.channel {
-            c.port = 0;
-        }
-        let simulator = mall_channels::Simulator::start(channels.clone(), 11).await?;
-        let payments = crate::channels::payments_config(
-            Some(&channels),
-            &simulator.addrs(),
-            listener.local_addr()?,
-        )?;
+        let channels = mall_channels::config::parse(crate::channels::EXAMPLE)?;
+        let (_simulator, payments) =
+            mall_payments::simulated_channels(channels, 11, listener.local_addr()?)
+                .await
+                .map_err(anyhow::Error::msg)?;
         state
             .attach_payments(payments)
             .await
