@@ -75,6 +75,12 @@ pub struct Summary {
     pub snapup_latency: Percentiles,
     /// Snap-ups answered per second over the snap-up window.
     pub snapups_per_s: f64,
+    /// Payments in time (not late ones), from intended send to answer.
+    pub pay_latency: Percentiles,
+    /// Payments answered paid, per second, from the first sent to the last answered.
+    pub paid_per_s: f64,
+    /// Most payments answered paid in one second.
+    pub paid_peak_per_s: u64,
     pub peak_requests_per_s: u64,
     pub timeline: Vec<Second>,
     pub hottest: Vec<HotItem>,
@@ -159,6 +165,23 @@ pub fn summarize(outcome: &Outcome, backend: &str) -> Summary {
     let window_s = match (
         snapups.iter().map(|r| r.at_us).min(),
         snapups.iter().map(|r| r.done_us).max(),
+    ) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e6,
+        _ => 1.0,
+    };
+    let pays: Vec<&Record> = records.iter().filter(|r| r.kind == Kind::Pay).collect();
+    let mut pay_latency = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
+    let mut paid_by_second: BTreeMap<i64, u64> = BTreeMap::new();
+    for r in pays.iter().filter(|r| r.ok()) {
+        let _ = pay_latency.record(r.latency_us().max(0) as u64);
+        *paid_by_second
+            .entry(r.done_us.div_euclid(1_000_000))
+            .or_default() += 1;
+    }
+    let paid = paid_by_second.values().sum::<u64>();
+    let paid_window_s = match (
+        pays.iter().map(|r| r.at_us).min(),
+        pays.iter().filter(|r| r.ok()).map(|r| r.done_us).max(),
     ) {
         (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e6,
         _ => 1.0,
@@ -259,6 +282,9 @@ pub fn summarize(outcome: &Outcome, backend: &str) -> Summary {
         by_kind,
         snapup_latency: percentiles(&latency),
         snapups_per_s: snapups.len() as f64 / window_s,
+        pay_latency: percentiles(&pay_latency),
+        paid_per_s: paid as f64 / paid_window_s,
+        paid_peak_per_s: paid_by_second.values().copied().max().unwrap_or(0),
         peak_requests_per_s: timeline.iter().map(|s| s.sent).max().unwrap_or(0),
         timeline,
         hottest,
@@ -286,6 +312,13 @@ pub fn print(summary: &Summary) {
         "snap-ups {:.0}/s over their window; peak {} requests in one second; this process used {:.2} cores on average, {:.2} in its busiest second (the generator; plus the server in demo and in-process runs); {} not sent; {} late payments skipped (hold outlives the run)",
         summary.snapups_per_s, summary.peak_requests_per_s, summary.generator_cpu_cores, summary.generator_cpu_cores_peak, summary.not_sent, summary.late_pays_skipped
     );
+    if summary.paid_per_s > 0.0 {
+        let l = &summary.pay_latency;
+        println!(
+            "payments: {:.0} paid orders/s from the first sent to the last paid, {} at most in one second; latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            summary.paid_per_s, summary.paid_peak_per_s, l.p50_ms, l.p99_ms, l.max_ms
+        );
+    }
     println!("throughput (by intended second): t  sent  ok  refused  errors  p50ms  p99ms");
     for s in summary.timeline.iter().filter(|s| s.t >= -1).take(40) {
         println!(

@@ -109,6 +109,15 @@ pub enum Which {
         #[arg(long)]
         postgres_url: Option<String>,
     },
+    /// The payment channel router: wall time per routing decision (a
+    /// submit and its completion), in-process, by number of channels.
+    Router {
+        #[arg(long, default_value_t = 1_000_000)]
+        decisions: u64,
+        /// Channel counts to measure (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [2usize, 3, 8, 32])]
+        channels: Vec<usize>,
+    },
 }
 
 fn stock(
@@ -172,6 +181,20 @@ pub enum Shape {
 
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Router {
+            decisions,
+            channels,
+        } => {
+            println!("mall bench router: {decisions} decisions per row (submit + complete, load at half of total capacity)");
+            println!("  channels   ns/decision   decisions/s");
+            for n in channels {
+                anyhow::ensure!((1..=64).contains(&n), "channels must be 1 to 64");
+                let per = mall_pay::bench::decision_cost(n, decisions);
+                let ns = per.as_secs_f64() * 1e9;
+                println!("  {n:>8}   {ns:>11.0}   {:>11.0}", 1e9 / ns);
+            }
+            Ok(())
+        }
         Which::Ledger {
             wallets,
             transfers,
