@@ -78,6 +78,11 @@ pub struct PaymentsConfig {
     pub provider_timeout_ms: u64,
     /// Channels tried per payment, at most.
     pub tries_max: usize,
+    /// Payments the mall works on at once, at most; more wait their turn
+    /// (first come, first served). Order placement comes first on a night
+    /// like 11.11: a payment has the whole hold to happen, a snap-up has
+    /// milliseconds.
+    pub in_process_max: usize,
     /// Largest single top-up, in fen.
     pub top_up_max_fen: u64,
 }
@@ -89,6 +94,7 @@ impl Default for PaymentsConfig {
             router: RouterConfig::default(),
             callback_base: "http://127.0.0.1:8080".into(),
             wait_ms: 5_000,
+            in_process_max: 64,
             provider_timeout_ms: 1_000,
             tries_max: 3,
             top_up_max_fen: 5_000_000,
@@ -309,6 +315,17 @@ struct Try {
     tried: Vec<usize>,
     /// The router gave it up while someone else held its claim.
     abandon_requested: bool,
+    /// Where its pending transfer stands, as far as this process made it
+    /// (changed only under the try's claim).
+    ledger: TryLedger,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TryLedger {
+    /// Not recorded (queued, or being recorded under the claim).
+    None,
+    Pending,
+    Voided,
 }
 
 /// The money of one paid order.
@@ -337,6 +354,8 @@ struct State {
     /// Callback events taken, oldest first (bounded).
     events_seen: FxHashSet<String>,
     events_order: VecDeque<String>,
+    /// Ledger accounts known to exist (created here or found at start).
+    accounts: FxHashSet<AccountId>,
 }
 
 const EVENTS_REMEMBERED: usize = 200_000;
@@ -373,6 +392,7 @@ struct Shared {
     epoch: Instant,
     state: Mutex<State>,
     counters: PayCounters,
+    admission: tokio::sync::Semaphore,
 }
 
 /// The payment service. Cheap to clone.
@@ -433,6 +453,7 @@ impl Payments {
                 epoch: Instant::now(),
                 state: Mutex::new(State::default()),
                 counters: PayCounters::default(),
+                admission: tokio::sync::Semaphore::new(config.in_process_max.max(1)),
                 config,
             }),
         };
@@ -506,10 +527,25 @@ impl Payments {
         }
     }
 
+    /// Creates the accounts that do not exist yet (creation is idempotent;
+    /// the ones known to exist cost nothing).
     async fn ensure_accounts(&self, ids: &[AccountId]) -> Result<(), PayError> {
-        let accounts: Vec<Account> = ids.iter().filter_map(|id| chart::account(*id)).collect();
+        let accounts: Vec<Account> = {
+            let state = lock(&self.shared.state);
+            ids.iter()
+                .filter(|id| !state.accounts.contains(id))
+                .filter_map(|id| chart::account(*id))
+                .collect()
+        };
+        if accounts.is_empty() {
+            return Ok(());
+        }
+        let created: Vec<AccountId> = accounts.iter().map(|a| a.id).collect();
         match self.ledger(Led::CreateAccounts(accounts)).await? {
-            LedReply::Accounts(r) if r.iter().all(Result::is_ok) => Ok(()),
+            LedReply::Accounts(r) if r.iter().all(Result::is_ok) => {
+                lock(&self.shared.state).accounts.extend(created);
+                Ok(())
+            }
             other => {
                 tracing::error!(?other, "creating ledger accounts");
                 Err(PayError::Unavailable)
@@ -530,19 +566,18 @@ impl Payments {
         }
     }
 
+    /// The order as stored. A point read by primary key on the shard's WAL
+    /// reader, tens of microseconds: done on this thread, as a hop to the
+    /// blocking pool would cost more than the read (a payment does one).
     async fn stored_order(&self, id: OrderId) -> Result<Option<Order>, PayError> {
-        let engine = self.shared.engine.clone();
-        tokio::task::spawn_blocking(move || {
-            engine
-                .reader_for_order(id)
-                .map_or(Ok(None), |r| r.order(id))
-        })
-        .await
-        .map_err(|_| PayError::Unavailable)?
-        .map_err(|e| {
-            tracing::error!(error = %e, "reading an order");
-            PayError::Unavailable
-        })
+        self.shared
+            .engine
+            .reader_for_order(id)
+            .map_or(Ok(None), |r| r.order(id))
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading an order");
+                PayError::Unavailable
+            })
     }
 
     fn single(
@@ -617,12 +652,32 @@ impl Payments {
         user: UserId,
         order: OrderId,
         method: Method,
+    ) -> Result<(PaymentView, Order), PayError> {
+        let _turn = self
+            .shared
+            .admission
+            .acquire()
+            .await
+            .map_err(|_| PayError::Unavailable)?;
+        let mut o = self.stored_order(order).await?;
+        let view = self.pay_read(user, order, method, o.as_ref()).await?;
+        let mut o = o.take().expect("a paid order was read");
+        if view.status == PayStatus::Succeeded {
+            o.status = OrderStatus::Paid;
+            o.expires_at = None;
+            o.updated_at = self.now();
+        }
+        Ok((view, o))
+    }
+
+    async fn pay_read(
+        &self,
+        user: UserId,
+        order: OrderId,
+        method: Method,
+        o: Option<&Order>,
     ) -> Result<PaymentView, PayError> {
-        let o = self
-            .stored_order(order)
-            .await?
-            .filter(|o| o.user == user)
-            .ok_or(PayError::UnknownOrder)?;
+        let o = o.filter(|o| o.user == user).ok_or(PayError::UnknownOrder)?;
         match (o.status, o.payment) {
             (OrderStatus::AwaitingPayment, PaymentMethod::Online) => {}
             (OrderStatus::Expired, _) => return Err(PayError::HoldExpired),
@@ -636,7 +691,7 @@ impl Payments {
         match method {
             Method::Wallet => {
                 self.claim_purpose(purpose)?;
-                let result = self.pay_from_wallet(user, &o, amount).await;
+                let result = self.pay_from_wallet(user, o, amount).await;
                 lock(&self.shared.state).live.remove(&purpose);
                 result
             }
@@ -770,6 +825,7 @@ impl Payments {
                     channel: None,
                     tried: Vec::new(),
                     abandon_requested: false,
+                    ledger: TryLedger::None,
                 };
                 state.live.insert(purpose, id);
                 state.tries.insert(id, t);
@@ -914,16 +970,14 @@ impl Payments {
         }
     }
 
-    /// The try's durable record: a pending transfer from the channel's clearing account.
-    async fn record_try(&self, id: u64, channel: usize, t: &Try) -> Result<(), PayError> {
+    /// The try's pending transfer: from the channel's clearing account to
+    /// escrow (a payment) or to the shopper's wallet (a top-up).
+    fn try_transfer(id: u64, channel: usize, t: &Try) -> Transfer {
         let (credit, code, user_data) = match t.purpose {
             Purpose::Order(o) => (chart::ESCROW, code::CHANNEL_PAYMENT, o.0),
             Purpose::TopUp(_) => (chart::wallet(t.user), code::TOP_UP, t.user.0),
         };
-        if let Purpose::TopUp(_) = t.purpose {
-            self.ensure_accounts(&[credit]).await?;
-        }
-        let pending = Transfer {
+        Transfer {
             id: TransferId(id),
             debit: chart::clearing(channel),
             credit,
@@ -932,9 +986,42 @@ impl Payments {
             linked: false,
             code,
             user_data,
-        };
-        match self.transfer(pending).await? {
-            Ok(_) => Ok(()),
+        }
+    }
+
+    /// A try this process recorded and has not resolved, as stored (holding
+    /// its claim); `None` if its state must be read from the ledger.
+    fn known_pending(&self, id: u64, channel: usize, amount: Option<u64>) -> Option<Stored> {
+        let state = lock(&self.shared.state);
+        let t = state.tries.get(&id)?;
+        let fits = t.ledger == TryLedger::Pending
+            && t.channel == Some(channel)
+            && amount.is_none_or(|a| a == t.amount);
+        fits.then(|| Stored {
+            seq: 0,
+            transfer: Self::try_transfer(id, channel, t),
+            created_at: Timestamp(0),
+            state: Some(PendingState::Pending),
+        })
+    }
+
+    fn set_try_ledger(&self, id: u64, ledger: TryLedger) {
+        if let Some(t) = lock(&self.shared.state).tries.get_mut(&id) {
+            t.ledger = ledger;
+        }
+    }
+
+    /// Records the try (holding its claim).
+    async fn record_try(&self, id: u64, channel: usize, t: &Try) -> Result<(), PayError> {
+        let transfer = Self::try_transfer(id, channel, t);
+        if let Purpose::TopUp(_) = t.purpose {
+            self.ensure_accounts(&[transfer.credit]).await?;
+        }
+        match self.transfer(transfer).await? {
+            Ok(_) => {
+                self.set_try_ledger(id, TryLedger::Pending);
+                Ok(())
+            }
             Err(r) => {
                 tracing::error!(refusal = r.code(), "recording a payment try was refused");
                 Err(PayError::Unavailable)
@@ -960,13 +1047,25 @@ impl Payments {
         self.retry_or_fail(id).await;
     }
 
+    /// Voids a try's pending transfer, if it has one (holding its claim).
     async fn void_try(&self, id: u64) -> Result<(), PayError> {
-        match self.lookup_transfer(id).await? {
-            Some(s) if s.state == Some(PendingState::Pending) => {
-                self.resolve_pending(&s, false).await
-            }
-            _ => Ok(()),
+        let channel = lock(&self.shared.state)
+            .tries
+            .get(&id)
+            .and_then(|t| t.channel);
+        let known = channel.and_then(|c| self.known_pending(id, c, None));
+        let pending = match known {
+            Some(p) => Some(p),
+            None => self
+                .lookup_transfer(id)
+                .await?
+                .filter(|s| s.state == Some(PendingState::Pending)),
+        };
+        if let Some(p) = pending {
+            self.resolve_pending(&p, false).await?;
         }
+        self.set_try_ledger(id, TryLedger::Voided);
+        Ok(())
     }
 
     async fn retry_or_fail(&self, id: u64) {
@@ -992,6 +1091,7 @@ impl Payments {
                 let next = random_id();
                 t.channel = None;
                 t.abandon_requested = false;
+                t.ledger = TryLedger::None;
                 state.live.insert(t.purpose, next);
                 state.tries.insert(next, t);
                 Some(next)
@@ -1115,21 +1215,28 @@ impl Payments {
         if lock(&self.shared.state).events_seen.contains(&event) {
             return Err(PayError::CallbackReplayed);
         }
-        let stored = self
-            .lookup_transfer(id)
-            .await?
-            .ok_or(PayError::UnknownPayment)?;
-        let amount = v["amount_fen"].as_u64();
-        if stored.transfer.debit != chart::clearing(channel)
-            || !matches!(stored.transfer.mode, Mode::Pending { .. })
-            || amount != Some(stored.transfer.amount)
-        {
-            return Err(PayError::UnknownPayment);
-        }
         if !self.claim(id) {
             return Err(PayError::Busy); // the provider retries
         }
-        let result = self.decide(&stored, channel, succeeded).await;
+        let result = async {
+            // Read under the claim: nobody else decides this try meanwhile.
+            // A try this process has in hand needs no ledger read.
+            let amount = v["amount_fen"].as_u64();
+            if let Some(known) = self.known_pending(id, channel, amount) {
+                return self.decide(&known, channel, succeeded).await;
+            }
+            let stored = self
+                .lookup_transfer(id)
+                .await?
+                .filter(|s| {
+                    s.transfer.debit == chart::clearing(channel)
+                        && matches!(s.transfer.mode, Mode::Pending { .. })
+                        && v["amount_fen"].as_u64() == Some(s.transfer.amount)
+                })
+                .ok_or(PayError::UnknownPayment)?;
+            self.decide(&stored, channel, succeeded).await
+        }
+        .await;
         self.unclaim(id);
         result?;
         let mut state = lock(&self.shared.state);
@@ -1147,11 +1254,7 @@ impl Payments {
     /// A provider's final word on a try (holding its claim).
     async fn decide(&self, try_: &Stored, channel: usize, succeeded: bool) -> Result<(), PayError> {
         let id = try_.transfer.id.0;
-        // Fresh: the claim was taken after the lookup.
-        let current = self
-            .lookup_transfer(id)
-            .await?
-            .ok_or(PayError::UnknownPayment)?;
+        let current = try_;
         let in_router = lock(&self.shared.router).complete(
             AttemptId(id),
             if succeeded {
@@ -1162,9 +1265,10 @@ impl Payments {
             self.now_us(),
         );
         match (current.state, succeeded) {
-            (Some(PendingState::Pending), true) => self.capture(&current, channel).await,
+            (Some(PendingState::Pending), true) => self.capture(current, channel).await,
             (Some(PendingState::Pending), false) => {
-                self.resolve_pending(&current, false).await?;
+                self.resolve_pending(current, false).await?;
+                self.set_try_ledger(id, TryLedger::Voided);
                 if in_router || lock(&self.shared.state).tries.contains_key(&id) {
                     let me = self.clone();
                     tokio::spawn(async move { me.retry_or_fail(id).await });
@@ -1172,7 +1276,7 @@ impl Payments {
                 Ok(())
             }
             (Some(PendingState::Posted), _) | (_, false) => Ok(()),
-            (_, true) => self.late_refund(&current, channel).await,
+            (_, true) => self.late_refund(current, channel).await,
         }
     }
 

@@ -136,6 +136,9 @@ struct Shared {
     late_pays_skipped: AtomicU64,
     not_sent: AtomicU64,
     tx: mpsc::UnboundedSender<Scheduled>,
+    /// Follow-ups (pay, cancel) go out on connections of their own: a
+    /// shopper's app pays on its own connection, not in the crowd's queue.
+    follow_tx: mpsc::UnboundedSender<Scheduled>,
     /// Records handed back by the workers.
     records: std::sync::Mutex<Vec<Record>>,
     /// Server ids of the shoppers, by index.
@@ -191,6 +194,7 @@ pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome
     let opening = Instant::now() + Duration::from_millis((opening_ms - now_ms) as u64);
     let deadline = opening + Duration::from_secs_f64(s.duration_max_s);
     let (tx, rx) = mpsc::unbounded_channel();
+    let (follow_tx, follow_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         plan,
         skus,
@@ -208,15 +212,17 @@ pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome
         late_pays_skipped: AtomicU64::new(0),
         not_sent: AtomicU64::new(0),
         tx,
+        follow_tx,
         records: std::sync::Mutex::new(Vec::new()),
         user_ids,
     });
     let cpu_before = cpu_seconds();
     let wall_before = Instant::now();
-    let rx = Arc::new(Mutex::new(rx));
+    let (rx, follow_rx) = (Arc::new(Mutex::new(rx)), Arc::new(Mutex::new(follow_rx)));
     let workers: Vec<_> = (0..s.connections)
-        .map(|_| {
-            let (shared, rx) = (shared.clone(), rx.clone());
+        .flat_map(|_| [rx.clone(), follow_rx.clone()])
+        .map(|rx| {
+            let shared = shared.clone();
             tokio::spawn(async move { worker(shared, rx).await })
         })
         .collect();
@@ -506,7 +512,7 @@ fn schedule(shared: &Arc<Shared>, job: Job, at_us: i64) -> bool {
     let shared2 = shared.clone();
     tokio::spawn(async move {
         tokio::time::sleep_until(when.into()).await;
-        let _ = shared2.tx.send(Scheduled { job, at_us });
+        let _ = shared2.follow_tx.send(Scheduled { job, at_us });
     });
     true
 }

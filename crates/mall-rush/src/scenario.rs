@@ -48,7 +48,8 @@ pub struct Scenario {
     /// (wallets must be topped up first).
     #[serde(default = "default_pay_method")]
     pub pay_method: String,
-    /// Connections to the server (keep-alive, reused).
+    /// Connections to the server (keep-alive, reused) for browsing and
+    /// snap-ups; as many again carry payments and cancels.
     pub connections: u32,
     /// A request not answered in this time is retried with the same key.
     pub timeout_ms: u64,

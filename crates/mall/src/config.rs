@@ -34,6 +34,13 @@ pub struct Config {
     pub anonymous_burst: f64,
     /// The payment channels file (see `mall channels`).
     pub channels: Option<PathBuf>,
+    /// Payments worked on at once; more wait their turn, so a payment peak
+    /// never starves order placement.
+    pub payments_in_process_max: usize,
+    /// How long a payment request waits for the provider's answer before
+    /// answering 202 (pending).
+    #[serde(with = "humantime_serde_lite")]
+    pub payment_wait: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +64,8 @@ impl Default for Config {
             anonymous_rate_per_s: http.rate.anonymous_rate_per_s,
             anonymous_burst: http.rate.anonymous_burst,
             channels: None,
+            payments_in_process_max: mall_payments::PaymentsConfig::default().in_process_max,
+            payment_wait: Duration::from_millis(mall_payments::PaymentsConfig::default().wait_ms),
         }
     }
 }
@@ -123,6 +132,14 @@ impl Config {
         anyhow::ensure!(
             self.queue_capacity >= 1,
             "queue_capacity must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=100_000).contains(&self.payments_in_process_max),
+            "payments_in_process_max must be 1 to 100000"
+        );
+        anyhow::ensure!(
+            self.payment_wait <= Duration::from_secs(60),
+            "payment_wait must be at most 60s"
         );
         anyhow::ensure!(
             self.batch_commands_max >= 1,

@@ -94,6 +94,9 @@ struct ServeArgs {
     /// wallet payments work.
     #[arg(long, env = "MALL_CHANNELS")]
     channels: Option<PathBuf>,
+    /// Payments worked on at once (more wait their turn).
+    #[arg(long, env = "MALL_PAYMENTS_IN_PROCESS_MAX")]
+    payments_in_process_max: Option<usize>,
     /// Seed a Singles' Day catalog first if the store has no items.
     #[arg(long)]
     seed: bool,
@@ -157,7 +160,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         batch_commands_max,
         body_bytes_max,
         connections_max,
-        user_rate_per_s
+        user_rate_per_s,
+        payments_in_process_max
     );
     if args.shards.is_some() {
         config.shards = args.shards;
@@ -216,8 +220,10 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", config.addr))?;
         let local = listener.local_addr()?;
-        let payments = mall_payments::config_from_file(channels_file.as_ref(), &[], local)
+        let mut payments = mall_payments::config_from_file(channels_file.as_ref(), &[], local)
             .map_err(anyhow::Error::msg)?;
+        payments.in_process_max = config.payments_in_process_max;
+        payments.wait_ms = config.payment_wait.as_millis() as u64;
         let channel_count = payments.channels.len();
         state
             .attach_payments(payments)

@@ -136,10 +136,7 @@ pub async fn pay(
         fp,
         idempotency::keep,
         || async {
-            let view = payments(&state)?.pay(principal.user, id, method).await?;
-            let order = read_order(&state, id)
-                .await?
-                .ok_or_else(|| ApiError::internal("paid order", "vanished"))?;
+            let (view, order) = payments(&state)?.pay(principal.user, id, method).await?;
             let status = match view.status {
                 PayStatus::Succeeded => StatusCode::OK,
                 PayStatus::Pending => StatusCode::ACCEPTED,
