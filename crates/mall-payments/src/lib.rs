@@ -83,6 +83,10 @@ pub struct PaymentsConfig {
     /// like 11.11: a payment has the whole hold to happen, a snap-up has
     /// milliseconds.
     pub in_process_max: usize,
+    /// How long tries given up are watched: their provider is asked now and
+    /// then whether it charged after all (a callback may never come), and a
+    /// charge is handed back.
+    pub watch_ms: i64,
     /// Largest single top-up, in fen.
     pub top_up_max_fen: u64,
 }
@@ -95,6 +99,7 @@ impl Default for PaymentsConfig {
             callback_base: "http://127.0.0.1:8080".into(),
             wait_ms: 5_000,
             in_process_max: 64,
+            watch_ms: 15 * 60_000,
             provider_timeout_ms: 1_000,
             tries_max: 3,
             top_up_max_fen: 5_000_000,
@@ -356,7 +361,14 @@ struct State {
     events_order: VecDeque<String>,
     /// Ledger accounts known to exist (created here or found at start).
     accounts: FxHashSet<AccountId>,
+    /// Tries given up whose provider may still charge: `(try, channel, until_ms)`.
+    watch: VecDeque<(u64, usize, i64)>,
 }
+
+/// Tries watched at most; beyond, the oldest are dropped (and logged).
+const WATCH_MAX: usize = 500_000;
+/// Provider status queries per sweep, at most.
+const SWEEP_QUERIES_MAX: usize = 2_000;
 
 const EVENTS_REMEMBERED: usize = 200_000;
 const ID_MASK: u64 = (1 << 53) - 1; // ids stay exact in JSON numbers
@@ -464,6 +476,8 @@ impl Payments {
         payments.reconcile(pending).await;
         let driver = payments.clone();
         tokio::spawn(async move { driver.drive().await });
+        let sweeper = payments.clone();
+        tokio::spawn(async move { sweeper.sweep_forever().await });
         Ok(payments)
     }
 
@@ -1063,9 +1077,78 @@ impl Payments {
         };
         if let Some(p) = pending {
             self.resolve_pending(&p, false).await?;
+            if let Some(c) = channel {
+                self.watch(id, c);
+            }
         }
         self.set_try_ledger(id, TryLedger::Voided);
         Ok(())
+    }
+
+    /// Watches a try given up: should its provider have charged after all,
+    /// the sweep hands the money back.
+    fn watch(&self, id: u64, channel: usize) {
+        let until = self.now().0 + self.shared.config.watch_ms;
+        let mut state = lock(&self.shared.state);
+        if state.watch.len() >= WATCH_MAX {
+            state.watch.pop_front();
+            tracing::warn!("too many tries given up at once; the oldest is no longer watched");
+        }
+        state.watch.push_back((id, channel, until));
+    }
+
+    async fn sweep_forever(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            self.sweep().await;
+        }
+    }
+
+    /// Asks providers about watched tries: a charge is handed back, a
+    /// failure or an unknown payment ends the watch, a pending one is
+    /// asked again next time.
+    async fn sweep(&self) {
+        let due: Vec<(u64, usize, i64)> = {
+            let mut state = lock(&self.shared.state);
+            let n = state.watch.len().min(SWEEP_QUERIES_MAX);
+            state.watch.drain(..n).collect()
+        };
+        let now = self.now().0;
+        for (id, channel, until) in due {
+            if now > until {
+                continue;
+            }
+            let keep = match self.shared.providers[channel].status(id).await {
+                Ok(ProviderStatus::Succeeded) => self.late_success(id, channel).await.is_err(),
+                Ok(ProviderStatus::Failed | ProviderStatus::Unknown) => false,
+                Ok(ProviderStatus::Pending) | Err(_) => true,
+            };
+            if keep {
+                lock(&self.shared.state)
+                    .watch
+                    .push_back((id, channel, until));
+            }
+        }
+    }
+
+    /// The provider charged for a try: hand the money back if the try was given up.
+    async fn late_success(&self, id: u64, channel: usize) -> Result<(), PayError> {
+        if !self.claim(id) {
+            return Err(PayError::Busy);
+        }
+        let result = async {
+            match self.lookup_transfer(id).await? {
+                Some(p)
+                    if matches!(p.state, Some(PendingState::Voided | PendingState::Expired)) =>
+                {
+                    self.late_refund(&p, channel).await
+                }
+                _ => Ok(()), // posted (it paid), or still being decided
+            }
+        }
+        .await;
+        self.unclaim(id);
+        result
     }
 
     async fn retry_or_fail(&self, id: u64) {
@@ -1656,6 +1739,7 @@ impl Payments {
                 tracing::error!(error = %e, "reading the ledger");
                 PayError::Unavailable
             })?;
+        let now = self.now().0;
         let mut state = lock(&self.shared.state);
         let mut pending = Vec::new();
         for s in transfers {
@@ -1696,6 +1780,20 @@ impl Payments {
                         m.settled = true;
                     }
                 }
+                (code::CHANNEL_PAYMENT | code::TOP_UP, Mode::Pending { .. })
+                    if s.state == Some(PendingState::Voided)
+                        && s.created_at.0 + self.shared.config.watch_ms > now =>
+                {
+                    if let Some(c) =
+                        chart::channel_of(t.debit).filter(|c| *c < self.shared.providers.len())
+                    {
+                        state.watch.push_back((
+                            t.id.0,
+                            c,
+                            s.created_at.0 + self.shared.config.watch_ms,
+                        ));
+                    }
+                }
                 (_, Mode::Pending { .. }) if s.state == Some(PendingState::Pending) => {
                     pending.push(s.clone())
                 }
@@ -1728,9 +1826,13 @@ impl Payments {
                     match channel {
                         Some(c) => match self.shared.providers[c].status(t.id.0).await {
                             Ok(ProviderStatus::Succeeded) => self.capture(&p, c).await,
-                            // Failed, unknown or still pending: give it up; a
-                            // late success is handed back when it arrives.
-                            _ => self.resolve_pending(&p, false).await,
+                            // Failed, unknown or still pending: give it up and
+                            // watch it; a late success is handed back.
+                            _ => {
+                                let r = self.resolve_pending(&p, false).await;
+                                self.watch(t.id.0, c);
+                                r
+                            }
                         },
                         None => self.resolve_pending(&p, false).await,
                     }

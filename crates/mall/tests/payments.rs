@@ -582,3 +582,127 @@ fn wallets_refunds_settlement_and_cash_on_delivery() {
     let (ok, text) = mall(&["ledger", "verify"], &data);
     assert!(ok, "{text}");
 }
+
+#[test]
+fn kill_dash_nine_mid_payments_loses_no_acknowledged_payment_and_charges_none_twice() {
+    const PAYERS: usize = 300;
+    const PRICE: i64 = 2_500;
+    let dir = tempfile::tempdir().unwrap();
+    let channels = start_channels(dir.path(), None);
+    let data = dir.path().join("data");
+    let channels_file = channels.file.to_str().unwrap().to_string();
+    let mut server = Server::start(&data, &["--channels", &channels_file]);
+    let skus = items(&server, 3, 100, PRICE);
+    let users = shoppers(&server, PAYERS);
+    let orders: Vec<(u64, String)> = users
+        .iter()
+        .enumerate()
+        .map(|(i, (_, token))| {
+            (
+                snap_up(&server, token, skus[i % 3], "online"),
+                token.clone(),
+            )
+        })
+        .collect();
+    // Pay as fast as 16 shoppers at a time can; kill -9 the server mid-way.
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..16)
+        .map(|w| {
+            let (orders, acked, base) = (orders.clone(), acked.clone(), server.base.clone());
+            std::thread::spawn(move || {
+                let a = agent();
+                for (id, token) in orders.iter().skip(w).step_by(16) {
+                    let r = call(
+                        &a,
+                        "POST",
+                        &format!("{base}/v1/orders/{id}/payments"),
+                        token,
+                        Some(json!({"method": "third_party"})),
+                        Some(&format!("pay-{id}")),
+                    );
+                    if let Some((200, body)) = r {
+                        assert_eq!(body["order"]["status"], "paid");
+                        acked.lock().unwrap().push(*id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < PAYERS / 4 {
+        assert!(Instant::now() < deadline, "payments did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill_9();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() < PAYERS,
+        "the kill came too late to test anything"
+    );
+
+    // Restart: what was acknowledged is paid; the rest can be paid (once).
+    let server = Server::start(&data, &["--channels", &channels_file]);
+    for id in &acked {
+        let token = &orders.iter().find(|(o, _)| o == id).unwrap().1;
+        assert_eq!(
+            order_status(&server, token, *id),
+            "paid",
+            "acknowledged payment of order {id} lost"
+        );
+    }
+    let a = agent();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (id, token) in &orders {
+        loop {
+            if order_status(&server, token, *id) == "paid" {
+                break;
+            }
+            let r = call(
+                &a,
+                "POST",
+                &server.url(&format!("/v1/orders/{id}/payments")),
+                token,
+                Some(json!({"method": "third_party"})),
+                Some(&format!("pay-{id}")),
+            );
+            assert!(
+                Instant::now() < deadline,
+                "order {id} could not be paid after the restart: {r:?}"
+            );
+            if !matches!(r, Some((200, _))) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    // Late callbacks of tries the crash cut off are handed back; then the
+    // providers keep exactly one payment per order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: u64 = (0..3)
+            .map(|i| provider_stats(&channels, i)["pending"].as_u64().unwrap())
+            .sum();
+        let kept: i64 = (0..3)
+            .map(|i| {
+                let s = provider_stats(&channels, i);
+                s["succeeded_fen"].as_i64().unwrap() - s["refunded_fen"].as_i64().unwrap()
+            })
+            .sum();
+        if pending == 0 && kept == PRICE * PAYERS as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "providers kept {kept} fen with {pending} pending; expected {}",
+            PRICE * PAYERS as i64
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.stop();
+    let (ok, text) = mall(&["ledger", "verify"], &data);
+    assert!(ok, "{text}");
+    let (ok, text) = mall(&["check"], &data);
+    assert!(ok, "{text}");
+}
