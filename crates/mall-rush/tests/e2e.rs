@@ -240,7 +240,7 @@ fn fake_app(mode: Broken) -> Router {
             }
         }))
         .route("/v1/orders/{id}/cancel", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
-        .route("/v1/admin/orders/{id}/mark-paid", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
+        .route("/v1/orders/{id}/payments", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
         .with_state(shared)
 }
 
