@@ -210,7 +210,12 @@ pub fn render_payments(out: &mut String, p: &mall_payments::Payments) {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let channels = p.channels();
-    let gauges: [(&str, &str, fn(&mall_pay::router::ChannelStatus) -> f64); 7] = [
+    type Gauge = (
+        &'static str,
+        &'static str,
+        fn(&mall_pay::router::ChannelStatus) -> f64,
+    );
+    let gauges: [Gauge; 7] = [
         (
             "mall_channel_rate_per_second",
             "Dispatches over the last second.",

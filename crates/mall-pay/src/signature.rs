@@ -51,7 +51,7 @@ pub fn sign(secret: &[u8], now_ms: i64, body: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if s.len() & 1 == 1 || !s.is_ascii() {
         return None;
     }
     (0..s.len())
@@ -82,7 +82,7 @@ pub fn verify(
     mac(secret, t, body)
         .verify_slice(&v1)
         .map_err(|_| SignatureError::Mismatch)?;
-    if (now_ms - t).abs() > TOLERANCE_MS {
+    if now_ms.abs_diff(t) > TOLERANCE_MS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     Ok(t)

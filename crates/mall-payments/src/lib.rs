@@ -363,6 +363,16 @@ struct State {
     accounts: FxHashSet<AccountId>,
     /// Tries given up whose provider may still charge: `(try, channel, until_ms)`.
     watch: VecDeque<(u64, usize, i64)>,
+    /// Provider refunds to re-send (recorded in the ledger already).
+    provider_refunds: VecDeque<ProviderRefund>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ProviderRefund {
+    channel: usize,
+    refund: u64,
+    payment: u64,
+    amount: u64,
 }
 
 /// Tries watched at most; beyond, the oldest are dropped (and logged).
@@ -371,6 +381,8 @@ const WATCH_MAX: usize = 500_000;
 const SWEEP_QUERIES_MAX: usize = 2_000;
 
 const EVENTS_REMEMBERED: usize = 200_000;
+/// Requests waiting on one payment's outcome, at most.
+const WAITERS_PER_PAYMENT_MAX: usize = 16;
 const ID_MASK: u64 = (1 << 53) - 1; // ids stay exact in JSON numbers
 
 /// A transfer id derived from what it does, so doing it again is a replay.
@@ -411,6 +423,33 @@ struct Shared {
 #[derive(Clone)]
 pub struct Payments {
     shared: Arc<Shared>,
+}
+
+/// Releases a claim (or a wallet payment's mark on its order) when
+/// dropped, so a request abandoned half-way (the client went away) never
+/// leaves it held.
+struct Held {
+    shared: Arc<Shared>,
+    what: HeldWhat,
+}
+
+enum HeldWhat {
+    Claim(u64),
+    Live(Purpose),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        match self.what {
+            HeldWhat::Claim(id) => {
+                state.claims.remove(&id);
+            }
+            HeldWhat::Live(purpose) => {
+                state.live.remove(&purpose);
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -673,9 +712,9 @@ impl Payments {
             .acquire()
             .await
             .map_err(|_| PayError::Unavailable)?;
-        let mut o = self.stored_order(order).await?;
-        let view = self.pay_read(user, order, method, o.as_ref()).await?;
-        let mut o = o.take().expect("a paid order was read");
+        let read = self.stored_order(order).await?;
+        let view = self.pay_read(user, order, method, read.as_ref()).await?;
+        let mut o = read.expect("a paid order was read");
         if view.status == PayStatus::Succeeded {
             o.status = OrderStatus::Paid;
             o.expires_at = None;
@@ -704,10 +743,8 @@ impl Payments {
         let purpose = Purpose::Order(order);
         match method {
             Method::Wallet => {
-                self.claim_purpose(purpose)?;
-                let result = self.pay_from_wallet(user, o, amount).await;
-                lock(&self.shared.state).live.remove(&purpose);
-                result
+                let _live = self.claim_purpose(purpose)?;
+                self.pay_from_wallet(user, o, amount).await
             }
             _ => {
                 self.pay_through_channel(purpose, user, amount, method)
@@ -717,13 +754,16 @@ impl Payments {
     }
 
     /// Marks `purpose` as having a live try; refuses if it has one already.
-    fn claim_purpose(&self, purpose: Purpose) -> Result<(), PayError> {
+    fn claim_purpose(&self, purpose: Purpose) -> Result<Held, PayError> {
         let mut state = lock(&self.shared.state);
         if state.live.contains_key(&purpose) {
             return Err(PayError::InProgress);
         }
         state.live.insert(purpose, 0);
-        Ok(())
+        Ok(Held {
+            shared: self.shared.clone(),
+            what: HeldWhat::Live(purpose),
+        })
     }
 
     async fn pay_from_wallet(
@@ -762,8 +802,8 @@ impl Payments {
         let confirmed = self.inventory(o.id, Inv::Confirm { order: o.id }).await;
         match confirmed {
             Ok(InvReply::Order { .. }) => {
-                self.resolve_pending(&stored, true).await?;
-                self.record_paid(o.id, wallet, id, amount);
+                // Confirmed: the money must follow, now or by a retry.
+                self.post_or_retry(stored, o.id);
                 bump(&self.shared.counters.succeeded);
                 Ok(PaymentView {
                     status: PayStatus::Succeeded,
@@ -783,23 +823,64 @@ impl Payments {
                     _ => PayError::NotPayable("no longer active"),
                 })
             }
-            // Unknown whether it was confirmed: the reconciliation at the next
-            // start, or the sweep, decides by the order's status.
-            Err(e) => Err(e),
+            // Not confirmed (the shard was full or could not commit): the
+            // order decides where the reserved money goes.
+            Err(e) => {
+                if let Err(again) = self.settle_order_try(&stored).await {
+                    tracing::warn!(error = %again, "a wallet reservation stays pending until the next start");
+                }
+                Err(e)
+            }
         }
     }
 
+    /// Posts a confirmed order's pending transfer, retrying in the
+    /// background until the ledger takes it: a paid order always has its
+    /// money.
+    fn post_or_retry(&self, pending: Stored, order: OrderId) {
+        let me = self.clone();
+        let t = &pending.transfer;
+        me.record_paid(order, t.debit, t.id, t.amount);
+        tokio::spawn(async move {
+            while let Err(e) = me.resolve_pending(&pending, true).await {
+                tracing::warn!(error = %e, "posting a paid order's money; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// A pending payment transfer of an order, undecided: post it if the
+    /// order was paid by it, void it otherwise. `Ok(true)`: posted.
+    async fn settle_order_try(&self, p: &Stored) -> Result<bool, PayError> {
+        let t = &p.transfer;
+        let order = OrderId(t.user_data);
+        let paid = self
+            .stored_order(order)
+            .await?
+            .is_some_and(|o| o.status == OrderStatus::Paid);
+        let ours = paid
+            && lock(&self.shared.state)
+                .orders
+                .get(&order)
+                .is_none_or(|m| m.paid_by == t.id);
+        self.resolve_pending(p, ours).await?;
+        if ours {
+            self.record_paid(order, t.debit, t.id, t.amount);
+        }
+        Ok(ours)
+    }
+
     fn record_paid(&self, order: OrderId, payer: AccountId, paid_by: TransferId, amount: u64) {
-        lock(&self.shared.state).orders.insert(
-            order,
-            OrderMoney {
+        lock(&self.shared.state)
+            .orders
+            .entry(order)
+            .or_insert(OrderMoney {
                 payer,
                 paid_by,
                 paid: amount,
                 refunded: 0,
                 settled: false,
-            },
-        );
+            });
     }
 
     async fn pay_through_channel(
@@ -825,12 +906,19 @@ impl Payments {
                 return Err(PayError::InProgress); // a wallet payment
             }
             let (tx, rx) = oneshot::channel();
-            state.waiters.entry(purpose).or_default().push(tx);
-            if !state.live.contains_key(&purpose) {
+            let waiting = state.waiters.entry(purpose).or_default();
+            // Those who stopped waiting (timed out, went away) leave.
+            waiting.retain(|w| !w.is_closed());
+            if waiting.len() >= WAITERS_PER_PAYMENT_MAX {
+                return Err(PayError::InProgress);
+            }
+            waiting.push(tx);
+            if let std::collections::hash_map::Entry::Vacant(live) = state.live.entry(purpose) {
                 let id = match purpose {
                     Purpose::TopUp(id) => id,
                     Purpose::Order(_) => random_id(),
                 };
+                live.insert(id);
                 let t = Try {
                     purpose,
                     user,
@@ -841,7 +929,6 @@ impl Payments {
                     abandon_requested: false,
                     ledger: TryLedger::None,
                 };
-                state.live.insert(purpose, id);
                 state.tries.insert(id, t);
                 drop(state);
                 self.route(id);
@@ -913,9 +1000,10 @@ impl Payments {
         let Some(t) = state.tries.remove(&id) else {
             return;
         };
-        if state.live.get(&t.purpose) == Some(&id) {
-            state.live.remove(&t.purpose);
+        if state.live.get(&t.purpose) != Some(&id) {
+            return; // an old try of a payment that has moved on
         }
+        state.live.remove(&t.purpose);
         let waiters = state.waiters.remove(&t.purpose).unwrap_or_default();
         drop(state);
         match &result {
@@ -933,23 +1021,27 @@ impl Payments {
     /// cannot void a try whose transfer is about to appear; a timeout that
     /// comes meanwhile is acted on right after.
     async fn dispatch(&self, id: u64, channel: usize) {
-        if !self.claim(id) {
+        let Some(held) = self.claim(id) else {
             return;
-        }
+        };
+        // A try given up meanwhile (the dispatch ran late) is not made.
         let t = {
             let mut state = lock(&self.shared.state);
-            state.tries.get_mut(&id).map(|t| {
-                t.channel = Some(channel);
-                t.tried.push(channel);
-                t.clone()
-            })
+            state
+                .tries
+                .get_mut(&id)
+                .filter(|t| t.ledger == TryLedger::None && !t.abandon_requested)
+                .map(|t| {
+                    t.channel = Some(channel);
+                    t.tried.push(channel);
+                    t.clone()
+                })
         };
         let Some(t) = t else {
-            self.unclaim(id);
             return;
         };
         let recorded = self.record_try(id, channel, &t).await;
-        self.unclaim(id);
+        drop(held);
         if let Err(e) = recorded {
             lock(&self.shared.router).complete(AttemptId(id), Outcome::Failed, self.now_us());
             return self.finish_try(id, Err(e));
@@ -961,7 +1053,9 @@ impl Payments {
         if requested {
             return self.abandon(id).await;
         }
-        let provider = &self.shared.providers[channel];
+        let Some(provider) = self.shared.providers.get(channel) else {
+            return self.abandon(id).await;
+        };
         let callback = format!(
             "{}/v1/channels/{}/callback",
             self.shared.config.callback_base, provider.name
@@ -1046,23 +1140,44 @@ impl Payments {
     /// Gives up a try (refused, failed or timed out): voids its pending
     /// transfer and retries the payment on another channel if any is left.
     async fn abandon(&self, id: u64) {
-        if !self.claim(id) {
-            // Someone is deciding it; they act on the request when done.
-            if let Some(t) = lock(&self.shared.state).tries.get_mut(&id) {
-                t.abandon_requested = true;
+        loop {
+            let Some(held) = self.claim(id) else {
+                // Someone is deciding it; they act on the request when done.
+                if let Some(t) = lock(&self.shared.state).tries.get_mut(&id) {
+                    t.abandon_requested = true;
+                }
+                return;
+            };
+            let result = self.void_try(id).await;
+            drop(held);
+            match result {
+                // Paid by this try after all (a confirm whose post was lost).
+                Ok(true) => return self.finish_try(id, Ok((id, None))),
+                Ok(false) => return self.retry_or_fail(id).await,
+                // The try stays live (so no other starts) until it is decided.
+                Err(e) => {
+                    tracing::warn!(error = %e, "giving up a payment try failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
-            return;
         }
-        let result = self.void_try(id).await;
-        self.unclaim(id);
-        if let Err(e) = result {
-            return self.finish_try(id, Err(e));
-        }
-        self.retry_or_fail(id).await;
     }
 
-    /// Voids a try's pending transfer, if it has one (holding its claim).
-    async fn void_try(&self, id: u64) -> Result<(), PayError> {
+    /// After a decision: a timeout the router sent meanwhile is acted on.
+    async fn after_decision(&self, id: u64) {
+        let requested = lock(&self.shared.state)
+            .tries
+            .get(&id)
+            .is_some_and(|t| t.abandon_requested);
+        if requested {
+            self.abandon(id).await;
+        }
+    }
+
+    /// Voids a try's pending transfer, if it has one (holding its claim);
+    /// `Ok(true)` if the order turned out paid by this very try (its
+    /// confirm landed, its post did not), which is then posted instead.
+    async fn void_try(&self, id: u64) -> Result<bool, PayError> {
         let channel = lock(&self.shared.state)
             .tries
             .get(&id)
@@ -1076,13 +1191,21 @@ impl Payments {
                 .filter(|s| s.state == Some(PendingState::Pending)),
         };
         if let Some(p) = pending {
-            self.resolve_pending(&p, false).await?;
+            let posted = if p.transfer.code == code::CHANNEL_PAYMENT {
+                self.settle_order_try(&p).await?
+            } else {
+                self.resolve_pending(&p, false).await?;
+                false
+            };
+            if posted {
+                return Ok(true);
+            }
             if let Some(c) = channel {
                 self.watch(id, c);
             }
         }
         self.set_try_ledger(id, TryLedger::Voided);
-        Ok(())
+        Ok(false)
     }
 
     /// Watches a try given up: should its provider have charged after all,
@@ -1104,51 +1227,83 @@ impl Payments {
         }
     }
 
-    /// Asks providers about watched tries: a charge is handed back, a
-    /// failure or an unknown payment ends the watch, a pending one is
-    /// asked again next time.
+    /// Asks providers about watched tries, many at a time: a charge is
+    /// handed back, a failure or an unknown payment ends the watch, a
+    /// pending one is asked again next time. Then re-sends provider refunds
+    /// that did not go through.
     async fn sweep(&self) {
+        const AT_ONCE: usize = 64;
         let due: Vec<(u64, usize, i64)> = {
             let mut state = lock(&self.shared.state);
             let n = state.watch.len().min(SWEEP_QUERIES_MAX);
             state.watch.drain(..n).collect()
         };
         let now = self.now().0;
+        let mut running = tokio::task::JoinSet::new();
         for (id, channel, until) in due {
-            if now > until {
+            if now > until || channel >= self.shared.providers.len() {
                 continue;
             }
-            let keep = match self.shared.providers[channel].status(id).await {
-                Ok(ProviderStatus::Succeeded) => self.late_success(id, channel).await.is_err(),
-                Ok(ProviderStatus::Failed | ProviderStatus::Unknown) => false,
-                Ok(ProviderStatus::Pending) | Err(_) => true,
-            };
-            if keep {
-                lock(&self.shared.state)
-                    .watch
-                    .push_back((id, channel, until));
+            while running.len() >= AT_ONCE {
+                running.join_next().await;
+            }
+            let me = self.clone();
+            running.spawn(async move {
+                let keep = match me.shared.providers[channel].status(id).await {
+                    Ok(ProviderStatus::Succeeded) => me.late_success(id, channel).await.is_err(),
+                    Ok(ProviderStatus::Failed | ProviderStatus::Unknown) => false,
+                    Ok(ProviderStatus::Pending) | Err(_) => true,
+                };
+                if keep {
+                    lock(&me.shared.state).watch.push_back((id, channel, until));
+                }
+            });
+        }
+        while running.join_next().await.is_some() {}
+        let refunds: Vec<ProviderRefund> = {
+            let mut state = lock(&self.shared.state);
+            let n = state.provider_refunds.len().min(SWEEP_QUERIES_MAX);
+            state.provider_refunds.drain(..n).collect()
+        };
+        for r in refunds {
+            self.provider_refund(r).await;
+        }
+    }
+
+    /// Sends a refund to a provider; one that does not go through is
+    /// re-sent by the sweep (refund ids are idempotent at the provider).
+    async fn provider_refund(&self, r: ProviderRefund) -> bool {
+        let Some(provider) = self.shared.providers.get(r.channel) else {
+            tracing::error!(
+                channel = r.channel,
+                "a refund names a channel no longer configured"
+            );
+            return false;
+        };
+        match provider.refund(r.refund, r.payment, r.amount).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "provider refund failed; it will be re-sent");
+                let mut state = lock(&self.shared.state);
+                if state.provider_refunds.len() < WATCH_MAX {
+                    state.provider_refunds.push_back(r);
+                }
+                false
             }
         }
     }
 
-    /// The provider charged for a try: hand the money back if the try was given up.
+    /// The provider charged for a try: hand the money back if the try was
+    /// given up. `Err` to be asked again.
     async fn late_success(&self, id: u64, channel: usize) -> Result<(), PayError> {
-        if !self.claim(id) {
-            return Err(PayError::Busy);
-        }
-        let result = async {
-            match self.lookup_transfer(id).await? {
-                Some(p)
-                    if matches!(p.state, Some(PendingState::Voided | PendingState::Expired)) =>
-                {
-                    self.late_refund(&p, channel).await
-                }
-                _ => Ok(()), // posted (it paid), or still being decided
+        let _held = self.claim(id).ok_or(PayError::Busy)?;
+        match self.lookup_transfer(id).await? {
+            Some(p) if matches!(p.state, Some(PendingState::Voided | PendingState::Expired)) => {
+                self.late_refund(&p, channel).await
             }
+            Some(p) if p.state == Some(PendingState::Pending) => Err(PayError::Busy),
+            _ => Ok(()), // posted: it paid
         }
-        .await;
-        self.unclaim(id);
-        result
     }
 
     async fn retry_or_fail(&self, id: u64) {
@@ -1186,12 +1341,13 @@ impl Payments {
         }
     }
 
-    fn claim(&self, id: u64) -> bool {
-        lock(&self.shared.state).claims.insert(id)
-    }
-
-    fn unclaim(&self, id: u64) {
-        lock(&self.shared.state).claims.remove(&id);
+    /// Takes the claim on a try (or, with the top bit set, an order):
+    /// whoever holds it alone decides it.
+    fn claim(&self, id: u64) -> Option<Held> {
+        lock(&self.shared.state).claims.insert(id).then(|| Held {
+            shared: self.shared.clone(),
+            what: HeldWhat::Claim(id),
+        })
     }
 
     // ---- the router's driver -------------------------------------------
@@ -1298,30 +1454,27 @@ impl Payments {
         if lock(&self.shared.state).events_seen.contains(&event) {
             return Err(PayError::CallbackReplayed);
         }
-        if !self.claim(id) {
-            return Err(PayError::Busy); // the provider retries
-        }
-        let result = async {
-            // Read under the claim: nobody else decides this try meanwhile.
-            // A try this process has in hand needs no ledger read.
-            let amount = v["amount_fen"].as_u64();
-            if let Some(known) = self.known_pending(id, channel, amount) {
-                return self.decide(&known, channel, succeeded).await;
-            }
-            let stored = self
+        let amount = v["amount_fen"]
+            .as_u64()
+            .ok_or_else(|| PayError::BadCallback("amount_fen must be a positive integer".into()))?;
+        let held = self.claim(id).ok_or(PayError::Busy)?; // the provider retries
+                                                          // Read under the claim: nobody else decides this try meanwhile. A
+                                                          // try this process has in hand needs no ledger read.
+        let stored = match self.known_pending(id, channel, Some(amount)) {
+            Some(known) => known,
+            None => self
                 .lookup_transfer(id)
                 .await?
                 .filter(|s| {
                     s.transfer.debit == chart::clearing(channel)
                         && matches!(s.transfer.mode, Mode::Pending { .. })
-                        && v["amount_fen"].as_u64() == Some(s.transfer.amount)
+                        && s.transfer.amount == amount
                 })
-                .ok_or(PayError::UnknownPayment)?;
-            self.decide(&stored, channel, succeeded).await
-        }
-        .await;
-        self.unclaim(id);
-        result?;
+                .ok_or(PayError::UnknownPayment)?,
+        };
+        self.decide(&stored, channel, succeeded).await?;
+        drop(held);
+        self.after_decision(id).await;
         let mut state = lock(&self.shared.state);
         if state.events_seen.insert(event.clone()) {
             state.events_order.push_back(event);
@@ -1335,31 +1488,51 @@ impl Payments {
     }
 
     /// A provider's final word on a try (holding its claim).
-    async fn decide(&self, try_: &Stored, channel: usize, succeeded: bool) -> Result<(), PayError> {
-        let id = try_.transfer.id.0;
-        let current = try_;
-        let in_router = lock(&self.shared.router).complete(
-            AttemptId(id),
-            if succeeded {
-                Outcome::Succeeded
-            } else {
-                Outcome::Failed
-            },
-            self.now_us(),
-        );
-        match (current.state, succeeded) {
+    ///
+    /// The router hears the outcome only once the decision is durable: if
+    /// it fails half-way, the router's timeout gives the try up (the
+    /// abandon path decides it from the order's status), so nothing is left
+    /// hanging.
+    async fn decide(
+        &self,
+        current: &Stored,
+        channel: usize,
+        succeeded: bool,
+    ) -> Result<(), PayError> {
+        let id = current.transfer.id.0;
+        let result = match (current.state, succeeded) {
             (Some(PendingState::Pending), true) => self.capture(current, channel).await,
             (Some(PendingState::Pending), false) => {
-                self.resolve_pending(current, false).await?;
-                self.set_try_ledger(id, TryLedger::Voided);
-                if in_router || lock(&self.shared.state).tries.contains_key(&id) {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.retry_or_fail(id).await });
+                let posted = self.settle_order_try_or_void(current).await?;
+                if !posted {
+                    self.set_try_ledger(id, TryLedger::Voided);
+                    if lock(&self.shared.state).tries.contains_key(&id) {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.retry_or_fail(id).await });
+                    }
                 }
                 Ok(())
             }
             (Some(PendingState::Posted), _) | (_, false) => Ok(()),
             (_, true) => self.late_refund(current, channel).await,
+        };
+        if result.is_ok() {
+            let outcome = if succeeded {
+                Outcome::Succeeded
+            } else {
+                Outcome::Failed
+            };
+            lock(&self.shared.router).complete(AttemptId(id), outcome, self.now_us());
+        }
+        result
+    }
+
+    /// A failed try: void it, unless its order turned out paid by it.
+    async fn settle_order_try_or_void(&self, p: &Stored) -> Result<bool, PayError> {
+        if p.transfer.code == code::CHANNEL_PAYMENT {
+            self.settle_order_try(p).await
+        } else {
+            self.resolve_pending(p, false).await.map(|()| false)
         }
     }
 
@@ -1373,8 +1546,20 @@ impl Payments {
             return Ok(());
         }
         let order = OrderId(t.user_data);
-        match self.inventory(order, Inv::Confirm { order }).await? {
-            InvReply::Order { .. } => {
+        let reply = self.inventory(order, Inv::Confirm { order }).await?;
+        // A replayed confirm is this try's only if no other transfer paid the order.
+        let ours = match &reply {
+            InvReply::Order { replayed, .. } => {
+                !replayed
+                    || lock(&self.shared.state)
+                        .orders
+                        .get(&order)
+                        .is_none_or(|m| m.paid_by == t.id)
+            }
+            _ => false,
+        };
+        match reply {
+            InvReply::Order { .. } if ours => {
                 self.resolve_pending(p, true).await?;
                 self.record_paid(order, t.debit, t.id, t.amount);
                 self.finish_try(t.id.0, Ok((t.id.0, Some(channel))));
@@ -1423,12 +1608,13 @@ impl Payments {
         if results.iter().all(|r| *r == Ok(LedOutcome::Created)) {
             bump(&self.shared.counters.late_refunds);
         }
-        if let Err(e) = self.shared.providers[channel]
-            .refund(refund_id.0, t.id.0, t.amount)
-            .await
-        {
-            tracing::warn!(error = %e, "provider refund of a late success failed; recorded in the ledger");
-        }
+        self.provider_refund(ProviderRefund {
+            channel,
+            refund: refund_id.0,
+            payment: t.id.0,
+            amount: t.amount,
+        })
+        .await;
         Ok(())
     }
 
@@ -1516,18 +1702,10 @@ impl Payments {
 
     // ---- after payment: settle, COD, refunds ---------------------------
 
-    fn claim_order(&self, order: OrderId) -> Result<(), PayError> {
-        // Orders and tries share the claim set; order ids live above 2^53
-        // only if a shard has made 2^45 orders, so the ranges stay apart.
-        if self.claim(order.0 | (1 << 63)) {
-            Ok(())
-        } else {
-            Err(PayError::Busy)
-        }
-    }
-
-    fn unclaim_order(&self, order: OrderId) {
-        self.unclaim(order.0 | (1 << 63));
+    /// The claim on an order's money (refunds, settlement, collection):
+    /// one at a time. Order claims carry the top bit; try ids stay below 2^53.
+    fn claim_order(&self, order: OrderId) -> Result<Held, PayError> {
+        self.claim(order.0 | (1 << 63)).ok_or(PayError::Busy)
     }
 
     async fn merchant_of(&self, order: &Order) -> AccountId {
@@ -1550,10 +1728,8 @@ impl Payments {
         if !matches!(o.status, OrderStatus::Paid | OrderStatus::Confirmed) {
             return Err(PayError::NotSettleable(o.status.as_str()));
         }
-        self.claim_order(order)?;
-        let result = self.settle_claimed(&o).await;
-        self.unclaim_order(order);
-        result
+        let _held = self.claim_order(order)?;
+        self.settle_claimed(&o).await
     }
 
     async fn settle_claimed(&self, o: &Order) -> Result<u64, PayError> {
@@ -1567,7 +1743,7 @@ impl Payments {
         }
         let merchant = self.merchant_of(o).await;
         self.ensure_accounts(&[merchant]).await?;
-        let amount = money.paid - money.refunded;
+        let amount = money.paid.saturating_sub(money.refunded);
         if amount > 0 {
             let t = Self::single(
                 derived("settle", o.id.0),
@@ -1597,10 +1773,13 @@ impl Payments {
         if o.payment != PaymentMethod::Cod || o.status != OrderStatus::Confirmed {
             return Err(PayError::NotSettleable(o.status.as_str()));
         }
-        self.claim_order(order)?;
-        let amount = o.amount_fen.0 as u64;
+        let _held = self.claim_order(order)?;
+        let amount = u64::try_from(o.amount_fen.0)
+            .ok()
+            .filter(|a| *a > 0)
+            .ok_or(PayError::NotSettleable("free"))?;
         let id = derived("cod", order.0);
-        let result = async {
+        async {
             if let Err(r) = self
                 .transfer(Self::single(
                     id,
@@ -1625,9 +1804,7 @@ impl Payments {
             });
             Ok(amount)
         }
-        .await;
-        self.unclaim_order(order);
-        result
+        .await
     }
 
     /// Refunds `amount` (all that is left if `None`) of a paid order, back
@@ -1643,10 +1820,8 @@ impl Payments {
             .stored_order(order)
             .await?
             .ok_or(PayError::UnknownOrder)?;
-        self.claim_order(order)?;
-        let result = self.refund_claimed(&o, amount, key).await;
-        self.unclaim_order(order);
-        result
+        let _held = self.claim_order(order)?;
+        self.refund_claimed(&o, amount, key).await
     }
 
     async fn refund_claimed(
@@ -1655,14 +1830,32 @@ impl Payments {
         amount: Option<u64>,
         key: u64,
     ) -> Result<RefundView, PayError> {
-        let id = derived("refund", key ^ o.id.0.rotate_left(17));
+        let id = TransferId(
+            (mall_core::fingerprint(&[b"refund", &o.id.0.to_le_bytes(), &key.to_le_bytes()])
+                & ID_MASK)
+                .max(1),
+        );
         let money = lock(&self.shared.state)
             .orders
             .get(&o.id)
             .copied()
             .ok_or(PayError::NotPaid)?;
         if let Some(done) = self.lookup_transfer(id.0).await? {
-            // A replay: answer as the first time.
+            if done.transfer.code != code::REFUND || done.transfer.user_data != o.id.0 {
+                tracing::error!(id = id.0, "a refund id collides with another transfer");
+                return Err(PayError::Unavailable);
+            }
+            // A replay: answer as the first time (and make sure the
+            // provider heard of it).
+            if let Some(channel) = chart::channel_of(money.payer) {
+                self.provider_refund(ProviderRefund {
+                    channel,
+                    refund: id.0,
+                    payment: money.paid_by.0,
+                    amount: done.transfer.amount,
+                })
+                .await;
+            }
             return Ok(RefundView {
                 refund: id.0,
                 amount_fen: done.transfer.amount,
@@ -1670,7 +1863,7 @@ impl Payments {
                 paid_fen: money.paid,
             });
         }
-        let remaining = money.paid - money.refunded;
+        let remaining = money.paid.saturating_sub(money.refunded);
         let amount = amount.unwrap_or(remaining);
         if amount == 0 || amount > remaining {
             return Err(PayError::RefundExceedsPaid { remaining });
@@ -1697,12 +1890,13 @@ impl Payments {
         };
         bump(&self.shared.counters.refunds);
         if let Some(channel) = chart::channel_of(money.payer) {
-            if let Err(e) = self.shared.providers[channel]
-                .refund(id.0, money.paid_by.0, amount)
-                .await
-            {
-                tracing::warn!(error = %e, "provider refund failed; recorded in the ledger");
-            }
+            self.provider_refund(ProviderRefund {
+                channel,
+                refund: id.0,
+                payment: money.paid_by.0,
+                amount,
+            })
+            .await;
         }
         Ok(RefundView {
             refund: id.0,
@@ -1713,11 +1907,19 @@ impl Payments {
     }
 
     /// An order was cancelled: refund what is left of its payment, if any.
+    /// `Busy` while a payment of the order is still being decided (the
+    /// caller retries; a start refunds whatever a cancelled order kept).
     pub async fn on_cancelled(&self, order: OrderId) -> Result<Option<RefundView>, PayError> {
-        let paid = lock(&self.shared.state)
-            .orders
-            .get(&order)
-            .is_some_and(|m| m.paid > m.refunded);
+        let paid = {
+            let state = lock(&self.shared.state);
+            if state.live.contains_key(&Purpose::Order(order)) {
+                return Err(PayError::Busy);
+            }
+            state
+                .orders
+                .get(&order)
+                .is_some_and(|m| m.paid > m.refunded)
+        };
         if !paid {
             return Ok(None);
         }
@@ -1808,35 +2010,24 @@ impl Payments {
     async fn reconcile(&self, pending: Vec<Stored>) {
         for p in pending {
             let t = &p.transfer;
-            let result = match t.code {
-                code::WALLET_PAYMENT => match self.stored_order(OrderId(t.user_data)).await {
-                    Ok(Some(o)) if o.status == OrderStatus::Paid => {
-                        let r = self.resolve_pending(&p, true).await;
-                        if r.is_ok() {
-                            self.record_paid(o.id, t.debit, t.id, t.amount);
+            let channel = chart::channel_of(t.debit).filter(|c| *c < self.shared.providers.len());
+            let result = match (t.code, channel) {
+                // A wallet payment: the order's status decides.
+                (code::WALLET_PAYMENT, _) => self.settle_order_try(&p).await.map(drop),
+                (_, Some(c)) => match self.shared.providers[c].status(t.id.0).await {
+                    Ok(ProviderStatus::Succeeded) => self.capture(&p, c).await,
+                    // Failed, unknown or still pending: the order's status
+                    // decides (a confirm may have landed before the crash);
+                    // a try voided is watched and a late charge handed back.
+                    _ => match self.settle_order_try_or_void(&p).await {
+                        Ok(false) => {
+                            self.watch(t.id.0, c);
+                            Ok(())
                         }
-                        r
-                    }
-                    Ok(_) => self.resolve_pending(&p, false).await,
-                    Err(e) => Err(e),
+                        other => other.map(drop),
+                    },
                 },
-                _ => {
-                    let channel =
-                        chart::channel_of(t.debit).filter(|c| *c < self.shared.providers.len());
-                    match channel {
-                        Some(c) => match self.shared.providers[c].status(t.id.0).await {
-                            Ok(ProviderStatus::Succeeded) => self.capture(&p, c).await,
-                            // Failed, unknown or still pending: give it up and
-                            // watch it; a late success is handed back.
-                            _ => {
-                                let r = self.resolve_pending(&p, false).await;
-                                self.watch(t.id.0, c);
-                                r
-                            }
-                        },
-                        None => self.resolve_pending(&p, false).await,
-                    }
-                }
+                (_, None) => self.settle_order_try_or_void(&p).await.map(drop),
             };
             if let Err(e) = result {
                 tracing::warn!(transfer = t.id.0, error = %e, "reconciling a pending payment failed; it stays pending");
