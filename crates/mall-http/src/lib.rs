@@ -79,6 +79,10 @@ pub struct Inner {
     pub in_flight_keys: Mutex<HashSet<(UserId, String)>>,
     /// The payment service, attached once it has started (see [`AppState::attach_payments`]).
     pub payments: std::sync::OnceLock<mall_payments::Payments>,
+    /// The event stream (see [`AppState::attach_events`]); without it nothing is recorded.
+    pub events: std::sync::OnceLock<mall_events::EventLog>,
+    /// The forecast the dashboard compares with the night (`mall serve --forecast`).
+    pub forecast: std::sync::OnceLock<serde_json::Value>,
 }
 
 impl std::ops::Deref for AppState {
@@ -110,19 +114,39 @@ impl AppState {
                 next_sku: AtomicU64::new(next_sku),
                 in_flight_keys: Mutex::new(HashSet::new()),
                 payments: std::sync::OnceLock::new(),
+                events: std::sync::OnceLock::new(),
+                forecast: std::sync::OnceLock::new(),
             }),
         })
     }
 
-    /// Starts the payment service on this state's engine and attaches it.
+    /// Starts the payment service on this state's engine and attaches it
+    /// (attach the events first to have payments recorded).
     pub async fn attach_payments(
         &self,
         config: mall_payments::PaymentsConfig,
     ) -> Result<(), mall_payments::PayError> {
-        let payments =
-            mall_payments::Payments::start(self.engine.clone(), config, self.clock.clone()).await?;
+        let payments = mall_payments::Payments::start(
+            self.engine.clone(),
+            config,
+            self.clock.clone(),
+            self.events.get().cloned(),
+        )
+        .await?;
         let _ = self.payments.set(payments);
         Ok(())
+    }
+
+    /// Records what shoppers do from now on.
+    pub fn attach_events(&self, log: mall_events::EventLog) {
+        let _ = self.events.set(log);
+    }
+
+    /// Records an event, if events are attached (never waits for I/O).
+    pub fn record(&self, event: mall_events::Event) {
+        if let Some(log) = self.events.get() {
+            log.record(event);
+        }
     }
 
     pub fn now(&self) -> Timestamp {

@@ -941,3 +941,75 @@ async fn payment_expiry_and_stock_changes() {
         "item_not_found"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_what_happened_and_only_to_admins() {
+    let api = Api::new();
+    let log = mall_events::EventLog::start(
+        mall_events::LogConfig {
+            drain_every: std::time::Duration::from_millis(5),
+            ..Default::default()
+        },
+        mall_events::live::LiveConfig::default(),
+    )
+    .unwrap();
+    api.state.attach_events(log.clone());
+    let sku = api.item(2, 1, 0).await;
+    let u = api.shoppers(4, "d").await;
+    for t in &u {
+        api.order(t, sku, 1, None).await; // two win, two are refused
+    }
+    api.get(&format!("/v1/items/{sku}"), None).await;
+    log.flush();
+    let page = api.get("/", None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.as_str().unwrap().contains("data-testid=\"gmv\""));
+    assert_eq!(
+        api.get("/v1/dashboard", Some(&u[0])).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.get("/v1/dashboard", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let d = api.get("/v1/dashboard", Some(ADMIN)).await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.body);
+    assert_eq!(d.body["orders_total"], 2);
+    assert_eq!(d.body["refusals_total"], 2);
+    assert_eq!(d.body["refusals"]["sold_out"], 2);
+    assert_eq!(d.body["funnel"]["view"], 1);
+    assert_eq!(d.body["gmv_fen_total"], 0, "nothing paid yet");
+    assert_eq!(d.body["hot_items"][0]["sku"], sku);
+    assert_eq!(d.body["hot_items"][0]["held"], 2);
+    assert_eq!(d.body["series"]["t_ms"].as_array().unwrap().len(), 300);
+    // The stream sends snapshots as Server-Sent Events.
+    let response = api
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/v1/dashboard/stream")
+                .header("authorization", format!("Bearer {ADMIN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body().into_data_stream();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), next_chunk(&mut body))
+        .await
+        .unwrap();
+    let text = String::from_utf8(first.to_vec()).unwrap();
+    assert!(text.starts_with("event: snapshot\ndata: {"), "{text}");
+    assert!(text.contains("\"orders_total\":2"), "{text}");
+}
+
+/// The next chunk of a body stream, without a futures crate.
+async fn next_chunk(body: &mut axum::body::BodyDataStream) -> axum::body::Bytes {
+    std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut *body), cx))
+        .await
+        .expect("a chunk")
+        .expect("no error")
+}

@@ -417,6 +417,7 @@ struct Shared {
     state: Mutex<State>,
     counters: PayCounters,
     admission: tokio::sync::Semaphore,
+    events: Option<mall_events::EventLog>,
 }
 
 /// The payment service. Cheap to clone.
@@ -468,6 +469,7 @@ impl Payments {
         engine: Arc<Engine>,
         config: PaymentsConfig,
         clock: Arc<dyn Clock>,
+        events: Option<mall_events::EventLog>,
     ) -> Result<Payments, PayError> {
         let providers = config
             .channels
@@ -505,6 +507,7 @@ impl Payments {
                 state: Mutex::new(State::default()),
                 counters: PayCounters::default(),
                 admission: tokio::sync::Semaphore::new(config.in_process_max.max(1)),
+                events,
                 config,
             }),
         };
@@ -804,6 +807,7 @@ impl Payments {
             Ok(InvReply::Order { .. }) => {
                 // Confirmed: the money must follow, now or by a retry.
                 self.post_or_retry(stored, o.id);
+                self.record_pay(o, amount, "wallet");
                 bump(&self.shared.counters.succeeded);
                 Ok(PaymentView {
                     status: PayStatus::Succeeded,
@@ -868,6 +872,16 @@ impl Payments {
             self.record_paid(order, t.debit, t.id, t.amount);
         }
         Ok(ours)
+    }
+
+    /// The event of a payment that succeeded.
+    fn record_pay(&self, o: &Order, amount: u64, channel: &str) {
+        if let Some(log) = &self.shared.events {
+            let mut e = mall_events::Event::new(self.now().0, mall_events::Kind::Pay);
+            (e.u, e.s, e.o, e.a) = (o.user.0, o.sku.0, o.id.0, amount as i64);
+            e.c = Some(channel.to_string());
+            log.record(e);
+        }
     }
 
     fn record_paid(&self, order: OrderId, payer: AccountId, paid_by: TransferId, amount: u64) {
@@ -1559,9 +1573,12 @@ impl Payments {
             _ => false,
         };
         match reply {
-            InvReply::Order { .. } if ours => {
+            InvReply::Order { order: o, .. } if ours => {
                 self.resolve_pending(p, true).await?;
                 self.record_paid(order, t.debit, t.id, t.amount);
+                if let Some(provider) = self.shared.providers.get(channel) {
+                    self.record_pay(&o, t.amount, &provider.name);
+                }
                 self.finish_try(t.id.0, Ok((t.id.0, Some(channel))));
                 Ok(())
             }
@@ -1889,6 +1906,11 @@ impl Payments {
             m.refunded
         };
         bump(&self.shared.counters.refunds);
+        if let Some(log) = &self.shared.events {
+            let mut e = mall_events::Event::new(self.now().0, mall_events::Kind::Refund);
+            (e.u, e.s, e.o, e.a) = (o.user.0, o.sku.0, o.id.0, amount as i64);
+            log.record(e);
+        }
         if let Some(channel) = chart::channel_of(money.payer) {
             self.provider_refund(ProviderRefund {
                 channel,

@@ -31,6 +31,8 @@ pub enum Shape {
 pub enum System {
     MallInProcess,
     MallHttp,
+    /// The same, with every snap-up recorded in the event log (its cost).
+    MallHttpEvents,
     /// The same server's `/healthz`: what the generator reaches on a trivial endpoint.
     TrivialHttp,
     Redis,
@@ -42,6 +44,7 @@ impl System {
         match self {
             System::MallInProcess => "mall in-process",
             System::MallHttp => "mall HTTP",
+            System::MallHttpEvents => "mall HTTP + event log",
             System::TrivialHttp => "mall HTTP /healthz",
             System::Redis => "Redis Lua (AOF always)",
             System::Postgres => "PostgreSQL",
@@ -62,6 +65,8 @@ pub struct Config {
     pub postgres_url: Option<String>,
     /// Allow `redis_url` / `postgres_url` to name a non-loopback host.
     pub allow_remote: bool,
+    /// Also run mall over HTTP with the event log on (what recording costs).
+    pub with_events: bool,
 }
 
 /// Refuses a peer URL that is not on this machine, unless allowed.
@@ -368,6 +373,7 @@ async fn mall_http(
     shape: Shape,
     workload: &Arc<Workload>,
     config: &Config,
+    events: bool,
 ) -> Result<Vec<Row>, PeerError> {
     let (engine, dir) = mall_engine(workload, config).await?;
     let accounts = Arc::new(
@@ -382,6 +388,17 @@ async fn mall_http(
         .map_err(|e| PeerError::Setup(e.to_string()))?;
     mall_http::bootstrap_admin(&state, Some(ADMIN), None)
         .map_err(|e| PeerError::Setup(e.to_string()))?;
+    if events {
+        let log = mall_events::EventLog::start(
+            mall_events::LogConfig {
+                dir: Some(dir.join("events")),
+                ..Default::default()
+            },
+            mall_events::live::LiveConfig::default(),
+        )
+        .map_err(|e| PeerError::Setup(format!("event log: {e}")))?;
+        state.attach_events(log);
+    }
     let mut tokens = Vec::with_capacity(config.users as usize);
     let mut start = 1;
     while (tokens.len() as u64) < config.users {
@@ -464,6 +481,16 @@ async fn mall_http(
     let _ = server.await;
     let verified = verify_mall(&engine, workload, m.orders.load(Ordering::Relaxed));
     shutdown(engine, &dir);
+    if events {
+        return Ok(vec![row(
+            shape,
+            System::MallHttpEvents,
+            &m,
+            secs,
+            &hist,
+            verdict(verified, &failed_secs),
+        )]);
+    }
     Ok(vec![
         row(
             shape,
@@ -753,7 +780,10 @@ pub async fn run(
         let workload = Arc::new(Workload::new(shape, config, 11));
         let run_id = format!("{run_id}{}", if shape == Shape::Hot { "h" } else { "z" });
         rows.push(mall_in_process(shape, &workload, config).await?);
-        rows.extend(mall_http(shape, &workload, config).await?);
+        rows.extend(mall_http(shape, &workload, config, false).await?);
+        if config.with_events {
+            rows.extend(mall_http(shape, &workload, config, true).await?);
+        }
         if peers.contains(&System::Redis) {
             rows.push(redis(shape, &workload, config, &run_id).await?);
         }

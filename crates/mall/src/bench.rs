@@ -82,6 +82,9 @@ pub enum Which {
         /// Allow --redis-url / --postgres-url to name a host that is not this machine.
         #[arg(long)]
         allow_remote: bool,
+        /// Skip the second HTTP run with the event log on (what recording costs).
+        #[arg(long)]
+        no_events: bool,
     },
     /// Durable double-entry transfers/s: the ledger in-process beside
     /// PostgreSQL doing the same transfer (two balance UPDATEs with a
@@ -257,6 +260,7 @@ pub fn run(which: Which) -> Result<()> {
             redis_url,
             postgres_url,
             allow_remote,
+            no_events,
         } => {
             let config = mall_rush::stockbench::Config {
                 users,
@@ -270,6 +274,7 @@ pub fn run(which: Which) -> Result<()> {
                 redis_url,
                 postgres_url,
                 allow_remote,
+                with_events: !no_events,
             };
             stock(shape, &against, &config)
         }

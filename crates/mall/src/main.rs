@@ -192,6 +192,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         seed::seed_catalog(&engine, &accounts, &args.seed_args, clock.now())?;
     }
     let state = mall_http::AppState::new(engine.clone(), accounts, config.http(), clock)?;
+    state.attach_events(start_events(&dir.path)?);
     let admin_token = std::env::var("MALL_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -257,6 +258,18 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The event log of a data directory: `DATA/events/events-NNNNNN.jsonl`.
+pub fn start_events(data: &Path) -> Result<mall_events::EventLog> {
+    mall_events::EventLog::start(
+        mall_events::LogConfig {
+            dir: Some(data.join("events")),
+            ..Default::default()
+        },
+        mall_events::live::LiveConfig::default(),
+    )
+    .context("starting the event log")
 }
 
 pub async fn shutdown_signal() {

@@ -205,6 +205,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     let mut http = mall_http::HttpConfig::default();
     http.rate.user_rate_per_s = 1_000.0;
     let state = mall_http::AppState::new(engine.clone(), accounts, http, clock)?;
+    state.attach_events(crate::start_events(&dir.path)?);
     let token = mall_http::bootstrap_admin(&state, None, None)?
         .context("the fresh demo store has an admin token")?;
     crate::write_secret(&dir.path.join("admin-token"), &token)?;
@@ -267,6 +268,10 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             "mall keeps serving at http://{} — admin token in {}; Ctrl-C to stop.",
             args.addr,
             dir.path.join("admin-token").display()
+        );
+        println!(
+            "the live dashboard: http://{}/ (it asks for the admin token; or open http://{}/#token=<the token>)",
+            args.addr, args.addr
         );
         if !passed {
             println!("(the audit failed: see above)");

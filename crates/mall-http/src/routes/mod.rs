@@ -2,6 +2,7 @@
 //! describes them (OpenAPI, generated from the handlers' annotations).
 
 pub mod accounts;
+pub mod dashboard;
 pub mod idempotency;
 pub mod items;
 pub mod ops;
@@ -14,6 +15,9 @@ use axum::Router;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/v1/dashboard", get(dashboard::current))
+        .route("/v1/dashboard/stream", get(dashboard::stream))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/v1/openapi.json", get(ops::openapi))

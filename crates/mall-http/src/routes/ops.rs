@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "mall", description = "The flash-sale platform for Singles' Day. Errors are `{\"error\": {\"code\", \"message\"}}`."),
     paths(
-        healthz, metrics,
+        healthz, metrics, super::dashboard::current, super::dashboard::stream,
         super::accounts::register, super::accounts::login, super::accounts::admin_create_user,
         super::accounts::bulk_create, super::accounts::create_merchant, super::accounts::list_merchants,
         super::items::list, super::items::get_one, super::items::create, super::items::update,

@@ -148,6 +148,7 @@ pub async fn create(
     headers: HeaderMap,
     StrictJson(body): StrictJson<CreateOrder>,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let (sku, quantity, payment) = parse_order(&body)?;
     let key = idempotency::key_from(&headers)?;
     let fingerprint = mall_core::fingerprint(&[
@@ -174,6 +175,12 @@ pub async fn create(
         Reply::Order { order, replayed } => {
             if !replayed {
                 state.metrics.record_order(order.payment);
+                let mut e = event(&state, mall_events::Kind::Order, &principal, sku, started);
+                e.o = order.id.0;
+                e.a = order.amount_fen.0;
+                e.q = order.quantity.get();
+                e.m = order.payment == PaymentMethod::Cod;
+                state.record(e);
             }
             Ok(order_response(StatusCode::CREATED, &order, replayed))
         }
@@ -185,6 +192,9 @@ pub async fn create(
         }
         Reply::Refused(r) => {
             state.metrics.record_refusal(r.code());
+            let mut e = event(&state, mall_events::Kind::Refusal, &principal, sku, started);
+            e.r = Some(r.code().to_string());
+            state.record(e);
             Err(ApiError::from_refusal(&r))
         }
         Reply::Item(_) | Reply::Inactive(_) | Reply::Unavailable => {
@@ -192,6 +202,21 @@ pub async fn create(
             Err(ApiError::unavailable())
         }
     }
+}
+
+/// An event of a snap-up, with its server latency so far.
+fn event(
+    state: &AppState,
+    kind: mall_events::Kind,
+    principal: &Principal,
+    sku: Sku,
+    started: std::time::Instant,
+) -> mall_events::Event {
+    let mut e = mall_events::Event::new(state.now().0, kind);
+    e.u = principal.user.0;
+    e.s = sku.0;
+    e.l = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    e
 }
 
 fn visible(order: &Order, principal: &Principal) -> bool {
@@ -309,6 +334,9 @@ async fn cancel_once(
     let by = (!principal.is_admin()).then_some(principal.user);
     match order_command(state, id, Command::Release { order: id, by }).await? {
         Reply::Order { order, .. } => {
+            let mut e = mall_events::Event::new(state.now().0, mall_events::Kind::Cancel);
+            (e.u, e.s, e.o, e.a) = (order.user.0, order.sku.0, order.id.0, order.amount_fen.0);
+            state.record(e);
             refund_cancelled(state, id).await?;
             order_json(&order)
         }
