@@ -83,6 +83,8 @@ pub struct Inner {
     pub events: std::sync::OnceLock<mall_events::EventLog>,
     /// The forecast the dashboard compares with the night (`mall serve --forecast`).
     pub forecast: std::sync::OnceLock<serde_json::Value>,
+    /// Shoppers' favourites and carts.
+    pub wishlists: routes::wishlist::Wishlists,
 }
 
 impl std::ops::Deref for AppState {
@@ -116,6 +118,7 @@ impl AppState {
                 payments: std::sync::OnceLock::new(),
                 events: std::sync::OnceLock::new(),
                 forecast: std::sync::OnceLock::new(),
+                wishlists: Default::default(),
             }),
         })
     }

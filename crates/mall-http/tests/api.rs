@@ -1013,3 +1013,72 @@ async fn next_chunk(body: &mut axum::body::BodyDataStream) -> axum::body::Bytes 
         .expect("a chunk")
         .expect("no error")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn favourites_and_carts_before_the_sale_feed_the_funnel() {
+    let api = Api::new();
+    let log = mall_events::EventLog::start(
+        mall_events::LogConfig {
+            drain_every: std::time::Duration::from_millis(5),
+            ..Default::default()
+        },
+        mall_events::live::LiveConfig::default(),
+    )
+    .unwrap();
+    api.state.attach_events(log.clone());
+    let sku = api.item(5, 1, 3_600_000).await; // the sale opens in an hour
+    let u = api.shoppers(1, "w").await;
+    let fav = format!("/v1/items/{sku}/favorite");
+    assert_eq!(
+        api.call("POST", &fav, None, None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.call("POST", "/v1/items/999/favorite", Some(&u[0]), None, None)
+            .await
+            .code(),
+        "item_not_found"
+    );
+    for _ in 0..2 {
+        let r = api.call("POST", &fav, Some(&u[0]), None, None).await;
+        assert_eq!(
+            (r.status, r.body["skus"].clone()),
+            (StatusCode::OK, json!([sku]))
+        );
+    }
+    let r = api
+        .post("/v1/cart", Some(&u[0]), json!({"sku": sku, "quantity": 2}))
+        .await;
+    assert_eq!(r.body["lines"], json!([{"sku": sku, "quantity": 2}]));
+    for (body, code) in [
+        (json!({"sku": sku, "quantity": 100}), "invalid_request"),
+        (json!({"sku": sku, "quantity": -1}), "invalid_request"),
+        (json!({"sku": 999, "quantity": 1}), "item_not_found"),
+        (json!({"sku": sku}), "invalid_request"),
+    ] {
+        assert_eq!(api.post("/v1/cart", Some(&u[0]), body).await.code(), code);
+    }
+    assert_eq!(
+        api.get("/v1/cart", Some(&u[0])).await.body["lines"][0]["quantity"],
+        2
+    );
+    log.flush();
+    let d = api.get("/v1/dashboard", Some(ADMIN)).await;
+    assert_eq!(
+        (
+            d.body["funnel"]["favorite"].as_u64(),
+            d.body["funnel"]["cart"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let r = api
+        .post("/v1/cart", Some(&u[0]), json!({"sku": sku, "quantity": 0}))
+        .await;
+    assert_eq!(r.body["lines"], json!([]));
+    let r = api.call("DELETE", &fav, Some(&u[0]), None, None).await;
+    assert_eq!(r.body["skus"], json!([]));
+    assert_eq!(
+        api.get("/v1/favorites", Some(&u[0])).await.body["skus"],
+        json!([])
+    );
+}

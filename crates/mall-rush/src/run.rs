@@ -673,13 +673,28 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
 async fn send_http(shared: &Shared, conn: &mut Conn, job: &Job) -> Answer {
     let token = |user: u32| shared.tokens.get(user as usize).map(String::as_str);
     let (method, path, token, key, body) = match job {
-        Job::Browse { rank, .. } => (
-            Method::GET,
-            format!("/v1/items/{}", shared.skus[*rank as usize].0),
-            None,
-            None,
-            None,
-        ),
+        // Before the sale shoppers look, and some favourite an item or put
+        // it in their cart (a quarter each).
+        Job::Browse { rank, user } => {
+            let sku = shared.skus[*rank as usize].0;
+            match (rank + user) % 4 {
+                0 => (
+                    Method::POST,
+                    format!("/v1/items/{sku}/favorite"),
+                    token(*user),
+                    None,
+                    None,
+                ),
+                1 => (
+                    Method::POST,
+                    "/v1/cart".to_string(),
+                    token(*user),
+                    None,
+                    Some(json!({"sku": sku, "quantity": 1})),
+                ),
+                _ => (Method::GET, format!("/v1/items/{sku}"), None, None, None),
+            }
+        }
         Job::SnapUp { index } => {
             let a = &shared.plan.attempts[*index as usize];
             let body = json!({"sku": shared.skus[a.rank as usize].0, "quantity": 1, "payment": a.payment.as_str(), "address": format!("{} Singles Road", a.user + 1)});

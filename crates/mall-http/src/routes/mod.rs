@@ -8,6 +8,7 @@ pub mod items;
 pub mod ops;
 pub mod orders;
 pub mod payments;
+pub mod wishlist;
 
 use crate::AppState;
 use axum::routing::{get, post};
@@ -25,6 +26,12 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/sessions", post(accounts::login))
         .route("/v1/items", get(items::list))
         .route("/v1/items/{sku}", get(items::get_one))
+        .route(
+            "/v1/items/{sku}/favorite",
+            post(wishlist::favorite).delete(wishlist::unfavorite),
+        )
+        .route("/v1/favorites", get(wishlist::favorites))
+        .route("/v1/cart", post(wishlist::put_in_cart).get(wishlist::cart))
         .route("/v1/orders", post(orders::create).get(orders::list_mine))
         .route("/v1/orders/{id}", get(orders::get_one))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))

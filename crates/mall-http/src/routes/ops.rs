@@ -20,6 +20,8 @@ use utoipa::{Modify, OpenApi};
         super::accounts::bulk_create, super::accounts::create_merchant, super::accounts::list_merchants,
         super::items::list, super::items::get_one, super::items::create, super::items::update,
         super::orders::create, super::orders::list_mine, super::orders::get_one, super::orders::cancel,
+        super::wishlist::favorite, super::wishlist::unfavorite, super::wishlist::favorites,
+        super::wishlist::put_in_cart, super::wishlist::cart,
         super::payments::pay, super::payments::top_up, super::payments::wallet,
         super::payments::statement, super::payments::refund, super::payments::deliver,
         super::payments::cod_collected, super::payments::callback, super::payments::channels,
