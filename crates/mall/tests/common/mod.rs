@@ -207,3 +207,82 @@ pub fn mall(args: &[&str], data: &Path) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+pub const SECRETS: [&str; 3] = [
+    "alpha-secret-0123456789",
+    "beta-secret-0123456789",
+    "gamma-secret-0123456789",
+];
+
+pub struct Channels {
+    pub child: Child,
+    pub ports: [u16; 3],
+    pub started: Instant,
+    pub file: std::path::PathBuf,
+}
+
+impl Drop for Channels {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three providers: alpha and beta (third party), gamma (card). Beta times
+/// out from `outage.0` to `outage.1` seconds after start, if given.
+pub fn start_channels(dir: &std::path::Path, outage: Option<(u64, u64)>) -> Channels {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut text = String::new();
+    for (i, (name, method)) in [
+        ("alpha", "third_party"),
+        ("beta", "third_party"),
+        ("gamma", "card"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        text.push_str(&format!(
+            "[[channel]]\nname = \"{name}\"\nport = {}\nsecret = \"{}\"\nmethods = [\"{method}\"]\n\
+             capacity_per_s = 400\nmax_concurrency = 200\nfee_bp = 50\nlatency_ms = {{ median = 15, p99 = 60 }}\n",
+            ports[i], SECRETS[i]
+        ));
+        if let (1, Some((from, to))) = (i, outage) {
+            text.push_str(&format!(
+                "[[channel.outage]]\nfrom_s = {from}\nto_s = {to}\nkind = \"timeout\"\n"
+            ));
+        }
+    }
+    let file = dir.join("channels.toml");
+    std::fs::write(&file, text).unwrap();
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["channels", "--config"])
+        .arg(&file)
+        .env("MALL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mall channels");
+    for (port, secret) in ports.iter().zip(SECRETS) {
+        wait_for(&format!("http://127.0.0.1:{port}/v1/stats"), secret);
+    }
+    Channels {
+        child,
+        ports,
+        started,
+        file,
+    }
+}
+
+pub fn provider_stats(ch: &Channels, i: usize) -> Value {
+    let r = call(
+        &agent(),
+        "GET",
+        &format!("http://127.0.0.1:{}/v1/stats", ch.ports[i]),
+        SECRETS[i],
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 200, "{}", r.1);
+    r.1
+}
