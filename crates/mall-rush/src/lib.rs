@@ -9,6 +9,7 @@ pub mod audit;
 pub mod catalog;
 pub mod http;
 pub mod ledgerbench;
+pub mod night;
 pub mod peers;
 pub mod plan;
 pub mod report;

@@ -19,7 +19,7 @@ pub fn write_json(path: &Path, summary: &Summary, audit: &AuditReport) -> std::i
     std::fs::write(path, text)
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -29,7 +29,12 @@ fn escape(s: &str) -> String {
 const COLORS: [&str; 5] = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"];
 
 /// One line chart: series of `(x, y)` points.
-fn chart(title: &str, x_label: &str, y_label: &str, series: &[(&str, Vec<(f64, f64)>)]) -> String {
+pub(crate) fn chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> String {
     let (w, h, left, bottom, top, right) = (720.0, 260.0, 60.0, 36.0, 24.0, 150.0);
     let points = series.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);

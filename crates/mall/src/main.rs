@@ -41,6 +41,15 @@ enum Cmd {
     Rush(rush::RushArgs),
     /// The first command to run: a fresh mall, a one-minute rehearsal of the night, its report; then keeps serving.
     Demo(rush::DemoArgs),
+    /// The night's figures from the event log, printed and as an HTML page.
+    Report {
+        /// The event log directory (a server's is DATA/events).
+        #[arg(long, default_value = "mall-data/events")]
+        events: PathBuf,
+        /// Where the HTML page goes.
+        #[arg(long, default_value = "night-report.html")]
+        out: PathBuf,
+    },
     /// Simulated payment providers on loopback ports, from a channels file.
     Channels(channels::ChannelsArgs),
     /// The ledger: `mall ledger verify --data DIR` audits its store.
@@ -124,6 +133,7 @@ fn main() -> Result<()> {
         } => ledger_verify(&data),
         Cmd::Bench { which } => bench::run(which),
         Cmd::Channels(args) => channels::run(args),
+        Cmd::Report { events, out } => report(&events, &out),
     }
 }
 
@@ -257,6 +267,17 @@ fn serve(args: ServeArgs) -> Result<()> {
         Err(_) => tracing::warn!("requests still in flight at shutdown; committed work is safe"),
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+fn report(events: &Path, out: &Path) -> Result<()> {
+    let night = mall_rush::night::night(events)
+        .with_context(|| format!("reading the event log in {}", events.display()))?;
+    anyhow::ensure!(night.events > 0, "no events in {}", events.display());
+    print!("{}", mall_rush::night::print(&night));
+    std::fs::write(out, mall_rush::night::html(&night))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("report: {}", out.display());
     Ok(())
 }
 

@@ -98,5 +98,37 @@ fn the_dashboard_updates_live_and_agrees_with_the_api_in_chromium() {
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "a real screenshot"
     );
-    drop(server);
+    // Stopped, the server has written its events: `mall report` adds up the night.
+    server.stop();
+    let page = target.join("night-report.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["report", "--events"])
+        .arg(data.join("events"))
+        .arg("--out")
+        .arg(&page)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: u64 = measured["orders_shown"]
+        .as_str()
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap();
+    let orders: u64 = text
+        .split("; orders ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no order count in {text}"));
+    assert!(
+        orders >= shown,
+        "the report counts at least what the page showed: {text}"
+    );
+    assert!(std::fs::read_to_string(&page).unwrap().contains("<svg"));
 }
