@@ -152,7 +152,7 @@ fn wall_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn cpu_seconds() -> f64 {
+pub fn cpu_seconds() -> f64 {
     // utime + stime of this process, from /proc (Linux); 0 where unavailable.
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;

@@ -18,7 +18,7 @@ use mall_inventory::{Command, Reply, Reserve};
 use mall_shard::{Clock, SystemClock};
 use mall_store::{DataDir, Engine, EngineConfig};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
 pub enum Which {
@@ -112,6 +112,14 @@ pub enum Which {
         #[arg(long)]
         postgres_url: Option<String>,
     },
+    /// The event log's cost: CPU per event recorded (the request's share)
+    /// and per event written and folded (the writer thread's), in-process.
+    Events {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: u64,
+    },
     /// The payment channel router: wall time per routing decision (a
     /// submit and its completion), in-process, by number of channels.
     Router {
@@ -121,6 +129,66 @@ pub enum Which {
         #[arg(long, value_delimiter = ',', default_values_t = [2usize, 3, 8, 32])]
         channels: Vec<usize>,
     },
+}
+
+/// Records a flash-sale mix of events (mostly refusals, some orders and
+/// views) from `threads` threads into a real log on disk, and reports the
+/// CPU it took: per event in the recording threads, and overall.
+fn events_cost(events: u64, threads: u64) -> Result<()> {
+    let base = tempfile_dir()?;
+    let dir = base.join("events");
+    let log = mall_events::EventLog::start(
+        mall_events::LogConfig {
+            dir: Some(dir.clone()),
+            ..Default::default()
+        },
+        mall_events::live::LiveConfig::default(),
+    )?;
+    let cpu0 = mall_rush::run::cpu_seconds();
+    let wall = std::time::Instant::now();
+    let per = events / threads;
+    let recorders: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let now = 1_762_790_400_000i64;
+                for i in 0..per {
+                    let kind = match i % 10 {
+                        0 => mall_events::Kind::View,
+                        1 | 2 => mall_events::Kind::Order,
+                        _ => mall_events::Kind::Refusal,
+                    };
+                    let mut e = mall_events::Event::new(now + (i / 1000) as i64, kind);
+                    (e.u, e.s, e.l) = (t * per + i, i % 997, 800);
+                    if kind == mall_events::Kind::Refusal {
+                        e.r = Some("sold_out".into());
+                    } else if kind == mall_events::Kind::Order {
+                        (e.o, e.a) = (i, 19_900);
+                    }
+                    log.record(e);
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+    let record_wall: Vec<Duration> = recorders.into_iter().map(|h| h.join().unwrap()).collect();
+    log.flush();
+    let total_cpu = mall_rush::run::cpu_seconds() - cpu0;
+    let wall = wall.elapsed().as_secs_f64();
+    let recorded = log.written();
+    let record_ns =
+        record_wall.iter().map(Duration::as_secs_f64).sum::<f64>() / (per * threads) as f64 * 1e9;
+    println!(
+        "mall bench events: {recorded} events from {threads} threads into {} (views dropped: {})",
+        dir.display(),
+        log.dropped_views()
+    );
+    println!("  record(): {record_ns:.0} ns per event in the calling thread (wall, includes waiting for the lock)");
+    println!("  all CPU (recording, JSON, writing, folding): {:.2} µs per event; {:.0} events/s over {wall:.2} s", total_cpu / recorded.max(1) as f64 * 1e6, recorded as f64 / wall);
+    drop(log);
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
 }
 
 fn stock(
@@ -184,6 +252,7 @@ pub enum Shape {
 
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Events { events, threads } => events_cost(events, threads.max(1)),
         Which::Router {
             decisions,
             channels,
