@@ -36,11 +36,14 @@ fn stock_bench_against_real_redis_and_postgres_oversells_nowhere() {
         "bench stock failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for system in ["mall in-process", "mall HTTP", "Redis Lua", "PostgreSQL"] {
-        let rows: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains(system) && !l.contains("/healthz"))
-            .collect();
+    for system in [
+        "mall in-process",
+        "mall HTTP  ",
+        "mall HTTP + event log",
+        "Redis Lua",
+        "PostgreSQL",
+    ] {
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains(system)).collect();
         assert_eq!(rows.len(), 2, "{system}: one row per shape in\n{text}");
         for row in rows {
             assert!(
