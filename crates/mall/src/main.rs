@@ -3,6 +3,7 @@
 mod bench;
 mod channels;
 mod config;
+mod forecast;
 mod rush;
 mod seed;
 
@@ -41,6 +42,15 @@ enum Cmd {
     Rush(rush::RushArgs),
     /// The first command to run: a fresh mall, a one-minute rehearsal of the night, its report; then keeps serving.
     Demo(rush::DemoArgs),
+    /// Synthetic history of normal days (for forecasts).
+    History {
+        #[command(subcommand)]
+        which: forecast::HistoryCmd,
+    },
+    /// Forecasts the night from a history (peak, sell-outs, payments, each
+    /// with a band) and writes a capacity plan; `backtest` checks a forecast
+    /// against what a rush produced.
+    Forecast(forecast::ForecastArgs),
     /// The night's figures from the event log, printed and as an HTML page.
     Report {
         /// The event log directory (a server's is DATA/events).
@@ -103,6 +113,13 @@ struct ServeArgs {
     /// wallet payments work.
     #[arg(long, env = "MALL_CHANNELS")]
     channels: Option<PathBuf>,
+    /// A forecast (`mall forecast` writes one) to show beside the night on the dashboard.
+    #[arg(long, env = "MALL_FORECAST")]
+    forecast: Option<PathBuf>,
+    /// A capacity plan (`mall forecast` writes one): shards of a new store,
+    /// per-shopper admission, per-channel payment quotas.
+    #[arg(long, env = "MALL_PLAN")]
+    plan: Option<PathBuf>,
     /// Payments worked on at once (more wait their turn).
     #[arg(long, env = "MALL_PAYMENTS_IN_PROCESS_MAX")]
     payments_in_process_max: Option<usize>,
@@ -134,6 +151,8 @@ fn main() -> Result<()> {
         Cmd::Bench { which } => bench::run(which),
         Cmd::Channels(args) => channels::run(args),
         Cmd::Report { events, out } => report(&events, &out),
+        Cmd::History { which } => forecast::history(which),
+        Cmd::Forecast(args) => forecast::forecast(args),
     }
 }
 
@@ -180,6 +199,27 @@ fn serve(args: ServeArgs) -> Result<()> {
         config.channels = args.channels;
     }
     let channels_file = config.channels.as_deref().map(channels::load).transpose()?;
+    let plan = args
+        .plan
+        .as_deref()
+        .map(|p| -> Result<_> {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            mall_forecast::plan::from_toml(&text).with_context(|| format!("plan {}", p.display()))
+        })
+        .transpose()?;
+    if let Some(plan) = &plan {
+        // The plan's admission and shards, unless set explicitly.
+        if args.user_rate_per_s.is_none() {
+            config.user_rate_per_s = plan.admission.per_user_per_s;
+            config.user_burst = f64::from(plan.admission.per_user_burst);
+        }
+        if config.shards.is_none() {
+            config.shards = Some(plan.shards as usize);
+        }
+        let hot: Vec<String> = plan.hot_items.iter().map(|h| h.sku.0.to_string()).collect();
+        tracing::info!(shards = plan.shards, peak_orders_per_s = plan.peak_orders_per_s, hot_items = %hot.join(","), "capacity plan loaded");
+    }
     config.check()?;
     let _lock = lock_data_dir(&config.data)?;
     let shards = config.shards.or_else(|| {
@@ -203,6 +243,11 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let state = mall_http::AppState::new(engine.clone(), accounts, config.http(), clock)?;
     state.attach_events(start_events(&dir.path)?);
+    if let Some(path) = &args.forecast {
+        let f = mall_forecast::forecast::load(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let _ = state.forecast.set(forecast::for_dashboard(&f));
+    }
     let admin_token = std::env::var("MALL_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -234,6 +279,19 @@ fn serve(args: ServeArgs) -> Result<()> {
         let mut payments = mall_payments::config_from_file(channels_file.as_ref(), &[], local)
             .map_err(anyhow::Error::msg)?;
         payments.in_process_max = config.payments_in_process_max;
+        // The plan's quotas are what each channel should take at the peak;
+        // a quota above a channel's capacity is a warning, not a cap (the
+        // router never sends more than the capacity anyway).
+        for quota in plan.iter().flat_map(|p| &p.payment_quotas) {
+            match payments.channels.iter().find(|c| c.name == quota.channel) {
+                Some(c) if f64::from(c.capacity_per_s) < quota.payments_per_s => tracing::warn!(
+                    channel = %quota.channel, quota = quota.payments_per_s, capacity = c.capacity_per_s,
+                    "the plan expects more payments/s at the peak than this channel takes; the queue will shave the excess"
+                ),
+                Some(_) => {}
+                None => tracing::warn!(channel = %quota.channel, "the plan names a channel that is not configured"),
+            }
+        }
         payments.wait_ms = config.payment_wait.as_millis() as u64;
         let channel_count = payments.channels.len();
         state

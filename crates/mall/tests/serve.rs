@@ -147,3 +147,91 @@ fn bad_settings_are_refused_with_a_reason() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_forecast_and_its_plan_load_into_the_server_and_its_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "mall {args:?}: {text}");
+        text
+    };
+    run(&[
+        "history",
+        "generate",
+        "--out",
+        "h",
+        "--days",
+        "5",
+        "--items",
+        "100",
+        "--shoppers",
+        "2000",
+    ]);
+    let text = run(&["forecast", "--history", "h"]);
+    assert!(text.contains("plan.toml"), "{text}");
+    let plan = std::fs::read_to_string(dir.path().join("plan.toml")).unwrap();
+    assert!(plan.contains("[admission]"), "{plan}");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--data",
+            "data",
+            "--forecast",
+            "forecast.json",
+            "--plan",
+            "plan.toml",
+        ])
+        .env("MALL_ADMIN_TOKEN", ADMIN)
+        .env("MALL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .get(&format!("{base}/v1/dashboard"))
+        .header("authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap();
+    let d: serde_json::Value = r.body_mut().read_json().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let peak = &d["forecast"]["peak_orders_per_s"];
+    assert!(peak["p50"].as_f64().unwrap() > 0.0, "{d}");
+    assert!(peak["p10"].as_f64().unwrap() <= peak["p90"].as_f64().unwrap());
+    assert!(!d["forecast"]["series"]["t_ms"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // A bad plan is refused with a reason.
+    std::fs::write(dir.path().join("bad.toml"), "shards = 0\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .current_dir(dir.path())
+        .args(["serve", "--data", "data2", "--plan", "bad.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("plan"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
