@@ -2,93 +2,18 @@
 //! mid-run, restart, and every acknowledged order must be there with exact
 //! stock counts; `mall check` must pass. Two kill cycles.
 
-use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use serde_json::json;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const ADMIN: &str = "crash-test-admin-token-0123456789abcdef";
+mod common;
+
+use common::{agent, call, Server, ADMIN};
+
 const ITEMS: usize = 4;
 const STOCK: i64 = 300;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into()
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn start(data: &std::path::Path) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_mall"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(data)
-        .args(["--shards", "2", "--user-rate-per-s", "100000"])
-        .env("MALL_ADMIN_TOKEN", ADMIN)
-        .env("MALL_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start mall serve");
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = agent().get(&format!("{base}/healthz")).call() {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "server did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server { child, base }
-}
-
-fn call(
-    agent: &ureq::Agent,
-    method: &str,
-    url: &str,
-    token: &str,
-    body: Option<Value>,
-    key: Option<&str>,
-) -> Option<(u16, Value)> {
-    let result = match (method, body) {
-        ("GET", _) => agent
-            .get(url)
-            .header("authorization", &format!("Bearer {token}"))
-            .call(),
-        (_, body) => {
-            let mut req = agent
-                .post(url)
-                .header("authorization", &format!("Bearer {token}"));
-            if let Some(k) = key {
-                req = req.header("idempotency-key", k);
-            }
-            req.send_json(body.unwrap_or(json!({})))
-        }
-    };
-    let mut response = result.ok()?;
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .read_json::<Value>()
-        .unwrap_or(Value::Null);
-    Some((status, body))
-}
 
 #[derive(Clone, Debug)]
 struct Acked {
@@ -102,7 +27,7 @@ struct Acked {
 fn kill_dash_nine_loses_no_acknowledged_order() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = start(&data);
+    let mut server = Server::start(&data, &[]);
     let a = agent();
     let m = call(
         &a,
@@ -197,7 +122,7 @@ fn kill_dash_nine_loses_no_acknowledged_order() {
         for w in workers {
             w.join().unwrap();
         }
-        server = start(&data);
+        server = Server::start(&data, &[]);
         let acked_now = acked.lock().unwrap().clone();
         assert!(
             acked_now.len() > 50,
