@@ -59,6 +59,24 @@ impl Kind {
         Kind::Deposit,
     ];
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::View => "view",
+            Kind::Favorite => "favorite",
+            Kind::Cart => "cart",
+            Kind::Order => "order",
+            Kind::Pay => "pay",
+            Kind::Cancel => "cancel",
+            Kind::Refund => "refund",
+            Kind::Refusal => "refusal",
+            Kind::Deposit => "deposit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     /// May this event be dropped when the buffer is full?
     pub fn droppable(self) -> bool {
         self == Kind::View

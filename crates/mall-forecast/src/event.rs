@@ -35,55 +35,8 @@ pub const MALFORMED_EXAMPLES_MAX: usize = 5;
 /// Most `*.jsonl` files read from one directory.
 pub const FILES_MAX: usize = 10_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    View,
-    Favorite,
-    Cart,
-    /// An accepted order (a successful snap-up).
-    Order,
-    /// A payment of an order.
-    Pay,
-    Cancel,
-    Refund,
-    /// A refused order attempt (sold out, limit reached, ...); `r` says why.
-    Refusal,
-    /// A pre-sale deposit paid for an item before the sale: strong intent.
-    Deposit,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 9] = [
-        Kind::View,
-        Kind::Favorite,
-        Kind::Cart,
-        Kind::Order,
-        Kind::Pay,
-        Kind::Cancel,
-        Kind::Refund,
-        Kind::Refusal,
-        Kind::Deposit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::View => "view",
-            Kind::Favorite => "favorite",
-            Kind::Cart => "cart",
-            Kind::Order => "order",
-            Kind::Pay => "pay",
-            Kind::Cancel => "cancel",
-            Kind::Refund => "refund",
-            Kind::Refusal => "refusal",
-            Kind::Deposit => "deposit",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+/// The kinds of events: the server's own (`mall-events`), one definition.
+pub use mall_events::Kind;
 
 /// One event of the log.
 #[derive(Clone, Debug, PartialEq, Eq)]

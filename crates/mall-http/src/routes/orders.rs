@@ -109,7 +109,7 @@ fn parse_order(body: &CreateOrder) -> ApiResult<(Sku, Quantity, PaymentMethod)> 
     Ok((Sku(body.sku), quantity, payment))
 }
 
-async fn stored_order(state: &AppState, id: OrderId) -> ApiResult<Option<Order>> {
+pub(crate) async fn stored_order(state: &AppState, id: OrderId) -> ApiResult<Option<Order>> {
     let Some(_) = state.engine.reader_for_order(id) else {
         return Ok(None);
     };

@@ -4,7 +4,7 @@
 //! `mall-payments`'; this module parses, authorizes and answers.
 
 use super::orders::OrderView;
-use super::{blocking, idempotency, parse_id};
+use super::{idempotency, parse_id};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::json::StrictJson;
@@ -14,7 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mall_core::{Order, OrderId, Role};
+use mall_core::{OrderId, Role};
 use mall_payments::{Method, PayError, PayStatus, PaymentView, Payments};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -84,20 +84,6 @@ impl From<&PaymentView> for PaymentInfo {
 pub struct PaymentAnswer {
     pub payment: PaymentInfo,
     pub order: OrderView,
-}
-
-async fn read_order(state: &AppState, id: OrderId) -> ApiResult<Option<Order>> {
-    if state.engine.reader_for_order(id).is_none() {
-        return Ok(None);
-    }
-    let engine = state.engine.clone();
-    blocking(move || {
-        engine
-            .reader_for_order(id)
-            .map_or(Ok(None), |r| r.order(id))
-    })
-    .await
-    .map_err(|e| ApiError::internal("read order", e))
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> ApiResult<(StatusCode, serde_json::Value)> {
@@ -328,7 +314,7 @@ async fn require_order_manager(
         return Ok(());
     }
     let owns = match (principal.role, principal.merchant) {
-        (Role::Merchant, Some(m)) => read_order(state, id)
+        (Role::Merchant, Some(m)) => super::orders::stored_order(state, id)
             .await?
             .and_then(|o| state.engine.board().get(o.sku))
             .is_some_and(|e| e.item.merchant == m),
