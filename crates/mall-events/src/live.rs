@@ -126,6 +126,16 @@ pub struct Series {
     pub payments_by_channel: BTreeMap<String, Vec<u64>>,
 }
 
+/// One minute of the night (minutes since the epoch, whole ones).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Minute {
+    pub t_ms: i64,
+    pub orders: u64,
+    pub paid: u64,
+    pub gmv_fen: i64,
+    pub refusals: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TopItem {
     pub sku: u64,
@@ -147,6 +157,8 @@ pub struct Funnel {
 pub struct Snapshot {
     pub totals: Totals,
     pub series: Series,
+    /// Per minute, over the whole window kept (15 minutes by default).
+    pub minutes: Vec<Minute>,
     pub refusals: BTreeMap<String, u64>,
     pub funnel: Funnel,
     pub top_items: Vec<TopItem>,
@@ -222,6 +234,21 @@ impl Live {
                 gmv_fen: *gmv,
             })
             .collect();
+        let mut minutes: Vec<Minute> = Vec::new();
+        for (i, s) in agg.seconds.iter().enumerate() {
+            let t_ms = (agg.first_s + i as i64).div_euclid(60) * 60_000;
+            if minutes.last().is_none_or(|m| m.t_ms != t_ms) {
+                minutes.push(Minute {
+                    t_ms,
+                    ..Minute::default()
+                });
+            }
+            let m = minutes.last_mut().expect("pushed above");
+            m.orders += s.orders;
+            m.paid += s.paid;
+            m.gmv_fen += s.gmv_fen;
+            m.refusals += s.refusals;
+        }
         top.sort_by(|a, b| b.orders.cmp(&a.orders).then(a.sku.cmp(&b.sku)));
         top.truncate(self.config.top_items);
         let t = &agg.totals;
@@ -235,6 +262,7 @@ impl Live {
             },
             totals: t.clone(),
             series,
+            minutes,
             refusals: agg.refusals.clone(),
             top_items: top,
         }

@@ -185,6 +185,26 @@ fn aggregates_agree_with_a_recount_of_the_log() {
                 }
             }
         }
+        // Per minute: the window's GMV and orders, minute by minute.
+        let window_from = events.last().unwrap().t.div_euclid(1000) - 899;
+        for m in &snap.minutes {
+            let in_m = |e: &&Event| {
+                e.t.div_euclid(60_000) * 60_000 == m.t_ms && e.t.div_euclid(1000) >= window_from
+            };
+            let gmv: i64 = events
+                .iter()
+                .filter(in_m)
+                .filter(|e| e.k == Kind::Pay || (e.k == Kind::Order && e.m))
+                .map(|e| e.a)
+                .sum();
+            let orders = events
+                .iter()
+                .filter(in_m)
+                .filter(|e| e.k == Kind::Order)
+                .count() as u64;
+            assert_eq!((m.gmv_fen, m.orders), (gmv, orders), "minute {}", m.t_ms);
+        }
+        assert!(snap.minutes.len() >= 2, "the traffic spans minutes");
         // Top items by orders.
         let mut by_sku: HashMap<u64, u64> = HashMap::new();
         for e in events.iter().filter(|e| e.k == Kind::Order) {

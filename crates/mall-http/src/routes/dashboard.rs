@@ -90,6 +90,7 @@ pub fn snapshot(state: &AppState) -> Value {
         "paid_total": live.totals.paid,
         "refusals_total": live.totals.refusals,
         "series": live.series,
+        "minutes": live.minutes,
         "refusals": live.refusals,
         "funnel": live.funnel,
         "top_items": top_items,
