@@ -69,27 +69,50 @@ fn snap_up(server: &Server, token: &str, sku: u64, payment: &str) -> u64 {
     r.1["id"].as_u64().unwrap()
 }
 
+/// Simulated providers and a server routing payments to them.
+fn mall_with_channels(
+    dir: &std::path::Path,
+    outage: Option<(u64, u64)>,
+) -> (common::Channels, std::path::PathBuf, Server) {
+    let channels = start_channels(dir, outage);
+    let data = dir.join("data");
+    let server = Server::start(&data, &["--channels", channels.file.to_str().unwrap()]);
+    (channels, data, server)
+}
+
+/// One online order awaiting payment per new shopper, over `n_items` items
+/// of 100 units at `price`: `(order, shopper's token)`.
+fn unpaid_orders(server: &Server, n_items: usize, price: i64, payers: usize) -> Vec<(u64, String)> {
+    let skus = items(server, n_items, 100, price);
+    shoppers(server, payers)
+        .iter()
+        .enumerate()
+        .map(|(i, (_, token))| {
+            (
+                snap_up(server, token, skus[i % n_items], "online"),
+                token.clone(),
+            )
+        })
+        .collect()
+}
+
+/// What the providers kept: charged minus refunded, fen.
+fn kept(channels: &common::Channels) -> i64 {
+    (0..3)
+        .map(|i| {
+            let s = provider_stats(channels, i);
+            s["succeeded_fen"].as_i64().unwrap() - s["refunded_fen"].as_i64().unwrap()
+        })
+        .sum()
+}
+
 #[test]
 fn an_outage_mid_run_moves_payments_elsewhere_and_nothing_is_charged_twice() {
     const PAYERS: usize = 400;
     const PRICE: i64 = 1_999;
     let dir = tempfile::tempdir().unwrap();
-    let channels = start_channels(dir.path(), Some((5, 9)));
-    let data = dir.path().join("data");
-    let channels_file = channels.file.to_str().unwrap().to_string();
-    let server = Server::start(&data, &["--channels", &channels_file]);
-    let skus = items(&server, 4, 100, PRICE);
-    let users = shoppers(&server, PAYERS);
-    let orders: Vec<(u64, String)> = users
-        .iter()
-        .enumerate()
-        .map(|(i, (_, token))| {
-            (
-                snap_up(&server, token, skus[i % 4], "online"),
-                token.clone(),
-            )
-        })
-        .collect();
+    let (channels, data, server) = mall_with_channels(dir.path(), Some((5, 9)));
+    let orders = unpaid_orders(&server, 4, PRICE, PAYERS);
 
     // Pay over ~8 s, across beta's outage (5 s to 9 s after the providers started).
     let outage_start = channels.started + Duration::from_secs(5);
@@ -170,14 +193,8 @@ fn an_outage_mid_run_moves_payments_elsewhere_and_nothing_is_charged_twice() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // What the providers kept is exactly what the mall recorded: every order once.
-    let kept: i64 = (0..3)
-        .map(|i| {
-            let s = provider_stats(&channels, i);
-            s["succeeded_fen"].as_i64().unwrap() - s["refunded_fen"].as_i64().unwrap()
-        })
-        .sum();
     assert_eq!(
-        kept,
+        kept(&channels),
         PRICE * PAYERS as i64,
         "charged minus refunded at the providers"
     );
@@ -242,10 +259,7 @@ fn an_outage_mid_run_moves_payments_elsewhere_and_nothing_is_charged_twice() {
 #[test]
 fn wallets_refunds_settlement_and_cash_on_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    let channels = start_channels(dir.path(), None);
-    let data = dir.path().join("data");
-    let channels_file = channels.file.to_str().unwrap().to_string();
-    let server = Server::start(&data, &["--channels", &channels_file]);
+    let (_channels, data, server) = mall_with_channels(dir.path(), None);
     let skus = items(&server, 2, 50, 3_000);
     let users = shoppers(&server, 2);
     let (_, token) = &users[0];
@@ -507,22 +521,9 @@ fn kill_dash_nine_mid_payments_loses_no_acknowledged_payment_and_charges_none_tw
     const PAYERS: usize = 300;
     const PRICE: i64 = 2_500;
     let dir = tempfile::tempdir().unwrap();
-    let channels = start_channels(dir.path(), None);
-    let data = dir.path().join("data");
+    let (channels, data, mut server) = mall_with_channels(dir.path(), None);
     let channels_file = channels.file.to_str().unwrap().to_string();
-    let mut server = Server::start(&data, &["--channels", &channels_file]);
-    let skus = items(&server, 3, 100, PRICE);
-    let users = shoppers(&server, PAYERS);
-    let orders: Vec<(u64, String)> = users
-        .iter()
-        .enumerate()
-        .map(|(i, (_, token))| {
-            (
-                snap_up(&server, token, skus[i % 3], "online"),
-                token.clone(),
-            )
-        })
-        .collect();
+    let orders = unpaid_orders(&server, 3, PRICE, PAYERS);
     // Pay as fast as 16 shoppers at a time can; kill -9 the server mid-way.
     let acked = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = (0..16)
@@ -603,12 +604,7 @@ fn kill_dash_nine_mid_payments_loses_no_acknowledged_payment_and_charges_none_tw
         let pending: u64 = (0..3)
             .map(|i| provider_stats(&channels, i)["pending"].as_u64().unwrap())
             .sum();
-        let kept: i64 = (0..3)
-            .map(|i| {
-                let s = provider_stats(&channels, i);
-                s["succeeded_fen"].as_i64().unwrap() - s["refunded_fen"].as_i64().unwrap()
-            })
-            .sum();
+        let kept = kept(&channels);
         if pending == 0 && kept == PRICE * PAYERS as i64 {
             break;
         }

@@ -68,6 +68,14 @@ pub struct PaymentInfo {
     pub channel: Option<String>,
 }
 
+/// 200 when the payment is done, 202 while a provider has not answered.
+fn http_status(view: &PaymentView) -> StatusCode {
+    match view.status {
+        PayStatus::Succeeded => StatusCode::OK,
+        PayStatus::Pending => StatusCode::ACCEPTED,
+    }
+}
+
 impl From<&PaymentView> for PaymentInfo {
     fn from(p: &PaymentView) -> PaymentInfo {
         PaymentInfo {
@@ -123,12 +131,8 @@ pub async fn pay(
         idempotency::keep,
         || async {
             let (view, order) = payments(&state)?.pay(principal.user, id, method).await?;
-            let status = match view.status {
-                PayStatus::Succeeded => StatusCode::OK,
-                PayStatus::Pending => StatusCode::ACCEPTED,
-            };
             json(
-                status,
+                http_status(&view),
                 &PaymentAnswer {
                     payment: PaymentInfo::from(&view),
                     order: OrderView::from(&order),
@@ -201,12 +205,8 @@ pub async fn top_up(
             let view = payments(&state)?
                 .top_up(principal.user, amount, method)
                 .await?;
-            let status = match view.status {
-                PayStatus::Succeeded => StatusCode::OK,
-                PayStatus::Pending => StatusCode::ACCEPTED,
-            };
             json(
-                status,
+                http_status(&view),
                 &TopUpAnswer {
                     payment: PaymentInfo::from(&view),
                     wallet: wallet_answer(&state, &principal).await?,
