@@ -1,5 +1,7 @@
 //! Request-rate limits: a token bucket per shopper (authenticated routes)
-//! and per client address (login and registration). Admins are not limited.
+//! and per client address (login and registration), and optionally one for
+//! all snap-ups together (a capacity plan's admission). Admins are not
+//! limited.
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -19,6 +21,9 @@ pub struct RateConfig {
     pub anonymous_burst: f64,
     /// Buckets remembered, at most; full buckets are forgotten first.
     pub buckets_max: usize,
+    /// Snap-ups admitted per second, all shoppers together (burst: one
+    /// second's worth); `None`: only the shards' queues bound them.
+    pub snapups_per_s_max: Option<f64>,
 }
 
 impl Default for RateConfig {
@@ -29,6 +34,7 @@ impl Default for RateConfig {
             anonymous_rate_per_s: 20.0,
             anonymous_burst: 200.0,
             buckets_max: 1_000_000,
+            snapups_per_s_max: None,
         }
     }
 }
@@ -78,6 +84,17 @@ impl RateLimiter {
             self.config.anonymous_rate_per_s,
             self.config.anonymous_burst,
         )
+    }
+
+    /// Admits a snap-up under the global admission limit, if any: beyond
+    /// it, 503 `overloaded` with `Retry-After`, as a full shard queue.
+    pub fn admit_snapup(&self, p: &Principal) -> Result<(), ApiError> {
+        match self.config.snapups_per_s_max {
+            Some(rate) if !p.is_admin() => self
+                .take(u64::MAX, rate, rate.max(1.0))
+                .map_err(|_| ApiError::overloaded()),
+            _ => Ok(()),
+        }
     }
 
     fn take(&self, key: u64, rate: f64, burst: f64) -> Result<(), ApiError> {

@@ -1082,3 +1082,39 @@ async fn favourites_and_carts_before_the_sale_feed_the_funnel() {
         json!([])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_admission_limit_turns_the_excess_away_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::open(dir.path(), Some(1)).unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp(T0)));
+    let accounts = Arc::new(Accounts::open(&data.accounts_path()).unwrap());
+    let engine = Arc::new(Engine::start(data, EngineConfig::default(), clock.clone()).unwrap());
+    let mut http = mall_http::HttpConfig::default();
+    http.rate.snapups_per_s_max = Some(3.0);
+    let state = mall_http::AppState::new(engine, accounts, http, clock).unwrap();
+    mall_http::bootstrap_admin(&state, Some(ADMIN), None).unwrap();
+    let api = Api {
+        app: mall_http::router(state.clone()),
+        clock: Arc::new(ManualClock::new(Timestamp(T0))),
+        state,
+        _dir: dir,
+    };
+    let sku = api.item(100, 1, 0).await;
+    let u = api.shoppers(6, "a").await;
+    let mut codes = Vec::new();
+    for t in &u {
+        codes.push(api.order(t, sku, 1, None).await.status.as_u16());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 201).count(), 3, "{codes:?}");
+    let turned = api.order(&u[5], sku, 1, None).await;
+    assert_eq!(
+        (turned.status, turned.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+    );
+    let item = api.get(&format!("/v1/items/{sku}"), None).await;
+    assert_eq!(
+        item.body["held"], 3,
+        "nothing held for the orders turned away"
+    );
+}

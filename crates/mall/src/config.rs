@@ -34,6 +34,9 @@ pub struct Config {
     pub anonymous_burst: f64,
     /// The payment channels file (see `mall channels`).
     pub channels: Option<PathBuf>,
+    /// Snap-ups admitted per second, all shoppers together (a capacity
+    /// plan sets it); unset: only the shard queues bound them.
+    pub snapups_per_s_max: Option<f64>,
     /// Payments worked on at once; more wait their turn, so a payment peak
     /// never starves order placement.
     pub payments_in_process_max: usize,
@@ -64,6 +67,7 @@ impl Default for Config {
             anonymous_rate_per_s: http.rate.anonymous_rate_per_s,
             anonymous_burst: http.rate.anonymous_burst,
             channels: None,
+            snapups_per_s_max: None,
             payments_in_process_max: mall_payments::PaymentsConfig::default().in_process_max,
             payment_wait: Duration::from_millis(mall_payments::PaymentsConfig::default().wait_ms),
         }
@@ -118,6 +122,7 @@ impl Config {
                 user_burst: self.user_burst,
                 anonymous_rate_per_s: self.anonymous_rate_per_s,
                 anonymous_burst: self.anonymous_burst,
+                snapups_per_s_max: self.snapups_per_s_max,
                 ..RateConfig::default()
             },
             ..HttpConfig::default()
@@ -136,6 +141,11 @@ impl Config {
         anyhow::ensure!(
             (1..=100_000).contains(&self.payments_in_process_max),
             "payments_in_process_max must be 1 to 100000"
+        );
+        anyhow::ensure!(
+            self.snapups_per_s_max
+                .is_none_or(|r| r.is_finite() && r >= 1.0),
+            "snapups_per_s_max must be at least 1"
         );
         anyhow::ensure!(
             self.payment_wait <= Duration::from_secs(60),

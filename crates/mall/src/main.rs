@@ -120,6 +120,9 @@ struct ServeArgs {
     /// per-shopper admission, per-channel payment quotas.
     #[arg(long, env = "MALL_PLAN")]
     plan: Option<PathBuf>,
+    /// Snap-ups admitted per second, all shoppers together (beyond: 503 overloaded).
+    #[arg(long, env = "MALL_SNAPUPS_PER_S_MAX")]
+    snapups_per_s_max: Option<f64>,
     /// Payments worked on at once (more wait their turn).
     #[arg(long, env = "MALL_PAYMENTS_IN_PROCESS_MAX")]
     payments_in_process_max: Option<usize>,
@@ -198,6 +201,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     if args.channels.is_some() {
         config.channels = args.channels;
     }
+    if args.snapups_per_s_max.is_some() {
+        config.snapups_per_s_max = args.snapups_per_s_max;
+    }
     let channels_file = config.channels.as_deref().map(channels::load).transpose()?;
     let plan = args
         .plan
@@ -216,6 +222,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
         if config.shards.is_none() {
             config.shards = Some(plan.shards as usize);
+        }
+        if config.snapups_per_s_max.is_none() {
+            config.snapups_per_s_max = Some((plan.admission.snapups_per_s_max as f64).max(1.0));
         }
         let hot: Vec<String> = plan.hot_items.iter().map(|h| h.sku.0.to_string()).collect();
         tracing::info!(shards = plan.shards, peak_orders_per_s = plan.peak_orders_per_s, hot_items = %hot.join(","), "capacity plan loaded");

@@ -150,6 +150,9 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let (sku, quantity, payment) = parse_order(&body)?;
+    state.limiter.admit_snapup(&principal).inspect_err(|_| {
+        state.metrics.record_refusal("overloaded");
+    })?;
     let key = idempotency::key_from(&headers)?;
     let fingerprint = mall_core::fingerprint(&[
         &sku.0.to_le_bytes(),
