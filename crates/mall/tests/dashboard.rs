@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{start_channels, Server, ADMIN};
+use common::{mall_in, start_channels, Server, ADMIN};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -132,33 +132,22 @@ fn the_dashboard_updates_live_and_agrees_with_the_api_in_chromium() {
     );
     assert!(std::fs::read_to_string(&page).unwrap().contains("<svg"));
     // A forecast, backtested against what this rush produced.
-    let mall = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_mall"))
-            .current_dir(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "mall {args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
-    mall(&[
-        "history",
-        "generate",
-        "--out",
-        "h",
-        "--days",
-        "5",
-        "--items",
-        "100",
-        "--shoppers",
-        "2000",
-    ]);
-    mall(&["forecast", "--history", "h"]);
+    mall_in(
+        dir.path(),
+        &[
+            "history",
+            "generate",
+            "--out",
+            "h",
+            "--days",
+            "5",
+            "--items",
+            "100",
+            "--shoppers",
+            "2000",
+        ],
+    );
+    mall_in(dir.path(), &["forecast", "--history", "h"]);
     let (events, _) = mall_events::read_dir(&data.join("events")).unwrap();
     let opened = events
         .iter()
@@ -166,16 +155,19 @@ fn the_dashboard_updates_live_and_agrees_with_the_api_in_chromium() {
         .map(|e| e.t)
         .unwrap();
     let events_dir = data.join("events");
-    let text = mall(&[
-        "forecast",
-        "backtest",
-        "--forecast",
-        "forecast.json",
-        "--events",
-        events_dir.to_str().unwrap(),
-        "--opens-at-ms",
-        &opened.to_string(),
-    ]);
+    let text = mall_in(
+        dir.path(),
+        &[
+            "forecast",
+            "backtest",
+            "--forecast",
+            "forecast.json",
+            "--events",
+            events_dir.to_str().unwrap(),
+            "--opens-at-ms",
+            &opened.to_string(),
+        ],
+    );
     println!("backtest of a small forecast against the rush:\n{text}");
     assert!(text.to_lowercase().contains("peak"), "{text}");
 }

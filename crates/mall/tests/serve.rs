@@ -2,18 +2,13 @@
 //! flags winning, a refusal of a bad setting, and a graceful stop on SIGTERM
 //! that keeps everything acknowledged.
 
+mod common;
+
+use common::{free_port, mall_in};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "serve-test-admin-token-0123456789abcdef";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wait_healthy(base: &str) -> serde_json::Value {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -151,33 +146,22 @@ fn bad_settings_are_refused_with_a_reason() {
 #[test]
 fn a_forecast_and_its_plan_load_into_the_server_and_its_dashboard() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_mall"))
-            .current_dir(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "mall {args:?}: {text}");
-        text
-    };
-    run(&[
-        "history",
-        "generate",
-        "--out",
-        "h",
-        "--days",
-        "5",
-        "--items",
-        "100",
-        "--shoppers",
-        "2000",
-    ]);
-    let text = run(&["forecast", "--history", "h"]);
+    mall_in(
+        dir.path(),
+        &[
+            "history",
+            "generate",
+            "--out",
+            "h",
+            "--days",
+            "5",
+            "--items",
+            "100",
+            "--shoppers",
+            "2000",
+        ],
+    );
+    let text = mall_in(dir.path(), &["forecast", "--history", "h"]);
     assert!(text.contains("plan.toml"), "{text}");
     let plan = std::fs::read_to_string(dir.path().join("plan.toml")).unwrap();
     assert!(plan.contains("[admission]"), "{plan}");

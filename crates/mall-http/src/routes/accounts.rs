@@ -120,15 +120,6 @@ fn check_password(password: &str) -> ApiResult<()> {
     }
 }
 
-fn to_json<T: Serialize>(
-    status: StatusCode,
-    value: &T,
-) -> ApiResult<(StatusCode, serde_json::Value)> {
-    serde_json::to_value(value)
-        .map(|v| (status, v))
-        .map_err(|e| ApiError::internal("serialize", e))
-}
-
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::UsernameTaken => ApiError::conflict("username_taken", "that username is taken"),
@@ -196,7 +187,7 @@ async fn create_account(
         role: role.as_str().into(),
         merchant_id: merchant.map(|m| m.0),
     };
-    to_json(StatusCode::CREATED, &view)
+    super::json_answer(StatusCode::CREATED, &view)
 }
 
 /// Register a shopper account.
@@ -384,7 +375,7 @@ pub async fn bulk_create(
     Ok(
         idempotency::run(&state, principal.user, key, fp, redact_tokens, || async {
             let view = issue_shoppers(&state, &prefix, start, count).await?;
-            to_json(StatusCode::CREATED, &view)
+            super::json_answer(StatusCode::CREATED, &view)
         })
         .await,
     )
@@ -475,7 +466,7 @@ pub async fn create_merchant(
             let id = blocking(move || accounts.create_merchant(&name, now))
                 .await
                 .map_err(store_error)?;
-            to_json(
+            super::json_answer(
                 StatusCode::CREATED,
                 &MerchantView {
                     id: id.0,

@@ -241,12 +241,6 @@ async fn put(state: &AppState, item: Item, expected: Option<Item>) -> ApiResult<
     }
 }
 
-fn json(status: StatusCode, view: &ItemView) -> ApiResult<(StatusCode, serde_json::Value)> {
-    serde_json::to_value(view)
-        .map(|v| (status, v))
-        .map_err(|e| ApiError::internal("serialize", e))
-}
-
 /// Admin: create an item (a SKU is assigned).
 #[utoipa::path(post, path = "/v1/admin/items", request_body = CreateItem, tag = "admin",
     security(("bearer" = [])),
@@ -317,7 +311,7 @@ pub async fn create(
         || async {
             item.sku = Sku(state.next_sku.fetch_add(1, Ordering::Relaxed));
             let view = put(&state, item, None).await?;
-            json(StatusCode::CREATED, &view)
+            super::json_answer(StatusCode::CREATED, &view)
         },
     )
     .await)

@@ -100,3 +100,13 @@ pub(crate) async fn blocking<T: Send + 'static>(
         )))
     })
 }
+
+/// A value as the JSON body of an answer (stored as such by idempotency).
+pub(crate) fn json_answer<T: serde::Serialize>(
+    status: axum::http::StatusCode,
+    value: &T,
+) -> Result<(axum::http::StatusCode, serde_json::Value), crate::error::ApiError> {
+    serde_json::to_value(value)
+        .map(|v| (status, v))
+        .map_err(|e| crate::error::ApiError::internal("serialize", e))
+}

@@ -314,9 +314,7 @@ async fn order_command(state: &AppState, id: OrderId, command: Command) -> ApiRe
 }
 
 fn order_json(order: &Order) -> ApiResult<(StatusCode, serde_json::Value)> {
-    serde_json::to_value(OrderView::from(order))
-        .map(|v| (StatusCode::OK, v))
-        .map_err(|e| ApiError::internal("serialize", e))
+    super::json_answer(StatusCode::OK, &OrderView::from(order))
 }
 
 /// Hands back what a cancelled order had paid (nothing if it was unpaid).

@@ -94,12 +94,6 @@ pub struct PaymentAnswer {
     pub order: OrderView,
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> ApiResult<(StatusCode, serde_json::Value)> {
-    serde_json::to_value(value)
-        .map(|v| (status, v))
-        .map_err(|e| ApiError::internal("serialize", e))
-}
-
 /// Pay an order awaiting payment. Wallet payments settle at once; card and
 /// third-party payments go through the channel scheduler to a provider and
 /// the answer waits a few seconds for its outcome (202 if still pending).
@@ -130,7 +124,7 @@ pub async fn pay(
         idempotency::keep,
         || async {
             let (view, order) = payments(&state)?.pay(principal.user, id, method).await?;
-            json(
+            super::json_answer(
                 http_status(&view),
                 &PaymentAnswer {
                     payment: PaymentInfo::from(&view),
@@ -203,7 +197,7 @@ pub async fn top_up(
             let view = payments(&state)?
                 .top_up(principal.user, amount, method)
                 .await?;
-            json(
+            super::json_answer(
                 http_status(&view),
                 &TopUpAnswer {
                     payment: PaymentInfo::from(&view),
@@ -384,7 +378,7 @@ pub async fn refund(
         idempotency::keep,
         || async {
             let r = payments(&state)?.refund(id, amount, refund_key).await?;
-            json(
+            super::json_answer(
                 StatusCode::OK,
                 &RefundAnswer {
                     refund: r.refund,

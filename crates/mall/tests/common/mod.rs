@@ -192,6 +192,22 @@ pub fn shoppers(server: &Server, n: usize) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// Runs `mall <args…>` in `dir` and insists it succeeds: its stdout + stderr.
+pub fn mall_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "mall {args:?}: {text}");
+    text
+}
+
 /// Runs `mall <args…>` to completion: (success, stdout + stderr).
 pub fn mall(args: &[&str], data: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mall"))
