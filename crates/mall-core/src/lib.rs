@@ -191,15 +191,20 @@ pub enum OrderStatus {
     Cancelled,
     /// Hold expired unpaid: stock returned.
     Expired,
+    /// Handed to the shopper (a paid order delivered, or a cash-on-delivery
+    /// order whose cash was collected). Stock stays sold for good: money
+    /// goes back only by an after-sale refund, never by a cancel.
+    Delivered,
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 5] = [
+    pub const ALL: [OrderStatus; 6] = [
         OrderStatus::AwaitingPayment,
         OrderStatus::Paid,
         OrderStatus::Confirmed,
         OrderStatus::Cancelled,
         OrderStatus::Expired,
+        OrderStatus::Delivered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -209,6 +214,7 @@ impl OrderStatus {
             OrderStatus::Confirmed => "confirmed",
             OrderStatus::Cancelled => "cancelled",
             OrderStatus::Expired => "expired",
+            OrderStatus::Delivered => "delivered",
         }
     }
 
@@ -220,13 +226,19 @@ impl OrderStatus {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            OrderStatus::AwaitingPayment | OrderStatus::Paid | OrderStatus::Confirmed
+            OrderStatus::AwaitingPayment
+                | OrderStatus::Paid
+                | OrderStatus::Confirmed
+                | OrderStatus::Delivered
         )
     }
 
     /// Does an order in this status count as sold?
     pub fn is_sold(self) -> bool {
-        matches!(self, OrderStatus::Paid | OrderStatus::Confirmed)
+        matches!(
+            self,
+            OrderStatus::Paid | OrderStatus::Confirmed | OrderStatus::Delivered
+        )
     }
 }
 

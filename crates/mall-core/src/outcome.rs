@@ -56,6 +56,12 @@ impl Refusal {
             Refusal::SaleClosed { .. } => "sale_closed",
             Refusal::UnknownItem => "item_not_found",
             Refusal::UnknownOrder => "order_not_found",
+            // The one refused transition with its own code: money of a
+            // delivered order goes back only by an after-sale refund.
+            Refusal::InvalidTransition {
+                status: OrderStatus::Delivered,
+                action: "cancelled",
+            } => "already_delivered",
             Refusal::InvalidTransition { .. } => "invalid_order_status",
             Refusal::HoldExpired => "hold_expired",
             Refusal::IdempotencyKeyReused => "idempotency_key_reused",
@@ -82,6 +88,11 @@ impl Refusal {
             }
             Refusal::UnknownItem => "no such item".into(),
             Refusal::UnknownOrder => "no such order".into(),
+            Refusal::InvalidTransition {
+                status: OrderStatus::Delivered,
+                action: "cancelled",
+            } => "a delivered order cannot be cancelled; ask the merchant for an after-sale refund"
+                .into(),
             Refusal::InvalidTransition { status, action } => {
                 format!("an order that is {} cannot be {action}", status.as_str())
             }

@@ -224,7 +224,12 @@ impl EventLog {
     /// Starts the writer. Creates `config.dir` if given.
     pub fn start(config: LogConfig, live: live::LiveConfig) -> std::io::Result<EventLog> {
         if let Some(dir) = &config.dir {
-            std::fs::create_dir_all(dir)?;
+            // Events name shoppers: readable by the owner only.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(dir)?;
         }
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer::default()),

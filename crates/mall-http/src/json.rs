@@ -36,18 +36,22 @@ fn reject(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send the body as application/json",
         ),
-        JsonRejection::BytesRejection(e) => {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is too large",
-                )
-            } else {
-                ApiError::bad_request("unreadable_body", "the request body could not be read")
-            }
-        }
+        JsonRejection::BytesRejection(e) => body_rejection(e),
         other => ApiError::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+/// A body that could not be read: too large (413 `body_too_large`) or cut
+/// off (400 `unreadable_body`).
+pub fn body_rejection(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is too large",
+        )
+    } else {
+        ApiError::bad_request("unreadable_body", "the request body could not be read")
     }
 }
 

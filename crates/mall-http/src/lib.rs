@@ -256,10 +256,53 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
+/// Every answer: `X-Content-Type-Options: nosniff`, and pages may not be
+/// framed. Every error is JSON: an error that left a handler or extractor
+/// as text (none should) is rewritten into the error shape, with a code
+/// named after its status, so a client never has to parse text.
+async fn harden(request: Request, next: Next) -> Response {
+    use axum::http::{header, HeaderValue};
+    let mut response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        let body = std::mem::take(response.body_mut());
+        let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+        let message = String::from_utf8_lossy(&text).trim().to_string();
+        let mut error = error::ApiError::new(status, error::code_for_status(status), message);
+        error.retry_after_s = retry_after
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        response = axum::response::IntoResponse::into_response(error);
+    }
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let is_html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_html {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        );
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
+    response
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     routes::routes()
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::middleware::from_fn(harden))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.body_bytes_max,
         ))

@@ -68,10 +68,16 @@ pub enum Command {
         order: OrderId,
     },
     /// Cancel an order: held or COD-sold stock goes back on sale. `by` is the
-    /// shopper asking, or `None` for an admin.
+    /// shopper asking, or `None` for an admin. Refused once delivered.
     Release {
         order: OrderId,
         by: Option<UserId>,
+    },
+    /// The order reached the shopper (paid and delivered, or cash on
+    /// delivery collected): `paid | confirmed → delivered`. Its stock stays
+    /// sold for good.
+    Deliver {
+        order: OrderId,
     },
     /// Create an item (`expected: None`) or replace one that is exactly
     /// `expected` now (compare-and-swap: concurrent edits never undo each
@@ -300,6 +306,7 @@ impl Inventory {
             Command::Reserve(r) => self.reserve(r, now, effects),
             Command::Confirm { order } => self.confirm(order, now, effects),
             Command::Release { order, by } => self.release(order, by, now, effects),
+            Command::Deliver { order } => self.deliver(order, now, effects),
             Command::PutItem { item, expected } => self.put_item(item, expected, effects),
         }
     }
@@ -409,7 +416,12 @@ impl Inventory {
             return Reply::Inactive(id);
         };
         match order.status {
+            // Paid already (and perhaps delivered since): a replay.
             OrderStatus::Paid => Reply::Order {
+                order: order.clone(),
+                replayed: true,
+            },
+            OrderStatus::Delivered if order.payment == PaymentMethod::Online => Reply::Order {
                 order: order.clone(),
                 replayed: true,
             },
@@ -467,9 +479,41 @@ impl Inventory {
                     replayed: false,
                 }
             }
+            // Delivered: the goods are with the shopper. Money goes back
+            // only by an after-sale refund; stock never returns by itself.
             status => Reply::Refused(Refusal::InvalidTransition {
                 status,
                 action: "cancelled",
+            }),
+        }
+    }
+
+    fn deliver(&mut self, id: OrderId, now: Timestamp, effects: &mut Vec<Effect>) -> Reply {
+        let Some(order) = self.orders.get_mut(&id) else {
+            return Reply::Inactive(id);
+        };
+        match order.status {
+            OrderStatus::Delivered => Reply::Order {
+                order: order.clone(),
+                replayed: true,
+            },
+            OrderStatus::Paid | OrderStatus::Confirmed => {
+                // Sold before and after: no counter moves.
+                order.status = OrderStatus::Delivered;
+                order.updated_at = now;
+                effects.push(Effect::UpdateOrder {
+                    id,
+                    status: OrderStatus::Delivered,
+                    updated_at: now,
+                });
+                Reply::Order {
+                    order: order.clone(),
+                    replayed: false,
+                }
+            }
+            status => Reply::Refused(Refusal::InvalidTransition {
+                status,
+                action: "delivered",
             }),
         }
     }

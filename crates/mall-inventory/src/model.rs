@@ -36,7 +36,9 @@ impl Model {
         for o in self.orders.values().filter(|o| o.sku == sku) {
             match o.status {
                 OrderStatus::AwaitingPayment => held += o.quantity.get(),
-                OrderStatus::Paid | OrderStatus::Confirmed => sold += o.quantity.get(),
+                OrderStatus::Paid | OrderStatus::Confirmed | OrderStatus::Delivered => {
+                    sold += o.quantity.get()
+                }
                 _ => {}
             }
         }
@@ -150,6 +152,10 @@ impl Model {
                         order: o.clone(),
                         replayed: true,
                     },
+                    OrderStatus::Delivered if o.payment == PaymentMethod::Online => Reply::Order {
+                        order: o.clone(),
+                        replayed: true,
+                    },
                     OrderStatus::AwaitingPayment if o.expires_at.is_some_and(|at| at <= now) => {
                         o.status = OrderStatus::Expired;
                         o.expires_at = None;
@@ -165,10 +171,12 @@ impl Model {
                             replayed: false,
                         }
                     }
-                    OrderStatus::Confirmed => Reply::Refused(Refusal::InvalidTransition {
-                        status: o.status,
-                        action: "paid",
-                    }),
+                    OrderStatus::Confirmed | OrderStatus::Delivered => {
+                        Reply::Refused(Refusal::InvalidTransition {
+                            status: o.status,
+                            action: "paid",
+                        })
+                    }
                     OrderStatus::Cancelled | OrderStatus::Expired => Reply::Inactive(*order),
                 }
             }
@@ -195,6 +203,30 @@ impl Model {
                     status => Reply::Refused(Refusal::InvalidTransition {
                         status,
                         action: "cancelled",
+                    }),
+                }
+            }
+            Command::Deliver { order } => {
+                let Some(o) = self.orders.get_mut(order) else {
+                    return Reply::Inactive(*order);
+                };
+                match o.status {
+                    OrderStatus::Delivered => Reply::Order {
+                        order: o.clone(),
+                        replayed: true,
+                    },
+                    OrderStatus::Paid | OrderStatus::Confirmed => {
+                        o.status = OrderStatus::Delivered;
+                        o.updated_at = now;
+                        Reply::Order {
+                            order: o.clone(),
+                            replayed: false,
+                        }
+                    }
+                    OrderStatus::Cancelled | OrderStatus::Expired => Reply::Inactive(*order),
+                    status => Reply::Refused(Refusal::InvalidTransition {
+                        status,
+                        action: "delivered",
                     }),
                 }
             }

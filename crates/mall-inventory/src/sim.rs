@@ -155,7 +155,10 @@ impl Workload {
             65..=79 => Command::Confirm {
                 order: order.unwrap_or(OrderId::new(self.shard, 999_999)),
             },
-            80..=91 => {
+            88..=91 => Command::Deliver {
+                order: order.unwrap_or(OrderId::new(self.shard, 999_997)),
+            },
+            80..=87 => {
                 let by = match self.rng.below(10) {
                     0 => None,
                     _ => Some(UserId(1 + self.rng.below(self.users))),

@@ -422,7 +422,7 @@ fn order_ids_name_their_shard() {
     assert_eq!(order.id, OrderId::new(5, 1));
 }
 
-/// Property: random interleavings of reserve/confirm/release/expire and item
+/// Property: random interleavings of reserve/confirm/release/deliver/expire and item
 /// changes, across users and SKUs, agree reply by reply with the reference
 /// model, keep conservation and per-user limits, and a repeated key never
 /// makes a second order.
@@ -445,6 +445,9 @@ fn property_random_interleavings_match_the_model() {
         "paid",
         "confirmed",
         "cancelled",
+        "delivered",
+        "delivered replayed",
+        "already_delivered",
         "awaiting_payment replayed",
         "paid replayed",
         "StoredOrder",

@@ -439,6 +439,13 @@ enum HeldWhat {
     Live(Purpose),
 }
 
+/// An order held still for a cancel (see [`Payments::hold_for_cancel`]):
+/// released when dropped.
+pub struct CancelHold {
+    _live: Held,
+    _claim: Held,
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         let mut state = lock(&self.shared.state);
@@ -1736,17 +1743,49 @@ impl Payments {
         chart::merchant(merchant)
     }
 
-    /// The order was delivered: its escrowed money (less refunds) goes to the merchant.
+    /// The order was delivered: it becomes `delivered` (it can no longer be
+    /// cancelled), then its escrowed money (less refunds) goes to the
+    /// merchant. Delivery comes first and is idempotent, so a settlement cut
+    /// off half-way is finished by calling this again.
     pub async fn settle(&self, order: OrderId) -> Result<u64, PayError> {
         let o = self
             .stored_order(order)
             .await?
             .ok_or(PayError::UnknownOrder)?;
-        if !matches!(o.status, OrderStatus::Paid | OrderStatus::Confirmed) {
+        if !matches!(
+            o.status,
+            OrderStatus::Paid | OrderStatus::Confirmed | OrderStatus::Delivered
+        ) {
             return Err(PayError::NotSettleable(o.status.as_str()));
         }
         let _held = self.claim_order(order)?;
+        // Refusals first, so a refused delivery changes nothing.
+        match lock(&self.shared.state).orders.get(&order) {
+            None => return Err(PayError::NotPaid),
+            Some(m) if m.settled => return Err(PayError::AlreadySettled),
+            Some(_) => {}
+        }
+        let o = self.deliver(order).await?;
         self.settle_claimed(&o).await
+    }
+
+    /// `paid | confirmed → delivered` in the inventory (a replay if it is
+    /// delivered already). The caller holds the order's claim.
+    async fn deliver(&self, order: OrderId) -> Result<Order, PayError> {
+        match self.inventory(order, Inv::Deliver { order }).await? {
+            InvReply::Order { order, .. } => Ok(order),
+            InvReply::Refused(Refusal::InvalidTransition { status, .. }) => {
+                Err(PayError::NotSettleable(status.as_str()))
+            }
+            InvReply::Refused(Refusal::UnknownOrder) => Err(PayError::UnknownOrder),
+            _ => {
+                // Inactive: cancelled or expired meanwhile.
+                let now = self.stored_order(order).await?;
+                Err(PayError::NotSettleable(
+                    now.map_or("unknown", |o| o.status.as_str()),
+                ))
+            }
+        }
     }
 
     async fn settle_claimed(&self, o: &Order) -> Result<u64, PayError> {
@@ -1781,47 +1820,49 @@ impl Payments {
         Ok(amount)
     }
 
-    /// The courier collected cash for a COD order.
+    /// The courier collected cash for a COD order: the order is delivered
+    /// (it can no longer be cancelled) and the cash is booked into escrow.
+    /// Idempotent: a repeat books nothing twice.
     pub async fn cod_collected(&self, order: OrderId) -> Result<u64, PayError> {
         let o = self
             .stored_order(order)
             .await?
             .ok_or(PayError::UnknownOrder)?;
-        if o.payment != PaymentMethod::Cod || o.status != OrderStatus::Confirmed {
+        if o.payment != PaymentMethod::Cod
+            || !matches!(o.status, OrderStatus::Confirmed | OrderStatus::Delivered)
+        {
             return Err(PayError::NotSettleable(o.status.as_str()));
         }
-        let _held = self.claim_order(order)?;
         let amount = u64::try_from(o.amount_fen.0)
             .ok()
             .filter(|a| *a > 0)
             .ok_or(PayError::NotSettleable("free"))?;
+        let _held = self.claim_order(order)?;
+        self.deliver(order).await?;
         let id = derived("cod", order.0);
-        async {
-            if let Err(r) = self
-                .transfer(Self::single(
-                    id,
-                    chart::COD,
-                    chart::ESCROW,
-                    amount,
-                    code::COD_COLLECTION,
-                    order.0,
-                ))
-                .await?
-            {
-                tracing::error!(refusal = r.code(), "COD collection refused");
-                return Err(PayError::Unavailable);
-            }
-            let mut state = lock(&self.shared.state);
-            state.orders.entry(order).or_insert(OrderMoney {
-                payer: chart::COD,
-                paid_by: id,
-                paid: amount,
-                refunded: 0,
-                settled: false,
-            });
-            Ok(amount)
+        if let Err(r) = self
+            .transfer(Self::single(
+                id,
+                chart::COD,
+                chart::ESCROW,
+                amount,
+                code::COD_COLLECTION,
+                order.0,
+            ))
+            .await?
+        {
+            tracing::error!(refusal = r.code(), "COD collection refused");
+            return Err(PayError::Unavailable);
         }
-        .await
+        let mut state = lock(&self.shared.state);
+        state.orders.entry(order).or_insert(OrderMoney {
+            payer: chart::COD,
+            paid_by: id,
+            paid: amount,
+            refunded: 0,
+            settled: false,
+        });
+        Ok(amount)
     }
 
     /// Refunds `amount` (all that is left if `None`) of a paid order, back
@@ -1926,6 +1967,84 @@ impl Payments {
             refunded_total_fen: total,
             paid_fen: money.paid,
         })
+    }
+
+    /// Holds an order still for a cancel, before anything changes: no
+    /// payment of it is live or can start, and no refund or settlement of
+    /// it runs, until the hold is dropped. Waits up to `payment_wait` for a
+    /// live payment or another claim to end; past that, refuses
+    /// (`payment_in_progress` or `busy`) with nothing changed.
+    pub async fn hold_for_cancel(&self, order: OrderId) -> Result<CancelHold, PayError> {
+        let deadline = Instant::now() + Duration::from_millis(self.shared.config.wait_ms);
+        loop {
+            {
+                let mut state = lock(&self.shared.state);
+                let purpose = Purpose::Order(order);
+                let claim = order.0 | (1 << 63);
+                let live = state.live.contains_key(&purpose);
+                if !live && !state.claims.contains(&claim) {
+                    state.live.insert(purpose, 0);
+                    state.claims.insert(claim);
+                    drop(state);
+                    return Ok(CancelHold {
+                        _live: Held {
+                            shared: self.shared.clone(),
+                            what: HeldWhat::Live(purpose),
+                        },
+                        _claim: Held {
+                            shared: self.shared.clone(),
+                            what: HeldWhat::Claim(claim),
+                        },
+                    });
+                }
+                if Instant::now() >= deadline {
+                    return Err(if live {
+                        PayError::InProgress
+                    } else {
+                        PayError::Busy
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The order was cancelled under `hold`: refund what is left of its
+    /// payment, back the way it came. Should the refund fail (the ledger is
+    /// down), it is retried in the background until it lands, and a start
+    /// refunds any cancelled order that kept money; the cancel stands.
+    pub async fn refund_cancelled(
+        &self,
+        hold: CancelHold,
+        order: &Order,
+    ) -> Option<RefundView> {
+        let key = derived("cancel", order.id.0).0;
+        let paid = lock(&self.shared.state)
+            .orders
+            .get(&order.id)
+            .is_some_and(|m| m.paid > m.refunded);
+        if !paid {
+            return None;
+        }
+        match self.refund_claimed(order, None, key).await {
+            Ok(view) => Some(view),
+            Err(e) => {
+                tracing::warn!(order = order.id.0, error = %e, "refund of a cancelled order failed; retrying in the background");
+                drop(hold);
+                let me = self.clone();
+                let id = order.id;
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        match me.on_cancelled(id).await {
+                            Ok(_) => return,
+                            Err(e) => tracing::warn!(order = id.0, error = %e, "refund of a cancelled order; retrying"),
+                        }
+                    }
+                });
+                None
+            }
+        }
     }
 
     /// An order was cancelled: refund what is left of its payment, if any.

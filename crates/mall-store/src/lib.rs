@@ -60,7 +60,40 @@ pub enum Sync {
     Off,
 }
 
+/// Creates `path` (and its parents) readable by the owner only (0700), and
+/// tightens it if it exists: a data directory holds password and token
+/// hashes and shoppers' addresses.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Makes a database file (and its WAL and shared-memory files, which SQLite
+/// creates with the database's mode) readable by the owner only (0600).
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn open_connection(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
+    private_file(path)?;
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
@@ -84,7 +117,7 @@ impl DataDir {
     /// Opens (creating if needed) a data directory. `shards` is the count
     /// asked for; a directory remembers the count it was made with.
     pub fn open(path: &Path, shards: Option<usize>) -> Result<DataDir, StoreError> {
-        std::fs::create_dir_all(path)?;
+        private_dir(path)?;
         let accounts = Accounts::open(&path.join("mall.db"))?;
         let stored = accounts
             .meta_get("shards")?

@@ -220,7 +220,7 @@ impl ShardJournal {
         let items = load_items(&self.conn)?;
         let horizon = now.0.saturating_sub(self.config.idempotency_retention_ms);
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE status IN ('awaiting_payment', 'paid', 'confirmed')
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE status IN ('awaiting_payment', 'paid', 'confirmed', 'delivered')
              OR (idempotency_key IS NOT NULL AND created_at_ms >= ?1)"
         ))?;
         let orders = stmt

@@ -163,7 +163,7 @@ fn main() -> Result<()> {
 pub struct DirLock(#[allow(dead_code)] std::fs::File);
 
 pub fn lock_data_dir(path: &Path) -> Result<DirLock> {
-    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    mall_store::private_dir(path).with_context(|| format!("creating {}", path.display()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

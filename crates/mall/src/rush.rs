@@ -191,7 +191,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         );
         std::fs::remove_dir_all(&args.data)?;
     }
-    std::fs::create_dir_all(&args.data)?;
+    mall_store::private_dir(&args.data)?;
     std::fs::write(args.data.join(MARKER), "")?;
     let _lock = crate::lock_data_dir(&args.data)?;
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -22,8 +22,10 @@ pub const BULK_USERS_MAX: u32 = 10_000;
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// 3 to 32 characters: lower-case letters, digits, `_`, `-`, `.`.
+    #[schema(min_length = 3, max_length = 32, pattern = "^[a-z0-9_.-]{3,32}$")]
     pub username: String,
-    /// 8 to 128 characters.
+    /// 8 to 128 characters, not only white space, not a common password.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
 }
 
@@ -109,15 +111,39 @@ fn check_username(name: &str) -> ApiResult<()> {
     }
 }
 
-fn check_password(password: &str) -> ApiResult<()> {
+/// The common passwords refused at registration (one a line, `#` comments).
+const COMMON_PASSWORDS: &str = include_str!("../common-passwords.txt");
+
+/// 8 to 128 characters (else 422 `invalid_request`), not only white space,
+/// and not one of the most common passwords (compared case-insensitively;
+/// else 422 `weak_password`).
+pub fn check_password(password: &str) -> ApiResult<()> {
     let n = password.chars().count();
-    if (8..=128).contains(&n) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
+    if !(8..=128).contains(&n) {
+        return Err(ApiError::invalid(
             "password must be 8 to 128 characters long",
-        ))
+        ));
     }
+    if password.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_password",
+            "password must not be only white space",
+        ));
+    }
+    let lower = password.to_lowercase();
+    let common = COMMON_PASSWORDS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| l.trim() == lower);
+    if common {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_password",
+            "that password is one of the most common ones; choose another",
+        ));
+    }
+    Ok(())
 }
 
 fn store_error(e: StoreError) -> ApiError {

@@ -1,12 +1,12 @@
 //! Items: browsing (from the board, no queueing) and admin create/update
 //! (through the owning shard, durable before the reply).
 
-use super::{blocking, check_text, idempotency, parse_id};
+use super::{blocking, check_text, idempotency, parse_id, QueryOf, Segment};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::json::StrictJson;
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -93,9 +93,8 @@ pub struct ListQuery {
     responses((status = 200, body = ItemsPage), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    QueryOf(q): QueryOf<ListQuery>,
 ) -> ApiResult<Json<ItemsPage>> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let category = match q.category.as_deref() {
         None => None,
         Some(c) => Some(Category::parse(c).ok_or_else(|| {
@@ -138,7 +137,7 @@ pub async fn list(
     responses((status = 200, body = ItemView), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> ApiResult<Json<ItemView>> {
     let sku = Sku(parse_id(&raw, "sku")?);
     let entry = state
@@ -325,7 +324,7 @@ pub async fn create(
 pub async fn update(
     State(state): State<AppState>,
     principal: Principal,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     StrictJson(body): StrictJson<UpdateItem>,
 ) -> ApiResult<Json<ItemView>> {
     principal.require_admin()?;

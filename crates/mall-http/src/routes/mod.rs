@@ -59,6 +59,50 @@ pub fn routes() -> Router<AppState> {
         .method_not_allowed_fallback(ops::method_not_allowed)
 }
 
+/// One path segment as text. A segment that is not valid UTF-8 (`%FF`) is
+/// refused with 400 `invalid_path` in the JSON error shape, not axum's text.
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = crate::error::ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(s)) => Ok(Segment(s)),
+            Err(e) => Err(crate::error::ApiError::bad_request(
+                "invalid_path",
+                format!("the path is not valid: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
+/// A query string parsed into `T`; each way it can be wrong (a repeated or
+/// unknown parameter, a wrong type) is 400 `invalid_query`.
+pub struct QueryOf<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for QueryOf<T>
+{
+    type Rejection = crate::error::ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(q)) => Ok(QueryOf(q)),
+            Err(e) => Err(crate::error::ApiError::bad_request(
+                "invalid_query",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
 /// Parses a numeric path segment with a clear error instead of axum's text.
 pub(crate) fn parse_id(raw: &str, what: &'static str) -> Result<u64, crate::error::ApiError> {
     raw.parse::<u64>().map_err(|_| {

@@ -1,12 +1,12 @@
 //! Orders: the snap-up (the hot path), history and cancel (a paid order's
 //! money is refunded on cancel). Paying is in `payments`.
 
-use super::{blocking, check_text, idempotency, parse_id};
+use super::{blocking, check_text, idempotency, parse_id, QueryOf, Segment};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::json::StrictJson;
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -137,7 +137,7 @@ fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response
     params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key: the same key returns the first order")),
     responses(
         (status = 201, body = OrderView),
-        (status = 403, description = "sale_not_open, sale_closed", body = crate::error::ErrorBody),
+        (status = 403, description = "sale_not_open, sale_closed, own_item", body = crate::error::ErrorBody),
         (status = 404, description = "item_not_found", body = crate::error::ErrorBody),
         (status = 409, description = "sold_out, limit_reached, insufficient_stock", body = crate::error::ErrorBody),
         (status = 422, description = "invalid_quantity, invalid_request, idempotency_key_reused", body = crate::error::ErrorBody),
@@ -153,6 +153,20 @@ pub async fn create(
     state.limiter.admit_snapup(&principal).inspect_err(|_| {
         state.metrics.record_refusal("overloaded");
     })?;
+    // A merchant buying its own items would fake sales.
+    if let Some(merchant) = principal.merchant {
+        if state
+            .engine
+            .board()
+            .get(sku)
+            .is_some_and(|e| e.item.merchant == merchant)
+        {
+            return Err(ApiError::forbidden_code(
+                "own_item",
+                "a merchant account cannot buy its own merchant's items",
+            ));
+        }
+    }
     let key = idempotency::key_from(&headers)?;
     let fingerprint = mall_core::fingerprint(&[
         &sku.0.to_le_bytes(),
@@ -233,7 +247,7 @@ fn visible(order: &Order, principal: &Principal) -> bool {
 pub async fn get_one(
     State(state): State<AppState>,
     principal: Principal,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> ApiResult<Json<OrderView>> {
     let id = OrderId(parse_id(&raw, "order id")?);
     match stored_order(&state, id).await? {
@@ -257,9 +271,8 @@ fn parse_cursor(raw: &str) -> ApiResult<(Timestamp, OrderId)> {
 pub async fn list_mine(
     State(state): State<AppState>,
     principal: Principal,
-    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+    QueryOf(q): QueryOf<HistoryQuery>,
 ) -> ApiResult<Json<OrdersPage>> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let user = match q.user_id {
         Some(u) if principal.is_admin() => UserId(u),
         Some(_) => {
@@ -333,15 +346,30 @@ async fn cancel_once(
     id: OrderId,
 ) -> ApiResult<(StatusCode, serde_json::Value)> {
     let by = (!principal.is_admin()).then_some(principal.user);
+    // Another's order is unknown to the caller, and is never held for them.
+    match stored_order(state, id).await? {
+        Some(o) if visible(&o, &principal) => {}
+        _ => return Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
+    }
+    // Held still before anything changes: a payment under way is waited
+    // for, and none starts meanwhile, so an error answer means nothing
+    // changed and a success answer says how the money went.
+    let hold = match state.payments.get() {
+        Some(p) => Some(p.hold_for_cancel(id).await?),
+        None => None,
+    };
     match order_command(state, id, Command::Release { order: id, by }).await? {
         Reply::Order { order, .. } => {
             let mut e = mall_events::Event::new(state.now().0, mall_events::Kind::Cancel);
             (e.u, e.s, e.o, e.a) = (order.user.0, order.sku.0, order.id.0, order.amount_fen.0);
             state.record(e);
-            refund_cancelled(state, id).await?;
+            if let (Some(p), Some(hold)) = (state.payments.get(), hold) {
+                p.refund_cancelled(hold, &order).await;
+            }
             order_json(&order)
         }
         Reply::Inactive(_) => {
+            drop(hold);
             // Not active: cancelled already (answer as done), expired, or unknown.
             match stored_order(state, id).await? {
                 Some(o) if visible(&o, &principal) && o.status == OrderStatus::Cancelled => {
@@ -363,17 +391,21 @@ async fn cancel_once(
     }
 }
 
-/// Cancel an active order (awaiting payment, paid, or cash on delivery): its
-/// stock goes back on sale and anything paid is refunded the way it came.
+/// Cancel an order not yet delivered (awaiting payment, paid, or cash on
+/// delivery): its stock goes back on sale and anything paid is refunded the
+/// way it came. A delivered order is refused (`already_delivered`): after
+/// delivery, money goes back only by an after-sale refund. A cancel that
+/// meets a payment under way waits for it; past `payment_wait` it is
+/// refused (`payment_in_progress`) with nothing changed.
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
     params(("id" = u64, Path, description = "order id")),
     responses((status = 200, body = OrderView), (status = 404, body = crate::error::ErrorBody),
-              (status = 409, description = "invalid_order_status", body = crate::error::ErrorBody)))]
+              (status = 409, description = "invalid_order_status, already_delivered, payment_in_progress", body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> Result<Response, ApiError> {
     let id = OrderId(parse_id(&raw, "order id")?);
     let key = idempotency::key_from(&headers)?;

@@ -4,13 +4,13 @@
 //! `mall-payments`'; this module parses, authorizes and answers.
 
 use super::orders::OrderView;
-use super::{idempotency, parse_id};
+use super::{idempotency, parse_id, QueryOf, Segment};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::json::StrictJson;
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -109,7 +109,7 @@ pub async fn pay(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     StrictJson(body): StrictJson<PayRequest>,
 ) -> Result<Response, ApiError> {
     let id = OrderId(parse_id(&raw, "order id")?);
@@ -256,7 +256,7 @@ pub struct StatementPage {
 pub async fn statement(
     State(state): State<AppState>,
     principal: Principal,
-    Query(q): Query<StatementQuery>,
+    QueryOf(q): QueryOf<StatementQuery>,
 ) -> ApiResult<Json<StatementPage>> {
     let before = q.before.map(|b| parse_id(&b, "before")).transpose()?;
     let limit = match q.limit {
@@ -348,7 +348,7 @@ pub async fn refund(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     StrictJson(body): StrictJson<RefundRequest>,
 ) -> Result<Response, ApiError> {
     let id = OrderId(parse_id(&raw, "order id")?);
@@ -407,7 +407,7 @@ pub struct SettledAnswer {
 pub async fn deliver(
     State(state): State<AppState>,
     principal: Principal,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> ApiResult<Json<SettledAnswer>> {
     let id = OrderId(parse_id(&raw, "order id")?);
     require_order_manager(&state, &principal, id).await?;
@@ -426,7 +426,7 @@ pub async fn deliver(
 pub async fn cod_collected(
     State(state): State<AppState>,
     principal: Principal,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> ApiResult<Json<SettledAnswer>> {
     principal.require_admin()?;
     let id = OrderId(parse_id(&raw, "order id")?);
@@ -446,10 +446,11 @@ pub async fn cod_collected(
               (status = 409, description = "callback_replayed", body = crate::error::ErrorBody)))]
 pub async fn callback(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(crate::json::body_rejection)?;
     let signature = headers
         .get(mall_pay::signature::HEADER)
         .and_then(|v| v.to_str().ok());

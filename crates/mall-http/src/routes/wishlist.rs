@@ -3,12 +3,12 @@
 //! themselves live in memory, bounded per shopper, and are not kept across
 //! a restart (the event log keeps the history).
 
-use super::parse_id;
+use super::{parse_id, Segment};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::json::StrictJson;
 use crate::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use mall_core::{Sku, UserId};
 use serde::{Deserialize, Serialize};
@@ -88,7 +88,7 @@ fn favorites_of(state: &AppState, user: UserId) -> FavoritesView {
 pub async fn favorite(
     State(state): State<AppState>,
     principal: Principal,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> ApiResult<Json<FavoritesView>> {
     let sku = known_item(&state, parse_id(&raw, "sku")?)?;
     let added = {
@@ -114,7 +114,7 @@ pub async fn favorite(
 pub async fn unfavorite(
     State(state): State<AppState>,
     principal: Principal,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> ApiResult<Json<FavoritesView>> {
     let sku = parse_id(&raw, "sku")?;
     if let Some(mine) = lock(&state.wishlists.favorites).get_mut(&principal.user) {
