@@ -87,6 +87,22 @@ impl SessionCache {
             .map(|s| s.principal)
     }
 
+    /// Forgets one session (log out).
+    pub fn remove(&self, hash: &[u8; 32]) {
+        self.by_hash
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(hash);
+    }
+
+    /// Forgets every session of `user` (revocation).
+    pub fn remove_user(&self, user: UserId) {
+        self.by_hash
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| s.principal.user != user);
+    }
+
     pub fn prune(&self, now: Timestamp) {
         self.by_hash
             .write()
@@ -114,40 +130,10 @@ pub fn new_token() -> Result<String, ApiError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    let mut salt_bytes = [0u8; 16];
-    getrandom::fill(&mut salt_bytes).map_err(|_| argon2::password_hash::Error::Crypto)?;
-    let salt = SaltString::encode_b64(&salt_bytes)?;
-    Ok(argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
-}
-
-pub fn verify_password(password: &str, phc: &str) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(phc)
-        .map(|h| {
-            argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
-
-/// Verifies `password` against `phc`; with no hash (unknown user, or a
-/// token-only account) verifies against a dummy hash and answers false, so
-/// both take the same time.
-pub fn verify_password_or_burn(password: &str, phc: Option<&str>) -> bool {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    match phc {
-        Some(phc) => verify_password(password, phc),
-        None => {
-            let dummy = DUMMY.get_or_init(|| hash_password("no such account").unwrap_or_default());
-            let _ = verify_password(password, dummy);
-            false
-        }
-    }
+/// A PHC string of `password` (Argon2id, see [`crate::passwords`]), on
+/// this thread: for start-up; requests go through the hashing threads.
+pub fn hash_password(password: &str) -> Option<String> {
+    crate::passwords::Memory::default().hash(password)
 }
 
 /// The token of an `Authorization: Bearer <token>` header; the scheme is
@@ -161,6 +147,27 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 
 fn unauthenticated(code: &'static str, message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// The caller's bearer token, hashed: the session a log-out ends.
+pub struct CurrentToken(pub [u8; 32]);
+
+impl FromRequestParts<AppState> for CurrentToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .map(|t| CurrentToken(hash_token(t)))
+            .ok_or_else(|| unauthenticated("unauthenticated", "send Authorization: Bearer <token>"))
+    }
 }
 
 impl FromRequestParts<AppState> for Principal {

@@ -4,14 +4,18 @@
 //!
 //! Layout: [`routes`] has one module per resource, [`auth`] who is calling,
 //! [`json`] strict body parsing, [`error`] the error body, [`limits`] rate
-//! limits, [`metrics`] Prometheus, [`listener`] the connection limit.
+//! limits, [`metrics`] Prometheus, [`listener`] connection limits and
+//! timeouts, [`client`] the client's address behind trusted proxies,
+//! [`passwords`] bounded password hashing and login throttling.
 
 pub mod auth;
+pub mod client;
 pub mod error;
 pub mod json;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod passwords;
 pub mod routes;
 
 use auth::{Principal, SessionCache};
@@ -33,26 +37,36 @@ pub use limits::RateConfig;
 pub struct HttpConfig {
     /// Largest request body accepted.
     pub body_bytes_max: usize,
-    /// Open connections, at most; more wait to be accepted.
-    pub connections_max: usize,
-    /// Lifetime of a login or bulk-issued token.
+    /// Connection limits and timeouts of the shoppers' listener.
+    pub listener: listener::ListenerConfig,
+    /// Lifetime of a shopper's or merchant's login, and of bulk-issued tokens.
     pub session_ttl_ms: i64,
-    /// Password hashes computed at once, at most (each takes ~19 MiB and tens of ms).
-    pub password_hashes_max: usize,
+    /// Lifetime of an admin's login (shorter: admin tokens are worth more).
+    /// The bootstrap token (`MALL_ADMIN_TOKEN`) lasts until rotated or revoked.
+    pub admin_session_ttl_ms: i64,
+    /// Password hashing threads and queue.
+    pub passwords: passwords::PasswordConfig,
+    /// Failed logins per username.
+    pub login_throttle: passwords::ThrottleConfig,
     /// How long stored responses of idempotent non-order requests are kept.
     pub idempotency_retention_ms: i64,
     pub rate: RateConfig,
+    /// Proxies whose forwarded client addresses are believed.
+    pub trusted_proxies: Vec<client::Cidr>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             body_bytes_max: 64 * 1024,
-            connections_max: 16_384,
+            listener: listener::ListenerConfig::default(),
             session_ttl_ms: 24 * 3_600_000,
-            password_hashes_max: 4,
+            admin_session_ttl_ms: 8 * 3_600_000,
+            passwords: passwords::PasswordConfig::default(),
+            login_throttle: passwords::ThrottleConfig::default(),
             idempotency_retention_ms: 24 * 3_600_000,
             rate: RateConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -73,8 +87,10 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     /// The next SKU id to hand out; starts above the highest stored one.
     pub next_sku: AtomicU64,
-    /// Bounds concurrent Argon2 work.
-    pub password_permits: tokio::sync::Semaphore,
+    /// The password hashing threads (bounded memory and queue).
+    pub hasher: passwords::Hasher,
+    /// Failed logins per username.
+    pub login_throttle: passwords::LoginThrottle,
     /// Idempotency keys of non-order requests being executed now.
     pub in_flight_keys: Mutex<HashSet<(UserId, String)>>,
     /// The payment service, attached once it has started (see [`AppState::attach_payments`]).
@@ -106,7 +122,8 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 limiter: limits::RateLimiter::new(config.rate.clone()),
-                password_permits: tokio::sync::Semaphore::new(config.password_hashes_max.max(1)),
+                hasher: passwords::Hasher::start(&config.passwords),
+                login_throttle: passwords::LoginThrottle::new(config.login_throttle.clone()),
                 engine,
                 accounts,
                 sessions,
@@ -212,7 +229,7 @@ pub fn bootstrap_admin(
     };
     if let Some(password) = password {
         let hash = auth::hash_password(password)
-            .map_err(|e| BootstrapError::Refused(format!("hash admin password: {e}")))?;
+            .ok_or_else(|| BootstrapError::Refused("hashing the admin password failed".into()))?;
         state.accounts.set_password_hash(admin, &hash)?;
     }
     let principal = Principal {
@@ -220,18 +237,57 @@ pub fn bootstrap_admin(
         role: Role::Admin,
         merchant: None,
     };
+    // The bootstrap token lasts until it is rotated or revoked.
     let forever = now.plus_ms(10 * 365 * 24 * 3_600_000);
     if let Some(token) = token {
+        rotate_bootstrap_token(state, admin, auth::hash_token(token))?;
         state.open_session(token, principal, forever)?;
         return Ok(None);
     }
     if password.is_none() && state.accounts.meta_get("admin_token_issued")?.is_none() {
         let token = auth::new_token().map_err(|e| BootstrapError::Refused(e.message))?;
+        rotate_bootstrap_token(state, admin, auth::hash_token(&token))?;
         state.open_session(&token, principal, forever)?;
         state.accounts.meta_set("admin_token_issued", "1")?;
         return Ok(Some(token));
     }
     Ok(None)
+}
+
+/// A new bootstrap token replaces the old one: the old one's session ends.
+/// (A store from before bootstrap tokens were recorded has no record; then
+/// every long-lived admin session, which only bootstrap tokens make, ends.)
+fn rotate_bootstrap_token(
+    state: &AppState,
+    admin: UserId,
+    new: [u8; 32],
+) -> Result<(), BootstrapError> {
+    const KEY: &str = "bootstrap_token_sha256";
+    let hex = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    match state.accounts.meta_get(KEY)? {
+        Some(old) if old == hex(&new) => return Ok(()),
+        Some(old) => {
+            let bytes: Option<Vec<u8>> = (0..old.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(old.get(i..i + 2)?, 16).ok())
+                .collect();
+            if let Some(Ok(old)) = bytes.map(<[u8; 32]>::try_from) {
+                state.accounts.delete_session(&old)?;
+                state.sessions.remove(&old);
+            }
+        }
+        None => {
+            let year_ahead = state.now().plus_ms(365 * 24 * 3_600_000);
+            for old in state.accounts.live_sessions(state.now())? {
+                if old.user == admin && old.expires_at > year_ahead {
+                    state.accounts.delete_session(&old.token_hash)?;
+                    state.sessions.remove(&old.token_hash);
+                }
+            }
+        }
+    }
+    state.accounts.meta_set(KEY, &hex(&new))?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +296,21 @@ pub enum BootstrapError {
     Store(#[from] mall_store::StoreError),
     #[error("{0}")]
     Refused(String),
+}
+
+/// May a line about a refused request be logged now? At most 10 a second,
+/// so a flood of bad logins or forged callbacks cannot flood the log.
+pub(crate) fn log_gate() -> bool {
+    use std::sync::atomic::Ordering;
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if WINDOW.swap(second, Ordering::Relaxed) != second {
+        COUNT.store(0, Ordering::Relaxed);
+    }
+    COUNT.fetch_add(1, Ordering::Relaxed) < 10
 }
 
 /// Records latency and status class by matched route.
@@ -298,11 +369,23 @@ async fn harden(request: Request, next: Next) -> Response {
     response
 }
 
-/// The whole API.
+/// The whole API (the shoppers' listener).
 pub fn router(state: AppState) -> Router {
-    routes::routes()
+    layered(routes::routes(), state)
+}
+
+/// Operations and admin only (`--admin-addr`): health, metrics, the
+/// dashboard and every admin route, on a listener with its own connections,
+/// so a full shoppers' listener never locks the operators out.
+pub fn admin_router(state: AppState) -> Router {
+    layered(routes::admin_routes(), state)
+}
+
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(axum::middleware::from_fn(harden))
+        .layer(axum::middleware::from_fn(listener::track_connection))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.body_bytes_max,
         ))

@@ -21,6 +21,8 @@ pub struct RateConfig {
     pub anonymous_burst: f64,
     /// Buckets remembered, at most; full buckets are forgotten first.
     pub buckets_max: usize,
+    /// Accounts one client address may register per hour (burst: the same).
+    pub registrations_per_address_per_h: f64,
     /// Snap-ups admitted per second, all shoppers together (burst: one
     /// second's worth); `None`: only the shards' queues bound them.
     pub snapups_per_s_max: Option<f64>,
@@ -34,6 +36,7 @@ impl Default for RateConfig {
             anonymous_rate_per_s: 20.0,
             anonymous_burst: 200.0,
             buckets_max: 1_000_000,
+            registrations_per_address_per_h: 10.0,
             snapups_per_s_max: None,
         }
     }
@@ -74,16 +77,32 @@ impl RateLimiter {
         )
     }
 
+    /// Logins and registrations per client address (IPv6: per /64).
     pub fn check_address(&self, addr: std::net::IpAddr) -> Result<(), ApiError> {
-        let key = match addr {
-            std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
-            std::net::IpAddr::V6(v6) => (u128::from(v6) as u64) ^ ((u128::from(v6) >> 64) as u64),
-        } | (1 << 63);
         self.take(
-            key,
+            crate::client::address_key(addr) | (1 << 63),
             self.config.anonymous_rate_per_s,
             self.config.anonymous_burst,
         )
+    }
+
+    /// Registrations per client address per hour: many accounts from one
+    /// address in a minute is one buyer dodging per-shopper limits.
+    pub fn check_registration(&self, addr: std::net::IpAddr) -> Result<(), ApiError> {
+        let per_h = self.config.registrations_per_address_per_h;
+        self.take(
+            crate::client::address_key(addr) | (1 << 63) | (1 << 61),
+            per_h / 3600.0,
+            per_h.max(1.0),
+        )
+        .map_err(|mut e| {
+            e.code = "registration_limited";
+            e.message = format!(
+                "at most {per_h} accounts may be registered from one address per hour"
+            );
+            e.retry_after_s = Some((3600.0 / per_h.max(1e-3)).ceil().min(3600.0) as u32);
+            e
+        })
     }
 
     /// Admits a snap-up under the global admission limit, if any: beyond

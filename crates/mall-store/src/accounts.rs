@@ -234,6 +234,39 @@ impl Accounts {
         Ok(())
     }
 
+    /// Ends one session (log out, or a rotated bootstrap token).
+    pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM sessions WHERE token_hash = ?1",
+            params![&token_hash[..]],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Ends every session of `user` (an admin's revocation); how many.
+    pub fn delete_sessions_of(&self, user: UserId) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM sessions WHERE user_id = ?1",
+            params![user.0 as i64],
+        )?)
+    }
+
+    /// The account with id `user`, if any.
+    pub fn user_by_id(&self, user: UserId) -> Result<Option<UserRow>, StoreError> {
+        let name: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT username FROM users WHERE id = ?1",
+                params![user.0 as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match name {
+            Some(name) => self.user_by_name(&name),
+            None => Ok(None),
+        }
+    }
+
     /// Sessions still valid at `now`, with their user's role. Expired ones are deleted.
     pub fn live_sessions(&self, now: Timestamp) -> Result<Vec<SessionRow>, StoreError> {
         let conn = self.conn();

@@ -26,8 +26,30 @@ pub struct Config {
     pub idempotency_keys_max: usize,
     pub body_bytes_max: usize,
     pub connections_max: usize,
+    /// The operators' listener (health, metrics, dashboard, admin routes),
+    /// with its own connections. Default: loopback, the API's port + 1.
+    pub admin_addr: Option<SocketAddr>,
+    /// Open connections from one client address (an IPv6 /64), at most.
+    pub connections_per_address_max: usize,
+    /// From a request's first byte to its last header byte, at most.
+    #[serde(with = "humantime_serde_lite")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request, at most this long idle.
+    #[serde(with = "humantime_serde_lite")]
+    pub idle_timeout: Duration,
+    /// Proxies (addresses or blocks, comma-separated) whose
+    /// X-Forwarded-For / Forwarded client addresses are believed.
+    pub trusted_proxies: String,
     #[serde(with = "humantime_serde_lite")]
     pub session_ttl: Duration,
+    /// Lifetime of an admin's login (the bootstrap token lasts until rotated).
+    #[serde(with = "humantime_serde_lite")]
+    pub admin_session_ttl: Duration,
+    /// Threads that hash passwords (each holds 19 MiB; they take at most
+    /// this many cores from order placement).
+    pub password_hash_threads: usize,
+    /// Accounts one client address may register per hour.
+    pub registrations_per_address_per_h: f64,
     pub user_rate_per_s: f64,
     pub user_burst: f64,
     pub anonymous_rate_per_s: f64,
@@ -60,8 +82,16 @@ impl Default for Config {
             staged_effects_max: runtime.staged_effects_max,
             idempotency_keys_max: InventoryConfig::default().idempotency_keys_max,
             body_bytes_max: http.body_bytes_max,
-            connections_max: http.connections_max,
+            connections_max: http.listener.connections_max,
+            admin_addr: None,
+            connections_per_address_max: http.listener.connections_per_address_max,
+            header_read_timeout: http.listener.header_read_timeout,
+            idle_timeout: http.listener.idle_timeout,
+            trusted_proxies: String::new(),
             session_ttl: Duration::from_millis(http.session_ttl_ms as u64),
+            admin_session_ttl: Duration::from_millis(http.admin_session_ttl_ms as u64),
+            password_hash_threads: http.passwords.threads,
+            registrations_per_address_per_h: http.rate.registrations_per_address_per_h,
             user_rate_per_s: http.rate.user_rate_per_s,
             user_burst: http.rate.user_burst,
             anonymous_rate_per_s: http.rate.anonymous_rate_per_s,
@@ -112,21 +142,52 @@ impl Config {
         }
     }
 
-    pub fn http(&self) -> HttpConfig {
-        HttpConfig {
+    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<mall_http::client::Cidr>> {
+        mall_http::client::parse_list(&self.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))
+    }
+
+    /// The operators' listener: as set, or loopback on the API's port + 1
+    /// (an ephemeral port when the API's is).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr.unwrap_or_else(|| {
+            let port = match self.addr.port() {
+                0 | u16::MAX => 0,
+                p => p + 1,
+            };
+            SocketAddr::from(([127, 0, 0, 1], port))
+        })
+    }
+
+    pub fn http(&self) -> anyhow::Result<HttpConfig> {
+        let trusted = self.trusted_proxies()?;
+        Ok(HttpConfig {
             body_bytes_max: self.body_bytes_max,
-            connections_max: self.connections_max,
+            listener: mall_http::listener::ListenerConfig {
+                connections_max: self.connections_max,
+                connections_per_address_max: self.connections_per_address_max,
+                header_read_timeout: self.header_read_timeout,
+                idle_timeout: self.idle_timeout,
+                exempt: trusted.clone(),
+            },
+            trusted_proxies: trusted,
             session_ttl_ms: self.session_ttl.as_millis() as i64,
+            admin_session_ttl_ms: self.admin_session_ttl.as_millis() as i64,
+            passwords: mall_http::passwords::PasswordConfig {
+                threads: self.password_hash_threads,
+                ..Default::default()
+            },
             rate: RateConfig {
                 user_rate_per_s: self.user_rate_per_s,
                 user_burst: self.user_burst,
                 anonymous_rate_per_s: self.anonymous_rate_per_s,
                 anonymous_burst: self.anonymous_burst,
                 snapups_per_s_max: self.snapups_per_s_max,
+                registrations_per_address_per_h: self.registrations_per_address_per_h,
                 ..RateConfig::default()
             },
             ..HttpConfig::default()
-        }
+        })
     }
 
     pub fn check(&self) -> anyhow::Result<()> {
@@ -167,6 +228,29 @@ impl Config {
             self.connections_max >= 1,
             "connections_max must be at least 1"
         );
+        anyhow::ensure!(
+            (1..=self.connections_max).contains(&self.connections_per_address_max),
+            "connections_per_address_max must be 1 to connections_max"
+        );
+        anyhow::ensure!(
+            self.header_read_timeout >= Duration::from_millis(100)
+                && self.idle_timeout >= Duration::from_millis(100),
+            "header_read_timeout and idle_timeout must be at least 100ms"
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&self.password_hash_threads),
+            "password_hash_threads must be 1 to 64"
+        );
+        anyhow::ensure!(
+            self.registrations_per_address_per_h > 0.0
+                && self.registrations_per_address_per_h.is_finite(),
+            "registrations_per_address_per_h must be positive"
+        );
+        anyhow::ensure!(
+            self.admin_session_ttl >= Duration::from_secs(60),
+            "admin_session_ttl must be at least 1m"
+        );
+        self.trusted_proxies()?;
         anyhow::ensure!(
             self.user_rate_per_s > 0.0 && self.anonymous_rate_per_s > 0.0,
             "rates must be positive"

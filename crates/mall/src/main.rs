@@ -109,6 +109,42 @@ struct ServeArgs {
     connections_max: Option<usize>,
     #[arg(long, env = "MALL_USER_RATE_PER_S")]
     user_rate_per_s: Option<f64>,
+    #[arg(long, env = "MALL_USER_BURST")]
+    user_burst: Option<f64>,
+    /// Logins and registrations per second per client address.
+    #[arg(long, env = "MALL_ANONYMOUS_RATE_PER_S")]
+    anonymous_rate_per_s: Option<f64>,
+    #[arg(long, env = "MALL_ANONYMOUS_BURST")]
+    anonymous_burst: Option<f64>,
+    /// The operators' listener: /healthz, /metrics, the dashboard and the
+    /// admin routes, with its own connections (default: 127.0.0.1, the
+    /// API's port + 1).
+    #[arg(long, env = "MALL_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// Open connections from one client address (IPv6: one /64), at most.
+    #[arg(long, env = "MALL_CONNECTIONS_PER_ADDRESS_MAX")]
+    connections_per_address_max: Option<usize>,
+    /// A request's headers must arrive within this, e.g. "10s".
+    #[arg(long, env = "MALL_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    header_read_timeout: Option<Duration>,
+    /// An idle keep-alive connection is closed after this, e.g. "30s".
+    #[arg(long, env = "MALL_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Proxies whose forwarded client addresses are believed, e.g. "10.0.0.0/8,::1".
+    #[arg(long, env = "MALL_TRUSTED_PROXIES")]
+    trusted_proxies: Option<String>,
+    /// Lifetime of a shopper's login, e.g. "24h".
+    #[arg(long, env = "MALL_SESSION_TTL", value_parser = humantime::parse_duration)]
+    session_ttl: Option<Duration>,
+    /// Lifetime of an admin's login, e.g. "8h".
+    #[arg(long, env = "MALL_ADMIN_SESSION_TTL", value_parser = humantime::parse_duration)]
+    admin_session_ttl: Option<Duration>,
+    /// Threads hashing passwords (cores taken from order placement, at most).
+    #[arg(long, env = "MALL_PASSWORD_HASH_THREADS")]
+    password_hash_threads: Option<usize>,
+    /// Accounts one client address may register per hour.
+    #[arg(long, env = "MALL_REGISTRATIONS_PER_ADDRESS_PER_H")]
+    registrations_per_address_per_h: Option<f64>,
     /// Payment channels (the file `mall channels` serves); without it only
     /// wallet payments work.
     #[arg(long, env = "MALL_CHANNELS")]
@@ -193,8 +229,22 @@ fn serve(args: ServeArgs) -> Result<()> {
         body_bytes_max,
         connections_max,
         user_rate_per_s,
-        payments_in_process_max
+        payments_in_process_max,
+        user_burst,
+        anonymous_rate_per_s,
+        anonymous_burst,
+        connections_per_address_max,
+        header_read_timeout,
+        idle_timeout,
+        trusted_proxies,
+        session_ttl,
+        admin_session_ttl,
+        password_hash_threads,
+        registrations_per_address_per_h
     );
+    if args.admin_addr.is_some() {
+        config.admin_addr = args.admin_addr;
+    }
     if args.shards.is_some() {
         config.shards = args.shards;
     }
@@ -250,7 +300,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     if args.seed && engine.board().is_empty() {
         seed::seed_catalog(&engine, &accounts, &args.seed_args, clock.now())?;
     }
-    let state = mall_http::AppState::new(engine.clone(), accounts, config.http(), clock)?;
+    let state = mall_http::AppState::new(engine.clone(), accounts, config.http()?, clock)?;
     state.attach_events(start_events(&dir.path)?);
     if let Some(path) = &args.forecast {
         let f = mall_forecast::forecast::load(path)
@@ -319,12 +369,17 @@ fn serve(args: ServeArgs) -> Result<()> {
                 }
             })
         };
+        let admin = serve_admin(&config, state.clone()).await?;
+        let http = config.http()?;
         let app = mall_http::router(state)
             .into_make_service_with_connect_info::<mall_http::listener::Peer>();
-        let listener = mall_http::listener::LimitedListener::new(listener, config.connections_max);
+        let listener = mall_http::listener::LimitedListener::new(listener, http.listener);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         housekeeping.abort();
         anyhow::Ok(())
     })?;
@@ -335,6 +390,38 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The operators' listener, with its own connection pool. A default
+/// address that is taken is a warning (the API still serves admin routes);
+/// an explicit one must bind.
+async fn serve_admin(
+    config: &config::Config,
+    state: mall_http::AppState,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let addr = config.admin_addr();
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if config.admin_addr.is_none() => {
+            tracing::warn!(%addr, error = %e, "the operators' listener could not bind; set --admin-addr");
+            return Ok(None);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("binding {addr}"))),
+    };
+    tracing::info!(admin_addr = %listener.local_addr()?, "operators' listener (health, metrics, dashboard, admin)");
+    let limits = mall_http::listener::ListenerConfig {
+        connections_max: 256,
+        connections_per_address_max: 256,
+        ..config.http()?.listener
+    };
+    let app = mall_http::admin_router(state)
+        .into_make_service_with_connect_info::<mall_http::listener::Peer>();
+    let listener = mall_http::listener::LimitedListener::new(listener, limits);
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the operators' listener stopped");
+        }
+    })))
 }
 
 fn report(events: &Path, out: &Path) -> Result<()> {

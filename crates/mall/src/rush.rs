@@ -231,7 +231,10 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         let status_state = state.clone();
         let app = mall_http::router(state)
             .into_make_service_with_connect_info::<mall_http::listener::Peer>();
-        let listener = mall_http::listener::LimitedListener::new(listener, 16_384);
+        let listener = mall_http::listener::LimitedListener::new(
+            listener,
+            mall_http::listener::ListenerConfig::default(),
+        );
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(crate::shutdown_signal())

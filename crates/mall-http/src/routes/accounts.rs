@@ -1,12 +1,13 @@
 //! Accounts: registration, login, admin-made accounts (single and bulk),
 //! merchants.
 
-use super::{blocking, check_text, idempotency};
-use crate::auth::{self, Principal};
+use super::{blocking, check_text, idempotency, Segment};
+use crate::auth::{self, CurrentToken, Principal};
+use crate::client::ClientAddr;
 use crate::error::{ApiError, ApiResult};
 use crate::json::StrictJson;
 use crate::AppState;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
@@ -156,35 +157,6 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-async fn hash_password(state: &AppState, password: String) -> ApiResult<String> {
-    let _permit = state
-        .password_permits
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal("password permits", e))?;
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| ApiError::internal("password hash task", e))?
-        .map_err(|e| ApiError::internal("password hash", e))
-}
-
-/// The caller's address, for limits on anonymous requests.
-pub struct ClientAddr(pub std::net::IpAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let addr = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<crate::listener::Peer>>()
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip());
-        Ok(ClientAddr(addr))
-    }
-}
-
 async fn create_account(
     state: &AppState,
     username: String,
@@ -192,7 +164,7 @@ async fn create_account(
     role: Role,
     merchant: Option<MerchantId>,
 ) -> ApiResult<(StatusCode, serde_json::Value)> {
-    let hash = hash_password(state, password).await?;
+    let hash = state.hasher.hash(password).await?;
     let (accounts, now) = (state.accounts.clone(), state.now());
     let name = username.clone();
     let ids = blocking(move || {
@@ -218,8 +190,11 @@ async fn create_account(
 
 /// Register a shopper account.
 #[utoipa::path(post, path = "/v1/users", request_body = Credentials, tag = "accounts",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, scoped by the username: a retry with the same username and password returns the first answer")),
     responses((status = 201, body = UserView), (status = 409, description = "username_taken", body = crate::error::ErrorBody),
-              (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+              (status = 422, description = "invalid_request, weak_password, idempotency_key_reused", body = crate::error::ErrorBody),
+              (status = 429, description = "rate_limited, registration_limited (Retry-After)", body = crate::error::ErrorBody),
+              (status = 503, description = "busy (Retry-After)", body = crate::error::ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -229,9 +204,30 @@ pub async fn register(
     state.limiter.check_address(addr)?;
     check_username(&body.username)?;
     check_password(&body.password)?;
-    let key = idempotency::key_from(&headers)?;
-    // Anonymous keys live under user 0; the username is part of the fingerprint.
+    // Anonymous keys are scoped by the request's identity, the username:
+    // one client's key never answers for another's registration.
+    let key = idempotency::key_from(&headers)?.map(|k| format!("{}/{k}", body.username));
     let fp = mall_core::fingerprint(&[b"register", body.username.as_bytes()]);
+    if let Some(key) = &key {
+        // A replay must also carry the same password (fingerprints never
+        // hold passwords, so it is checked against the account's hash).
+        if idempotency::stored(&state, UserId(0), key).await?.is_some() {
+            let accounts = state.accounts.clone();
+            let name = body.username.clone();
+            let phc = blocking(move || accounts.user_by_name(&name))
+                .await
+                .map_err(store_error)?
+                .and_then(|u| u.password_hash);
+            if !state.hasher.verify(body.password.clone(), phc).await? {
+                return Err(ApiError::from_refusal(
+                    &mall_core::Refusal::IdempotencyKeyReused,
+                ));
+            }
+        }
+    }
+    if key.is_none() || !idempotency::is_stored(&state, UserId(0), key.as_deref()).await? {
+        state.limiter.check_registration(addr)?;
+    }
     Ok(
         idempotency::run(&state, UserId(0), key, fp, idempotency::keep, || {
             create_account(&state, body.username, body.password, Role::Shopper, None)
@@ -240,53 +236,54 @@ pub async fn register(
     )
 }
 
-/// Log in: returns a bearer token.
+fn bad_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "bad_credentials",
+        "unknown username or wrong password",
+    )
+}
+
+/// Log in: returns a bearer token. Shoppers' and merchants' sessions last
+/// `session_ttl` (24 h), admins' `admin_session_ttl` (8 h).
 #[utoipa::path(post, path = "/v1/sessions", request_body = Credentials, tag = "accounts",
     responses((status = 201, body = SessionView), (status = 401, description = "bad_credentials", body = crate::error::ErrorBody),
-              (status = 429, body = crate::error::ErrorBody)))]
+              (status = 429, description = "rate_limited, login_throttled (Retry-After)", body = crate::error::ErrorBody),
+              (status = 503, description = "busy (Retry-After)", body = crate::error::ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
     StrictJson(body): StrictJson<Credentials>,
 ) -> ApiResult<(StatusCode, Json<SessionView>)> {
     state.limiter.check_address(addr)?;
-    let bad = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_credentials",
-            "unknown username or wrong password",
-        )
-    };
     if body.username.len() > 32 || body.password.len() > 512 {
-        return Err(bad());
+        return Err(bad_credentials());
     }
+    let started = std::time::Instant::now();
+    state.login_throttle.check(&body.username, started)?;
     let accounts = state.accounts.clone();
     let name = body.username.clone();
     let user = blocking(move || accounts.user_by_name(&name))
         .await
         .map_err(store_error)?;
-    let (user, phc) = match user {
-        Some(u) => match u.password_hash.clone() {
-            Some(phc) => (Some(u), phc),
-            None => (None, String::new()),
-        },
-        None => (None, String::new()),
-    };
-    let password = body.password;
-    let _permit = state
-        .password_permits
-        .acquire()
-        .await
-        .map_err(|e| ApiError::internal("password permits", e))?;
+    let phc = user.as_ref().and_then(|u| u.password_hash.clone());
     // Unknown users cost a hash too, so timing does not tell which exist.
-    let ok = tokio::task::spawn_blocking(move || {
-        auth::verify_password_or_burn(&password, (!phc.is_empty()).then_some(phc.as_str()))
-    })
-    .await
-    .map_err(|e| ApiError::internal("password verify task", e))?;
-    let user = user.filter(|_| ok).ok_or_else(bad)?;
+    let ok = state.hasher.verify(body.password, phc).await?;
+    let Some(user) = user.filter(|_| ok) else {
+        state.login_throttle.failed(&body.username, started);
+        if crate::log_gate() {
+            tracing::warn!(username = %body.username, client = %addr, "failed login");
+        }
+        return Err(bad_credentials());
+    };
+    state.login_throttle.succeeded(&body.username);
     let token = auth::new_token()?;
-    let expires_at = state.now().plus_ms(state.config.session_ttl_ms);
+    let ttl = if user.role == Role::Admin {
+        state.config.admin_session_ttl_ms
+    } else {
+        state.config.session_ttl_ms
+    };
+    let expires_at = state.now().plus_ms(ttl);
     let principal = Principal {
         user: user.id,
         role: user.role,
@@ -308,6 +305,65 @@ pub async fn login(
         },
     };
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoggedOut {
+    /// Always true: the token no longer works.
+    pub logged_out: bool,
+}
+
+/// Log out: the calling token stops working at once.
+#[utoipa::path(delete, path = "/v1/sessions/current", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = LoggedOut), (status = 401, description = "unauthenticated, invalid_token", body = crate::error::ErrorBody)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    _principal: Principal,
+    CurrentToken(hash): CurrentToken,
+) -> ApiResult<Json<LoggedOut>> {
+    let accounts = state.accounts.clone();
+    blocking(move || accounts.delete_session(&hash))
+        .await
+        .map_err(store_error)?;
+    state.sessions.remove(&hash);
+    Ok(Json(LoggedOut { logged_out: true }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    pub user_id: u64,
+    /// Sessions (tokens) that stopped working.
+    pub sessions_ended: u64,
+}
+
+/// Admin: end every session of a user (a stolen token, a departed
+/// operator). Their tokens stop working at once; passwords still log in.
+#[utoipa::path(delete, path = "/v1/admin/users/{id}/sessions", tag = "admin", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "user id")),
+    responses((status = 200, body = Revoked), (status = 403, body = crate::error::ErrorBody),
+              (status = 404, description = "user_not_found", body = crate::error::ErrorBody)))]
+pub async fn revoke_sessions(
+    State(state): State<AppState>,
+    principal: Principal,
+    Segment(raw): Segment,
+) -> ApiResult<Json<Revoked>> {
+    principal.require_admin()?;
+    let user = UserId(super::parse_id(&raw, "user id")?);
+    let accounts = state.accounts.clone();
+    let ended = blocking(move || {
+        Ok(match accounts.user_by_id(user)? {
+            Some(_) => Some(accounts.delete_sessions_of(user)?),
+            None => None,
+        })
+    })
+    .await
+    .map_err(store_error)?
+    .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
+    state.sessions.remove_user(user);
+    Ok(Json(Revoked {
+        user_id: user.0,
+        sessions_ended: ended as u64,
+    }))
 }
 
 /// Admin: create an account of any role.

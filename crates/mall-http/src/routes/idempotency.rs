@@ -99,6 +99,26 @@ where
     into_response(outcome)
 }
 
+/// The stored first response to `key`, if any (whatever its request).
+pub async fn stored(
+    state: &AppState,
+    owner: UserId,
+    key: &str,
+) -> ApiResult<Option<StoredResponse>> {
+    let (accounts, key) = (state.accounts.clone(), key.to_string());
+    super::blocking(move || accounts.stored_response(owner, &key))
+        .await
+        .map_err(|e| ApiError::internal("idempotency lookup", e))
+}
+
+/// Has `key` (if any) a stored response?
+pub async fn is_stored(state: &AppState, owner: UserId, key: Option<&str>) -> ApiResult<bool> {
+    match key {
+        Some(k) => Ok(stored(state, owner, k).await?.is_some()),
+        None => Ok(false),
+    }
+}
+
 /// Stores nothing secret: the default for [`run`].
 pub fn keep(_: &mut serde_json::Value) {}
 

@@ -24,6 +24,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/openapi.json", get(ops::openapi))
         .route("/v1/users", post(accounts::register))
         .route("/v1/sessions", post(accounts::login))
+        .route(
+            "/v1/sessions/current",
+            axum::routing::delete(accounts::logout),
+        )
         .route("/v1/items", get(items::list))
         .route("/v1/items/{sku}", get(items::get_one))
         .route(
@@ -37,6 +41,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/admin/users", post(accounts::admin_create_user))
         .route("/v1/admin/users/bulk", post(accounts::bulk_create))
+        .route(
+            "/v1/admin/users/{id}/sessions",
+            axum::routing::delete(accounts::revoke_sessions),
+        )
         .route(
             "/v1/admin/merchants",
             post(accounts::create_merchant).get(accounts::list_merchants),
@@ -101,6 +109,44 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
             )),
         }
     }
+}
+
+/// The operators' listener (`--admin-addr`): health, metrics, the
+/// dashboard, and the admin routes. Shopper routes are not served there.
+pub fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/v1/dashboard", get(dashboard::current))
+        .route("/v1/dashboard/stream", get(dashboard::stream))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(ops::openapi))
+        .route("/v1/sessions", post(accounts::login))
+        .route(
+            "/v1/sessions/current",
+            axum::routing::delete(accounts::logout),
+        )
+        .route("/v1/admin/users", post(accounts::admin_create_user))
+        .route("/v1/admin/users/bulk", post(accounts::bulk_create))
+        .route(
+            "/v1/admin/users/{id}/sessions",
+            axum::routing::delete(accounts::revoke_sessions),
+        )
+        .route(
+            "/v1/admin/merchants",
+            post(accounts::create_merchant).get(accounts::list_merchants),
+        )
+        .route("/v1/admin/items", post(items::create))
+        .route("/v1/admin/items/{sku}", axum::routing::patch(items::update))
+        .route("/v1/admin/channels", get(payments::channels))
+        .route("/v1/admin/orders/{id}/deliver", post(payments::deliver))
+        .route(
+            "/v1/admin/orders/{id}/cod-collected",
+            post(payments::cod_collected),
+        )
+        .route("/v1/orders/{id}/refunds", post(payments::refund))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
 }
 
 /// Parses a numeric path segment with a clear error instead of axum's text.

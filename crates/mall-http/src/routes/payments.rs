@@ -454,7 +454,12 @@ pub async fn callback(
     let signature = headers
         .get(mall_pay::signature::HEADER)
         .and_then(|v| v.to_str().ok());
-    payments(&state)?.callback(&name, signature, &body).await?;
+    if let Err(e) = payments(&state)?.callback(&name, signature, &body).await {
+        if crate::log_gate() {
+            tracing::warn!(channel = %name, code = e.code(), "refused a provider callback");
+        }
+        return Err(e.into());
+    }
     Ok((StatusCode::OK, Json(serde_json::json!({"ok": true}))).into_response())
 }
 

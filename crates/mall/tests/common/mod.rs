@@ -45,6 +45,7 @@ impl Server {
             .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
             .args(["--shards", "2", "--user-rate-per-s", "100000"])
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(extra)
             .env("MALL_ADMIN_TOKEN", ADMIN)
             .env("MALL_LOG", "warn")
