@@ -1,0 +1,210 @@
+//! What the HTTP tests share: the API on a temporary store and a manual
+//! clock, and one-line calls.
+#![allow(dead_code)] // each test file uses its own part
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use mall_core::Timestamp;
+use mall_shard::{Clock, ManualClock};
+use mall_store::{Accounts, DataDir, Engine, EngineConfig};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+pub const T0: i64 = 1_800_000_000_000;
+pub const ADMIN: &str = "admin-token-for-tests-0123456789abcdef";
+
+pub struct Api {
+    pub app: axum::Router,
+    pub clock: Arc<ManualClock>,
+    pub state: mall_http::AppState,
+    pub _dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub replayed: bool,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Api {
+    pub fn new() -> Api {
+        Api::with_config(mall_http::HttpConfig::default())
+    }
+
+    pub fn with_config(config: mall_http::HttpConfig) -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path(), Some(2)).unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp(T0)));
+        let dyn_clock: Arc<dyn Clock> = clock.clone();
+        let accounts = Arc::new(Accounts::open(&data.accounts_path()).unwrap());
+        let mut engine_config = EngineConfig::default();
+        engine_config.inventory.hold_timeout_ms = 60_000;
+        engine_config.runtime.tick_interval = std::time::Duration::from_millis(5);
+        let engine = Arc::new(Engine::start(data, engine_config, dyn_clock.clone()).unwrap());
+        let state = mall_http::AppState::new(
+            engine,
+            accounts,
+            config,
+            dyn_clock,
+        )
+        .unwrap();
+        assert_eq!(
+            mall_http::bootstrap_admin(&state, Some(ADMIN), None).unwrap(),
+            None
+        );
+        Api {
+            app: mall_http::router(state.clone()),
+            clock,
+            state,
+            _dir: dir,
+        }
+    }
+
+    /// With one simulated payment channel ("sim", third party) in this
+    /// process, and the API also on a real loopback port for its callbacks.
+    pub async fn with_channel() -> (Api, mall_channels::Simulator) {
+        Api::with_channel_and(Api::new()).await
+    }
+
+    /// `api` with the simulated channel (see [`Api::with_channel`]).
+    pub async fn with_channel_and(api: Api) -> (Api, mall_channels::Simulator) {
+        let file = mall_channels::config::parse(
+            "[[channel]]\nname = \"sim\"\nport = 0\nsecret = \"sim-secret-0123456789\"\n\
+             methods = [\"third_party\"]\ncapacity_per_s = 1000\nmax_concurrency = 100\n\
+             latency_ms = { median = 5, p99 = 20 }\n",
+        )
+        .unwrap();
+        let sim = mall_channels::Simulator::start(file, 1).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = api.app.clone();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = mall_payments::PaymentsConfig {
+            channels: vec![mall_payments::ChannelSetup {
+                name: "sim".into(),
+                addr: sim.addr("sim").unwrap(),
+                secret: "sim-secret-0123456789".into(),
+                methods: vec![mall_pay::router::PayMethod::ThirdParty],
+                capacity_per_s: 1000,
+                max_concurrency: 100,
+                fee_bp: 0,
+                priority: 0,
+            }],
+            callback_base: format!("http://{addr}"),
+            ..Default::default()
+        };
+        api.state.attach_payments(config).await.unwrap();
+        (api, sim)
+    }
+
+    pub async fn raw(&self, req: Request<Body>) -> Reply {
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let replayed = response.headers().get("idempotent-replayed").is_some();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        if status.is_client_error() || status.is_server_error() {
+            assert!(
+                body["error"]["code"].is_string(),
+                "error without a code: {status} {body}"
+            );
+            assert!(
+                body["error"]["message"].is_string(),
+                "error without a message: {status} {body}"
+            );
+        }
+        Reply {
+            status,
+            body,
+            replayed,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        };
+        self.raw(req.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call("GET", path, token, None, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call("POST", path, token, Some(body), None).await
+    }
+
+    /// A merchant and an item; returns the SKU.
+    pub async fn item(&self, stock: i64, limit: i64, opens_in_ms: i64) -> u64 {
+        let m = self
+            .post(
+                "/v1/admin/merchants",
+                Some(ADMIN),
+                json!({"name": format!("m{stock}-{limit}-{opens_in_ms}")}),
+            )
+            .await;
+        assert_eq!(m.status, StatusCode::CREATED, "{}", m.body);
+        let r = self
+            .post(
+                "/v1/admin/items",
+                Some(ADMIN),
+                json!({"merchant_id": m.body["id"], "title": "Rice cooker", "category": "appliances", "price_fen": 29900,
+                       "stock": stock, "per_user_limit": limit, "opens_at_ms": T0 + opens_in_ms, "closes_at_ms": T0 + 86_400_000}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["sku"].as_u64().unwrap()
+    }
+
+    /// `n` shopper tokens.
+    pub async fn shoppers(&self, n: u32, prefix: &str) -> Vec<String> {
+        let r = self
+            .post(
+                "/v1/admin/users/bulk",
+                Some(ADMIN),
+                json!({"count": n, "prefix": prefix}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["token"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub async fn order(&self, token: &str, sku: u64, qty: i64, key: Option<&str>) -> Reply {
+        let body = json!({"sku": sku, "quantity": qty, "payment": "online", "address": "1 Nanjing Road, Shanghai"});
+        self.call("POST", "/v1/orders", Some(token), Some(body), key)
+            .await
+    }
+}

@@ -1,0 +1,564 @@
+//! Regression tests for the outside probe's findings (issue 9), one per
+//! numbered item, named after it. Each failed on the code before its fix.
+
+mod common;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use serde_json::json;
+
+/// Tops up `token`'s wallet by `fen` through the simulated channel.
+async fn top_up(api: &Api, token: &str, fen: i64) {
+    let r = api
+        .call(
+            "POST",
+            "/v1/wallet/top-ups",
+            Some(token),
+            Some(json!({"amount_fen": fen, "method": "third_party"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+async fn balance(api: &Api, token: &str) -> i64 {
+    let r = api.get("/v1/wallet", Some(token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["balance_fen"].as_i64().unwrap()
+}
+
+async fn counters(api: &Api, sku: u64) -> (u64, u64, u64) {
+    let r = api.get(&format!("/v1/items/{sku}"), None).await;
+    let n = |k: &str| r.body[k].as_u64().unwrap();
+    (n("available"), n("held"), n("sold"))
+}
+
+async fn status(api: &Api, id: u64) -> String {
+    let r = api.get(&format!("/v1/orders/{id}"), Some(ADMIN)).await;
+    r.body["status"].as_str().unwrap_or("?").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_1_a_delivered_order_cannot_be_cancelled_and_money_goes_back_only_by_refund() {
+    let (api, _sim) = Api::with_channel().await;
+    let sku = api.item(5, 2, 0).await;
+    let u = api.shoppers(2, "d").await;
+    top_up(&api, &u[0], 100_000).await;
+    let id = api.order(&u[0], sku, 1, None).await.body["id"]
+        .as_u64()
+        .unwrap();
+    let r = api
+        .post(
+            &format!("/v1/orders/{id}/payments"),
+            Some(&u[0]),
+            json!({"method": "wallet"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let paid_balance = balance(&api, &u[0]).await;
+    let r = api
+        .post(&format!("/v1/admin/orders/{id}/deliver"), Some(ADMIN), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(status(&api, id).await, "delivered");
+    // The probe's repro: the shopper cancels after delivery.
+    let r = api
+        .post(&format!("/v1/orders/{id}/cancel"), Some(&u[0]), json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "already_delivered"),
+        "{}",
+        r.body
+    );
+    // Nothing moved: no refund, the unit stays sold, the order delivered.
+    assert_eq!(balance(&api, &u[0]).await, paid_balance);
+    assert_eq!(counters(&api, sku).await, (4, 0, 1));
+    assert_eq!(status(&api, id).await, "delivered");
+    // An admin cannot cancel it either; an after-sale refund is the way.
+    let r = api
+        .post(&format!("/v1/orders/{id}/cancel"), Some(ADMIN), json!({}))
+        .await;
+    assert_eq!(r.code(), "already_delivered");
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{id}/refunds"),
+            Some(ADMIN),
+            Some(json!({})),
+            Some("after-sale-1"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(balance(&api, &u[0]).await, paid_balance + 29_900);
+    assert_eq!(counters(&api, sku).await, (4, 0, 1), "stock never returns by itself");
+
+    // Cash on delivery: collected means delivered.
+    let body = json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "2 Huaihai Road, Shanghai"});
+    let r = api
+        .call("POST", "/v1/orders", Some(&u[1]), Some(body), None)
+        .await;
+    assert_eq!(r.body["status"], "confirmed", "{}", r.body);
+    let cod = r.body["id"].as_u64().unwrap();
+    let r = api
+        .post(&format!("/v1/admin/orders/{cod}/cod-collected"), Some(ADMIN), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api
+        .post(&format!("/v1/orders/{cod}/cancel"), Some(&u[1]), json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "already_delivered")
+    );
+    assert_eq!(status(&api, cod).await, "delivered");
+    assert_eq!(counters(&api, sku).await, (3, 0, 2));
+    // Collected twice books nothing twice; then settled to the merchant once.
+    let r = api
+        .post(&format!("/v1/admin/orders/{cod}/cod-collected"), Some(ADMIN), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api
+        .post(&format!("/v1/admin/orders/{cod}/deliver"), Some(ADMIN), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api
+        .post(&format!("/v1/admin/orders/{cod}/deliver"), Some(ADMIN), json!({}))
+        .await;
+    assert_eq!(r.code(), "already_settled");
+    // A refused delivery changes nothing: an unpaid order stays cancellable.
+    let unpaid = api.order(&u[1], sku, 1, None).await.body["id"]
+        .as_u64()
+        .unwrap();
+    let r = api
+        .post(&format!("/v1/admin/orders/{unpaid}/deliver"), Some(ADMIN), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(status(&api, unpaid).await, "awaiting_payment");
+    let r = api
+        .post(&format!("/v1/orders/{unpaid}/cancel"), Some(&u[1]), json!({}))
+        .await;
+    assert_eq!(r.body["status"], "cancelled", "{}", r.body);
+}
+
+/// Cancels raced against payments (wallet and channel): an error answer
+/// must mean nothing changed, and a success must say what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_6_a_cancel_racing_a_payment_answers_with_what_happened() {
+    let (api, _sim) = Api::with_channel().await;
+    let sku = api.item(40, 2, 0).await;
+    let u = api.shoppers(20, "race").await;
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for (i, token) in u.iter().enumerate() {
+        let method = if i % 2 == 0 { "wallet" } else { "third_party" };
+        if method == "wallet" {
+            top_up(&api, token, 50_000).await;
+        }
+        let before = balance(&api, token).await;
+        let id = api.order(token, sku, 1, None).await.body["id"]
+            .as_u64()
+            .unwrap();
+        let pay_path = format!("/v1/orders/{id}/payments");
+        let cancel_path = format!("/v1/orders/{id}/cancel");
+        let (paid, cancelled) = tokio::join!(
+            api.post(&pay_path, Some(token), json!({ "method": method })),
+            api.post(&cancel_path, Some(token), json!({}))
+        );
+        let now = status(&api, id).await;
+        *outcomes
+            .entry(format!(
+                "{method}: pay {} / cancel {} / {now}",
+                paid.status.as_u16(),
+                cancelled.status.as_u16()
+            ))
+            .or_default() += 1;
+        if cancelled.status == StatusCode::OK {
+            assert_eq!(cancelled.body["status"], "cancelled", "{}", cancelled.body);
+            assert_eq!(now, "cancelled");
+            if method == "wallet" {
+                // Whatever the payment did, the wallet is whole again.
+                assert_eq!(balance(&api, token).await, before, "order {id}");
+            }
+        } else {
+            // An error: nothing changed by the cancel.
+            assert_ne!(now, "cancelled", "order {id}: {}", cancelled.body);
+            assert!(
+                ["payment_in_progress", "invalid_order_status"].contains(&cancelled.code()),
+                "{}",
+                cancelled.body
+            );
+        }
+        if paid.status == StatusCode::OK {
+            assert_eq!(paid.body["order"]["status"], "paid");
+        }
+    }
+    println!("races: {outcomes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_8_every_error_is_json() {
+    let (api, _sim) = Api::with_channel().await;
+    let u = api.shoppers(1, "j").await;
+    let raw = |method: &str, uri: &str, token: Option<&str>, body: Body| {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.header("content-type", "application/json")
+            .body(body)
+            .unwrap()
+    };
+    // `raw` (the helper) asserts that every 4xx/5xx carries a code and a message.
+    for (method, uri, token, want) in [
+        ("GET", "/v1/items/%FF", None, "invalid_path"),
+        ("GET", "/v1/orders/%00%ff", Some(u[0].as_str()), "invalid_path"),
+        ("POST", "/v1/orders/%FF/payments", Some(u[0].as_str()), "invalid_path"),
+        ("POST", "/v1/items/%C3%28/favorite", Some(u[0].as_str()), "invalid_path"),
+        (
+            "GET",
+            "/v1/wallet/statement?limit=1&limit=2",
+            Some(u[0].as_str()),
+            "invalid_query",
+        ),
+        ("GET", "/v1/items?limit=1&limit=2", None, "invalid_query"),
+        ("GET", "/v1/orders?limit=x", Some(u[0].as_str()), "invalid_query"),
+    ] {
+        let r = api.raw(raw(method, uri, token, Body::from("{}"))).await;
+        assert_eq!(r.code(), want, "{method} {uri}: {}", r.body);
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+    let big = Body::from(vec![b'x'; 200 * 1024]);
+    let r = api.raw(raw("POST", "/v1/channels/sim/callback", None, big)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_9_weak_passwords_are_refused() {
+    let api = Api::new();
+    for (i, weak) in ["password", "12345678", "        ", "PassWord1", "\t\t\t\t\t\t\t\t"]
+        .iter()
+        .enumerate()
+    {
+        let r = api
+            .post(
+                "/v1/users",
+                None,
+                json!({"username": format!("weak{i}"), "password": weak}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
+            "{weak:?}: {}",
+            r.body
+        );
+    }
+    let r = api
+        .post("/v1/users", None, json!({"username": "strong", "password": "seven horses run far"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_10_anonymous_idempotency_keys_are_scoped_by_username() {
+    let api = Api::new();
+    let register = |name: &'static str, password: &'static str| {
+        let api = &api;
+        async move {
+            api.call(
+                "POST",
+                "/v1/users",
+                None,
+                Some(json!({"username": name, "password": password})),
+                Some("k-1"),
+            )
+            .await
+        }
+    };
+    let a = register("alice", "alice's long secret").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    // Another client's registration with the same key is its own.
+    let b = register("bob", "bob's long secret!").await;
+    assert_eq!(b.status, StatusCode::CREATED, "{}", b.body);
+    assert!(!b.replayed);
+    assert_ne!(a.body["id"], b.body["id"]);
+    // The same key and username with another password: refused, not a 201.
+    let c = register("alice", "another long secret").await;
+    assert_eq!(
+        (c.status, c.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+    );
+    // A true retry replays.
+    let d = register("alice", "alice's long secret").await;
+    assert_eq!((d.status, d.replayed), (StatusCode::CREATED, true));
+    for (name, password) in [("alice", "alice's long secret"), ("bob", "bob's long secret!")] {
+        let r = api
+            .post("/v1/sessions", None, json!({"username": name, "password": password}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{name}: {}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_12_a_merchant_cannot_buy_its_own_items() {
+    let api = Api::new();
+    let sku = api.item(10, 2, 0).await;
+    let merchant = api.get(&format!("/v1/items/{sku}"), None).await.body["merchant_id"].clone();
+    let r = api
+        .post(
+            "/v1/admin/users",
+            Some(ADMIN),
+            json!({"username": "shopkeeper", "password": "sells rice cookers", "role": "merchant", "merchant_id": merchant}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let login = api
+        .post(
+            "/v1/sessions",
+            None,
+            json!({"username": "shopkeeper", "password": "sells rice cookers"}),
+        )
+        .await;
+    let token = login.body["token"].as_str().unwrap().to_string();
+    let r = api.order(&token, sku, 1, None).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "own_item"),
+        "{}",
+        r.body
+    );
+    assert_eq!(counters(&api, sku).await, (10, 0, 0));
+    // Another merchant's item is fine.
+    let other = api.item(3, 1, 0).await;
+    assert_eq!(api.order(&token, other, 1, None).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_13_bearer_any_case_nosniff_and_no_framing() {
+    let api = Api::new();
+    for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
+        let req = Request::builder()
+            .uri("/v1/admin/merchants")
+            .header("authorization", format!("{scheme} {ADMIN}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(api.raw(req).await.status, StatusCode::OK, "{scheme}");
+    }
+    let response = tower::ServiceExt::oneshot(
+        api.app.clone(),
+        Request::builder().uri("/").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let h = response.headers();
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["content-security-policy"], "frame-ancestors 'none'");
+    let r = api.get("/v1/items/1", None).await;
+    assert_eq!(r.code(), "item_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_3_log_out_revoke_rotate_and_shorter_admin_sessions() {
+    let api = Api::new();
+    let r = api
+        .post("/v1/users", None, json!({"username": "li.lei", "password": "correct horse"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let login = || {
+        let api = &api;
+        async move {
+            let r = api
+                .post("/v1/sessions", None, json!({"username": "li.lei", "password": "correct horse"}))
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r.body
+        }
+    };
+    let s1 = login().await;
+    let t1 = s1["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        s1["expires_at_ms"].as_i64().unwrap() - T0,
+        24 * 3_600_000,
+        "a shopper's session lasts 24 h"
+    );
+    let t2 = login().await["token"].as_str().unwrap().to_string();
+    // Log out ends that token only.
+    let r = api.call("DELETE", "/v1/sessions/current", Some(&t1), None, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(api.get("/v1/orders", Some(&t1)).await.code(), "invalid_token");
+    assert_eq!(api.get("/v1/orders", Some(&t2)).await.status, StatusCode::OK);
+    // An admin revokes every session of the user.
+    let user = s1["user"]["id"].as_u64().unwrap();
+    let bulk = api.shoppers(1, "rv").await;
+    let r = api
+        .call("DELETE", &format!("/v1/admin/users/{user}/sessions"), Some(&bulk[0]), None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "shoppers may not revoke");
+    let r = api
+        .call("DELETE", &format!("/v1/admin/users/{user}/sessions"), Some(ADMIN), None, None)
+        .await;
+    assert_eq!(
+        (r.status, r.body["sessions_ended"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{}",
+        r.body
+    );
+    assert_eq!(api.get("/v1/orders", Some(&t2)).await.code(), "invalid_token");
+    assert_eq!(api.get("/v1/orders", Some(&bulk[0])).await.status, StatusCode::OK);
+    let r = api
+        .call("DELETE", "/v1/admin/users/999999/sessions", Some(ADMIN), None, None)
+        .await;
+    assert_eq!(r.code(), "user_not_found");
+    // Admins who log in get a shorter session than shoppers.
+    let r = api
+        .post(
+            "/v1/admin/users",
+            Some(ADMIN),
+            json!({"username": "ops", "password": "night shift 1111", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api
+        .post("/v1/sessions", None, json!({"username": "ops", "password": "night shift 1111"}))
+        .await;
+    assert_eq!(r.body["expires_at_ms"].as_i64().unwrap() - T0, 8 * 3_600_000);
+    // A new bootstrap token replaces the old one.
+    let rotated = "rotated-admin-token-0123456789abcdef-xyz";
+    mall_http::bootstrap_admin(&api.state, Some(rotated), None).unwrap();
+    assert_eq!(api.get("/v1/admin/merchants", Some(ADMIN)).await.code(), "invalid_token");
+    assert_eq!(api.get("/v1/admin/merchants", Some(rotated)).await.status, StatusCode::OK);
+    // The same one again changes nothing.
+    mall_http::bootstrap_admin(&api.state, Some(rotated), None).unwrap();
+    assert_eq!(api.get("/v1/admin/merchants", Some(rotated)).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_5_failed_logins_are_throttled_per_username() {
+    let mut config = mall_http::HttpConfig::default();
+    config.rate.anonymous_rate_per_s = 1e6;
+    config.rate.anonymous_burst = 1e6;
+    let api = Api::with_config(config);
+    let r = api
+        .post("/v1/users", None, json!({"username": "han.mei", "password": "correct horse"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let attempt = |password: &'static str| {
+        let api = &api;
+        async move {
+            api.post("/v1/sessions", None, json!({"username": "han.mei", "password": password}))
+                .await
+        }
+    };
+    for _ in 0..6 {
+        assert_eq!(attempt("wrong horse").await.code(), "bad_credentials");
+    }
+    let r = attempt("wrong horse").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "login_throttled"),
+        "{}",
+        r.body
+    );
+    // Even the right password waits out the delay (one second here)...
+    assert_eq!(attempt("correct horse").await.code(), "login_throttled");
+    // ...but not for long, and other usernames were never slowed.
+    let r = api
+        .post("/v1/sessions", None, json!({"username": "nobody.else", "password": "whatever1"}))
+        .await;
+    assert_eq!(r.code(), "bad_credentials");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(attempt("correct horse").await.status, StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_7_registrations_are_limited_per_address_and_proxies_are_trusted_only_if_listed() {
+    let mut config = mall_http::HttpConfig::default();
+    config.rate.registrations_per_address_per_h = 3.0;
+    config.trusted_proxies = mall_http::client::parse_list("0.0.0.0").unwrap();
+    let api = Api::with_config(config);
+    let register = |n: u32, forwarded: &'static str| {
+        let api = &api;
+        async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/users")
+                .header("content-type", "application/json")
+                .header("x-forwarded-for", forwarded)
+                .body(Body::from(
+                    json!({"username": format!("acct{n}"), "password": "a long enough secret"}).to_string(),
+                ))
+                .unwrap();
+            api.raw(req).await
+        }
+    };
+    // In-process requests come from 0.0.0.0, listed as a trusted proxy
+    // here, so the forwarded address is the client.
+    for n in 0..3 {
+        assert_eq!(register(n, "198.51.100.1").await.status, StatusCode::CREATED);
+    }
+    let r = register(3, "198.51.100.1").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "registration_limited"),
+        "{}",
+        r.body
+    );
+    // Another client is not affected.
+    assert_eq!(register(4, "198.51.100.2").await.status, StatusCode::CREATED);
+    // Untrusted: the header is ignored (the connection's own address counts).
+    let api2 = Api::with_config({
+        let mut c = mall_http::HttpConfig::default();
+        c.rate.registrations_per_address_per_h = 2.0;
+        c
+    });
+    let mut statuses = Vec::new();
+    for (n, fwd) in ["203.0.113.1", "203.0.113.2", "203.0.113.3"].iter().enumerate() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/users")
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", *fwd)
+            .body(Body::from(
+                json!({"username": format!("other{n}"), "password": "a long enough secret"}).to_string(),
+            ))
+            .unwrap();
+        statuses.push(api2.raw(req).await.status.as_u16());
+    }
+    assert_eq!(statuses, vec![201, 201, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue9_4_password_hashing_is_bounded_and_answers_busy_beyond() {
+    let mut config = mall_http::HttpConfig::default();
+    config.rate.anonymous_rate_per_s = 1e6;
+    config.rate.anonymous_burst = 1e6;
+    config.passwords.threads = 1;
+    config.passwords.queue_max = 2;
+    let api = std::sync::Arc::new(Api::with_config(config));
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = api
+                .post(
+                    "/v1/sessions",
+                    None,
+                    json!({"username": format!("ghost{i}"), "password": "not a password"}),
+                )
+                .await;
+            (r.status.as_u16(), r.code().to_string(), r.body)
+        }));
+    }
+    let mut seen = std::collections::BTreeMap::<(u16, String), u32>::new();
+    for t in tasks {
+        let (status, code, body) = t.await.unwrap();
+        assert!(status == 401 || status == 503, "{status} {body}");
+        *seen.entry((status, code)).or_default() += 1;
+    }
+    println!("24 logins at once, 1 thread, 2 queued: {seen:?}");
+    assert!(seen.contains_key(&(503, "busy".to_string())), "{seen:?}");
+    assert!(seen.contains_key(&(401, "bad_credentials".to_string())), "{seen:?}");
+}
