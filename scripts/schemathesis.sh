@@ -59,6 +59,7 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 PORT=$(free_port)
+ADMIN_PORT=$(free_port) # the operators' listener (default: PORT + 1, maybe taken)
 CHANNEL_PORT=$(free_port)
 BASE=http://127.0.0.1:$PORT
 
@@ -84,13 +85,14 @@ user_rate_per_s = 100000
 user_burst = 100000
 anonymous_rate_per_s = 100000
 anonymous_burst = 100000
+registrations_per_address_per_h = 1000000
 EOF
 
 MALL_LOG=${MALL_LOG:-warn} "$MALL_BIN" channels --config "$WORK/channels.toml" >"$WORK/channels.log" 2>&1 &
 PIDS+=($!)
 MALL_LOG=${MALL_LOG:-warn} MALL_ADMIN_TOKEN=$ADMIN_TOKEN "$MALL_BIN" serve \
   --config "$WORK/mall.toml" --channels "$WORK/channels.toml" \
-  --addr "127.0.0.1:$PORT" --data "$WORK/data" --shards 2 \
+  --addr "127.0.0.1:$PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" --data "$WORK/data" --shards 2 \
   --seed --items 200 --merchants 5 --opens-in 0s --random-seed 11 \
   >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
@@ -176,6 +178,7 @@ run_as() { # ROLE TOKEN
 }
 admin_rc=0 shopper_rc=0
 run_as admin "$ADMIN_TOKEN" || admin_rc=$?
+server_alive || { echo "schemathesis.sh: mall serve died during the admin run" >&2; tail -n 40 "$WORK/server.log" >&2; exit 1; }
 run_as shopper "$SHOPPER_TOKEN" || shopper_rc=$?
 elapsed=$((SECONDS - started))
 probe_rc=0

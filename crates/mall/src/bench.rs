@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
 pub enum Which {
+    /// Snap-up latency at a steady rate, quiet and under a login flood and
+    /// a connection flood (one run, a real server); memory after a login flood.
+    Flood(crate::floodbench::FloodArgs),
     /// The inventory engine in-process, durable.
     Engine {
         #[arg(long, value_enum, default_value = "both")]
@@ -252,6 +255,7 @@ pub enum Shape {
 
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Flood(args) => crate::floodbench::flood(args),
         Which::Events { events, threads } => events_cost(events, threads.max(1)),
         Which::Router {
             decisions,

@@ -3,6 +3,7 @@
 mod bench;
 mod channels;
 mod config;
+mod floodbench;
 mod forecast;
 mod rush;
 mod seed;
