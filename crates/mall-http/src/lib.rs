@@ -99,6 +99,8 @@ pub struct Inner {
     pub events: std::sync::OnceLock<mall_events::EventLog>,
     /// The forecast the dashboard compares with the night (`mall serve --forecast`).
     pub forecast: std::sync::OnceLock<serde_json::Value>,
+    /// The listeners' connection counters, by name (for `/metrics`).
+    pub listeners: Mutex<Vec<(&'static str, Arc<listener::ListenerStats>)>>,
     /// Shoppers' favourites and carts.
     pub wishlists: routes::wishlist::Wishlists,
 }
@@ -136,6 +138,7 @@ impl AppState {
                 events: std::sync::OnceLock::new(),
                 forecast: std::sync::OnceLock::new(),
                 wishlists: Default::default(),
+                listeners: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -155,6 +158,14 @@ impl AppState {
         .await?;
         let _ = self.payments.set(payments);
         Ok(())
+    }
+
+    /// Shows a listener's connection counters in `/metrics` as `name`.
+    pub fn watch_listener(&self, name: &'static str, stats: Arc<listener::ListenerStats>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, stats));
     }
 
     /// Records what shoppers do from now on.

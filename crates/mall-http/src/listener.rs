@@ -8,10 +8,9 @@
 //!   `too_many_connections` and closed at once. Trusted proxies are exempt
 //!   (every connection through a balancer comes from the balancer).
 //! - A request's headers must arrive within `header_read_timeout` from its
-//!   first byte (or from the accept, for the first request): slowloris
-//!   connections are closed.
-//! - A keep-alive connection with no request in flight is closed after
-//!   `idle_timeout` without traffic.
+//!   first byte: slowloris connections are closed.
+//! - A connection with no request in flight (new, or kept alive) is closed
+//!   after `idle_timeout` without traffic.
 //!
 //! The timeouts live in the stream ([`LimitedStream`]): its reads fail with
 //! `TimedOut` past a deadline, which ends the connection. It knows whether
@@ -39,7 +38,7 @@ pub struct ListenerConfig {
     pub connections_max: usize,
     /// Open connections from one client address, at most.
     pub connections_per_address_max: usize,
-    /// From a request's first byte (or the accept) to its last header byte.
+    /// From a request's first byte to its last header byte.
     pub header_read_timeout: Duration,
     /// A keep-alive connection with no request in flight, at most this long
     /// without traffic.
@@ -222,8 +221,9 @@ impl axum::serve::Listener for LimitedListener {
                 epoch: self.epoch,
                 in_flight: AtomicU32::new(0),
                 last_active_ms: AtomicU64::new(now_ms),
-                // The first request is due from the accept on.
-                request_started_ms: AtomicU64::new(now_ms + 1),
+                // Until its first byte, a new connection is idle (apps
+                // open theirs before the sale); then the header clock runs.
+                request_started_ms: AtomicU64::new(0),
             });
             self.stats.open.fetch_add(1, Ordering::Relaxed);
             return (

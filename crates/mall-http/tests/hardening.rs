@@ -562,3 +562,84 @@ async fn issue9_4_password_hashing_is_bounded_and_answers_busy_beyond() {
     assert!(seen.contains_key(&(503, "busy".to_string())), "{seen:?}");
     assert!(seen.contains_key(&(401, "bad_credentials".to_string())), "{seen:?}");
 }
+
+/// Every stable error code the code can answer is in README's table
+/// (item 13: three were missing). The codes are read from the sources:
+/// `ApiError` constructors, `code = "..."` assignments, the literal in the
+/// listener's refusal, and the `fn code` tables of the refusal enums.
+#[test]
+fn issue9_13_readme_lists_every_error_code() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let table = &readme[readme.find("| status | codes |").expect("README's error table")..];
+    let mut sources = Vec::new();
+    for dir in ["crates/mall-http/src", "crates/mall-http/src/routes"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "rs") {
+                sources.push((p.clone(), false));
+            }
+        }
+    }
+    for f in [
+        "crates/mall-core/src/outcome.rs",
+        "crates/mall-payments/src/lib.rs",
+        "crates/mall-pay/src/signature.rs",
+    ] {
+        sources.push((root.join(f), true));
+    }
+    let is_code = |s: &str| {
+        s.len() >= 3 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && s.contains('_')
+    };
+    let first_literal = |text: &str| -> Option<String> {
+        let start = text.find('"')? + 1;
+        let end = start + text[start..].find('"')?;
+        Some(text[start..end].to_string())
+    };
+    let mut codes = std::collections::BTreeSet::new();
+    for (path, tables) in sources {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for marker in [
+            "ApiError::new(",
+            "ApiError::bad_request(",
+            "ApiError::not_found(",
+            "ApiError::conflict(",
+            "ApiError::forbidden_code(",
+            "code = \"",
+            "\"code\\\":\\\"",
+        ] {
+            for (at, _) in text.match_indices(marker) {
+                let after = &text[at + marker.len() - usize::from(marker.ends_with('"'))..];
+                // The code is the first string literal within the call.
+                let window = &after[..after.len().min(160)];
+                if let Some(lit) = first_literal(window).filter(|l| is_code(l)) {
+                    codes.insert(lit);
+                }
+            }
+        }
+        if tables {
+            for (at, _) in text.match_indices("fn code(&self)") {
+                let body = &text[at..];
+                let body = &body[..body.find("\n    }\n").unwrap_or(body.len())];
+                for line in body.lines().filter(|l| l.contains("=> \"")) {
+                    if let Some(lit) = first_literal(&line[line.find("=> \"").unwrap()..]) {
+                        codes.insert(lit);
+                    }
+                }
+            }
+        }
+        if path.ends_with("listener.rs") {
+            codes.insert("too_many_connections".into());
+            assert!(text.contains("too_many_connections"));
+        }
+    }
+    for status_only in ["headers_too_large", "uri_too_long", "request_timeout", "unavailable"] {
+        codes.remove(status_only); // only ever a rewrite of the server's own text errors
+    }
+    assert!(codes.len() > 50, "found only {} codes: {codes:?}", codes.len());
+    let missing: Vec<_> = codes
+        .iter()
+        .filter(|c| !table.contains(&format!("`{c}`")))
+        .collect();
+    assert!(missing.is_empty(), "README's error table misses {missing:?}");
+}

@@ -370,11 +370,13 @@ fn serve(args: ServeArgs) -> Result<()> {
                 }
             })
         };
+        let state_for_metrics = state.clone();
         let admin = serve_admin(&config, state.clone()).await?;
         let http = config.http()?;
         let app = mall_http::router(state)
             .into_make_service_with_connect_info::<mall_http::listener::Peer>();
         let listener = mall_http::listener::LimitedListener::new(listener, http.listener);
+        state_for_metrics.watch_listener("api", listener.stats());
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
@@ -415,9 +417,10 @@ async fn serve_admin(
         connections_per_address_max: 256,
         ..config.http()?.listener
     };
+    let listener = mall_http::listener::LimitedListener::new(listener, limits);
+    state.watch_listener("admin", listener.stats());
     let app = mall_http::admin_router(state)
         .into_make_service_with_connect_info::<mall_http::listener::Peer>();
-    let listener = mall_http::listener::LimitedListener::new(listener, limits);
     Ok(Some(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the operators' listener stopped");

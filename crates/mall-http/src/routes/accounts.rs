@@ -369,7 +369,9 @@ pub async fn revoke_sessions(
 /// Admin: create an account of any role.
 #[utoipa::path(post, path = "/v1/admin/users", request_body = AdminCreateUser, tag = "admin",
     security(("bearer" = [])),
-    responses((status = 201, body = UserView), (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = UserView), (status = 403, body = crate::error::ErrorBody),
+              (status = 404, description = "merchant_not_found", body = crate::error::ErrorBody),
+              (status = 409, body = crate::error::ErrorBody)))]
 pub async fn admin_create_user(
     State(state): State<AppState>,
     principal: Principal,

@@ -78,6 +78,7 @@ pub struct ItemsPage {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only this category.
@@ -243,7 +244,9 @@ async fn put(state: &AppState, item: Item, expected: Option<Item>) -> ApiResult<
 /// Admin: create an item (a SKU is assigned).
 #[utoipa::path(post, path = "/v1/admin/items", request_body = CreateItem, tag = "admin",
     security(("bearer" = [])),
-    responses((status = 201, body = ItemView), (status = 403, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = ItemView), (status = 403, body = crate::error::ErrorBody),
+              (status = 404, description = "merchant_not_found", body = crate::error::ErrorBody),
+              (status = 422, body = crate::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,

@@ -16,7 +16,8 @@ use utoipa::{Modify, OpenApi};
     info(title = "mall", description = "The flash-sale platform for Singles' Day. Errors are `{\"error\": {\"code\", \"message\"}}`."),
     paths(
         healthz, metrics, super::dashboard::current, super::dashboard::stream,
-        super::accounts::register, super::accounts::login, super::accounts::admin_create_user,
+        super::accounts::register, super::accounts::login, super::accounts::logout,
+        super::accounts::revoke_sessions, super::accounts::admin_create_user,
         super::accounts::bulk_create, super::accounts::create_merchant, super::accounts::list_merchants,
         super::items::list, super::items::get_one, super::items::create, super::items::update,
         super::orders::create, super::orders::list_mine, super::orders::get_one, super::orders::cancel,
@@ -26,9 +27,84 @@ use utoipa::{Modify, OpenApi};
         super::payments::statement, super::payments::refund, super::payments::deliver,
         super::payments::cod_collected, super::payments::callback, super::payments::channels,
     ),
-    modifiers(&BearerAuth),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&BearerAuth, &CommonResponses),
 )]
 pub struct ApiDoc;
+
+/// The answers every route of a kind can give, added to each operation
+/// that does not document them itself: who is calling (401, 403, 429 for
+/// token routes), what was sent (400 for paths, queries and bodies; 413,
+/// 415 and 422 for JSON bodies), and the server's state (503). Each is the
+/// JSON error shape.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let has_path_params = path.contains('{');
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+                &mut item.put,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let bearer = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let has_body = op.request_body.is_some();
+                let has_query = op.parameters.as_ref().is_some_and(|ps| {
+                    ps.iter().any(|p| {
+                        matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)
+                    })
+                });
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
+                };
+                if bearer {
+                    add("401", "unauthenticated, invalid_token");
+                    add("403", "forbidden: the caller's role may not do this");
+                    add("429", "rate_limited (Retry-After)");
+                }
+                if has_path_params || has_query || has_body {
+                    add(
+                        "400",
+                        "invalid_path, invalid_query, invalid_id, malformed_json, unreadable_body, invalid_idempotency_key",
+                    );
+                }
+                if has_body {
+                    add("413", "body_too_large");
+                    add("415", "unsupported_media_type: send application/json");
+                    add("422", "invalid_request: the body does not fit the schema");
+                }
+                if has_path_params {
+                    add("404", "not found");
+                }
+                add(
+                    "503",
+                    "overloaded, store_unavailable, busy, payments_unavailable (Retry-After)",
+                );
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
@@ -71,6 +147,9 @@ pub async fn metrics(
     if let Some(p) = state.payments.get() {
         crate::metrics::render_payments(&mut body, p);
     }
+    let listeners = state.listeners.lock().unwrap_or_else(|p| p.into_inner());
+    let named: Vec<_> = listeners.iter().map(|(n, s)| (*n, s.as_ref())).collect();
+    crate::metrics::render_listeners(&mut body, &named);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
 }
 

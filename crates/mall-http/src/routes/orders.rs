@@ -78,6 +78,7 @@ pub struct OrdersPage {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// Cursor from `next_before`.

@@ -220,6 +220,7 @@ pub async fn wallet(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatementQuery {
     /// Lines older than this `seq` (from the previous page's `next_before`).
     pub before: Option<String>,
