@@ -140,9 +140,7 @@ pub fn hash_password(password: &str) -> Option<String> {
 /// case-insensitive (RFC 9110 §11.1).
 pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn unauthenticated(code: &'static str, message: &str) -> ApiError {

@@ -357,8 +357,7 @@ async fn harden(request: Request, next: Next) -> Response {
         let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
         let message = String::from_utf8_lossy(&text).trim().to_string();
         let mut error = error::ApiError::new(status, error::code_for_status(status), message);
-        error.retry_after_s = retry_after
-            .and_then(|v| v.to_str().ok()?.parse().ok());
+        error.retry_after_s = retry_after.and_then(|v| v.to_str().ok()?.parse().ok());
         response = axum::response::IntoResponse::into_response(error);
     }
     let headers = response.headers_mut();

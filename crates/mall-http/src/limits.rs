@@ -97,9 +97,8 @@ impl RateLimiter {
         )
         .map_err(|mut e| {
             e.code = "registration_limited";
-            e.message = format!(
-                "at most {per_h} accounts may be registered from one address per hour"
-            );
+            e.message =
+                format!("at most {per_h} accounts may be registered from one address per hour");
             e.retry_after_s = Some((3600.0 / per_h.max(1e-3)).ceil().min(3600.0) as u32);
             e
         })

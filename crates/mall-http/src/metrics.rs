@@ -209,17 +209,32 @@ impl Metrics {
 /// The connection limits of each listener (`api`, `admin`).
 pub fn render_listeners(out: &mut String, listeners: &[(&str, &crate::listener::ListenerStats)]) {
     use std::sync::atomic::Ordering::Relaxed;
-    let _ = writeln!(out, "# HELP mall_connections_open Open connections.\n# TYPE mall_connections_open gauge");
+    let _ = writeln!(
+        out,
+        "# HELP mall_connections_open Open connections.\n# TYPE mall_connections_open gauge"
+    );
     for (name, s) in listeners {
-        let _ = writeln!(out, "mall_connections_open{{listener=\"{name}\"}} {}", s.open.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "mall_connections_open{{listener=\"{name}\"}} {}",
+            s.open.load(Relaxed)
+        );
     }
     let _ = writeln!(out, "# HELP mall_connections_refused_per_address_total Connections refused: too many from one address.\n# TYPE mall_connections_refused_per_address_total counter");
     for (name, s) in listeners {
-        let _ = writeln!(out, "mall_connections_refused_per_address_total{{listener=\"{name}\"}} {}", s.refused_per_address.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "mall_connections_refused_per_address_total{{listener=\"{name}\"}} {}",
+            s.refused_per_address.load(Relaxed)
+        );
     }
     let _ = writeln!(out, "# HELP mall_connections_timed_out_total Connections closed by the header-read or idle timeout.\n# TYPE mall_connections_timed_out_total counter");
     for (name, s) in listeners {
-        let _ = writeln!(out, "mall_connections_timed_out_total{{listener=\"{name}\"}} {}", s.timed_out.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "mall_connections_timed_out_total{{listener=\"{name}\"}} {}",
+            s.timed_out.load(Relaxed)
+        );
     }
 }
 

@@ -180,7 +180,12 @@ impl Memory {
         let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         argon
-            .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, self.blocks(&params)?)
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                &salt,
+                &mut out,
+                self.blocks(&params)?,
+            )
             .ok()?;
         let salt = SaltString::encode_b64(&salt).ok()?;
         let hash = PasswordHash {

@@ -21,10 +21,12 @@ async fn top_up(api: &Api, token: &str, fen: i64) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
 
+/// What the wallet can spend: posted balance less payments under way (a
+/// paid order's transfer is posted in the background).
 async fn balance(api: &Api, token: &str) -> i64 {
     let r = api.get("/v1/wallet", Some(token)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    r.body["balance_fen"].as_i64().unwrap()
+    r.body["balance_fen"].as_i64().unwrap() - r.body["pending_out_fen"].as_i64().unwrap()
 }
 
 async fn counters(api: &Api, sku: u64) -> (u64, u64, u64) {
@@ -57,7 +59,11 @@ async fn issue9_1_a_delivered_order_cannot_be_cancelled_and_money_goes_back_only
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let paid_balance = balance(&api, &u[0]).await;
     let r = api
-        .post(&format!("/v1/admin/orders/{id}/deliver"), Some(ADMIN), json!({}))
+        .post(
+            &format!("/v1/admin/orders/{id}/deliver"),
+            Some(ADMIN),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(status(&api, id).await, "delivered");
@@ -91,17 +97,26 @@ async fn issue9_1_a_delivered_order_cannot_be_cancelled_and_money_goes_back_only
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(balance(&api, &u[0]).await, paid_balance + 29_900);
-    assert_eq!(counters(&api, sku).await, (4, 0, 1), "stock never returns by itself");
+    assert_eq!(
+        counters(&api, sku).await,
+        (4, 0, 1),
+        "stock never returns by itself"
+    );
 
     // Cash on delivery: collected means delivered.
-    let body = json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "2 Huaihai Road, Shanghai"});
+    let body =
+        json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "2 Huaihai Road, Shanghai"});
     let r = api
         .call("POST", "/v1/orders", Some(&u[1]), Some(body), None)
         .await;
     assert_eq!(r.body["status"], "confirmed", "{}", r.body);
     let cod = r.body["id"].as_u64().unwrap();
     let r = api
-        .post(&format!("/v1/admin/orders/{cod}/cod-collected"), Some(ADMIN), json!({}))
+        .post(
+            &format!("/v1/admin/orders/{cod}/cod-collected"),
+            Some(ADMIN),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = api
@@ -115,15 +130,27 @@ async fn issue9_1_a_delivered_order_cannot_be_cancelled_and_money_goes_back_only
     assert_eq!(counters(&api, sku).await, (3, 0, 2));
     // Collected twice books nothing twice; then settled to the merchant once.
     let r = api
-        .post(&format!("/v1/admin/orders/{cod}/cod-collected"), Some(ADMIN), json!({}))
+        .post(
+            &format!("/v1/admin/orders/{cod}/cod-collected"),
+            Some(ADMIN),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = api
-        .post(&format!("/v1/admin/orders/{cod}/deliver"), Some(ADMIN), json!({}))
+        .post(
+            &format!("/v1/admin/orders/{cod}/deliver"),
+            Some(ADMIN),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = api
-        .post(&format!("/v1/admin/orders/{cod}/deliver"), Some(ADMIN), json!({}))
+        .post(
+            &format!("/v1/admin/orders/{cod}/deliver"),
+            Some(ADMIN),
+            json!({}),
+        )
         .await;
     assert_eq!(r.code(), "already_settled");
     // A refused delivery changes nothing: an unpaid order stays cancellable.
@@ -131,12 +158,20 @@ async fn issue9_1_a_delivered_order_cannot_be_cancelled_and_money_goes_back_only
         .as_u64()
         .unwrap();
     let r = api
-        .post(&format!("/v1/admin/orders/{unpaid}/deliver"), Some(ADMIN), json!({}))
+        .post(
+            &format!("/v1/admin/orders/{unpaid}/deliver"),
+            Some(ADMIN),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert_eq!(status(&api, unpaid).await, "awaiting_payment");
     let r = api
-        .post(&format!("/v1/orders/{unpaid}/cancel"), Some(&u[1]), json!({}))
+        .post(
+            &format!("/v1/orders/{unpaid}/cancel"),
+            Some(&u[1]),
+            json!({}),
+        )
         .await;
     assert_eq!(r.body["status"], "cancelled", "{}", r.body);
 }
@@ -211,9 +246,24 @@ async fn issue9_8_every_error_is_json() {
     // `raw` (the helper) asserts that every 4xx/5xx carries a code and a message.
     for (method, uri, token, want) in [
         ("GET", "/v1/items/%FF", None, "invalid_path"),
-        ("GET", "/v1/orders/%00%ff", Some(u[0].as_str()), "invalid_path"),
-        ("POST", "/v1/orders/%FF/payments", Some(u[0].as_str()), "invalid_path"),
-        ("POST", "/v1/items/%C3%28/favorite", Some(u[0].as_str()), "invalid_path"),
+        (
+            "GET",
+            "/v1/orders/%00%ff",
+            Some(u[0].as_str()),
+            "invalid_path",
+        ),
+        (
+            "POST",
+            "/v1/orders/%FF/payments",
+            Some(u[0].as_str()),
+            "invalid_path",
+        ),
+        (
+            "POST",
+            "/v1/items/%C3%28/favorite",
+            Some(u[0].as_str()),
+            "invalid_path",
+        ),
         (
             "GET",
             "/v1/wallet/statement?limit=1&limit=2",
@@ -221,14 +271,21 @@ async fn issue9_8_every_error_is_json() {
             "invalid_query",
         ),
         ("GET", "/v1/items?limit=1&limit=2", None, "invalid_query"),
-        ("GET", "/v1/orders?limit=x", Some(u[0].as_str()), "invalid_query"),
+        (
+            "GET",
+            "/v1/orders?limit=x",
+            Some(u[0].as_str()),
+            "invalid_query",
+        ),
     ] {
         let r = api.raw(raw(method, uri, token, Body::from("{}"))).await;
         assert_eq!(r.code(), want, "{method} {uri}: {}", r.body);
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
     }
     let big = Body::from(vec![b'x'; 200 * 1024]);
-    let r = api.raw(raw("POST", "/v1/channels/sim/callback", None, big)).await;
+    let r = api
+        .raw(raw("POST", "/v1/channels/sim/callback", None, big))
+        .await;
     assert_eq!(
         (r.status, r.code()),
         (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
@@ -238,9 +295,15 @@ async fn issue9_8_every_error_is_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue9_9_weak_passwords_are_refused() {
     let api = Api::new();
-    for (i, weak) in ["password", "12345678", "        ", "PassWord1", "\t\t\t\t\t\t\t\t"]
-        .iter()
-        .enumerate()
+    for (i, weak) in [
+        "password",
+        "12345678",
+        "        ",
+        "PassWord1",
+        "\t\t\t\t\t\t\t\t",
+    ]
+    .iter()
+    .enumerate()
     {
         let r = api
             .post(
@@ -257,7 +320,11 @@ async fn issue9_9_weak_passwords_are_refused() {
         );
     }
     let r = api
-        .post("/v1/users", None, json!({"username": "strong", "password": "seven horses run far"}))
+        .post(
+            "/v1/users",
+            None,
+            json!({"username": "strong", "password": "seven horses run far"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 }
@@ -294,9 +361,16 @@ async fn issue9_10_anonymous_idempotency_keys_are_scoped_by_username() {
     // A true retry replays.
     let d = register("alice", "alice's long secret").await;
     assert_eq!((d.status, d.replayed), (StatusCode::CREATED, true));
-    for (name, password) in [("alice", "alice's long secret"), ("bob", "bob's long secret!")] {
+    for (name, password) in [
+        ("alice", "alice's long secret"),
+        ("bob", "bob's long secret!"),
+    ] {
         let r = api
-            .post("/v1/sessions", None, json!({"username": name, "password": password}))
+            .post(
+                "/v1/sessions",
+                None,
+                json!({"username": name, "password": password}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{name}: {}", r.body);
     }
@@ -333,7 +407,10 @@ async fn issue9_12_a_merchant_cannot_buy_its_own_items() {
     assert_eq!(counters(&api, sku).await, (10, 0, 0));
     // Another merchant's item is fine.
     let other = api.item(3, 1, 0).await;
-    assert_eq!(api.order(&token, other, 1, None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.order(&token, other, 1, None).await.status,
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,14 +441,22 @@ async fn issue9_13_bearer_any_case_nosniff_and_no_framing() {
 async fn issue9_3_log_out_revoke_rotate_and_shorter_admin_sessions() {
     let api = Api::new();
     let r = api
-        .post("/v1/users", None, json!({"username": "li.lei", "password": "correct horse"}))
+        .post(
+            "/v1/users",
+            None,
+            json!({"username": "li.lei", "password": "correct horse"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let login = || {
         let api = &api;
         async move {
             let r = api
-                .post("/v1/sessions", None, json!({"username": "li.lei", "password": "correct horse"}))
+                .post(
+                    "/v1/sessions",
+                    None,
+                    json!({"username": "li.lei", "password": "correct horse"}),
+                )
                 .await;
             assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
             r.body
@@ -386,19 +471,39 @@ async fn issue9_3_log_out_revoke_rotate_and_shorter_admin_sessions() {
     );
     let t2 = login().await["token"].as_str().unwrap().to_string();
     // Log out ends that token only.
-    let r = api.call("DELETE", "/v1/sessions/current", Some(&t1), None, None).await;
+    let r = api
+        .call("DELETE", "/v1/sessions/current", Some(&t1), None, None)
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(api.get("/v1/orders", Some(&t1)).await.code(), "invalid_token");
-    assert_eq!(api.get("/v1/orders", Some(&t2)).await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/v1/orders", Some(&t1)).await.code(),
+        "invalid_token"
+    );
+    assert_eq!(
+        api.get("/v1/orders", Some(&t2)).await.status,
+        StatusCode::OK
+    );
     // An admin revokes every session of the user.
     let user = s1["user"]["id"].as_u64().unwrap();
     let bulk = api.shoppers(1, "rv").await;
     let r = api
-        .call("DELETE", &format!("/v1/admin/users/{user}/sessions"), Some(&bulk[0]), None, None)
+        .call(
+            "DELETE",
+            &format!("/v1/admin/users/{user}/sessions"),
+            Some(&bulk[0]),
+            None,
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "shoppers may not revoke");
     let r = api
-        .call("DELETE", &format!("/v1/admin/users/{user}/sessions"), Some(ADMIN), None, None)
+        .call(
+            "DELETE",
+            &format!("/v1/admin/users/{user}/sessions"),
+            Some(ADMIN),
+            None,
+            None,
+        )
         .await;
     assert_eq!(
         (r.status, r.body["sessions_ended"].as_u64()),
@@ -406,10 +511,22 @@ async fn issue9_3_log_out_revoke_rotate_and_shorter_admin_sessions() {
         "{}",
         r.body
     );
-    assert_eq!(api.get("/v1/orders", Some(&t2)).await.code(), "invalid_token");
-    assert_eq!(api.get("/v1/orders", Some(&bulk[0])).await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/v1/orders", Some(&t2)).await.code(),
+        "invalid_token"
+    );
+    assert_eq!(
+        api.get("/v1/orders", Some(&bulk[0])).await.status,
+        StatusCode::OK
+    );
     let r = api
-        .call("DELETE", "/v1/admin/users/999999/sessions", Some(ADMIN), None, None)
+        .call(
+            "DELETE",
+            "/v1/admin/users/999999/sessions",
+            Some(ADMIN),
+            None,
+            None,
+        )
         .await;
     assert_eq!(r.code(), "user_not_found");
     // Admins who log in get a shorter session than shoppers.
@@ -422,17 +539,33 @@ async fn issue9_3_log_out_revoke_rotate_and_shorter_admin_sessions() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let r = api
-        .post("/v1/sessions", None, json!({"username": "ops", "password": "night shift 1111"}))
+        .post(
+            "/v1/sessions",
+            None,
+            json!({"username": "ops", "password": "night shift 1111"}),
+        )
         .await;
-    assert_eq!(r.body["expires_at_ms"].as_i64().unwrap() - T0, 8 * 3_600_000);
+    assert_eq!(
+        r.body["expires_at_ms"].as_i64().unwrap() - T0,
+        8 * 3_600_000
+    );
     // A new bootstrap token replaces the old one.
     let rotated = "rotated-admin-token-0123456789abcdef-xyz";
     mall_http::bootstrap_admin(&api.state, Some(rotated), None).unwrap();
-    assert_eq!(api.get("/v1/admin/merchants", Some(ADMIN)).await.code(), "invalid_token");
-    assert_eq!(api.get("/v1/admin/merchants", Some(rotated)).await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/v1/admin/merchants", Some(ADMIN)).await.code(),
+        "invalid_token"
+    );
+    assert_eq!(
+        api.get("/v1/admin/merchants", Some(rotated)).await.status,
+        StatusCode::OK
+    );
     // The same one again changes nothing.
     mall_http::bootstrap_admin(&api.state, Some(rotated), None).unwrap();
-    assert_eq!(api.get("/v1/admin/merchants", Some(rotated)).await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/v1/admin/merchants", Some(rotated)).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,14 +575,22 @@ async fn issue9_5_failed_logins_are_throttled_per_username() {
     config.rate.anonymous_burst = 1e6;
     let api = Api::with_config(config);
     let r = api
-        .post("/v1/users", None, json!({"username": "han.mei", "password": "correct horse"}))
+        .post(
+            "/v1/users",
+            None,
+            json!({"username": "han.mei", "password": "correct horse"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let attempt = |password: &'static str| {
         let api = &api;
         async move {
-            api.post("/v1/sessions", None, json!({"username": "han.mei", "password": password}))
-                .await
+            api.post(
+                "/v1/sessions",
+                None,
+                json!({"username": "han.mei", "password": password}),
+            )
+            .await
         }
     };
     for _ in 0..6 {
@@ -466,7 +607,11 @@ async fn issue9_5_failed_logins_are_throttled_per_username() {
     assert_eq!(attempt("correct horse").await.code(), "login_throttled");
     // ...but not for long, and other usernames were never slowed.
     let r = api
-        .post("/v1/sessions", None, json!({"username": "nobody.else", "password": "whatever1"}))
+        .post(
+            "/v1/sessions",
+            None,
+            json!({"username": "nobody.else", "password": "whatever1"}),
+        )
         .await;
     assert_eq!(r.code(), "bad_credentials");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -488,7 +633,8 @@ async fn issue9_7_registrations_are_limited_per_address_and_proxies_are_trusted_
                 .header("content-type", "application/json")
                 .header("x-forwarded-for", forwarded)
                 .body(Body::from(
-                    json!({"username": format!("acct{n}"), "password": "a long enough secret"}).to_string(),
+                    json!({"username": format!("acct{n}"), "password": "a long enough secret"})
+                        .to_string(),
                 ))
                 .unwrap();
             api.raw(req).await
@@ -497,7 +643,10 @@ async fn issue9_7_registrations_are_limited_per_address_and_proxies_are_trusted_
     // In-process requests come from 0.0.0.0, listed as a trusted proxy
     // here, so the forwarded address is the client.
     for n in 0..3 {
-        assert_eq!(register(n, "198.51.100.1").await.status, StatusCode::CREATED);
+        assert_eq!(
+            register(n, "198.51.100.1").await.status,
+            StatusCode::CREATED
+        );
     }
     let r = register(3, "198.51.100.1").await;
     assert_eq!(
@@ -507,7 +656,10 @@ async fn issue9_7_registrations_are_limited_per_address_and_proxies_are_trusted_
         r.body
     );
     // Another client is not affected.
-    assert_eq!(register(4, "198.51.100.2").await.status, StatusCode::CREATED);
+    assert_eq!(
+        register(4, "198.51.100.2").await.status,
+        StatusCode::CREATED
+    );
     // Untrusted: the header is ignored (the connection's own address counts).
     let api2 = Api::with_config({
         let mut c = mall_http::HttpConfig::default();
@@ -515,14 +667,18 @@ async fn issue9_7_registrations_are_limited_per_address_and_proxies_are_trusted_
         c
     });
     let mut statuses = Vec::new();
-    for (n, fwd) in ["203.0.113.1", "203.0.113.2", "203.0.113.3"].iter().enumerate() {
+    for (n, fwd) in ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+        .iter()
+        .enumerate()
+    {
         let req = Request::builder()
             .method("POST")
             .uri("/v1/users")
             .header("content-type", "application/json")
             .header("x-forwarded-for", *fwd)
             .body(Body::from(
-                json!({"username": format!("other{n}"), "password": "a long enough secret"}).to_string(),
+                json!({"username": format!("other{n}"), "password": "a long enough secret"})
+                    .to_string(),
             ))
             .unwrap();
         statuses.push(api2.raw(req).await.status.as_u16());
@@ -560,7 +716,10 @@ async fn issue9_4_password_hashing_is_bounded_and_answers_busy_beyond() {
     }
     println!("24 logins at once, 1 thread, 2 queued: {seen:?}");
     assert!(seen.contains_key(&(503, "busy".to_string())), "{seen:?}");
-    assert!(seen.contains_key(&(401, "bad_credentials".to_string())), "{seen:?}");
+    assert!(
+        seen.contains_key(&(401, "bad_credentials".to_string())),
+        "{seen:?}"
+    );
 }
 
 /// Every stable error code the code can answer is in README's table
@@ -571,7 +730,9 @@ async fn issue9_4_password_hashing_is_bounded_and_answers_busy_beyond() {
 fn issue9_13_readme_lists_every_error_code() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let table = &readme[readme.find("| status | codes |").expect("README's error table")..];
+    let table = &readme[readme
+        .find("| status | codes |")
+        .expect("README's error table")..];
     let mut sources = Vec::new();
     for dir in ["crates/mall-http/src", "crates/mall-http/src/routes"] {
         for e in std::fs::read_dir(root.join(dir)).unwrap() {
@@ -633,13 +794,25 @@ fn issue9_13_readme_lists_every_error_code() {
             assert!(text.contains("too_many_connections"));
         }
     }
-    for status_only in ["headers_too_large", "uri_too_long", "request_timeout", "unavailable"] {
+    for status_only in [
+        "headers_too_large",
+        "uri_too_long",
+        "request_timeout",
+        "unavailable",
+    ] {
         codes.remove(status_only); // only ever a rewrite of the server's own text errors
     }
-    assert!(codes.len() > 50, "found only {} codes: {codes:?}", codes.len());
+    assert!(
+        codes.len() > 50,
+        "found only {} codes: {codes:?}",
+        codes.len()
+    );
     let missing: Vec<_> = codes
         .iter()
         .filter(|c| !table.contains(&format!("`{c}`")))
         .collect();
-    assert!(missing.is_empty(), "README's error table misses {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README's error table misses {missing:?}"
+    );
 }

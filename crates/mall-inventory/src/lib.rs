@@ -437,18 +437,8 @@ impl Inventory {
                 state.publish();
                 self.touched.insert(sku);
                 let order = self.orders.get_mut(&id).expect("looked up above");
-                order.status = OrderStatus::Paid;
                 order.expires_at = None;
-                order.updated_at = now;
-                effects.push(Effect::UpdateOrder {
-                    id,
-                    status: OrderStatus::Paid,
-                    updated_at: now,
-                });
-                Reply::Order {
-                    order: order.clone(),
-                    replayed: false,
-                }
+                move_on(order, OrderStatus::Paid, now, effects)
             }
             status => Reply::Refused(Refusal::InvalidTransition {
                 status,
@@ -499,17 +489,7 @@ impl Inventory {
             },
             OrderStatus::Paid | OrderStatus::Confirmed => {
                 // Sold before and after: no counter moves.
-                order.status = OrderStatus::Delivered;
-                order.updated_at = now;
-                effects.push(Effect::UpdateOrder {
-                    id,
-                    status: OrderStatus::Delivered,
-                    updated_at: now,
-                });
-                Reply::Order {
-                    order: order.clone(),
-                    replayed: false,
-                }
+                move_on(order, OrderStatus::Delivered, now, effects)
             }
             status => Reply::Refused(Refusal::InvalidTransition {
                 status,
@@ -714,6 +694,26 @@ impl Inventory {
             return Err("per-user counts disagree with the orders".into());
         }
         Ok(())
+    }
+}
+
+/// An active order moves to `status`, durably: the reply for it.
+fn move_on(
+    order: &mut Order,
+    status: OrderStatus,
+    now: Timestamp,
+    effects: &mut Vec<Effect>,
+) -> Reply {
+    order.status = status;
+    order.updated_at = now;
+    effects.push(Effect::UpdateOrder {
+        id: order.id,
+        status,
+        updated_at: now,
+    });
+    Reply::Order {
+        order: order.clone(),
+        replayed: false,
     }
 }
 

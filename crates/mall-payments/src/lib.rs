@@ -2013,11 +2013,7 @@ impl Payments {
     /// payment, back the way it came. Should the refund fail (the ledger is
     /// down), it is retried in the background until it lands, and a start
     /// refunds any cancelled order that kept money; the cancel stands.
-    pub async fn refund_cancelled(
-        &self,
-        hold: CancelHold,
-        order: &Order,
-    ) -> Option<RefundView> {
+    pub async fn refund_cancelled(&self, hold: CancelHold, order: &Order) -> Option<RefundView> {
         let key = derived("cancel", order.id.0).0;
         let paid = lock(&self.shared.state)
             .orders
@@ -2038,7 +2034,9 @@ impl Payments {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         match me.on_cancelled(id).await {
                             Ok(_) => return,
-                            Err(e) => tracing::warn!(order = id.0, error = %e, "refund of a cancelled order; retrying"),
+                            Err(e) => {
+                                tracing::warn!(order = id.0, error = %e, "refund of a cancelled order; retrying")
+                            }
                         }
                     }
                 });

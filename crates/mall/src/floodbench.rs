@@ -59,7 +59,9 @@ pub struct FloodArgs {
 const TOKEN: &str = "flood-bench-admin-token-0123456789abcdef";
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// One request on a fresh connection from `from`; the status (0: no answer).
@@ -132,7 +134,12 @@ impl Tally {
 }
 
 /// Failed logins at `per_s` from 8 threads until `stop`.
-fn login_flood(to: SocketAddr, per_s: u32, stop: Arc<AtomicBool>, tally: Arc<Tally>) -> Vec<std::thread::JoinHandle<()>> {
+fn login_flood(
+    to: SocketAddr,
+    per_s: u32,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<std::thread::JoinHandle<()>> {
     let threads = 8u32;
     (0..threads)
         .map(|t| {
@@ -200,7 +207,7 @@ fn connection_flood(
                     Err(_) => break,
                 }
                 tally.reconnects.fetch_add(1, Ordering::Relaxed);
-                if k % 200 == 0 {
+                if k.is_multiple_of(200) {
                     break; // let the slowloris side run too
                 }
             }
@@ -280,7 +287,12 @@ fn start_server(port: u16) -> Result<Child> {
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
         .args(["--admin-addr", "127.0.0.1:0", "--shards", "2"])
         .args(["--user-rate-per-s", "1000000", "--user-burst", "1000000"])
-        .args(["--anonymous-rate-per-s", "1000000", "--anonymous-burst", "1000000"])
+        .args([
+            "--anonymous-rate-per-s",
+            "1000000",
+            "--anonymous-burst",
+            "1000000",
+        ])
         .arg("--data")
         .arg(&dir)
         .env("MALL_ADMIN_TOKEN", TOKEN)
@@ -291,7 +303,12 @@ fn start_server(port: u16) -> Result<Child> {
     let child = Child(child, tempfile_dir::Dir(dir));
     let to = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while request([127, 0, 0, 1], to, "GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n") != 200 {
+    while request(
+        [127, 0, 0, 1],
+        to,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n",
+    ) != 200
+    {
         anyhow::ensure!(Instant::now() < deadline, "mall serve did not come up");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -341,7 +358,9 @@ fn rss_part(to: SocketAddr, pid: u32, logins: u32) -> Result<()> {
 
 pub fn flood(args: FloodArgs) -> Result<()> {
     if let Some(target) = &args.target {
-        let pid = args.pid.context("--target needs --pid (to read its memory)")?;
+        let pid = args
+            .pid
+            .context("--target needs --pid (to read its memory)")?;
         let to: SocketAddr = target
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -365,7 +384,10 @@ pub fn flood(args: FloodArgs) -> Result<()> {
         args.rate, args.seconds, child.0.id(), args.logins_per_s, args.idle_connections, args.slowloris
     );
     println!("  phase              snap-ups/s   p50 ms   p99 ms  p999 ms  errors   flood");
-    for (i, phase) in ["quiet", "login flood", "connection flood"].iter().enumerate() {
+    for (i, phase) in ["quiet", "login flood", "connection flood"]
+        .iter()
+        .enumerate()
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let mut threads = Vec::new();
@@ -380,7 +402,12 @@ pub fn flood(args: FloodArgs) -> Result<()> {
             )),
             _ => {}
         }
-        let s = scenario(&format!("flood-{i}"), 100 + i as u64, args.rate, args.seconds)?;
+        let s = scenario(
+            &format!("flood-{i}"),
+            100 + i as u64,
+            args.rate,
+            args.seconds,
+        )?;
         let outcome = runtime.block_on(run(Plan::new(&s), backend.clone(), false));
         stop.store(true, Ordering::Relaxed);
         for t in threads {
@@ -395,7 +422,11 @@ pub fn flood(args: FloodArgs) -> Result<()> {
                 .filter(|(c, _)| {
                     matches!(
                         c.as_str(),
-                        "timeout" | "transport_error" | "store_unavailable" | "internal" | "unanswered"
+                        "timeout"
+                            | "transport_error"
+                            | "store_unavailable"
+                            | "internal"
+                            | "unanswered"
                     ) || c.starts_with("http_5")
                 })
                 .map(|(_, n)| n)

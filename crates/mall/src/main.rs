@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the HTTP API on the embedded store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a Singles' Day catalog (and shopper accounts) in a data directory.
     Seed(seed::SeedArgs),
     /// Audit a data directory offline: exits non-zero on any violation.
@@ -180,7 +180,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve(args) => serve(args),
+        Cmd::Serve(args) => serve(*args),
         Cmd::Seed(args) => seed::run(args),
         Cmd::Check { data } => check(&data),
         Cmd::Rush(args) => rush::rush(args),

@@ -8,27 +8,28 @@ use common::*;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `mall serve` with `token` as its bootstrap admin token, the operators'
-/// listener on `admin_port`, and `extra` flags.
+/// listener on `admin_port` (0: any), and `extra` flags.
 fn serve_with(data: &std::path::Path, token: &str, admin_port: u16, extra: &[&str]) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_mall"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(data)
-        .args(["--shards", "2", "--user-rate-per-s", "100000"])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-        .args(extra)
-        .env("MALL_ADMIN_TOKEN", token)
-        .env("MALL_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start mall serve");
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for(&format!("{base}/healthz"), "");
-    Server { child, base }
+    let admin = format!("127.0.0.1:{admin_port}");
+    let mut args = vec!["--admin-addr", admin.as_str()];
+    args.extend_from_slice(extra);
+    Server::start_as(data, token, &args)
+}
+
+/// A cash-on-delivery snap-up of one unit: the status.
+fn cod_order(server: &Server, token: &str, sku: u64) -> (u16, serde_json::Value) {
+    call(
+        &agent(),
+        "POST",
+        &server.url("/v1/orders"),
+        token,
+        Some(json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "1 Bund, Shanghai"})),
+        None,
+    )
+    .unwrap()
 }
 
 fn get(url: &str, token: &str) -> u16 {
@@ -45,7 +46,11 @@ fn issue9_3_a_restart_with_a_new_admin_token_revokes_the_old_one() {
     server.stop();
     let server = serve_with(dir.path(), new, 0, &[]);
     assert_eq!(get(&server.url("/v1/admin/merchants"), new), 200);
-    assert_eq!(get(&server.url("/v1/admin/merchants"), old), 401, "the rotated token must stop working");
+    assert_eq!(
+        get(&server.url("/v1/admin/merchants"), old),
+        401,
+        "the rotated token must stop working"
+    );
     server.stop();
 }
 
@@ -58,15 +63,7 @@ fn issue9_11_the_data_directory_is_private() {
     // Write something everywhere: an item and an order (shards), a payment.
     let sku = items(&server, 1, 5, 100)[0];
     let (_, token) = shoppers(&server, 1).remove(0);
-    let r = call(
-        &agent(),
-        "POST",
-        &server.url("/v1/orders"),
-        &token,
-        Some(json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "1 Bund, Shanghai"})),
-        None,
-    )
-    .unwrap();
+    let r = cod_order(&server, &token, sku);
     assert_eq!(r.0, 201, "{}", r.1);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700, "data directory");
@@ -75,14 +72,21 @@ fn issue9_11_the_data_directory_is_private() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         if name.contains(".db") || name == "admin-token" {
-            assert_eq!(mode(&path), 0o600, "{name} must be readable by its owner only");
+            assert_eq!(
+                mode(&path),
+                0o600,
+                "{name} must be readable by its owner only"
+            );
             files += 1;
         }
         if path.is_dir() {
             assert_eq!(mode(&path), 0o700, "{name}/");
         }
     }
-    assert!(files >= 4, "mall.db, shards, ledger and their WAL files: {files}");
+    assert!(
+        files >= 4,
+        "mall.db, shards, ledger and their WAL files: {files}"
+    );
     server.stop();
 }
 
@@ -102,7 +106,10 @@ fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue, // an answer (a 429 or a timeout reply); read on to the close
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 return false
             }
             Err(_) => return true,
@@ -145,7 +152,8 @@ fn issue9_2_one_client_cannot_exhaust_the_connections() {
     let mut refused = 0;
     let mut first_refusal = String::new();
     for s in flood.iter_mut().skip(64) {
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut text = String::new();
         let _ = s.read_to_string(&mut text);
         if text.contains("too_many_connections") {
@@ -157,23 +165,21 @@ fn issue9_2_one_client_cannot_exhaust_the_connections() {
     }
     // Places freed by the header-read timeout (1 s) while the flood was
     // still connecting go to later connections, so not all 236 are refused.
-    assert!(refused >= 100, "refused only {refused} of the 236 over the cap");
+    assert!(
+        refused >= 100,
+        "refused only {refused} of the 236 over the cap"
+    );
     assert!(first_refusal.starts_with("HTTP/1.1 429"), "{first_refusal}");
     // 2. Meanwhile another shopper's snap-up, and the operators' health.
     let t = Instant::now();
-    let r = call(
-        &agent(),
-        "POST",
-        &server.url("/v1/orders"),
-        &token,
-        Some(json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "1 Bund, Shanghai"})),
-        None,
-    )
-    .unwrap();
+    let r = cod_order(&server, &token, sku);
     let snap_up = t.elapsed();
     assert_eq!(r.0, 201, "{}", r.1);
     let t = Instant::now();
-    assert_eq!(get(&format!("http://127.0.0.1:{admin_port}/healthz"), ""), 200);
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{admin_port}/healthz"), ""),
+        200
+    );
     let health = t.elapsed();
     println!(
         "idle flood from 127.0.0.2: {} opened in {:?}, {refused} refused; snap-up from 127.0.0.1 in {snap_up:?}; /healthz on the operators' listener in {health:?}",
@@ -182,7 +188,15 @@ fn issue9_2_one_client_cannot_exhaust_the_connections() {
     );
     assert!(snap_up < Duration::from_secs(1) && health < Duration::from_secs(1));
     // The operators' listener serves no shopper routes.
-    let r = call(&agent(), "GET", &format!("http://127.0.0.1:{admin_port}/v1/orders"), &token, None, None).unwrap();
+    let r = call(
+        &agent(),
+        "GET",
+        &format!("http://127.0.0.1:{admin_port}/v1/orders"),
+        &token,
+        None,
+        None,
+    )
+    .unwrap();
     assert_eq!(r.0, 404, "{}", r.1);
 
     // 3. The kept connections never sent a request: closed by the idle
@@ -211,7 +225,10 @@ fn issue9_2_one_client_cannot_exhaust_the_connections() {
             break;
         }
     }
-    assert!(closed || closed_within(&mut slow, Duration::from_secs(3)), "slowloris kept its connection");
+    assert!(
+        closed || closed_within(&mut slow, Duration::from_secs(3)),
+        "slowloris kept its connection"
+    );
     let slowloris = t.elapsed();
     println!("a slowloris connection was closed after {slowloris:?} (header-read timeout 1 s)");
     assert!(slowloris < Duration::from_secs(6));
@@ -219,7 +236,8 @@ fn issue9_2_one_client_cannot_exhaust_the_connections() {
     // 5. A keep-alive connection that answered a request is closed when
     //    idle for 2 s; one in use is not cut off.
     let mut keep = connect_from([127, 0, 0, 4], to).unwrap();
-    keep.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    keep.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut buf = [0u8; 1024];
     keep.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let n = keep.read(&mut buf).unwrap();
@@ -228,7 +246,10 @@ fn issue9_2_one_client_cannot_exhaust_the_connections() {
     assert!(closed_within(&mut keep, Duration::from_secs(6)));
     let idle = t.elapsed();
     println!("an idle keep-alive connection was closed after {idle:?} (idle timeout 2 s)");
-    assert!(idle >= Duration::from_millis(1500), "closed too early: {idle:?}");
+    assert!(
+        idle >= Duration::from_millis(1500),
+        "closed too early: {idle:?}"
+    );
     // The places are free again: the same address connects and is served.
     assert_eq!(get(&server.url("/healthz"), ""), 200);
     server.stop();
@@ -253,7 +274,12 @@ fn issue9_4_a_login_flood_keeps_memory_bounded() {
         dir.path(),
         ADMIN,
         0,
-        &["--anonymous-rate-per-s", "1000000", "--anonymous-burst", "1000000"],
+        &[
+            "--anonymous-rate-per-s",
+            "1000000",
+            "--anonymous-burst",
+            "1000000",
+        ],
     );
     let pid = server.child.id();
     let before = rss_mib(pid);
@@ -284,10 +310,20 @@ fn issue9_4_a_login_flood_keeps_memory_bounded() {
         "400 failed logins (8 at a time) in {:?}: {outcomes:?}; resident memory {before:.1} MiB before, {after:.1} MiB after",
         started.elapsed()
     );
-    assert!(outcomes.keys().all(|s| *s == 401 || *s == 503), "{outcomes:?}");
-    assert!(outcomes.get(&401).copied().unwrap_or(0) >= 100, "{outcomes:?}");
+    assert!(
+        outcomes.keys().all(|s| *s == 401 || *s == 503),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get(&401).copied().unwrap_or(0) >= 100,
+        "{outcomes:?}"
+    );
     // One hashing thread holds one 19 MiB buffer; the rest is the server.
     assert!(after < 200.0, "resident memory grew to {after:.1} MiB");
-    assert!(after - before < 64.0, "resident memory grew by {:.1} MiB", after - before);
+    assert!(
+        after - before < 64.0,
+        "resident memory grew by {:.1} MiB",
+        after - before
+    );
     server.stop();
 }

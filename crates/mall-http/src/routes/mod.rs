@@ -14,20 +14,10 @@ use crate::AppState;
 use axum::routing::{get, post};
 use axum::Router;
 
+/// Every route: the shoppers' listener serves them all.
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(dashboard::page))
-        .route("/v1/dashboard", get(dashboard::current))
-        .route("/v1/dashboard/stream", get(dashboard::stream))
-        .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
-        .route("/v1/openapi.json", get(ops::openapi))
+    operators()
         .route("/v1/users", post(accounts::register))
-        .route("/v1/sessions", post(accounts::login))
-        .route(
-            "/v1/sessions/current",
-            axum::routing::delete(accounts::logout),
-        )
         .route("/v1/items", get(items::list))
         .route("/v1/items/{sku}", get(items::get_one))
         .route(
@@ -39,6 +29,38 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/orders", post(orders::create).get(orders::list_mine))
         .route("/v1/orders/{id}", get(orders::get_one))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/orders/{id}/payments", post(payments::pay))
+        .route("/v1/wallet", get(payments::wallet))
+        .route("/v1/wallet/top-ups", post(payments::top_up))
+        .route("/v1/wallet/statement", get(payments::statement))
+        .route("/v1/channels/{name}/callback", post(payments::callback))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+}
+
+/// The operators' listener (`--admin-addr`): health, metrics, the
+/// dashboard, logging in and out, and the admin routes. Shopper routes are
+/// not served there.
+pub fn admin_routes() -> Router<AppState> {
+    operators()
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+}
+
+/// What both listeners serve.
+fn operators() -> Router<AppState> {
+    Router::new()
+        .route("/", get(dashboard::page))
+        .route("/v1/dashboard", get(dashboard::current))
+        .route("/v1/dashboard/stream", get(dashboard::stream))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(ops::openapi))
+        .route("/v1/sessions", post(accounts::login))
+        .route(
+            "/v1/sessions/current",
+            axum::routing::delete(accounts::logout),
+        )
         .route("/v1/admin/users", post(accounts::admin_create_user))
         .route("/v1/admin/users/bulk", post(accounts::bulk_create))
         .route(
@@ -51,20 +73,13 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/v1/admin/items", post(items::create))
         .route("/v1/admin/items/{sku}", axum::routing::patch(items::update))
-        .route("/v1/orders/{id}/payments", post(payments::pay))
-        .route("/v1/orders/{id}/refunds", post(payments::refund))
-        .route("/v1/wallet", get(payments::wallet))
-        .route("/v1/wallet/top-ups", post(payments::top_up))
-        .route("/v1/wallet/statement", get(payments::statement))
-        .route("/v1/channels/{name}/callback", post(payments::callback))
         .route("/v1/admin/channels", get(payments::channels))
         .route("/v1/admin/orders/{id}/deliver", post(payments::deliver))
         .route(
             "/v1/admin/orders/{id}/cod-collected",
             post(payments::cod_collected),
         )
-        .fallback(ops::not_found)
-        .method_not_allowed_fallback(ops::method_not_allowed)
+        .route("/v1/orders/{id}/refunds", post(payments::refund))
 }
 
 /// One path segment as text. A segment that is not valid UTF-8 (`%FF`) is
@@ -109,44 +124,6 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
             )),
         }
     }
-}
-
-/// The operators' listener (`--admin-addr`): health, metrics, the
-/// dashboard, and the admin routes. Shopper routes are not served there.
-pub fn admin_routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(dashboard::page))
-        .route("/v1/dashboard", get(dashboard::current))
-        .route("/v1/dashboard/stream", get(dashboard::stream))
-        .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
-        .route("/v1/openapi.json", get(ops::openapi))
-        .route("/v1/sessions", post(accounts::login))
-        .route(
-            "/v1/sessions/current",
-            axum::routing::delete(accounts::logout),
-        )
-        .route("/v1/admin/users", post(accounts::admin_create_user))
-        .route("/v1/admin/users/bulk", post(accounts::bulk_create))
-        .route(
-            "/v1/admin/users/{id}/sessions",
-            axum::routing::delete(accounts::revoke_sessions),
-        )
-        .route(
-            "/v1/admin/merchants",
-            post(accounts::create_merchant).get(accounts::list_merchants),
-        )
-        .route("/v1/admin/items", post(items::create))
-        .route("/v1/admin/items/{sku}", axum::routing::patch(items::update))
-        .route("/v1/admin/channels", get(payments::channels))
-        .route("/v1/admin/orders/{id}/deliver", post(payments::deliver))
-        .route(
-            "/v1/admin/orders/{id}/cod-collected",
-            post(payments::cod_collected),
-        )
-        .route("/v1/orders/{id}/refunds", post(payments::refund))
-        .fallback(ops::not_found)
-        .method_not_allowed_fallback(ops::method_not_allowed)
 }
 
 /// Parses a numeric path segment with a clear error instead of axum's text.

@@ -48,13 +48,7 @@ impl Api {
         engine_config.inventory.hold_timeout_ms = 60_000;
         engine_config.runtime.tick_interval = std::time::Duration::from_millis(5);
         let engine = Arc::new(Engine::start(data, engine_config, dyn_clock.clone()).unwrap());
-        let state = mall_http::AppState::new(
-            engine,
-            accounts,
-            config,
-            dyn_clock,
-        )
-        .unwrap();
+        let state = mall_http::AppState::new(engine, accounts, config, dyn_clock).unwrap();
         assert_eq!(
             mall_http::bootstrap_admin(&state, Some(ADMIN), None).unwrap(),
             None

@@ -40,14 +40,24 @@ pub struct Server {
 impl Server {
     /// `mall serve` on a free port over `data`, with `extra` flags.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
+        Server::start_as(data, ADMIN, extra)
+    }
+
+    /// The same with `token` as the bootstrap admin token. The operators'
+    /// listener is on an ephemeral port unless `extra` names one.
+    pub fn start_as(data: &Path, token: &str, extra: &[&str]) -> Server {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_mall"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mall"));
+        command
             .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
-            .args(["--shards", "2", "--user-rate-per-s", "100000"])
-            .args(["--admin-addr", "127.0.0.1:0"])
+            .args(["--shards", "2", "--user-rate-per-s", "100000"]);
+        if !extra.contains(&"--admin-addr") {
+            command.args(["--admin-addr", "127.0.0.1:0"]);
+        }
+        let child = command
             .args(extra)
-            .env("MALL_ADMIN_TOKEN", ADMIN)
+            .env("MALL_ADMIN_TOKEN", token)
             .env("MALL_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
