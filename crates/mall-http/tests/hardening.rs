@@ -816,3 +816,79 @@ fn issue9_13_readme_lists_every_error_code() {
         "README's error table misses {missing:?}"
     );
 }
+
+/// Issue 10's audit failures: a payment answered 202, retried with the same
+/// key after the order was paid, must answer 200 paid (not
+/// `invalid_order_status`); a retried top-up must not top up twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue10_a_retried_payment_answers_how_it_ended_and_a_top_up_happens_once() {
+    // The answer leaves after 1 ms; the provider takes ~5 ms.
+    let (api, _sim) = Api::with_channel_and(Api::new(), 1).await;
+    let sku = api.item(5, 2, 0).await;
+    let u = api.shoppers(1, "retry").await;
+    let id = api.order(&u[0], sku, 1, None).await.body["id"]
+        .as_u64()
+        .unwrap();
+    let path = format!("/v1/orders/{id}/payments");
+    let pay = || {
+        api.call(
+            "POST",
+            &path,
+            Some(&u[0]),
+            Some(json!({"method": "third_party"})),
+            Some("pay-1"),
+        )
+    };
+    let first = pay().await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    // Wait until the order is paid.
+    for _ in 0..200 {
+        if status(&api, id).await == "paid" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(status(&api, id).await, "paid");
+    let again = pay().await;
+    assert_eq!(
+        (
+            again.status,
+            again.body["payment"]["status"].as_str(),
+            again.body["order"]["status"].as_str()
+        ),
+        (StatusCode::OK, Some("succeeded"), Some("paid")),
+        "{}",
+        again.body
+    );
+    // And from then on the same answer, replayed.
+    let third = pay().await;
+    assert_eq!((third.status, third.replayed), (StatusCode::OK, true));
+    // Another key is another payment: refused, nothing charged.
+    let other = api
+        .call(
+            "POST",
+            &path,
+            Some(&u[0]),
+            Some(json!({"method": "third_party"})),
+            Some("pay-2"),
+        )
+        .await;
+    assert_eq!(other.code(), "invalid_order_status");
+
+    let top_up = || {
+        api.call(
+            "POST",
+            "/v1/wallet/top-ups",
+            Some(&u[0]),
+            Some(json!({"amount_fen": 1000, "method": "third_party"})),
+            Some("top-1"),
+        )
+    };
+    let first = top_up().await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let again = top_up().await;
+    assert!(again.status.is_success(), "{}", again.body);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(balance(&api, &u[0]).await, 1000, "one top-up, not two");
+}

@@ -78,10 +78,12 @@ pub struct PaymentsConfig {
     pub provider_timeout_ms: u64,
     /// Channels tried per payment, at most.
     pub tries_max: usize,
-    /// Payments the mall works on at once, at most; more wait their turn
-    /// (first come, first served). Order placement comes first on a night
-    /// like 11.11: a payment has the whole hold to happen, a snap-up has
-    /// milliseconds.
+    /// Payments being *started* at once (reading the order, reserving the
+    /// money in the ledger, handing the try to the router), at most; more
+    /// wait their turn, first come, first served. A payment waiting for its
+    /// provider holds no turn: how many are with providers is bounded by
+    /// the router (each channel's capacity and concurrency, and its queue
+    /// with deadlines), not by this.
     pub in_process_max: usize,
     /// How long tries given up are watched: their provider is asked now and
     /// then whether it charged after all (a callback may never come), and a
@@ -716,14 +718,19 @@ impl Payments {
         order: OrderId,
         method: Method,
     ) -> Result<(PaymentView, Order), PayError> {
-        let _turn = self
+        // A turn covers the work of starting a payment (reads, the ledger,
+        // the router), not the wait for the provider: a payment waiting for
+        // its callback costs a waiter's memory, nothing more.
+        let turn = self
             .shared
             .admission
             .acquire()
             .await
             .map_err(|_| PayError::Unavailable)?;
         let read = self.stored_order(order).await?;
-        let view = self.pay_read(user, order, method, read.as_ref()).await?;
+        let view = self
+            .pay_read(user, order, method, read.as_ref(), turn)
+            .await?;
         let mut o = read.expect("a paid order was read");
         if view.status == PayStatus::Succeeded {
             o.status = OrderStatus::Paid;
@@ -739,6 +746,7 @@ impl Payments {
         order: OrderId,
         method: Method,
         o: Option<&Order>,
+        turn: tokio::sync::SemaphorePermit<'_>,
     ) -> Result<PaymentView, PayError> {
         let o = o.filter(|o| o.user == user).ok_or(PayError::UnknownOrder)?;
         match (o.status, o.payment) {
@@ -757,7 +765,7 @@ impl Payments {
                 self.pay_from_wallet(user, o, amount).await
             }
             _ => {
-                self.pay_through_channel(purpose, user, amount, method)
+                self.pay_through_channel(purpose, user, amount, method, turn)
                     .await
             }
         }
@@ -910,6 +918,7 @@ impl Payments {
         user: UserId,
         amount: u64,
         method: Method,
+        turn: tokio::sync::SemaphorePermit<'_>,
     ) -> Result<PaymentView, PayError> {
         let pm = method.channel_method().expect("a channel method");
         let supported = self
@@ -956,6 +965,7 @@ impl Payments {
             }
             rx
         };
+        drop(turn);
         let waited =
             tokio::time::timeout(Duration::from_millis(self.shared.config.wait_ms), rx).await;
         let (attempt, channel) = {
@@ -1658,7 +1668,13 @@ impl Payments {
         if method == Method::Wallet {
             return Err(PayError::NoChannel("wallet"));
         }
-        self.pay_through_channel(Purpose::TopUp(random_id()), user, amount, method)
+        let turn = self
+            .shared
+            .admission
+            .acquire()
+            .await
+            .map_err(|_| PayError::Unavailable)?;
+        self.pay_through_channel(Purpose::TopUp(random_id()), user, amount, method, turn)
             .await
     }
 

@@ -44,11 +44,13 @@ struct Known {
     uncertain: bool,
 }
 
-/// Answers that say nothing about whether the request was applied.
+/// Answers that say nothing about whether the request was applied: no
+/// answer, or "the same request is still running" (asked again until the
+/// run's end and still running).
 fn indefinite(code: &str) -> bool {
     matches!(
         code,
-        "timeout" | "transport_error" | "unanswered" | "store_unavailable"
+        "timeout" | "transport_error" | "unanswered" | "store_unavailable" | "request_in_progress"
     ) || code.starts_with("http_5")
 }
 

@@ -1,5 +1,10 @@
 //! A small HTTP/1.1 client over hyper: one keep-alive connection per worker,
 //! reconnected on error. Only loopback targets unless told otherwise.
+//!
+//! Against a loopback target, connections come from many 127.0.0.0/8
+//! source addresses (eight per address), as a night's shoppers come from
+//! many addresses: the server's per-address connection cap sees a crowd,
+//! not one client.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -63,15 +68,49 @@ impl Target {
 /// One keep-alive connection.
 pub struct Conn {
     target: Target,
+    /// The local address it connects from (loopback targets), kept across
+    /// reconnects.
+    source: Option<std::net::IpAddr>,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
+/// Connections made so far in this process, to spread their sources.
+static CONNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Connections per source address.
+const CONNS_PER_SOURCE: u32 = 8;
+
 impl Conn {
     pub fn new(target: Target) -> Conn {
+        let source = match target.addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_loopback() => {
+                let n = CONNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) / CONNS_PER_SOURCE;
+                // 127.1.x.y: never the server's own 127.0.0.1.
+                Some(std::net::IpAddr::from([
+                    127,
+                    1,
+                    (n / 250 % 250) as u8,
+                    (n % 250 + 1) as u8,
+                ]))
+            }
+            _ => None,
+        };
         Conn {
             target,
+            source,
             sender: None,
         }
+    }
+
+    async fn open(&self) -> std::io::Result<tokio::net::TcpStream> {
+        if let Some(source) = self.source {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            // A machine without the whole 127/8 on loopback: plain connect.
+            if socket.bind(SocketAddr::new(source, 0)).is_ok() {
+                return socket.connect(self.target.addr).await;
+            }
+        }
+        tokio::net::TcpStream::connect(self.target.addr).await
     }
 
     /// Opens the connection now (clients keep theirs open before a sale).
@@ -81,7 +120,8 @@ impl Conn {
 
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, HttpError> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(self.target.addr)
+            let stream = self
+                .open()
                 .await
                 .map_err(|e| HttpError::Connect(self.target.addr, e))?;
             let _ = stream.set_nodelay(true);

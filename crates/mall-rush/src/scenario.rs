@@ -44,8 +44,9 @@ pub struct Scenario {
     /// Share of online orders paid late: after their hold expired (only
     /// when the server's hold timeout ends within the run).
     pub late_pay_share: f64,
-    /// How shoppers pay online orders: `third_party`, `card` or `wallet`
-    /// (wallets must be topped up first).
+    /// How shoppers pay online orders: `third_party`, `card`, `wallet`
+    /// (wallets must be topped up first), or `mixed` (a quarter by card,
+    /// the rest third party, as the night's channels are sized).
     #[serde(default = "default_pay_method")]
     pub pay_method: String,
     /// Connections to the server (keep-alive, reused) for browsing and
@@ -126,6 +127,9 @@ impl Scenario {
             if !share(x) {
                 return Err(ScenarioError::Invalid(format!("{name} must be 0 to 1")));
             }
+        }
+        if !["third_party", "card", "wallet", "mixed"].contains(&self.pay_method.as_str()) {
+            return bad("pay_method must be third_party, card, wallet or mixed");
         }
         if self.cancel_share + self.pay_share + self.late_pay_share > 1.0 {
             return bad("cancel_share + pay_share + late_pay_share must be at most 1");

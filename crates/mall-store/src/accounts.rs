@@ -323,7 +323,11 @@ impl Accounts {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT OR IGNORE INTO idempotency (user_id, key, fingerprint, status, body, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            // A final answer replaces a stored 202 (an outcome that was
+            // still open); a final answer is never replaced.
+            "INSERT INTO idempotency (user_id, key, fingerprint, status, body, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (user_id, key) DO UPDATE SET status = excluded.status, body = excluded.body
+             WHERE idempotency.status = 202 AND idempotency.fingerprint = excluded.fingerprint",
             params![user.0 as i64, key, response.fingerprint as i64, response.status, response.body, now.0],
         )?;
         Ok(())

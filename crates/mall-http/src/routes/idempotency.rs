@@ -41,6 +41,7 @@ pub fn replayed_header(response: &mut Response) {
 /// Runs `action` at most once per `(owner, key)`. Responses with 5xx or 429
 /// are not stored: those are worth retrying for real. `redact` removes
 /// secrets from the body before it is stored (a replay shows the rest).
+/// A 202 (an outcome still open) is stored too and replayed as it was.
 pub async fn run<F, Fut>(
     state: &AppState,
     owner: UserId,
@@ -53,10 +54,46 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ApiResult<(StatusCode, serde_json::Value)>>,
 {
+    run_with(
+        state,
+        owner,
+        key,
+        fingerprint,
+        redact,
+        Pending::Replay,
+        action,
+    )
+    .await
+}
+
+/// What a retry meets when the first answer was 202 (still open).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// The stored 202 is the answer (e.g. a top-up: never start another).
+    Replay,
+    /// The action runs again to see how it ended (a payment of an order:
+    /// the order says), and its final answer replaces the 202.
+    Resume,
+}
+
+/// [`run`], choosing what a stored 202 means.
+pub async fn run_with<F, Fut>(
+    state: &AppState,
+    owner: UserId,
+    key: Option<String>,
+    fingerprint: u64,
+    redact: fn(&mut serde_json::Value),
+    pending: Pending,
+    action: F,
+) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ApiResult<(StatusCode, serde_json::Value)>>,
+{
     let Some(key) = key else {
         return into_response(action().await);
     };
-    if let Some(replay) = replay(state, owner, &key, fingerprint).await {
+    if let Some(replay) = replay(state, owner, &key, fingerprint, pending).await {
         return replay;
     }
     let Some(_slot) = InFlight::take(state, owner, &key) else {
@@ -68,13 +105,11 @@ where
     };
     // A request with the same key may have finished between the first look
     // and taking the slot.
-    if let Some(replay) = replay(state, owner, &key, fingerprint).await {
+    if let Some(replay) = replay(state, owner, &key, fingerprint, pending).await {
         return replay;
     }
     let outcome = action().await;
     let to_store = match &outcome {
-        // 202: the outcome was still open; a retry should see how it ended.
-        Ok((status, _)) if *status == StatusCode::ACCEPTED => None,
         Ok((status, body)) => Some((*status, body.clone())),
         Err(e) if e.status.is_client_error() && e.status != StatusCode::TOO_MANY_REQUESTS => {
             let body = serde_json::json!({"error": {"code": e.code, "message": e.message}});
@@ -124,7 +159,13 @@ pub fn keep(_: &mut serde_json::Value) {}
 
 /// The stored first response to `key`, as a replay; a 422 if the key was
 /// used for another request.
-async fn replay(state: &AppState, owner: UserId, key: &str, fingerprint: u64) -> Option<Response> {
+async fn replay(
+    state: &AppState,
+    owner: UserId,
+    key: &str,
+    fingerprint: u64,
+    pending: Pending,
+) -> Option<Response> {
     let lookup = {
         let (accounts, key) = (state.accounts.clone(), key.to_string());
         super::blocking(move || accounts.stored_response(owner, &key)).await
@@ -134,6 +175,7 @@ async fn replay(state: &AppState, owner: UserId, key: &str, fingerprint: u64) ->
         Ok(Some(stored)) if stored.fingerprint != fingerprint => {
             Some(ApiError::from_refusal(&mall_core::Refusal::IdempotencyKeyReused).into_response())
         }
+        Ok(Some(stored)) if stored.status == 202 && pending == Pending::Resume => None,
         Ok(Some(stored)) => {
             let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
             let body: serde_json::Value =

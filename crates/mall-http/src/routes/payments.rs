@@ -116,24 +116,65 @@ pub async fn pay(
     let method = parse_method(&body.method)?;
     let key = idempotency::key_from(&headers)?;
     let fp = mall_core::fingerprint(&[b"pay", &id.0.to_le_bytes(), body.method.as_bytes()]);
-    Ok(idempotency::run(
+    // A retry of a payment first answered 202: the same payment, whose
+    // outcome the order now shows. An answer never contradicts it.
+    let first = match &key {
+        Some(k) => idempotency::stored(&state, principal.user, k)
+            .await?
+            .filter(|s| s.status == 202 && s.fingerprint == fp),
+        None => None,
+    };
+    Ok(idempotency::run_with(
         &state,
         principal.user,
         key,
         fp,
         idempotency::keep,
+        idempotency::Pending::Resume,
         || async {
-            let (view, order) = payments(&state)?.pay(principal.user, id, method).await?;
-            super::json_answer(
-                http_status(&view),
-                &PaymentAnswer {
-                    payment: PaymentInfo::from(&view),
-                    order: OrderView::from(&order),
-                },
-            )
+            match payments(&state)?.pay(principal.user, id, method).await {
+                Ok((view, order)) => super::json_answer(
+                    http_status(&view),
+                    &PaymentAnswer {
+                        payment: PaymentInfo::from(&view),
+                        order: OrderView::from(&order),
+                    },
+                ),
+                Err(PayError::NotPayable(_)) if first.is_some() => {
+                    resumed_answer(&state, id, first.as_ref()).await
+                }
+                Err(e) => Err(e.into()),
+            }
         },
     )
     .await)
+}
+
+/// The answer to a retried payment whose first answer was 202 and whose
+/// order has moved on since: paid (200, the payment succeeded), or what
+/// the order is now.
+async fn resumed_answer(
+    state: &AppState,
+    id: OrderId,
+    first: Option<&mall_store::StoredResponse>,
+) -> ApiResult<(StatusCode, serde_json::Value)> {
+    let order = super::orders::stored_order(state, id)
+        .await?
+        .ok_or_else(|| ApiError::from(PayError::UnknownOrder))?;
+    if !matches!(
+        order.status,
+        mall_core::OrderStatus::Paid | mall_core::OrderStatus::Delivered
+    ) {
+        return Err(PayError::NotPayable(order.status.as_str()).into());
+    }
+    let mut payment: serde_json::Value = first
+        .and_then(|f| serde_json::from_str::<serde_json::Value>(&f.body).ok())
+        .map(|b| b["payment"].clone())
+        .unwrap_or_default();
+    payment["status"] = "succeeded".into();
+    let mut body = serde_json::json!({ "order": OrderView::from(&order) });
+    body["payment"] = payment;
+    Ok((StatusCode::OK, body))
 }
 
 #[derive(Deserialize, ToSchema)]

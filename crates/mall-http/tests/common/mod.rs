@@ -64,11 +64,12 @@ impl Api {
     /// With one simulated payment channel ("sim", third party) in this
     /// process, and the API also on a real loopback port for its callbacks.
     pub async fn with_channel() -> (Api, mall_channels::Simulator) {
-        Api::with_channel_and(Api::new()).await
+        Api::with_channel_and(Api::new(), 5_000).await
     }
 
-    /// `api` with the simulated channel (see [`Api::with_channel`]).
-    pub async fn with_channel_and(api: Api) -> (Api, mall_channels::Simulator) {
+    /// `api` with the simulated channel (see [`Api::with_channel`]); a
+    /// payment request waits `wait_ms` for its outcome before answering 202.
+    pub async fn with_channel_and(api: Api, wait_ms: u64) -> (Api, mall_channels::Simulator) {
         let file = mall_channels::config::parse(
             "[[channel]]\nname = \"sim\"\nport = 0\nsecret = \"sim-secret-0123456789\"\n\
              methods = [\"third_party\"]\ncapacity_per_s = 1000\nmax_concurrency = 100\n\
@@ -92,6 +93,7 @@ impl Api {
                 priority: 0,
             }],
             callback_base: format!("http://{addr}"),
+            wait_ms,
             ..Default::default()
         };
         api.state.attach_payments(config).await.unwrap();
