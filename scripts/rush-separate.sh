@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 SCENARIO=${1:?usage: scripts/rush-separate.sh SCENARIO [serve flags...]}
 shift
 BIN=${MALL_BIN:-target/release/mall}
+SERVE_BIN=${SERVE_BIN:-$BIN} # another build of the server, for a before/after
 CHANNELS=crates/mall-channels/channels.example.toml
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mall-rush-separate.XXXXXX")
 TOKEN=rush-separate-admin-token-0123456789abcdef
@@ -23,7 +24,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  [ -n "${KEEP:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 cpu() { # seconds of CPU a process used so far
@@ -31,8 +32,8 @@ cpu() { # seconds of CPU a process used so far
 }
 MALL_LOG=error "$BIN" channels --config "$CHANNELS" >"$WORK/channels.log" 2>&1 &
 PIDS+=($!); CH=$!
-MALL_ADMIN_TOKEN=$TOKEN MALL_LOG=error "$BIN" serve --addr "127.0.0.1:$PORT" --admin-addr 127.0.0.1:0 \
-  --data "$WORK/data" --channels "$CHANNELS" --user-rate-per-s 1000000 --user-burst 1000000 "$@" \
+MALL_ADMIN_TOKEN=$TOKEN MALL_LOG=error "$SERVE_BIN" serve --addr "127.0.0.1:$PORT" \
+  --data "$WORK/data" --channels "$CHANNELS" --user-rate-per-s 1000000 "$@" \
   >"$WORK/serve.log" 2>&1 &
 PIDS+=($!); SV=$!
 for _ in $(seq 100); do

@@ -892,3 +892,46 @@ async fn issue10_a_retried_payment_answers_how_it_ended_and_a_top_up_happens_onc
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(balance(&api, &u[0]).await, 1000, "one top-up, not two");
 }
+
+/// Issue 10's audit failures, the root cause: a client that hangs up (its
+/// own timeout) must not cut the payment request off before its answer is
+/// stored, or the retry finds a paid order and no answer to replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue10_a_payment_whose_client_hung_up_answers_its_retry_with_the_outcome() {
+    let (api, _sim) = Api::with_channel().await;
+    let sku = api.item(5, 2, 0).await;
+    let u = api.shoppers(1, "hangup").await;
+    let id = api.order(&u[0], sku, 1, None).await.body["id"]
+        .as_u64()
+        .unwrap();
+    let path = format!("/v1/orders/{id}/payments");
+    let pay = || {
+        api.call(
+            "POST",
+            &path,
+            Some(&u[0]),
+            Some(json!({"method": "third_party"})),
+            Some("k"),
+        )
+    };
+    // The client gives up after 1 ms; the provider takes ~5 ms.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(1), pay())
+            .await
+            .is_err()
+    );
+    for _ in 0..200 {
+        if status(&api, id).await == "paid" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let again = pay().await;
+    assert_eq!(
+        (again.status, again.body["order"]["status"].as_str()),
+        (StatusCode::OK, Some("paid")),
+        "{}",
+        again.body
+    );
+}

@@ -53,13 +53,14 @@
 //! outcomes of attempts sent in the current breaker period move the
 //! breaker (a late success of an attempt sent before the trip is no probe).
 //!
-//! The queue: one FIFO per method, in submission order, one deadline per
-//! entry. While a method has entries queued, a new attempt of that method
-//! queues behind them (no overtaking). The release takes the oldest entry
-//! (over all methods) that a channel free now may serve; an entry none of
-//! the free channels may serve (its method, or all of them in its
-//! `exclude`) is passed over, looking at most [`QUEUE_SCAN_MAX`] entries
-//! deep per method.
+//! The queue: one FIFO per (method, `exclude` set), in submission order,
+//! one deadline per entry, so an entry waits only behind entries that want
+//! the same channels: a retry that may only go to a channel whose breaker
+//! is open never holds back attempts another channel could take now (the
+//! head-of-line blocking that once stalled the night's payments). While a
+//! method has entries queued, a new attempt of that method is queued too
+//! (no overtaking at submission). The release takes, over all queues, the
+//! oldest head that a channel free now may serve.
 //!
 //! Architecture invariants (asserted at the end of every `poll`, and the
 //! per-channel ones at every dispatch):
@@ -88,9 +89,6 @@ pub const CONCURRENCY_MAX: u32 = 100_000;
 pub const QUEUE_MAX_MAX: usize = 1_000_000;
 /// The health window is cut into this many buckets.
 pub const WINDOW_BUCKETS: usize = 10;
-/// How deep the release looks into a method's queue for an entry that a
-/// free channel may serve (entries blocked by their `exclude`).
-pub const QUEUE_SCAN_MAX: usize = 32;
 /// Latency histogram bins: two per power of two of microseconds, the last
 /// one open-ended (from 2^23.5 µs ≈ 11.9 s).
 const LATENCY_BINS: usize = 48;
@@ -98,7 +96,6 @@ const SECOND_US: i64 = 1_000_000;
 const NIL: u32 = u32::MAX;
 
 const _: () = assert!(CHANNELS_MAX <= u64::BITS as usize);
-const _: () = assert!(QUEUE_SCAN_MAX >= 1);
 // Slot indices are u32 with NIL reserved.
 const _: () = assert!((CHANNELS_MAX as u64) * (CONCURRENCY_MAX as u64) < NIL as u64);
 
@@ -598,14 +595,19 @@ struct Slot {
     next: u32,
 }
 
+/// The attempts of one method that may go to the same channels.
+struct SubQueue {
+    method: usize,
+    exclude: u64,
+    entries: VecDeque<QueueEntry>,
+}
+
 #[derive(Clone, Copy)]
 struct QueueEntry {
     attempt: AttemptId,
     /// Submission order over all methods.
     seq: u64,
     expires_at_us: i64,
-    /// Channels this attempt may not go to.
-    exclude: u64,
 }
 
 pub struct Router {
@@ -627,7 +629,9 @@ pub struct Router {
     newest: u32,
     /// Per method: the FIFO of waiting attempts, in `seq` (and so deadline)
     /// order. Together ≤ `queue_max` entries (each reserved to it).
-    queues: [VecDeque<QueueEntry>; PayMethod::ALL.len()],
+    /// The waiting attempts, one FIFO per (method, exclude set); never an
+    /// empty one, so there are at most `queue_len` of them.
+    queues: Vec<SubQueue>,
     queue_len: usize,
     next_seq: u64,
     /// The latest time seen.
@@ -687,7 +691,7 @@ impl Router {
                 }
             })
             .collect();
-        let queues = std::array::from_fn(|_| VecDeque::with_capacity(config.queue_max));
+        let queues = Vec::new();
         let all_mask = u64::MAX
             .checked_shr(CHANNELS_MAX as u32 - channels.len() as u32)
             .unwrap_or(0);
@@ -732,8 +736,12 @@ impl Router {
         if serving == 0 {
             return Decision::Refused(RouteRefusal::NoChannelForMethod);
         }
-        let queue = &self.queues[method.index()];
-        if queue.is_empty() {
+        let m = method.index();
+        // No overtaking: with anything of its method queued, it queues too
+        // (and the release, in this same poll, may send it at once on its
+        // own FIFO).
+        let behind = self.queues.iter().any(|q| q.method == m);
+        if !behind {
             let candidates = self.free_mask(serving, now);
             if candidates != 0 {
                 let channel = self.pick(candidates);
@@ -748,10 +756,20 @@ impl Router {
             attempt,
             seq: self.next_seq,
             expires_at_us: now.saturating_add(self.config.queue_deadline_us),
-            exclude,
         };
         self.next_seq += 1;
-        self.queues[method.index()].push_back(entry);
+        match self
+            .queues
+            .iter_mut()
+            .find(|q| q.method == m && q.exclude == exclude)
+        {
+            Some(q) => q.entries.push_back(entry),
+            None => self.queues.push(SubQueue {
+                method: m,
+                exclude,
+                entries: VecDeque::from([entry]),
+            }),
+        }
         self.queue_len += 1;
         self.active.insert(attempt, Active::Queued);
         self.release_due = true;
@@ -799,10 +817,10 @@ impl Router {
         }
         if self.queue_len > 0 {
             let mut serving = 0;
-            for (m, q) in self.queues.iter().enumerate() {
-                if let Some(head) = q.front() {
+            for q in &self.queues {
+                if let Some(head) = q.entries.front() {
                     at(head.expires_at_us);
-                    serving |= self.method_mask[m];
+                    serving |= self.method_mask[q.method] & !q.exclude;
                 }
             }
             if self.release_due {
@@ -1118,17 +1136,18 @@ impl Router {
 
     fn expire(&mut self, now: i64, events: &mut Vec<Event>) {
         for q in &mut self.queues {
-            while let Some(head) = q.front() {
+            while let Some(head) = q.entries.front() {
                 if head.expires_at_us > now {
                     break;
                 }
                 let attempt = head.attempt;
-                q.pop_front();
+                q.entries.pop_front();
                 self.queue_len -= 1;
                 self.active.remove(&attempt);
                 events.push(Event::QueueExpired { attempt });
             }
         }
+        self.queues.retain(|q| !q.entries.is_empty());
     }
 
     /// Releases queued attempts, oldest first, while a free channel may
@@ -1139,30 +1158,27 @@ impl Router {
             if free == 0 {
                 break;
             }
-            // (seq, method, position, candidate channels)
-            let mut best: Option<(u64, usize, usize, u64)> = None;
-            for (m, q) in self.queues.iter().enumerate() {
-                let serving = free & self.method_mask[m];
-                if serving == 0 {
+            // The oldest head a free channel may serve: (seq, queue, candidates).
+            let mut best: Option<(u64, usize, u64)> = None;
+            for (i, q) in self.queues.iter().enumerate() {
+                let serving = free & self.method_mask[q.method] & !q.exclude;
+                let Some(head) = q.entries.front() else {
                     continue;
-                }
-                let found = q
-                    .iter()
-                    .take(QUEUE_SCAN_MAX)
-                    .enumerate()
-                    .find(|(_, e)| serving & !e.exclude != 0);
-                if let Some((position, e)) = found {
-                    if best.is_none_or(|b| e.seq < b.0) {
-                        best = Some((e.seq, m, position, serving & !e.exclude));
-                    }
+                };
+                if serving != 0 && best.is_none_or(|b| head.seq < b.0) {
+                    best = Some((head.seq, i, serving));
                 }
             }
-            let Some((_, m, position, candidates)) = best else {
+            let Some((_, i, candidates)) = best else {
                 break;
             };
-            let entry = self.queues[m]
-                .remove(position)
-                .expect("the position was just found");
+            let entry = self.queues[i]
+                .entries
+                .pop_front()
+                .expect("the head was just found");
+            if self.queues[i].entries.is_empty() {
+                self.queues.swap_remove(i);
+            }
             self.queue_len -= 1;
             let channel = self.pick(candidates);
             self.dispatch(channel, entry.attempt, now);
@@ -1177,8 +1193,10 @@ impl Router {
     fn check_invariants(&self) {
         let in_flight: usize = self.channels.iter().map(|c| c.in_flight as usize).sum();
         assert_eq!(in_flight, self.in_flight());
-        let queued: usize = self.queues.iter().map(VecDeque::len).sum();
+        let queued: usize = self.queues.iter().map(|q| q.entries.len()).sum();
         assert_eq!(queued, self.queue_len);
+        assert!(self.queues.iter().all(|q| !q.entries.is_empty()));
+        assert!(self.queues.len() <= self.queue_len);
         assert!(self.queue_len <= self.config.queue_max);
         assert_eq!(self.active.len(), self.queue_len + in_flight);
         for c in &self.channels {

@@ -1176,3 +1176,57 @@ fn print_status(status: &[ChannelStatus]) {
         eprintln!("{s:?}");
     }
 }
+
+/// Retries that may only go to a channel whose breaker is open wait for it
+/// on their own FIFO: they never hold back attempts another channel can
+/// take now. (With one FIFO per method and a bounded look-ahead, 40 such
+/// retries at the head stalled every payment behind them until their
+/// deadlines: the night's payments collapsed that way.)
+#[test]
+fn retries_waiting_for_an_open_channel_never_block_the_queue() {
+    let mut r = Router::new(
+        vec![channel("a", 10_000, 1_000), channel("b", 10_000, 1_000)],
+        RouterConfig::default(),
+        0,
+    );
+    let mut events = Vec::new();
+    // b fails five times in a row: its breaker opens.
+    for i in 0..5u64 {
+        assert_eq!(
+            r.submit(AttemptId(i), PayMethod::ThirdParty, &[0], i as i64),
+            Decision::Dispatch { channel: 1 }
+        );
+        assert!(r.complete(AttemptId(i), Outcome::Failed, i as i64 + 1));
+    }
+    r.poll(10, &mut events);
+    assert_eq!(r.channels()[1].circuit, Circuit::Open);
+    // 40 retries that already failed on a: only b may take them.
+    for i in 100..140u64 {
+        assert_eq!(
+            r.submit(AttemptId(i), PayMethod::ThirdParty, &[0], 20),
+            Decision::Queued
+        );
+    }
+    // Fresh attempts queue behind them (no overtaking at submission), but
+    // the release sends them to a at once.
+    for i in 200..300u64 {
+        r.submit(AttemptId(i), PayMethod::ThirdParty, &[], 30);
+    }
+    r.poll(31, &mut events);
+    let sent: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Dispatch { attempt, channel } => {
+                assert_eq!(*channel, 0, "only a is free");
+                Some(attempt.0)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        (200..300).collect::<Vec<_>>(),
+        "oldest first, none blocked"
+    );
+    assert_eq!(r.queue_depth(), 40, "the retries wait for b");
+}

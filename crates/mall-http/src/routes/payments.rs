@@ -116,38 +116,59 @@ pub async fn pay(
     let method = parse_method(&body.method)?;
     let key = idempotency::key_from(&headers)?;
     let fp = mall_core::fingerprint(&[b"pay", &id.0.to_le_bytes(), body.method.as_bytes()]);
-    // A retry of a payment first answered 202: the same payment, whose
-    // outcome the order now shows. An answer never contradicts it.
-    let first = match &key {
-        Some(k) => idempotency::stored(&state, principal.user, k)
-            .await?
-            .filter(|s| s.status == 202 && s.fingerprint == fp),
-        None => None,
-    };
-    Ok(idempotency::run_with(
-        &state,
-        principal.user,
-        key,
-        fp,
-        idempotency::keep,
-        idempotency::Pending::Resume,
-        || async {
-            match payments(&state)?.pay(principal.user, id, method).await {
-                Ok((view, order)) => super::json_answer(
-                    http_status(&view),
-                    &PaymentAnswer {
-                        payment: PaymentInfo::from(&view),
-                        order: OrderView::from(&order),
-                    },
-                ),
-                Err(PayError::NotPayable(_)) if first.is_some() => {
-                    resumed_answer(&state, id, first.as_ref()).await
+    // Run to completion even if the client goes away: the payment goes on
+    // without it, and its answer must be stored for the retry to find.
+    to_completion(async move {
+        idempotency::run_with(
+            &state,
+            principal.user,
+            key.clone(),
+            fp,
+            idempotency::keep,
+            idempotency::Pending::Resume,
+            || async {
+                match payments(&state)?.pay(principal.user, id, method).await {
+                    Ok((view, order)) => super::json_answer(
+                        http_status(&view),
+                        &PaymentAnswer {
+                            payment: PaymentInfo::from(&view),
+                            order: OrderView::from(&order),
+                        },
+                    ),
+                    Err(PayError::NotPayable(status)) => {
+                        // A retry of a payment first answered 202 (read here,
+                        // under the key's slot, so the first answer is stored
+                        // by now): the same payment, whose outcome the order
+                        // shows. An answer never contradicts it.
+                        let first = match &key {
+                            Some(k) => idempotency::stored(&state, principal.user, k)
+                                .await?
+                                .filter(|s| s.status == 202 && s.fingerprint == fp),
+                            None => None,
+                        };
+                        match first {
+                            Some(first) => resumed_answer(&state, id, Some(&first)).await,
+                            None => Err(PayError::NotPayable(status).into()),
+                        }
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                Err(e) => Err(e.into()),
-            }
-        },
-    )
-    .await)
+            },
+        )
+        .await
+    })
+    .await
+}
+
+/// Runs a request's work in its own task, so that a client that hangs up
+/// (a timeout, a dropped connection) never cuts it off half-way: what it
+/// started finishes, and its answer is stored for the retry.
+async fn to_completion(
+    work: impl std::future::Future<Output = Response> + Send + 'static,
+) -> Result<Response, ApiError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ApiError::internal("request task", e))
 }
 
 /// The answer to a retried payment whose first answer was 202 and whose
@@ -228,26 +249,29 @@ pub async fn top_up(
         .map_err(|_| ApiError::invalid("amount_fen must be positive"))?;
     let key = idempotency::key_from(&headers)?;
     let fp = mall_core::fingerprint(&[b"top-up", &amount.to_le_bytes(), body.method.as_bytes()]);
-    Ok(idempotency::run(
-        &state,
-        principal.user,
-        key,
-        fp,
-        idempotency::keep,
-        || async {
-            let view = payments(&state)?
-                .top_up(principal.user, amount, method)
-                .await?;
-            super::json_answer(
-                http_status(&view),
-                &TopUpAnswer {
-                    payment: PaymentInfo::from(&view),
-                    wallet: wallet_answer(&state, &principal).await?,
-                },
-            )
-        },
-    )
-    .await)
+    to_completion(async move {
+        idempotency::run(
+            &state,
+            principal.user,
+            key,
+            fp,
+            idempotency::keep,
+            || async {
+                let view = payments(&state)?
+                    .top_up(principal.user, amount, method)
+                    .await?;
+                super::json_answer(
+                    http_status(&view),
+                    &TopUpAnswer {
+                        payment: PaymentInfo::from(&view),
+                        wallet: wallet_answer(&state, &principal).await?,
+                    },
+                )
+            },
+        )
+        .await
+    })
+    .await
 }
 
 /// Your wallet's balance.
