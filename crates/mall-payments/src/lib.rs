@@ -1475,11 +1475,10 @@ impl Payments {
             signature_header.map(str::to_string),
             body.to_vec(),
         );
-        let result = spawn(async move {
-            me.callback_inner(&name, signature.as_deref(), &body).await
-        })
-        .await
-        .unwrap_or(Err(PayError::Unavailable));
+        let result =
+            spawn(async move { me.callback_inner(&name, signature.as_deref(), &body).await })
+                .await
+                .unwrap_or(Err(PayError::Unavailable));
         if matches!(
             result,
             Err(PayError::Signature(_)
