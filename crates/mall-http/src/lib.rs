@@ -338,13 +338,16 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-/// Every answer: `X-Content-Type-Options: nosniff`, and pages may not be
-/// framed. Every error is JSON: an error that left a handler or extractor
+/// The edge of every request: it is marked in flight on its connection
+/// while it runs (so connection deadlines never cut it off); every answer
+/// gets `X-Content-Type-Options: nosniff`, and pages may not be framed. Every error is JSON: an error that left a handler or extractor
 /// as text (none should) is rewritten into the error shape, with a code
 /// named after its status, so a client never has to parse text.
 async fn harden(request: Request, next: Next) -> Response {
     use axum::http::{header, HeaderValue};
+    let in_flight = listener::in_flight(&request);
     let mut response = next.run(request).await;
+    drop(in_flight);
     let status = response.status();
     let is_json = response
         .headers()
@@ -395,7 +398,6 @@ fn layered(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(axum::middleware::from_fn(harden))
-        .layer(axum::middleware::from_fn(listener::track_connection))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.body_bytes_max,
         ))

@@ -12,15 +12,16 @@
 //! - A connection with no request in flight (new, or kept alive) is closed
 //!   after `idle_timeout` without traffic.
 //!
-//! The timeouts live in the stream ([`LimitedStream`]): its reads fail with
-//! `TimedOut` past a deadline, which ends the connection. It knows whether
-//! a request is in flight from [`ConnState`], which [`track_connection`]
-//! (a middleware) updates; a request being worked on (a payment waiting for
-//! its provider) is never cut off by these timeouts.
+//! The timeouts cost the hot path nothing but a few atomics: a reaper task
+//! of the listener looks at every connection four times a second and marks
+//! the ones past their deadline; the stream ([`LimitedStream`]) then fails
+//! its reads with `TimedOut`, which ends the connection (it is woken for
+//! that). Whether a request is in flight comes from [`ConnState`], which
+//! [`in_flight`] (called by the edge middleware) updates; a request being worked on
+//! (a payment waiting for its provider) is never cut off by these timeouts.
 
 use crate::client::{address_key, Cidr};
 use rustc_hash::FxHashMap;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -75,6 +76,49 @@ pub struct LimitedListener {
     per_address: Arc<Mutex<FxHashMap<u64, u32>>>,
     stats: Arc<ListenerStats>,
     epoch: Instant,
+    /// Every open connection, for the reaper (dead entries pruned by it).
+    conns: Arc<Mutex<Vec<std::sync::Weak<ConnState>>>>,
+    reaper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for LimitedListener {
+    fn drop(&mut self) {
+        if let Some(r) = &self.reaper {
+            r.abort();
+        }
+    }
+}
+
+/// How often the reaper looks for connections past their deadline.
+const REAP_EVERY: Duration = Duration::from_millis(250);
+
+/// Marks every connection past its deadline, and wakes it to close.
+async fn reap(
+    conns: Arc<Mutex<Vec<std::sync::Weak<ConnState>>>>,
+    stats: Arc<ListenerStats>,
+    header_read_ms: u64,
+    idle_ms: u64,
+) {
+    let mut every = tokio::time::interval(REAP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|weak| {
+            let Some(conn) = weak.upgrade() else {
+                return false;
+            };
+            if conn.past_deadline(header_read_ms, idle_ms) {
+                conn.expired.store(true, Ordering::Release);
+                stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                if let Some(w) = conn.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    w.wake();
+                }
+                return false;
+            }
+            true
+        });
+    }
 }
 
 impl LimitedListener {
@@ -87,6 +131,8 @@ impl LimitedListener {
             per_address: Arc::new(Mutex::new(FxHashMap::default())),
             stats: Arc::new(ListenerStats::default()),
             epoch: Instant::now(),
+            conns: Arc::new(Mutex::new(Vec::new())),
+            reaper: None,
         }
     }
 
@@ -148,6 +194,10 @@ pub struct ConnState {
     /// First byte of a request whose headers are not complete, ms since
     /// `epoch` (+1, so 0 means none).
     request_started_ms: AtomicU64,
+    /// Set by the reaper: past its deadline; reads fail from now on.
+    expired: std::sync::atomic::AtomicBool,
+    /// Who to wake when the reaper expires it (the last pending read).
+    waker: Mutex<Option<std::task::Waker>>,
 }
 
 impl ConnState {
@@ -159,6 +209,20 @@ impl ConnState {
     fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.request_started_ms.store(0, Ordering::Release);
+    }
+
+    /// Past its header-read or idle deadline, with no request in flight?
+    fn past_deadline(&self, header_read_ms: u64, idle_ms: u64) -> bool {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let started = self.request_started_ms.load(Ordering::Acquire);
+        let deadline_ms = if started != 0 {
+            started - 1 + header_read_ms
+        } else {
+            self.last_active_ms.load(Ordering::Acquire) + idle_ms
+        };
+        self.now_ms() >= deadline_ms
     }
 
     /// Its handler finished (or was dropped).
@@ -174,9 +238,6 @@ pub struct LimitedStream {
     _permit: OwnedSemaphorePermit,
     _slot: Option<AddressSlot>,
     conn: Arc<ConnState>,
-    header_read_ms: u64,
-    idle_ms: u64,
-    timer: Pin<Box<tokio::time::Sleep>>,
     stats: Arc<ListenerStats>,
 }
 
@@ -191,6 +252,14 @@ impl axum::serve::Listener for LimitedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        if self.reaper.is_none() {
+            self.reaper = Some(tokio::spawn(reap(
+                self.conns.clone(),
+                self.stats.clone(),
+                self.config.header_read_timeout.as_millis() as u64,
+                self.config.idle_timeout.as_millis() as u64,
+            )));
+        }
         loop {
             let permit = self
                 .permits
@@ -224,7 +293,13 @@ impl axum::serve::Listener for LimitedListener {
                 // Until its first byte, a new connection is idle (apps
                 // open theirs before the sale); then the header clock runs.
                 request_started_ms: AtomicU64::new(0),
+                expired: std::sync::atomic::AtomicBool::new(false),
+                waker: Mutex::new(None),
             });
+            self.conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(&conn));
             self.stats.open.fetch_add(1, Ordering::Relaxed);
             return (
                 LimitedStream {
@@ -232,9 +307,6 @@ impl axum::serve::Listener for LimitedListener {
                     _permit: permit,
                     _slot: slot,
                     conn,
-                    header_read_ms: self.config.header_read_timeout.as_millis() as u64,
-                    idle_ms: self.config.idle_timeout.as_millis() as u64,
-                    timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
                     stats: self.stats.clone(),
                 },
                 addr,
@@ -248,45 +320,29 @@ impl axum::serve::Listener for LimitedListener {
 }
 
 impl LimitedStream {
-    /// The read side has nothing: fail past the connection's deadline, or
-    /// arm the timer for it.
+    /// The read side has nothing: fail if the reaper expired the
+    /// connection, else leave a waker for it.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let conn = &self.conn;
-        if conn.in_flight.load(Ordering::Acquire) > 0 {
-            return Poll::Pending;
-        }
-        let started = conn.request_started_ms.load(Ordering::Acquire);
-        let (deadline_ms, what) = if started != 0 {
-            (started - 1 + self.header_read_ms, "request headers")
-        } else {
-            (
-                conn.last_active_ms.load(Ordering::Acquire) + self.idle_ms,
-                "idle keep-alive",
-            )
-        };
         let timed_out = || {
             Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("{what} timed out"),
+                "connection timed out",
             )))
         };
-        if conn.now_ms() >= deadline_ms {
-            self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+        if self.conn.expired.load(Ordering::Acquire) {
             return timed_out();
         }
-        let at = conn.epoch + Duration::from_millis(deadline_ms);
-        if self.timer.deadline() != tokio::time::Instant::from_std(at) {
-            self.timer
-                .as_mut()
-                .reset(tokio::time::Instant::from_std(at));
-        }
-        match self.timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                timed_out()
+        {
+            let mut waker = self.conn.waker.lock().unwrap_or_else(|p| p.into_inner());
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
             }
-            Poll::Pending => Poll::Pending,
         }
+        // Expired between the look and leaving the waker: do not sleep.
+        if self.conn.expired.load(Ordering::Acquire) {
+            return timed_out();
+        }
+        Poll::Pending
     }
 }
 
@@ -381,24 +437,21 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Limi
     }
 }
 
-/// Marks a request in flight on its connection while its handler runs, so
-/// the connection's read deadlines never cut it off.
-pub async fn track_connection(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let conn = request
+/// Marks a request in flight on its connection while the returned guard
+/// lives (the handler runs), so the connection's deadlines never cut it off.
+pub fn in_flight(request: &axum::extract::Request) -> Option<InFlight> {
+    request
         .extensions()
         .get::<axum::extract::ConnectInfo<Peer>>()
-        .and_then(|c| c.0.conn.clone());
-    let _guard = conn.map(|c| {
-        c.begin();
-        InFlight(c)
-    });
-    next.run(request).await
+        .and_then(|c| c.0.conn.clone())
+        .map(|c| {
+            c.begin();
+            InFlight(c)
+        })
 }
 
-struct InFlight(Arc<ConnState>);
+/// A request in flight on its connection (see [`in_flight`]).
+pub struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
