@@ -345,9 +345,15 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
 /// named after its status, so a client never has to parse text.
 async fn harden(request: Request, next: Next) -> Response {
     use axum::http::{header, HeaderValue};
+    use tracing::Instrument;
     let in_flight = listener::in_flight(&request);
-    let mut response = next.run(request).await;
+    let request_id = request_id(&request);
+    let span = tracing::info_span!("request", id = %request_id);
+    let mut response = next.run(request).instrument(span).await;
     drop(in_flight);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
     let status = response.status();
     let is_json = response
         .headers()
@@ -380,6 +386,34 @@ async fn harden(request: Request, next: Next) -> Response {
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
     response
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id: the caller's `X-Request-Id` when it is 1 to 64
+/// visible ASCII characters, else a new one (unique in this process). It
+/// is on every log line of the request and returned in `X-Request-Id`.
+fn request_id(request: &Request) -> String {
+    use std::sync::atomic::Ordering;
+    if let Some(id) = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return id.to_string();
+    }
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        u32::from_le_bytes(b)
+    });
+    format!(
+        "{prefix:08x}{:08x}",
+        NEXT.fetch_add(1, Ordering::Relaxed) as u32
+    )
 }
 
 /// The whole API (the shoppers' listener).

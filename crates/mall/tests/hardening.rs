@@ -327,3 +327,69 @@ fn issue9_4_a_login_flood_keeps_memory_bounded() {
     );
     server.stop();
 }
+
+/// Issue 10's logs: JSON lines for log shippers with the request's id on
+/// every line of the request (and in `X-Request-Id`); no colour codes when
+/// the output is not a terminal.
+#[test]
+fn issue10_logs_are_json_with_request_ids_and_plain_text_has_no_colour_codes() {
+    for format in ["json", "text"] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serve.log");
+        let port = free_port();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mall"))
+            .args([
+                "serve",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .args(["--log-format", format])
+            .env("MALL_ADMIN_TOKEN", ADMIN)
+            .env("MALL_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_for(&format!("{base}/healthz"), "");
+        let response = agent()
+            .post(&format!("{base}/v1/sessions"))
+            .header("x-request-id", "probe-42")
+            .send_json(json!({"username": "nobody", "password": "not the password"}))
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+        assert_eq!(response.headers()["x-request-id"], "probe-42");
+        let fresh = agent().get(&format!("{base}/healthz")).call().unwrap();
+        assert_eq!(fresh.headers()["x-request-id"].len(), 16, "a new id");
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains('\u{1b}'),
+            "colour codes in a log file:\n{text}"
+        );
+        let failed = text
+            .lines()
+            .find(|l| l.contains("failed login"))
+            .unwrap_or_else(|| panic!("no failed-login line:\n{text}"));
+        assert!(failed.contains("probe-42"), "{failed}");
+        assert!(
+            !failed.contains("not the password"),
+            "a password in the log: {failed}"
+        );
+        if format == "json" {
+            for line in text.lines() {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            }
+            let v: serde_json::Value = serde_json::from_str(failed).unwrap();
+            assert_eq!(v["span"]["id"], "probe-42", "{failed}");
+        }
+    }
+}
