@@ -428,17 +428,15 @@ fn order_ids_name_their_shard() {
 /// makes a second order.
 #[test]
 fn property_random_interleavings_match_the_model() {
-    let seeds: u64 = std::env::var("MALL_PROP_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let mut kinds = std::collections::BTreeSet::new();
-    for seed in 0..seeds {
-        match std::panic::catch_unwind(|| check_seed(seed)) {
-            Ok(k) => kinds.extend(k),
-            Err(_) => panic!("property failed for seed {seed}; replay with check_seed({seed})"),
-        }
-    }
+    let kinds: std::collections::BTreeSet<String> = mall_core::seeds::for_each_seed(
+        "-p mall-inventory --test core property_random_interleavings",
+        0,
+        300,
+        check_seed,
+    )
+    .into_iter()
+    .flatten()
+    .collect();
     // The workload must reach every outcome, or the property proves little.
     for kind in [
         "awaiting_payment",

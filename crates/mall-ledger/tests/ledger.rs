@@ -171,17 +171,15 @@ fn check_seed(seed: u64) -> std::collections::BTreeSet<String> {
 
 #[test]
 fn property_random_transfers_match_the_model_and_keep_every_invariant() {
-    let seeds: u64 = std::env::var("MALL_PROP_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(150);
-    let mut kinds = std::collections::BTreeSet::new();
-    for seed in 0..seeds {
-        match std::panic::catch_unwind(|| check_seed(seed)) {
-            Ok(k) => kinds.extend(k),
-            Err(_) => panic!("ledger property failed for seed {seed}"),
-        }
-    }
+    let kinds: std::collections::BTreeSet<_> = mall_core::seeds::for_each_seed(
+        "-p mall-ledger --test ledger property_random_transfers",
+        0,
+        150,
+        check_seed,
+    )
+    .into_iter()
+    .flatten()
+    .collect();
     for kind in [
         "Created",
         "Replayed",

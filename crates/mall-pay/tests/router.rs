@@ -7,7 +7,7 @@
 //! unsupporting channel, concurrency never exceeds a channel's limit, a late
 //! answer changes nothing, and at the end no channel was sent more than its
 //! capacity in any sliding 1 s window. A failing property seed is printed;
-//! `ROUTER_SEED=<n>` replays that one seed.
+//! `MALL_SEED=<n>` replays that one seed (see `mall_core::seeds`).
 
 use mall_pay::bench;
 use mall_pay::router::{
@@ -1133,14 +1133,14 @@ fn random_scenario(seed: u64) -> Tally {
 
 #[test]
 fn invariants_hold_for_random_configurations_and_loads() {
-    let seeds: Vec<u64> = match std::env::var("ROUTER_SEED") {
-        Ok(s) => vec![s.parse().expect("ROUTER_SEED is a number")],
-        Err(_) => (0..100).collect(),
-    };
+    let tallies = mall_core::seeds::for_each_seed(
+        "-p mall-pay --test router invariants_hold",
+        0,
+        100,
+        random_scenario,
+    );
     let mut total = Tally::default();
-    for seed in seeds {
-        eprintln!("seed {seed}");
-        let t = random_scenario(seed);
+    for t in tallies {
         total.attempts += t.attempts;
         total.dispatched += t.dispatched;
         total.expired += t.expired;

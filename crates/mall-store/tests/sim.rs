@@ -1,7 +1,7 @@
 //! Deterministic simulation of one inventory shard over a real SQLite
 //! journal that fails or crashes at random points, checked reply by reply
 //! against the reference model. A failing seed is printed; replay it with
-//! `MALL_SIM_SEED=<seed> cargo test -p mall-store --test sim`.
+//! `MALL_SEED=<seed> cargo test -p mall-store --test sim` (see `mall_core::seeds`).
 
 use mall_core::Timestamp;
 use mall_inventory::model::Model;
@@ -148,24 +148,13 @@ fn simulate(seed: u64, steps: usize) {
 
 #[test]
 fn simulation_with_failing_and_crashing_store() {
-    if let Some(seed) = std::env::var("MALL_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        simulate(seed, 400);
-        return;
-    }
-    let seeds: u64 = std::env::var("MALL_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
-    let base: u64 = std::env::var("MALL_SIM_BASE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed);
-    for seed in base..base + seeds {
-        if std::panic::catch_unwind(|| simulate(seed, 250)).is_err() {
-            panic!("simulation failed; replay with MALL_SIM_SEED={seed}");
-        }
-    }
+    // A replay (MALL_SEED) runs longer, to see past the failure.
+    let steps = if std::env::var_os(mall_core::seeds::SEED_VAR).is_some() {
+        400
+    } else {
+        250
+    };
+    mall_core::seeds::for_each_seed("-p mall-store --test sim", 0x5eed, 40, |seed| {
+        simulate(seed, steps)
+    });
 }
