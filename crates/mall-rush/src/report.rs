@@ -28,6 +28,33 @@ pub(crate) fn escape(s: &str) -> String {
 
 const COLORS: [&str; 5] = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"];
 
+/// A round step (1, 2 or 5 times a power of ten) that cuts `span` into
+/// about `parts` intervals.
+pub(crate) fn nice_step(span: f64, parts: u32) -> f64 {
+    let raw = (span / f64::from(parts.max(1))).max(f64::MIN_POSITIVE);
+    let power = 10f64.powf(raw.log10().floor());
+    let unit = raw / power;
+    let nice = if unit <= 1.0 {
+        1.0
+    } else if unit <= 2.0 {
+        2.0
+    } else if unit <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * power
+}
+
+/// The multiples of `step` from `lo` to `hi` (both within a hair).
+pub(crate) fn ticks(lo: f64, hi: f64, step: f64) -> Vec<f64> {
+    let first = (lo / step - 1e-9).ceil() as i64;
+    let last = (hi / step + 1e-9).floor() as i64;
+    (first..=last.min(first + 100))
+        .map(|k| k as f64 * step)
+        .collect()
+}
+
 /// One line chart: series of `(x, y)` points.
 pub(crate) fn chart(
     title: &str,
@@ -49,7 +76,10 @@ pub(crate) fn chart(
     if x1 - x0 < 1e-9 {
         x1 = x0 + 1.0;
     }
-    let y1 = if y1 <= 0.0 { 1.0 } else { y1 * 1.05 };
+    // Round ticks (1, 2 or 5 times a power of ten): the y axis ends on one.
+    let y_step = nice_step(if y1 <= 0.0 { 1.0 } else { y1 }, 4);
+    let y1 = (if y1 <= 0.0 { 1.0 } else { y1 } / y_step).ceil() * y_step;
+    let x_step = nice_step(x1 - x0, 5);
     let sx = |x: f64| left + (x - x0) / (x1 - x0) * (w - left - right);
     let sy = |y: f64| h - bottom - y / y1 * (h - bottom - top);
     let mut svg = format!("<figure><figcaption>{}</figcaption><svg viewBox=\"0 0 {w} {h}\" width=\"100%\" role=\"img\">", escape(title));
@@ -65,8 +95,7 @@ pub(crate) fn chart(
         "<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"#888\"/>",
         h - bottom
     );
-    for i in 0..=4 {
-        let y = y1 * f64::from(i) / 4.0;
+    for y in ticks(0.0, y1, y_step) {
         let _ = write!(
             svg,
             "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">{}</text>",
@@ -74,7 +103,8 @@ pub(crate) fn chart(
             sy(y) + 3.0,
             fmt_num(y)
         );
-        let x = x0 + (x1 - x0) * f64::from(i) / 4.0;
+    }
+    for x in ticks(x0, x1, x_step) {
         let _ = write!(
             svg,
             "<text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
@@ -111,11 +141,14 @@ pub(crate) fn chart(
 
 fn fmt_num(x: f64) -> String {
     if x.abs() >= 10_000.0 {
-        format!("{:.0}k", x / 1000.0)
-    } else if x.abs() >= 10.0 || x == 0.0 {
+        let k = format!("{:.1}", x / 1000.0);
+        format!("{}k", k.trim_end_matches('0').trim_end_matches('.'))
+    } else if x.abs() >= 10.0 || (x - x.round()).abs() < 1e-9 {
         format!("{x:.0}")
     } else {
-        format!("{x:.2}")
+        // Round ticks have at most two decimals; no trailing zeros.
+        let s = format!("{x:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -244,4 +277,26 @@ pub fn html(summary: &Summary, audit: &AuditReport) -> String {
 
 pub fn write_html(path: &Path, summary: &Summary, audit: &AuditReport) -> std::io::Result<()> {
     std::fs::write(path, html(summary, audit))
+}
+
+#[cfg(test)]
+mod ticks_tests {
+    use super::{nice_step, ticks};
+
+    #[test]
+    fn chart_ticks_are_round() {
+        // The axes that used to read 5.50, 7966 and 2418.
+        assert_eq!(
+            ticks(0.0, 8000.0, nice_step(7966.0, 4)),
+            [0.0, 2000.0, 4000.0, 6000.0, 8000.0]
+        );
+        assert_eq!(nice_step(5.5, 4), 2.0);
+        assert_eq!(nice_step(2418.0, 5), 500.0);
+        assert_eq!(ticks(3.0, 21.0, 5.0), [5.0, 10.0, 15.0, 20.0]);
+        assert_eq!(nice_step(0.07, 4), 0.02);
+        assert_eq!(super::fmt_num(2.0), "2");
+        assert_eq!(super::fmt_num(0.5), "0.5");
+        assert_eq!(super::fmt_num(20_000.0), "20k");
+        assert_eq!(super::fmt_num(12_500.0), "12.5k");
+    }
 }
