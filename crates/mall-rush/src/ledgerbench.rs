@@ -30,7 +30,7 @@ pub struct Config {
     pub postgres_url: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Row {
     pub system: &'static str,
     pub transfers: u64,

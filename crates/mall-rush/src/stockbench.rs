@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Shape {
     /// One item, stock 10,000, every shopper wants it.
     Hot,
@@ -27,7 +28,8 @@ pub enum Shape {
     Zipf,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum System {
     MallInProcess,
     MallHttp,
@@ -85,7 +87,7 @@ fn check_local(what: &str, host_port: &str, allow_remote: bool) -> Result<(), Pe
     Ok(())
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Row {
     pub shape: Shape,
     pub system: System,

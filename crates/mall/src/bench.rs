@@ -88,6 +88,9 @@ pub enum Which {
         /// Skip the second HTTP run with the event log on (what recording costs).
         #[arg(long)]
         no_events: bool,
+        /// Also write the rows as JSON to this file (for scripts and tests).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Durable double-entry transfers/s: the ledger in-process beside
     /// PostgreSQL doing the same transfer (two balance UPDATEs with a
@@ -114,6 +117,9 @@ pub enum Which {
         no_postgres: bool,
         #[arg(long)]
         postgres_url: Option<String>,
+        /// Also write the rows as JSON to this file (for scripts and tests).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// The event log's cost: CPU per event recorded (the request's share)
     /// and per event written and folded (the writer thread's), in-process.
@@ -194,10 +200,20 @@ fn events_cost(events: u64, threads: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes a benchmark's rows as JSON to `path`, if given.
+fn write_json<T: serde::Serialize>(path: Option<&std::path::Path>, rows: &T) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn stock(
     shape: StockShape,
     against: &[Peer],
     config: &mall_rush::stockbench::Config,
+    json: Option<&std::path::Path>,
 ) -> Result<()> {
     use mall_rush::stockbench::{Shape as S, System};
     let shapes: Vec<S> = match shape {
@@ -221,6 +237,7 @@ fn stock(
         .build()?;
     let rows = runtime.block_on(mall_rush::stockbench::run(&shapes, &peers, config))?;
     mall_rush::stockbench::print(&rows);
+    write_json(json, &rows)?;
     let bad: Vec<_> = rows
         .iter()
         .filter(|r| r.verified != "ok" && r.verified != "n/a")
@@ -280,6 +297,7 @@ pub fn run(which: Which) -> Result<()> {
             seconds,
             no_postgres,
             postgres_url,
+            json,
         } => {
             let config = mall_rush::ledgerbench::Config {
                 wallets: wallets.max(1),
@@ -305,6 +323,7 @@ pub fn run(which: Which) -> Result<()> {
                 Ok::<_, mall_rush::peers::PeerError>(rows)
             })?;
             mall_rush::ledgerbench::print(&rows);
+            write_json(json.as_deref(), &rows)?;
             anyhow::ensure!(
                 rows.iter().all(|r| r.verified == "ok"),
                 "a system failed verification"
@@ -334,6 +353,7 @@ pub fn run(which: Which) -> Result<()> {
             postgres_url,
             allow_remote,
             no_events,
+            json,
         } => {
             let config = mall_rush::stockbench::Config {
                 users,
@@ -349,7 +369,7 @@ pub fn run(which: Which) -> Result<()> {
                 allow_remote,
                 with_events: !no_events,
             };
-            stock(shape, &against, &config)
+            stock(shape, &against, &config, json.as_deref())
         }
     }
 }

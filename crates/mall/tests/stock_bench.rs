@@ -1,11 +1,15 @@
 //! `mall bench stock` at a small size against real Redis and PostgreSQL
 //! servers it starts itself: asserts correctness (every system verified, no
-//! oversell), never speed.
+//! oversell), never speed. The rows are read from the benchmarks' JSON
+//! (`--json`), not scraped from the printed table.
 
+use serde_json::Value;
 use std::process::Command;
 
 #[test]
 fn stock_bench_against_real_redis_and_postgres_oversells_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("stock.json");
     let out = Command::new(env!("CARGO_BIN_EXE_mall"))
         .args([
             "bench",
@@ -27,6 +31,8 @@ fn stock_bench_against_real_redis_and_postgres_oversells_nowhere() {
             "--against",
             "redis,postgres",
         ])
+        .arg("--json")
+        .arg(&json)
         .env("MALL_LOG", "warn")
         .output()
         .expect("run mall bench stock");
@@ -36,26 +42,23 @@ fn stock_bench_against_real_redis_and_postgres_oversells_nowhere() {
         "bench stock failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for system in [
-        "mall in-process",
-        "mall HTTP  ",
-        "mall HTTP + event log",
-        "Redis Lua",
-        "PostgreSQL",
+        "mall_in_process",
+        "mall_http",
+        "mall_http_events",
+        "redis",
+        "postgres",
     ] {
-        let rows: Vec<&str> = text.lines().filter(|l| l.contains(system)).collect();
-        assert_eq!(rows.len(), 2, "{system}: one row per shape in\n{text}");
-        for row in rows {
-            assert!(
-                row.trim_end().ends_with("ok"),
-                "{system} not verified: {row}"
-            );
+        let mine: Vec<&Value> = rows.iter().filter(|r| r["system"] == system).collect();
+        assert_eq!(mine.len(), 2, "{system}: one row per shape in {rows:?}");
+        for row in mine {
+            assert_eq!(row["verified"], "ok", "{system} not verified: {row}");
             // The hot shape sells exactly its stock: 3,000 contenders for 500 units.
-            if row.starts_with("hot") {
-                let orders: Vec<&str> = row.split_whitespace().collect();
-                assert!(
-                    row.contains(" 500 "),
-                    "hot {system} should sell exactly 500: {orders:?}"
+            if row["shape"] == "hot" {
+                assert_eq!(
+                    row["orders"], 500,
+                    "hot {system} should sell exactly 500: {row}"
                 );
             }
         }
@@ -64,6 +67,8 @@ fn stock_bench_against_real_redis_and_postgres_oversells_nowhere() {
 
 #[test]
 fn ledger_bench_against_real_postgres_balances_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ledger.json");
     let out = Command::new(env!("CARGO_BIN_EXE_mall"))
         .args([
             "bench",
@@ -79,6 +84,8 @@ fn ledger_bench_against_real_postgres_balances_everywhere() {
             "--seconds",
             "30",
         ])
+        .arg("--json")
+        .arg(&json)
         .env("MALL_LOG", "warn")
         .output()
         .expect("run mall bench ledger");
@@ -88,16 +95,18 @@ fn ledger_bench_against_real_postgres_balances_everywhere() {
         "bench ledger failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for system in ["mall ledger in-process", "PostgreSQL"] {
-        let row = text
-            .lines()
-            .find(|l| l.starts_with(system))
-            .unwrap_or_else(|| panic!("no {system} row in\n{text}"));
-        assert!(
-            row.trim_end().ends_with("ok"),
-            "{system} not verified: {row}"
-        );
+    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.len(), 2, "mall and PostgreSQL: {rows:?}");
+    for row in &rows {
+        assert_eq!(row["verified"], "ok", "not verified: {row}");
     }
-    let mall = text.lines().find(|l| l.starts_with("mall ledger")).unwrap();
-    assert!(mall.contains(" 20000 "), "every transfer made: {mall}");
+    let mall = rows
+        .iter()
+        .find(|r| {
+            r["system"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("mall ledger"))
+        })
+        .unwrap();
+    assert_eq!(mall["transfers"], 20000, "every transfer made: {mall}");
 }
