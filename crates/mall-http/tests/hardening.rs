@@ -35,6 +35,16 @@ async fn counters(api: &Api, sku: u64) -> (u64, u64, u64) {
     (n("available"), n("held"), n("sold"))
 }
 
+/// An admin's action on an order: `deliver` or `cod-collected`.
+async fn admin_order(api: &Api, id: u64, action: &str) -> Reply {
+    api.post(
+        &format!("/v1/admin/orders/{id}/{action}"),
+        Some(ADMIN),
+        json!({}),
+    )
+    .await
+}
+
 async fn status(api: &Api, id: u64) -> String {
     let r = api.get(&format!("/v1/orders/{id}"), Some(ADMIN)).await;
     r.body["status"].as_str().unwrap_or("?").to_string()
@@ -58,13 +68,7 @@ async fn issue9_1_a_delivered_order_cannot_be_cancelled_and_money_goes_back_only
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let paid_balance = balance(&api, &u[0]).await;
-    let r = api
-        .post(
-            &format!("/v1/admin/orders/{id}/deliver"),
-            Some(ADMIN),
-            json!({}),
-        )
-        .await;
+    let r = admin_order(&api, id, "deliver").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(status(&api, id).await, "delivered");
     // The probe's repro: the shopper cancels after delivery.
@@ -111,13 +115,7 @@ async fn issue9_1_a_delivered_order_cannot_be_cancelled_and_money_goes_back_only
         .await;
     assert_eq!(r.body["status"], "confirmed", "{}", r.body);
     let cod = r.body["id"].as_u64().unwrap();
-    let r = api
-        .post(
-            &format!("/v1/admin/orders/{cod}/cod-collected"),
-            Some(ADMIN),
-            json!({}),
-        )
-        .await;
+    let r = admin_order(&api, cod, "cod-collected").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let r = api
         .post(&format!("/v1/orders/{cod}/cancel"), Some(&u[1]), json!({}))
@@ -129,41 +127,17 @@ async fn issue9_1_a_delivered_order_cannot_be_cancelled_and_money_goes_back_only
     assert_eq!(status(&api, cod).await, "delivered");
     assert_eq!(counters(&api, sku).await, (3, 0, 2));
     // Collected twice books nothing twice; then settled to the merchant once.
-    let r = api
-        .post(
-            &format!("/v1/admin/orders/{cod}/cod-collected"),
-            Some(ADMIN),
-            json!({}),
-        )
-        .await;
+    let r = admin_order(&api, cod, "cod-collected").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let r = api
-        .post(
-            &format!("/v1/admin/orders/{cod}/deliver"),
-            Some(ADMIN),
-            json!({}),
-        )
-        .await;
+    let r = admin_order(&api, cod, "deliver").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let r = api
-        .post(
-            &format!("/v1/admin/orders/{cod}/deliver"),
-            Some(ADMIN),
-            json!({}),
-        )
-        .await;
+    let r = admin_order(&api, cod, "deliver").await;
     assert_eq!(r.code(), "already_settled");
     // A refused delivery changes nothing: an unpaid order stays cancellable.
     let unpaid = api.order(&u[1], sku, 1, None).await.body["id"]
         .as_u64()
         .unwrap();
-    let r = api
-        .post(
-            &format!("/v1/admin/orders/{unpaid}/deliver"),
-            Some(ADMIN),
-            json!({}),
-        )
-        .await;
+    let r = admin_order(&api, unpaid, "deliver").await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert_eq!(status(&api, unpaid).await, "awaiting_payment");
     let r = api

@@ -767,12 +767,7 @@ impl Payments {
         // A turn covers the work of starting a payment (reads, the ledger,
         // the router), not the wait for the provider: a payment waiting for
         // its callback costs a waiter's memory, nothing more.
-        let turn = self
-            .shared
-            .admission
-            .acquire()
-            .await
-            .map_err(|_| PayError::Unavailable)?;
+        let turn = self.turn().await?;
         let read = self.stored_order(order).await?;
         let view = self
             .pay_read(user, order, method, read.as_ref(), turn)
@@ -784,6 +779,15 @@ impl Payments {
             o.updated_at = self.now();
         }
         Ok((view, o))
+    }
+
+    /// A turn to start a payment (see `PaymentsConfig::in_process_max`).
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PayError> {
+        self.shared
+            .admission
+            .acquire()
+            .await
+            .map_err(|_| PayError::Unavailable)
     }
 
     async fn pay_read(
@@ -1721,12 +1725,7 @@ impl Payments {
         if method == Method::Wallet {
             return Err(PayError::NoChannel("wallet"));
         }
-        let turn = self
-            .shared
-            .admission
-            .acquire()
-            .await
-            .map_err(|_| PayError::Unavailable)?;
+        let turn = self.turn().await?;
         self.pay_through_channel(Purpose::TopUp(random_id()), user, amount, method, turn)
             .await
     }
