@@ -120,6 +120,15 @@ struct ServeArgs {
     queue_capacity: Option<usize>,
     #[arg(long, env = "MALL_BATCH_COMMANDS_MAX")]
     batch_commands_max: Option<usize>,
+    /// Effects applied but not yet committed, per shard, at most.
+    #[arg(long, env = "MALL_STAGED_EFFECTS_MAX")]
+    staged_effects_max: Option<usize>,
+    /// Idempotency keys of snap-ups remembered per shard, at most.
+    #[arg(long, env = "MALL_IDEMPOTENCY_KEYS_MAX")]
+    idempotency_keys_max: Option<usize>,
+    /// How long a payment request waits for its outcome before answering 202, e.g. "5s".
+    #[arg(long, env = "MALL_PAYMENT_WAIT", value_parser = humantime::parse_duration)]
+    payment_wait: Option<Duration>,
     #[arg(long, env = "MALL_BODY_BYTES_MAX")]
     body_bytes_max: Option<usize>,
     #[arg(long, env = "MALL_CONNECTIONS_MAX")]
@@ -267,7 +276,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         session_ttl,
         admin_session_ttl,
         password_hash_threads,
-        registrations_per_address_per_h
+        registrations_per_address_per_h,
+        staged_effects_max,
+        idempotency_keys_max,
+        payment_wait
     );
     if args.admin_addr.is_some() {
         config.admin_addr = args.admin_addr;

@@ -219,3 +219,40 @@ fn a_forecast_and_its_plan_load_into_the_server_and_its_dashboard() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every setting of the TOML file is also a flag and a `MALL_*` variable
+/// (issue 10: settings defined in three places disagreed). The settings are
+/// read from `Config` in the source; the flags from `mall serve --help`.
+#[test]
+fn every_setting_is_a_flag_and_an_environment_variable() {
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config.rs"),
+    )
+    .unwrap();
+    let body = &source[source.find("pub struct Config {").unwrap()..];
+    let body = &body[..body.find("\n}").unwrap()];
+    let keys: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub "))
+        .filter(|l| !l.starts_with("struct"))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    assert!(keys.len() >= 25, "{keys:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&&str> = keys
+        .iter()
+        .filter(|k| {
+            let flag = format!("--{}", k.replace('_', "-"));
+            let var = format!("MALL_{}", k.to_uppercase());
+            !help.contains(&flag) || !help.contains(&var)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "settings without a flag or a variable: {missing:?}\n{help}"
+    );
+}
