@@ -208,33 +208,34 @@ impl Metrics {
 /// Payment channels and the payment service, in Prometheus text format.
 /// The connection limits of each listener (`api`, `admin`).
 pub fn render_listeners(out: &mut String, listeners: &[(&str, &crate::listener::ListenerStats)]) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let _ = writeln!(
-        out,
-        "# HELP mall_connections_open Open connections.\n# TYPE mall_connections_open gauge"
-    );
-    for (name, s) in listeners {
-        let _ = writeln!(
-            out,
-            "mall_connections_open{{listener=\"{name}\"}} {}",
-            s.open.load(Relaxed)
-        );
-    }
-    let _ = writeln!(out, "# HELP mall_connections_refused_per_address_total Connections refused: too many from one address.\n# TYPE mall_connections_refused_per_address_total counter");
-    for (name, s) in listeners {
-        let _ = writeln!(
-            out,
-            "mall_connections_refused_per_address_total{{listener=\"{name}\"}} {}",
-            s.refused_per_address.load(Relaxed)
-        );
-    }
-    let _ = writeln!(out, "# HELP mall_connections_timed_out_total Connections closed by the header-read or idle timeout.\n# TYPE mall_connections_timed_out_total counter");
-    for (name, s) in listeners {
-        let _ = writeln!(
-            out,
-            "mall_connections_timed_out_total{{listener=\"{name}\"}} {}",
-            s.timed_out.load(Relaxed)
-        );
+    use crate::listener::ListenerStats;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let families: [(&str, &str, &str, fn(&ListenerStats) -> &AtomicU64); 3] = [
+        ("mall_connections_open", "gauge", "Open connections.", |s| {
+            &s.open
+        }),
+        (
+            "mall_connections_refused_per_address_total",
+            "counter",
+            "Connections refused: too many from one address.",
+            |s| &s.refused_per_address,
+        ),
+        (
+            "mall_connections_timed_out_total",
+            "counter",
+            "Connections closed by the header-read or idle timeout.",
+            |s| &s.timed_out,
+        ),
+    ];
+    for (metric, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for (name, s) in listeners {
+            let _ = writeln!(
+                out,
+                "{metric}{{listener=\"{name}\"}} {}",
+                value(s).load(Relaxed)
+            );
+        }
     }
 }
 

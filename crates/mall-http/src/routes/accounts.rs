@@ -208,24 +208,25 @@ pub async fn register(
     // one client's key never answers for another's registration.
     let key = idempotency::key_from(&headers)?.map(|k| format!("{}/{k}", body.username));
     let fp = mall_core::fingerprint(&[b"register", body.username.as_bytes()]);
-    if let Some(key) = &key {
+    let replay = match &key {
+        Some(k) => idempotency::stored(&state, UserId(0), k).await?.is_some(),
+        None => false,
+    };
+    if replay {
         // A replay must also carry the same password (fingerprints never
         // hold passwords, so it is checked against the account's hash).
-        if idempotency::stored(&state, UserId(0), key).await?.is_some() {
-            let accounts = state.accounts.clone();
-            let name = body.username.clone();
-            let phc = blocking(move || accounts.user_by_name(&name))
-                .await
-                .map_err(store_error)?
-                .and_then(|u| u.password_hash);
-            if !state.hasher.verify(body.password.clone(), phc).await? {
-                return Err(ApiError::from_refusal(
-                    &mall_core::Refusal::IdempotencyKeyReused,
-                ));
-            }
+        let accounts = state.accounts.clone();
+        let name = body.username.clone();
+        let phc = blocking(move || accounts.user_by_name(&name))
+            .await
+            .map_err(store_error)?
+            .and_then(|u| u.password_hash);
+        if !state.hasher.verify(body.password.clone(), phc).await? {
+            return Err(ApiError::from_refusal(
+                &mall_core::Refusal::IdempotencyKeyReused,
+            ));
         }
-    }
-    if key.is_none() || !idempotency::is_stored(&state, UserId(0), key.as_deref()).await? {
+    } else {
         state.limiter.check_registration(addr)?;
     }
     Ok(

@@ -146,14 +146,6 @@ pub async fn stored(
         .map_err(|e| ApiError::internal("idempotency lookup", e))
 }
 
-/// Has `key` (if any) a stored response?
-pub async fn is_stored(state: &AppState, owner: UserId, key: Option<&str>) -> ApiResult<bool> {
-    match key {
-        Some(k) => Ok(stored(state, owner, k).await?.is_some()),
-        None => Ok(false),
-    }
-}
-
 /// Stores nothing secret: the default for [`run`].
 pub fn keep(_: &mut serde_json::Value) {}
 
