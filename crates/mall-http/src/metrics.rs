@@ -210,7 +210,14 @@ impl Metrics {
 pub fn render_listeners(out: &mut String, listeners: &[(&str, &crate::listener::ListenerStats)]) {
     use crate::listener::ListenerStats;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let families: [(&str, &str, &str, fn(&ListenerStats) -> &AtomicU64); 3] = [
+    /// `(metric, type, help, which counter)`.
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&ListenerStats) -> &AtomicU64,
+    );
+    let families: [Family; 3] = [
         ("mall_connections_open", "gauge", "Open connections.", |s| {
             &s.open
         }),
