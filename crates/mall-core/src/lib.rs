@@ -6,6 +6,7 @@
 //! types or a clear error.
 
 pub mod outcome;
+pub mod rng;
 pub mod seeds;
 
 pub use outcome::Refusal;

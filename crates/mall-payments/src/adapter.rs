@@ -33,14 +33,7 @@ pub struct Provider {
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
-/// What a provider says about one payment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderStatus {
-    Pending,
-    Succeeded,
-    Failed,
-    Unknown,
-}
+pub use crate::core::ProviderStatus;
 
 const IDLE_MAX: usize = 64;
 

@@ -1,0 +1,733 @@
+//! The payment core: every decision about money, and no I/O.
+//!
+//! The core is a state machine in the style of the channel router (and of
+//! quinn-proto): it takes [`Input`]s (a payment request, a provider's
+//! callback, a ledger or inventory reply, a provider's answer) and the time
+//! (`now`), and emits [`Action`]s (ledger commands, inventory commands,
+//! order reads, provider calls, answers). It reads no clock, draws no OS
+//! randomness (ids come from a seeded generator) and holds no lock; the
+//! service around it ([`crate::Payments`]) only carries actions out and
+//! feeds their results back, and the money simulator ([`crate::sim`])
+//! does the same with simulated parts, deterministically.
+//!
+//! Where each part lives:
+//! - [`attempts`]: a payment's tries at channels, from the request to the
+//!   router, the ledger record and the provider, and retries across
+//!   channels;
+//! - [`decide`]: deciding a try's pending transfer under its claim, for a
+//!   callback, a try given up, a late success or a restart;
+//! - [`callbacks`]: a provider's callback, taken once;
+//! - [`watch`]: tries given up whose provider may still charge, and
+//!   provider refunds to re-send;
+//! - [`wallet`]: payments from a shopper's wallet;
+//! - [`recovery`]: the index rebuilt from the ledger at a start, and what
+//!   a crash left pending.
+//!
+//! Every I/O the core starts is an *op* with an id; its reply comes back as
+//! [`Input::Reply`] with that id. A reply for an op the core no longer
+//! knows is ignored.
+
+mod attempts;
+mod callbacks;
+mod decide;
+mod recovery;
+mod wallet;
+mod watch;
+
+use crate::errors::PayError;
+use crate::views::{Method, PaymentView};
+use crate::PayCounters;
+use mall_core::{Order, OrderId, Timestamp, UserId};
+use mall_inventory::Command as Inv;
+use mall_inventory::Reply as InvReply;
+use mall_ledger::chart::{self, code};
+use mall_ledger::{
+    AccountId, Command as Led, Mode, Reply as LedReply, Stored, Transfer, TransferId,
+};
+use mall_pay::router::{PayMethod, Router};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+pub use decide::ProviderRefund;
+
+/// The time, twice: `mono_us` (monotonic, for the router and timers) and
+/// `wall` (the mall's clock, for holds and watches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub mono_us: i64,
+    pub wall: Timestamp,
+}
+
+/// A request waiting for its answer.
+pub type ReqId = u64;
+/// An I/O the core started.
+pub type OpId = u64;
+
+/// What happens to the core.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Pay `order` (as the caller read it just before) for `user`.
+    Pay {
+        req: ReqId,
+        user: UserId,
+        order: OrderId,
+        method: Method,
+        read: Option<Order>,
+    },
+    /// Top up `user`'s wallet (amount checked by the caller).
+    TopUp {
+        req: ReqId,
+        user: UserId,
+        amount: u64,
+        method: Method,
+    },
+    /// A provider's callback, its signature verified and its body read.
+    Callback {
+        req: ReqId,
+        channel: usize,
+        event: String,
+        payment: u64,
+        succeeded: bool,
+        amount: u64,
+    },
+    /// The reply to an op.
+    Reply { op: OpId, reply: IoReply },
+    /// At a start: every transfer of the ledger.
+    Recover { transfers: Vec<Stored> },
+}
+
+/// The result of an op.
+#[derive(Clone, Debug)]
+pub enum IoReply {
+    /// `Err`: `Unavailable` or `Overloaded` (nothing was done).
+    Ledger(Result<LedReply, PayError>),
+    Inventory(Result<InvReply, PayError>),
+    Order(Result<Option<Order>, PayError>),
+    /// A create (`Ok(Pending)`: taken), a status query or a refund (`Ok`: done).
+    Provider(Result<ProviderStatus, ProviderFault>),
+}
+
+/// What a provider says about one payment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+/// A provider call that did not go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderFault {
+    /// No answer in time: it may or may not have acted.
+    Timeout,
+    /// Refused, unreachable or garbled.
+    Failed,
+}
+
+/// A call to a payment provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderCall {
+    Create {
+        payment: u64,
+        amount: u64,
+        method: Method,
+    },
+    Status {
+        payment: u64,
+    },
+    Refund {
+        refund: u64,
+        payment: u64,
+        amount: u64,
+    },
+}
+
+/// What the core asks for.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Ledger {
+        op: OpId,
+        command: Led,
+    },
+    Inventory {
+        op: OpId,
+        order: OrderId,
+        command: Inv,
+    },
+    /// Read an order as stored.
+    ReadOrder {
+        op: OpId,
+        order: OrderId,
+    },
+    Provider {
+        op: OpId,
+        channel: usize,
+        call: ProviderCall,
+    },
+    Answer {
+        req: ReqId,
+        answer: Answer,
+    },
+    /// An order was paid (for the event log).
+    Paid {
+        order: Order,
+        amount: u64,
+        channel: String,
+    },
+    /// What the start found pending is decided.
+    Recovered,
+}
+
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Payment(Result<PaymentView, PayError>),
+    Callback(Result<(), PayError>),
+}
+
+impl Answer {
+    /// The answer to a payment or top-up.
+    pub fn payment(self) -> Result<PaymentView, PayError> {
+        match self {
+            Answer::Payment(result) => result,
+            Answer::Callback(_) => Err(PayError::Unavailable),
+        }
+    }
+
+    /// The answer to a callback.
+    pub fn callback(self) -> Result<(), PayError> {
+        match self {
+            Answer::Callback(result) => result,
+            Answer::Payment(_) => Err(PayError::Unavailable),
+        }
+    }
+}
+
+/// What the core needs to know of the setup.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Per channel, by index: its name and the methods it takes.
+    pub channels: Vec<(String, Vec<PayMethod>)>,
+    pub wait_ms: u64,
+    pub tries_max: usize,
+    pub watch_ms: i64,
+}
+
+/// Where a try's money is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Purpose {
+    Order(OrderId),
+    /// A top-up, named by its first try.
+    TopUp(u64),
+}
+
+/// The money of one paid order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderMoney {
+    pub payer: AccountId,
+    /// The try (pending transfer) that paid it; for refunds through its provider.
+    pub paid_by: TransferId,
+    pub paid: u64,
+    pub refunded: u64,
+    pub settled: bool,
+}
+
+type Final = Result<(u64, Option<usize>), PayError>;
+
+/// What an op's reply is for.
+#[derive(Clone, Debug)]
+enum Op {
+    /// A top-up's wallet account, before its try is recorded.
+    TryAccounts(u64),
+    /// A try's pending transfer.
+    Record(u64),
+    /// A try handed to its provider.
+    Create(u64),
+    /// The current step of the decision holding this claim.
+    Decide(u64),
+    /// The current step of a wallet payment.
+    Wallet(ReqId),
+    /// A paid order's posting, retried until it lands.
+    PostPaid(Stored),
+    ProviderRefund(ProviderRefund),
+    /// A watched try's status: `(try, channel, until_ms)`.
+    Status(u64, usize, i64),
+}
+
+/// What a timer does when it fires.
+#[derive(Clone, Debug)]
+enum Timer {
+    /// A request waited `wait_ms`: it is answered "pending".
+    Waiter {
+        req: ReqId,
+        purpose: Purpose,
+    },
+    /// A decision's ledger step, again.
+    DecideAgain(u64),
+    /// A try given up whose decision failed: give it up again.
+    AbandonAgain(u64, Option<usize>),
+    /// A pending transfer a start found, decided again.
+    ReconcileAgain(Stored),
+    PostPaidAgain(Stored),
+    Sweep,
+}
+
+/// Tries watched at most; beyond, the oldest are dropped.
+const WATCH_MAX: usize = 500_000;
+/// Provider status queries per sweep, at most.
+const SWEEP_QUERIES_MAX: usize = 2_000;
+/// Status queries in flight at once, at most.
+const STATUS_IN_FLIGHT_MAX: usize = 64;
+const SWEEP_EVERY_US: i64 = 2_000_000;
+const EVENTS_REMEMBERED: usize = 200_000;
+/// Requests waiting on one payment's outcome, at most.
+const WAITERS_PER_PAYMENT_MAX: usize = 16;
+/// Ledger steps of a decision tried, at most, 50 ms apart.
+const LEDGER_TRIES: u8 = 5;
+const LEDGER_RETRY_US: i64 = 50_000;
+const AGAIN_US: i64 = 1_000_000;
+pub(crate) const ID_MASK: u64 = (1 << 53) - 1; // ids stay exact in JSON numbers
+
+/// A transfer id derived from what it does, so doing it again is a replay.
+pub(crate) fn derived(tag: &str, id: u64) -> TransferId {
+    TransferId((mall_core::fingerprint(&[tag.as_bytes(), &id.to_le_bytes()]) & ID_MASK).max(1))
+}
+
+pub(crate) fn single(
+    id: TransferId,
+    debit: AccountId,
+    credit: AccountId,
+    amount: u64,
+    code: u16,
+    user_data: u64,
+) -> Transfer {
+    Transfer {
+        id,
+        debit,
+        credit,
+        amount,
+        mode: Mode::Single,
+        linked: false,
+        code,
+        user_data,
+    }
+}
+
+/// The post (in full) or void of a pending transfer; derived ids, so a
+/// repeat is a replay.
+pub(crate) fn resolution(pending: &Transfer, post: bool) -> Transfer {
+    let (id, mode, amount) = if post {
+        (
+            derived("post", pending.id.0),
+            Mode::Post {
+                pending: pending.id,
+            },
+            pending.amount,
+        )
+    } else {
+        (
+            derived("void", pending.id.0),
+            Mode::Void {
+                pending: pending.id,
+            },
+            0,
+        )
+    };
+    Transfer {
+        id,
+        debit: pending.debit,
+        credit: pending.credit,
+        amount,
+        mode,
+        linked: false,
+        code: pending.code,
+        user_data: pending.user_data,
+    }
+}
+
+/// The payment core. See the module documentation.
+pub struct Core {
+    config: CoreConfig,
+    router: Router,
+    rng: mall_core::rng::Rng,
+    now: Now,
+    counters: Arc<PayCounters>,
+    /// Tries queued or with a provider.
+    tries: FxHashMap<u64, attempts::Try>,
+    /// The live try of each purpose (an order has at most one); 0 marks a
+    /// wallet payment or a cancel holding the order.
+    live: FxHashMap<Purpose, u64>,
+    waiters: FxHashMap<Purpose, Vec<ReqId>>,
+    /// Tries (and orders, by id with the top bit) someone is deciding now.
+    claims: FxHashSet<u64>,
+    decisions: FxHashMap<u64, decide::Decision>,
+    wallets: FxHashMap<ReqId, wallet::WalletPay>,
+    orders: FxHashMap<OrderId, OrderMoney>,
+    /// Callback events taken, oldest first (bounded).
+    events_seen: FxHashSet<String>,
+    events_order: VecDeque<String>,
+    /// Ledger accounts known to exist.
+    accounts: FxHashSet<AccountId>,
+    /// Tries given up whose provider may still charge: `(try, channel, until_ms)`.
+    watch: VecDeque<(u64, usize, i64)>,
+    statuses_in_flight: usize,
+    /// Provider refunds to re-send (recorded in the ledger already).
+    provider_refunds: VecDeque<ProviderRefund>,
+    /// Pending transfers of the start not decided yet.
+    reconciling: usize,
+    ops: FxHashMap<OpId, Op>,
+    next_op: OpId,
+    timers: BTreeMap<(i64, u64), Timer>,
+    next_timer: u64,
+    actions: Vec<Action>,
+}
+
+impl Core {
+    /// A core with no state yet; `seed` draws its ids (a fresh one each start).
+    pub fn new(
+        config: CoreConfig,
+        router: Router,
+        seed: u64,
+        now: Now,
+        counters: Arc<PayCounters>,
+    ) -> Core {
+        let mut core = Core {
+            config,
+            router,
+            rng: mall_core::rng::Rng::new(seed),
+            now,
+            counters,
+            tries: FxHashMap::default(),
+            live: FxHashMap::default(),
+            waiters: FxHashMap::default(),
+            claims: FxHashSet::default(),
+            decisions: FxHashMap::default(),
+            wallets: FxHashMap::default(),
+            orders: FxHashMap::default(),
+            events_seen: FxHashSet::default(),
+            events_order: VecDeque::new(),
+            accounts: FxHashSet::default(),
+            watch: VecDeque::new(),
+            statuses_in_flight: 0,
+            provider_refunds: VecDeque::new(),
+            reconciling: 0,
+            ops: FxHashMap::default(),
+            next_op: 1,
+            timers: BTreeMap::new(),
+            next_timer: 0,
+            actions: Vec::new(),
+        };
+        core.at(now.mono_us + SWEEP_EVERY_US, Timer::Sweep);
+        core
+    }
+
+    /// Takes one input at `now`; the actions it leads to are in [`Core::take_actions`].
+    pub fn handle(&mut self, now: Now, input: Input) {
+        self.advance(now);
+        match input {
+            Input::Pay {
+                req,
+                user,
+                order,
+                method,
+                read,
+            } => self.pay(req, user, order, method, read),
+            Input::TopUp {
+                req,
+                user,
+                amount,
+                method,
+            } => self.top_up(req, user, amount, method),
+            Input::Callback {
+                req,
+                channel,
+                event,
+                payment,
+                succeeded,
+                amount,
+            } => self.callback(req, channel, event, payment, succeeded, amount),
+            Input::Reply { op, reply } => self.reply(op, reply),
+            Input::Recover { transfers } => self.recover(transfers),
+        }
+    }
+
+    /// Lets time pass: the router's timeouts, queue deadlines and releases,
+    /// and due timers.
+    pub fn tick(&mut self, now: Now) {
+        self.advance(now);
+        let mut events = Vec::new();
+        self.router.poll(self.now.mono_us, &mut events);
+        for event in events {
+            self.router_event(event);
+        }
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > self.now.mono_us {
+                break;
+            }
+            let timer = entry.remove();
+            self.fire(timer);
+        }
+    }
+
+    /// When [`Core::tick`] should next be called (monotonic µs).
+    pub fn next_wake(&self) -> Option<i64> {
+        let timer = self.timers.keys().next().map(|k| k.0);
+        match (self.router.next_wake(), timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The actions emitted since the last call.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Ops started and not answered yet (the simulator checks none is lost).
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Nothing in hand: no try, decision, wallet payment, op or waiter.
+    pub fn is_idle(&self) -> bool {
+        self.tries.is_empty()
+            && self.decisions.is_empty()
+            && self.wallets.is_empty()
+            && self.ops.is_empty()
+            && self.waiters.values().all(Vec::is_empty)
+            && self.provider_refunds.is_empty()
+    }
+
+    /// Tries watched (given up, their provider may still charge).
+    pub fn watched(&self) -> usize {
+        self.watch.len()
+    }
+
+    fn advance(&mut self, now: Now) {
+        self.now = Now {
+            mono_us: now.mono_us.max(self.now.mono_us),
+            wall: now.wall,
+        };
+    }
+
+    fn random_id(&mut self) -> u64 {
+        (self.rng.next_u64() & ID_MASK).max(1)
+    }
+
+    fn op(&mut self, op: Op) -> OpId {
+        let id = self.next_op;
+        self.next_op += 1;
+        self.ops.insert(id, op);
+        id
+    }
+
+    fn at(&mut self, mono_us: i64, timer: Timer) {
+        self.next_timer += 1;
+        self.timers.insert((mono_us, self.next_timer), timer);
+    }
+
+    fn ledger(&mut self, op: Op, command: Led) {
+        let op = self.op(op);
+        self.actions.push(Action::Ledger { op, command });
+    }
+
+    fn transfers(&mut self, op: Op, transfers: Vec<Transfer>) {
+        self.ledger(op, Led::CreateTransfers(transfers));
+    }
+
+    fn inventory(&mut self, op: Op, order: OrderId, command: Inv) {
+        let op = self.op(op);
+        self.actions.push(Action::Inventory { op, order, command });
+    }
+
+    fn read_order(&mut self, op: Op, order: OrderId) {
+        let op = self.op(op);
+        self.actions.push(Action::ReadOrder { op, order });
+    }
+
+    fn provider(&mut self, op: Op, channel: usize, call: ProviderCall) {
+        let op = self.op(op);
+        self.actions.push(Action::Provider { op, channel, call });
+    }
+
+    fn answer(&mut self, req: ReqId, answer: Answer) {
+        self.actions.push(Action::Answer { req, answer });
+    }
+
+    fn channel_name(&self, channel: usize) -> String {
+        self.config
+            .channels
+            .get(channel)
+            .map_or_else(|| format!("#{channel}"), |c| c.0.clone())
+    }
+
+    fn reply(&mut self, op: OpId, reply: IoReply) {
+        let Some(what) = self.ops.remove(&op) else {
+            return;
+        };
+        match what {
+            Op::TryAccounts(id) => self.try_accounts_made(id, reply),
+            Op::Record(id) => self.recorded(id, reply),
+            Op::Create(id) => self.created(id, reply),
+            Op::Decide(id) => self.decide_reply(id, reply),
+            Op::Wallet(req) => self.wallet_reply(req, reply),
+            Op::PostPaid(pending) => match reply {
+                IoReply::Ledger(Ok(LedReply::Transfers(r))) if r.iter().all(Result::is_ok) => {}
+                other => {
+                    tracing::warn!(?other, "posting a paid order's money; retrying");
+                    self.at(self.now.mono_us + AGAIN_US, Timer::PostPaidAgain(pending));
+                }
+            },
+            Op::ProviderRefund(r) => self.provider_refunded(r, reply),
+            Op::Status(id, channel, until) => self.status_reply(id, channel, until, reply),
+        }
+    }
+
+    fn fire(&mut self, timer: Timer) {
+        match timer {
+            Timer::Waiter { req, purpose } => self.waiter_due(req, purpose),
+            Timer::DecideAgain(id) => self.decide_step_again(id),
+            Timer::AbandonAgain(id, channel) => {
+                self.decide_start(id, channel, decide::Why::Abandon, None)
+            }
+            Timer::ReconcileAgain(p) => self.reconcile_one(p, false),
+            Timer::PostPaidAgain(p) => self.post_paid(p),
+            Timer::Sweep => {
+                self.sweep();
+                self.at(self.now.mono_us + SWEEP_EVERY_US, Timer::Sweep);
+            }
+        }
+    }
+
+    /// Posts a confirmed order's pending transfer, retrying until the
+    /// ledger takes it: a paid order always has its money.
+    fn post_paid(&mut self, pending: Stored) {
+        let post = resolution(&pending.transfer, true);
+        self.transfers(Op::PostPaid(pending), vec![post]);
+    }
+
+    fn record_paid(&mut self, order: OrderId, payer: AccountId, paid_by: TransferId, amount: u64) {
+        self.orders.entry(order).or_insert(OrderMoney {
+            payer,
+            paid_by,
+            paid: amount,
+            refunded: 0,
+            settled: false,
+        });
+    }
+
+    fn claim(&mut self, id: u64) -> bool {
+        self.claims.insert(id)
+    }
+
+    // ---- what the service asks directly (after-sale bookkeeping) -------
+
+    /// The money of a paid order.
+    pub fn order_money(&self, order: OrderId) -> Option<OrderMoney> {
+        self.orders.get(&order).copied()
+    }
+
+    /// Takes the claim on an order's money (refunds, settlement,
+    /// collection): one at a time. Order claims carry the top bit; try ids
+    /// stay below 2^53.
+    pub fn claim_order(&mut self, order: OrderId) -> bool {
+        self.claim(order_claim(order))
+    }
+
+    pub fn release_order(&mut self, order: OrderId) {
+        self.claims.remove(&order_claim(order));
+    }
+
+    /// Holds an order still for a cancel: no payment of it is live or can
+    /// start, and its money is claimed. `Err(true)`: a payment is live;
+    /// `Err(false)`: its money is claimed by someone else.
+    pub fn hold_for_cancel(&mut self, order: OrderId) -> Result<(), bool> {
+        let purpose = Purpose::Order(order);
+        if self.live.contains_key(&purpose) {
+            return Err(true);
+        }
+        if !self.claim_order(order) {
+            return Err(false);
+        }
+        self.live.insert(purpose, 0);
+        Ok(())
+    }
+
+    pub fn release_cancel(&mut self, order: OrderId) {
+        self.release_order(order);
+        self.live.remove(&Purpose::Order(order));
+    }
+
+    /// A payment of the order is live (or a cancel holds it).
+    pub fn payment_live(&self, order: OrderId) -> bool {
+        self.live.contains_key(&Purpose::Order(order))
+    }
+
+    pub fn set_settled(&mut self, order: OrderId) {
+        if let Some(m) = self.orders.get_mut(&order) {
+            m.settled = true;
+        }
+    }
+
+    /// Adds a refund; the order's total refunded.
+    pub fn add_refunded(&mut self, order: OrderId, amount: u64) -> u64 {
+        let m = self
+            .orders
+            .get_mut(&order)
+            .expect("refunds are of paid orders");
+        m.refunded += amount;
+        m.refunded
+    }
+
+    /// Cash collected for a COD order by transfer `id`.
+    pub fn record_cod(&mut self, order: OrderId, id: TransferId, amount: u64) {
+        self.record_paid(order, chart::COD, id, amount);
+    }
+
+    /// Orders holding money not refunded (a start refunds cancelled ones).
+    pub fn orders_with_money(&self) -> Vec<OrderId> {
+        self.orders
+            .iter()
+            .filter(|(_, m)| m.paid > m.refunded)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Accounts known to exist.
+    pub fn account_known(&self, id: AccountId) -> bool {
+        self.accounts.contains(&id)
+    }
+
+    pub fn accounts_made(&mut self, ids: &[AccountId]) {
+        self.accounts.extend(ids.iter().copied());
+    }
+
+    /// A provider refund that did not go through, to re-send.
+    pub fn refund_later(&mut self, r: ProviderRefund) {
+        if self.provider_refunds.len() < WATCH_MAX {
+            self.provider_refunds.push_back(r);
+        }
+    }
+}
+
+fn order_claim(order: OrderId) -> u64 {
+    order.0 | (1 << 63)
+}
+
+/// The accounts of a transfer that may need creating (wallets, merchants).
+pub(crate) fn missing_accounts(core: &Core, ids: &[AccountId]) -> Vec<mall_ledger::Account> {
+    ids.iter()
+        .filter(|id| !core.account_known(**id))
+        .filter_map(|id| chart::account(*id))
+        .collect()
+}
+
+/// Whether a pending transfer of this code pays an order.
+pub(crate) fn pays_order(code: u16) -> bool {
+    code == code::CHANNEL_PAYMENT || code == code::WALLET_PAYMENT
+}
