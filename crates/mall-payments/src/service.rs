@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     next_req: AtomicU64,
     /// Told when the start's pending transfers are decided.
     recovered: Mutex<Option<oneshot::Sender<()>>>,
+    /// When the driver wakes next (monotonic µs): an input that makes the
+    /// core's next wake earlier wakes it; others leave it asleep.
+    driver_wakes_at: std::sync::atomic::AtomicI64,
 }
 
 /// The payment service. Cheap to clone.
@@ -193,6 +196,7 @@ impl Payments {
                 waiting: Mutex::new(FxHashMap::default()),
                 next_req: AtomicU64::new(1),
                 recovered: Mutex::new(None),
+                driver_wakes_at: std::sync::atomic::AtomicI64::new(0),
                 config,
             }),
         };
@@ -258,17 +262,21 @@ impl Payments {
     /// I/O in flight is left.
     fn run(&self, input: Input) {
         let mut inputs = VecDeque::from([input]);
+        let mut wake = None;
         while let Some(input) = inputs.pop_front() {
             let actions = {
                 let mut core = lock(&self.shared.core);
                 core.handle(self.now(), input);
+                wake = core.next_wake();
                 core.take_actions()
             };
             for action in actions {
                 self.carry_out(action, &mut inputs);
             }
         }
-        self.shared.wake.notify_one();
+        if wake.is_some_and(|w| w < self.shared.driver_wakes_at.load(Relaxed)) {
+            self.shared.wake.notify_one();
+        }
     }
 
     fn carry_out(&self, action: Action, inputs: &mut VecDeque<Input>) {
@@ -394,6 +402,9 @@ impl Payments {
     /// the core's timers.
     async fn drive(&self) {
         loop {
+            // Awake: any input that brings the next wake earlier notifies
+            // (the permit is kept), so none is missed before the sleep.
+            self.shared.driver_wakes_at.store(i64::MAX, Relaxed);
             let refresh = self.now().mono_us + self.shared.config.router.refresh_us.max(1_000);
             let (actions, wake) = {
                 let mut core = lock(&self.shared.core);
@@ -408,6 +419,7 @@ impl Payments {
                 self.run(input);
             }
             let wake = wake.unwrap_or(refresh).min(refresh);
+            self.shared.driver_wakes_at.store(wake, Relaxed);
             let delay = Duration::from_micros((wake - self.now().mono_us).max(200) as u64);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
