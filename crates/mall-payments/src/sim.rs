@@ -178,6 +178,8 @@ struct World {
     paid: BTreeMap<OrderId, u32>,
     faults_on: bool,
     report: SimReport,
+    /// `MALL_SIM_TRACE=1`: every input and action on stderr (for a replay).
+    trace: bool,
 }
 
 fn now_of(us: i64) -> Now {
@@ -304,6 +306,7 @@ impl World {
             paid: BTreeMap::new(),
             faults_on: true,
             report: SimReport::default(),
+            trace: std::env::var_os("MALL_SIM_TRACE").is_some(),
         }
     }
 
@@ -463,6 +466,9 @@ impl World {
     }
 
     fn input(&mut self, input: Input) {
+        if self.trace {
+            eprintln!("{:>10} life {} in  {input:?}", self.now_us, self.life);
+        }
         self.core.handle(now_of(self.now_us), input);
         self.carry_out();
     }
@@ -471,6 +477,9 @@ impl World {
     /// a new one recovers from the ledger.
     fn crash(&mut self) {
         self.hit("crash");
+        if self.trace {
+            eprintln!("{:>10} CRASH", self.now_us);
+        }
         self.life += 1;
         let seed = self.rng.next_u64();
         self.core = new_core(seed, self.now_us);
@@ -567,6 +576,9 @@ impl World {
     }
 
     fn action(&mut self, action: Action) {
+        if self.trace {
+            eprintln!("{:>10} life {} out {action:?}", self.now_us, self.life);
+        }
         match action {
             Action::Ledger { op, command } => {
                 if self.fault("ledger_unavailable") {

@@ -400,6 +400,10 @@ impl Core {
                         .get(&order)
                         .is_none_or(|m| m.paid_by == p.transfer.id) =>
             {
+                // The order is this try's from the confirm on, before its
+                // post lands: any other try of it now finds it taken.
+                let t = &p.transfer;
+                self.record_paid(order, t.debit, t.id, t.amount);
                 self.resolve(id, true, Then::Captured(Box::new(o)))
             }
             reply => {
@@ -557,7 +561,9 @@ impl Core {
                 }
             }
             Why::Reconcile { first } => {
-                if let Some(p) = &d.stored {
+                // Decided: its order is free. Not decided: it holds the
+                // order until it is, so no other payment can pay it too.
+                if let (Some(p), Ok(())) = (&d.stored, &result) {
                     let purpose = super::Purpose::Order(OrderId(p.transfer.user_data));
                     if pays_order(p.transfer.code) && self.live.get(&purpose) == Some(&id) {
                         self.live.remove(&purpose);
@@ -576,7 +582,7 @@ impl Core {
             Why::WalletUndo { req, error } => {
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "a wallet reservation stays pending; retrying");
-                    if let Some(p) = d.stored {
+                    if let Some(p) = d.stored.clone() {
                         self.at(self.now.mono_us + AGAIN_US, Timer::ReconcileAgain(p));
                     }
                 }
@@ -586,6 +592,12 @@ impl Core {
                     Some(view) if d.posted => Ok(view),
                     _ => Err(error),
                 };
+                // Not decided: the reservation holds its order until its
+                // retry decides it, so no other payment can pay it too.
+                if let (Err(_), Some(p)) = (&result, &d.stored) {
+                    let purpose = super::Purpose::Order(OrderId(p.transfer.user_data));
+                    self.live.insert(purpose, id);
+                }
                 self.answer(req, Answer::Payment(answer));
             }
         }
