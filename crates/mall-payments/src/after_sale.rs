@@ -1,18 +1,15 @@
-//! After payment: delivery and settlement to the merchant, cash on
-//! delivery, refunds (after-sale, or of a cancelled order). Each holds the
-//! order's money claim in the core, so one runs at a time per order; the
-//! order money index they read and change lives in the core.
+//! After payment, as the service asks it of the core
+//! ([`crate::core`]'s `after_sale` decides): delivery and settlement to the
+//! merchant, cash on delivery, refunds (after-sale, or of a cancelled
+//! order, under the cancel's hold).
 
-use crate::core::{derived, single, ProviderRefund, ID_MASK};
+use crate::core::{derived, Input};
 use crate::errors::PayError;
 use crate::service::{lock, spawn, CancelHold, Payments};
 use crate::views::RefundView;
-use mall_core::{Order, OrderId, OrderStatus, PaymentMethod, Refusal};
-use mall_inventory::Command as Inv;
-use mall_inventory::Reply as InvReply;
-use mall_ledger::chart::{self, code};
-use mall_ledger::{AccountId, Outcome as LedOutcome, TransferId};
-use std::sync::atomic::Ordering::Relaxed;
+use mall_core::{Order, OrderId, OrderStatus};
+use mall_ledger::chart;
+use mall_ledger::AccountId;
 use std::time::Duration;
 
 impl Payments {
@@ -27,123 +24,29 @@ impl Payments {
         chart::merchant(merchant)
     }
 
-    /// Sends a refund to its provider; one that does not go through is
-    /// re-sent by the core's sweep (refund ids are idempotent there).
-    async fn provider_refund(&self, r: ProviderRefund) {
-        let Some(provider) = self.shared.providers.get(r.channel) else {
-            tracing::error!(
-                channel = r.channel,
-                "a refund names a channel no longer configured"
-            );
-            return;
-        };
-        if let Err(e) = provider.refund(r.refund, r.payment, r.amount).await {
-            tracing::warn!(error = %e, "provider refund failed; it will be re-sent");
-            lock(&self.shared.core).refund_later(r);
-        }
-    }
-
     /// The order was delivered: it becomes `delivered` (it can no longer be
     /// cancelled), then its escrowed money (less refunds) goes to the
     /// merchant. Delivery comes first and is idempotent, so a settlement cut
     /// off half-way is finished by calling this again.
     pub async fn settle(&self, order: OrderId) -> Result<u64, PayError> {
-        let o = self.stored_order(order)?.ok_or(PayError::UnknownOrder)?;
-        if !matches!(
-            o.status,
-            OrderStatus::Paid | OrderStatus::Confirmed | OrderStatus::Delivered
-        ) {
-            return Err(PayError::NotSettleable(o.status.as_str()));
-        }
-        let _held = self.claim_order(order)?;
-        // Refusals first, so a refused delivery changes nothing.
-        match lock(&self.shared.core).order_money(order) {
-            None => return Err(PayError::NotPaid),
-            Some(m) if m.settled => return Err(PayError::AlreadySettled),
-            Some(_) => {}
-        }
-        let o = self.deliver(order).await?;
-        self.settle_claimed(&o).await
-    }
-
-    /// `paid | confirmed → delivered` in the inventory (a replay if it is
-    /// delivered already). The caller holds the order's claim.
-    async fn deliver(&self, order: OrderId) -> Result<Order, PayError> {
-        match self.inventory(order, Inv::Deliver { order }).await? {
-            InvReply::Order { order, .. } => Ok(order),
-            InvReply::Refused(Refusal::InvalidTransition { status, .. }) => {
-                Err(PayError::NotSettleable(status.as_str()))
-            }
-            InvReply::Refused(Refusal::UnknownOrder) => Err(PayError::UnknownOrder),
-            _ => {
-                // Inactive: cancelled or expired meanwhile.
-                let now = self.stored_order(order)?;
-                Err(PayError::NotSettleable(
-                    now.map_or("unknown", |o| o.status.as_str()),
-                ))
-            }
-        }
-    }
-
-    async fn settle_claimed(&self, o: &Order) -> Result<u64, PayError> {
-        let money = lock(&self.shared.core)
-            .order_money(o.id)
-            .ok_or(PayError::NotPaid)?;
-        if money.settled {
-            return Err(PayError::AlreadySettled);
-        }
-        let merchant = self.merchant_of(o);
-        self.ensure_accounts(&[merchant]).await?;
-        let amount = money.paid.saturating_sub(money.refunded);
-        if amount > 0 {
-            let t = single(
-                derived("settle", o.id.0),
-                chart::ESCROW,
-                merchant,
-                amount,
-                code::SETTLEMENT,
-                o.id.0,
-            );
-            if let Err(r) = self.transfer(t).await? {
-                tracing::error!(refusal = r.code(), "settlement refused");
-                return Err(PayError::Unavailable);
-            }
-        }
-        lock(&self.shared.core).set_settled(o.id);
-        Ok(amount)
+        let read = self.stored_order(order)?;
+        let merchant = read.as_ref().map(|o| self.merchant_of(o));
+        let settle = |req| Input::Settle {
+            req,
+            read,
+            merchant: merchant.unwrap_or(chart::ESCROW),
+        };
+        self.ask(settle, None).await?.amount()
     }
 
     /// The courier collected cash for a COD order: the order is delivered
     /// (it can no longer be cancelled) and the cash is booked into escrow.
     /// Idempotent: a repeat books nothing twice.
     pub async fn cod_collected(&self, order: OrderId) -> Result<u64, PayError> {
-        let o = self.stored_order(order)?.ok_or(PayError::UnknownOrder)?;
-        if o.payment != PaymentMethod::Cod
-            || !matches!(o.status, OrderStatus::Confirmed | OrderStatus::Delivered)
-        {
-            return Err(PayError::NotSettleable(o.status.as_str()));
-        }
-        let amount = u64::try_from(o.amount_fen.0)
-            .ok()
-            .filter(|a| *a > 0)
-            .ok_or(PayError::NotSettleable("free"))?;
-        let _held = self.claim_order(order)?;
-        self.deliver(order).await?;
-        let id = derived("cod", order.0);
-        let collect = single(
-            id,
-            chart::COD,
-            chart::ESCROW,
-            amount,
-            code::COD_COLLECTION,
-            order.0,
-        );
-        if let Err(r) = self.transfer(collect).await? {
-            tracing::error!(refusal = r.code(), "COD collection refused");
-            return Err(PayError::Unavailable);
-        }
-        lock(&self.shared.core).record_cod(order, id, amount);
-        Ok(amount)
+        let read = self.stored_order(order)?;
+        self.ask(|req| Input::CodCollected { req, read }, None)
+            .await?
+            .amount()
     }
 
     /// Refunds `amount` (all that is left if `None`) of a paid order, back
@@ -155,89 +58,27 @@ impl Payments {
         amount: Option<u64>,
         key: u64,
     ) -> Result<RefundView, PayError> {
-        let o = self.stored_order(order)?.ok_or(PayError::UnknownOrder)?;
-        let _held = self.claim_order(order)?;
-        self.refund_claimed(&o, amount, key).await
+        let read = self.stored_order(order)?;
+        self.refund_read(read, amount, key, false).await
     }
 
-    async fn refund_claimed(
+    async fn refund_read(
         &self,
-        o: &Order,
+        read: Option<Order>,
         amount: Option<u64>,
         key: u64,
+        held: bool,
     ) -> Result<RefundView, PayError> {
-        let id = TransferId(
-            (mall_core::fingerprint(&[b"refund", &o.id.0.to_le_bytes(), &key.to_le_bytes()])
-                & ID_MASK)
-                .max(1),
-        );
-        let money = lock(&self.shared.core)
-            .order_money(o.id)
-            .ok_or(PayError::NotPaid)?;
-        if let Some(done) = self.lookup_transfer(id.0).await? {
-            if done.transfer.code != code::REFUND || done.transfer.user_data != o.id.0 {
-                tracing::error!(id = id.0, "a refund id collides with another transfer");
-                return Err(PayError::Unavailable);
-            }
-            // A replay: answer as the first time (and make sure the
-            // provider heard of it).
-            if let Some(channel) = chart::channel_of(money.payer) {
-                self.provider_refund(ProviderRefund {
-                    channel,
-                    refund: id.0,
-                    payment: money.paid_by.0,
-                    amount: done.transfer.amount,
-                })
-                .await;
-            }
-            return Ok(RefundView {
-                refund: id.0,
-                amount_fen: done.transfer.amount,
-                refunded_total_fen: money.refunded,
-                paid_fen: money.paid,
-            });
-        }
-        let remaining = money.paid.saturating_sub(money.refunded);
-        let amount = amount.unwrap_or(remaining);
-        if amount == 0 || amount > remaining {
-            return Err(PayError::RefundExceedsPaid { remaining });
-        }
-        let source = if money.settled {
-            self.merchant_of(o)
-        } else {
-            chart::ESCROW
+        let merchant = read.as_ref().map(|o| self.merchant_of(o));
+        let refund = |req| Input::Refund {
+            req,
+            read,
+            amount,
+            key,
+            merchant: merchant.unwrap_or(chart::ESCROW),
+            held,
         };
-        let t = single(id, source, money.payer, amount, code::REFUND, o.id.0);
-        match self.transfer(t).await? {
-            Ok(LedOutcome::Created | LedOutcome::Replayed) => {}
-            Err(r) => {
-                tracing::error!(refusal = r.code(), "refund refused by the ledger");
-                return Err(PayError::Unavailable);
-            }
-        }
-        let total = lock(&self.shared.core).add_refunded(o.id, amount);
-        self.shared.counters.refunds.fetch_add(1, Relaxed);
-        if let Some(log) = &self.shared.events {
-            let now = self.now_wall().0;
-            let mut e = mall_events::Event::new(now, mall_events::Kind::Refund);
-            (e.u, e.s, e.o, e.a) = (o.user.0, o.sku.0, o.id.0, amount as i64);
-            log.record(e);
-        }
-        if let Some(channel) = chart::channel_of(money.payer) {
-            self.provider_refund(ProviderRefund {
-                channel,
-                refund: id.0,
-                payment: money.paid_by.0,
-                amount,
-            })
-            .await;
-        }
-        Ok(RefundView {
-            refund: id.0,
-            amount_fen: amount,
-            refunded_total_fen: total,
-            paid_fen: money.paid,
-        })
+        self.ask(refund, None).await?.refund()
     }
 
     /// The order was cancelled under `hold`: refund what is left of its
@@ -252,7 +93,7 @@ impl Payments {
         if !paid {
             return None;
         }
-        match self.refund_claimed(order, None, key).await {
+        match self.refund_read(Some(order.clone()), None, key, true).await {
             Ok(view) => Some(view),
             Err(e) => {
                 tracing::warn!(order = order.id.0, error = %e, "refund of a cancelled order failed; retrying in the background");

@@ -13,13 +13,9 @@ use crate::errors::PayError;
 use crate::views::{Method, PayStatus, PaymentView, StatementLine, WalletView};
 use crate::PayCounters;
 use mall_core::{Order, OrderId, OrderStatus, UserId};
-use mall_inventory::Command as Inv;
 use mall_inventory::Reply as InvReply;
 use mall_ledger::chart::{self, code};
-use mall_ledger::{
-    Account, AccountId, Command as Led, Mode, Outcome as LedOutcome, PendingState,
-    Refusal as LedRefusal, Reply as LedReply, Stored, Transfer, TransferId,
-};
+use mall_ledger::{Account, AccountId, Command as Led, Mode, PendingState, Reply as LedReply};
 use mall_pay::router::{ChannelConfig, ChannelStatus, Router};
 use mall_pay::signature;
 use mall_shard::Clock;
@@ -67,19 +63,6 @@ pub struct CancelHold {
 impl Drop for CancelHold {
     fn drop(&mut self) {
         lock(&self.shared.core).release_cancel(self.order);
-    }
-}
-
-/// The claim on an order's money, released when dropped, so a request
-/// abandoned half-way (the client went away) never leaves it held.
-pub(crate) struct OrderClaim {
-    shared: Arc<Shared>,
-    order: OrderId,
-}
-
-impl Drop for OrderClaim {
-    fn drop(&mut self) {
-        lock(&self.shared.core).release_order(self.order);
     }
 }
 
@@ -237,10 +220,6 @@ impl Payments {
         lock(&self.shared.core).router().queue_depth()
     }
 
-    pub(crate) fn now_wall(&self) -> mall_core::Timestamp {
-        self.shared.clock.now()
-    }
-
     fn now(&self) -> Now {
         Now {
             mono_us: self.shared.epoch.elapsed().as_micros() as i64,
@@ -346,6 +325,14 @@ impl Payments {
                 amount,
                 channel,
             } => self.record_pay(&order, amount, &channel),
+            Action::Refunded { order, amount } => {
+                if let Some(log) = &self.shared.events {
+                    let now = self.now().wall.0;
+                    let mut e = mall_events::Event::new(now, mall_events::Kind::Refund);
+                    (e.u, e.s, e.o, e.a) = (order.user.0, order.sku.0, order.id.0, amount as i64);
+                    log.record(e);
+                }
+            }
             Action::Recovered => {
                 if let Some(tx) = lock(&self.shared.recovered).take() {
                     let _ = tx.send(());
@@ -430,7 +417,7 @@ impl Payments {
 
     /// Submits a request to the core and waits for its answer. `turn`
     /// (if any) is given back once the core has taken the request.
-    async fn ask(
+    pub(crate) async fn ask(
         &self,
         make: impl FnOnce(ReqId) -> Input,
         turn: Option<tokio::sync::SemaphorePermit<'_>>,
@@ -464,26 +451,6 @@ impl Payments {
         }
     }
 
-    pub(crate) async fn transfer(
-        &self,
-        t: Transfer,
-    ) -> Result<Result<LedOutcome, LedRefusal>, PayError> {
-        match self.ledger(Led::CreateTransfers(vec![t])).await? {
-            LedReply::Transfers(mut r) => Ok(r.remove(0)),
-            other => unreachable!("transfers answered {other:?}"),
-        }
-    }
-
-    pub(crate) async fn lookup_transfer(&self, id: u64) -> Result<Option<Stored>, PayError> {
-        match self
-            .ledger(Led::LookupTransfers(vec![TransferId(id)]))
-            .await?
-        {
-            LedReply::TransferLookup(mut r) => Ok(r.remove(0)),
-            other => unreachable!("lookup answered {other:?}"),
-        }
-    }
-
     /// Creates the accounts that do not exist yet (creation is idempotent;
     /// the ones known to exist cost nothing).
     pub(crate) async fn ensure_accounts(&self, ids: &[AccountId]) -> Result<(), PayError> {
@@ -504,23 +471,6 @@ impl Payments {
         }
     }
 
-    pub(crate) async fn inventory(
-        &self,
-        order: OrderId,
-        command: Inv,
-    ) -> Result<InvReply, PayError> {
-        let rx = self
-            .shared
-            .engine
-            .try_submit_for_order(order, command)
-            .ok_or(PayError::UnknownOrder)?
-            .map_err(|_| PayError::Overloaded)?;
-        match rx.await {
-            Ok(InvReply::Unavailable) | Err(_) => Err(PayError::Unavailable),
-            Ok(reply) => Ok(reply),
-        }
-    }
-
     /// The order as stored (a point read on the shard's WAL reader).
     pub(crate) fn stored_order(&self, id: OrderId) -> Result<Option<Order>, PayError> {
         self.shared
@@ -531,16 +481,6 @@ impl Payments {
                 tracing::error!(error = %e, "reading an order");
                 PayError::Unavailable
             })
-    }
-
-    pub(crate) fn claim_order(&self, order: OrderId) -> Result<OrderClaim, PayError> {
-        if !lock(&self.shared.core).claim_order(order) {
-            return Err(PayError::Busy);
-        }
-        Ok(OrderClaim {
-            shared: self.shared.clone(),
-            order,
-        })
     }
 
     /// The event of a payment that succeeded.

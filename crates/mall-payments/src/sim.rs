@@ -105,6 +105,14 @@ pub const COVERAGE: &[&str] = &[
     "crash",
     "reconciled_pending",
     "watch_found_charge",
+    "settled",
+    "cod_collected",
+    "refunded",
+    "refund_answered",
+    "refund_exceeds_paid",
+    "cancelled",
+    "cancel_refunded",
+    "already_settled",
 ];
 
 const CHANNELS: [(&str, &[PayMethod]); 3] = [
@@ -128,6 +136,10 @@ enum Event {
         payment: u64,
         tries: u32,
     },
+    /// A cancelled order's money is refunded (a retry, or after a start).
+    RefundCancelled { order: OrderId },
+    /// After a start: every cancelled order that kept money is refunded.
+    RefundAllCancelled,
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +167,16 @@ enum Request {
         channel: usize,
         payment: u64,
         tries: u32,
+    },
+    Settle,
+    Cod,
+    Refund {
+        order: OrderId,
+    },
+    /// The refund of a cancel, under the cancel's hold (`held`) or not.
+    CancelRefund {
+        order: OrderId,
+        held: bool,
     },
 }
 
@@ -375,11 +397,12 @@ impl World {
             return self.crash();
         }
         let user = UserId(1 + self.rng.below(self.config.shoppers));
-        match self.rng.below(10) {
+        match self.rng.below(12) {
             0..=3 => self.reserve(user),
+            9 | 10 => self.after_sale(),
             4..=8 => {
                 let candidates: Vec<OrderId> =
-                    self.orders.values().rev().take(12).map(|o| o.id).collect();
+                    self.orders.values().rev().take(40).map(|o| o.id).collect();
                 let Some(order) = self.rng.pick(&candidates).copied() else {
                     return self.reserve(user);
                 };
@@ -423,7 +446,11 @@ impl World {
             user,
             sku,
             quantity: Quantity::new(1).expect("1"),
-            payment: PaymentMethod::Online,
+            payment: if self.rng.chance(0.15) {
+                PaymentMethod::Cod
+            } else {
+                PaymentMethod::Online
+            },
             address: "1 Sim Road".into(),
             idempotency_key: None,
             fingerprint: 0,
@@ -456,6 +483,108 @@ impl World {
                 InvEffect::PutItem(_) => {}
             }
         }
+    }
+
+    /// Settle, collect, refund or cancel one of the latest orders.
+    fn after_sale(&mut self) {
+        let candidates: Vec<OrderId> = self.orders.values().rev().take(16).map(|o| o.id).collect();
+        let Some(order) = self.rng.pick(&candidates).copied() else {
+            return;
+        };
+        let read = self.orders.get(&order).cloned();
+        let merchant = chart::merchant(MerchantId(1));
+        let o = read.clone().expect("a stored order");
+        match self.rng.below(10) {
+            0..=2 if o.payment == PaymentMethod::Cod => {
+                let req = self.request(Request::Cod);
+                self.input(Input::CodCollected { req, read });
+            }
+            0..=2 => {
+                let req = self.request(Request::Settle);
+                self.input(Input::Settle {
+                    req,
+                    read,
+                    merchant,
+                });
+            }
+            3..=6 => {
+                // A few keys per order: some requests are replays.
+                let key = self.rng.below(3);
+                let amount = match self.rng.below(3) {
+                    0 => None,
+                    _ => Some(1 + self.rng.below(o.amount_fen.0.max(1) as u64 / 2 + 1)),
+                };
+                let req = self.request(Request::Refund { order });
+                self.input(Input::Refund {
+                    req,
+                    read,
+                    amount,
+                    key,
+                    merchant,
+                    held: false,
+                });
+            }
+            _ => self.cancel(o),
+        }
+    }
+
+    /// A cancel as the HTTP layer does it: hold the order, release it in
+    /// the inventory, refund under the hold.
+    fn cancel(&mut self, o: Order) {
+        if self.core.hold_for_cancel(o.id).is_err() {
+            return self.hit("cancel_waits");
+        }
+        let mut effects = Vec::new();
+        let release = Inv::Release {
+            order: o.id,
+            by: Some(o.user),
+        };
+        let reply = self.inventory.apply(release, self.wall(), &mut effects);
+        self.store_orders(effects);
+        match reply {
+            mall_inventory::Reply::Order { order, .. } => {
+                self.hit("cancelled");
+                let req = self.request(Request::CancelRefund {
+                    order: o.id,
+                    held: true,
+                });
+                self.input(Input::Refund {
+                    req,
+                    read: Some(order),
+                    amount: None,
+                    key: crate::core::derived("cancel", o.id.0).0,
+                    merchant: chart::merchant(MerchantId(1)),
+                    held: true,
+                });
+            }
+            _ => self.core.release_cancel(o.id),
+        }
+    }
+
+    /// A cancelled order's money back, unless a payment of it is still
+    /// being decided (then later).
+    fn refund_cancelled(&mut self, order: OrderId) {
+        let owes = self
+            .core
+            .order_money(order)
+            .is_some_and(|m| m.paid > m.refunded);
+        if !owes {
+            return;
+        }
+        if self.core.payment_live(order) {
+            let later = 200_000 + self.rng.below(800_000) as i64;
+            return self.schedule(later, Event::RefundCancelled { order });
+        }
+        let req = self.request(Request::CancelRefund { order, held: false });
+        let read = self.orders.get(&order).cloned();
+        self.input(Input::Refund {
+            req,
+            read,
+            amount: None,
+            key: crate::core::derived("cancel", order.0).0,
+            merchant: chart::merchant(MerchantId(1)),
+            held: false,
+        });
     }
 
     fn request(&mut self, r: Request) -> ReqId {
@@ -500,10 +629,23 @@ impl World {
             self.hit("reconciled_pending");
         }
         self.input(Input::Recover { transfers });
+        self.schedule(1_000, Event::RefundAllCancelled);
     }
 
     fn event(&mut self, event: Event) {
         match event {
+            Event::RefundAllCancelled => {
+                let cancelled: Vec<OrderId> = self
+                    .orders
+                    .values()
+                    .filter(|o| o.status == OrderStatus::Cancelled)
+                    .map(|o| o.id)
+                    .collect();
+                for order in cancelled {
+                    self.refund_cancelled(order);
+                }
+            }
+            Event::RefundCancelled { order } => self.refund_cancelled(order),
             Event::Reply { life, op, reply } => {
                 if life == self.life {
                     self.input(Input::Reply { op, reply });
@@ -623,6 +765,7 @@ impl World {
                 );
             }
             Action::Recovered => {}
+            Action::Refunded { .. } => self.hit("refunded"),
         }
     }
 
@@ -816,6 +959,40 @@ impl World {
                     );
                 }
             },
+            (Request::Settle, Answer::Amount(result)) => match result {
+                Ok(_) => self.hit("settled"),
+                Err(e) => self.hit(error_kind(&e)),
+            },
+            (Request::Cod, Answer::Amount(result)) => match result {
+                Ok(_) => self.hit("cod_collected"),
+                Err(e) => self.hit(error_kind(&e)),
+            },
+            (Request::Refund { order }, Answer::Refund(result)) => match result {
+                Ok(view) => {
+                    assert!(
+                        view.refunded_total_fen <= view.paid_fen,
+                        "order {order}: refunded {} of {}",
+                        view.refunded_total_fen,
+                        view.paid_fen
+                    );
+                    self.hit("refund_answered");
+                }
+                Err(e) => self.hit(error_kind(&e)),
+            },
+            (Request::CancelRefund { order, held }, Answer::Refund(result)) => {
+                if held {
+                    self.core.release_cancel(order);
+                }
+                match result {
+                    Ok(_) => self.hit("cancel_refunded"),
+                    Err(PayError::NotPaid) => {}
+                    Err(e) => {
+                        self.hit(error_kind(&e));
+                        let later = 200_000 + self.rng.below(800_000) as i64;
+                        self.schedule(later, Event::RefundCancelled { order });
+                    }
+                }
+            }
             (request, answer) => panic!("{request:?} was answered {answer:?}"),
         }
     }
@@ -840,6 +1017,7 @@ impl World {
             let e = per_order.entry(t.user_data).or_default();
             match (t.code, t.mode) {
                 (c, Mode::Post { .. }) if crate::core::pays_order(c) => e.0 += t.amount,
+                (code::COD_COLLECTION, _) => e.0 += t.amount,
                 (code::REFUND, _) => e.1 += t.amount,
                 (code::LATE_CAPTURE, _) => e.2 += t.amount,
                 (code::LATE_REFUND, _) => e.3 += t.amount,
@@ -908,19 +1086,64 @@ impl World {
                 );
             }
         }
+        let mut money: BTreeMap<u64, Money> = BTreeMap::new();
+        for id in &self.transfers {
+            let t = &self.ledger.transfer(*id).expect("recorded").transfer;
+            let m = money.entry(t.user_data).or_default();
+            match (t.code, t.mode) {
+                (c, Mode::Post { .. }) if crate::core::pays_order(c) => m.paid += t.amount,
+                (code::COD_COLLECTION, _) => m.paid += t.amount,
+                (code::REFUND, _) if t.debit == chart::ESCROW => m.from_escrow += t.amount,
+                (code::REFUND, _) => m.from_merchant += t.amount,
+                (code::SETTLEMENT, _) => m.settled = Some(t.amount),
+                _ => {}
+            }
+        }
         for o in self.orders.values() {
             let paid = self.paid.get(&o.id).copied().unwrap_or(0);
-            let should = u32::from(o.status == OrderStatus::Paid);
-            assert_eq!(
-                paid,
-                should,
-                "order {} is {} with {paid} posted payments",
+            let m = money.get(&o.id.0).copied().unwrap_or_default();
+            let online = o.payment == PaymentMethod::Online;
+            let ok = match o.status {
+                OrderStatus::Paid => paid == 1,
+                OrderStatus::Delivered if online => paid == 1,
+                OrderStatus::AwaitingPayment | OrderStatus::Expired => paid == 0,
+                // Paid and cancelled: all of it handed back.
+                OrderStatus::Cancelled => paid == 0 || m.from_escrow + m.from_merchant == m.paid,
+                _ => paid == 0,
+            };
+            assert!(
+                ok,
+                "order {} is {} with {paid} posted payments and {m:?}",
                 o.id,
                 o.status.as_str()
             );
+            let in_escrow =
+                m.paid as i128 - m.from_escrow as i128 - i128::from(m.settled.unwrap_or(0));
+            assert!(in_escrow >= 0, "order {}: escrow short ({m:?})", o.id);
+            if let Some(settled) = m.settled {
+                assert_eq!(
+                    in_escrow, 0,
+                    "order {}: settled, money left in escrow ({m:?})",
+                    o.id
+                );
+                assert!(
+                    m.from_merchant <= settled,
+                    "order {}: the merchant refunded more than it got ({m:?})",
+                    o.id
+                );
+            }
         }
         let _ = ledger_refunds;
     }
+}
+
+/// An order's money as the ledger has it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Money {
+    paid: u64,
+    from_escrow: u64,
+    from_merchant: u64,
+    settled: Option<u64>,
 }
 
 fn error_kind(e: &PayError) -> &'static str {
@@ -932,6 +1155,11 @@ fn error_kind(e: &PayError) -> &'static str {
         PayError::NotPayable(_) => "not_payable",
         PayError::QueueFull => "queue_full",
         PayError::QueueTimeout => "queue_timeout",
+        PayError::NotPaid => "not_paid",
+        PayError::AlreadySettled => "already_settled",
+        PayError::NotSettleable(_) => "not_settleable",
+        PayError::RefundExceedsPaid { .. } => "refund_exceeds_paid",
+        PayError::Busy => "busy",
         PayError::Unavailable | PayError::Overloaded => "unavailable",
         _ => "other_error",
     }

@@ -72,6 +72,8 @@ pub(crate) struct Decision {
     ledger_tries: u8,
     /// The transfer was posted: it paid its order (or top-up).
     posted: bool,
+    /// The last post or void was a replay (done before).
+    replayed: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +158,8 @@ impl Core {
             self.live.insert(purpose, id);
         }
         let known = match (&why, stored) {
+            // A retry reads the transfer again: what it had may be stale.
+            (Why::Reconcile { first: false }, _) => None,
             (_, Some(p)) => Some(p),
             (Why::Callback { amount, .. }, None) => self.known_pending(id, channel, Some(*amount)),
             (_, None) => self.known_pending(id, channel, None),
@@ -168,21 +172,20 @@ impl Core {
             step: Step::Lookup,
             ledger_tries: 0,
             posted: false,
+            replayed: false,
         };
-        if reconcile {
+        if reconcile && d.stored.is_some() {
             d.step = Step::Status;
         }
         let have = d.stored.is_some();
         self.decisions.insert(id, d);
         match (reconcile, have) {
-            (true, _) => self.reconcile_status(id),
+            (true, true) => self.reconcile_status(id),
             (false, true) => {
                 let stored = self.decisions[&id].stored.clone();
                 self.on_stored(id, stored)
             }
-            (false, false) => {
-                self.ledger(Op::Decide(id), Led::LookupTransfers(vec![TransferId(id)]))
-            }
+            (_, false) => self.ledger(Op::Decide(id), Led::LookupTransfers(vec![TransferId(id)])),
         }
     }
 
@@ -238,7 +241,11 @@ impl Core {
             (Step::Confirm, IoReply::Inventory(Ok(reply))) => self.confirmed(id, reply),
             (Step::Resolve { then, .. }, IoReply::Ledger(Ok(LedReply::Transfers(r)))) => {
                 match r.first() {
-                    Some(Ok(_)) => self.then(id, then),
+                    Some(Ok(outcome)) => {
+                        let d = self.decisions.get_mut(&id).expect("deciding");
+                        d.replayed = *outcome == LedOutcome::Replayed;
+                        self.then(id, then)
+                    }
                     other => {
                         tracing::error!(
                             transfer = id,
@@ -319,10 +326,13 @@ impl Core {
                 (PendingState::Posted, _) | (_, false) => self.decided(id, Ok(())),
                 (_, true) => self.late_refund(id, Then::Returned),
             },
-            (
-                Why::Abandon | Why::WalletUndo { .. } | Why::Reconcile { .. },
-                Some(PendingState::Pending),
-            ) => self.settle_or_void(id),
+            (Why::Reconcile { .. }, Some(PendingState::Pending)) => {
+                self.decisions.get_mut(&id).expect("deciding").step = Step::Status;
+                self.reconcile_status(id)
+            }
+            (Why::Abandon | Why::WalletUndo { .. }, Some(PendingState::Pending)) => {
+                self.settle_or_void(id)
+            }
             (Why::Abandon, _) => {
                 if let Some(t) = self.tries.get_mut(&id) {
                     t.ledger = TryLedger::Voided;
@@ -403,7 +413,7 @@ impl Core {
                 // The order is this try's from the confirm on, before its
                 // post lands: any other try of it now finds it taken.
                 let t = &p.transfer;
-                self.record_paid(order, t.debit, t.id, t.amount);
+                self.record_paid(order, t.debit, t.id, t.amount, false);
                 self.resolve(id, true, Then::Captured(Box::new(o)))
             }
             reply => {
@@ -476,7 +486,7 @@ impl Core {
         match then {
             Then::Settled { posted: true } => {
                 self.decisions.get_mut(&id).expect("deciding").posted = true;
-                self.record_paid(OrderId(t.user_data), t.debit, t.id, t.amount);
+                self.record_paid(OrderId(t.user_data), t.debit, t.id, t.amount, true);
                 self.finish_try(id, Ok((id, channel)));
                 self.decided(id, Ok(()))
             }
@@ -491,9 +501,11 @@ impl Core {
             }
             Then::Captured(o) => {
                 let order = OrderId(t.user_data);
-                self.record_paid(order, t.debit, t.id, t.amount);
-                let name = channel.map(|c| self.channel_name(c)).unwrap_or_default();
-                self.paid_event(*o, t.amount, name);
+                self.record_paid(order, t.debit, t.id, t.amount, true);
+                if !self.decisions[&id].replayed {
+                    let name = channel.map(|c| self.channel_name(c)).unwrap_or_default();
+                    self.paid_event(*o, t.amount, name);
+                }
                 self.finish_try(id, Ok((id, channel)));
                 self.decided(id, Ok(()))
             }

@@ -27,6 +27,7 @@
 //! [`Input::Reply`] with that id. A reply for an op the core no longer
 //! knows is ignored.
 
+mod after_sale;
 mod attempts;
 mod callbacks;
 mod decide;
@@ -35,7 +36,7 @@ mod wallet;
 mod watch;
 
 use crate::errors::PayError;
-use crate::views::{Method, PaymentView};
+use crate::views::{Method, PaymentView, RefundView};
 use crate::PayCounters;
 use mall_core::{Order, OrderId, Timestamp, UserId};
 use mall_inventory::Command as Inv;
@@ -49,6 +50,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+pub use after_sale::refund_id;
 pub use decide::ProviderRefund;
 
 /// The time, twice: `mono_us` (monotonic, for the router and timers) and
@@ -90,6 +92,24 @@ pub enum Input {
         payment: u64,
         succeeded: bool,
         amount: u64,
+    },
+    /// Deliver and settle `order` (as read) to its merchant's account.
+    Settle {
+        req: ReqId,
+        read: Option<Order>,
+        merchant: AccountId,
+    },
+    /// The courier collected the cash of a COD order (as read).
+    CodCollected { req: ReqId, read: Option<Order> },
+    /// Refund `amount` (all that is left: `None`) of an order (as read),
+    /// named by `key`. `held`: the caller holds the order already (a cancel).
+    Refund {
+        req: ReqId,
+        read: Option<Order>,
+        amount: Option<u64>,
+        key: u64,
+        merchant: AccountId,
+        held: bool,
     },
     /// The reply to an op.
     Reply { op: OpId, reply: IoReply },
@@ -176,6 +196,11 @@ pub enum Action {
         amount: u64,
         channel: String,
     },
+    /// A refund was made (for the event log).
+    Refunded {
+        order: Order,
+        amount: u64,
+    },
     /// What the start found pending is decided.
     Recovered,
 }
@@ -184,6 +209,9 @@ pub enum Action {
 pub enum Answer {
     Payment(Result<PaymentView, PayError>),
     Callback(Result<(), PayError>),
+    /// A settlement or a COD collection: the amount moved.
+    Amount(Result<u64, PayError>),
+    Refund(Result<RefundView, PayError>),
 }
 
 impl Answer {
@@ -191,7 +219,7 @@ impl Answer {
     pub fn payment(self) -> Result<PaymentView, PayError> {
         match self {
             Answer::Payment(result) => result,
-            Answer::Callback(_) => Err(PayError::Unavailable),
+            _ => Err(PayError::Unavailable),
         }
     }
 
@@ -199,7 +227,23 @@ impl Answer {
     pub fn callback(self) -> Result<(), PayError> {
         match self {
             Answer::Callback(result) => result,
-            Answer::Payment(_) => Err(PayError::Unavailable),
+            _ => Err(PayError::Unavailable),
+        }
+    }
+
+    /// The answer to a settlement or a COD collection.
+    pub fn amount(self) -> Result<u64, PayError> {
+        match self {
+            Answer::Amount(result) => result,
+            _ => Err(PayError::Unavailable),
+        }
+    }
+
+    /// The answer to a refund.
+    pub fn refund(self) -> Result<RefundView, PayError> {
+        match self {
+            Answer::Refund(result) => result,
+            _ => Err(PayError::Unavailable),
         }
     }
 }
@@ -231,6 +275,9 @@ pub struct OrderMoney {
     pub paid: u64,
     pub refunded: u64,
     pub settled: bool,
+    /// The payment's money is posted (a paid order's post may still be on
+    /// its way: refunds and settlement wait for it).
+    pub posted: bool,
 }
 
 type Final = Result<(u64, Option<usize>), PayError>;
@@ -248,6 +295,8 @@ enum Op {
     Decide(u64),
     /// The current step of a wallet payment.
     Wallet(ReqId),
+    /// The current step of a settlement, collection or refund.
+    AfterSale(ReqId),
     /// A paid order's posting, retried until it lands.
     PostPaid(Stored),
     ProviderRefund(ProviderRefund),
@@ -363,6 +412,7 @@ pub struct Core {
     claims: FxHashSet<u64>,
     decisions: FxHashMap<u64, decide::Decision>,
     wallets: FxHashMap<ReqId, wallet::WalletPay>,
+    after: FxHashMap<ReqId, after_sale::AfterSale>,
     orders: FxHashMap<OrderId, OrderMoney>,
     /// Callback events taken, oldest first (bounded).
     events_seen: FxHashSet<String>,
@@ -404,6 +454,7 @@ impl Core {
             claims: FxHashSet::default(),
             decisions: FxHashMap::default(),
             wallets: FxHashMap::default(),
+            after: FxHashMap::default(),
             orders: FxHashMap::default(),
             events_seen: FxHashSet::default(),
             events_order: VecDeque::new(),
@@ -447,6 +498,20 @@ impl Core {
                 succeeded,
                 amount,
             } => self.callback(req, channel, event, payment, succeeded, amount),
+            Input::Settle {
+                req,
+                read,
+                merchant,
+            } => self.settle(req, read, merchant),
+            Input::CodCollected { req, read } => self.cod_collected(req, read),
+            Input::Refund {
+                req,
+                read,
+                amount,
+                key,
+                merchant,
+                held,
+            } => self.refund(req, read, amount, key, merchant, held),
             Input::Reply { op, reply } => self.reply(op, reply),
             Input::Recover { transfers } => self.recover(transfers),
         }
@@ -498,6 +563,7 @@ impl Core {
         self.tries.is_empty()
             && self.decisions.is_empty()
             && self.wallets.is_empty()
+            && self.after.is_empty()
             && self.ops.is_empty()
             && self.waiters.values().all(Vec::is_empty)
             && self.provider_refunds.is_empty()
@@ -576,8 +642,12 @@ impl Core {
             Op::Create(id) => self.created(id, reply),
             Op::Decide(id) => self.decide_reply(id, reply),
             Op::Wallet(req) => self.wallet_reply(req, reply),
+            Op::AfterSale(req) => self.after_reply(req, reply),
             Op::PostPaid(pending) => match reply {
-                IoReply::Ledger(Ok(LedReply::Transfers(r))) if r.iter().all(Result::is_ok) => {}
+                IoReply::Ledger(Ok(LedReply::Transfers(r))) if r.iter().all(Result::is_ok) => {
+                    let t = &pending.transfer;
+                    self.record_paid(OrderId(t.user_data), t.debit, t.id, t.amount, true);
+                }
                 other => {
                     tracing::warn!(?other, "posting a paid order's money; retrying");
                     self.at(self.now.mono_us + AGAIN_US, Timer::PostPaidAgain(pending));
@@ -611,14 +681,26 @@ impl Core {
         self.transfers(Op::PostPaid(pending), vec![post]);
     }
 
-    fn record_paid(&mut self, order: OrderId, payer: AccountId, paid_by: TransferId, amount: u64) {
-        self.orders.entry(order).or_insert(OrderMoney {
+    /// The order is paid by `paid_by`; `posted`: its money is posted already.
+    fn record_paid(
+        &mut self,
+        order: OrderId,
+        payer: AccountId,
+        paid_by: TransferId,
+        amount: u64,
+        posted: bool,
+    ) {
+        let m = self.orders.entry(order).or_insert(OrderMoney {
             payer,
             paid_by,
             paid: amount,
             refunded: 0,
             settled: false,
+            posted,
         });
+        if m.paid_by == paid_by {
+            m.posted |= posted;
+        }
     }
 
     fn claim(&mut self, id: u64) -> bool {
@@ -686,7 +768,7 @@ impl Core {
 
     /// Cash collected for a COD order by transfer `id`.
     pub fn record_cod(&mut self, order: OrderId, id: TransferId, amount: u64) {
-        self.record_paid(order, chart::COD, id, amount);
+        self.record_paid(order, chart::COD, id, amount, true);
     }
 
     /// Orders holding money not refunded (a start refunds cancelled ones).

@@ -27,6 +27,7 @@ impl Core {
                             paid: t.amount,
                             refunded: 0,
                             settled: false,
+                            posted: true,
                         },
                     );
                 }
@@ -39,6 +40,7 @@ impl Core {
                             paid: t.amount,
                             refunded: 0,
                             settled: false,
+                            posted: true,
                         },
                     );
                 }

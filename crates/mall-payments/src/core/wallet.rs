@@ -30,6 +30,8 @@ enum WalletStep {
     Accounts,
     Reserve,
     Confirm,
+    /// Confirmed: the money is posted before the answer.
+    Post,
 }
 
 impl Core {
@@ -105,16 +107,31 @@ impl Core {
                         .get(&order.id)
                         .is_none_or(|m| m.paid_by == w.pending.id) =>
             {
-                // Confirmed: the money must follow, now or by a retry.
+                // Confirmed: the money must follow, now (before the answer)
+                // or, should the ledger fail, by a retry.
+                w.step = WalletStep::Post;
                 let p = w.pending.clone();
-                let stored = Stored {
-                    seq: 0,
-                    transfer: p.clone(),
-                    created_at: self.now.wall,
-                    state: Some(PendingState::Pending),
-                };
-                self.record_paid(order.id, p.debit, p.id, p.amount);
-                self.post_paid(stored);
+                let id = order.id;
+                w.order = order;
+                self.record_paid(id, p.debit, p.id, p.amount, false);
+                let post = super::resolution(&p, true);
+                self.transfers(Op::Wallet(req), vec![post]);
+            }
+            (WalletStep::Post, reply) => {
+                let p = w.pending.clone();
+                let order = w.order.clone();
+                let posted = matches!(&reply, IoReply::Ledger(Ok(LedReply::Transfers(r))) if r.iter().all(Result::is_ok));
+                if posted {
+                    self.record_paid(order.id, p.debit, p.id, p.amount, true);
+                } else {
+                    let stored = Stored {
+                        seq: 0,
+                        transfer: p.clone(),
+                        created_at: self.now.wall,
+                        state: Some(PendingState::Pending),
+                    };
+                    self.post_paid(stored);
+                }
                 self.paid_event(order, p.amount, "wallet".into());
                 self.counters.succeeded.fetch_add(1, Relaxed);
                 let view = self.wallet_done(req).expect("a wallet payment");
