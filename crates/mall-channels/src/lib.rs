@@ -17,8 +17,8 @@
 //!   delivery task per payment.
 //! - `callback`: the outbound hyper client: loopback-only targets, a small
 //!   keep-alive pool, a semaphore on requests in flight.
-//! - `rng`: SplitMix64, seeded: a run is reproducible from its seed given
-//!   the same order of requests.
+//! - draws come from the house's seeded generator (`mall_core::rng`): a run
+//!   is reproducible from its seed given the same order of requests.
 //!
 //! # API of each provider
 //! JSON in and out. Every request needs `Authorization: Bearer <secret>`
@@ -73,7 +73,6 @@ pub mod config;
 
 mod callback;
 mod provider;
-mod rng;
 mod server;
 
 pub use provider::{PaymentStatus, Stats};
@@ -122,7 +121,7 @@ impl Simulator {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let callbacks = Arc::new(callback::CallbackClient::new(file.callbacks_in_flight_max));
         let started = tokio::time::Instant::now();
-        let mut seeds = rng::SplitMix64::new(seed);
+        let mut seeds = mall_core::rng::Rng::new(seed);
         let mut channels = Vec::new();
         let mut servers = Vec::new();
         for (spec, (listener, addr)) in file.channel.into_iter().zip(listeners) {

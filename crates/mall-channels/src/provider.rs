@@ -8,7 +8,7 @@
 //! `pending` until [`Provider::settle`] is called at its callback time.
 
 use crate::config::{ChannelSpec, OutageKind, OverCapacity, PayMethod, LATENCY_MS_MAX};
-use crate::rng::SplitMix64;
+use mall_core::rng::Rng;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -171,7 +171,7 @@ pub struct Provider {
     /// Bound on `payments` and, separately, on `refunds`.
     payments_max: usize,
     /// Latency and outcome draws.
-    rng: SplitMix64,
+    rng: Rng,
     /// Every payment ever accepted, by id; at most `payments_max`.
     payments: HashMap<u64, Payment>,
     /// Every refund ever taken, by id; at most `payments_max`.
@@ -189,7 +189,7 @@ impl Provider {
         Provider {
             spec,
             payments_max,
-            rng: SplitMix64::new(seed),
+            rng: Rng::new(seed),
             payments: HashMap::new(),
             refunds: HashMap::new(),
             window_s: 0,

@@ -3,7 +3,8 @@
 //! secrets (those come from the OS).
 //!
 //! Its probabilities are fractions: `chance(p)` is true with probability
-//! `p` in `[0, 1]`, exactly never at 0 and always at 1.
+//! `p` in `[0, 1]`, exactly never at 0 and always at 1. Every simulation,
+//! property test, simulator and generator of the house draws from it.
 
 /// z-score of the 99th percentile of the standard normal distribution.
 const Z_P99: f64 = 2.326_347_874_040_841;
@@ -17,6 +18,12 @@ pub struct Rng {
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng { state: seed }
+    }
+
+    /// A generator for a sub-stream, so that adding draws to one part of a
+    /// generation does not shift the draws of another.
+    pub fn fork(&mut self, stream: u64) -> Rng {
+        Rng::new(self.next_u64() ^ stream.wrapping_mul(0xd6e8_feb8_6659_fd93))
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -53,6 +60,46 @@ impl Rng {
         (!items.is_empty()).then(|| &items[self.below(items.len() as u64) as usize])
     }
 
+    /// An index drawn from a cumulative weight table (last entry = total;
+    /// see [`cumulative`]).
+    pub fn pick_weighted(&mut self, cumulative: &[f64]) -> usize {
+        assert!(!cumulative.is_empty());
+        let total = cumulative[cumulative.len() - 1];
+        let x = self.next_f64() * total;
+        cumulative
+            .partition_point(|&c| c <= x)
+            .min(cumulative.len() - 1)
+    }
+
+    /// Log-normal with the given median and log-space standard deviation.
+    pub fn lognormal(&mut self, median: f64, sigma: f64) -> f64 {
+        median * (sigma * self.normal()).exp()
+    }
+
+    /// Exponential with the given mean.
+    pub fn exponential(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.next_f64()).ln()
+    }
+
+    /// Poisson with mean `lambda`: exact by multiplication below 30, a
+    /// rounded normal above.
+    pub fn poisson(&mut self, lambda: f64) -> u64 {
+        if lambda <= 0.0 {
+            return 0;
+        }
+        if lambda < 30.0 {
+            let limit = (-lambda).exp();
+            let mut product = self.next_f64();
+            let mut n = 0;
+            while product > limit {
+                product *= self.next_f64();
+                n += 1;
+            }
+            return n;
+        }
+        (lambda + lambda.sqrt() * self.normal()).round().max(0.0) as u64
+    }
+
     /// Standard normal, by Box-Muller (one of the pair is thrown away).
     pub fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.next_f64(); // (0, 1]: ln is finite
@@ -71,6 +118,19 @@ impl Rng {
     }
 }
 
+/// Running sums of `weights`, for [`Rng::pick_weighted`].
+pub fn cumulative(weights: &[f64]) -> Vec<f64> {
+    let mut acc = 0.0;
+    weights
+        .iter()
+        .map(|w| {
+            assert!(*w >= 0.0 && w.is_finite(), "weights are finite and >= 0");
+            acc += w;
+            acc
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +142,25 @@ mod tests {
         let y: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
         assert_eq!(x, y);
         assert_ne!(x[0], Rng::new(8).next_u64());
+        // The reference output of SplitMix64 for seed 0.
+        assert_eq!(Rng::new(0).next_u64(), 0xe220_a839_7b1d_cdaf);
+    }
+
+    #[test]
+    fn distributions_have_their_means() {
+        let mut rng = Rng::new(3);
+        let n = 40_000;
+        let mean = |f: &mut dyn FnMut() -> f64| (0..n).map(|_| f()).sum::<f64>() / n as f64;
+        assert!((mean(&mut || rng.next_f64()) - 0.5).abs() < 0.01);
+        assert!(mean(&mut || rng.normal()).abs() < 0.02);
+        assert!((mean(&mut || rng.exponential(3.0)) - 3.0).abs() < 0.1);
+        assert!((mean(&mut || rng.poisson(4.0) as f64) - 4.0).abs() < 0.05);
+        assert!((mean(&mut || rng.poisson(400.0) as f64) - 400.0).abs() < 0.5);
+        let table = cumulative(&[1.0, 0.0, 3.0]);
+        let picks: Vec<usize> = (0..n).map(|_| rng.pick_weighted(&table)).collect();
+        assert!(!picks.contains(&1));
+        let share = picks.iter().filter(|&&i| i == 2).count() as f64 / n as f64;
+        assert!((share - 0.75).abs() < 0.01);
     }
 
     #[test]

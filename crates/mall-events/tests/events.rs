@@ -7,20 +7,7 @@ use mall_events::{read_dir, Event, EventLog, Kind, LogConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// SplitMix64: a deterministic stream for the workload.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use mall_core::rng::Rng;
 
 const T0: i64 = 1_762_790_400_000; // 2025-11-10T16:00:00Z = 11.11 00:00 in China
 
@@ -43,7 +30,7 @@ fn random_event(rng: &mut Rng, t: i64) -> Event {
     e.s = rng.below(20) + 1;
     match k {
         Kind::Order => {
-            e.o = rng.next() >> 12;
+            e.o = rng.next_u64() >> 12;
             e.a = (rng.below(1000) as i64 + 1) * 100;
             e.m = rng.below(5) == 0;
             e.l = rng.below(20_000) as u32 + 50;
@@ -80,7 +67,7 @@ fn aggregates_agree_with_a_recount_of_the_log() {
             },
         )
         .unwrap();
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         // 120 s of traffic, with a spike at the opening; a few events
         // arrive a little out of order (recorded late by their request).
         let mut t = T0;

@@ -643,9 +643,9 @@ impl<'p> World<'p> {
         let mut items = Vec::with_capacity(n);
         let mut titles = Vec::with_capacity(n);
         for (i, &rank) in ranks.iter().enumerate() {
-            let shape = &CATEGORIES[catalog_rng.pick(&category_cdf)];
+            let shape = &CATEGORIES[catalog_rng.pick_weighted(&category_cdf)];
             let (lo, hi) = shape.price_yuan;
-            let yuan = lo * (hi / lo).powf(catalog_rng.unit());
+            let yuan = lo * (hi / lo).powf(catalog_rng.next_f64());
             let price_fen = ((yuan * 100.0).round() as i64 / 10 * 10 - 10).max(90);
             let noun = shape.nouns[catalog_rng.below(shape.nouns.len() as u64) as usize];
             let adjective = ADJECTIVES[catalog_rng.below(ADJECTIVES.len() as u64) as usize];
@@ -665,7 +665,7 @@ impl<'p> World<'p> {
         let mut segment_of = Vec::with_capacity(params.shoppers as usize);
         let mut members = vec![Vec::new(); SEGMENTS.len()];
         for user in 1..=u64::from(params.shoppers) {
-            let s = shopper_rng.pick(&segment_cdf);
+            let s = shopper_rng.pick_weighted(&segment_cdf);
             segment_of.push(s as u8);
             members[s].push(user);
         }
@@ -707,7 +707,7 @@ impl<'p> World<'p> {
             };
             let sessions = rng.poisson(segment.sessions_per_day * weekend * growth);
             for _ in 0..sessions {
-                let hour = rng.pick(&self.hour_cdfs[s as usize]) as i64;
+                let hour = rng.pick_weighted(&self.hour_cdfs[s as usize]) as i64;
                 let t = start_ms + hour * HOUR_MS + rng.below(HOUR_MS as u64) as i64;
                 orders += self.session(rng, u as u64 + 1, segment, t, days, next_order);
             }
@@ -729,7 +729,7 @@ impl<'p> World<'p> {
         let views = 1 + rng.poisson(segment.views_per_session - 1.0);
         for _ in 0..views {
             t += 5_000 + rng.below(55_000) as i64;
-            let item = &self.items[rng.pick(&self.popularity_cdf)];
+            let item = &self.items[rng.pick_weighted(&self.popularity_cdf)];
             let sku = item.sku.0;
             self.push(days, Event::new(t, Kind::View, user, sku));
             if rng.chance(segment.favorite_per_view) {
@@ -792,7 +792,7 @@ impl<'p> World<'p> {
             let mut pay = Event::new(at + pay_delay_ms(rng), Kind::Pay, user, sku);
             pay.order = Some(id);
             pay.amount = Some(amount);
-            pay.channel = Some(CHANNELS[rng.pick(&self.channel_cdf)].0.into());
+            pay.channel = Some(CHANNELS[rng.pick_weighted(&self.channel_cdf)].0.into());
             let paid_at = pay.t_ms;
             self.push(days, pay);
             if rng.chance(0.02) {
@@ -958,7 +958,7 @@ impl<'p> World<'p> {
         let kinds = [Kind::Favorite, Kind::Cart, Kind::Deposit];
         for (item, &wanters) in self.items.iter().zip(&night.wanters) {
             for _ in 0..wanters {
-                let mut s = rng.pick(&mix_cdf);
+                let mut s = rng.pick_weighted(&mix_cdf);
                 if self.members[s].is_empty() {
                     s = self.segment_of[0] as usize;
                 }
@@ -969,14 +969,15 @@ impl<'p> World<'p> {
                     if !rng.chance(probability[s][k]) {
                         continue;
                     }
-                    let day = first_window_day + rng.pick(&day_cdf);
+                    let day = first_window_day + rng.pick_weighted(&day_cdf);
                     let start = self.first_day.plus_days(day as i64).china_midnight_ms();
-                    let hour = rng.pick(&self.hour_cdfs[s]) as i64;
+                    let hour = rng.pick_weighted(&self.hour_cdfs[s]) as i64;
                     let t = start + hour * HOUR_MS + rng.below(HOUR_MS as u64) as i64;
                     let mut event = Event::new(t, kind, user, item.sku.0);
                     if kind == Kind::Deposit {
                         event.amount = Some(Fen((item.price_fen / 10).max(100)));
-                        event.channel = Some(CHANNELS[rng.pick(&self.channel_cdf)].0.into());
+                        event.channel =
+                            Some(CHANNELS[rng.pick_weighted(&self.channel_cdf)].0.into());
                     }
                     self.push(days, event);
                     first = Some(first.map_or(t, |f| f.min(t)));

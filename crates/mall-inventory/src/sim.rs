@@ -8,38 +8,8 @@ use mall_core::{
 };
 use std::sync::Arc;
 
-/// SplitMix64: tiny, fast, good enough to drive tests. Not for secrets.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0);
-        self.next_u64() % n
-    }
-
-    /// True with probability `percent`/100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        (!items.is_empty()).then(|| &items[self.below(items.len() as u64) as usize])
-    }
-}
+/// The house's seeded generator (probabilities as fractions).
+pub use mall_core::rng::Rng;
 
 /// Generates commands for one shard of a small, crowded world.
 pub struct Workload {
@@ -104,9 +74,9 @@ impl Workload {
     }
 
     pub fn reserve(&mut self) -> Command {
-        if !self.keyed.is_empty() && self.rng.chance(10) {
+        if !self.keyed.is_empty() && self.rng.chance(0.10) {
             let mut again = self.rng.pick(&self.keyed).cloned().expect("not empty");
-            if self.rng.chance(30) {
+            if self.rng.chance(0.30) {
                 // Same key, different request: must be refused.
                 again.fingerprint ^= 1;
                 again.quantity = Quantity::new(again.quantity.get() % 3 + 1).expect("1..=3");
@@ -114,16 +84,16 @@ impl Workload {
             return Command::Reserve(again);
         }
         let sku = match self.rng.pick(&self.skus) {
-            Some(s) if !self.rng.chance(3) => *s,
+            Some(s) if !self.rng.chance(0.03) => *s,
             _ => Sku(10_000 + self.rng.below(5)), // unknown item
         };
         let quantity = Quantity::new(1 + self.rng.below(2) as u32).expect("1..=2");
-        let payment = if self.rng.chance(25) {
+        let payment = if self.rng.chance(0.25) {
             PaymentMethod::Cod
         } else {
             PaymentMethod::Online
         };
-        let key = self.rng.chance(70).then(|| {
+        let key = self.rng.chance(0.70).then(|| {
             self.next_key += 1;
             Arc::<str>::from(format!("k{}", self.next_key))
         });
@@ -139,7 +109,7 @@ impl Workload {
                 payment.as_str().as_bytes(),
             ]),
             idempotency_key: key,
-            early_access: self.rng.chance(3),
+            early_access: self.rng.chance(0.03),
         };
         if r.idempotency_key.is_some() {
             self.keyed.push(r.clone());
@@ -174,7 +144,7 @@ impl Workload {
                 item.sku = sku;
                 // Mostly the right expectation; sometimes a stale one.
                 let mut expected = self.items.get(&sku).cloned();
-                if self.rng.chance(20) {
+                if self.rng.chance(0.20) {
                     if let Some(e) = &mut expected {
                         e.title.push_str(" (stale)");
                     }

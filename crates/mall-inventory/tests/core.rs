@@ -483,7 +483,7 @@ fn check_seed(seed: u64) -> std::collections::BTreeSet<String> {
         let mut effects = vec![];
         // Mostly tick first, as the runtime does; sometimes not, so commands
         // meet lapsed holds themselves.
-        if work.rng.chance(80) {
+        if work.rng.chance(0.80) {
             inv.tick(now, &mut effects);
             model.tick(now);
         }

@@ -2,8 +2,8 @@
 //! accounts, transfers, pending/post/void/expiry and linked chains keep
 //! every invariant, limits hold, and replays are idempotent.
 
+use mall_core::rng::Rng;
 use mall_core::Timestamp;
-use mall_inventory::sim::Rng;
 use mall_ledger::model::Model;
 use mall_ledger::*;
 
@@ -24,9 +24,9 @@ fn random_transfer(
     known: &[Transfer],
     accounts: u64,
 ) -> Transfer {
-    if !known.is_empty() && rng.chance(8) {
+    if !known.is_empty() && rng.chance(0.08) {
         let mut t = rng.pick(known).cloned().unwrap();
-        if rng.chance(40) {
+        if rng.chance(0.40) {
             t.amount += 1; // same id, other body
         }
         t.linked = false;
@@ -49,7 +49,7 @@ fn random_transfer(
     let mode = match rng.below(10) {
         0..=3 => Mode::Single,
         4..=5 => Mode::Pending {
-            timeout_ms: if rng.chance(50) {
+            timeout_ms: if rng.chance(0.50) {
                 0
             } else {
                 1 + rng.below(120_000) as i64
@@ -57,7 +57,7 @@ fn random_transfer(
         },
         6..=7 if !pendings.is_empty() => {
             let p = rng.pick(&pendings).unwrap();
-            let amount = if rng.chance(70) {
+            let amount = if rng.chance(0.70) {
                 1 + rng.below(p.amount.max(1))
             } else {
                 p.amount + 1
@@ -68,7 +68,7 @@ fn random_transfer(
                 credit: p.credit,
                 amount,
                 mode: Mode::Post { pending: p.id },
-                linked: rng.chance(20),
+                linked: rng.chance(0.20),
                 code: 2,
                 user_data: 0,
             };
@@ -81,7 +81,7 @@ fn random_transfer(
                 credit: p.credit,
                 amount: 0,
                 mode: Mode::Void { pending: p.id },
-                linked: rng.chance(20),
+                linked: rng.chance(0.20),
                 code: 3,
                 user_data: 0,
             };
@@ -94,7 +94,7 @@ fn random_transfer(
         credit,
         amount,
         mode,
-        linked: rng.chance(25),
+        linked: rng.chance(0.25),
         code: 1,
         user_data: rng.below(100),
     }

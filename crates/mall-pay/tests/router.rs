@@ -20,30 +20,16 @@ use std::collections::{BinaryHeap, HashMap};
 const S: i64 = 1_000_000;
 const MS: i64 = 1_000;
 
-/// SplitMix64.
-struct Rng(u64);
+use mall_core::rng::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+/// Uniform in `lo..=hi` (both ≥ 0), from the house's generator.
+trait Range {
+    fn range(&mut self, lo: i64, hi: i64) -> i64;
+}
 
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `lo..=hi`.
+impl Range for Rng {
     fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        assert!(lo <= hi);
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
+        self.between(lo as u64, hi as u64) as i64
     }
 }
 
@@ -179,7 +165,7 @@ impl Sim {
         Sim {
             router: Router::new(channels.clone(), config.clone(), 0),
             config,
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             models,
             channels,
             now_us: 0,
@@ -260,7 +246,7 @@ impl Sim {
         if rate_per_s <= 0.0 {
             return 10 * MS;
         }
-        let u = self.rng.unit();
+        let u = self.rng.next_f64();
         ((-(1.0 - u).ln() * 1e6 / rate_per_s) as i64).max(1)
     }
 
@@ -571,7 +557,7 @@ fn card(_: &mut Rng) -> PayMethod {
 }
 
 fn any_method(rng: &mut Rng) -> PayMethod {
-    PayMethod::ALL[(rng.next() % 2) as usize]
+    PayMethod::ALL[(rng.next_u64() % 2) as usize]
 }
 
 /// Three channels of 1000/s under 1500/s; channel 2 behaves as `mode` from
@@ -1057,7 +1043,7 @@ fn breaker_opens_probes_first_and_closes() {
 /// One random scenario: random channels, limits, models, outages, load and
 /// configuration; all invariants checked by the harness.
 fn random_scenario(seed: u64) -> Tally {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let n = rng.range(1, 5) as usize;
     let mut channels = Vec::new();
     let mut models = Vec::new();
@@ -1092,7 +1078,7 @@ fn random_scenario(seed: u64) -> Tally {
                 } else {
                     rng.range(0, 300 * MS)
                 },
-            fail_p: rng.unit() * 0.15,
+            fail_p: rng.next_f64() * 0.15,
             outage,
         });
     }
@@ -1103,18 +1089,18 @@ fn random_scenario(seed: u64) -> Tally {
         window_us: rng.range(S, 20 * S),
         pace_burst_us: rng.range(0, 500 * MS),
         breaker_min_samples: rng.range(1, 20) as u32,
-        breaker_failure_ratio: 0.2 + rng.unit() * 0.8,
+        breaker_failure_ratio: 0.2 + rng.next_f64() * 0.8,
         breaker_consecutive_failures: rng.range(2, 8) as u32,
         breaker_open_for_us: rng.range(S / 2, 4 * S),
         half_open_probes: rng.range(1, 4) as u32,
         refresh_us: rng.range(100 * MS, 2 * S),
     };
     let capacity: u32 = channels.iter().map(|c| c.capacity_per_s).sum();
-    let load = f64::from(capacity) * (0.2 + rng.unit() * 2.8);
+    let load = f64::from(capacity) * (0.2 + rng.next_f64() * 2.8);
     let burst_start = rng.range(0, 5 * S);
     let burst_end = burst_start + rng.range(0, 2 * S);
     let tries_max = rng.range(1, 3) as u32;
-    let mut sim = Sim::new(channels, models, config, rng.next());
+    let mut sim = Sim::new(channels, models, config, rng.next_u64());
     sim.tries_max = tries_max;
     sim.run(
         6 * S,

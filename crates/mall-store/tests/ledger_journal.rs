@@ -2,8 +2,8 @@
 //! batch, reloaded at random points, must come back exactly; `verify`
 //! passes a good store and catches a tampered one.
 
+use mall_core::rng::Rng;
 use mall_core::Timestamp;
-use mall_inventory::sim::Rng;
 use mall_ledger::{
     Account, AccountId, AccountKind, Command, LedgerConfig, Limits, Mode, Transfer, TransferId,
 };
@@ -105,7 +105,7 @@ fn ledger_survives_reloads_exactly_and_verifies() {
                     credit: AccountId(21),
                     amount: 1 + rng.below(2_000),
                     mode: Mode::Single,
-                    linked: rng.chance(30),
+                    linked: rng.chance(0.30),
                     code: 5,
                     user_data: 0,
                 },

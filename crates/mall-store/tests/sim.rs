@@ -97,7 +97,7 @@ fn simulate(seed: u64, steps: usize) {
             0..=5 => Fault::FailBefore,
             6..=9 => Fault::FailAfter,
             10..=14 => Fault::Crash {
-                written: work.rng.chance(50),
+                written: work.rng.chance(0.50),
             },
             _ => Fault::None,
         };
