@@ -16,7 +16,7 @@ SCENARIO=${1:?usage: scripts/rush-separate.sh SCENARIO [serve flags...]}
 shift
 BIN=${MALL_BIN:-target/release/mall}
 SERVE_BIN=${SERVE_BIN:-$BIN} # another build of the server, for a before/after
-CHANNELS=crates/mall-channels/channels.example.toml
+CHANNELS=crates/mall-provider-sim/channels.example.toml
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mall-rush-separate.XXXXXX")
 TOKEN=rush-separate-admin-token-0123456789abcdef
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

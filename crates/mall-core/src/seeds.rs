@@ -33,7 +33,7 @@ pub fn seeds(first: u64, default_count: u64) -> Vec<u64> {
 
 /// Runs `check` on every seed of [`seeds`]; the first seed that panics
 /// fails the test with the line that replays it (`what` names the test,
-/// e.g. `-p mall-pay --test router invariants`).
+/// e.g. `-p mall-router --test router invariants`).
 pub fn for_each_seed<T>(
     what: &str,
     first: u64,

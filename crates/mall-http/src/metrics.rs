@@ -253,7 +253,7 @@ pub fn render_payments(out: &mut String, p: &mall_payments::Payments) {
     type Gauge = (
         &'static str,
         &'static str,
-        fn(&mall_pay::router::ChannelStatus) -> f64,
+        fn(&mall_router::router::ChannelStatus) -> f64,
     );
     let gauges: [Gauge; 7] = [
         (

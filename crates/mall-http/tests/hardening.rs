@@ -719,7 +719,7 @@ fn issue9_13_readme_lists_every_error_code() {
     for f in [
         "crates/mall-core/src/outcome.rs",
         "crates/mall-payments/src/errors.rs",
-        "crates/mall-pay/src/signature.rs",
+        "crates/mall-router/src/signature.rs",
     ] {
         sources.push((root.join(f), true));
     }

@@ -1,7 +1,7 @@
 //! The payment service's settings, and how they are read from a channels
 //! file.
 
-use mall_pay::router::{PayMethod, RouterConfig};
+use mall_router::router::{PayMethod, RouterConfig};
 use std::net::SocketAddr;
 
 /// One payment channel as the mall sees it: where the provider is, its key,
@@ -61,10 +61,10 @@ impl Default for PaymentsConfig {
     }
 }
 
-fn method(m: mall_channels::config::PayMethod) -> PayMethod {
+fn method(m: mall_provider_sim::config::PayMethod) -> PayMethod {
     match m {
-        mall_channels::config::PayMethod::Card => PayMethod::Card,
-        mall_channels::config::PayMethod::ThirdParty => PayMethod::ThirdParty,
+        mall_provider_sim::config::PayMethod::Card => PayMethod::Card,
+        mall_provider_sim::config::PayMethod::ThirdParty => PayMethod::ThirdParty,
     }
 }
 
@@ -73,7 +73,7 @@ fn method(m: mall_channels::config::PayMethod) -> PayMethod {
 /// wallet payments only), at the addresses given (`addrs` overrides the
 /// file's ports, for simulators on free ports).
 pub fn config_from_file(
-    file: Option<&mall_channels::config::ChannelsFile>,
+    file: Option<&mall_provider_sim::config::ChannelsFile>,
     addrs: &[(String, SocketAddr)],
     server: SocketAddr,
 ) -> Result<PaymentsConfig, String> {
@@ -115,14 +115,14 @@ pub fn config_from_file(
 /// Simulated providers for `file`'s channels in this process, on free
 /// ports, and the settings that route to them (demos and tests).
 pub async fn simulated_channels(
-    mut file: mall_channels::config::ChannelsFile,
+    mut file: mall_provider_sim::config::ChannelsFile,
     seed: u64,
     server: SocketAddr,
-) -> Result<(mall_channels::Simulator, PaymentsConfig), String> {
+) -> Result<(mall_provider_sim::Simulator, PaymentsConfig), String> {
     for c in &mut file.channel {
         c.port = 0;
     }
-    let simulator = mall_channels::Simulator::start(file.clone(), seed)
+    let simulator = mall_provider_sim::Simulator::start(file.clone(), seed)
         .await
         .map_err(|e| format!("starting simulated channels: {e:#}"))?;
     let config = config_from_file(Some(&file), &simulator.addrs(), server)?;

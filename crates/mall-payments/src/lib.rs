@@ -2,7 +2,7 @@
 //!
 //! Money moves only through the ledger (`mall-ledger`, run by the engine);
 //! this crate decides which transfers to make and in what order, and talks
-//! to payment providers through the channel router (`mall-pay`) and the
+//! to payment providers through the channel router (`mall-router`) and the
 //! provider [`adapter`]s.
 //!
 //! **A payment attempt ("try") is a pending ledger transfer.** Before a

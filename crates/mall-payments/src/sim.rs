@@ -33,7 +33,7 @@ use mall_ledger::{
     AccountKind, Command as Led, Effect as LedEffect, Ledger, LedgerConfig, Mode, PendingState,
     TransferId,
 };
-use mall_pay::router::{ChannelConfig, PayMethod, Router, RouterConfig};
+use mall_router::router::{ChannelConfig, PayMethod, Router, RouterConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! What callers see: how a shopper pays, and the answers of payments,
 //! wallets, statements and refunds.
 
-use mall_pay::router::PayMethod;
+use mall_router::router::PayMethod;
 
 /// How a shopper pays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

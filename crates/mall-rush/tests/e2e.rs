@@ -63,7 +63,7 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
     mall_http::bootstrap_admin(&state, Some(ADMIN), None).unwrap();
     let url = serve(mall_http::router(state.clone())).await;
     // Payments go to a simulated provider in this process.
-    let channels = mall_channels::config::parse(
+    let channels = mall_provider_sim::config::parse(
         "[[channel]]\nname = \"sim\"\nport = 0\nsecret = \"sim-secret-0123456789\"\n\
          methods = [\"third_party\"]\ncapacity_per_s = 5000\nmax_concurrency = 1000\n\
          latency_ms = { median = 5, p99 = 30 }\n",

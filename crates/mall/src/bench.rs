@@ -282,7 +282,7 @@ pub fn run(which: Which) -> Result<()> {
             println!("  channels   ns/decision   decisions/s");
             for n in channels {
                 anyhow::ensure!((1..=64).contains(&n), "channels must be 1 to 64");
-                let per = mall_pay::bench::decision_cost(n, decisions);
+                let per = mall_router::bench::decision_cost(n, decisions);
                 let ns = per.as_secs_f64() * 1e9;
                 println!("  {n:>8}   {ns:>11.0}   {:>11.0}", 1e9 / ns);
             }

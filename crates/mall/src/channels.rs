@@ -3,11 +3,11 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mall_channels::config::ChannelsFile;
+use mall_provider_sim::config::ChannelsFile;
 use std::path::PathBuf;
 
 /// The example channels file: three providers, one with an outage from 30 s to 60 s.
-pub const EXAMPLE: &str = include_str!("../../mall-channels/channels.example.toml");
+pub const EXAMPLE: &str = include_str!("../../mall-provider-sim/channels.example.toml");
 
 /// Prints each channel's live figures (the demo's closing table).
 pub fn print_channels(p: &mall_payments::Payments) {
@@ -43,7 +43,7 @@ pub fn print_channels(p: &mall_payments::Payments) {
 
 #[derive(Args)]
 pub struct ChannelsArgs {
-    /// The channels file (see crates/mall-channels/channels.example.toml).
+    /// The channels file (see crates/mall-provider-sim/channels.example.toml).
     #[arg(long, env = "MALL_CHANNELS")]
     pub config: PathBuf,
     /// Seed of latency and failure draws (a run is reproducible).
@@ -53,12 +53,12 @@ pub struct ChannelsArgs {
 
 /// `mall channels`: serves every channel's simulated provider until Ctrl-C.
 pub fn run(args: ChannelsArgs) -> Result<()> {
-    let file = mall_channels::config::load(&args.config)?;
+    let file = mall_provider_sim::config::load(&args.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let sim = mall_channels::Simulator::start(file, args.seed).await?;
+        let sim = mall_provider_sim::Simulator::start(file, args.seed).await?;
         for (name, addr) in sim.addrs() {
             tracing::info!(channel = %name, %addr, "payment provider simulated");
         }
@@ -70,5 +70,6 @@ pub fn run(args: ChannelsArgs) -> Result<()> {
 
 /// Reads a channels file for `serve`.
 pub fn load(path: &std::path::Path) -> Result<ChannelsFile> {
-    mall_channels::config::load(path).with_context(|| format!("channels file {}", path.display()))
+    mall_provider_sim::config::load(path)
+        .with_context(|| format!("channels file {}", path.display()))
 }

@@ -107,7 +107,7 @@ pub fn forecast(args: ForecastArgs) -> Result<()> {
     print!("{}", mall_forecast::forecast::print(&f));
     mall_forecast::forecast::save(&f, &args.out)?;
     let channels: Vec<(String, f64)> = match &args.channels {
-        Some(path) => mall_channels::config::load(path)?
+        Some(path) => mall_provider_sim::config::load(path)?
             .channel
             .iter()
             .map(|c| (c.name.clone(), f64::from(c.capacity_per_s)))

@@ -219,7 +219,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             .with_context(|| format!("binding {}", args.addr))?;
         // Simulated payment providers, in this process, on free ports; one
         // of them has an outage half-way through the rehearsal.
-        let channels = mall_channels::config::parse(crate::channels::EXAMPLE)?;
+        let channels = mall_provider_sim::config::parse(crate::channels::EXAMPLE)?;
         let (_simulator, payments) =
             mall_payments::simulated_channels(channels, 11, listener.local_addr()?)
                 .await

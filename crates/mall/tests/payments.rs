@@ -242,11 +242,12 @@ fn an_outage_mid_run_moves_payments_elsewhere_and_nothing_is_charged_twice() {
             v["error"]["code"].as_str().unwrap_or("").to_string(),
         )
     };
-    let forged = mall_pay::signature::sign(b"not-the-secret-at-all", now_ms(), body.as_bytes());
+    let forged = mall_router::signature::sign(b"not-the-secret-at-all", now_ms(), body.as_bytes());
     assert_eq!(post(&forged), (401, "signature_mismatch".to_string()));
-    let stale = mall_pay::signature::sign(secret.as_bytes(), now_ms() - 3_600_000, body.as_bytes());
+    let stale =
+        mall_router::signature::sign(secret.as_bytes(), now_ms() - 3_600_000, body.as_bytes());
     assert_eq!(post(&stale), (401, "signature_stale".to_string()));
-    let replay = mall_pay::signature::sign(secret.as_bytes(), now_ms(), body.as_bytes());
+    let replay = mall_router::signature::sign(secret.as_bytes(), now_ms(), body.as_bytes());
     assert_eq!(post(&replay), (409, "callback_replayed".to_string()));
 
     server.stop();

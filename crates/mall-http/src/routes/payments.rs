@@ -518,7 +518,7 @@ pub async fn callback(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(crate::json::body_rejection)?;
     let signature = headers
-        .get(mall_pay::signature::HEADER)
+        .get(mall_router::signature::HEADER)
         .and_then(|v| v.to_str().ok());
     if let Err(e) = payments(&state)?.callback(&name, signature, &body).await {
         if crate::log_gate() {

@@ -63,20 +63,20 @@ impl Api {
 
     /// With one simulated payment channel ("sim", third party) in this
     /// process, and the API also on a real loopback port for its callbacks.
-    pub async fn with_channel() -> (Api, mall_channels::Simulator) {
+    pub async fn with_channel() -> (Api, mall_provider_sim::Simulator) {
         Api::with_channel_and(Api::new(), 5_000).await
     }
 
     /// `api` with the simulated channel (see [`Api::with_channel`]); a
     /// payment request waits `wait_ms` for its outcome before answering 202.
-    pub async fn with_channel_and(api: Api, wait_ms: u64) -> (Api, mall_channels::Simulator) {
-        let file = mall_channels::config::parse(
+    pub async fn with_channel_and(api: Api, wait_ms: u64) -> (Api, mall_provider_sim::Simulator) {
+        let file = mall_provider_sim::config::parse(
             "[[channel]]\nname = \"sim\"\nport = 0\nsecret = \"sim-secret-0123456789\"\n\
              methods = [\"third_party\"]\ncapacity_per_s = 1000\nmax_concurrency = 100\n\
              latency_ms = { median = 5, p99 = 20 }\n",
         )
         .unwrap();
-        let sim = mall_channels::Simulator::start(file, 1).await.unwrap();
+        let sim = mall_provider_sim::Simulator::start(file, 1).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = api.app.clone();
@@ -86,7 +86,7 @@ impl Api {
                 name: "sim".into(),
                 addr: sim.addr("sim").unwrap(),
                 secret: "sim-secret-0123456789".into(),
-                methods: vec![mall_pay::router::PayMethod::ThirdParty],
+                methods: vec![mall_router::router::PayMethod::ThirdParty],
                 capacity_per_s: 1000,
                 max_concurrency: 100,
                 fee_bp: 0,

@@ -16,7 +16,7 @@ use crate::views::{Method, PayStatus, PaymentView};
 use mall_core::{Order, OrderId, OrderStatus, PaymentMethod, UserId};
 use mall_ledger::chart::{self, code};
 use mall_ledger::{Command as Led, Mode, Reply as LedReply, Transfer, TransferId};
-use mall_pay::router::{AttemptId, Decision, Event, Outcome, RouteRefusal};
+use mall_router::router::{AttemptId, Decision, Event, Outcome, RouteRefusal};
 use std::sync::atomic::Ordering::Relaxed;
 
 #[derive(Clone, Debug)]

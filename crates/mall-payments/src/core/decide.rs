@@ -30,7 +30,7 @@ use mall_ledger::{
     Command as Led, Mode, Outcome as LedOutcome, PendingState, Reply as LedReply, Stored,
     TransferId,
 };
-use mall_pay::router::{AttemptId, Outcome};
+use mall_router::router::{AttemptId, Outcome};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// A refund to send to a provider (recorded in the ledger already).

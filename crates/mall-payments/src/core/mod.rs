@@ -45,7 +45,7 @@ use mall_ledger::chart::{self, code};
 use mall_ledger::{
     AccountId, Command as Led, Mode, Reply as LedReply, Stored, Transfer, TransferId,
 };
-use mall_pay::router::{PayMethod, Router};
+use mall_router::router::{PayMethod, Router};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

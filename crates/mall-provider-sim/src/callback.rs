@@ -216,7 +216,7 @@ fn build_request(
         .uri(target.path.as_str())
         .header(header::HOST, target.authority.as_str())
         .header(header::CONTENT_TYPE, "application/json")
-        .header(mall_pay::signature::HEADER, signature)
+        .header(mall_router::signature::HEADER, signature)
         .body(Full::new(body))?)
 }
 

@@ -46,7 +46,7 @@
 //!   `POST callback_url` with `{"event_id", "channel", "payment_id",
 //!   "status": "succeeded"|"failed", "amount_fen"}` and the header
 //!   `X-Mall-Signature: t=<unix ms>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`
-//!   ([`mall_pay::signature`]). Until the receiver answers 2xx it is retried
+//!   ([`mall_router::signature`]). Until the receiver answers 2xx it is retried
 //!   5 times, 100 ms backoff doubling, same event_id, signed afresh.
 //!   Callbacks go concurrently, at most `callbacks_in_flight_max` at once.
 //! - `GET /v1/payments/{payment_id}` → `{"payment_id", "status":

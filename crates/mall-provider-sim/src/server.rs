@@ -414,7 +414,7 @@ async fn deliver(ch: &Channel, payment_id: u64, target: CallbackTarget, delay_ms
     let mut backoff = CALLBACK_BACKOFF_FIRST;
     for attempt in 0..=CALLBACK_RETRIES {
         wait_out_timeout_outage(ch).await;
-        let signature = mall_pay::signature::sign(ch.secret.as_bytes(), unix_now_ms(), &body);
+        let signature = mall_router::signature::sign(ch.secret.as_bytes(), unix_now_ms(), &body);
         match ch.callbacks.post(&target, body.clone(), &signature).await {
             Ok(status) if status.is_success() => {
                 ch.provider().callback_delivered();

@@ -9,8 +9,8 @@
 //! capacity in any sliding 1 s window. A failing property seed is printed;
 //! `MALL_SEED=<n>` replays that one seed (see `mall_core::seeds`).
 
-use mall_pay::bench;
-use mall_pay::router::{
+use mall_router::bench;
+use mall_router::router::{
     AttemptId, ChannelConfig, ChannelStatus, Circuit, Decision, Event, Outcome, PayMethod,
     RouteRefusal, Router, RouterConfig,
 };
@@ -1120,7 +1120,7 @@ fn random_scenario(seed: u64) -> Tally {
 #[test]
 fn invariants_hold_for_random_configurations_and_loads() {
     let tallies = mall_core::seeds::for_each_seed(
-        "-p mall-pay --test router invariants_hold",
+        "-p mall-router --test router invariants_hold",
         0,
         100,
         random_scenario,
