@@ -37,7 +37,7 @@ pub mod sim;
 pub mod views;
 
 pub use crate::core::ProviderRefund;
-pub use config::{config_from_file, simulated_channels, ChannelSetup, PaymentsConfig};
+pub use config::{ChannelSetup, PaymentsConfig};
 pub use errors::PayError;
 pub use service::{CancelHold, Payments};
 pub use views::{Method, PayStatus, PaymentView, RefundView, StatementLine, WalletView};

@@ -16,7 +16,7 @@ use mall_core::{Order, OrderId, OrderStatus, UserId};
 use mall_inventory::Reply as InvReply;
 use mall_ledger::chart::{self, code};
 use mall_ledger::{Account, AccountId, Command as Led, Mode, PendingState, Reply as LedReply};
-use mall_router::router::{ChannelConfig, ChannelStatus, Router};
+use mall_router::router::{ChannelStatus, Router};
 use mall_router::signature;
 use mall_shard::Clock;
 use mall_store::Engine;
@@ -129,31 +129,20 @@ impl Payments {
             .iter()
             .map(|c| {
                 Provider::new(
-                    c.name.clone(),
+                    c.route.name.clone(),
                     c.addr,
                     c.secret.clone(),
                     Duration::from_millis(config.provider_timeout_ms),
                 )
             })
             .collect();
-        let channels = config
-            .channels
-            .iter()
-            .map(|c| ChannelConfig {
-                name: c.name.clone(),
-                methods: c.methods.clone(),
-                capacity_per_s: c.capacity_per_s,
-                max_concurrency: c.max_concurrency,
-                fee_bp: c.fee_bp,
-                priority: c.priority,
-            })
-            .collect();
+        let channels = config.channels.iter().map(|c| c.route.clone()).collect();
         let router = Router::new(channels, config.router.clone(), 0);
         let core_config = CoreConfig {
             channels: config
                 .channels
                 .iter()
-                .map(|c| (c.name.clone(), c.methods.clone()))
+                .map(|c| (c.route.name.clone(), c.route.methods.clone()))
                 .collect(),
             wait_ms: config.wait_ms,
             tries_max: config.tries_max,

@@ -82,19 +82,43 @@ pub struct ChannelSpec {
     pub outage: Vec<Outage>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PayMethod {
-    Card,
-    ThirdParty,
-}
+pub use mall_router::router::PayMethod;
 
-impl PayMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PayMethod::Card => "card",
-            PayMethod::ThirdParty => "third_party",
-        }
+impl ChannelsFile {
+    /// The mall's description of each channel: routing from the file, the
+    /// provider at the file's host and port, or at the address `addrs`
+    /// names (simulators on free ports).
+    pub fn setups(
+        &self,
+        addrs: &[(String, std::net::SocketAddr)],
+    ) -> Result<Vec<mall_router::ChannelSetup>, String> {
+        self.channel
+            .iter()
+            .map(|spec| {
+                let addr = match addrs.iter().find(|(n, _)| *n == spec.name) {
+                    Some((_, a)) => *a,
+                    None => std::net::SocketAddr::new(self.host, spec.port),
+                };
+                if addr.port() == 0 {
+                    return Err(format!(
+                        "channel {} has port 0; give it a port to reach it",
+                        spec.name
+                    ));
+                }
+                Ok(mall_router::ChannelSetup {
+                    route: mall_router::router::ChannelConfig {
+                        name: spec.name.clone(),
+                        methods: spec.methods.clone(),
+                        capacity_per_s: spec.capacity_per_s,
+                        max_concurrency: spec.max_concurrency,
+                        fee_bp: spec.fee_bp,
+                        priority: spec.priority.min(255) as u8,
+                    },
+                    addr,
+                    secret: spec.secret.clone(),
+                })
+            })
+            .collect()
     }
 }
 

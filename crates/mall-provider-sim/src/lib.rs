@@ -157,6 +157,22 @@ impl Simulator {
     }
 
     /// Every channel's name and address, in file order.
+    /// Simulated providers for `file`'s channels in this process, each on a
+    /// free port, and the mall's description of each (demos and tests).
+    pub async fn on_free_ports(
+        mut file: config::ChannelsFile,
+        seed: u64,
+    ) -> anyhow::Result<(Simulator, Vec<mall_router::ChannelSetup>)> {
+        for c in &mut file.channel {
+            c.port = 0;
+        }
+        let simulator = Simulator::start(file.clone(), seed).await?;
+        let setups = file
+            .setups(&simulator.addrs())
+            .map_err(anyhow::Error::msg)?;
+        Ok((simulator, setups))
+    }
+
     pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
         self.channels
             .iter()

@@ -7,9 +7,23 @@
 //!   goes to and when (pacing, health weights, circuit breakers, a bounded
 //!   FIFO with deadlines), on virtual time.
 //! - [`bench`]: the wall-time cost of one routing decision.
+//! - [`ChannelSetup`]: the one description of a payment channel: what the
+//!   router routes by, and where and how its provider is reached. The
+//!   channels file (`mall-provider-sim`) produces it; the payment service
+//!   (`mall-payments`) runs on it.
 
 /// The cost of one routing decision, measured (the crate's only clock read).
 pub mod bench;
 /// The payment channel scheduler, sans-IO on virtual time.
 pub mod router;
 pub mod signature;
+
+/// One payment channel: what the router may send it (`route`), where its
+/// provider listens and the key the mall calls it with and checks its
+/// callbacks by.
+#[derive(Clone, Debug)]
+pub struct ChannelSetup {
+    pub route: router::ChannelConfig,
+    pub addr: std::net::SocketAddr,
+    pub secret: String,
+}

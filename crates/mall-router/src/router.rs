@@ -99,7 +99,11 @@ const _: () = assert!(CHANNELS_MAX <= u64::BITS as usize);
 // Slot indices are u32 with NIL reserved.
 const _: () = assert!((CHANNELS_MAX as u64) * (CONCURRENCY_MAX as u64) < NIL as u64);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// How an online payment is made at a provider: the one list of methods,
+/// shared by the router, the payment service, the channels file and the
+/// provider simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PayMethod {
     Card,
     ThirdParty,

@@ -70,9 +70,10 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
     )
     .unwrap();
     let server = url.trim_start_matches("http://").parse().unwrap();
-    let (_simulator, payments) = mall_payments::simulated_channels(channels, 1, server)
+    let (_simulator, setups) = mall_provider_sim::Simulator::on_free_ports(channels, 1)
         .await
         .unwrap();
+    let payments = mall_payments::PaymentsConfig::for_server(server, setups);
     state.attach_payments(payments).await.unwrap();
     let backend = Backend::Http {
         target: Target::parse(&url, false).unwrap(),

@@ -374,16 +374,19 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {}", config.addr))?;
         let local = listener.local_addr()?;
-        let mut payments = mall_payments::config_from_file(channels_file.as_ref(), &[], local)
-            .map_err(anyhow::Error::msg)?;
+        let setups = match &channels_file {
+            Some(file) => file.setups(&[]).map_err(anyhow::Error::msg)?,
+            None => Vec::new(),
+        };
+        let mut payments = mall_payments::PaymentsConfig::for_server(local, setups);
         payments.in_process_max = config.payments_in_process_max;
         // The plan's quotas are what each channel should take at the peak;
         // a quota above a channel's capacity is a warning, not a cap (the
         // router never sends more than the capacity anyway).
         for quota in plan.iter().flat_map(|p| &p.payment_quotas) {
-            match payments.channels.iter().find(|c| c.name == quota.channel) {
-                Some(c) if f64::from(c.capacity_per_s) < quota.payments_per_s => tracing::warn!(
-                    channel = %quota.channel, quota = quota.payments_per_s, capacity = c.capacity_per_s,
+            match payments.channels.iter().find(|c| c.route.name == quota.channel) {
+                Some(c) if f64::from(c.route.capacity_per_s) < quota.payments_per_s => tracing::warn!(
+                    channel = %quota.channel, quota = quota.payments_per_s, capacity = c.route.capacity_per_s,
                     "the plan expects more payments/s at the peak than this channel takes; the queue will shave the excess"
                 ),
                 Some(_) => {}

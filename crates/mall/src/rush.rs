@@ -220,10 +220,8 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         // Simulated payment providers, in this process, on free ports; one
         // of them has an outage half-way through the rehearsal.
         let channels = mall_provider_sim::config::parse(crate::channels::EXAMPLE)?;
-        let (_simulator, payments) =
-            mall_payments::simulated_channels(channels, 11, listener.local_addr()?)
-                .await
-                .map_err(anyhow::Error::msg)?;
+        let (_simulator, setups) = mall_provider_sim::Simulator::on_free_ports(channels, 11).await?;
+        let payments = mall_payments::PaymentsConfig::for_server(listener.local_addr()?, setups);
         state
             .attach_payments(payments)
             .await

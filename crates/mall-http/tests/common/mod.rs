@@ -83,14 +83,16 @@ impl Api {
         tokio::spawn(async move { axum::serve(listener, app).await });
         let config = mall_payments::PaymentsConfig {
             channels: vec![mall_payments::ChannelSetup {
-                name: "sim".into(),
+                route: mall_router::router::ChannelConfig {
+                    name: "sim".into(),
+                    methods: vec![mall_router::router::PayMethod::ThirdParty],
+                    capacity_per_s: 1000,
+                    max_concurrency: 100,
+                    fee_bp: 0,
+                    priority: 0,
+                },
                 addr: sim.addr("sim").unwrap(),
                 secret: "sim-secret-0123456789".into(),
-                methods: vec![mall_router::router::PayMethod::ThirdParty],
-                capacity_per_s: 1000,
-                max_concurrency: 100,
-                fee_bp: 0,
-                priority: 0,
             }],
             callback_base: format!("http://{addr}"),
             wait_ms,
