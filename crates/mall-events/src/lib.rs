@@ -83,39 +83,43 @@ impl Kind {
     }
 }
 
-/// One event. On disk, one JSON object per line with short keys:
-/// `{"t","k","u","s","o","a","q","m","c","r","l"}` (absent when empty).
+/// One event. On disk, one JSON object per line with short keys (serde
+/// renames: `{"t","k","u","s","o","a","q","m","c","r","l"}`, absent when
+/// empty), so a night's log stays small; in code, real names.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// When, ms since the epoch.
-    pub t: i64,
-    pub k: Kind,
+    #[serde(rename = "t")]
+    pub at_ms: i64,
+    #[serde(rename = "k")]
+    pub kind: Kind,
     /// The shopper (0: anonymous).
-    #[serde(default)]
-    pub u: u64,
-    #[serde(default)]
-    pub s: u64,
+    #[serde(rename = "u", default)]
+    pub user: u64,
+    /// The item.
+    #[serde(rename = "s", default)]
+    pub sku: u64,
     /// The order, if any.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub o: u64,
+    #[serde(rename = "o", default, skip_serializing_if = "is_zero")]
+    pub order: u64,
     /// Money, fen (orders, payments, refunds).
-    #[serde(default, skip_serializing_if = "is_zero_i")]
-    pub a: i64,
+    #[serde(rename = "a", default, skip_serializing_if = "is_zero_i")]
+    pub amount_fen: i64,
     /// Quantity.
-    #[serde(default = "one", skip_serializing_if = "is_one")]
-    pub q: u32,
+    #[serde(rename = "q", default = "one", skip_serializing_if = "is_one")]
+    pub quantity: u32,
     /// Cash on delivery (orders).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub m: bool,
+    #[serde(rename = "m", default, skip_serializing_if = "std::ops::Not::not")]
+    pub cod: bool,
     /// Payment channel (payments, refunds), or "wallet".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub c: Option<String>,
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     /// Refusal reason (its stable code).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r: Option<String>,
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Server latency of the request, µs.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
-    pub l: u32,
+    #[serde(rename = "l", default, skip_serializing_if = "is_zero_u32")]
+    pub latency_us: u32,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -135,19 +139,19 @@ fn is_one(v: &u32) -> bool {
 }
 
 impl Event {
-    pub fn new(t: i64, k: Kind) -> Event {
+    pub fn new(at_ms: i64, kind: Kind) -> Event {
         Event {
-            t,
-            k,
-            u: 0,
-            s: 0,
-            o: 0,
-            a: 0,
-            q: 1,
-            m: false,
-            c: None,
-            r: None,
-            l: 0,
+            at_ms,
+            kind,
+            user: 0,
+            sku: 0,
+            order: 0,
+            amount_fen: 0,
+            quantity: 1,
+            cod: false,
+            channel: None,
+            reason: None,
+            latency_us: 0,
         }
     }
 }
@@ -259,7 +263,7 @@ impl EventLog {
     /// counted) when the view buffer is full; nothing else ever is.
     pub fn record(&self, event: Event) {
         let mut buffer = lock(&self.shared.buffer);
-        if event.k.droppable() {
+        if event.kind.droppable() {
             if buffer.views.len() >= self.shared.config.views_buffered_max {
                 drop(buffer);
                 self.shared.dropped_views.fetch_add(1, Ordering::Relaxed);
@@ -350,7 +354,7 @@ impl Writer {
             let mut events = taken.others;
             events.extend(taken.views);
             if !events.is_empty() {
-                events.sort_by_key(|e| e.t);
+                events.sort_by_key(|e| e.at_ms);
                 if let Err(e) = self.write(&events) {
                     self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
                     eprintln!("event log: writing failed: {e}");
@@ -457,6 +461,6 @@ pub fn read_dir(dir: &Path) -> std::io::Result<(Vec<Event>, u64)> {
             }
         }
     }
-    events.sort_by_key(|e| e.t);
+    events.sort_by_key(|e| e.at_ms);
     Ok((events, bad))
 }

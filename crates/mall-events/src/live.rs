@@ -300,57 +300,57 @@ impl Agg {
     }
 
     fn fold(&mut self, e: &Event, window_s: usize) {
-        let t_s = e.t.div_euclid(1000);
+        let t_s = e.at_ms.div_euclid(1000);
         let mut gmv = 0;
         let totals = &mut self.totals;
-        match e.k {
+        match e.kind {
             Kind::View => totals.views += 1,
             Kind::Favorite => totals.favorites += 1,
             Kind::Cart => totals.carts += 1,
             Kind::Order => {
                 totals.orders += 1;
-                if e.m {
-                    gmv = e.a;
+                if e.cod {
+                    gmv = e.amount_fen;
                 }
-                self.items.entry(e.s).or_default().0 += 1;
+                self.items.entry(e.sku).or_default().0 += 1;
             }
             Kind::Pay => {
                 totals.paid += 1;
-                gmv = e.a;
+                gmv = e.amount_fen;
             }
             Kind::Refusal => {
                 totals.refusals += 1;
-                let reason = e.r.clone().unwrap_or_else(|| "unknown".into());
+                let reason = e.reason.clone().unwrap_or_else(|| "unknown".into());
                 *self.refusals.entry(reason).or_default() += 1;
             }
             Kind::Cancel => totals.cancels += 1,
             Kind::Refund => {
                 totals.refunds += 1;
-                totals.refunded_fen += e.a;
+                totals.refunded_fen += e.amount_fen;
             }
             Kind::Deposit => {}
         }
         self.totals.gmv_fen += gmv;
         if gmv != 0 {
-            self.items.entry(e.s).or_default().1 += gmv;
+            self.items.entry(e.sku).or_default().1 += gmv;
         }
         let Some(s) = self.second(t_s, window_s) else {
             return;
         };
-        match e.k {
+        match e.kind {
             Kind::Order => s.orders += 1,
             Kind::Pay => {
                 s.paid += 1;
                 *s.by_channel
-                    .entry(e.c.clone().unwrap_or_else(|| "wallet".into()))
+                    .entry(e.channel.clone().unwrap_or_else(|| "wallet".into()))
                     .or_default() += 1;
             }
             Kind::Refusal => s.refusals += 1,
             _ => {}
         }
         s.gmv_fen += gmv;
-        if matches!(e.k, Kind::Order | Kind::Refusal) && e.l > 0 {
-            s.latency[bucket_of(e.l)] += 1;
+        if matches!(e.kind, Kind::Order | Kind::Refusal) && e.latency_us > 0 {
+            s.latency[bucket_of(e.latency_us)] += 1;
         }
     }
 }

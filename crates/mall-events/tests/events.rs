@@ -26,25 +26,25 @@ fn random_event(rng: &mut Rng, t: i64) -> Event {
     ];
     let k = kinds[rng.below(kinds.len() as u64) as usize];
     let mut e = Event::new(t, k);
-    e.u = rng.below(1000) + 1;
-    e.s = rng.below(20) + 1;
+    e.user = rng.below(1000) + 1;
+    e.sku = rng.below(20) + 1;
     match k {
         Kind::Order => {
-            e.o = rng.next_u64() >> 12;
-            e.a = (rng.below(1000) as i64 + 1) * 100;
-            e.m = rng.below(5) == 0;
-            e.l = rng.below(20_000) as u32 + 50;
+            e.order = rng.next_u64() >> 12;
+            e.amount_fen = (rng.below(1000) as i64 + 1) * 100;
+            e.cod = rng.below(5) == 0;
+            e.latency_us = rng.below(20_000) as u32 + 50;
         }
         Kind::Refusal => {
-            e.r =
+            e.reason =
                 Some(["sold_out", "limit_reached", "sale_not_open"][rng.below(3) as usize].into());
-            e.l = rng.below(5_000) as u32 + 20;
+            e.latency_us = rng.below(5_000) as u32 + 20;
         }
         Kind::Pay => {
-            e.a = (rng.below(1000) as i64 + 1) * 100;
-            e.c = Some(["alipay", "wechat", "wallet"][rng.below(3) as usize].into());
+            e.amount_fen = (rng.below(1000) as i64 + 1) * 100;
+            e.channel = Some(["alipay", "wechat", "wallet"][rng.below(3) as usize].into());
         }
-        Kind::Refund => e.a = rng.below(5000) as i64 + 1,
+        Kind::Refund => e.amount_fen = rng.below(5000) as i64 + 1,
         _ => {}
     }
     e
@@ -96,11 +96,11 @@ fn aggregates_agree_with_a_recount_of_the_log() {
         let snap = log.live().snapshot(now, 300);
 
         // The recount, by brute force.
-        let count = |k: Kind| events.iter().filter(|e| e.k == k).count() as u64;
+        let count = |k: Kind| events.iter().filter(|e| e.kind == k).count() as u64;
         let gmv: i64 = events
             .iter()
-            .filter(|e| e.k == Kind::Pay || (e.k == Kind::Order && e.m))
-            .map(|e| e.a)
+            .filter(|e| e.kind == Kind::Pay || (e.kind == Kind::Order && e.cod))
+            .map(|e| e.amount_fen)
             .sum();
         assert_eq!(snap.totals.orders, count(Kind::Order));
         assert_eq!(snap.totals.paid, count(Kind::Pay));
@@ -111,35 +111,35 @@ fn aggregates_agree_with_a_recount_of_the_log() {
             snap.totals.refunded_fen,
             events
                 .iter()
-                .filter(|e| e.k == Kind::Refund)
-                .map(|e| e.a)
+                .filter(|e| e.kind == Kind::Refund)
+                .map(|e| e.amount_fen)
                 .sum::<i64>()
         );
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-        for e in events.iter().filter(|e| e.k == Kind::Refusal) {
-            *reasons.entry(e.r.clone().unwrap()).or_default() += 1;
+        for e in events.iter().filter(|e| e.kind == Kind::Refusal) {
+            *reasons.entry(e.reason.clone().unwrap()).or_default() += 1;
         }
         assert_eq!(snap.refusals, reasons);
         assert_eq!(snap.funnel.cart, count(Kind::Cart));
         // Per second, over the last 300 s.
         assert_eq!(snap.series.t_ms.len(), 300);
         for (i, t_ms) in snap.series.t_ms.iter().enumerate() {
-            let in_s = |e: &&Event| e.t.div_euclid(1000) * 1000 == *t_ms;
+            let in_s = |e: &&Event| e.at_ms.div_euclid(1000) * 1000 == *t_ms;
             let orders = events
                 .iter()
                 .filter(in_s)
-                .filter(|e| e.k == Kind::Order)
+                .filter(|e| e.kind == Kind::Order)
                 .count() as u64;
             let paid = events
                 .iter()
                 .filter(in_s)
-                .filter(|e| e.k == Kind::Pay)
+                .filter(|e| e.kind == Kind::Pay)
                 .count() as u64;
             let gmv: i64 = events
                 .iter()
                 .filter(in_s)
-                .filter(|e| e.k == Kind::Pay || (e.k == Kind::Order && e.m))
-                .map(|e| e.a)
+                .filter(|e| e.kind == Kind::Pay || (e.kind == Kind::Order && e.cod))
+                .map(|e| e.amount_fen)
                 .sum();
             assert_eq!(snap.series.orders[i], orders, "orders at {t_ms}");
             assert_eq!(snap.series.paid[i], paid, "paid at {t_ms}");
@@ -148,7 +148,7 @@ fn aggregates_agree_with_a_recount_of_the_log() {
                 let n = events
                     .iter()
                     .filter(in_s)
-                    .filter(|e| e.k == Kind::Pay && e.c.as_deref() == Some(c))
+                    .filter(|e| e.kind == Kind::Pay && e.channel.as_deref() == Some(c))
                     .count() as u64;
                 assert_eq!(per_s[i], n, "{c} at {t_ms}");
             }
@@ -156,8 +156,8 @@ fn aggregates_agree_with_a_recount_of_the_log() {
             let mut lat: Vec<u32> = events
                 .iter()
                 .filter(in_s)
-                .filter(|e| matches!(e.k, Kind::Order | Kind::Refusal))
-                .map(|e| e.l)
+                .filter(|e| matches!(e.kind, Kind::Order | Kind::Refusal))
+                .map(|e| e.latency_us)
                 .collect();
             lat.sort_unstable();
             match snap.series.p99_ms[i] {
@@ -173,29 +173,30 @@ fn aggregates_agree_with_a_recount_of_the_log() {
             }
         }
         // Per minute: the window's GMV and orders, minute by minute.
-        let window_from = events.last().unwrap().t.div_euclid(1000) - 899;
+        let window_from = events.last().unwrap().at_ms.div_euclid(1000) - 899;
         for m in &snap.minutes {
             let in_m = |e: &&Event| {
-                e.t.div_euclid(60_000) * 60_000 == m.t_ms && e.t.div_euclid(1000) >= window_from
+                e.at_ms.div_euclid(60_000) * 60_000 == m.t_ms
+                    && e.at_ms.div_euclid(1000) >= window_from
             };
             let gmv: i64 = events
                 .iter()
                 .filter(in_m)
-                .filter(|e| e.k == Kind::Pay || (e.k == Kind::Order && e.m))
-                .map(|e| e.a)
+                .filter(|e| e.kind == Kind::Pay || (e.kind == Kind::Order && e.cod))
+                .map(|e| e.amount_fen)
                 .sum();
             let orders = events
                 .iter()
                 .filter(in_m)
-                .filter(|e| e.k == Kind::Order)
+                .filter(|e| e.kind == Kind::Order)
                 .count() as u64;
             assert_eq!((m.gmv_fen, m.orders), (gmv, orders), "minute {}", m.t_ms);
         }
         assert!(snap.minutes.len() >= 2, "the traffic spans minutes");
         // Top items by orders.
         let mut by_sku: HashMap<u64, u64> = HashMap::new();
-        for e in events.iter().filter(|e| e.k == Kind::Order) {
-            *by_sku.entry(e.s).or_default() += 1;
+        for e in events.iter().filter(|e| e.kind == Kind::Order) {
+            *by_sku.entry(e.sku).or_default() += 1;
         }
         let mut expected: Vec<(u64, u64)> = by_sku.into_iter().collect();
         expected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -223,16 +224,16 @@ fn a_full_buffer_drops_views_only_and_counts_them() {
             std::thread::spawn(move || {
                 for i in 0..20_000u64 {
                     let mut view = Event::new(T0 + i as i64, Kind::View);
-                    view.u = w;
+                    view.user = w;
                     log.record(view);
                     if i % 4 == 0 {
                         let mut order = Event::new(T0 + i as i64, Kind::Order);
-                        order.o = w << 32 | i;
-                        order.a = 100;
+                        order.order = w << 32 | i;
+                        order.amount_fen = 100;
                         log.record(order);
                         let mut pay = Event::new(T0 + i as i64, Kind::Pay);
-                        pay.o = w << 32 | i;
-                        pay.a = 100;
+                        pay.order = w << 32 | i;
+                        pay.amount_fen = 100;
                         log.record(pay);
                     }
                 }
@@ -244,9 +245,9 @@ fn a_full_buffer_drops_views_only_and_counts_them() {
     }
     log.flush();
     let (events, _) = read_dir(dir.path()).unwrap();
-    let orders = events.iter().filter(|e| e.k == Kind::Order).count();
-    let pays = events.iter().filter(|e| e.k == Kind::Pay).count();
-    let views = events.iter().filter(|e| e.k == Kind::View).count() as u64;
+    let orders = events.iter().filter(|e| e.kind == Kind::Order).count();
+    let pays = events.iter().filter(|e| e.kind == Kind::Pay).count();
+    let views = events.iter().filter(|e| e.kind == Kind::View).count() as u64;
     assert_eq!(orders, 4 * 5_000, "no order event lost");
     assert_eq!(pays, 4 * 5_000, "no payment event lost");
     assert!(log.dropped_views() > 0, "the buffer was full");
@@ -271,6 +272,9 @@ fn malformed_lines_are_skipped_and_counted() {
     let (events, bad) = read_dir(dir.path()).unwrap();
     assert_eq!(bad, 2);
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0].k, Kind::View, "sorted by time");
-    assert_eq!((events[1].s, events[1].a, events[1].q), (3, 5, 1));
+    assert_eq!(events[0].kind, Kind::View, "sorted by time");
+    assert_eq!(
+        (events[1].sku, events[1].amount_fen, events[1].quantity),
+        (3, 5, 1)
+    );
 }

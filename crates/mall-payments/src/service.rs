@@ -318,7 +318,8 @@ impl Payments {
                 if let Some(log) = &self.shared.events {
                     let now = self.now().wall.0;
                     let mut e = mall_events::Event::new(now, mall_events::Kind::Refund);
-                    (e.u, e.s, e.o, e.a) = (order.user.0, order.sku.0, order.id.0, amount as i64);
+                    (e.user, e.sku, e.order, e.amount_fen) =
+                        (order.user.0, order.sku.0, order.id.0, amount as i64);
                     log.record(e);
                 }
             }
@@ -476,8 +477,8 @@ impl Payments {
     fn record_pay(&self, o: &Order, amount: u64, channel: &str) {
         if let Some(log) = &self.shared.events {
             let mut e = mall_events::Event::new(self.now().wall.0, mall_events::Kind::Pay);
-            (e.u, e.s, e.o, e.a) = (o.user.0, o.sku.0, o.id.0, amount as i64);
-            e.c = Some(channel.to_string());
+            (e.user, e.sku, e.order, e.amount_fen) = (o.user.0, o.sku.0, o.id.0, amount as i64);
+            e.channel = Some(channel.to_string());
             log.record(e);
         }
     }

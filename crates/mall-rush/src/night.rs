@@ -33,8 +33,8 @@ pub fn night(dir: &Path) -> std::io::Result<Night> {
 }
 
 pub fn of_events(events: &[Event], bad_lines: u64) -> Night {
-    let from_ms = events.first().map_or(0, |e| e.t);
-    let to_ms = events.last().map_or(0, |e| e.t);
+    let from_ms = events.first().map_or(0, |e| e.at_ms);
+    let to_ms = events.last().map_or(0, |e| e.at_ms);
     let span_s = ((to_ms - from_ms) / 1000 + 2).clamp(1, 7 * 86_400) as usize;
     let live = Live::new(LiveConfig {
         window_s: span_s,
@@ -50,9 +50,9 @@ pub fn of_events(events: &[Event], bad_lines: u64) -> Night {
         .max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i)))
         .map_or((0, 0), |(i, n)| (i, *n));
     let mut paid_by_channel = BTreeMap::new();
-    for e in events.iter().filter(|e| e.k == Kind::Pay) {
+    for e in events.iter().filter(|e| e.kind == Kind::Pay) {
         *paid_by_channel
-            .entry(e.c.clone().unwrap_or_else(|| "wallet".into()))
+            .entry(e.channel.clone().unwrap_or_else(|| "wallet".into()))
             .or_default() += 1;
     }
     Night {
@@ -207,17 +207,17 @@ mod tests {
         for s in 0..10i64 {
             for i in 0..(10 - s) {
                 let mut o = Event::new(t0 + s * 1000 + i, Kind::Order);
-                o.s = 7;
+                o.sku = 7;
                 events.push(o);
             }
             let mut p = Event::new(t0 + s * 1000 + 500, Kind::Pay);
-            (p.s, p.a, p.c) = (7, 250, Some("alipay".into()));
+            (p.sku, p.amount_fen, p.channel) = (7, 250, Some("alipay".into()));
             events.push(p);
         }
         let mut r = Event::new(t0 + 100, Kind::Refusal);
-        r.r = Some("sold_out".into());
+        r.reason = Some("sold_out".into());
         events.push(r);
-        events.sort_by_key(|e| e.t);
+        events.sort_by_key(|e| e.at_ms);
         let n = of_events(&events, 3);
         assert_eq!(n.snapshot.totals.orders, 55);
         assert_eq!(n.snapshot.totals.gmv_fen, 2_500);

@@ -169,11 +169,11 @@ fn events_cost(events: u64, threads: u64) -> Result<()> {
                         _ => mall_events::Kind::Refusal,
                     };
                     let mut e = mall_events::Event::new(now + (i / 1000) as i64, kind);
-                    (e.u, e.s, e.l) = (t * per + i, i % 997, 800);
+                    (e.user, e.sku, e.latency_us) = (t * per + i, i % 997, 800);
                     if kind == mall_events::Kind::Refusal {
-                        e.r = Some("sold_out".into());
+                        e.reason = Some("sold_out".into());
                     } else if kind == mall_events::Kind::Order {
-                        (e.o, e.a) = (i, 19_900);
+                        (e.order, e.amount_fen) = (i, 19_900);
                     }
                     log.record(e);
                 }

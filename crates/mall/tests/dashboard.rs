@@ -151,8 +151,8 @@ fn the_dashboard_updates_live_and_agrees_with_the_api_in_chromium() {
     let (events, _) = mall_events::read_dir(&data.join("events")).unwrap();
     let opened = events
         .iter()
-        .find(|e| e.k == mall_events::Kind::Order)
-        .map(|e| e.t)
+        .find(|e| e.kind == mall_events::Kind::Order)
+        .map(|e| e.at_ms)
         .unwrap();
     let events_dir = data.join("events");
     let text = mall_in(

@@ -147,7 +147,7 @@ pub async fn get_one(
         .get(sku)
         .ok_or_else(|| ApiError::from_refusal(&mall_core::Refusal::UnknownItem))?;
     let mut view = mall_events::Event::new(state.now().0, mall_events::Kind::View);
-    view.s = sku.0;
+    view.sku = sku.0;
     state.record(view);
     Ok(Json(ItemView::new(&entry, state.now())))
 }

@@ -194,10 +194,10 @@ pub async fn create(
             if !replayed {
                 state.metrics.record_order(order.payment);
                 let mut e = event(&state, mall_events::Kind::Order, &principal, sku, started);
-                e.o = order.id.0;
-                e.a = order.amount_fen.0;
-                e.q = order.quantity.get();
-                e.m = order.payment == PaymentMethod::Cod;
+                e.order = order.id.0;
+                e.amount_fen = order.amount_fen.0;
+                e.quantity = order.quantity.get();
+                e.cod = order.payment == PaymentMethod::Cod;
                 state.record(e);
             }
             Ok(order_response(StatusCode::CREATED, &order, replayed))
@@ -211,7 +211,7 @@ pub async fn create(
         Reply::Refused(r) => {
             state.metrics.record_refusal(r.code());
             let mut e = event(&state, mall_events::Kind::Refusal, &principal, sku, started);
-            e.r = Some(r.code().to_string());
+            e.reason = Some(r.code().to_string());
             state.record(e);
             Err(ApiError::from_refusal(&r))
         }
@@ -231,9 +231,9 @@ fn event(
     started: std::time::Instant,
 ) -> mall_events::Event {
     let mut e = mall_events::Event::new(state.now().0, kind);
-    e.u = principal.user.0;
-    e.s = sku.0;
-    e.l = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    e.user = principal.user.0;
+    e.sku = sku.0;
+    e.latency_us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
     e
 }
 
@@ -362,7 +362,8 @@ async fn cancel_once(
     match order_command(state, id, Command::Release { order: id, by }).await? {
         Reply::Order { order, .. } => {
             let mut e = mall_events::Event::new(state.now().0, mall_events::Kind::Cancel);
-            (e.u, e.s, e.o, e.a) = (order.user.0, order.sku.0, order.id.0, order.amount_fen.0);
+            (e.user, e.sku, e.order, e.amount_fen) =
+                (order.user.0, order.sku.0, order.id.0, order.amount_fen.0);
             state.record(e);
             if let (Some(p), Some(hold)) = (state.payments.get(), hold) {
                 p.refund_cancelled(hold, &order).await;

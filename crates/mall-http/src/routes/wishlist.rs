@@ -67,7 +67,7 @@ fn known_item(state: &AppState, raw: u64) -> ApiResult<Sku> {
 
 fn record(state: &AppState, kind: mall_events::Kind, p: &Principal, sku: Sku, q: u32) {
     let mut e = mall_events::Event::new(state.now().0, kind);
-    (e.u, e.s, e.q) = (p.user.0, sku.0, q.max(1));
+    (e.user, e.sku, e.quantity) = (p.user.0, sku.0, q.max(1));
     state.record(e);
 }
 
