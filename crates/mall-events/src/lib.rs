@@ -464,3 +464,27 @@ pub fn read_dir(dir: &Path) -> std::io::Result<(Vec<Event>, u64)> {
     events.sort_by_key(|e| e.at_ms);
     Ok((events, bad))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file format keeps its short keys: a line written before the
+    /// fields had names reads into the named fields, and writes back the same.
+    #[test]
+    fn the_log_keeps_its_short_keys() {
+        let line =
+            r#"{"t":1762790400000,"k":"pay","u":7,"s":3,"o":99,"a":12300,"c":"alipay","l":850}"#;
+        let e: Event = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            (e.at_ms, e.kind, e.user, e.sku),
+            (1_762_790_400_000, Kind::Pay, 7, 3)
+        );
+        assert_eq!((e.order, e.amount_fen, e.quantity), (99, 12_300, 1));
+        assert_eq!(
+            (e.channel.as_deref(), e.latency_us, e.cod),
+            (Some("alipay"), 850, false)
+        );
+        assert_eq!(serde_json::to_string(&e).unwrap(), line);
+    }
+}
