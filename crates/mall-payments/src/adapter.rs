@@ -1,16 +1,17 @@
 //! A provider adapter: the mall's HTTP client of one payment provider
 //! (create a payment, ask its status, refund). Requests carry the
-//! provider's key as a bearer token; answers are JSON. A small pool of
-//! keep-alive connections per provider; a request that does not answer
-//! within its timeout is abandoned (the router counts it as a timeout).
+//! provider's key as a bearer token; answers are JSON. hyper-util's pooled
+//! client keeps keep-alive connections to the provider; a request that
+//! does not answer within its timeout is abandoned (the router counts it
+//! as a timeout).
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +31,17 @@ pub struct Provider {
     pub addr: SocketAddr,
     secret: String,
     timeout: Duration,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 pub use crate::core::ProviderStatus;
 
+/// Idle keep-alive connections kept to one provider.
 const IDLE_MAX: usize = 64;
+/// An idle pooled connection is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A provider's answer is read up to this size.
+const ANSWER_BYTES_MAX: usize = 256 * 1024;
 
 impl Provider {
     pub fn new(name: String, addr: SocketAddr, secret: String, timeout: Duration) -> Provider {
@@ -44,39 +50,19 @@ impl Provider {
             addr,
             secret,
             timeout,
-            idle: Mutex::new(Vec::new()),
+            client: {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(IDLE_MAX)
+                    .pool_idle_timeout(IDLE_TIMEOUT)
+                    .build(connector)
+            },
         }
     }
 
     pub fn secret(&self) -> &[u8] {
         self.secret.as_bytes()
-    }
-
-    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, AdapterError> {
-        loop {
-            let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            match pooled {
-                Some(mut s) => {
-                    if s.ready().await.is_ok() {
-                        return Ok(s);
-                    }
-                }
-                None => break,
-            }
-        }
-        let unreachable =
-            |e: &dyn std::fmt::Display| AdapterError::Unreachable(self.name.clone(), e.to_string());
-        let stream = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        stream.set_nodelay(true).ok();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
     }
 
     /// One request; `Ok((status, body))` for any answer.
@@ -87,32 +73,25 @@ impl Provider {
         body: Option<serde_json::Value>,
     ) -> Result<(u16, serde_json::Value), AdapterError> {
         let work = async {
-            let mut sender = self.connection().await?;
             let bytes = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
             let request = Request::builder()
                 .method(method)
-                .uri(path)
-                .header("host", self.addr.to_string())
+                .uri(format!("http://{}{path}", self.addr))
                 .header("authorization", format!("Bearer {}", self.secret))
                 .header("content-type", "application/json")
                 .body(Full::new(bytes))
                 .map_err(|e| AdapterError::Garbled(self.name.clone(), e.to_string()))?;
-            let response = sender
-                .send_request(request)
+            let response = self
+                .client
+                .request(request)
                 .await
                 .map_err(|e| AdapterError::Unreachable(self.name.clone(), e.to_string()))?;
             let status = response.status().as_u16();
-            let body = response
-                .into_body()
+            let body = Limited::new(response.into_body(), ANSWER_BYTES_MAX)
                 .collect()
                 .await
                 .map_err(|e| AdapterError::Unreachable(self.name.clone(), e.to_string()))?
                 .to_bytes();
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < IDLE_MAX {
-                idle.push(sender);
-            }
-            drop(idle);
             let json = if body.is_empty() {
                 serde_json::Value::Null
             } else {

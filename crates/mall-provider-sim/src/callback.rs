@@ -1,16 +1,15 @@
-//! Outbound callbacks: a loopback-only target, a small keep-alive pool of
-//! hyper HTTP/1 connections, and a semaphore bounding the requests in
-//! flight across all channels.
+//! Outbound callbacks: a loopback-only target, hyper-util's pooled HTTP/1
+//! client (keep-alive connections per receiver), and a semaphore bounding
+//! the requests in flight across all channels.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
 use hyper::http::uri::PathAndQuery;
 use hyper::{header, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -22,9 +21,8 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_BYTES_MAX: usize = 64 * 1024;
 /// Idle keep-alive connections kept per receiver address.
 const IDLE_PER_TARGET_MAX: usize = 32;
-/// Receiver addresses the pool keeps connections for; others get one
-/// connection per attempt.
-const TARGETS_MAX: usize = 64;
+/// An idle pooled connection is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a callback goes: a loopback `http://` URL, parsed once at create.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,10 +98,8 @@ fn parse_authority(authority: &str) -> Result<SocketAddr, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
-    #[error("connect {0}: {1}")]
-    Connect(SocketAddr, std::io::Error),
     #[error("http: {0}")]
-    Http(#[from] hyper::Error),
+    Http(#[from] hyper_util::client::legacy::Error),
     #[error("request: {0}")]
     Request(#[from] hyper::http::Error),
     #[error("reading the answer: {0}")]
@@ -112,13 +108,9 @@ pub enum CallbackError {
     Timeout,
 }
 
-type Sender = SendRequest<Full<Bytes>>;
-
 /// Shared by every channel of a simulator.
 pub struct CallbackClient {
-    /// Idle keep-alive connections by receiver address; at most
-    /// `TARGETS_MAX` addresses and `IDLE_PER_TARGET_MAX` each.
-    idle: Mutex<HashMap<SocketAddr, Vec<Sender>>>,
+    client: Client<HttpConnector, Full<Bytes>>,
     /// Requests in flight; `callbacks_in_flight_max` permits.
     in_flight: Semaphore,
 }
@@ -126,14 +118,23 @@ pub struct CallbackClient {
 impl CallbackClient {
     pub fn new(in_flight_max: usize) -> CallbackClient {
         assert!(in_flight_max > 0);
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(IDLE_PER_TARGET_MAX)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .build(connector);
         CallbackClient {
-            idle: Mutex::new(HashMap::new()),
+            client,
             in_flight: Semaphore::new(in_flight_max),
         }
     }
 
     /// One delivery attempt: POSTs `body` with the signature header and
-    /// returns the receiver's status.
+    /// returns the receiver's status. (A pooled connection the receiver
+    /// closed meanwhile is retried on a fresh one by the client; receivers
+    /// de-duplicate by event_id, so a repeat is harmless.)
     pub async fn post(
         &self,
         target: &CallbackTarget,
@@ -145,67 +146,25 @@ impl CallbackClient {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        tokio::time::timeout(ATTEMPT_TIMEOUT, self.post_inner(target, body, signature))
+        let request = build_request(target, body, signature)?;
+        tokio::time::timeout(ATTEMPT_TIMEOUT, self.send(request))
             .await
             .map_err(|_| CallbackError::Timeout)?
     }
 
-    async fn post_inner(
-        &self,
-        target: &CallbackTarget,
-        body: Bytes,
-        signature: &str,
-    ) -> Result<StatusCode, CallbackError> {
-        if let Some(mut sender) = self.take_idle(target.addr) {
-            let request = build_request(target, body.clone(), signature)?;
-            // A pooled connection may have been closed by the receiver
-            // meanwhile: then try once more on a fresh one. Receivers
-            // de-duplicate by event_id, so a repeat is harmless.
-            if let Ok(status) = send(&mut sender, request).await {
-                self.put_idle(target.addr, sender);
-                return Ok(status);
-            }
-        }
-        let stream = tokio::net::TcpStream::connect(target.addr)
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<StatusCode, CallbackError> {
+        let response = self.client.request(request).await?;
+        let status = response.status();
+        // Read the answer to the end so the connection can carry the next one.
+        Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
+            .collect()
             .await
-            .map_err(|e| CallbackError::Connect(target.addr, e))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let status = send(&mut sender, build_request(target, body, signature)?).await?;
-        self.put_idle(target.addr, sender);
+            .map_err(|e| CallbackError::Body(e.to_string()))?;
         Ok(status)
-    }
-
-    fn take_idle(&self, addr: SocketAddr) -> Option<Sender> {
-        let mut idle = self.idle.lock().expect("pool lock");
-        let senders = idle.get_mut(&addr)?;
-        while let Some(sender) = senders.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, addr: SocketAddr, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock().expect("pool lock");
-        if idle.len() >= TARGETS_MAX && !idle.contains_key(&addr) {
-            return;
-        }
-        let senders = idle.entry(addr).or_default();
-        if senders.len() < IDLE_PER_TARGET_MAX {
-            senders.push(sender);
-        }
     }
 }
 
+/// The request to `target`: to its (loopback) address, naming its host.
 fn build_request(
     target: &CallbackTarget,
     body: Bytes,
@@ -213,26 +172,11 @@ fn build_request(
 ) -> Result<Request<Full<Bytes>>, CallbackError> {
     Ok(Request::builder()
         .method(Method::POST)
-        .uri(target.path.as_str())
+        .uri(format!("http://{}{}", target.addr, target.path.as_str()))
         .header(header::HOST, target.authority.as_str())
         .header(header::CONTENT_TYPE, "application/json")
         .header(mall_router::signature::HEADER, signature)
         .body(Full::new(body))?)
-}
-
-async fn send(
-    sender: &mut Sender,
-    request: Request<Full<Bytes>>,
-) -> Result<StatusCode, CallbackError> {
-    sender.ready().await?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    // Read the answer to the end so the connection can carry the next one.
-    Limited::new(response.into_body(), RESPONSE_BYTES_MAX)
-        .collect()
-        .await
-        .map_err(|e| CallbackError::Body(e.to_string()))?;
-    Ok(status)
 }
 
 #[cfg(test)]
