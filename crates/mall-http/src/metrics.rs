@@ -1,17 +1,110 @@
 //! Prometheus metrics: request counts and latency by route, orders,
-//! refusals by reason, and the engine's queue depths, batch sizes and
-//! commit latency.
+//! refusals by reason, the engine's queue depths, batch sizes and commit
+//! latency, payment channels and the payment service, and the listeners.
+//!
+//! The hot path counts in atomics; a scrape reads them into metric
+//! families and the maintained client library (`prometheus-client`)
+//! encodes them (OpenMetrics text: names, types, help, escaping).
 
 use mall_shard::stats::LATENCY_BOUNDS_S;
 use mall_shard::{Histogram, ShardStats};
 use mall_store::Engine;
-use std::fmt::Write;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Reads one counter of a shard's stats.
 type ShardCounter = fn(&ShardStats) -> u64;
+
+/// A series' labels.
+type Labels = Vec<(&'static str, String)>;
+
+/// One value as read at a scrape.
+#[derive(Debug)]
+enum Value {
+    Counter(u64),
+    Gauge(f64),
+    /// `(sum, count, cumulative buckets with +Inf last)`.
+    Histogram(f64, u64, Vec<(f64, u64)>),
+}
+
+/// One metric family as read at a scrape. Counter names end in `_total`
+/// here, as exposed.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(Labels, Value)>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            series: Vec::new(),
+        }
+    }
+
+    fn with(mut self, labels: Labels, value: Value) -> Family {
+        self.series.push((labels, value));
+        self
+    }
+
+    fn histogram(h: &Histogram) -> Value {
+        let (sum, count, buckets) = h.snapshot();
+        Value::Histogram(sum, count, buckets)
+    }
+}
+
+fn put(series: &mut MetricEncoder, value: &Value) -> Result<(), std::fmt::Error> {
+    match value {
+        Value::Counter(n) => series.encode_counter::<NoLabelSet, _, u64>(n, None),
+        Value::Gauge(g) => series.encode_gauge(g),
+        Value::Histogram(sum, count, buckets) => {
+            series.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
+        }
+    }
+}
+
+/// Everything one scrape read, for the library to encode.
+#[derive(Debug, Default)]
+struct Scrape(Vec<Family>);
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            let Some((_, first)) = f.series.first() else {
+                continue;
+            };
+            let (name, kind) = match first {
+                // The library adds the `_total` of a counter's samples.
+                Value::Counter(_) => (
+                    f.name.strip_suffix("_total").unwrap_or(f.name),
+                    MetricType::Counter,
+                ),
+                Value::Gauge(_) => (f.name, MetricType::Gauge),
+                Value::Histogram(..) => (f.name, MetricType::Histogram),
+            };
+            let mut family = encoder.encode_descriptor(name, f.help, None, kind)?;
+            for (labels, value) in &f.series {
+                // A series without labels is written bare (`name 1`, not `name{} 1`).
+                if labels.is_empty() {
+                    put(&mut family, value)?;
+                } else {
+                    put(&mut family.encode_family(labels)?, value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Every refusal code the API can answer with, for a fixed counter array.
 pub const REFUSAL_CODES: &[&str] = &[
@@ -99,83 +192,92 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, engine: &Engine, sessions: usize) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        out.push_str("# HELP mall_http_request_duration_seconds Request latency by route.\n# TYPE mall_http_request_duration_seconds histogram\n");
+    /// The families this process counts itself, and the engine's.
+    fn families(&self, engine: &Engine, sessions: usize, out: &mut Vec<Family>) {
         let routes = self
             .routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for (method, route, stats) in &routes {
-            stats.latency.write_prometheus(
-                &mut out,
-                "mall_http_request_duration_seconds",
-                &format!("method=\"{method}\",route=\"{route}\""),
-            );
-        }
-        out.push_str("# HELP mall_http_responses_total Responses by route and status class.\n# TYPE mall_http_responses_total counter\n");
-        for (method, route, stats) in &routes {
+        let route = |method: &str, route: &str| {
+            vec![("method", method.to_string()), ("route", route.to_string())]
+        };
+        let mut latency = Family::new(
+            "mall_http_request_duration_seconds",
+            "Request latency by route.",
+        );
+        let mut responses = Family::new(
+            "mall_http_responses_total",
+            "Responses by route and status class.",
+        );
+        for (method, path, stats) in &routes {
+            latency = latency.with(route(method, path), Family::histogram(&stats.latency));
             for (i, class) in ["2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let mut labels = route(method, path);
+                labels.push(("class", class.to_string()));
                 let n = stats.by_class[i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "mall_http_responses_total{{method=\"{method}\",route=\"{route}\",class=\"{class}\"}} {n}");
+                responses = responses.with(labels, Value::Counter(n));
             }
         }
-        out.push_str("# HELP mall_orders_total Orders created, by payment method.\n# TYPE mall_orders_total counter\n");
-        let _ = writeln!(
-            out,
-            "mall_orders_total{{payment=\"online\"}} {}",
-            self.orders_online.load(Ordering::Relaxed)
+        out.push(latency);
+        out.push(responses);
+        out.push(
+            Family::new("mall_orders_total", "Orders created, by payment method.")
+                .with(
+                    vec![("payment", "online".into())],
+                    Value::Counter(self.orders_online.load(Ordering::Relaxed)),
+                )
+                .with(
+                    vec![("payment", "cod".into())],
+                    Value::Counter(self.orders_cod.load(Ordering::Relaxed)),
+                ),
         );
-        let _ = writeln!(
-            out,
-            "mall_orders_total{{payment=\"cod\"}} {}",
-            self.orders_cod.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP mall_refusals_total Refused requests by reason.\n# TYPE mall_refusals_total counter\n");
+        let mut refusals = Family::new("mall_refusals_total", "Refused requests by reason.");
         for (i, code) in REFUSAL_CODES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "mall_refusals_total{{reason=\"{code}\"}} {}",
-                self.refusals[i].load(Ordering::Relaxed)
-            );
+            let n = self.refusals[i].load(Ordering::Relaxed);
+            refusals = refusals.with(vec![("reason", code.to_string())], Value::Counter(n));
         }
-        out.push_str("# HELP mall_shard_queue_depth Commands waiting in each shard's queue.\n# TYPE mall_shard_queue_depth gauge\n");
-        for shard in 0..engine.shard_count() {
-            let _ = writeln!(
-                out,
-                "mall_shard_queue_depth{{shard=\"{shard}\"}} {}",
-                engine.handle(shard).queue_depth()
-            );
+        out.push(refusals);
+        let shards = 0..engine.shard_count();
+        let shard = |i: usize| vec![("shard", i.to_string())];
+        let mut depth = Family::new(
+            "mall_shard_queue_depth",
+            "Commands waiting in each shard's queue.",
+        );
+        for i in shards.clone() {
+            let d = engine.handle(i).queue_depth() as f64;
+            depth = depth.with(shard(i), Value::Gauge(d));
         }
-        out.push_str("# HELP mall_shard_apply_batch_commands Commands applied per batch.\n# TYPE mall_shard_apply_batch_commands histogram\n");
-        for shard in 0..engine.shard_count() {
-            let s = engine.handle(shard).stats();
-            s.apply_batch_commands.write_prometheus(
-                &mut out,
+        out.push(depth);
+        type ShardHistogram = fn(&ShardStats) -> &Histogram;
+        let histograms: [(&'static str, &'static str, ShardHistogram); 3] = [
+            (
                 "mall_shard_apply_batch_commands",
-                &format!("shard=\"{shard}\""),
-            );
-        }
-        out.push_str("# HELP mall_shard_commit_batch_effects Effects per committed batch (one transaction).\n# TYPE mall_shard_commit_batch_effects histogram\n");
-        for shard in 0..engine.shard_count() {
-            let s = engine.handle(shard).stats();
-            s.commit_batch_effects.write_prometheus(
-                &mut out,
+                "Commands applied per batch.",
+                |s| &s.apply_batch_commands,
+            ),
+            (
                 "mall_shard_commit_batch_effects",
-                &format!("shard=\"{shard}\""),
-            );
-        }
-        out.push_str("# HELP mall_shard_commit_seconds Time to commit one batch.\n# TYPE mall_shard_commit_seconds histogram\n");
-        for shard in 0..engine.shard_count() {
-            let s = engine.handle(shard).stats();
-            s.commit_seconds.write_prometheus(
-                &mut out,
+                "Effects per committed batch (one transaction).",
+                |s| &s.commit_batch_effects,
+            ),
+            (
                 "mall_shard_commit_seconds",
-                &format!("shard=\"{shard}\""),
-            );
+                "Time to commit one batch.",
+                |s| &s.commit_seconds,
+            ),
+        ];
+        for (name, help, histogram) in histograms {
+            let mut f = Family::new(name, help);
+            for i in shards.clone() {
+                f = f.with(
+                    shard(i),
+                    Family::histogram(histogram(engine.handle(i).stats())),
+                );
+            }
+            out.push(f);
         }
-        let counters: [(&str, &str, ShardCounter); 2] = [
+        let counters: [(&'static str, &'static str, ShardCounter); 2] = [
             ("mall_shard_commit_failures_total", "Failed commits.", |s| {
                 s.commit_failures.load(Ordering::Relaxed)
             }),
@@ -186,131 +288,160 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for shard in 0..engine.shard_count() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{shard=\"{shard}\"}} {}",
-                    value(engine.handle(shard).stats())
-                );
+            let mut f = Family::new(name, help);
+            for i in shards.clone() {
+                f = f.with(shard(i), Value::Counter(value(engine.handle(i).stats())));
             }
+            out.push(f);
         }
-        let _ = writeln!(
-            out,
-            "# HELP mall_items Items on sale.\n# TYPE mall_items gauge\nmall_items {}",
-            engine.board().len()
+        out.push(
+            Family::new("mall_items", "Items on sale.")
+                .with(vec![], Value::Gauge(engine.board().len() as f64)),
         );
-        let _ = writeln!(out, "# HELP mall_sessions Live sessions.\n# TYPE mall_sessions gauge\nmall_sessions {sessions}");
-        out
+        out.push(
+            Family::new("mall_sessions", "Live sessions.")
+                .with(vec![], Value::Gauge(sessions as f64)),
+        );
     }
 }
 
-/// Payment channels and the payment service, in Prometheus text format.
+/// The whole `/metrics` text: this process's counters, the engine's, the
+/// payment service's (if any) and the listeners'.
+pub fn render(
+    metrics: &Metrics,
+    engine: &Engine,
+    sessions: usize,
+    payments: Option<&mall_payments::Payments>,
+    listeners: &[(&str, &crate::listener::ListenerStats)],
+) -> String {
+    let mut families = Vec::new();
+    metrics.families(engine, sessions, &mut families);
+    if let Some(p) = payments {
+        payment_families(p, &mut families);
+    }
+    listener_families(listeners, &mut families);
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(Scrape(families)));
+    let mut out = String::with_capacity(32 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
 /// The connection limits of each listener (`api`, `admin`).
-pub fn render_listeners(out: &mut String, listeners: &[(&str, &crate::listener::ListenerStats)]) {
+fn listener_families(listeners: &[(&str, &crate::listener::ListenerStats)], out: &mut Vec<Family>) {
     use crate::listener::ListenerStats;
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    /// `(metric, type, help, which counter)`.
-    type Family = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&ListenerStats) -> &AtomicU64,
-    );
-    let families: [Family; 3] = [
-        ("mall_connections_open", "gauge", "Open connections.", |s| {
-            &s.open
+    type Read = fn(&ListenerStats) -> Value;
+    let families: [(&'static str, &'static str, Read); 3] = [
+        ("mall_connections_open", "Open connections.", |s| {
+            Value::Gauge(s.open.load(Ordering::Relaxed) as f64)
         }),
         (
             "mall_connections_refused_per_address_total",
-            "counter",
             "Connections refused: too many from one address.",
-            |s| &s.refused_per_address,
+            |s| Value::Counter(s.refused_per_address.load(Ordering::Relaxed)),
         ),
         (
             "mall_connections_timed_out_total",
-            "counter",
             "Connections closed by the header-read or idle timeout.",
-            |s| &s.timed_out,
+            |s| Value::Counter(s.timed_out.load(Ordering::Relaxed)),
         ),
     ];
-    for (metric, kind, help, value) in families {
-        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
-        for (name, s) in listeners {
-            let _ = writeln!(
-                out,
-                "{metric}{{listener=\"{name}\"}} {}",
-                value(s).load(Relaxed)
-            );
+    for (name, help, read) in families {
+        let mut f = Family::new(name, help);
+        for (listener, s) in listeners {
+            f = f.with(vec![("listener", listener.to_string())], read(s));
         }
+        out.push(f);
     }
 }
 
-pub fn render_payments(out: &mut String, p: &mall_payments::Payments) {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
+/// Payment channels (as the router sees them) and the payment service.
+fn payment_families(p: &mall_payments::Payments, out: &mut Vec<Family>) {
     let channels = p.channels();
-    type Gauge = (
-        &'static str,
-        &'static str,
-        fn(&mall_router::router::ChannelStatus) -> f64,
-    );
-    let gauges: [Gauge; 7] = [
+    type Read = fn(&mall_router::router::ChannelStatus) -> Value;
+    let families: [(&'static str, &'static str, Read); 7] = [
         (
             "mall_channel_rate_per_second",
             "Dispatches over the last second.",
-            |c| c.rate_per_s,
+            |c| Value::Gauge(c.rate_per_s),
         ),
         (
             "mall_channel_success_ratio",
             "Successes over outcomes in the health window.",
-            |c| c.success_rate,
+            |c| Value::Gauge(c.success_rate),
         ),
         (
             "mall_channel_latency_p99_seconds",
             "p99 time from dispatch to outcome, health window.",
-            |c| c.p99_latency_ms / 1e3,
+            |c| Value::Gauge(c.p99_latency_ms / 1e3),
         ),
         (
             "mall_channel_in_flight",
             "Payments with the provider now.",
-            |c| f64::from(c.in_flight),
+            |c| Value::Gauge(f64::from(c.in_flight)),
         ),
         (
             "mall_channel_timeouts",
             "Timeouts in the health window.",
-            |c| c.timeouts as f64,
+            |c| Value::Gauge(c.timeouts as f64),
         ),
         (
             "mall_channel_circuit_open",
             "1 when the circuit is open, 0.5 half-open, 0 closed.",
-            |c| match c.circuit.as_str() {
-                "open" => 1.0,
-                "half_open" => 0.5,
-                _ => 0.0,
+            |c| {
+                Value::Gauge(match c.circuit.as_str() {
+                    "open" => 1.0,
+                    "half_open" => 0.5,
+                    _ => 0.0,
+                })
             },
         ),
         (
             "mall_channel_dispatched_total",
             "Payments dispatched since start.",
-            |c| c.dispatched_total as f64,
+            |c| Value::Counter(c.dispatched_total),
         ),
     ];
-    for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (name, help, read) in families {
+        let mut f = Family::new(name, help);
         for c in &channels {
-            let _ = writeln!(out, "{name}{{channel=\"{}\"}} {}", c.name, value(c));
+            f = f.with(vec![("channel", c.name.clone())], read(c));
         }
+        out.push(f);
     }
-    let _ = writeln!(out, "# HELP mall_payment_queue_depth Payments waiting for a channel.\n# TYPE mall_payment_queue_depth gauge\nmall_payment_queue_depth {}", p.queue_depth());
+    out.push(
+        Family::new(
+            "mall_payment_queue_depth",
+            "Payments waiting for a channel.",
+        )
+        .with(vec![], Value::Gauge(p.queue_depth() as f64)),
+    );
     let k = p.counters();
-    for (name, c) in [
-        ("succeeded", &k.succeeded),
-        ("failed", &k.failed),
-        ("late_refunds", &k.late_refunds),
-        ("refunds", &k.refunds),
-        ("callbacks_refused", &k.callbacks_refused),
-    ] {
-        let _ = writeln!(out, "mall_payments_{name}_total {}", c.load(Relaxed));
+    let totals: [(&'static str, &'static str, &AtomicU64); 5] = [
+        (
+            "mall_payments_succeeded_total",
+            "Payments and top-ups that succeeded.",
+            &k.succeeded,
+        ),
+        (
+            "mall_payments_failed_total",
+            "Payments and top-ups that failed.",
+            &k.failed,
+        ),
+        (
+            "mall_payments_late_refunds_total",
+            "Charges that came after their try was given up, handed back.",
+            &k.late_refunds,
+        ),
+        ("mall_payments_refunds_total", "Refunds made.", &k.refunds),
+        (
+            "mall_payments_callbacks_refused_total",
+            "Provider callbacks refused (signature, replay, body, unknown payment).",
+            &k.callbacks_refused,
+        ),
+    ];
+    for (name, help, c) in totals {
+        out.push(Family::new(name, help).with(vec![], Value::Counter(c.load(Ordering::Relaxed))));
     }
 }

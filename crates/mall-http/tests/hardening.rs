@@ -909,3 +909,56 @@ async fn issue10_a_payment_whose_client_hung_up_answers_its_retry_with_the_outco
         again.body
     );
 }
+
+/// `/metrics` comes from a maintained client library: every family has its
+/// HELP and TYPE (the payment totals had none), counters are typed
+/// counters (a channel's dispatches were a gauge), and the text ends as
+/// OpenMetrics requires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue10_metrics_are_typed_and_described() {
+    let (api, _sim) = Api::with_channel().await;
+    let u = api.shoppers(1, "m").await;
+    top_up(&api, &u[0], 10_000).await;
+    let r = api.get("/metrics", Some(ADMIN)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.body.as_str().expect("a text body");
+    assert!(
+        text.ends_with("# EOF\n"),
+        "{}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    let mut typed = std::collections::HashMap::new();
+    let mut described = std::collections::HashSet::new();
+    for line in text.lines() {
+        let mut words = line.split(' ');
+        match (words.next(), words.next(), words.next()) {
+            (Some("#"), Some("TYPE"), Some(name)) => {
+                typed.insert(name.to_string(), words.next().unwrap_or("").to_string());
+            }
+            (Some("#"), Some("HELP"), Some(name)) => {
+                described.insert(name.to_string());
+            }
+            _ => {}
+        }
+    }
+    let mut samples = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = &line[..line.find(['{', ' ']).expect("a sample line")];
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains_key(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "{name} has no TYPE");
+        assert!(described.contains(family), "{name} has no HELP");
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}: value {value}");
+        samples += 1;
+    }
+    assert!(samples > 50, "only {samples} samples");
+    assert_eq!(typed["mall_channel_dispatched"], "counter");
+    assert_eq!(typed["mall_payments_succeeded"], "counter");
+    assert_eq!(typed["mall_channel_in_flight"], "gauge");
+    assert_eq!(typed["mall_shard_commit_seconds"], "histogram");
+    assert!(text.contains("mall_payments_succeeded_total 1\n"), "{text}");
+    assert!(text.contains("mall_channel_dispatched_total{channel=\"sim\"} 1\n"));
+}

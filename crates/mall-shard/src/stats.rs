@@ -50,34 +50,19 @@ impl Histogram {
         self.observe(d.as_secs_f64());
     }
 
-    /// Writes the histogram in Prometheus text format. `labels` is either
-    /// empty or `key="value",...` without braces.
-    pub fn write_prometheus(&self, out: &mut String, name: &str, labels: &str) {
-        use std::fmt::Write;
-        let sep = if labels.is_empty() { "" } else { "," };
+    /// `(sum, count, buckets)`: the buckets cumulative, `(upper bound,
+    /// observations at or below it)`, the last one +Inf.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
         for (i, bound) in self.bounds.iter().enumerate() {
             cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
+            buckets.push((*bound, cumulative));
         }
         cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
-        );
+        buckets.push((f64::INFINITY, cumulative));
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = |s: &str| {
-            if s.is_empty() {
-                String::new()
-            } else {
-                format!("{{{s}}}")
-            }
-        };
-        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
-        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
+        (sum, cumulative, buckets)
     }
 }
 

@@ -135,22 +135,24 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
-/// Prometheus metrics (admin token).
+/// Prometheus metrics (admin token), in OpenMetrics text.
 #[utoipa::path(get, path = "/metrics", tag = "ops", security(("bearer" = [])),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, content_type = "application/openmetrics-text", body = String), (status = 403, body = crate::error::ErrorBody)))]
 pub async fn metrics(
     State(state): State<AppState>,
     principal: Principal,
 ) -> ApiResult<impl IntoResponse> {
     principal.require_admin()?;
-    let mut body = state.metrics.render(&state.engine, state.sessions.len());
-    if let Some(p) = state.payments.get() {
-        crate::metrics::render_payments(&mut body, p);
-    }
     let listeners = state.listeners.lock().unwrap_or_else(|p| p.into_inner());
     let named: Vec<_> = listeners.iter().map(|(n, s)| (*n, s.as_ref())).collect();
-    crate::metrics::render_listeners(&mut body, &named);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
+    let body = crate::metrics::render(
+        &state.metrics,
+        &state.engine,
+        state.sessions.len(),
+        state.payments.get(),
+        &named,
+    );
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body))
 }
 
 pub async fn openapi() -> impl IntoResponse {
