@@ -25,6 +25,19 @@ pub enum Which {
     /// Snap-up latency at a steady rate, quiet and under a login flood and
     /// a connection flood (one run, a real server); memory after a login flood.
     Flood(crate::floodbench::FloodArgs),
+    /// Rate limiting: governor's keyed limiter (GCRA, what the server uses)
+    /// beside the house's former striped token buckets, same keys, same
+    /// threads, in one run.
+    Limits {
+        /// Checks per thread.
+        #[arg(long, default_value_t = 2_000_000)]
+        checks: u64,
+        /// Distinct keys (shoppers).
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// The inventory engine in-process, durable.
     Engine {
         #[arg(long, value_enum, default_value = "both")]
@@ -273,6 +286,11 @@ pub enum Shape {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Flood(args) => crate::floodbench::flood(args),
+        Which::Limits {
+            checks,
+            keys,
+            threads,
+        } => limits(checks, keys.max(1), threads.max(1)),
         Which::Events { events, threads } => events_cost(events, threads.max(1)),
         Which::Router {
             decisions,
@@ -593,4 +611,92 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// ns per check of each limiter: `threads` threads, each making `checks`
+/// checks on keys drawn uniformly from `keys`, at 50/s with a burst of 100
+/// (the per-shopper default), so most checks are admitted and some refused.
+fn limits(checks: u64, keys: u64, threads: usize) -> Result<()> {
+    use governor::{Quota, RateLimiter as Governor};
+    use std::num::NonZeroU32;
+    println!(
+        "mall bench limits: {threads} threads x {checks} checks over {keys} keys, 50/s burst 100"
+    );
+    println!("  limiter                    ns/check   checks/s   admitted");
+    let run = |check: &(dyn Fn(u64) -> bool + Sync)| {
+        let started = Instant::now();
+        let admitted: u64 = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || {
+                        let mut rng = Rng::new(t as u64 + 1);
+                        (0..checks).filter(|_| check(rng.below(keys))).count() as u64
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a bench thread"))
+                .sum()
+        });
+        let total = checks * threads as u64;
+        let ns = started.elapsed().as_secs_f64() * 1e9 / total as f64;
+        (ns, admitted as f64 / total as f64)
+    };
+    let house = StripedBuckets::new(1_000_000);
+    let (house_ns, house_ok) = run(&|k| house.admit(k, 50.0, 100.0));
+    let quota = Quota::per_second(NonZeroU32::new(50).expect("50"))
+        .allow_burst(NonZeroU32::new(100).expect("100"));
+    let keyed = Governor::keyed(quota);
+    let (gov_ns, gov_ok) = run(&|k| keyed.check_key(&k).is_ok());
+    for (name, ns, ok) in [
+        ("former (striped buckets)", house_ns, house_ok),
+        ("governor (keyed GCRA)", gov_ns, gov_ok),
+    ] {
+        println!(
+            "  {name:<24} {ns:>9.0} {:>10.0} {:>9.1}%",
+            1e9 / ns,
+            ok * 100.0
+        );
+    }
+    println!("  former / governor time: {:.2}", house_ns / gov_ns);
+    Ok(())
+}
+
+/// The token buckets the server used before governor (kept as the
+/// benchmark's baseline): a bucket per key in 64 mutex-striped maps.
+struct StripedBuckets {
+    stripes: Vec<std::sync::Mutex<rustc_hash::FxHashMap<u64, (f64, Instant)>>>,
+    buckets_max: usize,
+}
+
+impl StripedBuckets {
+    const STRIPES: usize = 64;
+
+    fn new(buckets_max: usize) -> StripedBuckets {
+        StripedBuckets {
+            stripes: (0..Self::STRIPES).map(|_| Default::default()).collect(),
+            buckets_max,
+        }
+    }
+
+    fn admit(&self, key: u64, rate: f64, burst: f64) -> bool {
+        let now = Instant::now();
+        let stripe = &self.stripes[(key as usize).wrapping_mul(0x9E37_79B9) % Self::STRIPES];
+        let mut map = stripe.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.buckets_max / Self::STRIPES {
+            map.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = map.entry(key).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
