@@ -11,6 +11,18 @@ pub mod seeds;
 
 pub use outcome::Refusal;
 
+/// An audit found a broken invariant; the message says which, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditFailure(pub String);
+
+impl std::fmt::Display for AuditFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AuditFailure {}
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;

@@ -50,12 +50,17 @@ impl Catalog {
             source,
         })?;
         catalog
-            .validate()
+            .check()
             .map_err(|reason| Error::InvalidCatalog { path, reason })?;
         Ok(catalog)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values serde cannot (ranges, consistency).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        self.check().map_err(crate::Error::InvalidParams)
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.items.is_empty() || self.items.len() > ITEMS_MAX {
             return Err(format!(
                 "must hold 1 to {ITEMS_MAX} items, holds {}",

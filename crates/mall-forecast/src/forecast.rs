@@ -94,14 +94,19 @@ impl Default for SaleParams {
 }
 
 impl SaleParams {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values serde cannot (ranges, consistency).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        self.check().map_err(crate::Error::InvalidParams)
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
         if !(1..=CURVE_MINUTES_MAX).contains(&self.curve_minutes) {
             return Err(format!("curve_minutes must be in 1..={CURVE_MINUTES_MAX}"));
         }
         if !(10..=DRAWS_MAX).contains(&self.draws) {
             return Err(format!("draws must be in 10..={DRAWS_MAX}"));
         }
-        self.model.validate()
+        self.model.check()
     }
 }
 
@@ -256,7 +261,7 @@ pub struct Forecast {
 /// Forecasts the night from the history in `history_dir` (its `*.jsonl`
 /// events and `catalog.json`).
 pub fn forecast(history_dir: &Path, sale: SaleParams) -> Result<Forecast, Error> {
-    sale.validate().map_err(Error::InvalidParams)?;
+    sale.validate()?;
     let catalog = Catalog::load(history_dir)?;
     let cells = catalog.items.len().saturating_mul(sale.draws as usize);
     if cells > DRAW_CELLS_MAX {

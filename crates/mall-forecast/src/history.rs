@@ -113,7 +113,12 @@ impl Default for GenerateParams {
 }
 
 impl GenerateParams {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values serde cannot (ranges, consistency).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        self.check().map_err(crate::Error::InvalidParams)
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
         let window = self.model.intent_window_days;
         if self.days <= window || self.days > DAYS_MAX {
             return Err(format!(
@@ -146,7 +151,7 @@ impl GenerateParams {
         if !(self.headline_share > 0.0 && self.headline_share <= 1.0) {
             return Err("headline_share must be in (0, 1]".into());
         }
-        self.model.validate()
+        self.model.check()
     }
 }
 
@@ -462,7 +467,7 @@ struct GenItem {
 /// Writes a synthetic history into `out_dir` (created if missing; it must
 /// hold no `*.jsonl` files yet) and returns what it wrote.
 pub fn generate(params: &GenerateParams, out_dir: &Path) -> Result<HistorySummary, Error> {
-    params.validate().map_err(Error::InvalidParams)?;
+    params.validate()?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }

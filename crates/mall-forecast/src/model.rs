@@ -81,7 +81,12 @@ impl Default for SaleModel {
 }
 
 impl SaleModel {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values serde cannot (ranges, consistency).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        self.check().map_err(crate::Error::InvalidParams)
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
         if !(1..=30).contains(&self.intent_window_days) {
             return Err(format!(
                 "intent_window_days must be in 1..=30, got {}",
@@ -109,7 +114,7 @@ impl SaleModel {
                 return Err(format!("{name} must be in [0, 1], got {v}"));
             }
         }
-        self.profile.validate().map_err(|e| format!("profile: {e}"))
+        self.profile.check().map_err(|e| format!("profile: {e}"))
     }
 }
 
@@ -172,7 +177,12 @@ impl Default for Profile {
 }
 
 impl Profile {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values serde cannot (ranges, consistency).
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        self.check().map_err(crate::Error::InvalidParams)
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
         let p = self;
         let positive = |x: f64| x.is_finite() && x > 0.0;
         if !(positive(p.ramp_s) && p.ramp_s <= RAMP_S_MAX) {

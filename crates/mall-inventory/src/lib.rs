@@ -644,10 +644,15 @@ impl Inventory {
         assert!(self.keys.len() <= self.config.idempotency_keys_max);
         assert_eq!(self.keys.len(), self.keys_fifo.len());
     }
+    /// Recounts everything and checks every invariant; a failure says
+    /// which one broke, and where.
+    pub fn audit(&self) -> Result<(), mall_core::AuditFailure> {
+        self.find_faults().map_err(mall_core::AuditFailure)
+    }
 
     /// Recounts everything from the active orders and compares with the
     /// counters. Costs a pass over all orders: for tests and audits.
-    pub fn audit(&self) -> Result<(), String> {
+    fn find_faults(&self) -> Result<(), String> {
         let mut held: FxHashMap<Sku, u32> = FxHashMap::default();
         let mut sold: FxHashMap<Sku, u32> = FxHashMap::default();
         let mut per_user: FxHashMap<(UserId, Sku), u32> = FxHashMap::default();

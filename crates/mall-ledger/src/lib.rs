@@ -754,9 +754,14 @@ impl Ledger {
             "pending debits != pending credits"
         );
     }
+    /// Recounts everything and checks every invariant; a failure says
+    /// which one broke, and where.
+    pub fn audit(&self) -> Result<(), mall_core::AuditFailure> {
+        self.find_faults().map_err(mall_core::AuditFailure)
+    }
 
     /// Recounts everything from the accounts and transfers. For tests and audits.
-    pub fn audit(&self) -> Result<(), String> {
+    fn find_faults(&self) -> Result<(), String> {
         let mut sum = Totals::default();
         for a in self.accounts.values() {
             sum.debits_pending += u128::from(a.debits_pending);

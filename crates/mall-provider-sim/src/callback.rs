@@ -33,10 +33,19 @@ pub struct CallbackTarget {
     pub path: PathAndQuery,
 }
 
+/// Why a callback URL is refused (the message says what is wrong).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadCallbackUrl(pub String);
+
 impl CallbackTarget {
     /// Parses `http://HOST[:PORT][/PATH][?QUERY]`, where HOST is a loopback
     /// IP literal or `localhost` (no name lookups).
-    pub fn parse(url: &str) -> Result<CallbackTarget, String> {
+    pub fn parse(url: &str) -> Result<CallbackTarget, BadCallbackUrl> {
+        Self::parse_text(url).map_err(BadCallbackUrl)
+    }
+
+    fn parse_text(url: &str) -> Result<CallbackTarget, String> {
         if url.len() > CALLBACK_URL_BYTES_MAX {
             return Err(format!(
                 "callback_url is longer than {CALLBACK_URL_BYTES_MAX} bytes"

@@ -6,7 +6,6 @@
 //! file that cannot describe a provider, with a message naming the channel
 //! and the field.
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -91,7 +90,7 @@ impl ChannelsFile {
     pub fn setups(
         &self,
         addrs: &[(String, std::net::SocketAddr)],
-    ) -> Result<Vec<mall_router::ChannelSetup>, String> {
+    ) -> Result<Vec<mall_router::ChannelSetup>, ConfigError> {
         self.channel
             .iter()
             .map(|spec| {
@@ -100,10 +99,10 @@ impl ChannelsFile {
                     None => std::net::SocketAddr::new(self.host, spec.port),
                 };
                 if addr.port() == 0 {
-                    return Err(format!(
+                    return Err(ConfigError::Invalid(format!(
                         "channel {} has port 0; give it a port to reach it",
                         spec.name
-                    ));
+                    )));
                 }
                 Ok(mall_router::ChannelSetup {
                     route: mall_router::router::ChannelConfig {
@@ -213,14 +212,30 @@ pub enum ConfigError {
     /// Well formed but impossible; the message names the channel and field.
     #[error("channels file: {0}")]
     Invalid(String),
+    #[error("reading channels file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A file's content is wrong: `error` says how, `path` where.
+    #[error("{error} (in {path})")]
+    In {
+        path: std::path::PathBuf,
+        error: Box<ConfigError>,
+    },
 }
 
 /// Reads, parses and validates the file at `path`.
-pub fn load(path: impl AsRef<Path>) -> anyhow::Result<ChannelsFile> {
+pub fn load(path: impl AsRef<Path>) -> Result<ChannelsFile, ConfigError> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading channels file {}", path.display()))?;
-    parse(&text).with_context(|| format!("in {}", path.display()))
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|error| ConfigError::In {
+        path: path.to_path_buf(),
+        error: Box::new(error),
+    })
 }
 
 /// Parses and validates a channels file.

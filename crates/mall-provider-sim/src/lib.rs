@@ -77,7 +77,6 @@ mod server;
 
 pub use provider::{PaymentStatus, Stats};
 
-use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,24 +97,37 @@ pub struct Simulator {
     servers: Vec<JoinHandle<()>>,
 }
 
+/// Why a simulator did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("channel {channel:?}: binding {addr}: {source}")]
+    Bind {
+        channel: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 impl Simulator {
     /// Binds every channel's port (0 = any) on `host` and serves until
     /// shutdown. The outage clock starts now. `seed` drives every latency
     /// and failure draw.
-    pub async fn start(file: config::ChannelsFile, seed: u64) -> anyhow::Result<Simulator> {
+    pub async fn start(file: config::ChannelsFile, seed: u64) -> Result<Simulator, SimError> {
         config::validate(&file)?;
         // Bind everything first, so a port in use leaves nothing running.
         let mut listeners = Vec::with_capacity(file.channel.len());
         for spec in &file.channel {
+            let bind_error = |source| SimError::Bind {
+                channel: spec.name.clone(),
+                addr: SocketAddr::new(file.host, spec.port),
+                source,
+            };
             let listener = tokio::net::TcpListener::bind((file.host, spec.port))
                 .await
-                .with_context(|| {
-                    format!(
-                        "channel {:?}: binding {}:{}",
-                        spec.name, file.host, spec.port
-                    )
-                })?;
-            let addr = listener.local_addr()?;
+                .map_err(bind_error)?;
+            let addr = listener.local_addr().map_err(bind_error)?;
             listeners.push((listener, addr));
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -156,23 +168,21 @@ impl Simulator {
             .map(|(_, addr)| *addr)
     }
 
-    /// Every channel's name and address, in file order.
     /// Simulated providers for `file`'s channels in this process, each on a
     /// free port, and the mall's description of each (demos and tests).
     pub async fn on_free_ports(
         mut file: config::ChannelsFile,
         seed: u64,
-    ) -> anyhow::Result<(Simulator, Vec<mall_router::ChannelSetup>)> {
+    ) -> Result<(Simulator, Vec<mall_router::ChannelSetup>), SimError> {
         for c in &mut file.channel {
             c.port = 0;
         }
         let simulator = Simulator::start(file.clone(), seed).await?;
-        let setups = file
-            .setups(&simulator.addrs())
-            .map_err(anyhow::Error::msg)?;
+        let setups = file.setups(&simulator.addrs())?;
         Ok((simulator, setups))
     }
 
+    /// Every channel's name and address, in file order.
     pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
         self.channels
             .iter()

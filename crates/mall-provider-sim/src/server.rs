@@ -282,7 +282,7 @@ async fn create_payment(
     let payment_id = parse_id(&body.payment_id, "payment_id")?;
     let amount_fen = check_amount(body.amount_fen)?;
     let target = CallbackTarget::parse(&body.callback_url)
-        .map_err(|why| api_error(StatusCode::BAD_REQUEST, "invalid_callback_url", why))?;
+        .map_err(|why| api_error(StatusCode::BAD_REQUEST, "invalid_callback_url", why.0))?;
     let request = CreatePayment {
         payment_id,
         amount_fen,

@@ -387,7 +387,7 @@ pub fn verify_ledger(path: &Path) -> Result<Vec<String>, StoreError> {
     }
     let ledger = Ledger::restore(LedgerConfig::default(), accounts, transfers);
     if let Err(e) = ledger.audit() {
-        violations.push(e);
+        violations.push(e.0);
     }
     let t = ledger.totals();
     if t.debits_posted != t.credits_posted || t.debits_pending != t.credits_pending {

@@ -76,7 +76,7 @@ pub fn history(cmd: HistoryCmd) -> Result<()> {
         seed,
         ..Default::default()
     };
-    params.validate().map_err(anyhow::Error::msg)?;
+    params.validate()?;
     let summary = mall_forecast::history::generate(&params, &out)
         .with_context(|| format!("generating a history in {}", out.display()))?;
     print!("{}", mall_forecast::history::print(&summary));

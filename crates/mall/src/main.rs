@@ -375,7 +375,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("binding {}", config.addr))?;
         let local = listener.local_addr()?;
         let setups = match &channels_file {
-            Some(file) => file.setups(&[]).map_err(anyhow::Error::msg)?,
+            Some(file) => file.setups(&[])?,
             None => Vec::new(),
         };
         let mut payments = mall_payments::PaymentsConfig::for_server(local, setups);
