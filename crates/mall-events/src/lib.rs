@@ -18,7 +18,9 @@
 //! ledger are): a crash loses at most the events of the last drain
 //! interval that were not yet written.
 
+pub mod chart;
 pub mod live;
+pub mod night;
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;

@@ -8,12 +8,8 @@
 pub mod audit;
 pub mod catalog;
 pub mod http;
-pub mod ledgerbench;
-pub mod night;
-pub mod peers;
 pub mod plan;
 pub mod report;
 pub mod run;
 pub mod scenario;
-pub mod stockbench;
 pub mod summary;

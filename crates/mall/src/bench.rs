@@ -225,10 +225,10 @@ fn write_json<T: serde::Serialize>(path: Option<&std::path::Path>, rows: &T) -> 
 fn stock(
     shape: StockShape,
     against: &[Peer],
-    config: &mall_rush::stockbench::Config,
+    config: &mall_bench::stockbench::Config,
     json: Option<&std::path::Path>,
 ) -> Result<()> {
-    use mall_rush::stockbench::{Shape as S, System};
+    use mall_bench::stockbench::{Shape as S, System};
     let shapes: Vec<S> = match shape {
         StockShape::Hot => vec![S::Hot],
         StockShape::Zipf => vec![S::Zipf],
@@ -248,8 +248,8 @@ fn stock(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let rows = runtime.block_on(mall_rush::stockbench::run(&shapes, &peers, config))?;
-    mall_rush::stockbench::print(&rows);
+    let rows = runtime.block_on(mall_bench::stockbench::run(&shapes, &peers, config))?;
+    mall_bench::stockbench::print(&rows);
     write_json(json, &rows)?;
     let bad: Vec<_> = rows
         .iter()
@@ -317,7 +317,7 @@ pub fn run(which: Which) -> Result<()> {
             postgres_url,
             json,
         } => {
-            let config = mall_rush::ledgerbench::Config {
+            let config = mall_bench::ledgerbench::Config {
                 wallets: wallets.max(1),
                 transfers,
                 batch: batch.max(1),
@@ -334,13 +334,13 @@ pub fn run(which: Which) -> Result<()> {
                 .enable_all()
                 .build()?;
             let rows = runtime.block_on(async {
-                let mut rows = vec![mall_rush::ledgerbench::mall(&config).await?];
+                let mut rows = vec![mall_bench::ledgerbench::mall(&config).await?];
                 if !no_postgres {
-                    rows.push(mall_rush::ledgerbench::postgres(&config).await?);
+                    rows.push(mall_bench::ledgerbench::postgres(&config).await?);
                 }
-                Ok::<_, mall_rush::peers::PeerError>(rows)
+                Ok::<_, mall_bench::peers::PeerError>(rows)
             })?;
-            mall_rush::ledgerbench::print(&rows);
+            mall_bench::ledgerbench::print(&rows);
             write_json(json.as_deref(), &rows)?;
             anyhow::ensure!(
                 rows.iter().all(|r| r.verified == "ok"),
@@ -373,7 +373,7 @@ pub fn run(which: Which) -> Result<()> {
             no_events,
             json,
         } => {
-            let config = mall_rush::stockbench::Config {
+            let config = mall_bench::stockbench::Config {
                 users,
                 attempts,
                 items,

@@ -470,11 +470,11 @@ async fn serve_admin(
 }
 
 fn report(events: &Path, out: &Path) -> Result<()> {
-    let night = mall_rush::night::night(events)
+    let night = mall_events::night::night(events)
         .with_context(|| format!("reading the event log in {}", events.display()))?;
     anyhow::ensure!(night.events > 0, "no events in {}", events.display());
-    print!("{}", mall_rush::night::print(&night));
-    std::fs::write(out, mall_rush::night::html(&night))
+    print!("{}", mall_events::night::print(&night));
+    std::fs::write(out, mall_events::night::html(&night))
         .with_context(|| format!("writing {}", out.display()))?;
     println!("report: {}", out.display());
     Ok(())

@@ -5,14 +5,14 @@
 //! plus an order `INSERT`, durable commits). Same users, items, stock and
 //! concurrency for each; each is checked for overselling afterwards.
 
-use crate::catalog::{pareto_stock, StockShape};
-use crate::http::{Conn, Target};
 use crate::peers::{pg_connect, postgres_target, PeerError, RedisServer, Resp, RespValue};
-use crate::plan::{sample_rank, zipf_cdf};
 use hyper::Method;
 use mall_core::{Category, Fen, Item, MerchantId, PaymentMethod, Quantity, Sku, Timestamp, UserId};
 use mall_inventory::sim::Rng;
 use mall_inventory::{Command, Reply, Reserve};
+use mall_rush::catalog::{pareto_stock, StockShape};
+use mall_rush::http::{Conn, Target};
+use mall_rush::plan::{sample_rank, zipf_cdf};
 use mall_shard::{Clock, SystemClock};
 use mall_store::{DataDir, Engine, EngineConfig};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -1,9 +1,9 @@
 //! `mall report`: the night's figures from the event log, printed and as a
 //! self-contained HTML page (inline SVG charts, nothing fetched).
 
-use crate::report::{chart, escape};
-use mall_events::live::{Live, LiveConfig, Snapshot};
-use mall_events::{Event, Kind};
+use crate::chart::{chart, escape};
+use crate::live::{Live, LiveConfig, Snapshot};
+use crate::{Event, Kind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -28,7 +28,7 @@ pub struct Night {
 
 /// Reads an event log directory and adds it up.
 pub fn night(dir: &Path) -> std::io::Result<Night> {
-    let (events, bad) = mall_events::read_dir(dir)?;
+    let (events, bad) = crate::read_dir(dir)?;
     Ok(of_events(&events, bad))
 }
 
