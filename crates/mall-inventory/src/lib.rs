@@ -60,6 +60,38 @@ pub struct Reserve {
     pub early_access: bool,
 }
 
+impl Reserve {
+    /// A snap-up as a shopper asks it, its fingerprint computed from the
+    /// request's fields: the one way the HTTP layer and the in-process
+    /// rehearsal make it, so a retry under the same key is the same request.
+    pub fn new(
+        user: UserId,
+        sku: Sku,
+        quantity: Quantity,
+        payment: PaymentMethod,
+        address: Arc<str>,
+        idempotency_key: Option<Arc<str>>,
+        early_access: bool,
+    ) -> Reserve {
+        let fingerprint = mall_core::fingerprint(&[
+            &sku.0.to_le_bytes(),
+            &quantity.get().to_le_bytes(),
+            payment.as_str().as_bytes(),
+            address.as_bytes(),
+        ]);
+        Reserve {
+            user,
+            sku,
+            quantity,
+            payment,
+            address,
+            idempotency_key,
+            fingerprint,
+            early_access,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Reserve(Reserve),

@@ -833,19 +833,16 @@ async fn send_local(shared: &Shared, engine: &Engine, job: &Job) -> Answer {
             let a = &shared.plan.attempts[*index as usize];
             let sku = shared.skus[a.rank as usize];
             let key: Arc<str> = format!("{}-{index}", shared.run_id).into();
-            let command = Command::Reserve(Reserve {
-                user: user_id(a.user),
+            // The same command and fingerprint as the HTTP layer makes.
+            let command = Command::Reserve(Reserve::new(
+                user_id(a.user),
                 sku,
-                quantity: Quantity::new(1).expect("1 is a quantity"),
-                payment: a.payment,
-                address: "Singles Road".into(),
-                idempotency_key: Some(key),
-                fingerprint: mall_core::fingerprint(&[
-                    &sku.0.to_le_bytes(),
-                    a.payment.as_str().as_bytes(),
-                ]),
-                early_access: false,
-            });
+                Quantity::new(1).expect("1 is a quantity"),
+                a.payment,
+                "Singles Road".into(),
+                Some(key),
+                false,
+            ));
             (Ok(sku), command)
         }
         Job::Pay { order, .. } => (

@@ -169,22 +169,15 @@ pub async fn create(
         }
     }
     let key = idempotency::key_from(&headers)?;
-    let fingerprint = mall_core::fingerprint(&[
-        &sku.0.to_le_bytes(),
-        &quantity.get().to_le_bytes(),
-        payment.as_str().as_bytes(),
-        body.address.as_bytes(),
-    ]);
-    let command = Command::Reserve(Reserve {
-        user: principal.user,
+    let command = Command::Reserve(Reserve::new(
+        principal.user,
         sku,
         quantity,
         payment,
-        address: body.address.into(),
-        idempotency_key: key.map(Into::into),
-        fingerprint,
-        early_access: principal.is_admin(),
-    });
+        body.address.into(),
+        key.map(Into::into),
+        principal.is_admin(),
+    ));
     let rx = state.engine.try_submit_for_sku(sku, command).map_err(|_| {
         state.metrics.record_refusal("overloaded");
         ApiError::overloaded()
