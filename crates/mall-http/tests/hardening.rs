@@ -50,6 +50,38 @@ async fn status(api: &Api, id: u64) -> String {
     r.body["status"].as_str().unwrap_or("?").to_string()
 }
 
+/// A shopper with one order (of a fresh item) awaiting payment.
+async fn shopper_with_order(api: &Api, who: &str) -> (Vec<String>, u64) {
+    let sku = api.item(5, 2, 0).await;
+    let u = api.shoppers(1, who).await;
+    let id = api.order(&u[0], sku, 1, None).await.body["id"]
+        .as_u64()
+        .unwrap();
+    (u, id)
+}
+
+/// Pays order `id` by third party under Idempotency-Key `key`.
+async fn pay_by_third_party(api: &Api, token: &str, id: u64, key: &str) -> Reply {
+    api.call(
+        "POST",
+        &format!("/v1/orders/{id}/payments"),
+        Some(token),
+        Some(json!({"method": "third_party"})),
+        Some(key),
+    )
+    .await
+}
+
+/// Waits (up to 2 s) for order `id` to be paid.
+async fn until_paid(api: &Api, id: u64) {
+    for _ in 0..200 {
+        if status(api, id).await == "paid" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue9_1_a_delivered_order_cannot_be_cancelled_and_money_goes_back_only_by_refund() {
     let (api, _sim) = Api::with_channel().await;
@@ -798,30 +830,11 @@ fn issue9_13_readme_lists_every_error_code() {
 async fn issue10_a_retried_payment_answers_how_it_ended_and_a_top_up_happens_once() {
     // The answer leaves after 1 ms; the provider takes ~5 ms.
     let (api, _sim) = Api::with_channel_and(Api::new(), 1).await;
-    let sku = api.item(5, 2, 0).await;
-    let u = api.shoppers(1, "retry").await;
-    let id = api.order(&u[0], sku, 1, None).await.body["id"]
-        .as_u64()
-        .unwrap();
-    let path = format!("/v1/orders/{id}/payments");
-    let pay = || {
-        api.call(
-            "POST",
-            &path,
-            Some(&u[0]),
-            Some(json!({"method": "third_party"})),
-            Some("pay-1"),
-        )
-    };
+    let (u, id) = shopper_with_order(&api, "retry").await;
+    let pay = || pay_by_third_party(&api, &u[0], id, "pay-1");
     let first = pay().await;
     assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
-    // Wait until the order is paid.
-    for _ in 0..200 {
-        if status(&api, id).await == "paid" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    until_paid(&api, id).await;
     assert_eq!(status(&api, id).await, "paid");
     let again = pay().await;
     assert_eq!(
@@ -838,15 +851,7 @@ async fn issue10_a_retried_payment_answers_how_it_ended_and_a_top_up_happens_onc
     let third = pay().await;
     assert_eq!((third.status, third.replayed), (StatusCode::OK, true));
     // Another key is another payment: refused, nothing charged.
-    let other = api
-        .call(
-            "POST",
-            &path,
-            Some(&u[0]),
-            Some(json!({"method": "third_party"})),
-            Some("pay-2"),
-        )
-        .await;
+    let other = pay_by_third_party(&api, &u[0], id, "pay-2").await;
     assert_eq!(other.code(), "invalid_order_status");
 
     let top_up = || {
@@ -873,33 +878,15 @@ async fn issue10_a_retried_payment_answers_how_it_ended_and_a_top_up_happens_onc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue10_a_payment_whose_client_hung_up_answers_its_retry_with_the_outcome() {
     let (api, _sim) = Api::with_channel().await;
-    let sku = api.item(5, 2, 0).await;
-    let u = api.shoppers(1, "hangup").await;
-    let id = api.order(&u[0], sku, 1, None).await.body["id"]
-        .as_u64()
-        .unwrap();
-    let path = format!("/v1/orders/{id}/payments");
-    let pay = || {
-        api.call(
-            "POST",
-            &path,
-            Some(&u[0]),
-            Some(json!({"method": "third_party"})),
-            Some("k"),
-        )
-    };
+    let (u, id) = shopper_with_order(&api, "hangup").await;
+    let pay = || pay_by_third_party(&api, &u[0], id, "k");
     // The client gives up after 1 ms; the provider takes ~5 ms.
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(1), pay())
             .await
             .is_err()
     );
-    for _ in 0..200 {
-        if status(&api, id).await == "paid" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    until_paid(&api, id).await;
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let again = pay().await;
     assert_eq!(

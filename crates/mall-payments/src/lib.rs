@@ -36,7 +36,6 @@ mod service;
 pub mod sim;
 pub mod views;
 
-pub use crate::core::ProviderRefund;
 pub use config::{ChannelSetup, PaymentsConfig};
 pub use errors::PayError;
 pub use service::{CancelHold, Payments};

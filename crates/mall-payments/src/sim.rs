@@ -34,7 +34,7 @@ use mall_ledger::{
     TransferId,
 };
 use mall_router::router::{ChannelConfig, PayMethod, Router, RouterConfig};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// How hard a run is.
@@ -86,7 +86,7 @@ pub const COVERAGE: &[&str] = &[
     "paid_by_wallet",
     "topped_up",
     "answered_pending",
-    "declined",
+    "payment_declined",
     "hold_expired",
     "insufficient_funds",
     "payment_in_progress",
@@ -927,12 +927,12 @@ impl World {
                     });
                 }
                 Ok(_) => self.hit("answered_pending"),
-                Err(e) => self.hit(error_kind(&e)),
+                Err(e) => self.hit(e.code()),
             },
             (Request::TopUp, Answer::Payment(result)) => match result {
                 Ok(view) if view.status == PayStatus::Succeeded => self.hit("topped_up"),
                 Ok(_) => self.hit("answered_pending"),
-                Err(e) => self.hit(error_kind(&e)),
+                Err(e) => self.hit(e.code()),
             },
             (
                 Request::Callback {
@@ -961,11 +961,11 @@ impl World {
             },
             (Request::Settle, Answer::Amount(result)) => match result {
                 Ok(_) => self.hit("settled"),
-                Err(e) => self.hit(error_kind(&e)),
+                Err(e) => self.hit(e.code()),
             },
             (Request::Cod, Answer::Amount(result)) => match result {
                 Ok(_) => self.hit("cod_collected"),
-                Err(e) => self.hit(error_kind(&e)),
+                Err(e) => self.hit(e.code()),
             },
             (Request::Refund { order }, Answer::Refund(result)) => match result {
                 Ok(view) => {
@@ -977,7 +977,7 @@ impl World {
                     );
                     self.hit("refund_answered");
                 }
-                Err(e) => self.hit(error_kind(&e)),
+                Err(e) => self.hit(e.code()),
             },
             (Request::CancelRefund { order, held }, Answer::Refund(result)) => {
                 if held {
@@ -987,7 +987,7 @@ impl World {
                     Ok(_) => self.hit("cancel_refunded"),
                     Err(PayError::NotPaid) => {}
                     Err(e) => {
-                        self.hit(error_kind(&e));
+                        self.hit(e.code());
                         let later = 200_000 + self.rng.below(800_000) as i64;
                         self.schedule(later, Event::RefundCancelled { order });
                     }
@@ -1053,7 +1053,6 @@ impl World {
             .map(|id| id.0)
             .collect();
         assert!(stuck.is_empty(), "money stuck pending: transfers {stuck:?}");
-        let mut ledger_refunds = BTreeSet::new();
         for (c, p) in self.providers.iter().enumerate() {
             for (payment, pp) in &p.payments {
                 if pp.status != ProviderStatus::Succeeded {
@@ -1078,7 +1077,6 @@ impl World {
                 );
             }
             for refund in p.refunds.keys() {
-                ledger_refunds.insert(*refund);
                 let s = self.ledger.transfer(TransferId(*refund));
                 assert!(
                     s.is_some_and(|s| matches!(s.transfer.code, code::REFUND | code::LATE_REFUND)),
@@ -1133,7 +1131,6 @@ impl World {
                 );
             }
         }
-        let _ = ledger_refunds;
     }
 }
 
@@ -1144,23 +1141,4 @@ struct Money {
     from_escrow: u64,
     from_merchant: u64,
     settled: Option<u64>,
-}
-
-fn error_kind(e: &PayError) -> &'static str {
-    match e {
-        PayError::Declined => "declined",
-        PayError::HoldExpired => "hold_expired",
-        PayError::InsufficientFunds => "insufficient_funds",
-        PayError::InProgress => "payment_in_progress",
-        PayError::NotPayable(_) => "not_payable",
-        PayError::QueueFull => "queue_full",
-        PayError::QueueTimeout => "queue_timeout",
-        PayError::NotPaid => "not_paid",
-        PayError::AlreadySettled => "already_settled",
-        PayError::NotSettleable(_) => "not_settleable",
-        PayError::RefundExceedsPaid { .. } => "refund_exceeds_paid",
-        PayError::Busy => "busy",
-        PayError::Unavailable | PayError::Overloaded => "unavailable",
-        _ => "other_error",
-    }
 }

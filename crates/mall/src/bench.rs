@@ -25,9 +25,9 @@ pub enum Which {
     /// Snap-up latency at a steady rate, quiet and under a login flood and
     /// a connection flood (one run, a real server); memory after a login flood.
     Flood(crate::floodbench::FloodArgs),
-    /// Rate limiting: governor's keyed limiter (GCRA, what the server uses)
-    /// beside the house's former striped token buckets, same keys, same
-    /// threads, in one run.
+    /// Rate limiting: the server's limiter (governor's keyed GCRA) beside
+    /// the house's former striped token buckets, same keys, same threads,
+    /// in one run.
     Limits {
         /// Checks per thread.
         #[arg(long, default_value_t = 2_000_000)]
@@ -617,8 +617,6 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 /// checks on keys drawn uniformly from `keys`, at 50/s with a burst of 100
 /// (the per-shopper default), so most checks are admitted and some refused.
 fn limits(checks: u64, keys: u64, threads: usize) -> Result<()> {
-    use governor::{Quota, RateLimiter as Governor};
-    use std::num::NonZeroU32;
     println!(
         "mall bench limits: {threads} threads x {checks} checks over {keys} keys, 50/s burst 100"
     );
@@ -645,13 +643,22 @@ fn limits(checks: u64, keys: u64, threads: usize) -> Result<()> {
     };
     let house = StripedBuckets::new(1_000_000);
     let (house_ns, house_ok) = run(&|k| house.admit(k, 50.0, 100.0));
-    let quota = Quota::per_second(NonZeroU32::new(50).expect("50"))
-        .allow_burst(NonZeroU32::new(100).expect("100"));
-    let keyed = Governor::keyed(quota);
-    let (gov_ns, gov_ok) = run(&|k| keyed.check_key(&k).is_ok());
+    // The server's own limiter (governor's keyed GCRA inside), as a
+    // shopper's request meets it.
+    let server = mall_http::limits::RateLimiter::new(mall_http::limits::RateConfig {
+        user_rate_per_s: 50.0,
+        user_burst: 100.0,
+        ..Default::default()
+    });
+    let shopper = |k: u64| mall_http::auth::Principal {
+        user: mall_core::UserId(k),
+        role: mall_core::Role::Shopper,
+        merchant: None,
+    };
+    let (gov_ns, gov_ok) = run(&|k| server.check_user(&shopper(k)).is_ok());
     for (name, ns, ok) in [
         ("former (striped buckets)", house_ns, house_ok),
-        ("governor (keyed GCRA)", gov_ns, gov_ok),
+        ("server (governor GCRA)", gov_ns, gov_ok),
     ] {
         println!(
             "  {name:<24} {ns:>9.0} {:>10.0} {:>9.1}%",
@@ -659,7 +666,7 @@ fn limits(checks: u64, keys: u64, threads: usize) -> Result<()> {
             ok * 100.0
         );
     }
-    println!("  former / governor time: {:.2}", house_ns / gov_ns);
+    println!("  former / server time: {:.2}", house_ns / gov_ns);
     Ok(())
 }
 

@@ -13,7 +13,7 @@
 //!   refund, a replay moves nothing. The provider is told in the
 //!   background (re-sent until it takes it).
 
-use super::{derived, single, Action, Answer, Core, IoReply, Op, ReqId, ID_MASK};
+use super::{derived, single, Action, Answer, Core, IoReply, Op, ReqId};
 use crate::core::ProviderRefund;
 use crate::errors::PayError;
 use crate::views::RefundView;
@@ -64,11 +64,7 @@ enum Step {
 
 /// The transfer id of the refund of `order` named `key`.
 pub fn refund_id(order: OrderId, key: u64) -> TransferId {
-    TransferId(
-        (mall_core::fingerprint(&[b"refund", &order.0.to_le_bytes(), &key.to_le_bytes()])
-            & ID_MASK)
-            .max(1),
-    )
+    super::transfer_id(&[b"refund", &order.0.to_le_bytes(), &key.to_le_bytes()])
 }
 
 impl Core {

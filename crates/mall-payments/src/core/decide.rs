@@ -202,11 +202,9 @@ impl Core {
         let fits = t.ledger == TryLedger::Pending
             && t.channel == Some(channel)
             && amount.is_none_or(|a| a == t.amount);
-        fits.then(|| Stored {
-            seq: 0,
-            transfer: super::attempts::try_transfer(id, channel, t),
-            created_at: mall_core::Timestamp(0),
-            state: Some(PendingState::Pending),
+        fits.then(|| {
+            let transfer = super::attempts::try_transfer(id, channel, t);
+            super::pending(transfer, mall_core::Timestamp(0))
         })
     }
 

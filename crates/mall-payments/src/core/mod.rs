@@ -336,11 +336,16 @@ const WAITERS_PER_PAYMENT_MAX: usize = 16;
 const LEDGER_TRIES: u8 = 5;
 const LEDGER_RETRY_US: i64 = 50_000;
 const AGAIN_US: i64 = 1_000_000;
-pub(crate) const ID_MASK: u64 = (1 << 53) - 1; // ids stay exact in JSON numbers
+const ID_MASK: u64 = (1 << 53) - 1; // ids stay exact in JSON numbers
 
 /// A transfer id derived from what it does, so doing it again is a replay.
 pub(crate) fn derived(tag: &str, id: u64) -> TransferId {
-    TransferId((mall_core::fingerprint(&[tag.as_bytes(), &id.to_le_bytes()]) & ID_MASK).max(1))
+    transfer_id(&[tag.as_bytes(), &id.to_le_bytes()])
+}
+
+/// A transfer id that is a fingerprint of `parts` (exact in JSON, never 0).
+fn transfer_id(parts: &[&[u8]]) -> TransferId {
+    TransferId((mall_core::fingerprint(parts) & ID_MASK).max(1))
 }
 
 pub(crate) fn single(
@@ -360,6 +365,17 @@ pub(crate) fn single(
         linked: false,
         code,
         user_data,
+    }
+}
+
+/// A pending transfer this core made, as the ledger would store it
+/// (without reading it back).
+pub(crate) fn pending(transfer: Transfer, created_at: Timestamp) -> Stored {
+    Stored {
+        seq: 0,
+        transfer,
+        created_at,
+        state: Some(mall_ledger::PendingState::Pending),
     }
 }
 
@@ -569,11 +585,6 @@ impl Core {
             && self.provider_refunds.is_empty()
     }
 
-    /// Tries watched (given up, their provider may still charge).
-    pub fn watched(&self) -> usize {
-        self.watch.len()
-    }
-
     fn advance(&mut self, now: Now) {
         self.now = Now {
             mono_us: now.mono_us.max(self.now.mono_us),
@@ -707,7 +718,7 @@ impl Core {
         self.claims.insert(id)
     }
 
-    // ---- what the service asks directly (after-sale bookkeeping) -------
+    // ---- the order-money index and claims -----------------------------
 
     /// The money of a paid order.
     pub fn order_money(&self, order: OrderId) -> Option<OrderMoney> {
@@ -717,11 +728,11 @@ impl Core {
     /// Takes the claim on an order's money (refunds, settlement,
     /// collection): one at a time. Order claims carry the top bit; try ids
     /// stay below 2^53.
-    pub fn claim_order(&mut self, order: OrderId) -> bool {
+    pub(super) fn claim_order(&mut self, order: OrderId) -> bool {
         self.claim(order_claim(order))
     }
 
-    pub fn release_order(&mut self, order: OrderId) {
+    pub(super) fn release_order(&mut self, order: OrderId) {
         self.claims.remove(&order_claim(order));
     }
 
@@ -750,14 +761,14 @@ impl Core {
         self.live.contains_key(&Purpose::Order(order))
     }
 
-    pub fn set_settled(&mut self, order: OrderId) {
+    pub(super) fn set_settled(&mut self, order: OrderId) {
         if let Some(m) = self.orders.get_mut(&order) {
             m.settled = true;
         }
     }
 
     /// Adds a refund; the order's total refunded.
-    pub fn add_refunded(&mut self, order: OrderId, amount: u64) -> u64 {
+    pub(super) fn add_refunded(&mut self, order: OrderId, amount: u64) -> u64 {
         let m = self
             .orders
             .get_mut(&order)
@@ -767,7 +778,7 @@ impl Core {
     }
 
     /// Cash collected for a COD order by transfer `id`.
-    pub fn record_cod(&mut self, order: OrderId, id: TransferId, amount: u64) {
+    pub(super) fn record_cod(&mut self, order: OrderId, id: TransferId, amount: u64) {
         self.record_paid(order, chart::COD, id, amount, true);
     }
 
@@ -781,7 +792,7 @@ impl Core {
     }
 
     /// Accounts known to exist.
-    pub fn account_known(&self, id: AccountId) -> bool {
+    pub(super) fn account_known(&self, id: AccountId) -> bool {
         self.accounts.contains(&id)
     }
 
@@ -790,7 +801,7 @@ impl Core {
     }
 
     /// A provider refund that did not go through, to re-send.
-    pub fn refund_later(&mut self, r: ProviderRefund) {
+    pub(super) fn refund_later(&mut self, r: ProviderRefund) {
         if self.provider_refunds.len() < WATCH_MAX {
             self.provider_refunds.push_back(r);
         }

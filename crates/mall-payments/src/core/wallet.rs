@@ -13,8 +13,7 @@ use mall_inventory::Command as Inv;
 use mall_inventory::Reply as InvReply;
 use mall_ledger::chart::{self, code};
 use mall_ledger::{
-    Command as Led, Mode, PendingState, Refusal as LedRefusal, Reply as LedReply, Stored, Transfer,
-    TransferId,
+    Command as Led, Mode, Refusal as LedRefusal, Reply as LedReply, Transfer, TransferId,
 };
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -124,12 +123,7 @@ impl Core {
                 if posted {
                     self.record_paid(order.id, p.debit, p.id, p.amount, true);
                 } else {
-                    let stored = Stored {
-                        seq: 0,
-                        transfer: p.clone(),
-                        created_at: self.now.wall,
-                        state: Some(PendingState::Pending),
-                    };
+                    let stored = super::pending(p.clone(), self.now.wall);
                     self.post_paid(stored);
                 }
                 self.paid_event(order, p.amount, "wallet".into());
@@ -153,12 +147,7 @@ impl Core {
                     _ => PayError::NotPayable("no longer active"),
                 };
                 let p = w.pending.clone();
-                let stored = Stored {
-                    seq: 0,
-                    transfer: p.clone(),
-                    created_at: self.now.wall,
-                    state: Some(PendingState::Pending),
-                };
+                let stored = super::pending(p.clone(), self.now.wall);
                 self.decide_start(p.id.0, None, Why::WalletUndo { req, error }, Some(stored));
             }
             (_, IoReply::Ledger(Err(e))) => self.wallet_fail(req, e),
