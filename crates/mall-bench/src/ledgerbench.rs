@@ -4,14 +4,15 @@
 //! non-negative check plus one INSERT, durable commits).
 
 use crate::peers::{pg_connect, postgres_target, PeerError};
+use mall_engine::verify_ledger;
 use mall_inventory::sim::Rng;
 use mall_ledger::{
     Account, AccountId, AccountKind, Command, LedgerConfig, Limits, Mode, Reply, Transfer,
     TransferId,
 };
 use mall_shard::{Clock, RuntimeConfig, Shard, SystemClock};
-use mall_store::ledger::{verify_ledger, LedgerJournal};
-use mall_store::Sync;
+use mall_sqlite::ledger::LedgerJournal;
+use mall_sqlite::Sync;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,7 +186,9 @@ pub async fn mall(config: &Config) -> Result<Row, PeerError> {
         .await
         .map_err(|e| PeerError::Setup(e.to_string()))?;
     let created = created.load(Ordering::Relaxed);
-    let violations = verify_ledger(&path).map_err(|e| PeerError::Setup(e.to_string()))?;
+    let (accounts, transfers) =
+        mall_sqlite::ledger::read_ledger(&path).map_err(|e| PeerError::Setup(e.to_string()))?;
+    let violations = verify_ledger(accounts, transfers);
     let stored = rusqlite_count(&path)?;
     let verified = if !violations.is_empty() {
         format!("FAILED: {}", violations[0])
@@ -209,7 +212,7 @@ pub async fn mall(config: &Config) -> Result<Row, PeerError> {
 
 fn rusqlite_count(path: &std::path::Path) -> Result<u64, PeerError> {
     let (_, transfers) =
-        mall_store::ledger::read_ledger(path).map_err(|e| PeerError::Setup(e.to_string()))?;
+        mall_sqlite::ledger::read_ledger(path).map_err(|e| PeerError::Setup(e.to_string()))?;
     Ok(transfers.len() as u64)
 }
 

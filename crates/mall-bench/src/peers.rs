@@ -33,6 +33,17 @@ impl From<tokio_postgres::Error> for PeerError {
     }
 }
 
+impl From<mall_postgres::server::ServerError> for PeerError {
+    fn from(e: mall_postgres::server::ServerError) -> PeerError {
+        use mall_postgres::server::ServerError;
+        match e {
+            ServerError::Setup(s) => PeerError::Setup(s),
+            ServerError::Io(e) => PeerError::Io(e),
+            ServerError::Postgres(s) => PeerError::Postgres(s),
+        }
+    }
+}
+
 fn free_port() -> Result<u16, PeerError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -45,18 +56,6 @@ fn temp_dir(name: &str) -> Result<PathBuf, PeerError> {
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-fn is_root() -> bool {
-    // Effective uid from /proc; root needs to run PostgreSQL as another user.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Installs Debian packages unless `installed()` says they are there;
@@ -165,123 +164,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// A PostgreSQL cluster of our own, with durable commits (`fsync=on`,
-/// `synchronous_commit=on`, the defaults).
-pub struct PostgresServer {
-    bin: PathBuf,
-    dir: PathBuf,
-    pub port: u16,
-    as_postgres: bool,
-}
-
-fn postgres_bin() -> Option<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .collect();
-    versions.sort();
-    versions
-        .into_iter()
-        .rev()
-        .find(|b| b.join("initdb").exists())
-}
-
-impl PostgresServer {
-    pub fn start() -> Result<PostgresServer, PeerError> {
-        ensure_installed(|| postgres_bin().is_some(), &["postgresql"])?;
-        let bin =
-            postgres_bin().ok_or_else(|| PeerError::Setup("PostgreSQL is not installed".into()))?;
-        let port = free_port()?;
-        let dir = temp_dir("postgres")?;
-        let as_postgres = is_root();
-        // The guard first: whatever fails below, the directory goes.
-        let server = PostgresServer {
-            bin,
-            dir,
-            port,
-            as_postgres,
-        };
-        if as_postgres {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&server.dir)
-                .status()?;
-            if !status.success() {
-                return Err(PeerError::Setup(
-                    "chown of the PostgreSQL directory failed".into(),
-                ));
-            }
-        }
-        let data = server.dir.join("data");
-        server.run(&[
-            "initdb",
-            "-D",
-            &data.to_string_lossy(),
-            "-A",
-            "trust",
-            "-U",
-            "mall",
-            "--no-sync",
-        ])?;
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on -c synchronous_commit=on", server.dir.display());
-        server.run(&[
-            "pg_ctl",
-            "-D",
-            &data.to_string_lossy(),
-            "-o",
-            &opts,
-            "-l",
-            &server.dir.join("log").to_string_lossy(),
-            "-w",
-            "start",
-        ])?;
-        wait_for_port(port, "postgres")?;
-        Ok(server)
-    }
-
-    fn run(&self, args: &[&str]) -> Result<(), PeerError> {
-        let program = self.bin.join(args[0]);
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
-        } else {
-            Command::new(&program)
-        };
-        let out = cmd.args(&args[1..]).current_dir(&self.dir).output()?;
-        if !out.status.success() {
-            return Err(PeerError::Setup(format!(
-                "{}: {}",
-                args[0],
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
-    }
-
-    pub fn url(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=mall dbname=postgres",
-            self.port
-        )
-    }
-}
-
-impl Drop for PostgresServer {
-    fn drop(&mut self) {
-        let data = self.dir.join("data");
-        let _ = self.run(&[
-            "pg_ctl",
-            "-D",
-            &data.to_string_lossy(),
-            "-m",
-            "immediate",
-            "-w",
-            "stop",
-        ]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+/// The throwaway PostgreSQL lives with the PostgreSQL store, whose tests
+/// use it too.
+pub use mall_postgres::server::PostgresServer;
 
 /// Largest bulk reply the RESP client accepts.
 const BULK_MAX: i64 = 64 * 1024 * 1024;

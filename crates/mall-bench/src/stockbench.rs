@@ -8,13 +8,14 @@
 use crate::peers::{pg_connect, postgres_target, PeerError, RedisServer, Resp, RespValue};
 use hyper::Method;
 use mall_core::{Category, Fen, Item, MerchantId, PaymentMethod, Quantity, Sku, Timestamp, UserId};
+use mall_engine::{Engine, EngineConfig};
 use mall_inventory::sim::Rng;
 use mall_inventory::{Command, Reply, Reserve};
 use mall_rush::catalog::{pareto_stock, StockShape};
 use mall_rush::http::{Conn, Target};
 use mall_rush::plan::{sample_rank, zipf_cdf};
 use mall_shard::{Clock, SystemClock};
-use mall_store::{DataDir, Engine, EngineConfig};
+use mall_sqlite::DataDir;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -257,7 +258,8 @@ async fn mall_engine(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now();
     let engine = Arc::new(
-        Engine::start(data, engine_config, clock).map_err(|e| PeerError::Setup(e.to_string()))?,
+        Engine::start(Arc::new(data), engine_config, clock)
+            .map_err(|e| PeerError::Setup(e.to_string()))?,
     );
     let items = workload
         .stock
@@ -378,10 +380,10 @@ async fn mall_http(
     events: bool,
 ) -> Result<Vec<Row>, PeerError> {
     let (engine, dir) = mall_engine(workload, config).await?;
-    let accounts = Arc::new(
-        mall_store::Accounts::open(&dir.join("mall.db"))
-            .map_err(|e| PeerError::Setup(e.to_string()))?,
-    );
+    let accounts = engine
+        .store()
+        .accounts()
+        .map_err(|e| PeerError::Setup(e.to_string()))?;
     let mut http = mall_http::HttpConfig::default();
     http.rate.user_rate_per_s = 1e9;
     http.rate.user_burst = 1e9;

@@ -11,7 +11,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use mall_core::{MerchantId, Role, Timestamp, UserId};
-use mall_store::SessionRow;
+use mall_engine::SessionRow;
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use std::sync::RwLock;

@@ -24,8 +24,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
 use mall_core::{Role, Timestamp, UserId};
+use mall_engine::{AccountStore, Engine, NewUser};
 use mall_shard::Clock;
-use mall_store::{Accounts, Engine, NewUser};
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -79,7 +79,7 @@ pub struct AppState {
 
 pub struct Inner {
     pub engine: Arc<Engine>,
-    pub accounts: Arc<Accounts>,
+    pub accounts: Arc<dyn AccountStore>,
     pub sessions: SessionCache,
     pub config: HttpConfig,
     pub metrics: metrics::Metrics,
@@ -115,10 +115,10 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(
         engine: Arc<Engine>,
-        accounts: Arc<Accounts>,
+        accounts: Arc<dyn AccountStore>,
         config: HttpConfig,
         clock: Arc<dyn Clock>,
-    ) -> Result<AppState, mall_store::StoreError> {
+    ) -> Result<AppState, mall_engine::StoreError> {
         let sessions = SessionCache::load(accounts.live_sessions(clock.now())?);
         let next_sku = engine.board().max_sku().map_or(1, |s| s.0 + 1);
         Ok(AppState {
@@ -190,7 +190,7 @@ impl AppState {
         token: &str,
         principal: Principal,
         expires_at: Timestamp,
-    ) -> Result<(), mall_store::StoreError> {
+    ) -> Result<(), mall_engine::StoreError> {
         let hash = auth::hash_token(token);
         self.accounts
             .insert_session(&hash, principal.user, expires_at, self.now())?;
@@ -304,7 +304,7 @@ fn rotate_bootstrap_token(
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error(transparent)]
-    Store(#[from] mall_store::StoreError),
+    Store(#[from] mall_engine::StoreError),
     #[error("{0}")]
     Refused(String),
 }

@@ -6,9 +6,9 @@
 //! families and the maintained client library (`prometheus-client`)
 //! encodes them (OpenMetrics text: names, types, help, escaping).
 
+use mall_engine::Engine;
 use mall_shard::stats::LATENCY_BOUNDS_S;
 use mall_shard::{Histogram, ShardStats};
-use mall_store::Engine;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;

@@ -6,8 +6,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
 use mall_core::Timestamp;
+use mall_engine::{Engine, EngineConfig};
 use mall_shard::{Clock, ManualClock};
-use mall_store::{Accounts, DataDir, Engine, EngineConfig};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -898,9 +898,9 @@ async fn favourites_and_carts_before_the_sale_feed_the_funnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_admission_limit_turns_the_excess_away_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
-    let data = DataDir::open(dir.path(), Some(1)).unwrap();
+    let data = common::test_store(dir.path(), 1);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp(T0)));
-    let accounts = Arc::new(Accounts::open(&data.accounts_path()).unwrap());
+    let accounts = data.accounts().unwrap();
     let engine = Arc::new(Engine::start(data, EngineConfig::default(), clock.clone()).unwrap());
     let mut http = mall_http::HttpConfig::default();
     http.rate.snapups_per_s_max = Some(3.0);

@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use mall_engine::{AccountStore, Engine, EngineConfig, Store};
 use mall_rush::audit::audit;
 use mall_rush::http::Target;
 use mall_rush::plan::Plan;
@@ -13,7 +14,7 @@ use mall_rush::run::{run, Backend};
 use mall_rush::scenario::Scenario;
 use mall_rush::summary::summarize;
 use mall_shard::{Clock, SystemClock};
-use mall_store::{Accounts, DataDir, Engine, EngineConfig};
+use mall_sqlite::DataDir;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,12 +41,12 @@ async fn serve(app: Router) -> String {
     format!("http://{addr}")
 }
 
-fn engine(dir: &std::path::Path, hold_timeout_ms: i64) -> (Arc<Engine>, Arc<Accounts>) {
-    let data = DataDir::open(dir, Some(2)).unwrap();
+fn engine(dir: &std::path::Path, hold_timeout_ms: i64) -> (Arc<Engine>, Arc<dyn AccountStore>) {
+    let data = Arc::new(DataDir::open(dir, Some(2)).unwrap());
     let mut config = EngineConfig::default();
     config.inventory.hold_timeout_ms = hold_timeout_ms;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let accounts = Arc::new(Accounts::open(&data.accounts_path()).unwrap());
+    let accounts = data.accounts().unwrap();
     (
         Arc::new(Engine::start(data, config, clock).unwrap()),
         accounts,

@@ -80,6 +80,23 @@ pub trait Journal: Send + 'static {
     fn load(&mut self, now: Timestamp) -> Result<Self::Machine, JournalError>;
 }
 
+/// A boxed journal is a journal: backends hand the engine
+/// `Box<dyn Journal<Machine = M>>`.
+impl<J: Journal + ?Sized> Journal for Box<J> {
+    type Machine = J::Machine;
+
+    fn commit(
+        &mut self,
+        effects: &[<Self::Machine as StateMachine>::Effect],
+    ) -> Result<(), JournalError> {
+        (**self).commit(effects)
+    }
+
+    fn load(&mut self, now: Timestamp) -> Result<Self::Machine, JournalError> {
+        (**self).load(now)
+    }
+}
+
 /// Source of the current time, injected so tests can drive it.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
@@ -158,6 +175,18 @@ pub struct Busy;
 enum Envelope<M: StateMachine> {
     One(M::Command, oneshot::Sender<M::Reply>),
     Many(Vec<M::Command>, oneshot::Sender<Vec<M::Reply>>),
+}
+
+impl<M: StateMachine> Envelope<M> {
+    /// Answers a command that cannot be served now (the store is away).
+    fn refuse(self) {
+        match self {
+            Envelope::One(_, tx) => drop(tx.send(M::unavailable())),
+            Envelope::Many(commands, tx) => {
+                drop(tx.send(commands.iter().map(|_| M::unavailable()).collect()))
+            }
+        }
+    }
 }
 
 enum PendingReply<M: StateMachine> {
@@ -505,7 +534,23 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "shard reload failed; retrying");
-                    std::thread::sleep(backoff);
+                    // While the store is away, whoever is queued hears at
+                    // once that it is unavailable (a 503 with Retry-After)
+                    // instead of waiting for a reload that may take long.
+                    let mut waiting = Vec::new();
+                    let deadline = Instant::now() + backoff;
+                    while Instant::now() < deadline {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let received = self.queue.recv_batch(
+                            &mut waiting,
+                            self.config.batch_commands_max,
+                            left,
+                        );
+                        waiting.drain(..).for_each(Envelope::refuse);
+                        if matches!(received, Received::Disconnected) {
+                            std::thread::sleep(left);
+                        }
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }

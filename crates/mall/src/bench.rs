@@ -13,10 +13,10 @@
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use mall_core::{Category, Fen, Item, MerchantId, PaymentMethod, Quantity, Sku, Timestamp, UserId};
+use mall_engine::{Engine, EngineConfig};
 use mall_inventory::sim::Rng;
 use mall_inventory::{Command, Reply, Reserve};
 use mall_shard::{Clock, SystemClock};
-use mall_store::{DataDir, Engine, EngineConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,10 @@ pub enum Which {
         /// Envelopes each client keeps in flight.
         #[arg(long, default_value_t = 8)]
         window: usize,
+        /// Run on PostgreSQL (a scratch database per shape, made on the
+        /// server given and dropped after) instead of SQLite files.
+        #[command(flatten)]
+        store: crate::store::StoreArgs,
     },
     /// One flash-sale workload side by side: mall in-process, mall over
     /// HTTP, Redis (Lua, AOF always) and PostgreSQL (durable), checked for
@@ -356,7 +360,10 @@ pub fn run(which: Which) -> Result<()> {
             envelope,
             clients,
             window,
-        } => engine(shape, attempts, users, shards, envelope, clients, window),
+            store,
+        } => engine(
+            shape, attempts, users, shards, envelope, clients, window, &store,
+        ),
         Which::Stock {
             shape,
             against,
@@ -401,9 +408,15 @@ fn engine(
     envelope: usize,
     clients: usize,
     window: usize,
+    store: &crate::store::StoreArgs,
 ) -> Result<()> {
-    let shards =
-        shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let shards = shards.unwrap_or_else(|| {
+        if store.is_postgres() {
+            64
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    });
     let params = Params {
         attempts,
         users,
@@ -412,16 +425,21 @@ fn engine(
         clients: clients.max(1),
         window: window.max(1),
     };
-    println!("mall bench engine: {attempts} attempts, {users} users, {shards} shard(s), envelopes of {envelope}, {clients} client(s) x {window} in flight, synchronous=FULL");
+    let durability = if store.is_postgres() {
+        "PostgreSQL, synchronous_commit=on"
+    } else {
+        "SQLite, synchronous=FULL"
+    };
+    println!("mall bench engine: {attempts} attempts, {users} users, {shards} shard(s), envelopes of {envelope}, {clients} client(s) x {window} in flight, {durability}");
     println!(
         "{:<8} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9} {:>8}",
         "shape", "attempts", "orders", "decisions/s", "p50 ms", "p99 ms", "max ms", "audit"
     );
     if matches!(shape, Shape::Hot | Shape::Both) {
-        bench_shape(&params, true)?;
+        bench_shape(&params, true, store)?;
     }
     if matches!(shape, Shape::Spread | Shape::Both) {
-        bench_shape(&params, false)?;
+        bench_shape(&params, false, store)?;
     }
     Ok(())
 }
@@ -435,9 +453,28 @@ struct Params {
     window: usize,
 }
 
-fn bench_shape(p: &Params, hot: bool) -> Result<()> {
+fn bench_shape(p: &Params, hot: bool, store: &crate::store::StoreArgs) -> Result<()> {
     let tmp = tempfile_dir()?;
-    let dir = DataDir::open(&tmp, Some(p.shards))?;
+    // Every shape starts from an empty store: a fresh directory, or a
+    // scratch database dropped when the shape is done.
+    let scratch = if store.is_postgres() {
+        let name = format!(
+            "mall_bench_{}_{}",
+            std::process::id(),
+            if hot { "hot" } else { "spread" }
+        );
+        Some(mall_postgres::Scratch::create(&store.store, &name)?)
+    } else {
+        None
+    };
+    let dir: Arc<dyn mall_engine::Store> = match &scratch {
+        Some(scratch) => Arc::new(mall_postgres::PgStore::open(
+            scratch.urls(),
+            Some(p.shards),
+            store.connections(),
+        )?),
+        None => Arc::new(mall_sqlite::DataDir::open(&tmp, Some(p.shards))?),
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now();
     let mut config = EngineConfig::default();
@@ -488,7 +525,9 @@ fn bench_shape(p: &Params, hot: bool) -> Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let engine = Arc::try_unwrap(engine).map_err(|_| anyhow::anyhow!("engine still shared"))?;
     engine.shutdown();
-    let report = mall_store::audit_data_dir(&dir)?;
+    let report = mall_engine::audit(dir.as_ref())?;
+    drop(dir);
+    drop(scratch);
     let expected_ok = if hot {
         orders == u64::from(stock)
     } else {

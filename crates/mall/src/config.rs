@@ -1,10 +1,10 @@
 //! `mall serve` configuration: defaults, then a TOML file, then environment
 //! variables and flags (clap reads both), later ones winning.
 
+use mall_engine::EngineConfig;
 use mall_http::{HttpConfig, RateConfig};
 use mall_inventory::InventoryConfig;
 use mall_shard::RuntimeConfig;
-use mall_store::EngineConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +15,13 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub addr: SocketAddr,
+    /// The node's local files (event log, admin token) and, without
+    /// `store`, the SQLite store.
     pub data: PathBuf,
+    /// PostgreSQL servers (connection URLs); empty: the SQLite store in `data`.
+    pub store: Vec<String>,
+    /// Connections this node opens per PostgreSQL server, at most.
+    pub store_connections: Option<usize>,
     /// Inventory shards; default one per core (a data directory keeps the count it was made with).
     pub shards: Option<usize>,
     #[serde(with = "humantime_serde_lite")]
@@ -75,6 +81,8 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data: PathBuf::from("mall-data"),
+            store: Vec::new(),
+            store_connections: None,
             shards: None,
             hold_timeout: Duration::from_millis(InventoryConfig::default().hold_timeout_ms as u64),
             queue_capacity: runtime.queue_capacity,
@@ -123,6 +131,14 @@ impl Config {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The store, as the commands that open one take it.
+    pub fn store_args(&self) -> crate::store::StoreArgs {
+        crate::store::StoreArgs {
+            store: self.store.clone(),
+            store_connections: self.store_connections,
+        }
     }
 
     pub fn engine(&self) -> EngineConfig {

@@ -7,11 +7,12 @@ mod floodbench;
 mod forecast;
 mod rush;
 mod seed;
+mod store;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use mall_engine::Engine;
 use mall_shard::{Clock, SystemClock};
-use mall_store::{Accounts, DataDir, Engine};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,10 +51,13 @@ enum Cmd {
     Serve(Box<ServeArgs>),
     /// Create a Singles' Day catalog (and shopper accounts) in a data directory.
     Seed(seed::SeedArgs),
-    /// Audit a data directory offline: exits non-zero on any violation.
+    /// Audit a store offline (a data directory, or PostgreSQL with
+    /// --store): exits non-zero on any violation.
     Check {
         #[arg(long, env = "MALL_DATA", default_value = "mall-data")]
         data: PathBuf,
+        #[command(flatten)]
+        store: store::StoreArgs,
     },
     /// Rehearse the night against a server (or the engine in-process), then audit it.
     Rush(rush::RushArgs),
@@ -99,6 +103,8 @@ enum LedgerCmd {
     Verify {
         #[arg(long, env = "MALL_DATA", default_value = "mall-data")]
         data: PathBuf,
+        #[command(flatten)]
+        store: store::StoreArgs,
     },
 }
 
@@ -109,8 +115,12 @@ struct ServeArgs {
     config: Option<PathBuf>,
     #[arg(long, env = "MALL_ADDR")]
     addr: Option<SocketAddr>,
+    /// The node's local files (event log, admin token) and, without
+    /// --store, the SQLite store.
     #[arg(long, env = "MALL_DATA")]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    store: store::StoreArgs,
     #[arg(long, env = "MALL_SHARDS")]
     shards: Option<usize>,
     /// How long an unpaid order holds its stock, e.g. "15m".
@@ -217,12 +227,12 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Serve(args) => serve(*args),
         Cmd::Seed(args) => seed::run(args),
-        Cmd::Check { data } => check(&data),
+        Cmd::Check { data, store } => check(&data, &store),
         Cmd::Rush(args) => rush::rush(args),
         Cmd::Demo(args) => rush::demo(args),
         Cmd::Ledger {
-            which: LedgerCmd::Verify { data },
-        } => ledger_verify(&data),
+            which: LedgerCmd::Verify { data, store },
+        } => ledger_verify(&data, &store),
         Cmd::Bench { which } => bench::run(which),
         Cmd::Channels(args) => channels::run(args),
         Cmd::Report { events, out } => report(&events, &out),
@@ -235,7 +245,7 @@ fn main() -> Result<()> {
 pub struct DirLock(#[allow(dead_code)] std::fs::File);
 
 pub fn lock_data_dir(path: &Path) -> Result<DirLock> {
-    mall_store::private_dir(path).with_context(|| format!("creating {}", path.display()))?;
+    mall_sqlite::private_dir(path).with_context(|| format!("creating {}", path.display()))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -293,6 +303,12 @@ fn serve(args: ServeArgs) -> Result<()> {
     if args.snapups_per_s_max.is_some() {
         config.snapups_per_s_max = args.snapups_per_s_max;
     }
+    if args.store.is_postgres() {
+        config.store = args.store.store.clone();
+    }
+    if args.store.store_connections.is_some() {
+        config.store_connections = args.store.store_connections;
+    }
     let channels_file = config.channels.as_deref().map(channels::load).transpose()?;
     let plan = args
         .plan
@@ -320,27 +336,28 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     config.check()?;
     let _lock = lock_data_dir(&config.data)?;
-    let shards = config.shards.or_else(|| {
-        // A new directory gets one shard per core; an existing one keeps its count.
-        (!config.data.join("mall.db").exists())
-            .then(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    });
-    let dir = DataDir::open(&config.data, shards)?;
+    let data = config.data.clone();
+    let store = config.store_args().open(&data, config.shards)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let accounts = Arc::new(Accounts::open(&dir.accounts_path())?);
+    let accounts = store.accounts()?;
     let started = std::time::Instant::now();
-    let engine = Arc::new(Engine::start(dir.clone(), config.engine(), clock.clone())?);
+    let engine = Arc::new(Engine::start(
+        store.clone(),
+        config.engine(),
+        clock.clone(),
+    )?);
     tracing::info!(
-        shards = dir.shards,
+        store = %store.describe(),
+        shards = store.shard_count(),
         items = engine.board().len(),
         took_ms = started.elapsed().as_millis() as u64,
         "store loaded"
     );
     if args.seed && engine.board().is_empty() {
-        seed::seed_catalog(&engine, &accounts, &args.seed_args, clock.now())?;
+        seed::seed_catalog(&engine, &*accounts, &args.seed_args, clock.now())?;
     }
     let state = mall_http::AppState::new(engine.clone(), accounts, config.http()?, clock)?;
-    state.attach_events(start_events(&dir.path)?);
+    state.attach_events(start_events(&data)?);
     if let Some(path) = &args.forecast {
         let f = mall_forecast::forecast::load(path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -361,7 +378,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(token) =
         mall_http::bootstrap_admin(&state, admin_token.as_deref(), admin_password.as_deref())?
     {
-        let path = dir.path.join("admin-token");
+        let path = data.join("admin-token");
         write_secret(&path, &token)?;
         tracing::info!(path = %path.display(), "first start: an admin token was generated and written to this file");
     }
@@ -399,7 +416,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             .attach_payments(payments)
             .await
             .map_err(|e| anyhow::anyhow!("starting payments: {e}"))?;
-        tracing::info!(addr = %local, data = %dir.path.display(), channels = channel_count, "mall is serving");
+        tracing::info!(addr = %local, data = %data.display(), store = %store.describe(), channels = channel_count, "mall is serving");
         let housekeeping = {
             let state = state.clone();
             tokio::spawn(async move {
@@ -523,21 +540,16 @@ pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
     Ok(())
 }
 
-fn ledger_verify(data: &Path) -> Result<()> {
-    let path = data.join("ledger.db");
-    anyhow::ensure!(
-        path.exists(),
-        "{} has no ledger (no ledger.db)",
-        data.display()
-    );
-    let violations = mall_store::ledger::verify_ledger(&path)?;
-    let (accounts, transfers) = mall_store::ledger::read_ledger(&path)?;
+fn ledger_verify(data: &Path, store: &store::StoreArgs) -> Result<()> {
+    let store = store.open_existing(data)?;
+    let (accounts, transfers) = store.read_ledger()?;
     println!(
         "mall ledger verify {}: {} accounts, {} transfers",
-        data.display(),
+        store.describe(),
         accounts.len(),
         transfers.len()
     );
+    let violations = mall_engine::verify_ledger(accounts, transfers);
     if violations.is_empty() {
         println!("OK: debits equal credits (posted and pending), every limit holds, every post and void matches its pending transfer");
         Ok(())
@@ -550,10 +562,10 @@ fn ledger_verify(data: &Path) -> Result<()> {
     }
 }
 
-fn check(data: &Path) -> Result<()> {
-    let dir = DataDir::open_existing(data)?;
-    let report = mall_store::audit_data_dir(&dir)?;
-    println!("mall check {}", data.display());
+fn check(data: &Path, store: &store::StoreArgs) -> Result<()> {
+    let store = store.open_existing(data)?;
+    let report = mall_engine::audit(store.as_ref())?;
+    println!("mall check {}", store.describe());
     println!(
         "  shards {}  items {}  orders {}",
         report.shards, report.items, report.orders

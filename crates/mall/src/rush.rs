@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use mall_engine::{Engine, EngineConfig};
 use mall_rush::audit::audit;
 use mall_rush::http::Target;
 use mall_rush::plan::Plan;
@@ -9,7 +10,6 @@ use mall_rush::run::{run, Backend};
 use mall_rush::scenario::Scenario;
 use mall_rush::summary::{print, summarize};
 use mall_shard::{Clock, SystemClock};
-use mall_store::{DataDir, Engine, EngineConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,9 +42,13 @@ pub struct RushArgs {
     /// Where the JSON and HTML reports go.
     #[arg(long, default_value = "rush-report")]
     out: PathBuf,
-    /// In-process only: shards (default one per core) and hold timeout.
+    /// In-process only: shards (default one per core; 64 in a new
+    /// PostgreSQL store) and hold timeout.
     #[arg(long)]
     shards: Option<usize>,
+    /// In-process only: the store to rush (default a throwaway data directory).
+    #[command(flatten)]
+    store: crate::store::StoreArgs,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "15m")]
     hold_timeout: Duration,
 }
@@ -107,22 +111,21 @@ pub fn rush(args: RushArgs) -> Result<()> {
         .build()?;
     let passed = if args.in_process {
         let dir = std::env::temp_dir().join(format!("mall-rush-{}", std::process::id()));
-        let shards = args
-            .shards
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let data = DataDir::open(&dir, Some(shards))?;
+        // A throwaway data directory, or the PostgreSQL store given.
+        let store = args.store.open(&dir, args.shards)?;
+        let shards = store.shard_count();
         let mut config = EngineConfig::default();
         config.inventory.hold_timeout_ms = args.hold_timeout.as_millis() as i64;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let engine = Arc::new(Engine::start(data, config, clock)?);
+        let engine = Arc::new(Engine::start(store.clone(), config, clock)?);
         let backend = Backend::InProcess {
             engine: engine.clone(),
         };
         println!(
-            "mall rush: scenario {} in-process ({} shards, data in {})",
+            "mall rush: scenario {} in-process ({} shards, store {})",
             scenario.name,
             shards,
-            dir.display()
+            store.describe()
         );
         let passed = runtime.block_on(async {
             let outcome = run(Plan::new(&scenario), backend.clone(), true).await?;
@@ -191,17 +194,18 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         );
         std::fs::remove_dir_all(&args.data)?;
     }
-    mall_store::private_dir(&args.data)?;
+    mall_sqlite::private_dir(&args.data)?;
     std::fs::write(args.data.join(MARKER), "")?;
     let _lock = crate::lock_data_dir(&args.data)?;
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let dir = DataDir::open(&args.data, Some(shards))?;
+    let dir = mall_sqlite::DataDir::open(&args.data, Some(shards))?;
+    let store: Arc<dyn mall_engine::Store> = Arc::new(dir.clone());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut config = EngineConfig::default();
     // A short hold, so unpaid orders expire and late payments are refused within the minute.
     config.inventory.hold_timeout_ms = 20_000;
-    let engine = Arc::new(Engine::start(dir.clone(), config, clock.clone())?);
-    let accounts = Arc::new(mall_store::Accounts::open(&dir.accounts_path())?);
+    let engine = Arc::new(Engine::start(store.clone(), config, clock.clone())?);
+    let accounts = store.accounts()?;
     let mut http = mall_http::HttpConfig::default();
     http.rate.user_rate_per_s = 1_000.0;
     let state = mall_http::AppState::new(engine.clone(), accounts, http, clock)?;
@@ -256,7 +260,8 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         if let Some(p) = status_state.payments.get() {
             crate::channels::print_channels(p);
         }
-        let ledger = mall_store::ledger::verify_ledger(&dir.ledger_path())?;
+        let (accounts, transfers) = store.read_ledger()?;
+        let ledger = mall_engine::verify_ledger(accounts, transfers);
         match ledger.as_slice() {
             [] => {
                 println!("ledger verify: ok (double entry balanced, every wallet at or above zero)")

@@ -7,10 +7,10 @@
 use anyhow::Result;
 use clap::Args;
 use mall_core::{MerchantId, Role, Sku, Timestamp};
+use mall_engine::{AccountStore, Engine, EngineConfig, NewUser};
 use mall_inventory::sim::Rng;
 use mall_rush::catalog::{make_item, merchant_name, CatalogShape};
 use mall_shard::{Clock, SystemClock};
-use mall_store::{Accounts, DataDir, Engine, EngineConfig, NewUser};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,8 @@ pub struct CatalogArgs {
 pub struct SeedArgs {
     #[arg(long, env = "MALL_DATA", default_value = "mall-data")]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub store: crate::store::StoreArgs,
     #[arg(long, env = "MALL_SHARDS")]
     pub shards: Option<usize>,
     #[command(flatten)]
@@ -61,7 +63,7 @@ pub fn next_midnight_china(now: Timestamp) -> Timestamp {
 /// Creates merchants and items through the engine (durable before it returns).
 pub fn seed_catalog(
     engine: &Engine,
-    accounts: &Accounts,
+    accounts: &dyn AccountStore,
     args: &CatalogArgs,
     now: Timestamp,
 ) -> Result<()> {
@@ -114,15 +116,12 @@ fn hex_token() -> Result<String> {
 
 pub fn run(args: SeedArgs) -> Result<()> {
     let _lock = crate::lock_data_dir(&args.data)?;
-    let shards = args
-        .shards
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
-    let dir = DataDir::open(&args.data, shards)?;
+    let store = args.store.open(&args.data, args.shards)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now();
-    let accounts = Accounts::open(&dir.accounts_path())?;
-    let engine = Engine::start(dir.clone(), EngineConfig::default(), clock)?;
-    seed_catalog(&engine, &accounts, &args.catalog, now)?;
+    let accounts = store.accounts()?;
+    let engine = Engine::start(store.clone(), EngineConfig::default(), clock)?;
+    seed_catalog(&engine, &*accounts, &args.catalog, now)?;
     engine.shutdown();
     if args.shoppers > 0 {
         use sha2::Digest;
@@ -166,7 +165,7 @@ pub fn run(args: SeedArgs) -> Result<()> {
         "seeded {} items over {} merchants into {}",
         args.catalog.items,
         args.catalog.merchants,
-        dir.path.display()
+        store.describe()
     );
     Ok(())
 }

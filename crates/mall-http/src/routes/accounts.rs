@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use mall_core::{MerchantId, Role, UserId};
-use mall_store::{NewUser, StoreError};
+use mall_engine::{NewUser, StoreError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

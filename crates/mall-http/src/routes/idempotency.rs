@@ -8,7 +8,7 @@ use crate::AppState;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mall_core::UserId;
-use mall_store::StoredResponse;
+use mall_engine::StoredResponse;
 use std::future::Future;
 
 pub const HEADER: &str = "idempotency-key";

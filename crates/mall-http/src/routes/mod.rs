@@ -159,10 +159,10 @@ pub(crate) fn check_text(
 
 /// Runs blocking store work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, mall_store::StoreError> + Send + 'static,
-) -> Result<T, mall_store::StoreError> {
+    f: impl FnOnce() -> Result<T, mall_engine::StoreError> + Send + 'static,
+) -> Result<T, mall_engine::StoreError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(mall_store::StoreError::Corrupt(format!(
+        Err(mall_engine::StoreError::Corrupt(format!(
             "store task failed: {e}"
         )))
     })

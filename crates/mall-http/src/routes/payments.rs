@@ -177,7 +177,7 @@ async fn to_completion(
 async fn resumed_answer(
     state: &AppState,
     id: OrderId,
-    first: Option<&mall_store::StoredResponse>,
+    first: Option<&mall_engine::StoredResponse>,
 ) -> ApiResult<(StatusCode, serde_json::Value)> {
     let order = super::orders::stored_order(state, id)
         .await?

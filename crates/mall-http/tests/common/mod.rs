@@ -5,9 +5,10 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use mall_core::Timestamp;
+use mall_engine::{Engine, EngineConfig, Store};
 use mall_shard::{Clock, ManualClock};
-use mall_store::{Accounts, DataDir, Engine, EngineConfig};
 use serde_json::{json, Value};
+use std::path::Path;
 use std::sync::Arc;
 use tower::ServiceExt;
 
@@ -19,6 +20,11 @@ pub struct Api {
     pub clock: Arc<ManualClock>,
     pub state: mall_http::AppState,
     pub _dir: tempfile::TempDir,
+}
+
+/// The store a test runs on: SQLite files in `dir` (the default).
+pub fn test_store(dir: &Path, shards: usize) -> Arc<dyn Store> {
+    Arc::new(mall_sqlite::DataDir::open(dir, Some(shards)).unwrap())
 }
 
 pub struct Reply {
@@ -40,10 +46,10 @@ impl Api {
 
     pub fn with_config(config: mall_http::HttpConfig) -> Api {
         let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::open(dir.path(), Some(2)).unwrap();
+        let data = test_store(dir.path(), 2);
         let clock = Arc::new(ManualClock::new(Timestamp(T0)));
         let dyn_clock: Arc<dyn Clock> = clock.clone();
-        let accounts = Arc::new(Accounts::open(&data.accounts_path()).unwrap());
+        let accounts = data.accounts().unwrap();
         let mut engine_config = EngineConfig::default();
         engine_config.inventory.hold_timeout_ms = 60_000;
         engine_config.runtime.tick_interval = std::time::Duration::from_millis(5);

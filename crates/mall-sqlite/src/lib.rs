@@ -9,46 +9,80 @@
 //! transaction survives a crash of the process or the machine.
 
 pub mod accounts;
-pub mod audit;
-pub mod engine;
 pub mod ledger;
 pub mod shard;
 
-pub use accounts::{Accounts, MerchantRow, NewUser, SessionRow, StoredResponse, UserRow};
-pub use audit::{audit_data_dir, AuditReport};
-pub use engine::{Engine, EngineConfig};
+pub use accounts::Accounts;
 pub use ledger::{LedgerJournal, LedgerReader};
 pub use shard::{ShardJournal, ShardReader};
 
+use mall_engine::{
+    AccountStore, LedgerJournalBox, LedgerRead, OrderReader, ShardContents, ShardJournalBox, Store,
+    StoreError,
+};
+use mall_inventory::{Board, InventoryConfig};
+use mall_ledger::{Account, LedgerConfig, Stored};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+/// An error inside the SQLite backend; callers of the [`Store`] traits see
+/// it as a [`StoreError`].
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum Error {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("the data directory {dir} was made with {stored} shard(s), not {asked}; start with --shards {stored} (resharding is not supported yet)")]
-    ShardCountMismatch {
-        dir: PathBuf,
-        stored: usize,
-        asked: usize,
-    },
-    #[error("corrupt store: {0}")]
-    Corrupt(String),
-    #[error("username already taken")]
-    UsernameTaken,
-    #[error("merchant name already taken")]
-    MerchantNameTaken,
-    #[error("the engine refused: {0}")]
-    Rejected(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-impl From<StoreError> for mall_shard::JournalError {
-    fn from(e: StoreError) -> Self {
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Store(StoreError::Io(e))
+    }
+}
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Sqlite(e) => StoreError::Backend(format!("sqlite: {e}")),
+            Error::Store(e) => e,
+        }
+    }
+}
+
+impl From<Error> for mall_shard::JournalError {
+    fn from(e: Error) -> Self {
         mall_shard::JournalError(e.to_string())
     }
+}
+
+fn corrupt(what: String) -> Error {
+    Error::Store(StoreError::Corrupt(what))
+}
+
+/// Brings a database file's schema to the newest version this mall knows:
+/// `migrations[i]` takes it from version `i` to `i + 1` (SQLite's
+/// `user_version`). Files made before versioning hold version 0 and the
+/// first migration's tables already; its `IF NOT EXISTS` makes it a no-op
+/// for them. A file newer than the binary is refused.
+pub(crate) fn migrate(conn: &Connection, path: &Path, migrations: &[&str]) -> Result<(), Error> {
+    let known = migrations.len() as i64;
+    let stored: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if stored > known {
+        return Err(Error::Store(StoreError::SchemaTooNew {
+            at: path.display().to_string(),
+            stored,
+            known,
+        }));
+    }
+    for (version, sql) in migrations.iter().enumerate().skip(stored as usize) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            version + 1
+        ))?;
+    }
+    Ok(())
 }
 
 /// How hard a commit waits for the disk.
@@ -92,7 +126,7 @@ fn private_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-pub(crate) fn open_connection(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(path: &Path, sync: Sync) -> Result<Connection, Error> {
     private_file(path)?;
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -106,17 +140,22 @@ pub(crate) fn open_connection(path: &Path, sync: Sync) -> Result<Connection, Sto
     Ok(conn)
 }
 
-/// The files of a data directory.
+/// A data directory: the SQLite store.
 #[derive(Clone, Debug)]
 pub struct DataDir {
     pub path: PathBuf,
     pub shards: usize,
+    sync: Sync,
 }
 
 impl DataDir {
     /// Opens (creating if needed) a data directory. `shards` is the count
     /// asked for; a directory remembers the count it was made with.
     pub fn open(path: &Path, shards: Option<usize>) -> Result<DataDir, StoreError> {
+        Ok(DataDir::open_inner(path, shards)?)
+    }
+
+    fn open_inner(path: &Path, shards: Option<usize>) -> Result<DataDir, Error> {
         private_dir(path)?;
         let accounts = Accounts::open(&path.join("mall.db"))?;
         let stored = accounts
@@ -124,11 +163,11 @@ impl DataDir {
             .and_then(|s| s.parse::<usize>().ok());
         let shards = match (stored, shards) {
             (Some(stored), Some(asked)) if stored != asked => {
-                return Err(StoreError::ShardCountMismatch {
-                    dir: path.into(),
+                return Err(Error::Store(StoreError::ShardCountMismatch {
+                    at: path.display().to_string(),
                     stored,
                     asked,
-                })
+                }))
             }
             (Some(stored), _) => stored,
             (None, asked) => {
@@ -140,6 +179,7 @@ impl DataDir {
         Ok(DataDir {
             path: path.into(),
             shards,
+            sync: Sync::Full,
         })
     }
 
@@ -157,6 +197,14 @@ impl DataDir {
         DataDir::open(path, None)
     }
 
+    /// The same directory with commits that do not wait for the disk
+    /// (`synchronous=OFF`): for simulations that crash the process model,
+    /// never for a store that must survive power loss.
+    pub fn unsynced(mut self) -> DataDir {
+        self.sync = Sync::Off;
+        self
+    }
+
     pub fn accounts_path(&self) -> PathBuf {
         self.path.join("mall.db")
     }
@@ -172,5 +220,57 @@ impl DataDir {
     /// The shard that owns a SKU.
     pub fn shard_of(&self, sku: mall_core::Sku) -> usize {
         (sku.0 % self.shards as u64) as usize
+    }
+}
+
+impl Store for DataDir {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+
+    fn shard_count(&self) -> usize {
+        self.shards
+    }
+
+    fn shard_journal(
+        &self,
+        shard: usize,
+        config: InventoryConfig,
+        board: Arc<Board>,
+    ) -> Result<ShardJournalBox, StoreError> {
+        let journal = ShardJournal::open(&self.shard_path(shard), shard, config, board, self.sync)?;
+        Ok(Box::new(journal))
+    }
+
+    fn order_reader(&self, shard: usize) -> Result<Arc<dyn OrderReader>, StoreError> {
+        Ok(Arc::new(ShardReader::open(&self.shard_path(shard))?))
+    }
+
+    fn ledger_journal(&self, config: LedgerConfig) -> Result<LedgerJournalBox, StoreError> {
+        Ok(Box::new(LedgerJournal::open(
+            &self.ledger_path(),
+            config,
+            self.sync,
+        )?))
+    }
+
+    fn ledger_reader(&self) -> Result<Arc<dyn LedgerRead>, StoreError> {
+        Ok(Arc::new(LedgerReader::open(&self.ledger_path())?))
+    }
+
+    fn accounts(&self) -> Result<Arc<dyn AccountStore>, StoreError> {
+        Ok(Arc::new(Accounts::open(&self.accounts_path())?))
+    }
+
+    fn shard_contents(&self, shard: usize) -> Result<ShardContents, StoreError> {
+        let path = self.shard_path(shard);
+        if !path.exists() {
+            return Ok(ShardContents::default()); // never took an item or order
+        }
+        Ok(shard::contents(&path)?)
+    }
+
+    fn read_ledger(&self) -> Result<(Vec<Account>, Vec<Stored>), StoreError> {
+        Ok(ledger::read_ledger(&self.ledger_path())?)
     }
 }

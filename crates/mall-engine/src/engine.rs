@@ -1,8 +1,8 @@
-//! The engine as a whole: one running inventory shard per `shard-NNN.db`,
-//! the board they publish to, read access to their orders, and the ledger
-//! (`ledger.db`), run by the same group-commit runtime.
+//! The engine as a whole: one running inventory shard per shard of the
+//! store, the board they publish to, read access to their orders, and the
+//! ledger, run by the same group-commit runtime.
 
-use crate::{DataDir, LedgerJournal, LedgerReader, ShardJournal, ShardReader, StoreError, Sync};
+use crate::{LedgerRead, OrderReader, Store, StoreError};
 use mall_core::{Item, OrderId, Sku};
 use mall_inventory::{Board, Command, Inventory, InventoryConfig, Reply};
 use mall_ledger::{Ledger, LedgerConfig};
@@ -18,35 +18,29 @@ pub struct EngineConfig {
 }
 
 pub struct Engine {
-    dir: DataDir,
+    store: Arc<dyn Store>,
     board: Arc<Board>,
     shards: Vec<Shard<Inventory>>,
     handles: Vec<ShardHandle<Inventory>>,
-    readers: Vec<ShardReader>,
+    readers: Vec<Arc<dyn OrderReader>>,
     ledger: Shard<Ledger>,
     ledger_handle: ShardHandle<Ledger>,
-    ledger_reader: LedgerReader,
+    ledger_reader: Arc<dyn LedgerRead>,
 }
 
 impl Engine {
     /// Rebuilds every shard from its store and starts it.
     pub fn start(
-        dir: DataDir,
+        store: Arc<dyn Store>,
         config: EngineConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StoreError> {
         let board = Arc::new(Board::default());
-        let mut shards = Vec::with_capacity(dir.shards);
-        let mut readers = Vec::with_capacity(dir.shards);
-        for shard in 0..dir.shards {
-            let path = dir.shard_path(shard);
-            let journal = ShardJournal::open(
-                &path,
-                shard,
-                config.inventory.clone(),
-                board.clone(),
-                Sync::Full,
-            )?;
+        let count = store.shard_count();
+        let mut shards = Vec::with_capacity(count);
+        let mut readers = Vec::with_capacity(count);
+        for shard in 0..count {
+            let journal = store.shard_journal(shard, config.inventory.clone(), board.clone())?;
             let running = Shard::start(
                 format!("shard-{shard}"),
                 journal,
@@ -55,31 +49,32 @@ impl Engine {
             )
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             shards.push(running);
-            readers.push(ShardReader::open(&path)?);
+            readers.push(store.order_reader(shard)?);
         }
         let handles = shards.iter().map(Shard::handle).collect();
-        let ledger_path = dir.ledger_path();
         let ledger = Shard::start(
             "ledger".to_string(),
-            LedgerJournal::open(&ledger_path, config.ledger.clone(), Sync::Full)?,
+            store.ledger_journal(config.ledger.clone())?,
             clock,
             config.runtime.clone(),
         )
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let ledger_reader = store.ledger_reader()?;
         Ok(Engine {
-            dir,
+            store,
             board,
             shards,
             handles,
             readers,
             ledger_handle: ledger.handle(),
             ledger,
-            ledger_reader: LedgerReader::open(&ledger_path)?,
+            ledger_reader,
         })
     }
 
-    pub fn dir(&self) -> &DataDir {
-        &self.dir
+    /// The store the engine runs on.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn board(&self) -> &Arc<Board> {
@@ -91,7 +86,7 @@ impl Engine {
     }
 
     pub fn shard_of_sku(&self, sku: Sku) -> usize {
-        self.dir.shard_of(sku)
+        self.store.shard_of(sku)
     }
 
     pub fn handle(&self, shard: usize) -> &ShardHandle<Inventory> {
@@ -124,16 +119,16 @@ impl Engine {
         &self.ledger_handle
     }
 
-    pub fn ledger_reader(&self) -> &LedgerReader {
+    pub fn ledger_reader(&self) -> &Arc<dyn LedgerRead> {
         &self.ledger_reader
     }
 
     /// Read access to the shard that owns `order`, if any.
-    pub fn reader_for_order(&self, order: OrderId) -> Option<&ShardReader> {
+    pub fn reader_for_order(&self, order: OrderId) -> Option<&Arc<dyn OrderReader>> {
         self.readers.get(order.shard())
     }
 
-    pub fn readers(&self) -> &[ShardReader] {
+    pub fn readers(&self) -> &[Arc<dyn OrderReader>] {
         &self.readers
     }
 

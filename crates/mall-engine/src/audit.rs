@@ -1,8 +1,7 @@
-//! Offline audit of a data directory (`mall check`): recounts every SKU from
-//! its orders and checks the invariants the engine promises.
+//! Offline audit of a store (`mall check`): recounts every SKU from its
+//! orders and checks the invariants the engine promises, on any backend.
 
-use crate::shard::{load_items, open_shard_db, order_from_row, ORDER_COLUMNS};
-use crate::{DataDir, StoreError, Sync};
+use crate::{Store, StoreError};
 use mall_core::{OrderStatus, Sku, UserId};
 use std::collections::{BTreeMap, HashSet};
 
@@ -29,18 +28,14 @@ struct Count {
     sold: u64,
 }
 
-pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
+pub fn audit(store: &dyn Store) -> Result<AuditReport, StoreError> {
     let mut report = AuditReport {
-        shards: dir.shards,
+        shards: store.shard_count(),
         ..Default::default()
     };
-    for shard in 0..dir.shards {
-        let path = dir.shard_path(shard);
-        if !path.exists() {
-            continue; // a shard that never took an item or order
-        }
-        let conn = open_shard_db(&path, Sync::Full)?;
-        let items: BTreeMap<Sku, _> = load_items(&conn)?.into_iter().map(|i| (i.sku, i)).collect();
+    for shard in 0..store.shard_count() {
+        let contents = store.shard_contents(shard)?;
+        let items: BTreeMap<Sku, _> = contents.items.into_iter().map(|i| (i.sku, i)).collect();
         report.items += items.len();
         let mut counts: BTreeMap<Sku, Count> = BTreeMap::new();
         // Active units per shopper and item, and the highest per-user limit
@@ -48,10 +43,8 @@ pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
         // does not make earlier orders wrong).
         let mut per_user: BTreeMap<(UserId, Sku), (u64, u32)> = BTreeMap::new();
         let mut keys: HashSet<(UserId, String)> = HashSet::new();
-        let mut stmt = conn.prepare(&format!("SELECT {ORDER_COLUMNS} FROM orders"))?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let o = match order_from_row(row) {
+        for row in contents.orders {
+            let o = match row {
                 Ok(o) => o,
                 Err(e) => {
                     report
@@ -73,12 +66,12 @@ pub fn audit_data_dir(dir: &DataDir) -> Result<AuditReport, StoreError> {
                     o.id.shard()
                 ));
             }
-            if dir.shard_of(o.sku) != shard {
+            if store.shard_of(o.sku) != shard {
                 v.push(format!(
                     "order {}: SKU {} belongs to shard {}",
                     o.id,
                     o.sku,
-                    dir.shard_of(o.sku)
+                    store.shard_of(o.sku)
                 ));
             }
             if !items.contains_key(&o.sku) {

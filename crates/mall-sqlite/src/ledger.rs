@@ -2,8 +2,9 @@
 //! are not stored: they are recounted from the transfers at load (sums do
 //! not depend on order), so a restart is exact by construction.
 
-use crate::{open_connection, StoreError, Sync};
+use crate::{migrate, open_connection, Error, Sync};
 use mall_core::Timestamp;
+use mall_engine::{LedgerRead, StoreError};
 use mall_ledger::{
     Account, AccountId, AccountKind, Effect, Ledger, LedgerConfig, Limits, Mode, PendingState,
     Stored, Transfer, TransferId,
@@ -43,11 +44,11 @@ CREATE INDEX IF NOT EXISTS transfers_wallet_credit ON transfers (credit, seq)
     WHERE credit >= 72057594037927936 AND credit < 144115188075855872;
 ";
 
-fn open_ledger_db(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
+fn open_ledger_db(path: &Path, sync: Sync) -> Result<Connection, Error> {
     let conn = open_connection(path, sync)?;
     conn.pragma_update(None, "cache_size", -65_536)?;
     conn.pragma_update(None, "wal_autocheckpoint", 16_384)?;
-    conn.execute_batch(SCHEMA)?;
+    migrate(&conn, path, &[SCHEMA])?;
     Ok(conn)
 }
 
@@ -105,10 +106,10 @@ fn stored_from_row(row: &Row<'_>) -> rusqlite::Result<Stored> {
 const TRANSFER_COLUMNS: &str = "id, seq, debit, credit, amount, mode, pending_id, timeout_ms, linked, code, user_data, created_at_ms, state";
 
 /// Everything recorded in a ledger store.
-pub fn read_ledger(path: &Path) -> Result<(Vec<Account>, Vec<Stored>), StoreError> {
+pub fn read_ledger(path: &Path) -> Result<(Vec<Account>, Vec<Stored>), Error> {
     if !path.exists() {
         // Never create an empty ledger where one was expected.
-        return Err(StoreError::Io(std::io::Error::new(
+        return Err(Error::from(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("no ledger at {}", path.display()),
         )));
@@ -117,7 +118,7 @@ pub fn read_ledger(path: &Path) -> Result<(Vec<Account>, Vec<Stored>), StoreErro
     read(&conn)
 }
 
-fn read(conn: &Connection) -> Result<(Vec<Account>, Vec<Stored>), StoreError> {
+fn read(conn: &Connection) -> Result<(Vec<Account>, Vec<Stored>), Error> {
     let mut stmt = conn.prepare("SELECT id, kind, debits_must_not_exceed_credits, credits_must_not_exceed_debits FROM accounts")?;
     let accounts = stmt
         .query_map([], account_from_row)?
@@ -137,19 +138,18 @@ pub struct LedgerReader {
 }
 
 impl LedgerReader {
-    pub fn open(path: &Path) -> Result<LedgerReader, StoreError> {
+    pub fn open(path: &Path) -> Result<LedgerReader, Error> {
         Ok(LedgerReader {
             conn: std::sync::Mutex::new(open_ledger_db(path, Sync::Full)?),
         })
     }
 
-    /// A wallet's transfers, newest first: at most `limit`, before `before_seq`.
-    pub fn wallet_statement(
+    fn statement(
         &self,
         wallet: AccountId,
         before_seq: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Stored>, StoreError> {
+    ) -> Result<Vec<Stored>, Error> {
         assert_eq!(
             mall_ledger::chart::kind_of(wallet),
             Some(AccountKind::Wallet),
@@ -179,8 +179,7 @@ impl LedgerReader {
         Ok(rows)
     }
 
-    /// Every transfer, in order (for rebuilding the payments index at start).
-    pub fn all_transfers(&self) -> Result<Vec<Stored>, StoreError> {
+    fn transfers(&self) -> Result<Vec<Stored>, Error> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         Ok(read(&conn)?.1)
     }
@@ -194,11 +193,7 @@ pub struct LedgerJournal {
 }
 
 impl LedgerJournal {
-    pub fn open(
-        path: &Path,
-        config: LedgerConfig,
-        sync: Sync,
-    ) -> Result<LedgerJournal, StoreError> {
+    pub fn open(path: &Path, config: LedgerConfig, sync: Sync) -> Result<LedgerJournal, Error> {
         Ok(LedgerJournal {
             path: path.into(),
             sync,
@@ -207,7 +202,7 @@ impl LedgerJournal {
         })
     }
 
-    fn write(&mut self, effects: &[Effect]) -> Result<(), StoreError> {
+    fn write(&mut self, effects: &[Effect]) -> Result<(), Error> {
         let tx = self.conn.transaction()?;
         {
             let mut account = tx.prepare_cached("INSERT INTO accounts (id, kind, debits_must_not_exceed_credits, credits_must_not_exceed_debits) VALUES (?1, ?2, ?3, ?4)")?;
@@ -249,7 +244,7 @@ impl LedgerJournal {
                     }
                     Effect::SetPendingState { id, state: s } => {
                         if state.execute(params![id.0 as i64, s.as_str()])? != 1 {
-                            return Err(StoreError::Corrupt(format!(
+                            return Err(crate::corrupt(format!(
                                 "pending transfer {} to update is missing",
                                 id.0
                             )));
@@ -278,120 +273,17 @@ impl Journal for LedgerJournal {
     }
 }
 
-/// `mall ledger verify`: recounts a ledger store and checks every rule.
-pub fn verify_ledger(path: &Path) -> Result<Vec<String>, StoreError> {
-    let (accounts, transfers) = read_ledger(path)?;
-    let mut violations = Vec::new();
-    let by_id: std::collections::HashMap<TransferId, &Stored> =
-        transfers.iter().map(|s| (s.transfer.id, s)).collect();
-    let mut resolutions: std::collections::HashMap<TransferId, Vec<&Stored>> =
-        std::collections::HashMap::new();
-    for s in &transfers {
-        if let Mode::Post { pending } | Mode::Void { pending } = s.transfer.mode {
-            resolutions.entry(pending).or_default().push(s);
-            match by_id.get(&pending) {
-                None => violations.push(format!(
-                    "transfer {} resolves missing pending transfer {}",
-                    s.transfer.id.0, pending.0
-                )),
-                Some(p) => {
-                    if p.transfer.debit != s.transfer.debit
-                        || p.transfer.credit != s.transfer.credit
-                    {
-                        violations.push(format!(
-                            "transfer {} resolves {} with other accounts",
-                            s.transfer.id.0, pending.0
-                        ));
-                    }
-                    if s.transfer.amount > p.transfer.amount {
-                        violations.push(format!(
-                            "transfer {} posts more than pending {}",
-                            s.transfer.id.0, pending.0
-                        ));
-                    }
-                }
-            }
-        }
+impl LedgerRead for LedgerReader {
+    fn wallet_statement(
+        &self,
+        wallet: AccountId,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        Ok(self.statement(wallet, before_seq, limit)?)
     }
-    for s in &transfers {
-        let t = &s.transfer;
-        let is_pending = matches!(t.mode, Mode::Pending { .. });
-        if is_pending != s.state.is_some() {
-            violations.push(format!(
-                "transfer {}: state {:?} does not fit its mode",
-                t.id.0, s.state
-            ));
-        }
-        if t.debit == t.credit {
-            violations.push(format!(
-                "transfer {}: debit and credit are the same account",
-                t.id.0
-            ));
-        }
-        match t.mode {
-            Mode::Void { .. } if t.amount != 0 => {
-                violations.push(format!("void {} carries an amount", t.id.0))
-            }
-            Mode::Single | Mode::Pending { .. } | Mode::Post { .. } if t.amount == 0 => {
-                violations.push(format!("transfer {} moves nothing", t.id.0))
-            }
-            _ => {}
-        }
-        let resolved_by = resolutions
-            .get(&t.id)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let expected = match s.state {
-            Some(PendingState::Posted) => Some("post"),
-            Some(PendingState::Voided) => Some("void"),
-            _ => None,
-        };
-        let kinds: Vec<&str> = resolved_by
-            .iter()
-            .map(|r| {
-                if matches!(r.transfer.mode, Mode::Post { .. }) {
-                    "post"
-                } else {
-                    "void"
-                }
-            })
-            .collect();
-        if kinds != expected.into_iter().collect::<Vec<_>>() {
-            violations.push(format!(
-                "pending transfer {} is {:?} but resolved by {kinds:?}",
-                t.id.0, s.state
-            ));
-        }
-        for r in resolved_by {
-            if r.seq < s.seq {
-                violations.push(format!(
-                    "transfer {} resolves {} before it existed",
-                    r.transfer.id.0, t.id.0
-                ));
-            }
-        }
+
+    fn all_transfers(&self) -> Result<Vec<Stored>, StoreError> {
+        Ok(self.transfers()?)
     }
-    let known: std::collections::HashSet<AccountId> = accounts.iter().map(|a| a.id).collect();
-    for s in &transfers {
-        for side in [s.transfer.debit, s.transfer.credit] {
-            if !known.contains(&side) {
-                violations.push(format!(
-                    "transfer {} names missing account {}",
-                    s.transfer.id.0, side.0
-                ));
-            }
-        }
-    }
-    if !violations.is_empty() {
-        return Ok(violations); // balances cannot be recounted
-    }
-    let ledger = Ledger::restore(LedgerConfig::default(), accounts, transfers);
-    if let Err(e) = ledger.audit() {
-        violations.push(e.0);
-    }
-    let t = ledger.totals();
-    if t.debits_posted != t.credits_posted || t.debits_pending != t.credits_pending {
-        violations.push(format!("unbalanced totals: {t:?}"));
-    }
-    Ok(violations)
 }

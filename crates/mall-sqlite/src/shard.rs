@@ -4,11 +4,12 @@
 //! load, so conservation after a restart holds by construction and is then
 //! asserted by the engine.
 
-use crate::{open_connection, StoreError, Sync};
+use crate::{migrate, open_connection, Error, Sync};
 use mall_core::{
     Category, Fen, Item, MerchantId, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Sku,
     Timestamp, UserId,
 };
+use mall_engine::{OrderReader, ShardContents, StoreError};
 use mall_inventory::{Board, Effect, Inventory, InventoryConfig, Snapshot};
 use mall_shard::{Journal, JournalError};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -51,13 +52,13 @@ CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, created_at_ms);
 pub(crate) const ORDER_COLUMNS: &str = "id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, created_at_ms, expires_at_ms, updated_at_ms, per_user_limit";
 pub(crate) const ITEM_COLUMNS: &str = "sku, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours";
 
-pub(crate) fn open_shard_db(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
+pub(crate) fn open_shard_db(path: &Path, sync: Sync) -> Result<Connection, Error> {
     let conn = open_connection(path, sync)?;
     // A page cache big enough that a batch's dirty pages never spill
     // mid-transaction, and fewer, larger checkpoints.
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
-    conn.execute_batch(SCHEMA)?;
+    migrate(&conn, path, &[SCHEMA])?;
     Ok(conn)
 }
 
@@ -136,7 +137,7 @@ impl ShardJournal {
         config: InventoryConfig,
         board: Arc<Board>,
         sync: Sync,
-    ) -> Result<ShardJournal, StoreError> {
+    ) -> Result<ShardJournal, Error> {
         let conn = open_shard_db(path, sync)?;
         Ok(ShardJournal {
             shard,
@@ -148,7 +149,7 @@ impl ShardJournal {
         })
     }
 
-    fn write(&mut self, effects: &[Effect]) -> Result<(), StoreError> {
+    fn write(&mut self, effects: &[Effect]) -> Result<(), Error> {
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(&format!(
@@ -189,9 +190,7 @@ impl ShardJournal {
                         let n =
                             update.execute(params![id.0 as i64, status.as_str(), updated_at.0])?;
                         if n != 1 {
-                            return Err(StoreError::Corrupt(format!(
-                                "order {id} to update is missing"
-                            )));
+                            return Err(crate::corrupt(format!("order {id} to update is missing")));
                         }
                     }
                     Effect::PutItem(i) => {
@@ -216,7 +215,7 @@ impl ShardJournal {
     }
 
     /// Reads the durable state the shard is rebuilt from.
-    pub fn snapshot(&self, now: Timestamp) -> Result<Snapshot, StoreError> {
+    pub fn snapshot(&self, now: Timestamp) -> Result<Snapshot, Error> {
         let items = load_items(&self.conn)?;
         let horizon = now.0.saturating_sub(self.config.idempotency_retention_ms);
         let mut stmt = self.conn.prepare(&format!(
@@ -267,7 +266,7 @@ pub struct ShardReader {
 }
 
 impl ShardReader {
-    pub fn open(path: &Path) -> Result<ShardReader, StoreError> {
+    pub fn open(path: &Path) -> Result<ShardReader, Error> {
         Ok(ShardReader {
             conn: Mutex::new(open_shard_db(path, Sync::Full)?),
         })
@@ -277,7 +276,7 @@ impl ShardReader {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+    fn find(&self, id: OrderId) -> Result<Option<Order>, Error> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?;
@@ -285,12 +284,12 @@ impl ShardReader {
     }
 
     /// A user's orders created before `before` (`(created_at, id)`), newest first.
-    pub fn orders_of_user(
+    fn of_user(
         &self,
         user: UserId,
         before: Option<(Timestamp, OrderId)>,
         limit: usize,
-    ) -> Result<Vec<Order>, StoreError> {
+    ) -> Result<Vec<Order>, Error> {
         let (at, id) = before.map_or((i64::MAX, i64::MAX), |(t, o)| (t.0, o.0 as i64));
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
@@ -300,4 +299,30 @@ impl ShardReader {
         let rows = stmt.query_map(params![user.0 as i64, at, id, limit as i64], order_from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+}
+
+impl OrderReader for ShardReader {
+    fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        Ok(self.find(id)?)
+    }
+
+    fn orders_of_user(
+        &self,
+        user: UserId,
+        before: Option<(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        Ok(self.of_user(user, before, limit)?)
+    }
+}
+
+/// Everything a shard file stores (the offline audit).
+pub(crate) fn contents(path: &Path) -> Result<ShardContents, Error> {
+    let conn = open_shard_db(path, Sync::Full)?;
+    let items = load_items(&conn)?;
+    let mut stmt = conn.prepare(&format!("SELECT {ORDER_COLUMNS} FROM orders"))?;
+    let orders = stmt
+        .query_map([], |row| Ok(order_from_row(row).map_err(|e| e.to_string())))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ShardContents { items, orders })
 }

@@ -1,0 +1,183 @@
+//! What a storage backend provides. The engine, the HTTP layer and the
+//! payment service see only these traits; `mall-sqlite` and `mall-postgres`
+//! implement them.
+
+use crate::StoreError;
+use mall_core::{Item, MerchantId, Order, OrderId, Role, Sku, Timestamp, UserId};
+use mall_inventory::{Board, Inventory, InventoryConfig};
+use mall_ledger::{Account, AccountId, Ledger, LedgerConfig, Stored};
+use mall_shard::Journal;
+use std::sync::Arc;
+
+/// The journal of one inventory shard, whatever stores it.
+pub type ShardJournalBox = Box<dyn Journal<Machine = Inventory>>;
+/// The ledger's journal, whatever stores it.
+pub type LedgerJournalBox = Box<dyn Journal<Machine = Ledger>>;
+
+/// A storage backend: where the shards' journals, the ledger and the
+/// accounts live.
+pub trait Store: Send + Sync + 'static {
+    /// Where it is, for logs and reports (no password).
+    fn describe(&self) -> String;
+
+    /// The number of inventory shards, fixed when the store was made.
+    fn shard_count(&self) -> usize;
+
+    /// The shard that owns a SKU.
+    fn shard_of(&self, sku: Sku) -> usize {
+        (sku.0 % self.shard_count() as u64) as usize
+    }
+
+    /// Opens shard `shard`'s journal. A backend that fences (PostgreSQL)
+    /// takes the shard over here: any earlier opener's next commit fails.
+    fn shard_journal(
+        &self,
+        shard: usize,
+        config: InventoryConfig,
+        board: Arc<Board>,
+    ) -> Result<ShardJournalBox, StoreError>;
+
+    /// Read access to shard `shard`'s orders for the API.
+    fn order_reader(&self, shard: usize) -> Result<Arc<dyn OrderReader>, StoreError>;
+
+    /// Opens the ledger's journal (fenced like a shard where the backend fences).
+    fn ledger_journal(&self, config: LedgerConfig) -> Result<LedgerJournalBox, StoreError>;
+
+    /// Read access to the ledger's transfers.
+    fn ledger_reader(&self) -> Result<Arc<dyn LedgerRead>, StoreError>;
+
+    /// Users, sessions, merchants and stored responses.
+    fn accounts(&self) -> Result<Arc<dyn AccountStore>, StoreError>;
+
+    /// Everything a shard stores, for the offline audit: its items, and its
+    /// orders (an unreadable row as its error text).
+    fn shard_contents(&self, shard: usize) -> Result<ShardContents, StoreError>;
+
+    /// Everything the ledger stores (`mall ledger verify`). An error, not an
+    /// empty ledger, where there is none.
+    fn read_ledger(&self) -> Result<(Vec<Account>, Vec<Stored>), StoreError>;
+}
+
+/// A shard's durable contents, read whole.
+#[derive(Debug, Default)]
+pub struct ShardContents {
+    pub items: Vec<Item>,
+    pub orders: Vec<Result<Order, String>>,
+}
+
+/// A shard's orders as the API reads them. A committed order is visible
+/// here before its reply leaves.
+pub trait OrderReader: Send + Sync {
+    fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
+
+    /// A user's orders created before `before` (`(created_at, id)`), newest first.
+    fn orders_of_user(
+        &self,
+        user: UserId,
+        before: Option<(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError>;
+}
+
+/// The ledger's transfers as the API and the payment service read them.
+pub trait LedgerRead: Send + Sync {
+    /// A wallet's transfers, newest first: at most `limit`, before `before_seq`.
+    fn wallet_statement(
+        &self,
+        wallet: AccountId,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError>;
+
+    /// Every transfer, in order (for rebuilding the payments index at start).
+    fn all_transfers(&self) -> Result<Vec<Stored>, StoreError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: UserId,
+    pub username: String,
+    pub role: Role,
+    pub merchant: Option<MerchantId>,
+    /// PHC string; `None` for accounts that log in by issued token only.
+    pub password_hash: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    pub token_hash: [u8; 32],
+    pub user: UserId,
+    pub role: Role,
+    pub merchant: Option<MerchantId>,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MerchantRow {
+    pub id: MerchantId,
+    pub name: String,
+}
+
+/// The first response to an idempotent request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub fingerprint: u64,
+    pub status: u16,
+    pub body: String,
+}
+
+/// A new account for [`AccountStore::create_users`].
+pub struct NewUser {
+    pub username: String,
+    pub role: Role,
+    pub merchant: Option<MerchantId>,
+    pub password_hash: Option<String>,
+    /// A session to open with it: `(token hash, expiry)`.
+    pub session: Option<([u8; 32], Timestamp)>,
+}
+
+/// Accounts, merchants, sessions and the stored responses of idempotent
+/// non-order requests. Not on the snap-up hot path: the HTTP layer caches
+/// sessions in memory. Every call is blocking (run it off the async workers).
+pub trait AccountStore: Send + Sync {
+    fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;
+    fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// `MerchantNameTaken` when the name is in use.
+    fn create_merchant(&self, name: &str, now: Timestamp) -> Result<MerchantId, StoreError>;
+    fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError>;
+    /// Creates accounts (and their sessions) in one transaction: all or
+    /// none; `UsernameTaken` when a name is in use.
+    fn create_users(&self, users: &[NewUser], now: Timestamp) -> Result<Vec<UserId>, StoreError>;
+    fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError>;
+    fn user_by_id(&self, user: UserId) -> Result<Option<UserRow>, StoreError>;
+    fn set_password_hash(&self, user: UserId, hash: &str) -> Result<(), StoreError>;
+    fn insert_session(
+        &self,
+        token_hash: &[u8; 32],
+        user: UserId,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Ends one session (log out, or a rotated bootstrap token).
+    fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Ends every session of `user` (an admin's revocation); how many.
+    fn delete_sessions_of(&self, user: UserId) -> Result<usize, StoreError>;
+    /// Sessions still valid at `now`, with their user's role. Expired ones are deleted.
+    fn live_sessions(&self, now: Timestamp) -> Result<Vec<SessionRow>, StoreError>;
+    fn stored_response(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError>;
+    /// Stores a response. A final answer replaces a stored 202 (an outcome
+    /// that was still open) of the same request; a final answer is never replaced.
+    fn store_response(
+        &self,
+        user: UserId,
+        key: &str,
+        response: &StoredResponse,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Forgets stored responses older than `horizon`.
+    fn prune_responses(&self, horizon: Timestamp) -> Result<usize, StoreError>;
+}

@@ -1,0 +1,289 @@
+//! Accounts, merchants, sessions and the stored responses of idempotent
+//! non-order requests, on the first server. Not on the snap-up hot path:
+//! sessions are cached in memory by the HTTP layer.
+
+use crate::pool::Pool;
+use crate::{corrupt, Error};
+use mall_core::{MerchantId, Role, Timestamp, UserId};
+use mall_engine::{
+    AccountStore, MerchantRow, NewUser, SessionRow, StoreError, StoredResponse, UserRow,
+};
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::Row;
+use std::sync::Arc;
+
+const META_GET: &str = "SELECT value FROM mall_meta WHERE key = $1";
+const META_SET: &str = "INSERT INTO mall_meta (key, value) VALUES ($1, $2)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+const CREATE_MERCHANT: &str =
+    "INSERT INTO merchants (name, created_at_ms) VALUES ($1, $2) RETURNING id";
+const MERCHANTS: &str = "SELECT id, name FROM merchants ORDER BY id";
+const CREATE_USER: &str =
+    "INSERT INTO users (username, role, merchant_id, password_hash, created_at_ms)
+    VALUES ($1, $2, $3, $4, $5) RETURNING id";
+const USER_BY_NAME: &str =
+    "SELECT id, username, role, merchant_id, password_hash FROM users WHERE username = $1";
+const USER_BY_ID: &str =
+    "SELECT id, username, role, merchant_id, password_hash FROM users WHERE id = $1";
+const SET_PASSWORD: &str = "UPDATE users SET password_hash = $2 WHERE id = $1";
+/// Like SQLite's `INSERT OR REPLACE`: a token seen again takes the new values.
+const INSERT_SESSION: &str =
+    "INSERT INTO sessions (token_hash, user_id, expires_at_ms, created_at_ms)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (token_hash) DO UPDATE SET user_id = excluded.user_id,
+        expires_at_ms = excluded.expires_at_ms, created_at_ms = excluded.created_at_ms";
+const DELETE_SESSION: &str = "DELETE FROM sessions WHERE token_hash = $1";
+const DELETE_SESSIONS_OF: &str = "DELETE FROM sessions WHERE user_id = $1";
+const DELETE_EXPIRED: &str = "DELETE FROM sessions WHERE expires_at_ms <= $1";
+const LIVE_SESSIONS: &str = "SELECT s.token_hash, s.user_id, u.role, u.merchant_id, s.expires_at_ms
+    FROM sessions s JOIN users u ON u.id = s.user_id";
+const STORED_RESPONSE: &str =
+    "SELECT fingerprint, status, body FROM idempotency WHERE user_id = $1 AND key = $2";
+/// A final answer replaces a stored 202 (an outcome that was still open) of
+/// the same request; a final answer is never replaced.
+const STORE_RESPONSE: &str =
+    "INSERT INTO idempotency (user_id, key, fingerprint, status, body, created_at_ms)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (user_id, key) DO UPDATE SET status = excluded.status, body = excluded.body
+    WHERE idempotency.status = 202 AND idempotency.fingerprint = excluded.fingerprint";
+const PRUNE_RESPONSES: &str = "DELETE FROM idempotency WHERE created_at_ms < $1";
+
+/// The accounts store on the first server's pool.
+pub struct PgAccounts {
+    pool: Arc<Pool>,
+}
+
+/// A unique violation of `constraint` (a clash of session tokens, say, is
+/// no taken name).
+fn violates(e: &Error, constraint: &str) -> bool {
+    matches!(e, Error::Pg(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+        && e.as_db_error().and_then(|d| d.constraint()) == Some(constraint))
+}
+
+fn user_from_row(row: &Row) -> Result<UserRow, Error> {
+    let role: &str = row.try_get(2)?;
+    Ok(UserRow {
+        id: UserId(row.try_get::<_, i64>(0)? as u64),
+        username: row.try_get(1)?,
+        role: Role::parse(role).ok_or_else(|| corrupt(format!("role {role}")))?,
+        merchant: row
+            .try_get::<_, Option<i64>>(3)?
+            .map(|m| MerchantId(m as u64)),
+        password_hash: row.try_get(4)?,
+    })
+}
+
+fn session_from_row(row: &Row) -> Result<SessionRow, Error> {
+    let hash: &[u8] = row.try_get(0)?;
+    let role: &str = row.try_get(2)?;
+    Ok(SessionRow {
+        token_hash: hash
+            .try_into()
+            .map_err(|_| corrupt(format!("token hash of {} bytes", hash.len())))?,
+        user: UserId(row.try_get::<_, i64>(1)? as u64),
+        role: Role::parse(role).ok_or_else(|| corrupt(format!("role {role}")))?,
+        merchant: row
+            .try_get::<_, Option<i64>>(3)?
+            .map(|m| MerchantId(m as u64)),
+        expires_at: Timestamp(row.try_get(4)?),
+    })
+}
+
+impl PgAccounts {
+    pub(crate) fn new(pool: Arc<Pool>) -> PgAccounts {
+        PgAccounts { pool }
+    }
+
+    fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        self.pool.with(|conn| {
+            let stmt = conn.prepare(sql)?;
+            Ok(conn.client.execute(&stmt, params)?)
+        })
+    }
+
+    fn query(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        self.pool.with(|conn| {
+            let stmt = conn.prepare(sql)?;
+            Ok(conn.client.query(&stmt, params)?)
+        })
+    }
+
+    fn user_where(
+        &self,
+        sql: &'static str,
+        param: &(dyn ToSql + Sync),
+    ) -> Result<Option<UserRow>, StoreError> {
+        Ok(self
+            .query(sql, &[param])?
+            .first()
+            .map(user_from_row)
+            .transpose()?)
+    }
+}
+
+impl AccountStore for PgAccounts {
+    fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let rows = self.query(META_GET, &[&key])?;
+        Ok(rows
+            .first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(Error::from)?)
+    }
+
+    fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.execute(META_SET, &[&key, &value])?;
+        Ok(())
+    }
+
+    fn create_merchant(&self, name: &str, now: Timestamp) -> Result<MerchantId, StoreError> {
+        match self.query(CREATE_MERCHANT, &[&name, &now.0]) {
+            Ok(rows) => {
+                let id: i64 = rows
+                    .first()
+                    .ok_or_else(|| corrupt("no id returned".into()))?
+                    .try_get(0)
+                    .map_err(Error::from)?;
+                Ok(MerchantId(id as u64))
+            }
+            Err(e) if violates(&e, "merchants_name_key") => Err(StoreError::MerchantNameTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError> {
+        let rows = self.query(MERCHANTS, &[])?;
+        let merchant = |r: &Row| -> Result<MerchantRow, Error> {
+            Ok(MerchantRow {
+                id: MerchantId(r.try_get::<_, i64>(0)? as u64),
+                name: r.try_get(1)?,
+            })
+        };
+        Ok(rows.iter().map(merchant).collect::<Result<_, _>>()?)
+    }
+
+    /// Creates accounts (and their sessions) in one transaction: all or none.
+    fn create_users(&self, users: &[NewUser], now: Timestamp) -> Result<Vec<UserId>, StoreError> {
+        let created = self.pool.with(|conn| {
+            let insert = conn.prepare(CREATE_USER)?;
+            let session = conn.prepare(INSERT_SESSION)?;
+            let mut tx = conn.client.transaction()?;
+            let mut ids = Vec::with_capacity(users.len());
+            for u in users {
+                let row = tx.query_one(
+                    &insert,
+                    &[
+                        &u.username,
+                        &u.role.as_str(),
+                        &u.merchant.map(|m| m.0 as i64),
+                        &u.password_hash,
+                        &now.0,
+                    ],
+                )?;
+                let id: i64 = row.try_get(0)?;
+                if let Some((hash, expires)) = &u.session {
+                    tx.execute(&session, &[&&hash[..], &id, &expires.0, &now.0])?;
+                }
+                ids.push(UserId(id as u64));
+            }
+            tx.commit()?;
+            Ok(ids)
+        });
+        match created {
+            Err(e) if violates(&e, "users_username_key") => Err(StoreError::UsernameTaken),
+            other => Ok(other?),
+        }
+    }
+
+    fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
+        self.user_where(USER_BY_NAME, &username)
+    }
+
+    fn user_by_id(&self, user: UserId) -> Result<Option<UserRow>, StoreError> {
+        self.user_where(USER_BY_ID, &(user.0 as i64))
+    }
+
+    fn set_password_hash(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
+        self.execute(SET_PASSWORD, &[&(user.0 as i64), &hash])?;
+        Ok(())
+    }
+
+    fn insert_session(
+        &self,
+        token_hash: &[u8; 32],
+        user: UserId,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            INSERT_SESSION,
+            &[&&token_hash[..], &(user.0 as i64), &expires_at.0, &now.0],
+        )?;
+        Ok(())
+    }
+
+    fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.execute(DELETE_SESSION, &[&&token_hash[..]])? > 0)
+    }
+
+    fn delete_sessions_of(&self, user: UserId) -> Result<usize, StoreError> {
+        Ok(self.execute(DELETE_SESSIONS_OF, &[&(user.0 as i64)])? as usize)
+    }
+
+    fn live_sessions(&self, now: Timestamp) -> Result<Vec<SessionRow>, StoreError> {
+        let rows = self.pool.with(|conn| {
+            let delete = conn.prepare(DELETE_EXPIRED)?;
+            let live = conn.prepare(LIVE_SESSIONS)?;
+            conn.client.execute(&delete, &[&now.0])?;
+            Ok(conn.client.query(&live, &[])?)
+        })?;
+        Ok(rows
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn stored_response(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        let rows = self.query(STORED_RESPONSE, &[&(user.0 as i64), &key])?;
+        let response = |r: &Row| -> Result<StoredResponse, Error> {
+            let status: i64 = r.try_get(1)?;
+            Ok(StoredResponse {
+                fingerprint: r.try_get::<_, i64>(0)? as u64,
+                status: u16::try_from(status)
+                    .map_err(|_| corrupt(format!("stored status {status}")))?,
+                body: r.try_get(2)?,
+            })
+        };
+        Ok(rows.first().map(response).transpose()?)
+    }
+
+    fn store_response(
+        &self,
+        user: UserId,
+        key: &str,
+        response: &StoredResponse,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            STORE_RESPONSE,
+            &[
+                &(user.0 as i64),
+                &key,
+                &(response.fingerprint as i64),
+                &i64::from(response.status),
+                &response.body,
+                &now.0,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn prune_responses(&self, horizon: Timestamp) -> Result<usize, StoreError> {
+        Ok(self.execute(PRUNE_RESPONSES, &[&horizon.0])? as usize)
+    }
+}

@@ -1,0 +1,249 @@
+//! A throwaway PostgreSQL cluster for tests and benchmarks: `initdb` in a
+//! temp directory, started on a free loopback port (as the `postgres` user
+//! when running as root, which PostgreSQL refuses to run as), stopped and
+//! removed on drop. Installed with apt when missing.
+//!
+//! Tests share one per test binary and take a database each
+//! ([`PostgresServer::create_database`]): a cluster costs about a second to
+//! make, a database a few milliseconds.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why the throwaway server could not be made or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("postgres: {0}")]
+    Postgres(String),
+}
+
+impl From<postgres::Error> for ServerError {
+    fn from(e: postgres::Error) -> ServerError {
+        // The server's own message says what went wrong; the Display alone is "db error".
+        match e.as_db_error() {
+            Some(db) => ServerError::Postgres(format!("{}: {}", db.code().code(), db.message())),
+            None => ServerError::Postgres(e.to_string()),
+        }
+    }
+}
+
+fn free_port() -> Result<u16, ServerError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn temp_dir(name: &str) -> Result<PathBuf, ServerError> {
+    let dir = std::env::temp_dir().join(format!(
+        "mall-{name}-{}-{}",
+        std::process::id(),
+        free_port()?
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn is_root() -> bool {
+    // Effective uid from /proc; root needs to run PostgreSQL as another user.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Installs PostgreSQL with apt unless it is there; refreshes the package
+/// lists once if the first try fails.
+fn ensure_installed() -> Result<(), ServerError> {
+    if postgres_bin().is_some() {
+        return Ok(());
+    }
+    eprintln!("installing postgresql with apt-get...");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install = || apt(&["install", "-y", "-q", "postgresql"]) && postgres_bin().is_some();
+    if install() || (apt(&["update", "-q"]) && install()) {
+        Ok(())
+    } else {
+        Err(ServerError::Setup(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb) and apt-get could not install it"
+                .into(),
+        ))
+    }
+}
+
+fn wait_for_port(port: u16) -> Result<(), ServerError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(ServerError::Setup(format!(
+        "postgres did not start on port {port}"
+    )))
+}
+
+/// The newest installed PostgreSQL's `bin` directory.
+pub fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .collect();
+    versions.sort();
+    versions
+        .into_iter()
+        .rev()
+        .find(|b| b.join("initdb").exists())
+}
+
+/// A PostgreSQL cluster of our own, with durable commits (`fsync=on`,
+/// `synchronous_commit=on`, the defaults). Its superuser is `mall`, trusted
+/// on loopback without a password.
+pub struct PostgresServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl PostgresServer {
+    pub fn start() -> Result<PostgresServer, ServerError> {
+        ensure_installed()?;
+        let bin = postgres_bin()
+            .ok_or_else(|| ServerError::Setup("PostgreSQL is not installed".into()))?;
+        let port = free_port()?;
+        let dir = temp_dir("postgres")?;
+        let as_postgres = is_root();
+        // The guard first: whatever fails below, the directory goes.
+        let server = PostgresServer {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&server.dir)
+                .status()?;
+            if !status.success() {
+                return Err(ServerError::Setup(
+                    "chown of the PostgreSQL directory failed".into(),
+                ));
+            }
+        }
+        server.run(&[
+            "initdb",
+            "-D",
+            &server.data().to_string_lossy(),
+            "-A",
+            "trust",
+            "-U",
+            "mall",
+            "--no-sync",
+        ])?;
+        server.start_again()?;
+        Ok(server)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn run(&self, args: &[&str]) -> Result<(), ServerError> {
+        let program = self.bin.join(args[0]);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = cmd.args(&args[1..]).current_dir(&self.dir).output()?;
+        if !out.status.success() {
+            return Err(ServerError::Setup(format!(
+                "{}: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stops the server the way a crash would (`pg_ctl stop -m immediate`:
+    /// no shutdown checkpoint, connections cut); the next start recovers
+    /// from the WAL.
+    pub fn stop_immediate(&self) -> Result<(), ServerError> {
+        self.run(&[
+            "pg_ctl",
+            "-D",
+            &self.data().to_string_lossy(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ])
+    }
+
+    /// Starts the server (again, after [`stop_immediate`](Self::stop_immediate)):
+    /// same port, same data.
+    pub fn start_again(&self) -> Result<(), ServerError> {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on -c synchronous_commit=on",
+            self.port,
+            self.dir.display()
+        );
+        self.run(&[
+            "pg_ctl",
+            "-D",
+            &self.data().to_string_lossy(),
+            "-o",
+            &opts,
+            "-l",
+            &self.dir.join("log").to_string_lossy(),
+            "-w",
+            "start",
+        ])?;
+        wait_for_port(self.port)
+    }
+
+    /// The connection string of the `postgres` database.
+    pub fn url(&self) -> String {
+        self.url_of("postgres")
+    }
+
+    /// The connection string of database `db` on this server.
+    pub fn url_of(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=mall dbname={db}", self.port)
+    }
+
+    /// Makes an empty database `name` (dropping one of that name first) and
+    /// returns its connection string: one server, isolated tests.
+    pub fn create_database(&self, name: &str) -> Result<String, ServerError> {
+        crate::scratch::check_name(name).map_err(ServerError::Setup)?;
+        crate::scratch::recreate(&self.url(), name)?;
+        Ok(self.url_of(name))
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let _ = self.stop_immediate();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,459 @@
+//! One inventory shard's journal and reader. Orders are the record: the
+//! shard's counters are recounted from them at load, as with SQLite.
+
+use crate::pool::{Conn, Pool};
+use crate::{corrupt, Error, Fence};
+use mall_core::{
+    Category, Fen, Item, MerchantId, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Sku,
+    Timestamp, UserId,
+};
+use mall_engine::{OrderReader, ShardContents, StoreError};
+use mall_inventory::{Board, Effect, Inventory, InventoryConfig, Snapshot};
+use mall_shard::{Journal, JournalError};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::Row;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+macro_rules! order_columns {
+    () => {
+        "id, shard, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, per_user_limit, created_at_ms, expires_at_ms, updated_at_ms"
+    };
+}
+macro_rules! item_columns {
+    () => {
+        "sku, shard, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours"
+    };
+}
+
+const INSERT_ORDERS: &str = concat!(
+    "INSERT INTO orders (",
+    order_columns!(),
+    ") SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[])"
+);
+const UPDATE_ORDERS: &str =
+    "UPDATE orders o SET status = u.status, expires_at_ms = NULL, updated_at_ms = u.updated_at_ms
+    FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS u(id, status, updated_at_ms)
+    WHERE o.shard = $1 AND o.id = u.id";
+const PUT_ITEMS: &str = concat!(
+    "INSERT INTO items (",
+    item_columns!(),
+    ") SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+    ON CONFLICT (sku) DO UPDATE SET shard = excluded.shard, merchant_id = excluded.merchant_id,
+        title = excluded.title, category = excluded.category, price_fen = excluded.price_fen,
+        stock_total = excluded.stock_total, per_user_limit = excluded.per_user_limit,
+        opens_at_ms = excluded.opens_at_ms, closes_at_ms = excluded.closes_at_ms,
+        shelf_life_hours = excluded.shelf_life_hours"
+);
+const ITEMS_OF_SHARD: &str = concat!(
+    "SELECT ",
+    item_columns!(),
+    " FROM items WHERE shard = $1 ORDER BY sku"
+);
+/// What a load needs: the active orders, and those whose idempotency key
+/// is still remembered (SQLite's snapshot query, for one shard).
+const SNAPSHOT_ORDERS: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE shard = $1 AND (status IN ('awaiting_payment', 'paid', 'confirmed', 'delivered')
+        OR (idempotency_key IS NOT NULL AND created_at_ms >= $2))"
+);
+const MAX_ID: &str = "SELECT MAX(id) FROM orders WHERE shard = $1";
+const ALL_ORDERS: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE shard = $1");
+const ORDER_BY_ID: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE shard = $1 AND id = $2"
+);
+const ORDERS_OF_USER: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE user_id = $1 AND shard = $2 AND (created_at_ms, id) < ($3, $4)
+      ORDER BY created_at_ms DESC, id DESC LIMIT $5"
+);
+
+fn get<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, String> {
+    row.try_get(i).map_err(|e| format!("column {i}: {e}"))
+}
+
+fn u32_of(v: i64, what: &str) -> Result<u32, String> {
+    u32::try_from(v).map_err(|_| format!("{what} {v}"))
+}
+
+fn order_from_row(row: &Row) -> Result<Order, String> {
+    let id = OrderId(get::<i64>(row, 0)? as u64);
+    let bad = |e: String| format!("order {id}: {e}");
+    (|| {
+        let quantity = u32_of(get(row, 4)?, "quantity")?;
+        let payment: &str = get(row, 7)?;
+        let status: &str = get(row, 8)?;
+        Ok(Order {
+            id,
+            sku: Sku(get::<i64>(row, 2)? as u64),
+            user: UserId(get::<i64>(row, 3)? as u64),
+            quantity: Quantity::new(quantity).ok_or_else(|| format!("quantity {quantity}"))?,
+            unit_price_fen: Fen(get(row, 5)?),
+            amount_fen: Fen(get(row, 6)?),
+            payment: PaymentMethod::parse(payment).ok_or_else(|| format!("payment {payment}"))?,
+            status: OrderStatus::parse(status).ok_or_else(|| format!("status {status}"))?,
+            address: get::<&str>(row, 9)?.into(),
+            idempotency_key: get::<Option<&str>>(row, 10)?.map(Into::into),
+            request_fingerprint: get::<i64>(row, 11)? as u64,
+            per_user_limit: u32_of(get(row, 12)?, "per_user_limit")?,
+            created_at: Timestamp(get(row, 13)?),
+            expires_at: get::<Option<i64>>(row, 14)?.map(Timestamp),
+            updated_at: Timestamp(get(row, 15)?),
+        })
+    })()
+    .map_err(bad)
+}
+
+fn item_from_row(row: &Row) -> Result<Item, String> {
+    let sku = Sku(get::<i64>(row, 0)? as u64);
+    (|| {
+        let category: &str = get(row, 4)?;
+        Ok(Item {
+            sku,
+            merchant: MerchantId(get::<i64>(row, 2)? as u64),
+            title: get(row, 3)?,
+            category: Category::parse(category).ok_or_else(|| format!("category {category}"))?,
+            price_fen: Fen(get(row, 5)?),
+            stock_total: u32_of(get(row, 6)?, "stock_total")?,
+            per_user_limit: u32_of(get(row, 7)?, "per_user_limit")?,
+            opens_at: Timestamp(get(row, 8)?),
+            closes_at: Timestamp(get(row, 9)?),
+            shelf_life_hours: get::<Option<i64>>(row, 10)?
+                .map(|h| u32_of(h, "shelf_life_hours"))
+                .transpose()?,
+        })
+    })()
+    .map_err(|e: String| format!("item {sku}: {e}"))
+}
+
+/// A batch's effects as column arrays, one bulk statement each.
+#[derive(Default)]
+struct Batch<'a> {
+    /// Last write of each SKU (one upsert may not touch a row twice).
+    items: Vec<&'a Item>,
+    orders: Vec<&'a Order>,
+    /// Last update of each order: `(id, status, updated_at)`.
+    updates: Vec<(OrderId, OrderStatus, Timestamp)>,
+}
+
+impl<'a> Batch<'a> {
+    fn of(effects: &'a [Effect]) -> Batch<'a> {
+        let mut batch = Batch::default();
+        let mut item_at: HashMap<Sku, usize> = HashMap::new();
+        let mut update_at: HashMap<OrderId, usize> = HashMap::new();
+        for effect in effects {
+            match effect {
+                Effect::PutItem(item) => match item_at.get(&item.sku) {
+                    Some(&i) => batch.items[i] = item,
+                    None => {
+                        item_at.insert(item.sku, batch.items.len());
+                        batch.items.push(item);
+                    }
+                },
+                Effect::InsertOrder(order) => batch.orders.push(order),
+                Effect::UpdateOrder {
+                    id,
+                    status,
+                    updated_at,
+                } => {
+                    let update = (*id, *status, *updated_at);
+                    match update_at.get(id) {
+                        Some(&i) => batch.updates[i] = update,
+                        None => {
+                            update_at.insert(*id, batch.updates.len());
+                            batch.updates.push(update);
+                        }
+                    }
+                }
+            }
+        }
+        batch
+    }
+}
+
+/// The journal of one inventory shard on its server.
+///
+/// Opening it takes the shard over (see the crate docs on fencing). A
+/// reload after a failed commit checks the epoch rather than bumping it
+/// again: the journal is still the owner, and a bump whose commit was lost
+/// would leave it unsure of its own epoch and fence it by mistake.
+pub struct PgShardJournal {
+    pool: Arc<Pool>,
+    shard: usize,
+    config: InventoryConfig,
+    board: Arc<Board>,
+    fence: Fence,
+}
+
+impl PgShardJournal {
+    pub(crate) fn open(
+        pool: Arc<Pool>,
+        shard: usize,
+        config: InventoryConfig,
+        board: Arc<Board>,
+    ) -> Result<PgShardJournal, Error> {
+        let fence = Fence::take_over(&pool, shard as i32, format!("shard {shard}"))?;
+        Ok(PgShardJournal {
+            pool,
+            shard,
+            config,
+            board,
+            fence,
+        })
+    }
+
+    fn write(&mut self, effects: &[Effect]) -> Result<(), Error> {
+        self.fence.check()?;
+        if effects.is_empty() {
+            return Ok(());
+        }
+        let batch = Batch::of(effects);
+        let shard = self.shard as i32;
+        let fence = &self.fence;
+        let result = self.pool.with(|conn| {
+            let hold = Fence::prepare(conn)?;
+            let statements = Statements::prepare(conn, &batch)?;
+            let mut tx = conn.client.transaction()?;
+            fence.hold(&mut tx, &hold)?;
+            if let Some(stmt) = &statements.put_items {
+                let i = &batch.items;
+                tx.execute(
+                    stmt,
+                    &[
+                        &i.iter().map(|i| i.sku.0 as i64).collect::<Vec<_>>(),
+                        &vec![shard; i.len()],
+                        &i.iter().map(|i| i.merchant.0 as i64).collect::<Vec<_>>(),
+                        &i.iter().map(|i| i.title.as_str()).collect::<Vec<_>>(),
+                        &i.iter().map(|i| i.category.as_str()).collect::<Vec<_>>(),
+                        &i.iter().map(|i| i.price_fen.0).collect::<Vec<_>>(),
+                        &i.iter()
+                            .map(|i| i64::from(i.stock_total))
+                            .collect::<Vec<_>>(),
+                        &i.iter()
+                            .map(|i| i64::from(i.per_user_limit))
+                            .collect::<Vec<_>>(),
+                        &i.iter().map(|i| i.opens_at.0).collect::<Vec<_>>(),
+                        &i.iter().map(|i| i.closes_at.0).collect::<Vec<_>>(),
+                        &i.iter()
+                            .map(|i| i.shelf_life_hours.map(i64::from))
+                            .collect::<Vec<_>>(),
+                    ],
+                )?;
+            }
+            if let Some(stmt) = &statements.insert_orders {
+                let o = &batch.orders;
+                tx.execute(
+                    stmt,
+                    &[
+                        &o.iter().map(|o| o.id.0 as i64).collect::<Vec<_>>(),
+                        &o.iter().map(|o| o.id.shard() as i32).collect::<Vec<_>>(),
+                        &o.iter().map(|o| o.sku.0 as i64).collect::<Vec<_>>(),
+                        &o.iter().map(|o| o.user.0 as i64).collect::<Vec<_>>(),
+                        &o.iter()
+                            .map(|o| i64::from(o.quantity.get()))
+                            .collect::<Vec<_>>(),
+                        &o.iter().map(|o| o.unit_price_fen.0).collect::<Vec<_>>(),
+                        &o.iter().map(|o| o.amount_fen.0).collect::<Vec<_>>(),
+                        &o.iter().map(|o| o.payment.as_str()).collect::<Vec<_>>(),
+                        &o.iter().map(|o| o.status.as_str()).collect::<Vec<_>>(),
+                        &o.iter().map(|o| &*o.address).collect::<Vec<_>>(),
+                        &o.iter()
+                            .map(|o| o.idempotency_key.as_deref())
+                            .collect::<Vec<_>>(),
+                        &o.iter()
+                            .map(|o| o.request_fingerprint as i64)
+                            .collect::<Vec<_>>(),
+                        &o.iter()
+                            .map(|o| i64::from(o.per_user_limit))
+                            .collect::<Vec<_>>(),
+                        &o.iter().map(|o| o.created_at.0).collect::<Vec<_>>(),
+                        &o.iter()
+                            .map(|o| o.expires_at.map(|t| t.0))
+                            .collect::<Vec<_>>(),
+                        &o.iter().map(|o| o.updated_at.0).collect::<Vec<_>>(),
+                    ],
+                )?;
+            }
+            if let Some(stmt) = &statements.update_orders {
+                let u = &batch.updates;
+                let n = tx.execute(
+                    stmt,
+                    &[
+                        &shard,
+                        &u.iter().map(|u| u.0 .0 as i64).collect::<Vec<_>>(),
+                        &u.iter().map(|u| u.1.as_str()).collect::<Vec<_>>(),
+                        &u.iter().map(|u| u.2 .0).collect::<Vec<_>>(),
+                    ],
+                )?;
+                if n != u.len() as u64 {
+                    return Err(corrupt(format!(
+                        "shard {shard}: {} orders to update, {n} found",
+                        u.len()
+                    )));
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        });
+        self.fence.observe(result)
+    }
+
+    /// Reads the durable state the shard is rebuilt from, in a transaction
+    /// of its own that first checks the shard is still ours.
+    fn snapshot(&mut self, now: Timestamp) -> Result<Snapshot, Error> {
+        self.fence.check()?;
+        let shard = self.shard as i32;
+        let horizon = now.0.saturating_sub(self.config.idempotency_retention_ms);
+        let fence = &self.fence;
+        let result = self.pool.with(|conn| {
+            let hold = Fence::prepare(conn)?;
+            let items_stmt = conn.prepare(ITEMS_OF_SHARD)?;
+            let orders_stmt = conn.prepare(SNAPSHOT_ORDERS)?;
+            let max_stmt = conn.prepare(MAX_ID)?;
+            let mut tx = conn.client.transaction()?;
+            fence.hold(&mut tx, &hold)?;
+            let items = tx
+                .query(&items_stmt, &[&shard])?
+                .iter()
+                .map(item_from_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?;
+            let mut orders = Vec::new();
+            let mut rows = tx.query_raw(
+                &orders_stmt,
+                [&shard as &dyn postgres::types::ToSql, &horizon],
+            )?;
+            while let Some(row) = rows.next()? {
+                orders.push(order_from_row(&row).map_err(corrupt)?);
+            }
+            drop(rows);
+            let max_id: Option<i64> = tx.query_one(&max_stmt, &[&shard])?.try_get(0)?;
+            tx.commit()?;
+            Ok(Snapshot {
+                items,
+                orders,
+                last_seq: max_id.map_or(0, |id| OrderId(id as u64).seq()),
+            })
+        });
+        self.fence.observe(result)
+    }
+}
+
+/// The statements a batch needs, prepared before its transaction opens.
+struct Statements {
+    put_items: Option<postgres::Statement>,
+    insert_orders: Option<postgres::Statement>,
+    update_orders: Option<postgres::Statement>,
+}
+
+impl Statements {
+    fn prepare(conn: &mut Conn, batch: &Batch<'_>) -> Result<Statements, Error> {
+        let mut when = |any: bool, sql| any.then(|| conn.prepare(sql)).transpose();
+        Ok(Statements {
+            put_items: when(!batch.items.is_empty(), PUT_ITEMS)?,
+            insert_orders: when(!batch.orders.is_empty(), INSERT_ORDERS)?,
+            update_orders: when(!batch.updates.is_empty(), UPDATE_ORDERS)?,
+        })
+    }
+}
+
+impl Journal for PgShardJournal {
+    type Machine = Inventory;
+
+    fn commit(&mut self, effects: &[Effect]) -> Result<(), JournalError> {
+        Ok(self.write(effects)?)
+    }
+
+    fn load(&mut self, now: Timestamp) -> Result<Inventory, JournalError> {
+        let snapshot = self.snapshot(now)?;
+        Ok(Inventory::restore(
+            self.shard,
+            self.config.clone(),
+            self.board.clone(),
+            snapshot,
+            now,
+        ))
+    }
+}
+
+/// Read access to one shard's orders for the API, on the shared pool of
+/// its server. A committed order is visible here before its reply leaves.
+pub struct PgOrderReader {
+    pool: Arc<Pool>,
+    shard: usize,
+}
+
+impl PgOrderReader {
+    pub(crate) fn new(pool: Arc<Pool>, shard: usize) -> PgOrderReader {
+        PgOrderReader { pool, shard }
+    }
+
+    fn orders(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Order>, Error> {
+        self.pool.with(|conn| {
+            let stmt = conn.prepare(sql)?;
+            conn.client
+                .query(&stmt, params)?
+                .iter()
+                .map(|r| order_from_row(r).map_err(corrupt))
+                .collect()
+        })
+    }
+}
+
+impl OrderReader for PgOrderReader {
+    fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        let found = self.orders(ORDER_BY_ID, &[&(self.shard as i32), &(id.0 as i64)])?;
+        Ok(found.into_iter().next())
+    }
+
+    fn orders_of_user(
+        &self,
+        user: UserId,
+        before: Option<(Timestamp, OrderId)>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        let (at, id) = before.map_or((i64::MAX, i64::MAX), |(t, o)| (t.0, o.0 as i64));
+        Ok(self.orders(
+            ORDERS_OF_USER,
+            &[
+                &(user.0 as i64),
+                &(self.shard as i32),
+                &at,
+                &id,
+                &(limit.min(i64::MAX as usize) as i64),
+            ],
+        )?)
+    }
+}
+
+/// Everything one shard stores (the offline audit).
+pub(crate) fn contents(pool: &Pool, shard: usize) -> Result<ShardContents, Error> {
+    let shard = shard as i32;
+    pool.with(|conn| {
+        let items_stmt = conn.prepare(ITEMS_OF_SHARD)?;
+        let orders_stmt = conn.prepare(ALL_ORDERS)?;
+        let mut tx = crate::read_snapshot(&mut conn.client)?;
+        let items = tx
+            .query(&items_stmt, &[&shard])?
+            .iter()
+            .map(item_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        let mut orders = Vec::new();
+        let mut rows = tx.query_raw(&orders_stmt, [&shard])?;
+        while let Some(row) = rows.next()? {
+            orders.push(order_from_row(&row));
+        }
+        drop(rows);
+        tx.commit()?;
+        Ok(ShardContents { items, orders })
+    })
+}

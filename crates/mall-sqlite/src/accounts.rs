@@ -1,0 +1,338 @@
+//! `mall.db`: accounts, merchants, sessions and the stored responses of
+//! idempotent non-order requests. Not on the snap-up hot path: sessions are
+//! cached in memory by the HTTP layer.
+
+use crate::{migrate, open_connection, Error, Sync};
+use mall_core::{MerchantId, Role, Timestamp, UserId};
+use mall_engine::{
+    AccountStore, MerchantRow, NewUser, SessionRow, StoreError, StoredResponse, UserRow,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Mutex;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS merchants (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    merchant_id INTEGER REFERENCES merchants(id),
+    password_hash TEXT,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash BLOB PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    expires_at_ms INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    user_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, key)
+);
+";
+
+pub struct Accounts {
+    conn: Mutex<Connection>,
+}
+
+fn role_of(s: String) -> rusqlite::Result<Role> {
+    Role::parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("role {s}").into(),
+        )
+    })
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+/// Runs a body that speaks SQLite and answers in the backend-neutral error.
+fn sql<T>(body: impl FnOnce() -> Result<T, Error>) -> Result<T, StoreError> {
+    Ok(body()?)
+}
+
+impl Accounts {
+    pub fn open(path: &Path) -> Result<Accounts, Error> {
+        let conn = open_connection(path, Sync::Full)?;
+        migrate(&conn, path, &[SCHEMA])?;
+        Ok(Accounts {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl AccountStore for Accounts {
+    fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        sql(|| {
+            Ok(self
+                .conn()
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sql(|| {
+            self.conn().execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn create_merchant(&self, name: &str, now: Timestamp) -> Result<MerchantId, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            match conn.execute(
+                "INSERT INTO merchants (name, created_at_ms) VALUES (?1, ?2)",
+                params![name, now.0],
+            ) {
+                Ok(_) => Ok(MerchantId(conn.last_insert_rowid() as u64)),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::MerchantNameTaken.into()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT id, name FROM merchants ORDER BY id")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(MerchantRow {
+                    id: MerchantId(r.get::<_, i64>(0)? as u64),
+                    name: r.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Creates accounts (and their sessions) in one transaction: all or none.
+    fn create_users(&self, users: &[NewUser], now: Timestamp) -> Result<Vec<UserId>, StoreError> {
+        sql(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let mut ids = Vec::with_capacity(users.len());
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO users (username, role, merchant_id, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let mut session = tx.prepare_cached(
+                    "INSERT INTO sessions (token_hash, user_id, expires_at_ms, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for u in users {
+                    let inserted = insert.execute(params![
+                        u.username,
+                        u.role.as_str(),
+                        u.merchant.map(|m| m.0 as i64),
+                        u.password_hash,
+                        now.0
+                    ]);
+                    match inserted {
+                        Ok(_) => {}
+                        Err(e) if is_unique_violation(&e) => {
+                            return Err(StoreError::UsernameTaken.into())
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    let id = tx.last_insert_rowid();
+                    if let Some((hash, expires)) = &u.session {
+                        session.execute(params![&hash[..], id, expires.0, now.0])?;
+                    }
+                    ids.push(UserId(id as u64));
+                }
+            }
+            tx.commit()?;
+            Ok(ids)
+        })
+    }
+
+    fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, username, role, merchant_id, password_hash FROM users WHERE username = ?1",
+            )?;
+            let row = stmt
+                .query_row([username], |r| {
+                    Ok(UserRow {
+                        id: UserId(r.get::<_, i64>(0)? as u64),
+                        username: r.get(1)?,
+                        role: role_of(r.get(2)?)?,
+                        merchant: r.get::<_, Option<i64>>(3)?.map(|m| MerchantId(m as u64)),
+                        password_hash: r.get(4)?,
+                    })
+                })
+                .optional()?;
+            Ok(row)
+        })
+    }
+
+    fn set_password_hash(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
+        sql(|| {
+            self.conn().execute(
+                "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                params![user.0 as i64, hash],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn insert_session(
+        &self,
+        token_hash: &[u8; 32],
+        user: UserId,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sql(|| {
+            self.conn().execute(
+                "INSERT OR REPLACE INTO sessions (token_hash, user_id, expires_at_ms, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![&token_hash[..], user.0 as i64, expires_at.0, now.0],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Ends one session (log out, or a rotated bootstrap token).
+    fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        sql(|| {
+            let n = self.conn().execute(
+                "DELETE FROM sessions WHERE token_hash = ?1",
+                params![&token_hash[..]],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Ends every session of `user` (an admin's revocation); how many.
+    fn delete_sessions_of(&self, user: UserId) -> Result<usize, StoreError> {
+        sql(|| {
+            Ok(self.conn().execute(
+                "DELETE FROM sessions WHERE user_id = ?1",
+                params![user.0 as i64],
+            )?)
+        })
+    }
+
+    /// The account with id `user`, if any.
+    fn user_by_id(&self, user: UserId) -> Result<Option<UserRow>, StoreError> {
+        sql(|| {
+            let name: Option<String> = self
+                .conn()
+                .query_row(
+                    "SELECT username FROM users WHERE id = ?1",
+                    params![user.0 as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match name {
+                Some(name) => Ok(self.user_by_name(&name)?),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Sessions still valid at `now`, with their user's role. Expired ones are deleted.
+    fn live_sessions(&self, now: Timestamp) -> Result<Vec<SessionRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            conn.execute("DELETE FROM sessions WHERE expires_at_ms <= ?1", [now.0])?;
+            let mut stmt = conn.prepare(
+                "SELECT s.token_hash, s.user_id, u.role, u.merchant_id, s.expires_at_ms FROM sessions s JOIN users u ON u.id = s.user_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let hash: Vec<u8> = r.get(0)?;
+                let token_hash: [u8; 32] = hash.try_into().map_err(|_| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Blob,
+                        "token hash length".into(),
+                    )
+                })?;
+                Ok(SessionRow {
+                    token_hash,
+                    user: UserId(r.get::<_, i64>(1)? as u64),
+                    role: role_of(r.get(2)?)?,
+                    merchant: r.get::<_, Option<i64>>(3)?.map(|m| MerchantId(m as u64)),
+                    expires_at: Timestamp(r.get(4)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn stored_response(
+        &self,
+        user: UserId,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT fingerprint, status, body FROM idempotency WHERE user_id = ?1 AND key = ?2",
+            )?;
+            let row = stmt
+                .query_row(params![user.0 as i64, key], |r| {
+                    Ok(StoredResponse {
+                        fingerprint: r.get::<_, i64>(0)? as u64,
+                        status: r.get(1)?,
+                        body: r.get(2)?,
+                    })
+                })
+                .optional()?;
+            Ok(row)
+        })
+    }
+
+    fn store_response(
+        &self,
+        user: UserId,
+        key: &str,
+        response: &StoredResponse,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        sql(|| {
+            self.conn().execute(
+                // A final answer replaces a stored 202 (an outcome that was
+                // still open); a final answer is never replaced.
+                "INSERT INTO idempotency (user_id, key, fingerprint, status, body, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (user_id, key) DO UPDATE SET status = excluded.status, body = excluded.body
+                 WHERE idempotency.status = 202 AND idempotency.fingerprint = excluded.fingerprint",
+                params![user.0 as i64, key, response.fingerprint as i64, response.status, response.body, now.0],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets stored responses older than `horizon`.
+    fn prune_responses(&self, horizon: Timestamp) -> Result<usize, StoreError> {
+        sql(|| {
+            Ok(self.conn().execute(
+                "DELETE FROM idempotency WHERE created_at_ms < ?1",
+                [horizon.0],
+            )?)
+        })
+    }
+}
