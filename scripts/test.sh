@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs every test of mall: installs what the tests need (Redis
-# and PostgreSQL, the peers `mall bench stock` is checked against; the tests
-# start their own throwaway servers on loopback; Chromium and playwright-core
+# and PostgreSQL: mall's second store, and peers `mall bench stock` is
+# checked against; the tests start their own throwaway servers on loopback; Chromium and playwright-core
 # for the dashboard's browser test; Python's venv for schemathesis, which
 # scripts/schemathesis.sh installs from PyPI on first use), builds, and runs
 # them all.
@@ -27,4 +27,22 @@ fi
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund
 
 cargo build --workspace --all-targets
+
+# One PostgreSQL for the whole run, on loopback, gone at the end: the store
+# tests that run on both backends make their databases on it.
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+pgdir=$(mktemp -d)
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$pgdir"; as_pg=(runuser -u postgres --); fi
+pgport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"${as_pg[@]}" "$pgbin/initdb" -D "$pgdir/data" -A trust -U mall --no-sync >/dev/null
+"${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w \
+  -o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+trap '"${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -m immediate -w stop >/dev/null 2>&1; rm -rf "$pgdir"' EXIT
+export MALL_TEST_PG="host=127.0.0.1 port=$pgport user=mall dbname=postgres"
+
 cargo test --workspace
+# The HTTP tests and the end-to-end tests (payments, kill -9) again, with
+# everything durable in PostgreSQL.
+MALL_TEST_STORE=postgres cargo test -p mall-http --test api --test hardening
+MALL_TEST_STORE=postgres cargo test -p mall --test payments --test crash

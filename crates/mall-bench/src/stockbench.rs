@@ -638,7 +638,9 @@ async fn redis(
     ))
 }
 
-async fn postgres(
+/// PostgreSQL's usual flash sale: one transaction per attempt, `UPDATE ... WHERE
+/// available >= 1` and an INSERT, durable commits.
+pub async fn postgres(
     shape: Shape,
     workload: &Arc<Workload>,
     config: &Config,

@@ -162,7 +162,7 @@ fn main() {
         return;
     }
     let started = Instant::now();
-    let (_server, base) = match std::env::var("MALL_TEST_PG") {
+    let (server, base) = match std::env::var("MALL_TEST_PG") {
         Ok(url) if !url.is_empty() => (None, url),
         _ => {
             let server = mall_postgres::server::PostgresServer::start().unwrap_or_else(|e| {

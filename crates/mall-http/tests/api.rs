@@ -898,7 +898,7 @@ async fn favourites_and_carts_before_the_sale_feed_the_funnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_admission_limit_turns_the_excess_away_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
-    let data = common::test_store(dir.path(), 1);
+    let (data, scratch) = common::test_store(dir.path(), 1);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp(T0)));
     let accounts = data.accounts().unwrap();
     let engine = Arc::new(Engine::start(data, EngineConfig::default(), clock.clone()).unwrap());
@@ -911,6 +911,7 @@ async fn a_global_admission_limit_turns_the_excess_away_with_retry_after() {
         clock: Arc::new(ManualClock::new(Timestamp(T0))),
         state,
         _dir: dir,
+        _scratch: scratch,
     };
     let sku = api.item(100, 1, 0).await;
     let u = api.shoppers(6, "a").await;

@@ -155,6 +155,21 @@ fn label(config: &postgres::Config) -> String {
     )
 }
 
+/// Runs `f` where the sync client may block. It drives its connection on a
+/// runtime of its own, which tokio forbids on a thread that drives another
+/// runtime: called from async code (the payment service, tests), `f` runs
+/// on a thread of its own while the caller blocks, as it chose to.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 /// The PostgreSQL store: its servers and where each shard lives.
 pub struct PgStore {
     servers: Vec<Arc<Pool>>,
@@ -544,7 +559,7 @@ impl Fence {
                 .query_one(&stmt, &[&key])?
                 .try_get::<_, i64>(0)?)
         })?;
-        tracing::info!(%what, epoch, at = %pool.label, "taken over");
+        tracing::debug!(%what, epoch, at = %pool.label, "taken over");
         Ok(Fence {
             key,
             what,

@@ -90,10 +90,14 @@ impl Pool {
     /// connection (not a refused statement) is closed, and so are the idle
     /// ones: they most likely lost the same server, and the next caller
     /// should connect afresh rather than find out by failing too.
-    pub(crate) fn with<T>(
+    pub(crate) fn with<T: Send>(
         &self,
-        body: impl FnOnce(&mut Conn) -> Result<T, Error>,
+        body: impl FnOnce(&mut Conn) -> Result<T, Error> + Send,
     ) -> Result<T, Error> {
+        crate::off_runtime(|| self.with_here(body))
+    }
+
+    fn with_here<T>(&self, body: impl FnOnce(&mut Conn) -> Result<T, Error>) -> Result<T, Error> {
         let mut lease = Lease {
             pool: self,
             conn: Some(self.take()?),
@@ -179,6 +183,14 @@ struct Lease<'a> {
     pool: &'a Pool,
     conn: Option<Conn>,
     broken: bool,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing a connection blocks on the client's own runtime.
+        let idle = std::mem::take(&mut self.lock().idle);
+        crate::off_runtime(move || drop(idle));
+    }
 }
 
 impl Drop for Lease<'_> {

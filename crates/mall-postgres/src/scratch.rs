@@ -28,7 +28,7 @@ impl Scratch {
             urls: Vec::new(),
         };
         for (url, name) in urls.iter().zip(&names) {
-            recreate(url, name).map_err(|e| {
+            crate::off_runtime(|| recreate(url, name)).map_err(|e| {
                 StoreError::Backend(format!("scratch database {name}: {}", pg_message(&e)))
             })?;
             // Pushed once made: a failure further on drops only these.
@@ -48,8 +48,10 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         for (url, name) in self.admin.iter().zip(&self.names) {
-            let dropped = postgres::Client::connect(url, postgres::NoTls).and_then(|mut c| {
-                c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            let dropped = crate::off_runtime(|| {
+                postgres::Client::connect(url, postgres::NoTls).and_then(|mut c| {
+                    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                })
             });
             if let Err(e) = dropped {
                 tracing::warn!(database = %name, error = %pg_message(&e), "scratch database not dropped");

@@ -188,13 +188,8 @@ fn kill_dash_nine_loses_no_acknowledged_order() {
     }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_mall"))
-        .args(["check", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "mall check failed:\n{text}");
+    let (ok, text) = common::mall(&["check"], &data);
+    assert!(ok, "mall check failed:\n{text}");
     assert!(text.contains("OK: conservation holds"), "{text}");
 }
 

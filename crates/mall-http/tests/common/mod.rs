@@ -20,11 +20,29 @@ pub struct Api {
     pub clock: Arc<ManualClock>,
     pub state: mall_http::AppState,
     pub _dir: tempfile::TempDir,
+    pub _scratch: Option<mall_postgres::Scratch>,
 }
 
-/// The store a test runs on: SQLite files in `dir` (the default).
-pub fn test_store(dir: &Path, shards: usize) -> Arc<dyn Store> {
-    Arc::new(mall_sqlite::DataDir::open(dir, Some(shards)).unwrap())
+/// The store a test runs on: SQLite files in `dir` (the default), or with
+/// `MALL_TEST_STORE=postgres` a database of its own on the PostgreSQL at
+/// `MALL_TEST_PG` (`./scripts/test.sh` runs these tests both ways). The
+/// scratch database lives as long as the guard.
+pub fn test_store(dir: &Path, shards: usize) -> (Arc<dyn Store>, Option<mall_postgres::Scratch>) {
+    if std::env::var("MALL_TEST_STORE").as_deref() != Ok("postgres") {
+        return (
+            Arc::new(mall_sqlite::DataDir::open(dir, Some(shards)).unwrap()),
+            None,
+        );
+    }
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let base = std::env::var("MALL_TEST_PG")
+        .expect("MALL_TEST_STORE=postgres needs MALL_TEST_PG, a PostgreSQL connection string");
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch =
+        mall_postgres::Scratch::create(&[base], &format!("http_{}_{n}", std::process::id()))
+            .expect("a scratch database");
+    let store = mall_postgres::PgStore::open(scratch.urls(), Some(shards), 4).unwrap();
+    (Arc::new(store), Some(scratch))
 }
 
 pub struct Reply {
@@ -46,7 +64,7 @@ impl Api {
 
     pub fn with_config(config: mall_http::HttpConfig) -> Api {
         let dir = tempfile::tempdir().unwrap();
-        let data = test_store(dir.path(), 2);
+        let (data, scratch) = test_store(dir.path(), 2);
         let clock = Arc::new(ManualClock::new(Timestamp(T0)));
         let dyn_clock: Arc<dyn Clock> = clock.clone();
         let accounts = data.accounts().unwrap();
@@ -64,6 +82,7 @@ impl Api {
             clock,
             state,
             _dir: dir,
+            _scratch: scratch,
         }
     }
 

@@ -37,6 +37,34 @@ pub struct Server {
     pub base: String,
 }
 
+/// With `MALL_TEST_STORE=postgres` (`./scripts/test.sh` runs the
+/// end-to-end tests both ways), a `mall` command on `data` keeps its store
+/// in a database of its own on the PostgreSQL at `MALL_TEST_PG`: the same
+/// data directory, the same database, across restarts. Otherwise nothing
+/// changes (SQLite in the data directory).
+pub fn store_env(command: &mut Command, data: &Path) {
+    if std::env::var("MALL_TEST_STORE").as_deref() != Ok("postgres") {
+        return;
+    }
+    let base = std::env::var("MALL_TEST_PG")
+        .expect("MALL_TEST_STORE=postgres needs MALL_TEST_PG, a PostgreSQL connection string");
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    let db = format!("e2e_{:016x}", h.finish());
+    let mut admin = postgres::Client::connect(&base, postgres::NoTls).expect("MALL_TEST_PG");
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+        .unwrap()
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+    }
+    command.env("MALL_STORE", format!("{base} dbname={db}"));
+}
+
 impl Server {
     /// `mall serve` on a free port over `data`, with `extra` flags.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
@@ -48,6 +76,7 @@ impl Server {
     pub fn start_as(data: &Path, token: &str, extra: &[&str]) -> Server {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_mall"));
+        store_env(&mut command, data);
         command
             .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
@@ -221,12 +250,9 @@ pub fn mall_in(dir: &Path, args: &[&str]) -> String {
 
 /// Runs `mall <args…>` to completion: (success, stdout + stderr).
 pub fn mall(args: &[&str], data: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mall"))
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .output()
-        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mall"));
+    store_env(&mut command, data);
+    let out = command.args(args).arg("--data").arg(data).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
