@@ -205,6 +205,7 @@ fn main() {
             }
         }
     }
+    drop(server); // before exit, which runs no destructor
     if failed.is_empty() {
         println!(
             "test result: ok ({} ms in all)",
