@@ -86,6 +86,17 @@ impl ApiError {
         }
     }
 
+    /// A store that failed: 503 `store_unavailable` (with Retry-After) when
+    /// it is away, which a retry survives; otherwise an operating error.
+    pub fn store(context: &str, error: mall_engine::StoreError) -> ApiError {
+        if error.is_unavailable() {
+            tracing::warn!(%error, "{context}: the store is unavailable");
+            ApiError::unavailable()
+        } else {
+            ApiError::internal(context, error)
+        }
+    }
+
     /// An operating error: logged here, where it is handled; the client
     /// learns only that the server failed.
     pub fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {

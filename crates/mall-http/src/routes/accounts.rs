@@ -153,7 +153,7 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::MerchantNameTaken => {
             ApiError::conflict("merchant_name_taken", "that merchant name is taken")
         }
-        other => ApiError::internal("accounts store", other),
+        other => ApiError::store("accounts store", other),
     }
 }
 

@@ -143,7 +143,7 @@ pub async fn stored(
     let (accounts, key) = (state.accounts.clone(), key.to_string());
     super::blocking(move || accounts.stored_response(owner, &key))
         .await
-        .map_err(|e| ApiError::internal("idempotency lookup", e))
+        .map_err(|e| ApiError::store("idempotency lookup", e))
 }
 
 /// Stores nothing secret: the default for [`run`].
@@ -163,7 +163,7 @@ async fn replay(
         super::blocking(move || accounts.stored_response(owner, &key)).await
     };
     match lookup {
-        Err(e) => Some(ApiError::internal("idempotency lookup", e).into_response()),
+        Err(e) => Some(ApiError::store("idempotency lookup", e).into_response()),
         Ok(Some(stored)) if stored.fingerprint != fingerprint => {
             Some(ApiError::from_refusal(&mall_core::Refusal::IdempotencyKeyReused).into_response())
         }

@@ -284,7 +284,7 @@ pub async fn create(
     let accounts = state.accounts.clone();
     let merchants = blocking(move || accounts.merchants())
         .await
-        .map_err(|e| ApiError::internal("merchants", e))?;
+        .map_err(|e| ApiError::store("merchants", e))?;
     if !merchants.iter().any(|m| m.id == item.merchant) {
         return Err(ApiError::not_found(
             "merchant_not_found",

@@ -121,7 +121,7 @@ pub(crate) async fn stored_order(state: &AppState, id: OrderId) -> ApiResult<Opt
             .map_or(Ok(None), |r| r.order(id))
     })
     .await
-    .map_err(|e| ApiError::internal("read order", e))
+    .map_err(|e| ApiError::store("read order", e))
 }
 
 fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response {
@@ -293,7 +293,7 @@ pub async fn list_mine(
         Ok(all)
     })
     .await
-    .map_err(|e| ApiError::internal("order history", e))?;
+    .map_err(|e| ApiError::store("order history", e))?;
     orders.sort_by_key(|o| std::cmp::Reverse((o.created_at, o.id)));
     let more = orders.len() > limit;
     orders.truncate(limit);
