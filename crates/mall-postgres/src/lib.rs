@@ -193,13 +193,21 @@ impl PgStore {
         shards: Option<usize>,
         pool_size: usize,
     ) -> Result<PgStore, StoreError> {
-        Ok(PgStore::open_inner(urls, shards, pool_size)?)
+        Ok(PgStore::open_inner(urls, shards, pool_size, false)?)
+    }
+
+    /// [`PgStore::open`] for a store that must exist already (audits,
+    /// verification): a server with no mall store is an error, and nothing
+    /// is created on it.
+    pub fn open_existing(urls: &[String], pool_size: usize) -> Result<PgStore, StoreError> {
+        Ok(PgStore::open_inner(urls, None, pool_size, true)?)
     }
 
     fn open_inner(
         urls: &[String],
         shards: Option<usize>,
         pool_size: usize,
+        must_exist: bool,
     ) -> Result<PgStore, Error> {
         if urls.is_empty() {
             return Err(Error::Store(StoreError::Backend(
@@ -214,6 +222,27 @@ impl PgStore {
             })?;
             let label = label(&config);
             servers.push(Arc::new(Pool::new(config, label, pool_size)));
+        }
+        if must_exist {
+            let made = servers[0].with(|conn| {
+                let row = conn
+                    .client
+                    .query_one("SELECT to_regclass('mall_meta') IS NOT NULL", &[])?;
+                Ok(row.try_get::<_, bool>(0)?)
+            })?;
+            let made = made
+                && servers[0].with(|conn| {
+                    Ok(conn
+                        .client
+                        .query_opt("SELECT 1 FROM mall_meta WHERE key = 'shards'", &[])?
+                        .is_some())
+                })?;
+            if !made {
+                return Err(Error::Store(StoreError::Backend(format!(
+                    "{} holds no mall store",
+                    servers[0].label
+                ))));
+            }
         }
         for pool in &servers {
             schema::migrate(pool)?;

@@ -18,7 +18,9 @@ pub struct Config {
     /// The node's local files (event log, admin token) and, without
     /// `store`, the SQLite store.
     pub data: PathBuf,
-    /// PostgreSQL servers (connection URLs); empty: the SQLite store in `data`.
+    /// PostgreSQL servers (connection URLs, a list or one string with
+    /// commas); empty: the SQLite store in `data`.
+    #[serde(deserialize_with = "one_or_many")]
     pub store: Vec<String>,
     /// Connections this node opens per PostgreSQL server, at most.
     pub store_connections: Option<usize>,
@@ -110,6 +112,25 @@ impl Default for Config {
             payment_wait: Duration::from_millis(mall_payments::PaymentsConfig::default().wait_ms),
         }
     }
+}
+
+/// `store = "postgres://a,postgres://b"` or `store = ["postgres://a", ...]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// Durations in TOML as humantime strings ("15m", "30s").

@@ -59,7 +59,9 @@ impl StoreArgs {
     /// data directory without `mall.db` is an error, not a new store.
     pub fn open_existing(&self, data: &Path) -> Result<Arc<dyn Store>> {
         if self.is_postgres() {
-            self.open(data, None)
+            let store = mall_postgres::PgStore::open_existing(&self.store, self.connections())
+                .context("opening the PostgreSQL store")?;
+            Ok(Arc::new(store))
         } else {
             Ok(Arc::new(mall_sqlite::DataDir::open_existing(data)?))
         }
