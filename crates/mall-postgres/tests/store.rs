@@ -642,10 +642,11 @@ fn accounts(server: &PostgresServer) {
 }
 
 fn two_servers_placement(server: &PostgresServer) {
-    // Two databases stand for two servers: each is a separate connection
-    // string, schema and pool, which is all the store sees of a server.
+    // Two real servers (two clusters on loopback; one disk here, so this
+    // is about placement and correctness, not capacity).
+    let second = PostgresServer::start().expect("a second PostgreSQL");
     let one = server.create_database("placed_one").unwrap();
-    let two = server.create_database("placed_two").unwrap();
+    let two = second.create_database("placed_two").unwrap();
     let urls = vec![one.clone(), two.clone()];
     let store = open(&urls, Some(4));
     assert_eq!(store.placement(), &[0, 1, 0, 1]);
