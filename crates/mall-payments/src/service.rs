@@ -250,12 +250,17 @@ impl Payments {
 
     fn carry_out(&self, action: Action, inputs: &mut VecDeque<Input>) {
         match action {
-            // A point read by primary key on the shard's WAL reader, tens
-            // of microseconds: done here, as a hop would cost more.
-            Action::ReadOrder { op, order } => inputs.push_back(Input::Reply {
-                op,
-                reply: IoReply::Order(self.stored_order(order)),
-            }),
+            // A point read by primary key: tens of microseconds on SQLite,
+            // a round trip on PostgreSQL. Either way it blocks, so it runs
+            // on the blocking pool and its answer comes back as an input.
+            Action::ReadOrder { op, order } => {
+                let me = self.clone();
+                let (tx, rx) = oneshot::channel();
+                runtime().spawn_blocking(move || drop(tx.send(me.stored_order(order))));
+                self.reply_later(op, Some(Ok(rx)), inputs, |r| {
+                    IoReply::Order(r.and_then(|r| r))
+                });
+            }
             Action::Ledger { op, command } => {
                 let submitted = self.shared.engine.ledger().try_submit(command);
                 self.reply_later(op, Some(submitted), inputs, |r| {

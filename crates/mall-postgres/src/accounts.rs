@@ -109,13 +109,21 @@ impl PgAccounts {
         })
     }
 
+    /// A query that only reads (retried once on a lost connection).
+    fn select(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        self.pool.read(|conn| {
+            let stmt = conn.prepare(sql)?;
+            Ok(conn.client.query(&stmt, params)?)
+        })
+    }
+
     fn user_where(
         &self,
         sql: &'static str,
         param: &(dyn ToSql + Sync),
     ) -> Result<Option<UserRow>, StoreError> {
         Ok(self
-            .query(sql, &[param])?
+            .select(sql, &[param])?
             .first()
             .map(user_from_row)
             .transpose()?)
@@ -124,7 +132,7 @@ impl PgAccounts {
 
 impl AccountStore for PgAccounts {
     fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let rows = self.query(META_GET, &[&key])?;
+        let rows = self.select(META_GET, &[&key])?;
         Ok(rows
             .first()
             .map(|r| r.try_get(0))
@@ -153,7 +161,7 @@ impl AccountStore for PgAccounts {
     }
 
     fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError> {
-        let rows = self.query(MERCHANTS, &[])?;
+        let rows = self.select(MERCHANTS, &[])?;
         let merchant = |r: &Row| -> Result<MerchantRow, Error> {
             Ok(MerchantRow {
                 id: MerchantId(r.try_get::<_, i64>(0)? as u64),
@@ -249,7 +257,7 @@ impl AccountStore for PgAccounts {
         user: UserId,
         key: &str,
     ) -> Result<Option<StoredResponse>, StoreError> {
-        let rows = self.query(STORED_RESPONSE, &[&(user.0 as i64), &key])?;
+        let rows = self.select(STORED_RESPONSE, &[&(user.0 as i64), &key])?;
         let response = |r: &Row| -> Result<StoredResponse, Error> {
             let status: i64 = r.try_get(1)?;
             Ok(StoredResponse {

@@ -322,7 +322,7 @@ impl LedgerRead for PgLedgerReader {
             &before_seq.map_or(i64::MAX, |s| s as i64),
             &(limit.min(i64::MAX as usize) as i64),
         ];
-        Ok(self.pool.with(|conn| {
+        Ok(self.pool.read(|conn| {
             let stmt = conn.prepare(WALLET_STATEMENT)?;
             conn.client
                 .query(&stmt, &params)?
@@ -333,6 +333,6 @@ impl LedgerRead for PgLedgerReader {
     }
 
     fn all_transfers(&self) -> Result<Vec<Stored>, StoreError> {
-        Ok(self.pool.with(|conn| read_transfers(&mut conn.client))?)
+        Ok(self.pool.read(|conn| read_transfers(&mut conn.client))?)
     }
 }

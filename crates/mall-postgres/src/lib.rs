@@ -160,8 +160,13 @@ fn label(config: &postgres::Config) -> String {
 /// runtime: called from async code (the payment service, tests), `f` runs
 /// on a thread of its own while the caller blocks, as it chose to.
 pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return f();
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => return f(),
+        // The worker hands its other tasks on while this one blocks (on a
+        // blocking-pool thread it just runs).
+        Ok(RuntimeFlavor::MultiThread) => return tokio::task::block_in_place(f),
+        Ok(_) => {}
     }
     std::thread::scope(|s| {
         s.spawn(f)
@@ -171,8 +176,16 @@ pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// The PostgreSQL store: its servers and where each shard lives.
+///
+/// Each server has two pools out of the connections allowed: most for the
+/// journals (the shards' and the ledger's commits and loads), a quarter for
+/// the API's reads and the accounts. A crowd of API calls then never makes
+/// a commit wait for a connection, and so never slows the snap-ups.
 pub struct PgStore {
     servers: Vec<Arc<Pool>>,
+    /// Per server, the pool of the readers and the accounts store (the
+    /// journals' pool itself when too few connections are allowed to split).
+    api: Vec<Arc<Pool>>,
     /// `placement[shard]`: the index in `servers` of the server holding it.
     placement: Vec<usize>,
 }
@@ -276,6 +289,10 @@ impl PgStore {
             })?;
         }
         servers.truncate(recorded);
+        let api = servers
+            .iter()
+            .map(|pool| pool.split(pool_size / 4))
+            .collect();
         tracing::info!(
             shards = count,
             servers = recorded,
@@ -284,6 +301,7 @@ impl PgStore {
         );
         Ok(PgStore {
             servers,
+            api,
             placement: described.placement,
         })
     }
@@ -309,6 +327,12 @@ impl PgStore {
 
     fn first(&self) -> &Arc<Pool> {
         &self.servers[0]
+    }
+
+    /// The API's pool on the server holding `shard`.
+    fn api_of(&self, shard: usize) -> Result<&Arc<Pool>, StoreError> {
+        self.pool_of(shard)?;
+        Ok(&self.api[self.placement[shard]])
     }
 }
 
@@ -511,7 +535,7 @@ impl Store for PgStore {
 
     fn order_reader(&self, shard: usize) -> Result<Arc<dyn OrderReader>, StoreError> {
         Ok(Arc::new(PgOrderReader::new(
-            self.pool_of(shard)?.clone(),
+            self.api_of(shard)?.clone(),
             shard,
         )))
     }
@@ -524,11 +548,11 @@ impl Store for PgStore {
     }
 
     fn ledger_reader(&self) -> Result<Arc<dyn LedgerRead>, StoreError> {
-        Ok(Arc::new(PgLedgerReader::new(self.first().clone())))
+        Ok(Arc::new(PgLedgerReader::new(self.api[0].clone())))
     }
 
     fn accounts(&self) -> Result<Arc<dyn AccountStore>, StoreError> {
-        Ok(Arc::new(PgAccounts::new(self.first().clone())))
+        Ok(Arc::new(PgAccounts::new(self.api[0].clone())))
     }
 
     fn shard_contents(&self, shard: usize) -> Result<ShardContents, StoreError> {
@@ -597,7 +621,13 @@ impl Fence {
         })
     }
 
-    fn error(&self) -> Error {
+    /// The `shard_epochs` key and the epoch this journal holds, for a
+    /// statement that checks the fence itself.
+    pub(crate) fn key_and_epoch(&self) -> (i32, i64) {
+        (self.key, self.epoch)
+    }
+
+    pub(crate) fn error(&self) -> Error {
         Error::Store(StoreError::Fenced {
             what: self.what.clone(),
             ours: self.epoch,

@@ -9,7 +9,7 @@ use crate::Error;
 use mall_engine::StoreError;
 use postgres::{Client, NoTls, Statement};
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How long a caller waits for a free connection before it answers
@@ -46,6 +46,8 @@ struct State {
     idle: Vec<Conn>,
     /// Connections open, idle or leased.
     open: usize,
+    /// Connections this pool may open, at most.
+    size: usize,
 }
 
 /// The connections to one server.
@@ -53,7 +55,6 @@ pub(crate) struct Pool {
     config: postgres::Config,
     /// `user@host:port/db`: for logs and errors, never with the password.
     pub(crate) label: String,
-    size: usize,
     state: Mutex<State>,
     freed: Condvar,
 }
@@ -73,13 +74,26 @@ impl Pool {
         Pool {
             config,
             label,
-            size: size.max(1),
             state: Mutex::new(State {
                 idle: Vec::new(),
                 open: 0,
+                size: size.max(1),
             }),
             freed: Condvar::new(),
         }
+    }
+
+    /// Gives `n` of this pool's connections to a new pool on the same
+    /// server (this one keeps the rest); itself when it cannot spare any
+    /// and keep one.
+    pub(crate) fn split(self: &Arc<Self>, n: usize) -> Arc<Pool> {
+        let mut me = self.lock();
+        if n == 0 || n >= me.size {
+            return self.clone();
+        }
+        me.size -= n;
+        drop(me);
+        Arc::new(Pool::new(self.config.clone(), self.label.clone(), n))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -95,6 +109,19 @@ impl Pool {
         body: impl FnOnce(&mut Conn) -> Result<T, Error> + Send,
     ) -> Result<T, Error> {
         crate::off_runtime(|| self.with_here(body))
+    }
+
+    /// [`Pool::with`] for a body that only reads: when it fails for a lost
+    /// connection (an idle one that died with its server, say), it runs
+    /// once more on a fresh connection, as nothing can have been written.
+    pub(crate) fn read<T: Send>(
+        &self,
+        body: impl Fn(&mut Conn) -> Result<T, Error> + Send + Sync,
+    ) -> Result<T, Error> {
+        crate::off_runtime(|| match self.with_here(&body) {
+            Err(e) if e.is_connection() => self.with_here(&body),
+            done => done,
+        })
     }
 
     fn with_here<T>(&self, body: impl FnOnce(&mut Conn) -> Result<T, Error>) -> Result<T, Error> {
@@ -126,7 +153,7 @@ impl Pool {
                 state.open -= 1;
                 continue;
             }
-            if state.open < self.size {
+            if state.open < state.size {
                 state.open += 1;
                 drop(state);
                 return self.connect().inspect_err(|_| {
@@ -139,7 +166,7 @@ impl Pool {
                 return Err(Error::Store(StoreError::Unavailable(format!(
                     "{}: all {} connections busy for {}s",
                     self.label,
-                    self.size,
+                    state.size,
                     ACQUIRE_TIMEOUT.as_secs()
                 ))));
             }
@@ -153,7 +180,12 @@ impl Pool {
 
     fn connect(&self) -> Result<Conn, Error> {
         // Loopback or a trusted network only: see the crate docs on TLS.
-        let client = self.config.connect(NoTls)?;
+        let mut client = self.config.connect(NoTls)?;
+        // Every statement here is prepared once per connection and run
+        // thousands of times with arrays or keys as parameters: plan it
+        // once, not at every run (PostgreSQL otherwise re-plans the batch
+        // statement each time, which costs more CPU than writing it).
+        client.batch_execute("SET plan_cache_mode = force_generic_plan")?;
         Ok(Conn {
             client,
             statements: HashMap::new(),

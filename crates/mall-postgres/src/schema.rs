@@ -12,7 +12,7 @@ use mall_engine::StoreError;
 
 /// `MIGRATIONS[i]` takes a server from version `i` to `i + 1`. Append only:
 /// a released migration is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Serializes migrations (and store creation) across nodes starting at
 /// once: `pg_advisory_xact_lock` on this key, released at commit.
@@ -134,6 +134,17 @@ CREATE TABLE idempotency (
     PRIMARY KEY (user_id, key)
 );
 CREATE INDEX idempotency_by_age ON idempotency (created_at_ms);
+";
+
+/// Lets a single statement undo itself: a batch's one statement raises
+/// this when what it wrote is not what was asked (an order to update that
+/// is missing), and the whole statement is rolled back.
+const V2: &str = "
+CREATE FUNCTION mall_fail(message TEXT) RETURNS BIGINT LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING MESSAGE = message, ERRCODE = 'data_exception';
+END
+$$;
 ";
 
 /// Brings one server to the newest schema, one migration per transaction.

@@ -1,7 +1,7 @@
 //! One inventory shard's journal and reader. Orders are the record: the
 //! shard's counters are recounted from them at load, as with SQLite.
 
-use crate::pool::{Conn, Pool};
+use crate::pool::Pool;
 use crate::{corrupt, Error, Fence};
 use mall_core::{
     Category, Fen, Item, MerchantId, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Sku,
@@ -26,24 +26,37 @@ macro_rules! item_columns {
     };
 }
 
-const INSERT_ORDERS: &str = concat!(
-    "INSERT INTO orders (",
-    order_columns!(),
-    ") SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[])"
-);
-const UPDATE_ORDERS: &str =
-    "UPDATE orders o SET status = u.status, expires_at_ms = NULL, updated_at_ms = u.updated_at_ms
-    FROM unnest($2::bigint[], $3::text[], $4::bigint[]) AS u(id, status, updated_at_ms)
-    WHERE o.shard = $1 AND o.id = u.id";
-const PUT_ITEMS: &str = concat!(
-    "INSERT INTO items (",
+/// A whole batch in one statement, so one round trip: the fence, then the
+/// items, the new orders and the updates of older orders, each joined to
+/// the fence's row so that under a stale epoch nothing is written. (Data
+/// changes in one statement do not see each other: updates of orders made
+/// in the same batch are folded into their inserted rows, see [`Batch`].)
+/// It runs as its own transaction; a count of updated orders that is off
+/// raises an error, which undoes it all.
+const WRITE_BATCH: &str = concat!(
+    "WITH fence AS (
+        UPDATE shard_epochs SET epoch = epoch WHERE shard = $1 AND epoch = $2 RETURNING 1
+    ), put_items AS (
+        INSERT INTO items (",
     item_columns!(),
-    ") SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
-    ON CONFLICT (sku) DO UPDATE SET shard = excluded.shard, merchant_id = excluded.merchant_id,
-        title = excluded.title, category = excluded.category, price_fen = excluded.price_fen,
-        stock_total = excluded.stock_total, per_user_limit = excluded.per_user_limit,
-        opens_at_ms = excluded.opens_at_ms, closes_at_ms = excluded.closes_at_ms,
-        shelf_life_hours = excluded.shelf_life_hours"
+    ") SELECT u.* FROM unnest($3::bigint[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[]) AS u, fence
+        ON CONFLICT (sku) DO UPDATE SET shard = excluded.shard, merchant_id = excluded.merchant_id,
+            title = excluded.title, category = excluded.category, price_fen = excluded.price_fen,
+            stock_total = excluded.stock_total, per_user_limit = excluded.per_user_limit,
+            opens_at_ms = excluded.opens_at_ms, closes_at_ms = excluded.closes_at_ms,
+            shelf_life_hours = excluded.shelf_life_hours
+    ), new_orders AS (
+        INSERT INTO orders (",
+    order_columns!(),
+    ") SELECT u.* FROM unnest($14::bigint[], $15::int[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::text[], $22::text[], $23::text[], $24::text[], $25::bigint[], $26::bigint[], $27::bigint[], $28::bigint[], $29::bigint[]) AS u, fence
+    ), changed AS (
+        UPDATE orders o SET status = u.status, expires_at_ms = NULL, updated_at_ms = u.updated_at_ms
+        FROM unnest($30::bigint[], $31::text[], $32::bigint[]) AS u(id, status, updated_at_ms), fence
+        WHERE o.shard = $1 AND o.id = u.id RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM fence),
+        CASE WHEN (SELECT count(*) FROM fence) = 1 AND (SELECT count(*) FROM changed) <> cardinality($30::bigint[])
+            THEN mall_fail('mall: an order to update is missing') ELSE 0 END"
 );
 const ITEMS_OF_SHARD: &str = concat!(
     "SELECT ",
@@ -130,13 +143,14 @@ fn item_from_row(row: &Row) -> Result<Item, String> {
     .map_err(|e: String| format!("item {sku}: {e}"))
 }
 
-/// A batch's effects as column arrays, one bulk statement each.
+/// A batch's effects as column arrays for [`WRITE_BATCH`].
 #[derive(Default)]
 struct Batch<'a> {
     /// Last write of each SKU (one upsert may not touch a row twice).
     items: Vec<&'a Item>,
-    orders: Vec<&'a Order>,
-    /// Last update of each order: `(id, status, updated_at)`.
+    /// New orders, with any update of the same batch already applied.
+    orders: Vec<Order>,
+    /// Last update of each order made before this batch: `(id, status, updated_at)`.
     updates: Vec<(OrderId, OrderStatus, Timestamp)>,
 }
 
@@ -145,6 +159,7 @@ impl<'a> Batch<'a> {
         let mut batch = Batch::default();
         let mut item_at: HashMap<Sku, usize> = HashMap::new();
         let mut update_at: HashMap<OrderId, usize> = HashMap::new();
+        let mut inserted_at: HashMap<OrderId, usize> = HashMap::new();
         for effect in effects {
             match effect {
                 Effect::PutItem(item) => match item_at.get(&item.sku) {
@@ -154,12 +169,23 @@ impl<'a> Batch<'a> {
                         batch.items.push(item);
                     }
                 },
-                Effect::InsertOrder(order) => batch.orders.push(order),
+                Effect::InsertOrder(order) => {
+                    inserted_at.insert(order.id, batch.orders.len());
+                    batch.orders.push(order.clone());
+                }
                 Effect::UpdateOrder {
                     id,
                     status,
                     updated_at,
                 } => {
+                    if let Some(&i) = inserted_at.get(id) {
+                        // What the SQL update does, on the row to insert.
+                        let order = &mut batch.orders[i];
+                        order.status = *status;
+                        order.expires_at = None;
+                        order.updated_at = *updated_at;
+                        continue;
+                    }
                     let update = (*id, *status, *updated_at);
                     match update_at.get(id) {
                         Some(&i) => batch.updates[i] = update,
@@ -214,90 +240,78 @@ impl PgShardJournal {
         let batch = Batch::of(effects);
         let shard = self.shard as i32;
         let fence = &self.fence;
+        let (key, epoch) = fence.key_and_epoch();
         let result = self.pool.with(|conn| {
-            let hold = Fence::prepare(conn)?;
-            let statements = Statements::prepare(conn, &batch)?;
-            let mut tx = conn.client.transaction()?;
-            fence.hold(&mut tx, &hold)?;
-            if let Some(stmt) = &statements.put_items {
-                let i = &batch.items;
-                tx.execute(
-                    stmt,
-                    &[
-                        &i.iter().map(|i| i.sku.0 as i64).collect::<Vec<_>>(),
-                        &vec![shard; i.len()],
-                        &i.iter().map(|i| i.merchant.0 as i64).collect::<Vec<_>>(),
-                        &i.iter().map(|i| i.title.as_str()).collect::<Vec<_>>(),
-                        &i.iter().map(|i| i.category.as_str()).collect::<Vec<_>>(),
-                        &i.iter().map(|i| i.price_fen.0).collect::<Vec<_>>(),
-                        &i.iter()
-                            .map(|i| i64::from(i.stock_total))
-                            .collect::<Vec<_>>(),
-                        &i.iter()
-                            .map(|i| i64::from(i.per_user_limit))
-                            .collect::<Vec<_>>(),
-                        &i.iter().map(|i| i.opens_at.0).collect::<Vec<_>>(),
-                        &i.iter().map(|i| i.closes_at.0).collect::<Vec<_>>(),
-                        &i.iter()
-                            .map(|i| i.shelf_life_hours.map(i64::from))
-                            .collect::<Vec<_>>(),
-                    ],
-                )?;
-            }
-            if let Some(stmt) = &statements.insert_orders {
-                let o = &batch.orders;
-                tx.execute(
-                    stmt,
-                    &[
-                        &o.iter().map(|o| o.id.0 as i64).collect::<Vec<_>>(),
-                        &o.iter().map(|o| o.id.shard() as i32).collect::<Vec<_>>(),
-                        &o.iter().map(|o| o.sku.0 as i64).collect::<Vec<_>>(),
-                        &o.iter().map(|o| o.user.0 as i64).collect::<Vec<_>>(),
-                        &o.iter()
-                            .map(|o| i64::from(o.quantity.get()))
-                            .collect::<Vec<_>>(),
-                        &o.iter().map(|o| o.unit_price_fen.0).collect::<Vec<_>>(),
-                        &o.iter().map(|o| o.amount_fen.0).collect::<Vec<_>>(),
-                        &o.iter().map(|o| o.payment.as_str()).collect::<Vec<_>>(),
-                        &o.iter().map(|o| o.status.as_str()).collect::<Vec<_>>(),
-                        &o.iter().map(|o| &*o.address).collect::<Vec<_>>(),
-                        &o.iter()
-                            .map(|o| o.idempotency_key.as_deref())
-                            .collect::<Vec<_>>(),
-                        &o.iter()
-                            .map(|o| o.request_fingerprint as i64)
-                            .collect::<Vec<_>>(),
-                        &o.iter()
-                            .map(|o| i64::from(o.per_user_limit))
-                            .collect::<Vec<_>>(),
-                        &o.iter().map(|o| o.created_at.0).collect::<Vec<_>>(),
-                        &o.iter()
-                            .map(|o| o.expires_at.map(|t| t.0))
-                            .collect::<Vec<_>>(),
-                        &o.iter().map(|o| o.updated_at.0).collect::<Vec<_>>(),
-                    ],
-                )?;
-            }
-            if let Some(stmt) = &statements.update_orders {
-                let u = &batch.updates;
-                let n = tx.execute(
-                    stmt,
-                    &[
-                        &shard,
-                        &u.iter().map(|u| u.0 .0 as i64).collect::<Vec<_>>(),
-                        &u.iter().map(|u| u.1.as_str()).collect::<Vec<_>>(),
-                        &u.iter().map(|u| u.2 .0).collect::<Vec<_>>(),
-                    ],
-                )?;
-                if n != u.len() as u64 {
-                    return Err(corrupt(format!(
-                        "shard {shard}: {} orders to update, {n} found",
-                        u.len()
-                    )));
+            let stmt = conn.prepare(WRITE_BATCH)?;
+            let i = &batch.items;
+            let o = &batch.orders;
+            let u = &batch.updates;
+            let row = conn.client.query_one(
+                &stmt,
+                &[
+                    &key,
+                    &epoch,
+                    &i.iter().map(|i| i.sku.0 as i64).collect::<Vec<_>>(),
+                    &vec![shard; i.len()],
+                    &i.iter().map(|i| i.merchant.0 as i64).collect::<Vec<_>>(),
+                    &i.iter().map(|i| i.title.as_str()).collect::<Vec<_>>(),
+                    &i.iter().map(|i| i.category.as_str()).collect::<Vec<_>>(),
+                    &i.iter().map(|i| i.price_fen.0).collect::<Vec<_>>(),
+                    &i.iter()
+                        .map(|i| i64::from(i.stock_total))
+                        .collect::<Vec<_>>(),
+                    &i.iter()
+                        .map(|i| i64::from(i.per_user_limit))
+                        .collect::<Vec<_>>(),
+                    &i.iter().map(|i| i.opens_at.0).collect::<Vec<_>>(),
+                    &i.iter().map(|i| i.closes_at.0).collect::<Vec<_>>(),
+                    &i.iter()
+                        .map(|i| i.shelf_life_hours.map(i64::from))
+                        .collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.id.0 as i64).collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.id.shard() as i32).collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.sku.0 as i64).collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.user.0 as i64).collect::<Vec<_>>(),
+                    &o.iter()
+                        .map(|o| i64::from(o.quantity.get()))
+                        .collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.unit_price_fen.0).collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.amount_fen.0).collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.payment.as_str()).collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.status.as_str()).collect::<Vec<_>>(),
+                    &o.iter().map(|o| &*o.address).collect::<Vec<_>>(),
+                    &o.iter()
+                        .map(|o| o.idempotency_key.as_deref())
+                        .collect::<Vec<_>>(),
+                    &o.iter()
+                        .map(|o| o.request_fingerprint as i64)
+                        .collect::<Vec<_>>(),
+                    &o.iter()
+                        .map(|o| i64::from(o.per_user_limit))
+                        .collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.created_at.0).collect::<Vec<_>>(),
+                    &o.iter()
+                        .map(|o| o.expires_at.map(|t| t.0))
+                        .collect::<Vec<_>>(),
+                    &o.iter().map(|o| o.updated_at.0).collect::<Vec<_>>(),
+                    &u.iter().map(|u| u.0 .0 as i64).collect::<Vec<_>>(),
+                    &u.iter().map(|u| u.1.as_str()).collect::<Vec<_>>(),
+                    &u.iter().map(|u| u.2 .0).collect::<Vec<_>>(),
+                ],
+            );
+            match row {
+                Ok(row) if row.try_get::<_, i64>(0)? == 1 => Ok(()),
+                Ok(_) => Err(fence.error()),
+                Err(e)
+                    if e.to_string()
+                        .contains("mall: an order to update is missing") =>
+                {
+                    Err(corrupt(format!(
+                        "shard {shard}: an order to update is missing"
+                    )))
                 }
+                Err(e) => Err(e.into()),
             }
-            tx.commit()?;
-            Ok(())
         });
         self.fence.observe(result)
     }
@@ -344,23 +358,6 @@ impl PgShardJournal {
 }
 
 /// The statements a batch needs, prepared before its transaction opens.
-struct Statements {
-    put_items: Option<postgres::Statement>,
-    insert_orders: Option<postgres::Statement>,
-    update_orders: Option<postgres::Statement>,
-}
-
-impl Statements {
-    fn prepare(conn: &mut Conn, batch: &Batch<'_>) -> Result<Statements, Error> {
-        let mut when = |any: bool, sql| any.then(|| conn.prepare(sql)).transpose();
-        Ok(Statements {
-            put_items: when(!batch.items.is_empty(), PUT_ITEMS)?,
-            insert_orders: when(!batch.orders.is_empty(), INSERT_ORDERS)?,
-            update_orders: when(!batch.updates.is_empty(), UPDATE_ORDERS)?,
-        })
-    }
-}
-
 impl Journal for PgShardJournal {
     type Machine = Inventory;
 
@@ -397,7 +394,7 @@ impl PgOrderReader {
         sql: &'static str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Order>, Error> {
-        self.pool.with(|conn| {
+        self.pool.read(|conn| {
             let stmt = conn.prepare(sql)?;
             conn.client
                 .query(&stmt, params)?

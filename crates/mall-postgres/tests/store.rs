@@ -38,6 +38,11 @@ fn main() {
         ("two_servers_placement", two_servers_placement),
         ("shards_share_connections", shards_share_connections),
         ("schema_too_new_is_refused", schema_too_new_is_refused),
+        ("an_older_store_is_migrated", an_older_store_is_migrated),
+        (
+            "a_batch_that_does_not_fit_writes_nothing",
+            a_batch_that_does_not_fit_writes_nothing,
+        ),
         ("engine_runs_on_postgres", engine_runs_on_postgres),
         (
             "scratch_databases_come_and_go",
@@ -772,6 +777,92 @@ fn schema_too_new_is_refused(server: &PostgresServer) {
     assert!(
         matches!(err, StoreError::SchemaTooNew { stored: 99, .. }),
         "{err}"
+    );
+}
+
+/// A store made by a mall that knew only the first migration is brought
+/// to the newest version at start, its data untouched.
+fn an_older_store_is_migrated(server: &PostgresServer) {
+    let (url, store) = fresh(server, "older", Some(1));
+    let mut journal = shard_journal(&store, 0);
+    let mut inv = journal.load(T0).unwrap();
+    let mut effects = Vec::new();
+    put(&mut inv, item(1, 10), &mut effects);
+    journal.commit(&effects).unwrap();
+    drop(journal);
+    drop(store);
+    // Back to version 1: what the first release of this store left.
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute("DROP FUNCTION mall_fail(TEXT); UPDATE mall_schema SET version = 1")
+        .unwrap();
+    let store = open(std::slice::from_ref(&url), None);
+    let version: i64 = client
+        .query_one("SELECT version FROM mall_schema", &[])
+        .unwrap()
+        .get(0);
+    assert!(version >= 2, "migrated to {version}");
+    let functions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_proc WHERE proname = 'mall_fail'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(functions, 1, "the second migration ran");
+    assert_eq!(store.shard_contents(0).unwrap().items, vec![item(1, 10)]);
+}
+
+/// A batch is one statement: when part of it cannot be written (an update
+/// of an order the store does not have), none of it is, and the journal
+/// says so.
+fn a_batch_that_does_not_fit_writes_nothing(server: &PostgresServer) {
+    let (_, store) = fresh(server, "misfit", Some(1));
+    let mut journal = shard_journal(&store, 0);
+    let mut inv = journal.load(T0).unwrap();
+    let mut effects = Vec::new();
+    put(&mut inv, item(1, 10), &mut effects);
+    let id = reserve(
+        &mut inv,
+        7,
+        1,
+        PaymentMethod::Online,
+        None,
+        T0,
+        &mut effects,
+    );
+    journal.commit(&effects).unwrap();
+    effects.clear();
+    put(&mut inv, item(2, 5), &mut effects);
+    reserve(
+        &mut inv,
+        8,
+        1,
+        PaymentMethod::Online,
+        None,
+        T0,
+        &mut effects,
+    );
+    effects.push(Effect::UpdateOrder {
+        id: OrderId::new(0, 999),
+        status: OrderStatus::Paid,
+        updated_at: T0,
+    });
+    effects.push(Effect::UpdateOrder {
+        id,
+        status: OrderStatus::Paid,
+        updated_at: T0,
+    });
+    let err = journal.commit(&effects).unwrap_err();
+    assert!(err.0.contains("missing"), "{err}");
+    let contents = store.shard_contents(0).unwrap();
+    assert_eq!(contents.items, vec![item(1, 10)], "no item of the batch");
+    assert_eq!(contents.orders.len(), 1, "no order of the batch");
+    let stored = contents.orders[0].as_ref().unwrap();
+    assert_eq!(
+        stored.status,
+        OrderStatus::AwaitingPayment,
+        "no update of the batch"
     );
 }
 

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Connections a node opens per PostgreSQL server, at most, by default:
-/// three nodes on one server stay well inside its default
+/// three nodes on one server (90) stay inside its default
 /// `max_connections` of 100.
-pub const CONNECTIONS_DEFAULT: usize = 16;
+pub const CONNECTIONS_DEFAULT: usize = 30;
 
 /// Where the store is, as every command that opens one takes it.
 #[derive(clap::Args, Clone, Debug, Default)]

@@ -157,10 +157,17 @@ pub(crate) fn check_text(
     Ok(())
 }
 
+/// Blocking store calls at once, at most: beyond, callers wait here (a
+/// task each) rather than as hundreds of threads queued for a database
+/// connection.
+const STORE_CALLS_MAX: usize = 64;
+static STORE_CALLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(STORE_CALLS_MAX);
+
 /// Runs blocking store work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, mall_engine::StoreError> + Send + 'static,
 ) -> Result<T, mall_engine::StoreError> {
+    let _turn = STORE_CALLS.acquire().await;
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
         Err(mall_engine::StoreError::Corrupt(format!(
             "store task failed: {e}"
