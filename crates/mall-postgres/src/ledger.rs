@@ -26,15 +26,28 @@ macro_rules! transfer_columns {
     };
 }
 
-const INSERT_ACCOUNTS: &str = "INSERT INTO accounts (id, kind, debits_must_not_exceed_credits, credits_must_not_exceed_debits)
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::bool[])";
-const INSERT_TRANSFERS: &str = concat!(
-    "INSERT INTO transfers (",
+/// A whole batch in one statement, one round trip, as for a shard (see
+/// `shard::WRITE_BATCH`): the fence, the accounts, the transfers (states
+/// set in the same batch folded in), the states of older pending
+/// transfers; an off count undoes it all.
+const WRITE_BATCH: &str = concat!(
+    "WITH fence AS (
+        UPDATE shard_epochs SET epoch = epoch WHERE shard = $1 AND epoch = $2 RETURNING 1
+    ), new_accounts AS (
+        INSERT INTO accounts (id, kind, debits_must_not_exceed_credits, credits_must_not_exceed_debits)
+        SELECT u.* FROM unnest($3::bigint[], $4::text[], $5::bool[], $6::bool[]) AS u, fence
+    ), new_transfers AS (
+        INSERT INTO transfers (",
     transfer_columns!(),
-    ") SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::bool[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[])"
+    ") SELECT u.* FROM unnest($7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[], $15::bool[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[]) AS u, fence
+    ), changed AS (
+        UPDATE transfers t SET state = u.state
+        FROM unnest($20::bigint[], $21::text[]) AS u(id, state), fence WHERE t.id = u.id RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM fence),
+        CASE WHEN (SELECT count(*) FROM fence) = 1 AND (SELECT count(*) FROM changed) <> cardinality($20::bigint[])
+            THEN mall_fail('mall: a pending transfer to update is missing') ELSE 0 END"
 );
-const SET_STATES: &str = "UPDATE transfers t SET state = u.state
-    FROM unnest($1::bigint[], $2::text[]) AS u(id, state) WHERE t.id = u.id";
 const ALL_ACCOUNTS: &str =
     "SELECT id, kind, debits_must_not_exceed_credits, credits_must_not_exceed_debits FROM accounts";
 const ALL_TRANSFERS: &str = concat!(
@@ -161,15 +174,23 @@ impl PgLedgerJournal {
             return Ok(());
         }
         let mut accounts = Vec::new();
-        let mut transfers = Vec::new();
-        // Last state of each pending transfer (effects are in order; a
-        // transfer inserted in this batch is inserted before it is updated).
+        let mut transfers: Vec<Stored> = Vec::new();
+        let mut inserted_at: HashMap<TransferId, usize> = HashMap::new();
+        // Last state of each pending transfer stored before this batch
+        // (effects are in order; one inserted in this batch takes its
+        // state on its row: the statement's parts do not see each other).
         let mut states: Vec<(TransferId, PendingState)> = Vec::new();
         let mut state_at: HashMap<TransferId, usize> = HashMap::new();
         for e in effects {
             match e {
                 Effect::InsertAccount(a) => accounts.push(a),
-                Effect::InsertTransfer(s) => transfers.push(s),
+                Effect::InsertTransfer(s) => {
+                    inserted_at.insert(s.transfer.id, transfers.len());
+                    transfers.push(s.clone());
+                }
+                Effect::SetPendingState { id, state } if inserted_at.contains_key(id) => {
+                    transfers[inserted_at[id]].state = Some(*state);
+                }
                 Effect::SetPendingState { id, state } => match state_at.get(id) {
                     Some(&i) => states[i].1 = *state,
                     None => {
@@ -180,88 +201,76 @@ impl PgLedgerJournal {
             }
         }
         let fence = &self.fence;
+        let (key, epoch) = fence.key_and_epoch();
         let result = self.pool.with(|conn| {
-            let hold = Fence::prepare(conn)?;
-            let insert_accounts = conn.prepare(INSERT_ACCOUNTS)?;
-            let insert_transfers = conn.prepare(INSERT_TRANSFERS)?;
-            let set_states = conn.prepare(SET_STATES)?;
-            let mut tx = conn.client.transaction()?;
-            fence.hold(&mut tx, &hold)?;
-            if !accounts.is_empty() {
-                let a = &accounts;
-                tx.execute(
-                    &insert_accounts,
-                    &[
-                        &a.iter().map(|a| a.id.0 as i64).collect::<Vec<_>>(),
-                        &a.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
-                        &a.iter()
-                            .map(|a| a.limits.debits_must_not_exceed_credits)
-                            .collect::<Vec<_>>(),
-                        &a.iter()
-                            .map(|a| a.limits.credits_must_not_exceed_debits)
-                            .collect::<Vec<_>>(),
-                    ],
-                )?;
-            }
-            if !transfers.is_empty() {
-                let s = &transfers;
-                let modes: Vec<(&str, Option<i64>, Option<i64>)> = s
-                    .iter()
-                    .map(|s| match s.transfer.mode {
-                        Mode::Single => ("single", None, None),
-                        Mode::Pending { timeout_ms } => ("pending", None, Some(timeout_ms)),
-                        Mode::Post { pending } => ("post", Some(pending.0 as i64), None),
-                        Mode::Void { pending } => ("void", Some(pending.0 as i64), None),
-                    })
-                    .collect();
-                tx.execute(
-                    &insert_transfers,
-                    &[
-                        &s.iter().map(|s| s.transfer.id.0 as i64).collect::<Vec<_>>(),
-                        &s.iter().map(|s| s.seq as i64).collect::<Vec<_>>(),
-                        &s.iter()
-                            .map(|s| s.transfer.debit.0 as i64)
-                            .collect::<Vec<_>>(),
-                        &s.iter()
-                            .map(|s| s.transfer.credit.0 as i64)
-                            .collect::<Vec<_>>(),
-                        &s.iter()
-                            .map(|s| s.transfer.amount as i64)
-                            .collect::<Vec<_>>(),
-                        &modes.iter().map(|m| m.0).collect::<Vec<_>>(),
-                        &modes.iter().map(|m| m.1).collect::<Vec<_>>(),
-                        &modes.iter().map(|m| m.2).collect::<Vec<_>>(),
-                        &s.iter().map(|s| s.transfer.linked).collect::<Vec<_>>(),
-                        &s.iter()
-                            .map(|s| i64::from(s.transfer.code))
-                            .collect::<Vec<_>>(),
-                        &s.iter()
-                            .map(|s| s.transfer.user_data as i64)
-                            .collect::<Vec<_>>(),
-                        &s.iter().map(|s| s.created_at.0).collect::<Vec<_>>(),
-                        &s.iter()
-                            .map(|s| s.state.map(PendingState::as_str))
-                            .collect::<Vec<_>>(),
-                    ],
-                )?;
-            }
-            if !states.is_empty() {
-                let n = tx.execute(
-                    &set_states,
-                    &[
-                        &states.iter().map(|s| s.0 .0 as i64).collect::<Vec<_>>(),
-                        &states.iter().map(|s| s.1.as_str()).collect::<Vec<_>>(),
-                    ],
-                )?;
-                if n != states.len() as u64 {
-                    return Err(corrupt(format!(
-                        "{} pending transfers to update, {n} found",
+            let stmt = conn.prepare(WRITE_BATCH)?;
+            let a = &accounts;
+            let s = &transfers;
+            let modes: Vec<(&str, Option<i64>, Option<i64>)> = s
+                .iter()
+                .map(|s| match s.transfer.mode {
+                    Mode::Single => ("single", None, None),
+                    Mode::Pending { timeout_ms } => ("pending", None, Some(timeout_ms)),
+                    Mode::Post { pending } => ("post", Some(pending.0 as i64), None),
+                    Mode::Void { pending } => ("void", Some(pending.0 as i64), None),
+                })
+                .collect();
+            let row = conn.client.query_one(
+                &stmt,
+                &[
+                    &key,
+                    &epoch,
+                    &a.iter().map(|a| a.id.0 as i64).collect::<Vec<_>>(),
+                    &a.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(),
+                    &a.iter()
+                        .map(|a| a.limits.debits_must_not_exceed_credits)
+                        .collect::<Vec<_>>(),
+                    &a.iter()
+                        .map(|a| a.limits.credits_must_not_exceed_debits)
+                        .collect::<Vec<_>>(),
+                    &s.iter().map(|s| s.transfer.id.0 as i64).collect::<Vec<_>>(),
+                    &s.iter().map(|s| s.seq as i64).collect::<Vec<_>>(),
+                    &s.iter()
+                        .map(|s| s.transfer.debit.0 as i64)
+                        .collect::<Vec<_>>(),
+                    &s.iter()
+                        .map(|s| s.transfer.credit.0 as i64)
+                        .collect::<Vec<_>>(),
+                    &s.iter()
+                        .map(|s| s.transfer.amount as i64)
+                        .collect::<Vec<_>>(),
+                    &modes.iter().map(|m| m.0).collect::<Vec<_>>(),
+                    &modes.iter().map(|m| m.1).collect::<Vec<_>>(),
+                    &modes.iter().map(|m| m.2).collect::<Vec<_>>(),
+                    &s.iter().map(|s| s.transfer.linked).collect::<Vec<_>>(),
+                    &s.iter()
+                        .map(|s| i64::from(s.transfer.code))
+                        .collect::<Vec<_>>(),
+                    &s.iter()
+                        .map(|s| s.transfer.user_data as i64)
+                        .collect::<Vec<_>>(),
+                    &s.iter().map(|s| s.created_at.0).collect::<Vec<_>>(),
+                    &s.iter()
+                        .map(|s| s.state.map(PendingState::as_str))
+                        .collect::<Vec<_>>(),
+                    &states.iter().map(|s| s.0 .0 as i64).collect::<Vec<_>>(),
+                    &states.iter().map(|s| s.1.as_str()).collect::<Vec<_>>(),
+                ],
+            );
+            match row {
+                Ok(row) if row.try_get::<_, i64>(0)? == 1 => Ok(()),
+                Ok(_) => Err(fence.error()),
+                Err(e)
+                    if e.to_string()
+                        .contains("mall: a pending transfer to update is missing") =>
+                {
+                    Err(corrupt(format!(
+                        "{} pending transfers to update, some missing",
                         states.len()
-                    )));
+                    )))
                 }
+                Err(e) => Err(e.into()),
             }
-            tx.commit()?;
-            Ok(())
         });
         self.fence.observe(result)
     }

@@ -864,6 +864,28 @@ fn a_batch_that_does_not_fit_writes_nothing(server: &PostgresServer) {
         OrderStatus::AwaitingPayment,
         "no update of the batch"
     );
+
+    // The ledger's batch too: an account and the state of a pending
+    // transfer the store does not have; neither is written.
+    let mut journal = store.ledger_journal(LedgerConfig::default()).unwrap();
+    let mut ledger = journal.load(T0).unwrap();
+    let mut effects = Vec::new();
+    let wallet = chart::wallet(UserId(1));
+    ledger.apply(
+        mall_ledger::Command::CreateAccounts(vec![chart::account(wallet).unwrap()]),
+        T0,
+        &mut effects,
+    );
+    effects.push(mall_ledger::Effect::SetPendingState {
+        id: TransferId(424242),
+        state: mall_ledger::PendingState::Posted,
+    });
+    let err = journal.commit(&effects).unwrap_err();
+    assert!(err.0.contains("missing"), "{err}");
+    assert!(
+        store.read_ledger().unwrap().0.is_empty(),
+        "no account of the batch"
+    );
 }
 
 fn engine_runs_on_postgres(server: &PostgresServer) {
