@@ -4,10 +4,8 @@
 //! stopped and removed on drop.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -44,62 +42,7 @@ impl From<mall_postgres::server::ServerError> for PeerError {
     }
 }
 
-fn free_port() -> Result<u16, PeerError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn temp_dir(name: &str) -> Result<PathBuf, PeerError> {
-    let dir = std::env::temp_dir().join(format!(
-        "mall-{name}-{}-{}",
-        std::process::id(),
-        free_port()?
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-/// Installs Debian packages unless `installed()` says they are there;
-/// refreshes the package lists once if the first try fails.
-fn ensure_installed(installed: impl Fn() -> bool, packages: &[&str]) -> Result<(), PeerError> {
-    if installed() {
-        return Ok(());
-    }
-    eprintln!("installing {} with apt-get...", packages.join(" "));
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let install = |apt: &dyn Fn(&[&str]) -> bool| {
-        let mut args = vec!["install", "-y", "-q"];
-        args.extend_from_slice(packages);
-        apt(&args) && installed()
-    };
-    if install(&apt) || (apt(&["update", "-q"]) && install(&apt)) {
-        Ok(())
-    } else {
-        Err(PeerError::Setup(format!(
-            "could not install {}",
-            packages.join(" ")
-        )))
-    }
-}
-
-fn wait_for_port(port: u16, what: &str) -> Result<(), PeerError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(PeerError::Setup(format!(
-        "{what} did not start on port {port}"
-    )))
-}
+use mall_postgres::server::{ensure_installed, free_port, temp_dir, wait_for_port};
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 

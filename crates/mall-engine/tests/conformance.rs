@@ -23,10 +23,8 @@ use mall_ledger::{
     Account, AccountId, AccountKind, LedgerConfig, Limits, Mode, Transfer, TransferId,
 };
 use mall_shard::{Journal, StateMachine};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 const T0: Timestamp = Timestamp(1_700_000_000_000);
 const HOLD_MS: i64 = 10 * 60_000;
@@ -152,16 +150,11 @@ fn main() {
         ("stored_responses", stored_responses),
         ("order_readers", order_readers),
     ];
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let chosen: Vec<_> = tests
-        .iter()
-        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
-        .collect();
+    let (chosen, mut runner) = mall_postgres::server::Runner::choose(tests);
     if chosen.is_empty() {
         println!("running 0 tests");
         return;
     }
-    let started = Instant::now();
     let (server, base) = match std::env::var("MALL_TEST_PG") {
         Ok(url) if !url.is_empty() => (None, url),
         _ => {
@@ -173,7 +166,6 @@ fn main() {
         }
     };
     println!("running {} tests on sqlite and postgres", chosen.len());
-    let mut failed = Vec::new();
     for (n, (name, test)) in chosen.iter().enumerate() {
         for pg in [false, true] {
             let harness = if pg {
@@ -192,29 +184,11 @@ fn main() {
                     backend: Backend::Sqlite(tempfile::tempdir().unwrap()),
                 }
             };
-            let t = Instant::now();
-            let ok = catch_unwind(AssertUnwindSafe(|| test(&harness))).is_ok();
-            let verdict = if ok { "ok" } else { "FAILED" };
-            let label = format!("{name} [{}]", harness.name());
-            println!(
-                "test {label} ... {verdict} ({} ms)",
-                t.elapsed().as_millis()
-            );
-            if !ok {
-                failed.push(label);
-            }
+            runner.run(&format!("{name} [{}]", harness.name()), || test(&harness));
         }
     }
     drop(server); // before exit, which runs no destructor
-    if failed.is_empty() {
-        println!(
-            "test result: ok ({} ms in all)",
-            started.elapsed().as_millis()
-        );
-    } else {
-        println!("test result: FAILED: {}", failed.join(", "));
-        std::process::exit(1);
-    }
+    runner.finish();
 }
 
 fn shard_journal(store: &Arc<dyn Store>, board: &Arc<Board>) -> mall_engine::ShardJournalBox {

@@ -33,11 +33,14 @@ impl From<postgres::Error> for ServerError {
     }
 }
 
-fn free_port() -> Result<u16, ServerError> {
+/// A free port on loopback (free when asked; a throwaway server takes it
+/// right after).
+pub fn free_port() -> Result<u16, ServerError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn temp_dir(name: &str) -> Result<PathBuf, ServerError> {
+/// A new directory for a throwaway server's files.
+pub fn temp_dir(name: &str) -> Result<PathBuf, ServerError> {
     let dir = std::env::temp_dir().join(format!(
         "mall-{name}-{}-{}",
         std::process::id(),
@@ -59,13 +62,16 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Installs PostgreSQL with apt unless it is there; refreshes the package
-/// lists once if the first try fails.
-fn ensure_installed() -> Result<(), ServerError> {
-    if postgres_bin().is_some() {
+/// Installs Debian packages unless `installed()` says they are there;
+/// refreshes the package lists once if the first try fails.
+pub fn ensure_installed(
+    installed: impl Fn() -> bool,
+    packages: &[&str],
+) -> Result<(), ServerError> {
+    if installed() {
         return Ok(());
     }
-    eprintln!("installing postgresql with apt-get...");
+    eprintln!("installing {} with apt-get...", packages.join(" "));
     let apt = |args: &[&str]| {
         Command::new("apt-get")
             .args(args)
@@ -74,18 +80,23 @@ fn ensure_installed() -> Result<(), ServerError> {
             .status()
             .is_ok_and(|s| s.success())
     };
-    let install = || apt(&["install", "-y", "-q", "postgresql"]) && postgres_bin().is_some();
+    let install = || {
+        let mut args = vec!["install", "-y", "-q"];
+        args.extend_from_slice(packages);
+        apt(&args) && installed()
+    };
     if install() || (apt(&["update", "-q"]) && install()) {
         Ok(())
     } else {
-        Err(ServerError::Setup(
-            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb) and apt-get could not install it"
-                .into(),
-        ))
+        Err(ServerError::Setup(format!(
+            "{} is not installed and apt-get could not install it",
+            packages.join(" ")
+        )))
     }
 }
 
-fn wait_for_port(port: u16) -> Result<(), ServerError> {
+/// Waits (30 s at most) until something listens on loopback `port`.
+pub fn wait_for_port(port: u16, what: &str) -> Result<(), ServerError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -94,7 +105,7 @@ fn wait_for_port(port: u16) -> Result<(), ServerError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(ServerError::Setup(format!(
-        "postgres did not start on port {port}"
+        "{what} did not start on port {port}"
     )))
 }
 
@@ -123,7 +134,7 @@ pub struct PostgresServer {
 
 impl PostgresServer {
     pub fn start() -> Result<PostgresServer, ServerError> {
-        ensure_installed()?;
+        ensure_installed(|| postgres_bin().is_some(), &["postgresql"])?;
         let bin = postgres_bin()
             .ok_or_else(|| ServerError::Setup("PostgreSQL is not installed".into()))?;
         let port = free_port()?;
@@ -219,7 +230,7 @@ impl PostgresServer {
             "-w",
             "start",
         ])?;
-        wait_for_port(self.port)
+        wait_for_port(self.port, "postgres")
     }
 
     /// The connection string of the `postgres` database.
@@ -245,5 +256,61 @@ impl Drop for PostgresServer {
     fn drop(&mut self) {
         let _ = self.stop_immediate();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The runner of test binaries that share one PostgreSQL (`harness =
+/// false`: a server in a `static` would never be stopped): picks the tests
+/// the command line's filter names, runs each catching its panic, prints
+/// a verdict and time per test, and ends the process with the result.
+pub struct Runner {
+    started: Instant,
+    failed: Vec<String>,
+}
+
+impl Runner {
+    /// The tests whose name contains the command line's filter (all
+    /// without one), and a runner.
+    pub fn choose<'a, T>(tests: &'a [(&'static str, T)]) -> (Vec<(&'static str, &'a T)>, Runner) {
+        let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        let chosen = tests
+            .iter()
+            .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+            .map(|(name, test)| (*name, test))
+            .collect();
+        let runner = Runner {
+            started: Instant::now(),
+            failed: Vec::new(),
+        };
+        (chosen, runner)
+    }
+
+    /// Runs one test; did it pass?
+    pub fn run(&mut self, label: &str, test: impl FnOnce()) -> bool {
+        let started = Instant::now();
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)).is_ok();
+        println!(
+            "test {label} ... {} ({} ms)",
+            if ok { "ok" } else { "FAILED" },
+            started.elapsed().as_millis()
+        );
+        if !ok {
+            self.failed.push(label.to_string());
+        }
+        ok
+    }
+
+    /// Prints the result; a failure ends the process with status 1 (drop
+    /// the servers first: exit runs no destructor).
+    pub fn finish(self) {
+        if self.failed.is_empty() {
+            println!(
+                "test result: ok ({} ms in all)",
+                self.started.elapsed().as_millis()
+            );
+        } else {
+            println!("test result: FAILED: {}", self.failed.join(", "));
+            std::process::exit(1);
+        }
     }
 }

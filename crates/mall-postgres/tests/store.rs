@@ -15,10 +15,9 @@ use mall_core::{
 use mall_engine::{Engine, EngineConfig, NewUser, Store, StoreError, StoredResponse};
 use mall_inventory::{Board, Command, Effect, Inventory, InventoryConfig, Reply, Reserve};
 use mall_ledger::{chart, Account, AccountId, LedgerConfig, Mode, Transfer, TransferId};
-use mall_postgres::server::PostgresServer;
+use mall_postgres::server::{PostgresServer, Runner};
 use mall_postgres::PgStore;
 use mall_shard::Journal;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,11 +49,7 @@ fn main() {
         ),
         ("connection_cut_and_back", connection_cut_and_back),
     ];
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let chosen: Vec<_> = tests
-        .iter()
-        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
-        .collect();
+    let (chosen, mut runner) = Runner::choose(tests);
     if chosen.is_empty() {
         println!("running 0 tests");
         return;
@@ -69,29 +64,11 @@ fn main() {
         server.port,
         started.elapsed().as_millis()
     );
-    let mut failed = Vec::new();
     for (name, test) in chosen {
-        let started = Instant::now();
-        let ok = catch_unwind(AssertUnwindSafe(|| test(&server))).is_ok();
-        let verdict = if ok { "ok" } else { "FAILED" };
-        println!(
-            "test {name} ... {verdict} ({} ms)",
-            started.elapsed().as_millis()
-        );
-        if !ok {
-            failed.push(*name);
-        }
+        runner.run(name, || test(&server));
     }
     drop(server);
-    if failed.is_empty() {
-        println!(
-            "test result: ok ({} ms in all)",
-            started.elapsed().as_millis()
-        );
-    } else {
-        println!("test result: FAILED: {}", failed.join(", "));
-        std::process::exit(1);
-    }
+    runner.finish();
 }
 
 fn open(urls: &[String], shards: Option<usize>) -> PgStore {
