@@ -118,13 +118,6 @@ pub enum Command {
         item: Item,
         expected: Option<Item>,
     },
-    /// The order as it stands, if it is active here; `Inactive` if not (it
-    /// is then in the store only). Like every answer that claims state, it
-    /// leaves once everything applied before it is committed: what it
-    /// shows is durable. A read that costs no database round trip.
-    Get {
-        order: OrderId,
-    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -347,13 +340,6 @@ impl Inventory {
             Command::Release { order, by } => self.release(order, by, now, effects),
             Command::Deliver { order } => self.deliver(order, now, effects),
             Command::PutItem { item, expected } => self.put_item(item, expected, effects),
-            Command::Get { order } => match self.orders.get(&order) {
-                Some(o) => Reply::Order {
-                    order: o.clone(),
-                    replayed: false,
-                },
-                None => Reply::Inactive(order),
-            },
         }
     }
 

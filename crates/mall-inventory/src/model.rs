@@ -206,13 +206,6 @@ impl Model {
                     }),
                 }
             }
-            Command::Get { order } => match self.orders.get(order) {
-                Some(o) if o.status.is_active() => Reply::Order {
-                    order: o.clone(),
-                    replayed: false,
-                },
-                _ => Reply::Inactive(*order),
-            },
             Command::Deliver { order } => {
                 let Some(o) = self.orders.get_mut(order) else {
                     return Reply::Inactive(*order);

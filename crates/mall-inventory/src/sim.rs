@@ -122,11 +122,8 @@ impl Workload {
         let order = self.rng.pick(&self.orders).copied();
         match self.rng.below(100) {
             0..=64 => self.reserve(),
-            65..=76 => Command::Confirm {
+            65..=79 => Command::Confirm {
                 order: order.unwrap_or(OrderId::new(self.shard, 999_999)),
-            },
-            77..=79 => Command::Get {
-                order: order.unwrap_or(OrderId::new(self.shard, 999_996)),
             },
             88..=91 => Command::Deliver {
                 order: order.unwrap_or(OrderId::new(self.shard, 999_997)),
