@@ -20,6 +20,14 @@ pub trait Store: Send + Sync + 'static {
     /// Where it is, for logs and reports (no password).
     fn describe(&self) -> String;
 
+    /// Does a point read (an order by id) cost microseconds on this machine
+    /// (SQLite: yes), rather than a round trip to a server? Callers on an
+    /// async thread may do a local read in place; a remote one they hand to
+    /// the blocking pool.
+    fn reads_are_local(&self) -> bool {
+        false
+    }
+
     /// The number of inventory shards, fixed when the store was made.
     fn shard_count(&self) -> usize;
 

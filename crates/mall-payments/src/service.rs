@@ -250,9 +250,17 @@ impl Payments {
 
     fn carry_out(&self, action: Action, inputs: &mut VecDeque<Input>) {
         match action {
-            // A point read by primary key: tens of microseconds on SQLite,
-            // a round trip on PostgreSQL. Either way it blocks, so it runs
-            // on the blocking pool and its answer comes back as an input.
+            // A point read by primary key: tens of microseconds on a local
+            // store (SQLite), done here, as a hop would cost more; a round
+            // trip on a remote one (PostgreSQL), which must not block this
+            // thread: the blocking pool does it and the answer comes back
+            // as an input.
+            Action::ReadOrder { op, order } if self.shared.engine.store().reads_are_local() => {
+                inputs.push_back(Input::Reply {
+                    op,
+                    reply: IoReply::Order(self.stored_order(order)),
+                })
+            }
             Action::ReadOrder { op, order } => {
                 let me = self.clone();
                 let (tx, rx) = oneshot::channel();

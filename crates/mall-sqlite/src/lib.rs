@@ -232,6 +232,10 @@ impl Store for DataDir {
         self.shards
     }
 
+    fn reads_are_local(&self) -> bool {
+        true // a WAL reader of a file on this machine
+    }
+
     fn shard_journal(
         &self,
         shard: usize,
