@@ -80,6 +80,8 @@ pub struct AppState {
 pub struct Inner {
     pub engine: Arc<Engine>,
     pub accounts: Arc<dyn AccountStore>,
+    /// Blocking store calls allowed at once, on a remote store.
+    pub store_calls: Option<tokio::sync::Semaphore>,
     pub sessions: SessionCache,
     pub config: HttpConfig,
     pub metrics: metrics::Metrics,
@@ -112,6 +114,10 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// Blocking calls to a remote store at once, at most (twice its share of
+/// connections at the default: enough to keep them busy).
+const STORE_CALLS_MAX: usize = 16;
+
 impl AppState {
     pub fn new(
         engine: Arc<Engine>,
@@ -121,8 +127,11 @@ impl AppState {
     ) -> Result<AppState, mall_engine::StoreError> {
         let sessions = SessionCache::load(accounts.live_sessions(clock.now())?);
         let next_sku = engine.board().max_sku().map_or(1, |s| s.0 + 1);
+        let store_calls = (!engine.store().reads_are_local())
+            .then(|| tokio::sync::Semaphore::new(STORE_CALLS_MAX));
         Ok(AppState {
             inner: Arc::new(Inner {
+                store_calls,
                 limiter: limits::RateLimiter::new(config.rate.clone()),
                 hasher: passwords::Hasher::start(&config.passwords),
                 login_throttle: passwords::LoginThrottle::new(config.login_throttle.clone()),

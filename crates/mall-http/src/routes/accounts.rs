@@ -167,7 +167,7 @@ async fn create_account(
     let hash = state.hasher.hash(password).await?;
     let (accounts, now) = (state.accounts.clone(), state.now());
     let name = username.clone();
-    let ids = blocking(move || {
+    let ids = blocking(&state, move || {
         let user = NewUser {
             username: name,
             role,
@@ -217,7 +217,7 @@ pub async fn register(
         // hold passwords, so it is checked against the account's hash).
         let accounts = state.accounts.clone();
         let name = body.username.clone();
-        let phc = blocking(move || accounts.user_by_name(&name))
+        let phc = blocking(&state, move || accounts.user_by_name(&name))
             .await
             .map_err(store_error)?
             .and_then(|u| u.password_hash);
@@ -264,7 +264,7 @@ pub async fn login(
     state.login_throttle.check(&body.username, started)?;
     let accounts = state.accounts.clone();
     let name = body.username.clone();
-    let user = blocking(move || accounts.user_by_name(&name))
+    let user = blocking(&state, move || accounts.user_by_name(&name))
         .await
         .map_err(store_error)?;
     let phc = user.as_ref().and_then(|u| u.password_hash.clone());
@@ -292,9 +292,11 @@ pub async fn login(
     };
     let session_state = state.clone();
     let t = token.clone();
-    blocking(move || session_state.open_session(&t, principal, expires_at))
-        .await
-        .map_err(store_error)?;
+    blocking(&state, move || {
+        session_state.open_session(&t, principal, expires_at)
+    })
+    .await
+    .map_err(store_error)?;
     let view = SessionView {
         token,
         expires_at_ms: expires_at.0,
@@ -323,7 +325,7 @@ pub async fn logout(
     CurrentToken(hash): CurrentToken,
 ) -> ApiResult<Json<LoggedOut>> {
     let accounts = state.accounts.clone();
-    blocking(move || accounts.delete_session(&hash))
+    blocking(&state, move || accounts.delete_session(&hash))
         .await
         .map_err(store_error)?;
     state.sessions.remove(&hash);
@@ -351,7 +353,7 @@ pub async fn revoke_sessions(
     principal.require_admin()?;
     let user = UserId(super::parse_id(&raw, "user id")?);
     let accounts = state.accounts.clone();
-    let ended = blocking(move || {
+    let ended = blocking(&state, move || {
         Ok(match accounts.user_by_id(user)? {
             Some(_) => Some(accounts.delete_sessions_of(user)?),
             None => None,
@@ -387,7 +389,7 @@ pub async fn admin_create_user(
     let merchant = match (role, body.merchant_id) {
         (Role::Merchant, Some(id)) => {
             let accounts = state.accounts.clone();
-            let known = blocking(move || accounts.merchants())
+            let known = blocking(&state, move || accounts.merchants())
                 .await
                 .map_err(store_error)?;
             if !known.iter().any(|m| m.id.0 == id) {
@@ -499,9 +501,11 @@ pub async fn issue_shoppers(
         tokens.push(token);
     }
     let accounts = state.accounts.clone();
-    let (ids, users) = blocking(move || accounts.create_users(&users, now).map(|ids| (ids, users)))
-        .await
-        .map_err(store_error)?;
+    let (ids, users) = blocking(&state, move || {
+        accounts.create_users(&users, now).map(|ids| (ids, users))
+    })
+    .await
+    .map_err(store_error)?;
     let mut out = Vec::with_capacity(ids.len());
     for ((id, user), token) in ids.into_iter().zip(users).zip(tokens) {
         let (hash, _) = user.session.expect("made with a session");
@@ -548,7 +552,7 @@ pub async fn create_merchant(
         idempotency::keep,
         || async {
             let (accounts, now, name) = (state.accounts.clone(), state.now(), body.name.clone());
-            let id = blocking(move || accounts.create_merchant(&name, now))
+            let id = blocking(&state, move || accounts.create_merchant(&name, now))
                 .await
                 .map_err(store_error)?;
             super::json_answer(
@@ -572,7 +576,7 @@ pub async fn list_merchants(
 ) -> ApiResult<Json<MerchantsView>> {
     principal.require_admin()?;
     let accounts = state.accounts.clone();
-    let rows = blocking(move || accounts.merchants())
+    let rows = blocking(&state, move || accounts.merchants())
         .await
         .map_err(store_error)?;
     Ok(Json(MerchantsView {

@@ -282,7 +282,7 @@ pub async fn create(
     };
     validate_item(&item)?;
     let accounts = state.accounts.clone();
-    let merchants = blocking(move || accounts.merchants())
+    let merchants = blocking(&state, move || accounts.merchants())
         .await
         .map_err(|e| ApiError::store("merchants", e))?;
     if !merchants.iter().any(|m| m.id == item.merchant) {

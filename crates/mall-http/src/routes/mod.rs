@@ -157,17 +157,19 @@ pub(crate) fn check_text(
     Ok(())
 }
 
-/// Blocking store calls at once, at most: beyond, callers wait here (a
-/// task each) rather than as hundreds of threads queued for a database
-/// connection.
-const STORE_CALLS_MAX: usize = 64;
-static STORE_CALLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(STORE_CALLS_MAX);
-
-/// Runs blocking store work off the async threads.
+/// Runs blocking store work off the async threads. On a remote store
+/// (PostgreSQL) at most `AppState::store_calls` at once: beyond, callers
+/// wait here as tasks rather than as hundreds of threads queued for a
+/// database connection. A local store (SQLite) answers in microseconds and
+/// is not limited.
 pub(crate) async fn blocking<T: Send + 'static>(
+    state: &crate::AppState,
     f: impl FnOnce() -> Result<T, mall_engine::StoreError> + Send + 'static,
 ) -> Result<T, mall_engine::StoreError> {
-    let _turn = STORE_CALLS.acquire().await;
+    let _turn = match &state.store_calls {
+        Some(calls) => Some(calls.acquire().await),
+        None => None,
+    };
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
         Err(mall_engine::StoreError::Corrupt(format!(
             "store task failed: {e}"

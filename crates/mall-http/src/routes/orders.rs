@@ -115,7 +115,7 @@ pub(crate) async fn stored_order(state: &AppState, id: OrderId) -> ApiResult<Opt
         return Ok(None);
     };
     let engine = state.engine.clone();
-    blocking(move || {
+    blocking(&state, move || {
         engine
             .reader_for_order(id)
             .map_or(Ok(None), |r| r.order(id))
@@ -285,7 +285,7 @@ pub async fn list_mine(
     }
     let before = q.before.as_deref().map(parse_cursor).transpose()?;
     let engine = state.engine.clone();
-    let mut orders = blocking(move || {
+    let mut orders = blocking(&state, move || {
         let mut all = Vec::new();
         for reader in engine.readers() {
             all.extend(reader.orders_of_user(user, before, limit + 1)?);
