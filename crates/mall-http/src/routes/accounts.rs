@@ -167,7 +167,7 @@ async fn create_account(
     let hash = state.hasher.hash(password).await?;
     let (accounts, now) = (state.accounts.clone(), state.now());
     let name = username.clone();
-    let ids = blocking(&state, move || {
+    let ids = blocking(state, move || {
         let user = NewUser {
             username: name,
             role,
@@ -501,7 +501,7 @@ pub async fn issue_shoppers(
         tokens.push(token);
     }
     let accounts = state.accounts.clone();
-    let (ids, users) = blocking(&state, move || {
+    let (ids, users) = blocking(state, move || {
         accounts.create_users(&users, now).map(|ids| (ids, users))
     })
     .await

@@ -125,7 +125,7 @@ where
             body: body.to_string(),
         };
         let (accounts, now) = (state.accounts.clone(), state.now());
-        if let Err(e) = super::blocking(&state, move || {
+        if let Err(e) = super::blocking(state, move || {
             accounts.store_response(owner, &key, &stored, now)
         })
         .await
@@ -143,7 +143,7 @@ pub async fn stored(
     key: &str,
 ) -> ApiResult<Option<StoredResponse>> {
     let (accounts, key) = (state.accounts.clone(), key.to_string());
-    super::blocking(&state, move || accounts.stored_response(owner, &key))
+    super::blocking(state, move || accounts.stored_response(owner, &key))
         .await
         .map_err(|e| ApiError::store("idempotency lookup", e))
 }
@@ -162,7 +162,7 @@ async fn replay(
 ) -> Option<Response> {
     let lookup = {
         let (accounts, key) = (state.accounts.clone(), key.to_string());
-        super::blocking(&state, move || accounts.stored_response(owner, &key)).await
+        super::blocking(state, move || accounts.stored_response(owner, &key)).await
     };
     match lookup {
         Err(e) => Some(ApiError::store("idempotency lookup", e).into_response()),

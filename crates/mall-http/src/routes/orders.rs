@@ -115,7 +115,7 @@ pub(crate) async fn stored_order(state: &AppState, id: OrderId) -> ApiResult<Opt
         return Ok(None);
     };
     let engine = state.engine.clone();
-    blocking(&state, move || {
+    blocking(state, move || {
         engine
             .reader_for_order(id)
             .map_or(Ok(None), |r| r.order(id))
