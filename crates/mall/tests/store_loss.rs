@@ -21,6 +21,14 @@ const UP: u8 = 0;
 const DOWN: u8 = 1;
 const BACK: u8 = 2;
 
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// One snap-up as the shopper saw it.
 struct Attempt {
     token: String,
@@ -43,6 +51,9 @@ fn postgres_lost_mid_rush_then_back() {
     let people = shoppers(&server, 4_000);
     let phase = Arc::new(AtomicU8::new(UP));
     let stop = Arc::new(AtomicBool::new(false));
+    // If the test fails, the shoppers stop too, and the last of them to go
+    // drops the server (which kills it): no `mall serve` outlives the test.
+    let _stop_on_panic = StopOnDrop(stop.clone());
     let seen = Arc::new(Mutex::new(Vec::<Attempt>::new()));
     let threads: Vec<_> = (0..4)
         .map(|t| {
