@@ -93,7 +93,7 @@ fn postgres_lost_mid_rush_then_back() {
     std::thread::sleep(Duration::from_millis(1_500));
     pg.stop_immediate().unwrap();
     phase.store(DOWN, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(2_000));
+    std::thread::sleep(Duration::from_millis(3_000));
     // Browsing is served from memory while the database is away.
     let a = agent();
     let item = call(
@@ -139,11 +139,27 @@ fn postgres_lost_mid_rush_then_back() {
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     let count = |f: &dyn Fn(&Attempt) -> bool| seen.iter().filter(|s| f(s)).count();
     let acked_before = count(&|s| s.sent == UP && s.status == 201);
-    let refused_down = count(&|s| s.answered == DOWN && s.status == 503);
-    assert!(acked_before > 0, "no snap-up before the outage");
+    let refused_down = count(&|s| s.sent == DOWN && s.status == 503);
+    let answers = || {
+        let mut answers = std::collections::BTreeMap::new();
+        for s in &seen {
+            *answers
+                .entry((s.sent, s.answered, s.status, s.code.clone()))
+                .or_insert(0) += 1;
+        }
+        format!("answers (sent, answered, status, code): {answers:?}")
+    };
+    assert!(acked_before > 0, "no snap-up before the outage; {}", answers());
+    // Shoppers whose requests were in flight at the crash may wait through
+    // the outage and succeed after it (seen once in about six loaded runs:
+    // every shopper thread blocked in such a request, none sent during the
+    // outage). That is slow, not false. Whatever was sent while the
+    // database was down must have been refused.
+    let sent_down = count(&|s| s.sent == DOWN);
     assert!(
-        refused_down > 0,
-        "no snap-up was refused while the database was down"
+        sent_down == 0 || refused_down > 0,
+        "snap-ups were sent while the database was down and none was refused; {}",
+        answers()
     );
     for s in &seen {
         // Sent and answered while the database was down: never a success.
@@ -179,7 +195,7 @@ fn postgres_lost_mid_rush_then_back() {
         assert_eq!(got.0, 200, "acknowledged order {id} is gone: {}", got.1);
     }
     println!(
-        "{} attempts: {acked_before} acknowledged before the outage, {refused_down} refused during it, {} acknowledged after",
+        "{} attempts: {acked_before} acknowledged before the outage, {refused_down} sent during it refused, {} acknowledged after",
         seen.len(),
         count(&|s| s.sent == BACK && s.status == 201)
     );
