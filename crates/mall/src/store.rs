@@ -18,7 +18,12 @@ pub struct StoreArgs {
     /// postgres://mall@10.0.0.5/mall (repeat the flag or separate with
     /// commas; the first holds the ledger, the accounts and the shards'
     /// placement). Without it, the SQLite files of the data directory.
-    #[arg(long = "store", env = "MALL_STORE", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "store",
+        env = "MALL_STORE",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub store: Vec<String>,
     /// Connections this process opens per PostgreSQL server, at most.
     #[arg(long, env = "MALL_STORE_CONNECTIONS")]

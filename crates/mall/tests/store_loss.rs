@@ -149,7 +149,11 @@ fn postgres_lost_mid_rush_then_back() {
         }
         format!("answers (sent, answered, status, code): {answers:?}")
     };
-    assert!(acked_before > 0, "no snap-up before the outage; {}", answers());
+    assert!(
+        acked_before > 0,
+        "no snap-up before the outage; {}",
+        answers()
+    );
     // Shoppers whose requests were in flight at the crash may wait through
     // the outage and succeed after it (seen once in about six loaded runs:
     // every shopper thread blocked in such a request, none sent during the
