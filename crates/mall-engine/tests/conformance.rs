@@ -51,7 +51,7 @@ enum Target {
     Ledger,
 }
 
-impl Harness<'_> {
+impl<'a> Harness<'a> {
     fn name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
@@ -63,21 +63,27 @@ impl Harness<'_> {
         matches!(self.backend, Backend::Postgres { .. })
     }
 
-    /// Another empty store of the same backend (one per simulated seed).
-    fn fresh(&self, n: u64) -> Harness<'_> {
-        match &self.backend {
-            Backend::Sqlite(_) => Harness {
-                backend: Backend::Sqlite(tempfile::tempdir().unwrap()),
+    /// An empty store: SQLite files in a temporary directory, or a
+    /// scratch database `db` on the PostgreSQL at `base`.
+    fn new(postgres: Option<(&'a str, String)>) -> Harness<'a> {
+        let backend = match postgres {
+            None => Backend::Sqlite(tempfile::tempdir().unwrap()),
+            Some((base, db)) => Backend::Postgres {
+                scratch: mall_postgres::Scratch::create(&[base.to_string()], &db)
+                    .unwrap_or_else(|e| panic!("creating database {db}: {e}")),
+                db,
+                base,
             },
-            Backend::Postgres { db, base, .. } => {
-                let db = format!("{db}_{n}");
-                let scratch = mall_postgres::Scratch::create(&[base.to_string()], &db)
-                    .unwrap_or_else(|e| panic!("creating database {db}: {e}"));
-                Harness {
-                    backend: Backend::Postgres { scratch, db, base },
-                }
-            }
-        }
+        };
+        Harness { backend }
+    }
+
+    /// Another empty store of the same backend (one per simulated seed).
+    fn fresh(&self, n: u64) -> Harness<'a> {
+        Harness::new(match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres { db, base, .. } => Some((*base, format!("{db}_{n}"))),
+        })
     }
 
     /// Opens the store (a new open each call, as after a restart).
@@ -168,22 +174,12 @@ fn main() {
     println!("running {} tests on sqlite and postgres", chosen.len());
     for (n, (name, test)) in chosen.iter().enumerate() {
         for pg in [false, true] {
-            let harness = if pg {
-                let db = format!("conformance_{}_{n}", std::process::id());
-                let scratch = mall_postgres::Scratch::create(std::slice::from_ref(&base), &db)
-                    .unwrap_or_else(|e| panic!("creating database {db}: {e}"));
-                Harness {
-                    backend: Backend::Postgres {
-                        scratch,
-                        db,
-                        base: &base,
-                    },
-                }
-            } else {
-                Harness {
-                    backend: Backend::Sqlite(tempfile::tempdir().unwrap()),
-                }
-            };
+            let harness = Harness::new(pg.then(|| {
+                (
+                    base.as_str(),
+                    format!("conformance_{}_{n}", std::process::id()),
+                )
+            }));
             runner.run(&format!("{name} [{}]", harness.name()), || test(&harness));
         }
     }

@@ -9,10 +9,10 @@
 //! apt to install it) every test fails, loudly.
 
 use mall_core::{
-    Category, Fen, Item, MerchantId, OrderId, OrderStatus, PaymentMethod, Quantity, Role, Sku,
-    Timestamp, UserId,
+    Category, Fen, Item, MerchantId, OrderId, OrderStatus, PaymentMethod, Quantity, Sku, Timestamp,
+    UserId,
 };
-use mall_engine::{Engine, EngineConfig, NewUser, Store, StoreError, StoredResponse};
+use mall_engine::{Engine, EngineConfig, Store, StoreError};
 use mall_inventory::{Board, Command, Effect, Inventory, InventoryConfig, Reply, Reserve};
 use mall_ledger::{chart, Account, AccountId, LedgerConfig, Mode, Transfer, TransferId};
 use mall_postgres::server::{PostgresServer, Runner};
@@ -33,7 +33,6 @@ fn main() {
             "ledger_round_trip_and_fencing",
             ledger_round_trip_and_fencing,
         ),
-        ("accounts", accounts),
         ("two_servers_placement", two_servers_placement),
         ("shards_share_connections", shards_share_connections),
         ("schema_too_new_is_refused", schema_too_new_is_refused),
@@ -478,149 +477,6 @@ fn ledger_round_trip_and_fencing(server: &PostgresServer) {
     );
     taken.commit(&effects).unwrap();
     assert_eq!(other.read_ledger().unwrap().1.len(), 9);
-}
-
-fn accounts(server: &PostgresServer) {
-    let (_, store) = fresh(server, "accounts", Some(1));
-    let acc = store.accounts().unwrap();
-    let now = T0;
-    assert_eq!(acc.meta_get("greeting").unwrap(), None);
-    acc.meta_set("greeting", "hi").unwrap();
-    acc.meta_set("greeting", "hello").unwrap();
-    assert_eq!(acc.meta_get("greeting").unwrap().as_deref(), Some("hello"));
-
-    let acme = acc.create_merchant("acme", now).unwrap();
-    assert!(matches!(
-        acc.create_merchant("acme", now),
-        Err(StoreError::MerchantNameTaken)
-    ));
-    let other = acc.create_merchant("other", now).unwrap();
-    let names: Vec<_> = acc
-        .merchants()
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.id, m.name))
-        .collect();
-    assert_eq!(names, vec![(acme, "acme".into()), (other, "other".into())]);
-
-    let user = |name: &str, role, merchant, session| NewUser {
-        username: name.into(),
-        role,
-        merchant,
-        password_hash: Some(format!("$argon2id$...{name}")),
-        session,
-    };
-    let ids = acc
-        .create_users(
-            &[
-                user(
-                    "alice",
-                    Role::Shopper,
-                    None,
-                    Some(([1; 32], now.plus_ms(60_000))),
-                ),
-                user("bob", Role::Merchant, Some(acme), None),
-            ],
-            now,
-        )
-        .unwrap();
-    assert_eq!(ids.len(), 2);
-    // All or none: carol is not made when alice's name is taken.
-    let taken = acc.create_users(
-        &[
-            user(
-                "carol",
-                Role::Shopper,
-                None,
-                Some(([2; 32], now.plus_ms(60_000))),
-            ),
-            user("alice", Role::Shopper, None, None),
-        ],
-        now,
-    );
-    assert!(matches!(taken, Err(StoreError::UsernameTaken)), "{taken:?}");
-    assert_eq!(acc.user_by_name("carol").unwrap(), None);
-    let bob = acc.user_by_name("bob").unwrap().unwrap();
-    assert_eq!(
-        (bob.id, bob.role, bob.merchant),
-        (ids[1], Role::Merchant, Some(acme))
-    );
-    assert_eq!(acc.user_by_id(ids[0]).unwrap().unwrap().username, "alice");
-    assert_eq!(acc.user_by_id(UserId(999)).unwrap(), None);
-    acc.set_password_hash(ids[0], "new").unwrap();
-    assert_eq!(
-        acc.user_by_id(ids[0])
-            .unwrap()
-            .unwrap()
-            .password_hash
-            .as_deref(),
-        Some("new")
-    );
-
-    // Sessions: expired ones are dropped when the live ones are read.
-    acc.insert_session(&[3; 32], ids[1], now.plus_ms(10), now)
-        .unwrap();
-    acc.insert_session(&[4; 32], ids[1], now.plus_ms(60_000), now)
-        .unwrap();
-    let live = acc.live_sessions(now.plus_ms(10)).unwrap();
-    let mut hashes: Vec<_> = live.iter().map(|s| s.token_hash[0]).collect();
-    hashes.sort();
-    assert_eq!(hashes, vec![1, 4]);
-    let bobs = live.iter().find(|s| s.token_hash == [4; 32]).unwrap();
-    assert_eq!(
-        (bobs.user, bobs.role, bobs.merchant),
-        (ids[1], Role::Merchant, Some(acme))
-    );
-    assert_eq!(
-        acc.live_sessions(now).unwrap().len(),
-        2,
-        "the expired one is gone"
-    );
-    assert!(acc.delete_session(&[1; 32]).unwrap());
-    assert!(!acc.delete_session(&[1; 32]).unwrap());
-    assert_eq!(acc.delete_sessions_of(ids[1]).unwrap(), 1);
-    assert!(acc.live_sessions(now).unwrap().is_empty());
-
-    // Stored responses: a final answer replaces a stored 202 of the same
-    // request, and is never replaced.
-    let response = |fingerprint, status: u16| StoredResponse {
-        fingerprint,
-        status,
-        body: format!("{status}"),
-    };
-    let alice = ids[0];
-    assert_eq!(acc.stored_response(alice, "k").unwrap(), None);
-    acc.store_response(alice, "k", &response(7, 202), now)
-        .unwrap();
-    acc.store_response(alice, "k", &response(7, 200), now)
-        .unwrap();
-    assert_eq!(
-        acc.stored_response(alice, "k").unwrap(),
-        Some(response(7, 200))
-    );
-    acc.store_response(alice, "k", &response(7, 409), now)
-        .unwrap();
-    assert_eq!(
-        acc.stored_response(alice, "k").unwrap(),
-        Some(response(7, 200))
-    );
-    acc.store_response(alice, "j", &response(7, 202), now)
-        .unwrap();
-    acc.store_response(alice, "j", &response(8, 200), now)
-        .unwrap();
-    assert_eq!(
-        acc.stored_response(alice, "j").unwrap(),
-        Some(response(7, 202)),
-        "another request"
-    );
-    acc.store_response(ids[1], "k", &response(1, 201), now.plus_ms(5))
-        .unwrap();
-    assert_eq!(acc.prune_responses(now.plus_ms(1)).unwrap(), 2);
-    assert_eq!(acc.stored_response(alice, "k").unwrap(), None);
-    assert_eq!(
-        acc.stored_response(ids[1], "k").unwrap(),
-        Some(response(1, 201))
-    );
 }
 
 fn two_servers_placement(server: &PostgresServer) {

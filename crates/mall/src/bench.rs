@@ -456,7 +456,7 @@ fn engine(
         }
     }
     if store.is_postgres() && matches!(shape, Shape::Spread | Shape::Both) {
-        let peer = postgres_peer_spread(&store.store[0], users)?;
+        let peer = postgres_peer_spread(&store.store[0])?;
         let ratio = spread[0] / peer.max(1e-9);
         println!("mall on PostgreSQL, spread: {:.0} durable orders/s = {ratio:.1}x PostgreSQL's own flash sale at its best concurrency ({peer:.0}/s), same server, same run", spread[0]);
     }
@@ -467,7 +467,7 @@ fn engine(
 /// 1,000,000 units, Zipf popularity, every attempt succeeds): one
 /// transaction per order, `UPDATE ... WHERE available >= 1` and an INSERT,
 /// durable commits. Tried with 8, 16 and 64 sessions; the best rate.
-fn postgres_peer_spread(url: &str, users: u64) -> Result<f64> {
+fn postgres_peer_spread(url: &str) -> Result<f64> {
     use mall_bench::stockbench::{Config, Shape as StockShape, Workload};
     let mut rng = mall_core::rng::Rng::new(11);
     let cdf = mall_rush::plan::zipf_cdf(10_000, 1.1);
@@ -484,8 +484,10 @@ fn postgres_peer_spread(url: &str, users: u64) -> Result<f64> {
         .build()?;
     let mut best: f64 = 0.0;
     for sessions in [8, 16, 64] {
+        // The peer reads only its URL, concurrency and time bound; the
+        // workload is the one above.
         let config = Config {
-            users: users.max(100_000),
+            users: workload.attempts.len() as u64,
             attempts: workload.attempts.len() as u64,
             items: 10_000,
             hot_stock: 0,

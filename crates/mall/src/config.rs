@@ -301,3 +301,22 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn store_is_a_list_or_one_comma_separated_string() {
+        let one: Config = toml::from_str(r#"store = "postgres://a/m, postgres://b/m""#).unwrap();
+        let many: Config =
+            toml::from_str(r#"store = ["postgres://a/m", "postgres://b/m"]"#).unwrap();
+        assert_eq!(one.store, vec!["postgres://a/m", "postgres://b/m"]);
+        assert_eq!(one.store, many.store);
+        assert!(
+            Config::default().store.is_empty(),
+            "SQLite unless a store is named"
+        );
+        assert!(toml::from_str::<Config>("store = 5").is_err());
+    }
+}
