@@ -334,7 +334,12 @@ async fn mall_in_process(
                     .enumerate()
                     .filter(|(_, c)| !c.is_empty())
                 {
-                    rxs.push(engine.handle(shard).submit_many(cmds));
+                    rxs.push(
+                        engine
+                            .local(shard)
+                            .expect("every shard runs in a benchmark")
+                            .submit_many(cmds),
+                    );
                 }
                 for rx in rxs {
                     let replies = rx.await.map_err(|e| PeerError::Setup(e.to_string()))?;

@@ -99,9 +99,17 @@ impl OrderId {
 pub const QUANTITY_MAX: u32 = 1_000;
 
 /// A number of units in one order: `1..=QUANTITY_MAX`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Quantity(u32);
+pub struct Quantity(#[serde(deserialize_with = "quantity_in_range")] u32);
+
+/// A quantity from the wire is checked like any other.
+fn quantity_in_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    Quantity::new(n)
+        .map(Quantity::get)
+        .ok_or_else(|| serde::de::Error::custom(format!("quantity {n} out of 1..={QUANTITY_MAX}")))
+}
 
 impl Quantity {
     pub fn new(n: u32) -> Option<Quantity> {
@@ -303,7 +311,7 @@ pub struct Item {
 
 /// An order as recorded. `address` and `idempotency_key` are shared with the
 /// engine's in-memory copy, so cloning an order is cheap.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     pub id: OrderId,
     pub sku: Sku,

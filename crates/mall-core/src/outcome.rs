@@ -2,8 +2,9 @@
 //! stable machine code, returned per command, never operating errors.
 
 use crate::{OrderStatus, Timestamp};
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refusal {
     /// No stock left to hold.
     SoldOut,
@@ -30,7 +31,8 @@ pub enum Refusal {
     /// The order's status does not allow the change.
     InvalidTransition {
         status: OrderStatus,
-        action: &'static str,
+        /// `cancelled`, `delivered` or `paid`.
+        action: std::borrow::Cow<'static, str>,
     },
     /// The hold lapsed before payment arrived; the stock went back on sale.
     HoldExpired,
@@ -60,8 +62,8 @@ impl Refusal {
             // delivered order goes back only by an after-sale refund.
             Refusal::InvalidTransition {
                 status: OrderStatus::Delivered,
-                action: "cancelled",
-            } => "already_delivered",
+                action,
+            } if action == "cancelled" => "already_delivered",
             Refusal::InvalidTransition { .. } => "invalid_order_status",
             Refusal::HoldExpired => "hold_expired",
             Refusal::IdempotencyKeyReused => "idempotency_key_reused",
@@ -90,8 +92,8 @@ impl Refusal {
             Refusal::UnknownOrder => "no such order".into(),
             Refusal::InvalidTransition {
                 status: OrderStatus::Delivered,
-                action: "cancelled",
-            } => "a delivered order cannot be cancelled; ask the merchant for an after-sale refund"
+                action,
+            } if action == "cancelled" => "a delivered order cannot be cancelled; ask the merchant for an after-sale refund"
                 .into(),
             Refusal::InvalidTransition { status, action } => {
                 format!("an order that is {} cannot be {action}", status.as_str())

@@ -1,13 +1,18 @@
-//! The engine as a whole: one running inventory shard per shard of the
-//! store, the board they publish to, read access to their orders, and the
+//! The engine as a whole: the inventory shards of the store that run here,
+//! the board they publish to, read access to every shard's orders, and the
 //! ledger, run by the same group-commit runtime.
+//!
+//! A single node runs every shard and the ledger ([`Engine::start`]). A node
+//! of a cluster starts with none ([`Engine::start_empty`]) and opens and
+//! closes shards as their leases come and go; a command for a shard that
+//! runs elsewhere goes to [`Elsewhere`], which forwards it to its owner.
 
 use crate::{LedgerRead, OrderReader, Store, StoreError};
 use mall_core::{Item, OrderId, Sku};
 use mall_inventory::{Board, Command, Inventory, InventoryConfig, Reply};
 use mall_ledger::{Ledger, LedgerConfig};
 use mall_shard::{Busy, Clock, RuntimeConfig, Shard, ShardHandle};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
 
 #[derive(Clone, Debug, Default)]
@@ -17,59 +22,162 @@ pub struct EngineConfig {
     pub ledger: LedgerConfig,
 }
 
+/// Where commands for shards that do not run here go (a cluster's
+/// forwarding). The answer comes back on the receiver; a shard nobody
+/// serves yet answers [`Reply::Unavailable`] after a short wait.
+pub trait Elsewhere: Send + Sync {
+    fn submit(&self, shard: usize, command: Command) -> oneshot::Receiver<Reply>;
+}
+
 pub struct Engine {
     store: Arc<dyn Store>,
+    config: EngineConfig,
+    clock: Arc<dyn Clock>,
     board: Arc<Board>,
-    shards: Vec<Shard<Inventory>>,
-    handles: Vec<ShardHandle<Inventory>>,
+    /// The shards running here, by index; `None`: it runs elsewhere.
+    shards: Vec<RwLock<Option<Shard<Inventory>>>>,
     readers: Vec<Arc<dyn OrderReader>>,
-    ledger: Shard<Ledger>,
-    ledger_handle: ShardHandle<Ledger>,
+    ledger: RwLock<Option<Shard<Ledger>>>,
     ledger_reader: Arc<dyn LedgerRead>,
+    elsewhere: Option<Arc<dyn Elsewhere>>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A receiver already holding `reply`.
+fn answered(reply: Reply) -> oneshot::Receiver<Reply> {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(reply);
+    rx
 }
 
 impl Engine {
-    /// Rebuilds every shard from its store and starts it.
+    /// Rebuilds every shard and the ledger from the store and starts them.
     pub fn start(
         store: Arc<dyn Store>,
         config: EngineConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StoreError> {
-        let board = Arc::new(Board::default());
-        let count = store.shard_count();
-        let mut shards = Vec::with_capacity(count);
-        let mut readers = Vec::with_capacity(count);
-        for shard in 0..count {
-            let journal = store.shard_journal(shard, config.inventory.clone(), board.clone())?;
-            let running = Shard::start(
-                format!("shard-{shard}"),
-                journal,
-                clock.clone(),
-                config.runtime.clone(),
-            )
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            shards.push(running);
-            readers.push(store.order_reader(shard)?);
+        let engine = Engine::start_empty(store, config, clock, None)?;
+        for shard in 0..engine.shard_count() {
+            engine.open_shard(shard)?;
         }
-        let handles = shards.iter().map(Shard::handle).collect();
-        let ledger = Shard::start(
-            "ledger".to_string(),
-            store.ledger_journal(config.ledger.clone())?,
-            clock,
-            config.runtime.clone(),
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        engine.open_ledger()?;
+        Ok(engine)
+    }
+
+    /// An engine running no shard yet (a node of a cluster): commands for
+    /// shards not opened here go to `elsewhere` (or are answered
+    /// unavailable without it).
+    pub fn start_empty(
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        elsewhere: Option<Arc<dyn Elsewhere>>,
+    ) -> Result<Engine, StoreError> {
+        let count = store.shard_count();
+        let readers = (0..count)
+            .map(|shard| store.order_reader(shard))
+            .collect::<Result<Vec<_>, _>>()?;
         let ledger_reader = store.ledger_reader()?;
         Ok(Engine {
             store,
-            board,
-            shards,
-            handles,
+            config,
+            clock,
+            board: Arc::new(Board::default()),
+            shards: (0..count).map(|_| RwLock::new(None)).collect(),
             readers,
-            ledger_handle: ledger.handle(),
-            ledger,
+            ledger: RwLock::new(None),
             ledger_reader,
+            elsewhere,
         })
+    }
+
+    /// Takes the shard over (its journal's epoch is bumped: whoever ran it
+    /// before can no longer commit), rebuilds it from the store and starts
+    /// it here. Opening a shard already running here does nothing.
+    pub fn open_shard(&self, shard: usize) -> Result<(), StoreError> {
+        let slot = self.shards.get(shard).ok_or_else(|| {
+            StoreError::Rejected(format!("shard {shard} is not a shard of this store"))
+        })?;
+        let mut slot = write(slot);
+        if slot.is_some() {
+            return Ok(());
+        }
+        let journal =
+            self.store
+                .shard_journal(shard, self.config.inventory.clone(), self.board.clone())?;
+        let running = Shard::start(
+            format!("shard-{shard}"),
+            journal,
+            self.clock.clone(),
+            self.config.runtime.clone(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        *slot = Some(running);
+        Ok(())
+    }
+
+    /// Stops the shard here: new commands go elsewhere at once, commands
+    /// already queued are applied, everything staged is committed, and then
+    /// its threads end. Returns whether it was running here.
+    pub fn close_shard(&self, shard: usize) -> bool {
+        let taken = self.shards.get(shard).and_then(|slot| write(slot).take());
+        match taken {
+            Some(running) => {
+                running.join();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the ledger over and starts it here.
+    pub fn open_ledger(&self) -> Result<(), StoreError> {
+        let mut slot = write(&self.ledger);
+        if slot.is_some() {
+            return Ok(());
+        }
+        let running = Shard::start(
+            "ledger".to_string(),
+            self.store.ledger_journal(self.config.ledger.clone())?,
+            self.clock.clone(),
+            self.config.runtime.clone(),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        *slot = Some(running);
+        Ok(())
+    }
+
+    /// Stops the ledger here after committing what is staged (every
+    /// handle of it must be dropped for its threads to end).
+    pub fn close_ledger(&self) -> bool {
+        let taken = write(&self.ledger).take();
+        match taken {
+            Some(running) => {
+                running.join();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Does `shard` run here?
+    pub fn runs_here(&self, shard: usize) -> bool {
+        self.shards.get(shard).is_some_and(|s| read(s).is_some())
+    }
+
+    /// The shards running here.
+    pub fn shards_here(&self) -> Vec<usize> {
+        (0..self.shards.len())
+            .filter(|&s| self.runs_here(s))
+            .collect()
     }
 
     /// The store the engine runs on.
@@ -82,15 +190,35 @@ impl Engine {
     }
 
     pub fn shard_count(&self) -> usize {
-        self.handles.len()
+        self.shards.len()
     }
 
     pub fn shard_of_sku(&self, sku: Sku) -> usize {
         self.store.shard_of(sku)
     }
 
-    pub fn handle(&self, shard: usize) -> &ShardHandle<Inventory> {
-        &self.handles[shard]
+    /// The handle of a shard running here (queue depth, statistics,
+    /// in-process clients).
+    pub fn local(&self, shard: usize) -> Option<ShardHandle<Inventory>> {
+        self.shards
+            .get(shard)
+            .and_then(|s| read(s).as_ref().map(Shard::handle))
+    }
+
+    /// Queues a command on `shard`: here (refused at once when its queue is
+    /// full) or on the node that runs it.
+    pub fn try_submit(
+        &self,
+        shard: usize,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Reply>, Busy> {
+        if let Some(running) = read(&self.shards[shard]).as_ref() {
+            return running.try_submit(command);
+        }
+        Ok(match &self.elsewhere {
+            Some(elsewhere) => elsewhere.submit(shard, command),
+            None => answered(Reply::Unavailable),
+        })
     }
 
     /// Queues a command on the shard that owns `sku`; refuses at once when full.
@@ -99,7 +227,7 @@ impl Engine {
         sku: Sku,
         command: Command,
     ) -> Result<oneshot::Receiver<Reply>, Busy> {
-        self.handles[self.shard_of_sku(sku)].try_submit(command)
+        self.try_submit(self.shard_of_sku(sku), command)
     }
 
     /// Queues a command on the shard that owns `order`; refuses at once when full.
@@ -109,14 +237,28 @@ impl Engine {
         order: OrderId,
         command: Command,
     ) -> Option<Result<oneshot::Receiver<Reply>, Busy>> {
-        self.handles
-            .get(order.shard())
-            .map(|h| h.try_submit(command))
+        (order.shard() < self.shards.len()).then(|| self.try_submit(order.shard(), command))
     }
 
-    /// The ledger: every fen that moves.
-    pub fn ledger(&self) -> &ShardHandle<Ledger> {
-        &self.ledger_handle
+    /// The ledger, if it runs here: every fen that moves.
+    pub fn ledger(&self) -> Option<ShardHandle<Ledger>> {
+        read(&self.ledger).as_ref().map(Shard::handle)
+    }
+
+    /// Queues a command on the ledger; answered unavailable when the
+    /// ledger does not run here.
+    pub fn try_submit_ledger(
+        &self,
+        command: mall_ledger::Command,
+    ) -> Result<oneshot::Receiver<mall_ledger::Reply>, Busy> {
+        match read(&self.ledger).as_ref() {
+            Some(ledger) => ledger.try_submit(command),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(<Ledger as mall_shard::StateMachine>::unavailable());
+                Ok(rx)
+            }
+        }
     }
 
     pub fn ledger_reader(&self) -> &Arc<dyn LedgerRead> {
@@ -133,8 +275,11 @@ impl Engine {
     }
 
     /// Queues the creation of items, 1,000 to an envelope, on the shards
-    /// that own them (waiting for room).
-    fn submit_items(&self, items: Vec<Item>) -> Vec<oneshot::Receiver<Vec<Reply>>> {
+    /// that own them (waiting for room). Every shard must run here.
+    fn submit_items(
+        &self,
+        items: Vec<Item>,
+    ) -> Result<Vec<oneshot::Receiver<Vec<Reply>>>, StoreError> {
         let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); self.shard_count()];
         for item in items {
             per_shard[self.shard_of_sku(item.sku)].push(Command::PutItem {
@@ -144,11 +289,17 @@ impl Engine {
         }
         let mut receivers = Vec::new();
         for (shard, commands) in per_shard.into_iter().enumerate() {
+            if commands.is_empty() {
+                continue;
+            }
+            let handle = self
+                .local(shard)
+                .ok_or_else(|| StoreError::Rejected(format!("shard {shard} does not run here")))?;
             for chunk in commands.chunks(1_000) {
-                receivers.push(self.handles[shard].submit_many(chunk.to_vec()));
+                receivers.push(handle.submit_many(chunk.to_vec()));
             }
         }
-        receivers
+        Ok(receivers)
     }
 
     fn created(answer: Result<Vec<Reply>, oneshot::error::RecvError>) -> Result<(), StoreError> {
@@ -161,7 +312,7 @@ impl Engine {
 
     /// Creates new items and waits until they are durable.
     pub async fn create_items(&self, items: Vec<Item>) -> Result<(), StoreError> {
-        for rx in self.submit_items(items) {
+        for rx in self.submit_items(items)? {
             Self::created(rx.await)?;
         }
         Ok(())
@@ -169,19 +320,17 @@ impl Engine {
 
     /// [`Engine::create_items`] for threads outside an async runtime.
     pub fn create_items_blocking(&self, items: Vec<Item>) -> Result<(), StoreError> {
-        for rx in self.submit_items(items) {
+        for rx in self.submit_items(items)? {
             Self::created(rx.blocking_recv())?;
         }
         Ok(())
     }
 
-    /// Stops every shard after committing what is staged.
+    /// Stops every shard here after committing what is staged.
     pub fn shutdown(self) {
-        drop(self.handles);
-        drop(self.ledger_handle);
-        for shard in self.shards {
-            shard.join();
+        for shard in 0..self.shards.len() {
+            self.close_shard(shard);
         }
-        self.ledger.join();
+        self.close_ledger();
     }
 }

@@ -10,7 +10,7 @@ pub mod store;
 pub mod verify;
 
 pub use audit::{audit, AuditReport};
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Elsewhere, Engine, EngineConfig};
 pub use store::{
     AccountStore, LedgerJournalBox, LedgerRead, MerchantRow, NewUser, OrderReader, SessionRow,
     ShardContents, ShardJournalBox, Store, StoredResponse, UserRow,

@@ -238,14 +238,18 @@ impl Metrics {
             refusals = refusals.with(vec![("reason", code.to_string())], Value::Counter(n));
         }
         out.push(refusals);
-        let shards = 0..engine.shard_count();
+        // The shards running on this node (a node of a cluster runs some).
+        let here: Vec<(usize, mall_shard::ShardHandle<mall_inventory::Inventory>)> = (0..engine
+            .shard_count())
+            .filter_map(|i| engine.local(i).map(|h| (i, h)))
+            .collect();
         let shard = |i: usize| vec![("shard", i.to_string())];
         let mut depth = Family::new(
             "mall_shard_queue_depth",
             "Commands waiting in each shard's queue.",
         );
-        for i in shards.clone() {
-            let d = engine.handle(i).queue_depth() as f64;
+        for (i, handle) in &here {
+            let (i, d) = (*i, handle.queue_depth() as f64);
             depth = depth.with(shard(i), Value::Gauge(d));
         }
         out.push(depth);
@@ -269,11 +273,8 @@ impl Metrics {
         ];
         for (name, help, histogram) in histograms {
             let mut f = Family::new(name, help);
-            for i in shards.clone() {
-                f = f.with(
-                    shard(i),
-                    Family::histogram(histogram(engine.handle(i).stats())),
-                );
+            for (i, handle) in &here {
+                f = f.with(shard(*i), Family::histogram(histogram(handle.stats())));
             }
             out.push(f);
         }
@@ -289,8 +290,8 @@ impl Metrics {
         ];
         for (name, help, value) in counters {
             let mut f = Family::new(name, help);
-            for i in shards.clone() {
-                f = f.with(shard(i), Value::Counter(value(engine.handle(i).stats())));
+            for (i, handle) in &here {
+                f = f.with(shard(*i), Value::Counter(value(handle.stats())));
             }
             out.push(f);
         }

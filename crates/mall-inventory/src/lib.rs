@@ -46,7 +46,7 @@ impl Default for InventoryConfig {
 }
 
 /// A snap-up: hold `quantity` units of `sku` for `user`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reserve {
     pub user: UserId,
     pub sku: Sku,
@@ -92,7 +92,8 @@ impl Reserve {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Commands and replies also travel between the nodes of a cluster (serde).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     Reserve(Reserve),
     /// Payment landed: the hold becomes a sale.
@@ -120,7 +121,7 @@ pub enum Command {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reply {
     /// The order as it stands now. `replayed`: an earlier request with the
     /// same idempotency key made it.
@@ -474,7 +475,7 @@ impl Inventory {
             }
             status => Reply::Refused(Refusal::InvalidTransition {
                 status,
-                action: "paid",
+                action: "paid".into(),
             }),
         }
     }
@@ -505,7 +506,7 @@ impl Inventory {
             // only by an after-sale refund; stock never returns by itself.
             status => Reply::Refused(Refusal::InvalidTransition {
                 status,
-                action: "cancelled",
+                action: "cancelled".into(),
             }),
         }
     }
@@ -525,7 +526,7 @@ impl Inventory {
             }
             status => Reply::Refused(Refusal::InvalidTransition {
                 status,
-                action: "delivered",
+                action: "delivered".into(),
             }),
         }
     }

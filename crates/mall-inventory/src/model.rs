@@ -174,7 +174,7 @@ impl Model {
                     OrderStatus::Confirmed | OrderStatus::Delivered => {
                         Reply::Refused(Refusal::InvalidTransition {
                             status: o.status,
-                            action: "paid",
+                            action: "paid".into(),
                         })
                     }
                     OrderStatus::Cancelled | OrderStatus::Expired => Reply::Inactive(*order),
@@ -202,7 +202,7 @@ impl Model {
                     }
                     status => Reply::Refused(Refusal::InvalidTransition {
                         status,
-                        action: "cancelled",
+                        action: "cancelled".into(),
                     }),
                 }
             }
@@ -226,7 +226,7 @@ impl Model {
                     OrderStatus::Cancelled | OrderStatus::Expired => Reply::Inactive(*order),
                     status => Reply::Refused(Refusal::InvalidTransition {
                         status,
-                        action: "delivered",
+                        action: "delivered".into(),
                     }),
                 }
             }

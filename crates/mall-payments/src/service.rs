@@ -270,7 +270,7 @@ impl Payments {
                 });
             }
             Action::Ledger { op, command } => {
-                let submitted = self.shared.engine.ledger().try_submit(command);
+                let submitted = self.shared.engine.try_submit_ledger(command);
                 self.reply_later(op, Some(submitted), inputs, |r| {
                     IoReply::Ledger(r.and_then(|r| match r {
                         LedReply::Unavailable => Err(PayError::Unavailable),
@@ -452,8 +452,7 @@ impl Payments {
         let rx = self
             .shared
             .engine
-            .ledger()
-            .try_submit(command)
+            .try_submit_ledger(command)
             .map_err(|_| PayError::Overloaded)?;
         match rx.await {
             Ok(LedReply::Unavailable) | Err(_) => Err(PayError::Unavailable),

@@ -379,6 +379,11 @@ impl<M: StateMachine> Shard<M> {
         self.handle.clone()
     }
 
+    /// [`ShardHandle::try_submit`] without cloning a handle.
+    pub fn try_submit(&self, command: M::Command) -> Result<oneshot::Receiver<M::Reply>, Busy> {
+        self.handle.try_submit(command)
+    }
+
     /// Stops taking work once every handle is dropped, commits what is
     /// staged, and waits for both threads.
     pub fn join(self) {
@@ -413,8 +418,11 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
                 Received::Items | Received::Timeout => {}
                 Received::Disconnected => break,
             }
-            if self.is_poisoned() {
-                self.recover();
+            if self.is_poisoned() && !self.recover() {
+                // Every handle is gone and the journal will not load (a
+                // fenced shard being dropped): stop instead of retrying.
+                envelopes.drain(..).for_each(Envelope::refuse);
+                break;
             }
             let now = self.clock.now();
             self.machine.tick(now, &mut effects);
@@ -501,8 +509,9 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
     }
 
     /// A commit failed: fail everything staged after it and rebuild the
-    /// machine from the journal. Retries until the journal loads.
-    fn recover(&mut self) {
+    /// machine from the journal. Retries until the journal loads, or until
+    /// every handle is dropped (then `false`: nobody will ask again).
+    fn recover(&mut self) -> bool {
         let mut backoff = Duration::from_millis(10);
         loop {
             {
@@ -530,7 +539,7 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
                         .unwrap_or_else(|p| p.into_inner());
                     staging.poisoned = false;
                     tracing::warn!("shard reloaded from the journal after a failed commit");
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "shard reload failed; retrying");
@@ -548,7 +557,7 @@ impl<M: StateMachine, J: Journal<Machine = M>, C: Clock> Applier<M, J, C> {
                         );
                         waiting.drain(..).for_each(Envelope::refuse);
                         if matches!(received, Received::Disconnected) {
-                            std::thread::sleep(left);
+                            return false;
                         }
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));

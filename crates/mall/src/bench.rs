@@ -694,7 +694,10 @@ fn client(
                  in_flight: &mut std::collections::VecDeque<_>|
      -> Result<()> {
         let n = cmds.len() as u64;
-        let rx = engine.handle(shard).submit_many(cmds);
+        let rx = engine
+            .local(shard)
+            .expect("every shard runs in a benchmark")
+            .submit_many(cmds);
         in_flight.push_back((Instant::now(), n, rx));
         Ok(())
     };

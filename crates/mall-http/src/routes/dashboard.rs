@@ -43,12 +43,13 @@ pub fn snapshot(state: &AppState) -> Value {
     let engine = &state.engine;
     let mut queues = serde_json::Map::new();
     for shard in 0..engine.shard_count() {
-        queues.insert(
-            format!("shard-{shard}"),
-            json!(engine.handle(shard).queue_depth()),
-        );
+        if let Some(handle) = engine.local(shard) {
+            queues.insert(format!("shard-{shard}"), json!(handle.queue_depth()));
+        }
     }
-    queues.insert("ledger".into(), json!(engine.ledger().queue_depth()));
+    if let Some(ledger) = engine.ledger() {
+        queues.insert("ledger".into(), json!(ledger.queue_depth()));
+    }
     let channels: Vec<Value> = state.payments.get().map_or_else(Vec::new, |p| {
         queues.insert("payments".into(), json!(p.queue_depth()));
         p.channels()

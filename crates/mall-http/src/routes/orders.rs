@@ -375,7 +375,7 @@ async fn cancel_once(
                 Some(o) if visible(&o, &principal) => {
                     Err(ApiError::from_refusal(&Refusal::InvalidTransition {
                         status: o.status,
-                        action: "cancelled",
+                        action: "cancelled".into(),
                     }))
                 }
                 _ => Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
