@@ -9,6 +9,7 @@
 //! [`passwords`] bounded password hashing and login throttling.
 
 pub mod auth;
+pub mod carry;
 pub mod client;
 pub mod error;
 pub mod json;
@@ -105,6 +106,9 @@ pub struct Inner {
     pub listeners: Mutex<Vec<(&'static str, Arc<listener::ListenerStats>)>>,
     /// Shoppers' favourites and carts.
     pub wishlists: routes::wishlist::Wishlists,
+    /// This node's cluster, when it is one of many (payments are carried
+    /// to the node running the ledger; see `carry`).
+    pub cluster: std::sync::OnceLock<Arc<mall_cluster::Node>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -148,6 +152,7 @@ impl AppState {
                 forecast: std::sync::OnceLock::new(),
                 wishlists: Default::default(),
                 listeners: Mutex::new(Vec::new()),
+                cluster: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -439,6 +444,10 @@ pub fn admin_router(state: AppState) -> Router {
 
 fn layered(routes: Router<AppState>, state: AppState) -> Router {
     routes
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            carry::carry,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(axum::middleware::from_fn(harden))
         .layer(axum::extract::DefaultBodyLimit::max(

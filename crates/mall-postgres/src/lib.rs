@@ -21,6 +21,7 @@
 //! is not supported yet.
 
 mod accounts;
+pub mod cluster;
 mod ledger;
 mod pool;
 mod schema;

@@ -52,7 +52,7 @@ struct State {
 
 /// The connections to one server.
 pub(crate) struct Pool {
-    config: postgres::Config,
+    pub(crate) config: postgres::Config,
     /// `user@host:port/db`: for logs and errors, never with the password.
     pub(crate) label: String,
     state: Mutex<State>,

@@ -12,7 +12,7 @@ use mall_engine::StoreError;
 
 /// `MIGRATIONS[i]` takes a server from version `i` to `i + 1`. Append only:
 /// a released migration is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Serializes migrations (and store creation) across nodes starting at
 /// once: `pg_advisory_xact_lock` on this key, released at commit.
@@ -145,6 +145,26 @@ BEGIN
     RAISE EXCEPTION USING MESSAGE = message, ERRCODE = 'data_exception';
 END
 $$;
+";
+
+/// A cluster's membership and leases (see `cluster`): on the first server.
+const V3: &str = "
+CREATE TABLE cluster_nodes (
+    name TEXT PRIMARY KEY,
+    api TEXT NOT NULL,
+    internal TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL,
+    draining BOOLEAN NOT NULL DEFAULT false,
+    load DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+CREATE TABLE shard_leases (
+    shard INTEGER PRIMARY KEY,
+    owner TEXT,
+    expires_at TIMESTAMPTZ NOT NULL,
+    handoff_to TEXT,
+    moves BIGINT NOT NULL DEFAULT 0
+);
 ";
 
 /// Brings one server to the newest schema, one migration per transaction.

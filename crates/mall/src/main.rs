@@ -2,6 +2,7 @@
 
 mod bench;
 mod channels;
+mod cluster;
 mod config;
 mod floodbench;
 mod forecast;
@@ -203,6 +204,8 @@ struct ServeArgs {
     seed: bool,
     #[command(flatten)]
     seed_args: seed::CatalogArgs,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 fn main() -> Result<()> {
@@ -337,15 +340,41 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.check()?;
     let _lock = lock_data_dir(&config.data)?;
     let data = config.data.clone();
-    let store = config.store_args().open(&data, config.shards)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // A node of a cluster: PostgreSQL, and no shard until its leases say.
+    let node = match &args.cluster.node {
+        Some(name) => {
+            anyhow::ensure!(
+                !args.seed,
+                "--seed is for one node; seed a cluster's store first with `mall seed --store URL`"
+            );
+            let node_config = cluster::node_config(&args.cluster, name, config.addr)?;
+            let pg = cluster::open_store(&config.store_args(), config.shards)?;
+            Some((
+                mall_cluster::Node::new(node_config, runtime.handle().clone()),
+                pg,
+            ))
+        }
+        None => None,
+    };
+    let store: Arc<dyn mall_engine::Store> = match &node {
+        Some((_, pg)) => pg.clone(),
+        None => config.store_args().open(&data, config.shards)?,
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let accounts = store.accounts()?;
     let started = std::time::Instant::now();
-    let engine = Arc::new(Engine::start(
-        store.clone(),
-        config.engine(),
-        clock.clone(),
-    )?);
+    let engine = Arc::new(match &node {
+        Some((node, _)) => Engine::start_empty(
+            store.clone(),
+            config.engine(),
+            clock.clone(),
+            Some(node.clone() as Arc<dyn mall_engine::Elsewhere>),
+        )?,
+        None => Engine::start(store.clone(), config.engine(), clock.clone())?,
+    });
     tracing::info!(
         store = %store.describe(),
         shards = store.shard_count(),
@@ -383,9 +412,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!(path = %path.display(), "first start: an admin token was generated and written to this file");
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    if let Some((node, _)) = &node {
+        let _ = state.cluster.set(node.clone());
+    }
+    let handle = runtime.handle().clone();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
@@ -412,10 +442,27 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
         payments.wait_ms = config.payment_wait.as_millis() as u64;
         let channel_count = payments.channels.len();
-        state
-            .attach_payments(payments)
-            .await
-            .map_err(|e| anyhow::anyhow!("starting payments: {e}"))?;
+        let mut leaving = None;
+        match &node {
+            // Payments start wherever the ledger runs, and follow it.
+            Some((node, pg)) => {
+                cluster::payments_follow_ledger(node, state.clone(), payments, handle.clone());
+                cluster::handle_carried(node, mall_http::router(state.clone()));
+                let lease = node.config().lease;
+                node.start(
+                    engine.clone(),
+                    pg.membership(node.name(), lease),
+                    pg.membership(node.name(), lease),
+                )
+                .with_context(|| format!("binding the internal port {}", node.config().internal))?;
+                tracing::info!(node = %node.name(), internal = %node.config().internal, "joined the cluster");
+                leaving = Some((node.clone(), Arc::new(pg.membership(node.name(), lease))));
+            }
+            None => state
+                .attach_payments(payments)
+                .await
+                .map_err(|e| anyhow::anyhow!("starting payments: {e}"))?,
+        }
         tracing::info!(addr = %local, data = %data.display(), store = %store.describe(), channels = channel_count, "mall is serving");
         let housekeeping = {
             let state = state.clone();
@@ -435,9 +482,18 @@ fn serve(args: ServeArgs) -> Result<()> {
             .into_make_service_with_connect_info::<mall_http::listener::Peer>();
         let listener = mall_http::listener::LimitedListener::new(listener, http.listener);
         state_for_metrics.watch_listener("api", listener.stats());
+        let drain = leaving.clone();
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                if let Some((node, membership)) = drain {
+                    cluster::drain_shards(node, membership).await;
+                }
+            })
             .await?;
+        if let Some((node, membership)) = leaving {
+            tokio::task::spawn_blocking(move || cluster::leave(&node, &membership)).await??;
+        }
         if let Some(admin) = admin {
             admin.abort();
         }
