@@ -13,7 +13,7 @@ pub use audit::{audit, AuditReport};
 pub use engine::{Elsewhere, Engine, EngineConfig};
 pub use store::{
     AccountStore, LedgerJournalBox, LedgerRead, MerchantRow, NewUser, OrderReader, SessionRow,
-    ShardContents, ShardJournalBox, Store, StoredResponse, UserRow,
+    SessionEnd, ShardContents, ShardJournalBox, Store, StoredResponse, UserRow,
 };
 pub use verify::verify_ledger;
 

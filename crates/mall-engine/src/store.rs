@@ -126,6 +126,14 @@ pub struct MerchantRow {
     pub name: String,
 }
 
+/// A session that ended, as other nodes learn it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    Token([u8; 32]),
+    /// Every session of the user (a revocation).
+    User(UserId),
+}
+
 /// The first response to an idempotent request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -172,6 +180,19 @@ pub trait AccountStore: Send + Sync {
     fn delete_sessions_of(&self, user: UserId) -> Result<usize, StoreError>;
     /// Sessions still valid at `now`, with their user's role. Expired ones are deleted.
     fn live_sessions(&self, now: Timestamp) -> Result<Vec<SessionRow>, StoreError>;
+    /// One session, if valid at `now` (a node of a cluster meeting a token
+    /// another node issued).
+    fn session(
+        &self,
+        token_hash: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<Option<SessionRow>, StoreError>;
+    /// Sessions ended (log-outs, revocations) after position `after`, and
+    /// the position to ask from next: every node of a cluster drops them
+    /// from its cache. A store only one process uses records none.
+    fn session_ends_since(&self, after: i64) -> Result<(Vec<SessionEnd>, i64), StoreError> {
+        Ok((Vec::new(), after))
+    }
     fn stored_response(
         &self,
         user: UserId,

@@ -103,6 +103,34 @@ impl SessionCache {
             .retain(|_, s| s.principal.user != user);
     }
 
+    /// Drops the sessions other nodes ended (log-outs, revocations), every
+    /// `every`, for as long as the runtime runs: a revoked token stops
+    /// working on every node within about that.
+    pub fn follow_ends(
+        state: AppState,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut after = 0i64;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let accounts = state.accounts.clone();
+                let read = tokio::task::spawn_blocking(move || accounts.session_ends_since(after)).await;
+                let Ok(Ok((ends, next))) = read else {
+                    continue;
+                };
+                after = next;
+                for end in ends {
+                    match end {
+                        mall_engine::SessionEnd::Token(hash) => state.sessions.remove(&hash),
+                        mall_engine::SessionEnd::User(user) => state.sessions.remove_user(user),
+                    }
+                }
+            }
+        })
+    }
+
     pub fn prune(&self, now: Timestamp) {
         self.by_hash
             .write()
@@ -168,6 +196,31 @@ impl FromRequestParts<AppState> for CurrentToken {
     }
 }
 
+fn invalid_token() -> ApiError {
+    unauthenticated(
+        "invalid_token",
+        "the token is unknown or expired; log in again",
+    )
+}
+
+/// A session this node has not seen (a node of a cluster), read from the
+/// store and cached. Log-outs and revocations reach every node's cache
+/// through [`SessionCache::follow_ends`].
+async fn session_from_store(state: &AppState, hash: [u8; 32]) -> Result<Principal, ApiError> {
+    let (accounts, now) = (state.accounts.clone(), state.now());
+    let row = crate::routes::blocking(state, move || accounts.session(&hash, now))
+        .await
+        .map_err(|e| ApiError::store("reading a session", e))?
+        .ok_or_else(invalid_token)?;
+    let principal = Principal {
+        user: row.user,
+        role: row.role,
+        merchant: row.merchant,
+    };
+    state.sessions.insert(hash, principal, row.expires_at);
+    Ok(principal)
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -186,15 +239,13 @@ impl FromRequestParts<AppState> for Principal {
             .ok_or_else(|| {
                 unauthenticated("unauthenticated", "send Authorization: Bearer <token>")
             })?;
-        let principal = state
-            .sessions
-            .lookup(&hash_token(token), state.now())
-            .ok_or_else(|| {
-                unauthenticated(
-                    "invalid_token",
-                    "the token is unknown or expired; log in again",
-                )
-            })?;
+        let hash = hash_token(token);
+        let principal = match state.sessions.lookup(&hash, state.now()) {
+            Some(principal) => principal,
+            // On a cluster, another node may have issued it.
+            None if state.cluster.get().is_some() => session_from_store(state, hash).await?,
+            None => return Err(invalid_token()),
+        };
         state.limiter.check_user(&principal)?;
         Ok(principal)
     }

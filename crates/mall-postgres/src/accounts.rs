@@ -6,6 +6,7 @@ use crate::pool::Pool;
 use crate::{corrupt, Error};
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
+    SessionEnd,
     AccountStore, MerchantRow, NewUser, SessionRow, StoreError, StoredResponse, UserRow,
 };
 use postgres::error::SqlState;
@@ -33,8 +34,18 @@ const INSERT_SESSION: &str =
     VALUES ($1, $2, $3, $4)
     ON CONFLICT (token_hash) DO UPDATE SET user_id = excluded.user_id,
         expires_at_ms = excluded.expires_at_ms, created_at_ms = excluded.created_at_ms";
-const DELETE_SESSION: &str = "DELETE FROM sessions WHERE token_hash = $1";
-const DELETE_SESSIONS_OF: &str = "DELETE FROM sessions WHERE user_id = $1";
+/// Ending sessions is noted in `session_ends`, in the same statement, so
+/// that every node of a cluster drops them from its cache.
+const DELETE_SESSION: &str = "WITH gone AS (DELETE FROM sessions WHERE token_hash = $1 RETURNING 1),
+    noted AS (INSERT INTO session_ends (token_hash) SELECT $1 WHERE EXISTS (SELECT 1 FROM gone))
+    SELECT count(*) FROM gone";
+const DELETE_SESSIONS_OF: &str = "WITH gone AS (DELETE FROM sessions WHERE user_id = $1 RETURNING 1),
+    noted AS (INSERT INTO session_ends (user_id) VALUES ($1))
+    SELECT count(*) FROM gone";
+const SESSION: &str = "SELECT s.token_hash, s.user_id, u.role, u.merchant_id, s.expires_at_ms
+    FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.expires_at_ms > $2";
+const SESSION_ENDS: &str =
+    "SELECT seq, token_hash, user_id FROM session_ends WHERE seq > $1 ORDER BY seq LIMIT 10000";
 const DELETE_EXPIRED: &str = "DELETE FROM sessions WHERE expires_at_ms <= $1";
 const LIVE_SESSIONS: &str = "SELECT s.token_hash, s.user_id, u.role, u.merchant_id, s.expires_at_ms
     FROM sessions s JOIN users u ON u.id = s.user_id";
@@ -232,11 +243,42 @@ impl AccountStore for PgAccounts {
     }
 
     fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool, StoreError> {
-        Ok(self.execute(DELETE_SESSION, &[&&token_hash[..]])? > 0)
+        let rows = self.query(DELETE_SESSION, &[&&token_hash[..]])?;
+        Ok(rows[0].try_get::<_, i64>(0).map_err(Error::from)? > 0)
     }
 
     fn delete_sessions_of(&self, user: UserId) -> Result<usize, StoreError> {
-        Ok(self.execute(DELETE_SESSIONS_OF, &[&(user.0 as i64)])? as usize)
+        let rows = self.query(DELETE_SESSIONS_OF, &[&(user.0 as i64)])?;
+        Ok(rows[0].try_get::<_, i64>(0).map_err(Error::from)? as usize)
+    }
+
+    fn session(
+        &self,
+        token_hash: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        let rows = self.select(SESSION, &[&&token_hash[..], &now.0])?;
+        Ok(rows.first().map(session_from_row).transpose()?)
+    }
+
+    fn session_ends_since(&self, after: i64) -> Result<(Vec<SessionEnd>, i64), StoreError> {
+        let rows = self.select(SESSION_ENDS, &[&after])?;
+        let mut last = after;
+        let mut ends = Vec::with_capacity(rows.len());
+        for row in &rows {
+            last = row.try_get(0).map_err(Error::from)?;
+            let token: Option<&[u8]> = row.try_get(1).map_err(Error::from)?;
+            let user: Option<i64> = row.try_get(2).map_err(Error::from)?;
+            match (token, user) {
+                (Some(hash), _) => ends.push(SessionEnd::Token(
+                    hash.try_into()
+                        .map_err(|_| corrupt(format!("token hash of {} bytes", hash.len())))?,
+                )),
+                (None, Some(user)) => ends.push(SessionEnd::User(UserId(user as u64))),
+                (None, None) => {}
+            }
+        }
+        Ok((ends, last))
     }
 
     fn live_sessions(&self, now: Timestamp) -> Result<Vec<SessionRow>, StoreError> {

@@ -165,6 +165,13 @@ CREATE TABLE shard_leases (
     handoff_to TEXT,
     moves BIGINT NOT NULL DEFAULT 0
 );
+-- Log-outs and revocations, so every node drops them from its cache.
+CREATE TABLE session_ends (
+    seq BIGSERIAL PRIMARY KEY,
+    token_hash BYTEA,
+    user_id BIGINT,
+    at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 ";
 
 /// Brings one server to the newest schema, one migration per transaction.

@@ -31,14 +31,30 @@ pub enum HttpError {
 /// Where requests go: `http://host:port`, resolved once.
 #[derive(Clone, Debug)]
 pub struct Target {
+    /// One or more servers (the nodes of a cluster); each connection
+    /// starts on one, in turn, and moves to the next when it cannot connect.
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
     pub addr: SocketAddr,
     pub authority: String,
 }
 
 impl Target {
-    /// Parses `http://HOST:PORT`. Refuses anything but loopback unless
-    /// `allow_remote` (load tests only ever hit our own machine by default).
-    pub fn parse(url: &str, allow_remote: bool) -> Result<Target, HttpError> {
+    /// Parses `http://HOST:PORT`, or several separated by commas. Refuses
+    /// anything but loopback unless `allow_remote` (load tests only ever
+    /// hit our own machine by default).
+    pub fn parse(urls: &str, allow_remote: bool) -> Result<Target, HttpError> {
+        let nodes = urls
+            .split(',')
+            .map(|url| Target::parse_one(url.trim(), allow_remote))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Target { nodes })
+    }
+
+    fn parse_one(url: &str, allow_remote: bool) -> Result<Node, HttpError> {
         let bad = |why: &str| HttpError::Target(url.into(), why.into());
         let rest = url
             .strip_prefix("http://")
@@ -61,13 +77,20 @@ impl Target {
                 "not a loopback address; pass --allow-remote to load a remote server",
             ));
         }
-        Ok(Target { addr, authority })
+        Ok(Node { addr, authority })
+    }
+
+    /// The first server (the one reads and audits go to).
+    pub fn first(&self) -> &Node {
+        &self.nodes[0]
     }
 }
 
 /// One keep-alive connection.
 pub struct Conn {
     target: Target,
+    /// The server this connection talks to now (an index into the target's).
+    node: usize,
     /// The local address it connects from (loopback targets), kept across
     /// reconnects.
     source: Option<std::net::IpAddr>,
@@ -82,9 +105,11 @@ const CONNS_PER_SOURCE: u32 = 8;
 
 impl Conn {
     pub fn new(target: Target) -> Conn {
-        let source = match target.addr.ip() {
+        let made = CONNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let node = made as usize % target.nodes.len();
+        let source = match target.nodes[node].addr.ip() {
             std::net::IpAddr::V4(ip) if ip.is_loopback() => {
-                let n = CONNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) / CONNS_PER_SOURCE;
+                let n = made / CONNS_PER_SOURCE;
                 // 127.1.x.y: never the server's own 127.0.0.1.
                 Some(std::net::IpAddr::from([
                     127,
@@ -97,9 +122,14 @@ impl Conn {
         };
         Conn {
             target,
+            node,
             source,
             sender: None,
         }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.target.nodes[self.node].addr
     }
 
     async fn open(&self) -> std::io::Result<tokio::net::TcpStream> {
@@ -107,10 +137,10 @@ impl Conn {
             let socket = tokio::net::TcpSocket::new_v4()?;
             // A machine without the whole 127/8 on loopback: plain connect.
             if socket.bind(SocketAddr::new(source, 0)).is_ok() {
-                return socket.connect(self.target.addr).await;
+                return socket.connect(self.addr()).await;
             }
         }
-        tokio::net::TcpStream::connect(self.target.addr).await
+        tokio::net::TcpStream::connect(self.addr()).await
     }
 
     /// Opens the connection now (clients keep theirs open before a sale).
@@ -120,10 +150,16 @@ impl Conn {
 
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, HttpError> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = self
-                .open()
-                .await
-                .map_err(|e| HttpError::Connect(self.target.addr, e))?;
+            let stream = match self.open().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // That server is gone (or draining): the next request
+                    // goes to the next one.
+                    let addr = self.addr();
+                    self.node = (self.node + 1) % self.target.nodes.len();
+                    return Err(HttpError::Connect(addr, e));
+                }
+            };
             let _ = stream.set_nodelay(true);
             let (sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -169,7 +205,7 @@ impl Conn {
         key: Option<&str>,
         body: Option<&serde_json::Value>,
     ) -> Result<(StatusCode, Bytes), HttpError> {
-        let authority = self.target.authority.clone();
+        let authority = self.target.nodes[self.node].authority.clone();
         let sender = self.connect().await?;
         sender.ready().await?;
         let mut req = Request::builder()

@@ -226,6 +226,30 @@ impl AccountStore for Accounts {
         })
     }
 
+    fn session(
+        &self,
+        token_hash: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT s.user_id, u.role, u.merchant_id, s.expires_at_ms FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1 AND s.expires_at_ms > ?2",
+            )?;
+            let mut rows = stmt.query(params![&token_hash[..], now.0])?;
+            let Some(r) = rows.next()? else {
+                return Ok(None);
+            };
+            Ok(Some(SessionRow {
+                token_hash: *token_hash,
+                user: UserId(r.get::<_, i64>(0)? as u64),
+                role: role_of(r.get(1)?)?,
+                merchant: r.get::<_, Option<i64>>(2)?.map(|m| MerchantId(m as u64)),
+                expires_at: Timestamp(r.get(3)?),
+            }))
+        })
+    }
+
     /// Ends every session of `user` (an admin's revocation); how many.
     fn delete_sessions_of(&self, user: UserId) -> Result<usize, StoreError> {
         sql(|| {

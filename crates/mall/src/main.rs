@@ -456,6 +456,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 )
                 .with_context(|| format!("binding the internal port {}", node.config().internal))?;
                 tracing::info!(node = %node.name(), internal = %node.config().internal, "joined the cluster");
+                mall_http::auth::SessionCache::follow_ends(state.clone(), Duration::from_millis(250));
                 leaving = Some((node.clone(), Arc::new(pg.membership(node.name(), lease))));
             }
             None => state

@@ -229,11 +229,22 @@ async fn put(state: &AppState, item: Item, expected: Option<Item>) -> ApiResult<
         .map_err(|_| ApiError::overloaded())?;
     match rx.await.unwrap_or(Reply::Unavailable) {
         Reply::Item(item) => {
-            let entry = state
-                .engine
-                .board()
-                .get(item.sku)
-                .ok_or_else(|| ApiError::internal("board", "item missing after put"))?;
+            // On a cluster the item's shard may run on another node, whose
+            // board reaches this one a moment later: answer from the reply.
+            let entry = match state.engine.board().get(item.sku) {
+                Some(entry) if entry.item == item => entry,
+                known => {
+                    let live = mall_inventory::Live::default();
+                    let (_, held, sold) = known.map_or((0, 0, 0), |e| e.live.load());
+                    let committed = held + sold;
+                    live.store(item.stock_total.saturating_sub(committed), held, sold);
+                    std::sync::Arc::new(mall_inventory::BoardEntry {
+                        shard: state.engine.shard_of_sku(item.sku),
+                        item,
+                        live: std::sync::Arc::new(live),
+                    })
+                }
+            };
             Ok(ItemView::new(&entry, state.now()))
         }
         Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
@@ -311,9 +322,19 @@ pub async fn create(
         fp,
         idempotency::keep,
         || async {
-            item.sku = Sku(state.next_sku.fetch_add(1, Ordering::Relaxed));
-            let view = put(&state, item, None).await?;
-            super::json_answer(StatusCode::CREATED, &view)
+            // On a cluster another node may have handed out the same SKU
+            // (it knew fewer items when it started): skip past every item
+            // known, and past a taken SKU, a few times.
+            let mut tries = 0;
+            loop {
+                let above = state.engine.board().max_sku().map_or(1, |s| s.0 + 1);
+                state.next_sku.fetch_max(above, Ordering::Relaxed);
+                item.sku = Sku(state.next_sku.fetch_add(1, Ordering::Relaxed));
+                match put(&state, item.clone(), None).await {
+                    Err(e) if e.code == "item_changed" && tries < 8 => tries += 1,
+                    answer => break super::json_answer(StatusCode::CREATED, &answer?),
+                }
+            }
         },
     )
     .await)

@@ -1,0 +1,431 @@
+//! mall as a cluster: real `mall serve --node` processes on loopback
+//! sharing one real PostgreSQL, killed and stopped for real.
+//!
+//! - three nodes and a rush over all of them; one is killed (-9) in the
+//!   middle: no acknowledged order is lost, nothing is oversold, `mall
+//!   check` and `mall ledger verify` pass, and the failover time is printed;
+//! - a node stopped (SIGSTOP) past its lease and woken again stores nothing
+//!   under its old epoch, drops its shards and rejoins;
+//! - a fourth node joins under load and takes its share (only 503 with
+//!   Retry-After is allowed, and counted), then drains on SIGTERM with no
+//!   failed request.
+//!
+//! They share the PostgreSQL of `./scripts/test.sh` (`MALL_TEST_PG`), a
+//! database each; alone, each starts a throwaway server.
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{agent, call, free_port, items, shoppers, wait_for, Server, ADMIN};
+
+const SHARDS: usize = 16;
+const LEASE: &str = "1s";
+const SECRET: &str = "cluster-test-secret-0123456789abcdef";
+
+/// A database of its own on the shared PostgreSQL (or a throwaway server).
+struct Db {
+    url: String,
+    _server: Option<mall_postgres::server::PostgresServer>,
+}
+
+fn database(name: &str) -> Db {
+    match std::env::var("MALL_TEST_PG") {
+        Ok(base) => {
+            let mut admin = postgres::Client::connect(&base, postgres::NoTls).expect("MALL_TEST_PG");
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .unwrap();
+            admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+            Db {
+                url: format!("{base} dbname={name}"),
+                _server: None,
+            }
+        }
+        Err(_) => {
+            let server = mall_postgres::server::PostgresServer::start()
+                .unwrap_or_else(|e| panic!("this test needs PostgreSQL: {e}"));
+            let url = server.create_database(name).unwrap();
+            Db {
+                url,
+                _server: Some(server),
+            }
+        }
+    }
+}
+
+struct Node {
+    name: String,
+    server: Server,
+}
+
+fn start_node(db: &Db, dir: &std::path::Path, name: &str) -> Node {
+    let port = free_port();
+    let internal = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_mall"))
+        .args(["serve", "--node", name, "--lease", LEASE])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--internal-addr", &format!("127.0.0.1:{internal}")])
+        .args(["--admin-addr", "127.0.0.1:0", "--shards", &SHARDS.to_string()])
+        .args(["--user-rate-per-s", "100000", "--store-connections", "12"])
+        .arg("--data")
+        .arg(dir.join(name))
+        .env("MALL_STORE", &db.url)
+        .env("MALL_CLUSTER_SECRET", SECRET)
+        .env("MALL_ADMIN_TOKEN", ADMIN)
+        .env("MALL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mall serve --node");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for(&format!("{base}/healthz"), "");
+    Node {
+        name: name.to_string(),
+        server: Server { child, base },
+    }
+}
+
+/// Shards (and the ledger, key -1) per owner, as the store records them.
+fn owners(db: &Db) -> BTreeMap<String, Vec<i32>> {
+    let mut client = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for row in client
+        .query(
+            "SELECT shard, owner FROM shard_leases WHERE owner IS NOT NULL AND expires_at > now() AND shard >= -1",
+            &[],
+        )
+        .unwrap()
+    {
+        out.entry(row.get(1)).or_default().push(row.get(0));
+    }
+    out
+}
+
+/// Waits until `names` share every shard, no two differing by more than one.
+fn wait_balanced(db: &Db, names: &[&str], within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let owners = owners(db);
+        let counts: Vec<usize> = names
+            .iter()
+            .map(|n| owners.get(*n).map_or(0, |k| k.iter().filter(|k| **k >= 0).count()))
+            .collect();
+        let total: usize = counts.iter().sum();
+        let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        if total == SHARDS && hi - lo <= 1 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "shards not balanced over {names:?} within {within:?}: {owners:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One snap-up as the shopper saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    node: usize,
+    token: String,
+    sku: u64,
+    status: u16,
+    code: String,
+    order: Option<u64>,
+    retry_after: bool,
+    at: Instant,
+}
+
+/// Shoppers snapping up over `urls` (each request to the next node; a node
+/// that refuses connections is skipped, as a client would) until stopped.
+struct Rush {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Transport failures per node (a killed node's, expected).
+    unreachable: Arc<Mutex<BTreeMap<usize, usize>>>,
+}
+
+fn rush(urls: Arc<Mutex<Vec<Option<String>>>>, skus: Vec<u64>, people: Vec<(u64, String)>, threads: usize) -> Rush {
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let unreachable = Arc::new(Mutex::new(BTreeMap::new()));
+    let handles = (0..threads)
+        .map(|t| {
+            let (urls, skus, people) = (urls.clone(), skus.clone(), people.clone());
+            let (stop, seen, unreachable) = (stop.clone(), seen.clone(), unreachable.clone());
+            std::thread::spawn(move || {
+                let a = agent();
+                let mut n = t;
+                while !stop.load(Ordering::SeqCst) {
+                    n += threads;
+                    let (_, token) = &people[n % people.len()];
+                    let sku = skus[(n / people.len() + n) % skus.len()];
+                    let live: Vec<(usize, String)> = urls
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, u)| u.clone().map(|u| (i, u)))
+                        .collect();
+                    let (node, url) = &live[n % live.len()];
+                    let key = format!("c-{t}-{n}");
+                    let body = json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "11 Singles Road"});
+                    let response = a
+                        .post(&format!("{url}/v1/orders"))
+                        .header("authorization", &format!("Bearer {token}"))
+                        .header("idempotency-key", &key)
+                        .send_json(body);
+                    let Ok(mut response) = response else {
+                        *unreachable.lock().unwrap().entry(*node).or_insert(0) += 1;
+                        continue;
+                    };
+                    let status = response.status().as_u16();
+                    let retry_after = response.headers().contains_key("retry-after");
+                    let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+                    seen.lock().unwrap().push(Seen {
+                        node: *node,
+                        token: token.clone(),
+                        sku,
+                        status,
+                        code: body["error"]["code"].as_str().unwrap_or("").into(),
+                        order: body["id"].as_u64(),
+                        retry_after,
+                        at: Instant::now(),
+                    });
+                }
+            })
+        })
+        .collect();
+    Rush {
+        stop,
+        seen,
+        threads: handles,
+        unreachable,
+    }
+}
+
+impl Rush {
+    fn finish(self) -> (Vec<Seen>, BTreeMap<usize, usize>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        let unreachable = std::mem::take(&mut *self.unreachable.lock().unwrap());
+        (seen, unreachable)
+    }
+}
+
+fn tally(seen: &[Seen]) -> BTreeMap<(u16, String), usize> {
+    let mut t = BTreeMap::new();
+    for s in seen {
+        *t.entry((s.status, s.code.clone())).or_insert(0) += 1;
+    }
+    t
+}
+
+/// Every acknowledged order is there, on its SKU, read through `url`.
+fn assert_durable(url: &str, seen: &[Seen]) {
+    let a = agent();
+    for s in seen.iter().filter(|s| s.status == 201) {
+        let id = s.order.expect("a 201 names its order");
+        let (status, body) = call(&a, "GET", &format!("{url}/v1/orders/{id}"), &s.token, None, None).unwrap();
+        assert_eq!(status, 200, "acknowledged order {id} is gone: {body}");
+        assert_eq!(body["sku"].as_u64(), Some(s.sku), "order {id}: {body}");
+    }
+}
+
+/// `mall check` and `mall ledger verify` on the store: conservation and
+/// per-shopper limits of every item, and the ledger's balance.
+fn assert_store_checks(db: &Db, dir: &std::path::Path) {
+    for args in [&["check"][..], &["ledger", "verify"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mall"))
+            .args(args)
+            .arg("--data")
+            .arg(dir.join("check"))
+            .env("MALL_STORE", &db.url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mall {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn three_nodes(db: &Db, dir: &std::path::Path) -> Vec<Node> {
+    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| start_node(db, dir, n))
+        .collect();
+    wait_balanced(db, &["n1", "n2", "n3"], Duration::from_secs(60));
+    nodes
+}
+
+#[test]
+fn three_nodes_rush_and_one_is_killed() {
+    let db = database("cluster_kill");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(&db, dir.path());
+    // Items and shoppers made through one node, used through all.
+    let skus = items(&nodes[0].server, 32, 300, 990);
+    let people = shoppers(&nodes[1].server, 600);
+    let urls = Arc::new(Mutex::new(
+        nodes.iter().map(|n| Some(n.server.base.clone())).collect::<Vec<_>>(),
+    ));
+    let running = rush(urls.clone(), skus.clone(), people.clone(), 6);
+    std::thread::sleep(Duration::from_millis(1_500));
+    // Kill the node with the most shards (not the one we read through).
+    let before = owners(&db);
+    let victim = (1..3)
+        .max_by_key(|i| before.get(&nodes[*i].name).map_or(0, Vec::len))
+        .unwrap();
+    let victim_shards: Vec<i32> = before[&nodes[victim].name].clone();
+    let victim_sku = *skus
+        .iter()
+        .find(|s| victim_shards.contains(&((**s as usize % SHARDS) as i32)))
+        .expect("the victim owns some item's shard");
+    urls.lock().unwrap()[victim] = None;
+    nodes[victim].server.kill_9();
+    let killed = Instant::now();
+    // Failover: until an item of the dead node's shards is served again.
+    let a = agent();
+    let failover = loop {
+        let (status, body) = call(
+            &a,
+            "POST",
+            &nodes[0].server.url("/v1/orders"),
+            ADMIN,
+            Some(json!({"sku": victim_sku, "quantity": 1, "payment": "cod", "address": "1 Failover Way"})),
+            Some("failover-probe"),
+        )
+        .unwrap();
+        if status != 503 {
+            assert!([201, 409].contains(&status), "after failover: {status} {body}");
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(50), "no failover within 50 s (target 5 s)");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("failover after kill -9: {failover:?} (lease {LEASE})");
+    std::thread::sleep(Duration::from_millis(1_000));
+    let (seen, unreachable) = running.finish();
+    println!("answers: {:?}; transport failures by node: {unreachable:?}", tally(&seen));
+    assert!(seen.iter().any(|s| s.status == 201 && s.at < killed), "orders before the kill");
+    assert!(seen.iter().any(|s| s.status == 201 && s.at > killed + failover), "orders after the failover");
+    for s in &seen {
+        assert!([201, 409, 503].contains(&s.status), "unexpected {} {}", s.status, s.code);
+        if s.status == 503 {
+            assert!(s.retry_after, "a 503 without Retry-After: {}", s.code);
+            assert!(["store_unavailable", "overloaded"].contains(&s.code.as_str()), "503 {}", s.code);
+        }
+    }
+    for node in unreachable.keys() {
+        assert_eq!(*node, victim, "only the killed node may be unreachable");
+    }
+    let survivor = nodes[0].server.base.clone();
+    assert_durable(&survivor, &seen);
+    // The survivors hold every shard and the ledger.
+    let after = owners(&db);
+    let held: usize = after.values().map(|k| k.iter().filter(|k| **k >= 0).count()).sum();
+    assert_eq!(held, SHARDS, "every shard has a live owner: {after:?}");
+    assert!(!after.contains_key(&nodes[victim].name), "the dead node holds nothing: {after:?}");
+    drop(nodes);
+    assert_store_checks(&db, dir.path());
+}
+
+#[test]
+fn a_node_stopped_past_its_lease_is_fenced_and_rejoins() {
+    let db = database("cluster_sigstop");
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(&db, dir.path());
+    let skus = items(&nodes[0].server, 16, 300, 990);
+    let people = shoppers(&nodes[0].server, 200);
+    // Node 2, if it holds the ledger, would stop the process when it loses
+    // it; pick a node without the ledger.
+    let owners_before = owners(&db);
+    let paused = (1..3)
+        .find(|i| !owners_before[&nodes[*i].name].contains(&-1))
+        .unwrap();
+    let pid = nodes[paused].server.child.id().to_string();
+    let urls = Arc::new(Mutex::new(
+        nodes.iter().map(|n| Some(n.server.base.clone())).collect::<Vec<_>>(),
+    ));
+    // Shoppers keep sending to all three, the paused one included: what it
+    // got before and during the pause it handles when it wakes.
+    let running = rush(urls.clone(), skus.clone(), people.clone(), 6);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(3_000)); // 3 leases
+    let taken = owners(&db);
+    assert!(
+        !taken.contains_key(&nodes[paused].name),
+        "a paused node's leases lapse and its shards move: {taken:?}"
+    );
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // It notices, drops its shards, and rejoins: it takes shards again.
+    let rejoined = wait_balanced(&db, &["n1", "n2", "n3"], Duration::from_secs(60));
+    println!("rejoined and rebalanced {rejoined:?} after waking");
+    std::thread::sleep(Duration::from_millis(500));
+    let (seen, unreachable) = running.finish();
+    println!("answers: {:?}; transport failures: {unreachable:?}", tally(&seen));
+    for s in &seen {
+        assert!([201, 409, 503].contains(&s.status), "unexpected {} {}", s.status, s.code);
+    }
+    // What the woken node acknowledged is durable: nothing it applied under
+    // its old epoch was acknowledged without being stored.
+    assert_durable(&nodes[0].server.base, &seen);
+    assert!(seen.iter().any(|s| s.node == paused && s.status == 201), "the rejoined node serves");
+    drop(nodes);
+    assert_store_checks(&db, dir.path());
+}
+
+#[test]
+fn a_fourth_node_joins_under_load_and_then_drains() {
+    let db = database("cluster_elastic");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(&db, dir.path());
+    let skus = items(&nodes[0].server, 32, 1_000, 990);
+    let people = shoppers(&nodes[0].server, 600);
+    let urls = Arc::new(Mutex::new(
+        nodes.iter().map(|n| Some(n.server.base.clone())).collect::<Vec<_>>(),
+    ));
+    let running = rush(urls.clone(), skus.clone(), people.clone(), 6);
+    std::thread::sleep(Duration::from_millis(800));
+    nodes.push(start_node(&db, dir.path(), "n4"));
+    urls.lock().unwrap().push(Some(nodes[3].server.base.clone()));
+    let joined = wait_balanced(&db, &["n1", "n2", "n3", "n4"], Duration::from_secs(100));
+    println!("a fourth node took its share in {joined:?} (target 10 s)");
+    std::thread::sleep(Duration::from_millis(500));
+    // SIGTERM: it hands its shards over and exits; shoppers move on.
+    let drain_started = Instant::now();
+    let n4 = nodes.pop().unwrap();
+    n4.server.stop();
+    urls.lock().unwrap()[3] = None;
+    println!("the fourth node drained and exited in {:?}", drain_started.elapsed());
+    wait_balanced(&db, &["n1", "n2", "n3"], Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let (seen, unreachable) = running.finish();
+    let t = tally(&seen);
+    println!("answers: {t:?}; transport failures by node: {unreachable:?}");
+    let unavailable = seen.iter().filter(|s| s.status == 503).count();
+    println!("503 with Retry-After while joining and draining: {unavailable}");
+    for s in &seen {
+        assert!([201, 409, 503].contains(&s.status), "unexpected {} {}", s.status, s.code);
+        if s.status == 503 {
+            assert!(s.retry_after, "a 503 without Retry-After: {}", s.code);
+        }
+    }
+    assert!(seen.iter().filter(|s| s.node == 3).any(|s| s.status == 201), "the fourth node served");
+    assert_durable(&nodes[0].server.base, &seen);
+    drop(nodes);
+    assert_store_checks(&db, dir.path());
+}
