@@ -282,6 +282,7 @@ impl Node {
     async fn forward(self: Arc<Self>, shard: usize, command: Command) -> Reply {
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.config.wait;
+        let mut unreachable_since: Option<Instant> = None;
         loop {
             match self.owner(shard as i32) {
                 Owner::Here => {
@@ -301,9 +302,17 @@ impl Node {
                         match peer.ask(ask).await {
                             Asked::Answered(Answer::Inventory(reply)) => return reply,
                             Asked::Answered(Answer::NotHere) => {}
-                            // Unreachable owner: it died and its lease has
-                            // not lapsed yet. Say so at once (503).
-                            Asked::Unsent => return Reply::Unavailable,
+                            // Unreachable: our route may be stale (a node
+                            // that drained and left), so ask again for a
+                            // moment; if the owner is still unreachable it
+                            // died and its lease has not lapsed: say so (503).
+                            Asked::Unsent => {
+                                let until = *unreachable_since.get_or_insert_with(Instant::now)
+                                    + self.tick() * 3;
+                                if Instant::now() >= until {
+                                    return Reply::Unavailable;
+                                }
+                            }
                             Asked::Answered(_) | Asked::Lost => return Reply::Unavailable,
                         }
                     }
@@ -481,7 +490,18 @@ impl Node {
     /// with most shards to the one with fewest (draining nodes hand their
     /// shards over themselves).
     fn rebalance(&self, membership: &Membership, view: &View, live: &[&NodeRow]) {
-        if live.len() < 2 || view.leases.iter().any(|l| l.handoff_to.is_some()) {
+        // A move whose target left or drains is withdrawn.
+        let mut pending = false;
+        for lease in &view.leases {
+            if let Some(to) = &lease.handoff_to {
+                if live.iter().any(|n| n.name == *to) {
+                    pending = true;
+                } else if let Err(e) = membership.cancel_handoff(lease.key) {
+                    tracing::warn!(error = %e, "withdrawing a move failed");
+                }
+            }
+        }
+        if live.len() < 2 || pending {
             return;
         }
         let mut counts: HashMap<&str, Vec<i32>> =
@@ -603,6 +623,15 @@ impl Node {
     }
 
     fn hand_over(&self, membership: &Membership, key: i32, to: &str) -> bool {
+        let eligible = {
+            let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+            routes.nodes.get(to).is_some_and(|n| !n.draining)
+        };
+        if !eligible {
+            // Never close a shard for a node that cannot take it.
+            let _ = membership.cancel_handoff(key);
+            return false;
+        }
         let started = Instant::now();
         self.set_owner(key, Owner::Moving);
         let engine = self.engine();
@@ -624,6 +653,7 @@ impl Node {
         };
         if !passed {
             // Still ours (or already lost): serve it again if still ours.
+            let _ = membership.cancel_handoff(key);
             self.set_owner(key, Owner::Nobody);
             self.open(membership, key);
             return false;
@@ -654,7 +684,14 @@ impl Node {
     pub fn drain_shards(&self, membership: &Membership) -> usize {
         self.draining.store(true, Ordering::Relaxed);
         let mut moved = 0;
-        for shard in self.engine().shards_here() {
+        // Until nothing runs here: a move to this node asked just before
+        // the others learnt it drains may still land (a few rounds).
+        let deadline = Instant::now() + self.config.lease * 4;
+        while let Some(shard) = self.engine().shards_here().first().copied() {
+            if Instant::now() > deadline {
+                tracing::warn!(left = ?self.engine().shards_here(), "draining: shards still here; their leases will lapse");
+                break;
+            }
             let Some(to) = self.least_loaded_other() else {
                 break;
             };
@@ -665,6 +702,8 @@ impl Node {
             lock(&self.busy).insert(shard as i32);
             if self.hand_over(membership, shard as i32, &to) {
                 moved += 1;
+            } else {
+                std::thread::sleep(self.tick());
             }
             lock(&self.busy).remove(&(shard as i32));
         }
@@ -685,8 +724,11 @@ impl Node {
         moved
     }
 
-    /// Stops heartbeating; the node's row and leases go.
+    /// Stops heartbeating; the node's row and leases go. First it lingers
+    /// for a few heartbeats, answering "not here", so the other nodes learn
+    /// where its shards went before it stops answering at all.
     pub fn leave(&self, membership: &Membership) {
+        std::thread::sleep(self.tick() * 3);
         self.stopped.store(true, Ordering::Relaxed);
         if let Err(e) = membership.leave() {
             tracing::warn!(error = %e, "leaving the cluster failed; the leases will lapse");
@@ -739,7 +781,7 @@ impl Node {
                 return;
             }
             round += 1;
-            let full = round % 40 == 0;
+            let full = round.is_multiple_of(40);
             let engine = self.engine();
             let here: HashSet<usize> = engine.shards_here().into_iter().collect();
             if here.is_empty() {

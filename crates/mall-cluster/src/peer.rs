@@ -203,10 +203,8 @@ async fn run(
                 }
             }
             let count = asks.len() as u64;
-            if !asks.is_empty() {
-                if wire::write(&mut writer, &Frame::Asks(asks)).await.is_err() {
-                    break false;
-                }
+            if !asks.is_empty() && wire::write(&mut writer, &Frame::Asks(asks)).await.is_err() {
+                break false;
             }
             if !board.is_empty()
                 && wire::write(&mut writer, &Frame::Board(board))

@@ -179,7 +179,7 @@ pub fn check(secret: &[u8], role: &str, nonce: &str, node: &str, proof: &str) ->
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

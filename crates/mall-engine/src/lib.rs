@@ -12,8 +12,8 @@ pub mod verify;
 pub use audit::{audit, AuditReport};
 pub use engine::{Elsewhere, Engine, EngineConfig};
 pub use store::{
-    AccountStore, LedgerJournalBox, LedgerRead, MerchantRow, NewUser, OrderReader, SessionRow,
-    SessionEnd, ShardContents, ShardJournalBox, Store, StoredResponse, UserRow,
+    AccountStore, LedgerJournalBox, LedgerRead, MerchantRow, NewUser, OrderReader, SessionEnd,
+    SessionRow, ShardContents, ShardJournalBox, Store, StoredResponse, UserRow,
 };
 pub use verify::verify_ledger;
 

@@ -106,17 +106,15 @@ impl SessionCache {
     /// Drops the sessions other nodes ended (log-outs, revocations), every
     /// `every`, for as long as the runtime runs: a revoked token stops
     /// working on every node within about that.
-    pub fn follow_ends(
-        state: AppState,
-        every: std::time::Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn follow_ends(state: AppState, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut after = 0i64;
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 let accounts = state.accounts.clone();
-                let read = tokio::task::spawn_blocking(move || accounts.session_ends_since(after)).await;
+                let read =
+                    tokio::task::spawn_blocking(move || accounts.session_ends_since(after)).await;
                 let Ok(Ok((ends, next))) = read else {
                     continue;
                 };

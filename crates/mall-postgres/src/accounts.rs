@@ -6,8 +6,7 @@ use crate::pool::Pool;
 use crate::{corrupt, Error};
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    SessionEnd,
-    AccountStore, MerchantRow, NewUser, SessionRow, StoreError, StoredResponse, UserRow,
+    AccountStore, MerchantRow, NewUser, SessionEnd, SessionRow, StoreError, StoredResponse, UserRow,
 };
 use postgres::error::SqlState;
 use postgres::types::ToSql;
@@ -36,10 +35,12 @@ const INSERT_SESSION: &str =
         expires_at_ms = excluded.expires_at_ms, created_at_ms = excluded.created_at_ms";
 /// Ending sessions is noted in `session_ends`, in the same statement, so
 /// that every node of a cluster drops them from its cache.
-const DELETE_SESSION: &str = "WITH gone AS (DELETE FROM sessions WHERE token_hash = $1 RETURNING 1),
+const DELETE_SESSION: &str =
+    "WITH gone AS (DELETE FROM sessions WHERE token_hash = $1 RETURNING 1),
     noted AS (INSERT INTO session_ends (token_hash) SELECT $1 WHERE EXISTS (SELECT 1 FROM gone))
     SELECT count(*) FROM gone";
-const DELETE_SESSIONS_OF: &str = "WITH gone AS (DELETE FROM sessions WHERE user_id = $1 RETURNING 1),
+const DELETE_SESSIONS_OF: &str =
+    "WITH gone AS (DELETE FROM sessions WHERE user_id = $1 RETURNING 1),
     noted AS (INSERT INTO session_ends (user_id) VALUES ($1))
     SELECT count(*) FROM gone";
 const SESSION: &str = "SELECT s.token_hash, s.user_id, u.role, u.merchant_id, s.expires_at_ms
@@ -270,10 +271,10 @@ impl AccountStore for PgAccounts {
             let token: Option<&[u8]> = row.try_get(1).map_err(Error::from)?;
             let user: Option<i64> = row.try_get(2).map_err(Error::from)?;
             match (token, user) {
-                (Some(hash), _) => ends.push(SessionEnd::Token(
-                    hash.try_into()
-                        .map_err(|_| corrupt(format!("token hash of {} bytes", hash.len())))?,
-                )),
+                (Some(hash), _) => ends
+                    .push(SessionEnd::Token(hash.try_into().map_err(|_| {
+                        corrupt(format!("token hash of {} bytes", hash.len()))
+                    })?)),
                 (None, Some(user)) => ends.push(SessionEnd::User(UserId(user as u64))),
                 (None, None) => {}
             }

@@ -212,13 +212,15 @@ impl Membership {
     }
 
     /// A planned move, done by the owner once the shard is closed here:
-    /// the lease passes to `to` (who opens the shard, bumping its epoch).
+    /// the lease passes to `to` (who opens the shard, bumping its epoch),
+    /// unless `to` has started draining meanwhile (then `false`).
     pub fn hand_over(&self, key: i32, to: &str) -> Result<bool, StoreError> {
         Ok(self.pool.with(|conn| {
             let n = conn.client.execute(
                 "UPDATE shard_leases SET owner = $3, handoff_to = NULL, moves = moves + 1,
                    expires_at = now() + $4 * interval '1 millisecond'
-                 WHERE shard = $1 AND owner = $2",
+                 WHERE shard = $1 AND owner = $2
+                   AND EXISTS (SELECT 1 FROM cluster_nodes WHERE name = $3 AND NOT draining)",
                 &[&key, &self.node, &to, &(self.lease_ms as f64)],
             )?;
             Ok(n == 1)
@@ -235,6 +237,17 @@ impl Membership {
                 &[&key, &from, &to],
             )?;
             Ok(n == 1)
+        })?)
+    }
+
+    /// Withdraws a planned move (its target left or started draining).
+    pub fn cancel_handoff(&self, key: i32) -> Result<(), StoreError> {
+        Ok(self.pool.with(|conn| {
+            conn.client.execute(
+                "UPDATE shard_leases SET handoff_to = NULL WHERE shard = $1",
+                &[&key],
+            )?;
+            Ok(())
         })?)
     }
 
