@@ -158,6 +158,14 @@ pub struct NewUser {
 pub trait AccountStore: Send + Sync {
     fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError>;
     fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError>;
+    /// Reserves `count` ids of the sequence `key` for this process: the
+    /// first of a block no other caller gets, at least `floor` (the nodes
+    /// of a cluster hand out SKUs from such blocks). A store only one
+    /// process uses need not support it.
+    fn reserve_ids(&self, key: &str, count: u64, floor: u64) -> Result<u64, StoreError> {
+        let _ = (key, count, floor);
+        Err(StoreError::Backend("id blocks are for a cluster's store".into()))
+    }
     /// `MerchantNameTaken` when the name is in use.
     fn create_merchant(&self, name: &str, now: Timestamp) -> Result<MerchantId, StoreError>;
     fn merchants(&self) -> Result<Vec<MerchantRow>, StoreError>;

@@ -90,6 +90,8 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     /// The next SKU id to hand out; starts above the highest stored one.
     pub next_sku: AtomicU64,
+    /// On a cluster: the SKUs reserved for this node, `[next, end)`.
+    pub sku_block: Mutex<(u64, u64)>,
     /// The password hashing threads (bounded memory and queue).
     pub hasher: passwords::Hasher,
     /// Failed logins per username.
@@ -146,6 +148,7 @@ impl AppState {
                 metrics: metrics::Metrics::default(),
                 clock,
                 next_sku: AtomicU64::new(next_sku),
+                sku_block: Mutex::new((0, 0)),
                 in_flight_keys: Mutex::new(HashSet::new()),
                 payments: std::sync::OnceLock::new(),
                 events: std::sync::OnceLock::new(),

@@ -50,6 +50,11 @@ const SESSION_ENDS: &str =
 const DELETE_EXPIRED: &str = "DELETE FROM sessions WHERE expires_at_ms <= $1";
 const LIVE_SESSIONS: &str = "SELECT s.token_hash, s.user_id, u.role, u.merchant_id, s.expires_at_ms
     FROM sessions s JOIN users u ON u.id = s.user_id";
+/// A block of ids: the counter (text in `mall_meta`) moves to at least
+/// `floor + count`; the new value is the block's end.
+const RESERVE_IDS: &str = "INSERT INTO mall_meta (key, value) VALUES ($1, ($3::BIGINT + $2::BIGINT)::TEXT)
+    ON CONFLICT (key) DO UPDATE SET value = (GREATEST(mall_meta.value::BIGINT, $3::BIGINT) + $2::BIGINT)::TEXT
+    RETURNING value::BIGINT";
 const STORED_RESPONSE: &str =
     "SELECT fingerprint, status, body FROM idempotency WHERE user_id = $1 AND key = $2";
 /// A final answer replaces a stored 202 (an outcome that was still open) of
@@ -155,6 +160,17 @@ impl AccountStore for PgAccounts {
     fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.execute(META_SET, &[&key, &value])?;
         Ok(())
+    }
+
+    fn reserve_ids(&self, key: &str, count: u64, floor: u64) -> Result<u64, StoreError> {
+        let (count, floor) = (count as i64, floor as i64);
+        let rows = self.query(RESERVE_IDS, &[&key, &count, &floor])?;
+        let end: i64 = rows
+            .first()
+            .ok_or_else(|| corrupt("no block returned".into()))?
+            .try_get(0)
+            .map_err(Error::from)?;
+        Ok((end - count) as u64)
     }
 
     fn create_merchant(&self, name: &str, now: Timestamp) -> Result<MerchantId, StoreError> {

@@ -175,14 +175,19 @@ pub enum RunError {
     Http(#[from] HttpError),
 }
 
+/// How long after [`run`] is called the sale opens: time for setup (items
+/// and accounts at a modest rate), then the scenario's own wait.
+pub fn opening_after_ms(s: &crate::scenario::Scenario) -> i64 {
+    let setup_allowance_ms = 3_000 + i64::from(s.items) / 2 + i64::from(s.users) / 20;
+    setup_allowance_ms + (s.opens_in_s * 1000.0) as i64
+}
+
 /// Sets up the scenario on the backend and runs it. `progress`: print a
 /// progress line (a bar on a terminal) every second.
 pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome, RunError> {
     let s = plan.scenario.clone();
     let run_id = format!("r{}x{}", s.seed, wall_ms() % 1_000_000_000);
-    // Time for setup before the opening: items and accounts at a modest rate.
-    let setup_allowance_ms = 3_000 + i64::from(s.items) / 2 + i64::from(s.users) / 20;
-    let opening_ms = wall_ms() + setup_allowance_ms + (s.opens_in_s * 1000.0) as i64;
+    let opening_ms = wall_ms() + opening_after_ms(&s);
     let (skus, tokens, user_ids) = setup(&plan, &backend, &run_id, Timestamp(opening_ms)).await?;
     let now_ms = wall_ms();
     if now_ms > opening_ms {

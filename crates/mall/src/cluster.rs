@@ -140,3 +140,231 @@ pub fn open_store(
             .context("opening the PostgreSQL store")?,
     ))
 }
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCmd {
+    /// A local cluster on loopback for trying it out: N `mall serve --node`
+    /// processes on one PostgreSQL (a throwaway one without --store).
+    /// Prints the nodes' URLs and the admin token; Ctrl-C stops everything.
+    Up(UpArgs),
+    /// Nodes, shards, owners, epochs, lease ages and load, from the store.
+    Status {
+        #[command(flatten)]
+        store: crate::store::StoreArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    #[command(flatten)]
+    pub store: crate::store::StoreArgs,
+    /// The first node's API port; node i listens on port + 10·i (its
+    /// operators' listener on + 1, its internal port on + 2).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Shards of a new store.
+    #[arg(long, default_value_t = 64)]
+    pub shards: usize,
+    /// Where the nodes keep their local files.
+    #[arg(long, default_value = "mall-cluster")]
+    pub data: std::path::PathBuf,
+    /// Seed a Singles' Day catalog first if the store has no items.
+    #[arg(long)]
+    pub seed: bool,
+    /// Extra flags for every node's `mall serve` (e.g. "--channels file").
+    #[arg(long, allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
+}
+
+pub fn run(which: ClusterCmd) -> Result<()> {
+    match which {
+        ClusterCmd::Up(args) => up(args),
+        ClusterCmd::Status { store } => status(&store),
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the OS gives random bytes");
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A local cluster as `mall cluster up` and `mall demo --nodes` start it.
+pub struct LocalCluster {
+    pub nodes: Vec<(String, String, std::process::Child)>,
+    pub admin_token: String,
+    pub store: String,
+    _postgres: Option<mall_postgres::server::PostgresServer>,
+}
+
+impl LocalCluster {
+    pub fn start(
+        nodes: usize,
+        store: &crate::store::StoreArgs,
+        port: u16,
+        shards: usize,
+        data: &std::path::Path,
+        extra: &[String],
+    ) -> Result<LocalCluster> {
+        anyhow::ensure!((1..=16).contains(&nodes), "--nodes must be 1 to 16");
+        let (url, postgres) = if store.is_postgres() {
+            (store.store.join(","), None)
+        } else {
+            let pg = mall_postgres::server::PostgresServer::start()
+                .context("starting a throwaway PostgreSQL (or pass --store)")?;
+            let url = pg.create_database("mall_cluster")?;
+            (url, Some(pg))
+        };
+        let admin_token = std::env::var("MALL_ADMIN_TOKEN").unwrap_or_else(|_| random_hex(24));
+        let secret = std::env::var("MALL_CLUSTER_SECRET").unwrap_or_else(|_| random_hex(24));
+        // Created once, before the nodes race to make it.
+        mall_postgres::PgStore::open(&[url.clone()], Some(shards), 2)
+            .context("making the store")?;
+        let exe = std::env::current_exe()?;
+        let mut started = Vec::new();
+        for i in 0..nodes {
+            let name = format!("node{}", i + 1);
+            let api = port + 10 * i as u16;
+            let child = std::process::Command::new(&exe)
+                .args(["serve", "--node", &name])
+                .args(["--addr", &format!("127.0.0.1:{api}")])
+                .args(["--admin-addr", &format!("127.0.0.1:{}", api + 1)])
+                .args(["--internal-addr", &format!("127.0.0.1:{}", api + 2)])
+                .args(["--store-connections", "20"])
+                .arg("--data")
+                .arg(data.join(&name))
+                .args(extra)
+                .env("MALL_STORE", &url)
+                .env("MALL_CLUSTER_SECRET", &secret)
+                .env("MALL_ADMIN_TOKEN", &admin_token)
+                .spawn()
+                .with_context(|| format!("starting {name}"))?;
+            started.push((name, format!("http://127.0.0.1:{api}"), child));
+        }
+        let cluster = LocalCluster {
+            nodes: started,
+            admin_token,
+            store: url,
+            _postgres: postgres,
+        };
+        for (name, url, _) in &cluster.nodes {
+            wait_healthy(url, name)?;
+        }
+        Ok(cluster)
+    }
+
+    /// SIGTERM to every node still running (each drains), then waits.
+    pub fn stop(&mut self) {
+        for (_, _, child) in &mut self.nodes {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for (_, _, child) in &mut self.nodes {
+            let _ = child.wait();
+        }
+    }
+
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(_, u, _)| u.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (_, _, child) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until a node listens on its API port.
+fn wait_healthy(url: &str, name: &str) -> Result<()> {
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("a node's URL names its port")?;
+    mall_postgres::server::wait_for_port(port, name)
+        .map_err(|e| anyhow::anyhow!("{name} did not come up: {e}"))
+}
+
+fn up(args: UpArgs) -> Result<()> {
+    let mut cluster = LocalCluster::start(
+        args.nodes,
+        &args.store,
+        args.port,
+        args.shards,
+        &args.data,
+        &args.serve_args,
+    )?;
+    if args.seed {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["seed", "--data"])
+            .arg(args.data.join("seed"))
+            .env("MALL_STORE", &cluster.store)
+            .status()?;
+        anyhow::ensure!(out.success(), "seeding failed");
+    }
+    println!("mall cluster: {} nodes on one PostgreSQL store", cluster.nodes.len());
+    for (name, url, _) in &cluster.nodes {
+        println!("  {name:<8} {url}");
+    }
+    println!("admin token: {}", cluster.admin_token);
+    println!("rehearse it: MALL_ADMIN_TOKEN=<token> mall rush --target {}", cluster.urls());
+    println!("status:      MALL_STORE='{}' mall cluster status", cluster.store);
+    println!("Ctrl-C stops every node and the store this started.");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::shutdown_signal());
+    cluster.stop();
+    Ok(())
+}
+
+fn status(store: &crate::store::StoreArgs) -> Result<()> {
+    anyhow::ensure!(store.is_postgres(), "a cluster's store is PostgreSQL: pass --store (or MALL_STORE)");
+    let pg = mall_postgres::PgStore::open_existing(&store.store, 2)
+        .context("opening the PostgreSQL store")?;
+    let view = pg.membership("status", LEASE_DEFAULT).view()?;
+    use mall_postgres::cluster::{LEDGER, REBALANCER};
+    println!("{:<10} {:<22} {:<22} {:>9} {:>7} {:>9}", "node", "api", "internal", "heartbeat", "shards", "load");
+    for n in &view.nodes {
+        let shards = view
+            .leases
+            .iter()
+            .filter(|l| l.key >= 0 && l.owner.as_deref() == Some(&n.name) && l.expires_in_ms > 0)
+            .count();
+        let state = if n.draining { " draining" } else { "" };
+        println!(
+            "{:<10} {:<22} {:<22} {:>7}ms {:>7} {:>9.0}{state}",
+            n.name, n.api, n.internal, n.heartbeat_age_ms, shards, n.load
+        );
+    }
+    println!();
+    println!("{:<10} {:<10} {:>6} {:>12} {:>6}  moving to", "shard", "owner", "epoch", "lease left", "moves");
+    for l in &view.leases {
+        let key = match l.key {
+            LEDGER => "ledger".to_string(),
+            REBALANCER => "rebalancer".to_string(),
+            k => k.to_string(),
+        };
+        println!(
+            "{:<10} {:<10} {:>6} {:>10}ms {:>6}  {}",
+            key,
+            l.owner.as_deref().unwrap_or("-"),
+            l.epoch,
+            l.expires_in_ms,
+            l.moves,
+            l.handoff_to.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -89,6 +89,11 @@ enum Cmd {
         #[command(subcommand)]
         which: LedgerCmd,
     },
+    /// A cluster of nodes: `up` starts one on loopback, `status` shows one.
+    Cluster {
+        #[command(subcommand)]
+        which: cluster::ClusterCmd,
+    },
     /// Benchmarks that print numbers.
     Bench {
         #[command(subcommand)]
@@ -237,6 +242,7 @@ fn main() -> Result<()> {
             which: LedgerCmd::Verify { data, store },
         } => ledger_verify(&data, &store),
         Cmd::Bench { which } => bench::run(which),
+        Cmd::Cluster { which } => cluster::run(which),
         Cmd::Channels(args) => channels::run(args),
         Cmd::Report { events, out } => report(&events, &out),
         Cmd::History { which } => forecast::history(which),

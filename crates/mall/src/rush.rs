@@ -180,11 +180,18 @@ pub struct DemoArgs {
     scale: f64,
     #[arg(long, default_value = "rush-report")]
     out: PathBuf,
+    /// Rehearse on a local cluster of this many nodes (a throwaway
+    /// PostgreSQL; one node is killed in the middle of the spike).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 /// The newcomer's first command: a fresh mall, a rehearsal of the night
 /// against it, the figures and the audit, then the mall keeps serving.
 pub fn demo(args: DemoArgs) -> Result<()> {
+    if args.nodes > 1 {
+        return demo_cluster(args);
+    }
     const MARKER: &str = "MADE-BY-MALL-DEMO";
     if args.data.exists() {
         anyhow::ensure!(
@@ -289,5 +296,104 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.shutdown();
     }
+    Ok(())
+}
+
+/// `mall demo --nodes N`: the night on a local cluster; one node is killed
+/// (-9) in the middle of the spike, and the summary and the audit show
+/// that nothing was lost.
+fn demo_cluster(args: DemoArgs) -> Result<()> {
+    anyhow::ensure!(args.nodes >= 2, "a cluster demo needs 2 nodes or more");
+    let dir = std::env::temp_dir().join(format!("mall-demo-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let channels = dir.join("channels.toml");
+    std::fs::write(&channels, crate::channels::EXAMPLE)?;
+    let mut simulator = std::process::Command::new(std::env::current_exe()?)
+        .args(["channels", "--config"])
+        .arg(&channels)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting the payment simulator")?;
+    let extra: Vec<String> = ["--channels", &channels.to_string_lossy(), "--hold-timeout", "20s", "--user-rate-per-s", "1000"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let port = args.addr.port();
+    let result = (|| -> Result<bool> {
+        let cluster = crate::cluster::LocalCluster::start(
+            args.nodes,
+            &crate::store::StoreArgs::default(),
+            port,
+            64,
+            &dir.join("nodes"),
+            &extra,
+        )?;
+        let scenario = scenario_of("double11", None, Some(args.scale))?;
+        println!("mall demo: a cluster of {} nodes on one PostgreSQL", args.nodes);
+        for (name, url, _) in &cluster.nodes {
+            println!("  {name:<8} {url}");
+        }
+        println!(
+            "rehearsing the night over every node: {} shoppers, {} items; node2 is killed in the middle of the spike",
+            scenario.users, scenario.items
+        );
+        let kill_after = Duration::from_millis(
+            (mall_rush::run::opening_after_ms(&scenario) as f64 + scenario.spike_s * 500.0) as u64,
+        );
+        let victim = cluster.nodes[1].2.id();
+        let store = cluster.store.clone();
+        let killer = std::thread::spawn(move || -> Option<Duration> {
+            std::thread::sleep(kill_after);
+            let _ = std::process::Command::new("kill").args(["-9", &victim.to_string()]).status();
+            let killed = std::time::Instant::now();
+            println!("\n*** node2 killed (-9) in the middle of the spike ***\n");
+            // Failover: until every shard has a live owner again.
+            let pg = mall_postgres::PgStore::open_existing(&[store], 1).ok()?;
+            let membership = pg.membership("demo", crate::cluster::LEASE_DEFAULT);
+            while killed.elapsed() < Duration::from_secs(60) {
+                if let Ok(view) = membership.view() {
+                    let moved = view
+                        .leases
+                        .iter()
+                        .filter(|l| l.key >= -1)
+                        .all(|l| l.owner.as_deref() != Some("node2") && l.owner.is_some() && l.expires_in_ms > 0);
+                    if moved {
+                        return Some(killed.elapsed());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let backend = Backend::Http {
+            target: Target::parse(&cluster.urls(), false)?,
+            admin_token: cluster.admin_token.clone(),
+        };
+        let passed = runtime.block_on(async {
+            let outcome = run(Plan::new(&scenario), backend.clone(), true).await?;
+            finish(outcome, &backend, "http (cluster demo)", &args.out).await
+        })?;
+        match killer.join().ok().flatten() {
+            Some(t) => println!("failover: every shard of node2 served by the survivors {:.2} s after the kill", t.as_secs_f64()),
+            None => println!("failover: not measured (the store could not be read)"),
+        }
+        let pg = mall_postgres::PgStore::open_existing(&[cluster.store.clone()], 2)?;
+        let report = mall_engine::audit(&pg)?;
+        let (accounts, transfers) = mall_engine::Store::read_ledger(&pg)?;
+        let ledger = mall_engine::verify_ledger(accounts, transfers);
+        println!(
+            "mall check: {} orders over {} items, {}; ledger verify: {}",
+            report.orders,
+            report.items,
+            if report.violations.is_empty() { "no violation".to_string() } else { format!("{} violation(s)", report.violations.len()) },
+            if ledger.is_empty() { "ok".to_string() } else { format!("{} violation(s)", ledger.len()) }
+        );
+        Ok(passed && report.violations.is_empty() && ledger.is_empty())
+    })();
+    let _ = simulator.kill();
+    let _ = simulator.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(result?, "the consistency audit failed");
     Ok(())
 }

@@ -252,6 +252,32 @@ async fn put(state: &AppState, item: Item, expected: Option<Item>) -> ApiResult<
     }
 }
 
+/// The SKU for a new item. A node of a cluster takes SKUs from blocks of
+/// 1,000 reserved in the store, so two nodes never hand out the same one;
+/// a single node counts up from the highest it knows.
+async fn next_sku(state: &AppState) -> ApiResult<Sku> {
+    let above = state.engine.board().max_sku().map_or(1, |s| s.0 + 1);
+    if state.cluster.get().is_none() {
+        state.next_sku.fetch_max(above, Ordering::Relaxed);
+        return Ok(Sku(state.next_sku.fetch_add(1, Ordering::Relaxed)));
+    }
+    {
+        let mut block = state.sku_block.lock().unwrap_or_else(|p| p.into_inner());
+        if block.0 < block.1 {
+            block.0 += 1;
+            return Ok(Sku(block.0 - 1));
+        }
+    }
+    const BLOCK: u64 = 1_000;
+    let accounts = state.accounts.clone();
+    let start = super::blocking(state, move || accounts.reserve_ids("next_sku", BLOCK, above))
+        .await
+        .map_err(|e| ApiError::store("reserving SKUs", e))?;
+    let mut block = state.sku_block.lock().unwrap_or_else(|p| p.into_inner());
+    *block = (start + 1, start + BLOCK);
+    Ok(Sku(start))
+}
+
 /// Admin: create an item (a SKU is assigned).
 #[utoipa::path(post, path = "/v1/admin/items", request_body = CreateItem, tag = "admin",
     security(("bearer" = [])),
@@ -327,9 +353,7 @@ pub async fn create(
             // known, and past a taken SKU, a few times.
             let mut tries = 0;
             loop {
-                let above = state.engine.board().max_sku().map_or(1, |s| s.0 + 1);
-                state.next_sku.fetch_max(above, Ordering::Relaxed);
-                item.sku = Sku(state.next_sku.fetch_add(1, Ordering::Relaxed));
+                item.sku = next_sku(&state).await?;
                 match put(&state, item.clone(), None).await {
                     Err(e) if e.code == "item_changed" && tries < 8 => tries += 1,
                     answer => break super::json_answer(StatusCode::CREATED, &answer?),
