@@ -164,7 +164,9 @@ pub trait AccountStore: Send + Sync {
     /// process uses need not support it.
     fn reserve_ids(&self, key: &str, count: u64, floor: u64) -> Result<u64, StoreError> {
         let _ = (key, count, floor);
-        Err(StoreError::Backend("id blocks are for a cluster's store".into()))
+        Err(StoreError::Backend(
+            "id blocks are for a cluster's store".into(),
+        ))
     }
     /// `MerchantNameTaken` when the name is in use.
     fn create_merchant(&self, name: &str, now: Timestamp) -> Result<MerchantId, StoreError>;

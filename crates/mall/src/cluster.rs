@@ -313,13 +313,22 @@ fn up(args: UpArgs) -> Result<()> {
             .status()?;
         anyhow::ensure!(out.success(), "seeding failed");
     }
-    println!("mall cluster: {} nodes on one PostgreSQL store", cluster.nodes.len());
+    println!(
+        "mall cluster: {} nodes on one PostgreSQL store",
+        cluster.nodes.len()
+    );
     for (name, url, _) in &cluster.nodes {
         println!("  {name:<8} {url}");
     }
     println!("admin token: {}", cluster.admin_token);
-    println!("rehearse it: MALL_ADMIN_TOKEN=<token> mall rush --target {}", cluster.urls());
-    println!("status:      MALL_STORE='{}' mall cluster status", cluster.store);
+    println!(
+        "rehearse it: MALL_ADMIN_TOKEN=<token> mall rush --target {}",
+        cluster.urls()
+    );
+    println!(
+        "status:      MALL_STORE='{}' mall cluster status",
+        cluster.store
+    );
     println!("Ctrl-C stops every node and the store this started.");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -330,12 +339,18 @@ fn up(args: UpArgs) -> Result<()> {
 }
 
 fn status(store: &crate::store::StoreArgs) -> Result<()> {
-    anyhow::ensure!(store.is_postgres(), "a cluster's store is PostgreSQL: pass --store (or MALL_STORE)");
+    anyhow::ensure!(
+        store.is_postgres(),
+        "a cluster's store is PostgreSQL: pass --store (or MALL_STORE)"
+    );
     let pg = mall_postgres::PgStore::open_existing(&store.store, 2)
         .context("opening the PostgreSQL store")?;
     let view = pg.membership("status", LEASE_DEFAULT).view()?;
     use mall_postgres::cluster::{LEDGER, REBALANCER};
-    println!("{:<10} {:<22} {:<22} {:>9} {:>7} {:>9}", "node", "api", "internal", "heartbeat", "shards", "load");
+    println!(
+        "{:<10} {:<22} {:<22} {:>9} {:>7} {:>9}",
+        "node", "api", "internal", "heartbeat", "shards", "load"
+    );
     for n in &view.nodes {
         let shards = view
             .leases
@@ -349,7 +364,10 @@ fn status(store: &crate::store::StoreArgs) -> Result<()> {
         );
     }
     println!();
-    println!("{:<10} {:<10} {:>6} {:>12} {:>6}  moving to", "shard", "owner", "epoch", "lease left", "moves");
+    println!(
+        "{:<10} {:<10} {:>6} {:>12} {:>6}  moving to",
+        "shard", "owner", "epoch", "lease left", "moves"
+    );
     for l in &view.leases {
         let key = match l.key {
             LEDGER => "ledger".to_string(),

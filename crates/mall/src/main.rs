@@ -191,6 +191,11 @@ struct ServeArgs {
     /// wallet payments work.
     #[arg(long, env = "MALL_CHANNELS")]
     channels: Option<PathBuf>,
+    /// Where payment providers send their callbacks, e.g.
+    /// "https://mall.example.com" (default: this server's own address). On
+    /// a cluster, the load balancer's: a callback may land on any node.
+    #[arg(long, env = "MALL_CALLBACK_BASE")]
+    callback_base: Option<String>,
     /// A forecast (`mall forecast` writes one) to show beside the night on the dashboard.
     #[arg(long, env = "MALL_FORECAST")]
     forecast: Option<PathBuf>,
@@ -447,6 +452,13 @@ fn serve(args: ServeArgs) -> Result<()> {
             }
         }
         payments.wait_ms = config.payment_wait.as_millis() as u64;
+        if let Some(base) = &args.callback_base {
+            anyhow::ensure!(
+                base.starts_with("http://") || base.starts_with("https://"),
+                "--callback-base must be an http:// or https:// URL"
+            );
+            payments.callback_base = base.trim_end_matches('/').to_string();
+        }
         let channel_count = payments.channels.len();
         let mut leaving = None;
         match &node {

@@ -314,10 +314,17 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("starting the payment simulator")?;
-    let extra: Vec<String> = ["--channels", &channels.to_string_lossy(), "--hold-timeout", "20s", "--user-rate-per-s", "1000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let extra: Vec<String> = [
+        "--channels",
+        &channels.to_string_lossy(),
+        "--hold-timeout",
+        "20s",
+        "--user-rate-per-s",
+        "1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let port = args.addr.port();
     let result = (|| -> Result<bool> {
         let cluster = crate::cluster::LocalCluster::start(
@@ -329,7 +336,10 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
             &extra,
         )?;
         let scenario = scenario_of("double11", None, Some(args.scale))?;
-        println!("mall demo: a cluster of {} nodes on one PostgreSQL", args.nodes);
+        println!(
+            "mall demo: a cluster of {} nodes on one PostgreSQL",
+            args.nodes
+        );
         for (name, url, _) in &cluster.nodes {
             println!("  {name:<8} {url}");
         }
@@ -344,7 +354,9 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
         let store = cluster.store.clone();
         let killer = std::thread::spawn(move || -> Option<Duration> {
             std::thread::sleep(kill_after);
-            let _ = std::process::Command::new("kill").args(["-9", &victim.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &victim.to_string()])
+                .status();
             let killed = std::time::Instant::now();
             println!("\n*** node2 killed (-9) in the middle of the spike ***\n");
             // Failover: until every shard has a live owner again.
@@ -352,11 +364,11 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
             let membership = pg.membership("demo", crate::cluster::LEASE_DEFAULT);
             while killed.elapsed() < Duration::from_secs(60) {
                 if let Ok(view) = membership.view() {
-                    let moved = view
-                        .leases
-                        .iter()
-                        .filter(|l| l.key >= -1)
-                        .all(|l| l.owner.as_deref() != Some("node2") && l.owner.is_some() && l.expires_in_ms > 0);
+                    let moved = view.leases.iter().filter(|l| l.key >= -1).all(|l| {
+                        l.owner.as_deref() != Some("node2")
+                            && l.owner.is_some()
+                            && l.expires_in_ms > 0
+                    });
                     if moved {
                         return Some(killed.elapsed());
                     }
@@ -365,7 +377,9 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
             }
             None
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
         let backend = Backend::Http {
             target: Target::parse(&cluster.urls(), false)?,
             admin_token: cluster.admin_token.clone(),
@@ -375,7 +389,10 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
             finish(outcome, &backend, "http (cluster demo)", &args.out).await
         })?;
         match killer.join().ok().flatten() {
-            Some(t) => println!("failover: every shard of node2 served by the survivors {:.2} s after the kill", t.as_secs_f64()),
+            Some(t) => println!(
+                "failover: every shard of node2 served by the survivors {:.2} s after the kill",
+                t.as_secs_f64()
+            ),
             None => println!("failover: not measured (the store could not be read)"),
         }
         let pg = mall_postgres::PgStore::open_existing(&[cluster.store.clone()], 2)?;
@@ -386,8 +403,16 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
             "mall check: {} orders over {} items, {}; ledger verify: {}",
             report.orders,
             report.items,
-            if report.violations.is_empty() { "no violation".to_string() } else { format!("{} violation(s)", report.violations.len()) },
-            if ledger.is_empty() { "ok".to_string() } else { format!("{} violation(s)", ledger.len()) }
+            if report.violations.is_empty() {
+                "no violation".to_string()
+            } else {
+                format!("{} violation(s)", report.violations.len())
+            },
+            if ledger.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("{} violation(s)", ledger.len())
+            }
         );
         Ok(passed && report.violations.is_empty() && ledger.is_empty())
     })();

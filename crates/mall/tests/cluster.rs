@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{agent, call, free_port, items, shoppers, wait_for, Server, ADMIN};
+use common::{
+    agent, call, free_port, items, provider_stats, shoppers, start_channels, wait_for, Server,
+    ADMIN, SECRETS,
+};
 
 const SHARDS: usize = 16;
 const LEASE: &str = "1s";
@@ -68,7 +71,10 @@ struct Node {
 }
 
 fn start_node(db: &Db, dir: &std::path::Path, name: &str) -> Node {
-    let port = free_port();
+    start_node_with(db, dir, name, free_port(), &[])
+}
+
+fn start_node_with(db: &Db, dir: &std::path::Path, name: &str, port: u16, extra: &[&str]) -> Node {
     let internal = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_mall"))
         .args(["serve", "--node", name, "--lease", LEASE])
@@ -83,6 +89,7 @@ fn start_node(db: &Db, dir: &std::path::Path, name: &str) -> Node {
         .args(["--user-rate-per-s", "100000", "--store-connections", "12"])
         .arg("--data")
         .arg(dir.join(name))
+        .args(extra)
         .env("MALL_STORE", &db.url)
         .env("MALL_CLUSTER_SECRET", SECRET)
         .env("MALL_ADMIN_TOKEN", ADMIN)
@@ -547,6 +554,160 @@ fn a_fourth_node_joins_under_load_and_then_drains() {
         "the fourth node served"
     );
     assert_durable(&nodes[0].server.base, &seen);
+    drop(nodes);
+    assert_store_checks(&db, dir.path());
+}
+
+#[test]
+fn payments_run_where_the_ledger_runs_and_a_callback_to_another_node_counts_once() {
+    const PRICE: i64 = 2_499;
+    const PAYERS: usize = 60;
+    let db = database("cluster_pay");
+    let dir = tempfile::tempdir().unwrap();
+    let channels = start_channels(dir.path(), None);
+    let file = channels.file.to_str().unwrap().to_string();
+    // Providers call back to n3, which never holds the ledger: n1 starts
+    // alone and takes it; the others join after.
+    let n3_port = free_port();
+    let callback = format!("http://127.0.0.1:{n3_port}");
+    let with_channels = [
+        "--channels",
+        file.as_str(),
+        "--callback-base",
+        callback.as_str(),
+    ];
+    let mut nodes = vec![start_node_with(
+        &db,
+        dir.path(),
+        "n1",
+        free_port(),
+        &with_channels,
+    )];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !owners(&db).get("n1").is_some_and(|k| k.contains(&-1)) {
+        assert!(Instant::now() < deadline, "n1 did not take the ledger");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nodes.push(start_node_with(
+        &db,
+        dir.path(),
+        "n2",
+        free_port(),
+        &with_channels,
+    ));
+    nodes.push(start_node_with(
+        &db,
+        dir.path(),
+        "n3",
+        n3_port,
+        &with_channels,
+    ));
+    wait_balanced(&db, &["n1", "n2", "n3"], Duration::from_secs(60));
+    let skus = items(&nodes[1].server, 4, 100, PRICE);
+    let people = shoppers(&nodes[2].server, PAYERS);
+    let a = agent();
+    let mut paid = Vec::new();
+    for (i, (_, token)) in people.iter().enumerate() {
+        // Snapped up on one node, paid on the next.
+        let on = &nodes[i % 3].server;
+        let (status, order) = call(
+            &a,
+            "POST",
+            &on.url("/v1/orders"),
+            token,
+            Some(json!({"sku": skus[i % 4], "quantity": 1, "payment": "online", "address": "5 Ledger Lane"})),
+            Some(&format!("o-{i}")),
+        )
+        .unwrap();
+        assert_eq!(status, 201, "{order}");
+        let id = order["id"].as_u64().unwrap();
+        let method = if i % 2 == 0 { "third_party" } else { "card" };
+        let pay_on = &nodes[(i + 1) % 3].server;
+        let (status, answer) = call(
+            &a,
+            "POST",
+            &pay_on.url(&format!("/v1/orders/{id}/payments")),
+            token,
+            Some(json!({"method": method})),
+            Some(&format!("p-{i}")),
+        )
+        .unwrap();
+        assert!(
+            [200, 202].contains(&status),
+            "paying {id} on {}: {status} {answer}",
+            pay_on.base
+        );
+        paid.push((id, token.clone(), answer));
+    }
+    // Every order is paid, as any node shows it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, (id, token, _)) in paid.iter().enumerate() {
+        loop {
+            let (_, order) = call(
+                &a,
+                "GET",
+                &nodes[i % 3].server.url(&format!("/v1/orders/{id}")),
+                token,
+                None,
+                None,
+            )
+            .unwrap();
+            if order["status"] == "paid" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "order {id} not paid: {order}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The providers took each order's money once.
+    let kept: i64 = (0..3)
+        .map(|i| {
+            let s = provider_stats(&channels, i);
+            s["succeeded_fen"].as_i64().unwrap() - s["refunded_fen"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(
+        kept,
+        PRICE * PAYERS as i64,
+        "charged minus refunded at the providers"
+    );
+    // A provider repeats a callback (providers do): it lands on n2, which
+    // has no ledger, is carried to n1, and counts once: a replay.
+    let (_, _, answer) = paid
+        .iter()
+        .find(|(_, _, a)| a["payment"]["attempt"].is_u64())
+        .expect("a paid answer names its try");
+    let attempt = answer["payment"]["attempt"].as_u64().unwrap();
+    let channel = answer["payment"]["channel"].as_str().unwrap().to_string();
+    let secret = SECRETS[["alpha", "beta", "gamma"]
+        .iter()
+        .position(|c| *c == channel)
+        .unwrap()];
+    let body = json!({"event_id": format!("evt-{channel}-{attempt}"), "channel": channel,
+                      "payment_id": attempt.to_string(), "status": "succeeded", "amount_fen": PRICE})
+    .to_string();
+    let signature =
+        mall_router::signature::sign(secret.as_bytes(), common::now_ms(), body.as_bytes());
+    let mut r = a
+        .post(
+            &nodes[1]
+                .server
+                .url(&format!("/v1/channels/{channel}/callback")),
+        )
+        .header("x-mall-signature", &signature)
+        .header("content-type", "application/json")
+        .send(body.as_bytes())
+        .unwrap();
+    let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            v["error"]["code"].as_str().unwrap_or("")
+        ),
+        (409, "callback_replayed"),
+        "{v}"
+    );
+    // The ledger on the store balances, and nothing is oversold.
     drop(nodes);
     assert_store_checks(&db, dir.path());
 }

@@ -270,9 +270,11 @@ async fn next_sku(state: &AppState) -> ApiResult<Sku> {
     }
     const BLOCK: u64 = 1_000;
     let accounts = state.accounts.clone();
-    let start = super::blocking(state, move || accounts.reserve_ids("next_sku", BLOCK, above))
-        .await
-        .map_err(|e| ApiError::store("reserving SKUs", e))?;
+    let start = super::blocking(state, move || {
+        accounts.reserve_ids("next_sku", BLOCK, above)
+    })
+    .await
+    .map_err(|e| ApiError::store("reserving SKUs", e))?;
     let mut block = state.sku_block.lock().unwrap_or_else(|p| p.into_inner());
     *block = (start + 1, start + BLOCK);
     Ok(Sku(start))
