@@ -118,6 +118,7 @@ pub struct Node {
     peers: Mutex<HashMap<String, Arc<Peer>>>,
     http: OnceLock<HttpHandler>,
     on_ledger: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    dashboard: OnceLock<Box<dyn Fn() -> String + Send + Sync>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     /// Keys with a job queued or under way.
     busy: Mutex<HashSet<i32>>,
@@ -142,6 +143,7 @@ impl Node {
             peers: Mutex::default(),
             http: OnceLock::new(),
             on_ledger: OnceLock::new(),
+            dashboard: OnceLock::new(),
             jobs: Mutex::new(None),
             busy: Mutex::default(),
             draining: AtomicBool::new(false),
@@ -169,6 +171,48 @@ impl Node {
     /// Runs carried public requests (payments) with `handler`.
     pub fn set_http_handler(&self, handler: HttpHandler) {
         let _ = self.http.set(handler);
+    }
+
+    /// This node's own dashboard figures, as JSON, for the other nodes.
+    pub fn set_dashboard(&self, figures: impl Fn() -> String + Send + Sync + 'static) {
+        let _ = self.dashboard.set(Box::new(figures));
+    }
+
+    pub(crate) fn dashboard(&self) -> String {
+        self.dashboard.get().map_or_else(|| "null".into(), |f| f())
+    }
+
+    /// Every other live node's own dashboard figures (nodes that do not
+    /// answer within a second are left out).
+    pub async fn gather_dashboards(&self) -> Vec<(String, String)> {
+        let names: Vec<String> = {
+            let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+            routes
+                .nodes
+                .keys()
+                .filter(|n| **n != self.config.name)
+                .cloned()
+                .collect()
+        };
+        let mut asks = Vec::new();
+        for name in names {
+            if let Some(peer) = self.peer(&name) {
+                asks.push(async move {
+                    let answer =
+                        tokio::time::timeout(Duration::from_secs(1), peer.ask(Ask::Dashboard))
+                            .await;
+                    match answer {
+                        Ok(Asked::Answered(Answer::Json(text))) => Some((name, text)),
+                        _ => None,
+                    }
+                });
+            }
+        }
+        let mut out = Vec::new();
+        for ask in asks {
+            out.extend(ask.await);
+        }
+        out
     }
 
     /// Called (on a thread of the cluster) once the ledger runs here.

@@ -98,6 +98,11 @@ async fn connection(mut stream: TcpStream, node: Arc<Node>) -> Result<(), wire::
 }
 
 fn answer(node: &Arc<Node>, id: u64, ask: Ask, tx: &mpsc::UnboundedSender<(u64, Answer)>) {
+    if matches!(ask, Ask::Inventory { .. }) {
+        node.stats
+            .served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     match ask {
         Ask::Inventory { shard, command } => match node.engine().local(shard) {
             None => drop(tx.send((id, Answer::NotHere))),
@@ -118,6 +123,9 @@ fn answer(node: &Arc<Node>, id: u64, ask: Ask, tx: &mpsc::UnboundedSender<(u64, 
                 let answer = node.http(request).await;
                 let _ = tx.send((id, Answer::Http(answer)));
             });
+        }
+        Ask::Dashboard => {
+            let _ = tx.send((id, Answer::Json(node.dashboard())));
         }
         Ask::Open { shard } => {
             node.nudge(shard);

@@ -31,6 +31,8 @@ pub enum Ask {
     /// A planned handover just passed this shard's lease to the receiver:
     /// open it now rather than at the next heartbeat.
     Open { shard: i32 },
+    /// The receiver's own dashboard figures (JSON).
+    Dashboard,
 }
 
 /// The answer to an [`Ask`].
@@ -44,6 +46,7 @@ pub enum Answer {
     Busy,
     Http(HttpAnswer),
     Done,
+    Json(String),
 }
 
 /// A public HTTP request carried to another node.

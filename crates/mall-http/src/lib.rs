@@ -111,6 +111,9 @@ pub struct Inner {
     /// This node's cluster, when it is one of many (payments are carried
     /// to the node running the ledger; see `carry`).
     pub cluster: std::sync::OnceLock<Arc<mall_cluster::Node>>,
+    /// On a cluster: the whole cluster's dashboard, refreshed by
+    /// `routes::dashboard::follow_cluster`.
+    pub cluster_dashboard: Mutex<Option<serde_json::Value>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -156,6 +159,7 @@ impl AppState {
                 wishlists: Default::default(),
                 listeners: Mutex::new(Vec::new()),
                 cluster: std::sync::OnceLock::new(),
+                cluster_dashboard: Mutex::new(None),
             }),
         })
     }

@@ -306,6 +306,63 @@ impl Metrics {
     }
 }
 
+/// A node of a cluster: its name, what it runs, and its part in forwarding
+/// and handovers (each node's `/metrics` is its own; sum them for the
+/// cluster, by the `node` label).
+fn cluster_families(node: &mall_cluster::Node, engine: &Engine, out: &mut Vec<Family>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let me = || vec![("node", node.name().to_string())];
+    out.push(
+        Family::new("mall_node", "This node of the cluster (always 1).")
+            .with(me(), Value::Gauge(1.0)),
+    );
+    out.push(
+        Family::new("mall_node_shards", "Shards running on this node.")
+            .with(me(), Value::Gauge(engine.shards_here().len() as f64)),
+    );
+    let stats = &node.stats;
+    let counters: [(&str, &str, u64); 5] = [
+        (
+            "mall_node_forwarded_total",
+            "Commands sent to the node owning their shard.",
+            stats.forwarded.load(Relaxed),
+        ),
+        (
+            "mall_node_served_total",
+            "Commands other nodes sent here.",
+            stats.served.load(Relaxed),
+        ),
+        (
+            "mall_node_handovers_total",
+            "Shards handed over from here (planned moves).",
+            stats.handovers.load(Relaxed),
+        ),
+        (
+            "mall_node_opened_total",
+            "Shards (or the ledger) opened here.",
+            stats.opened.load(Relaxed),
+        ),
+        (
+            "mall_node_dropped_total",
+            "Shards dropped here because their lease was lost.",
+            stats.dropped.load(Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.push(Family::new(name, help).with(me(), Value::Counter(value)));
+    }
+    out.push(
+        Family::new(
+            "mall_node_handover_pause_max_seconds",
+            "The longest a shard was closed by a handover here.",
+        )
+        .with(
+            me(),
+            Value::Gauge(stats.handover_pause_max_us.load(Relaxed) as f64 / 1e6),
+        ),
+    );
+}
+
 /// The whole `/metrics` text: this process's counters, the engine's, the
 /// payment service's (if any) and the listeners'.
 pub fn render(
@@ -314,9 +371,13 @@ pub fn render(
     sessions: usize,
     payments: Option<&mall_payments::Payments>,
     listeners: &[(&str, &crate::listener::ListenerStats)],
+    node: Option<&mall_cluster::Node>,
 ) -> String {
     let mut families = Vec::new();
     metrics.families(engine, sessions, &mut families);
+    if let Some(node) = node {
+        cluster_families(node, engine, &mut families);
+    }
     if let Some(p) = payments {
         payment_families(p, &mut families);
     }

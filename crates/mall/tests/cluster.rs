@@ -707,6 +707,47 @@ fn payments_run_where_the_ledger_runs_and_a_callback_to_another_node_counts_once
         (409, "callback_replayed"),
         "{v}"
     );
+    // Any node's dashboard shows the whole cluster: the sum over nodes.
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, d) = call(
+                &a,
+                "GET",
+                &node.server.url("/v1/dashboard"),
+                ADMIN,
+                None,
+                None,
+            )
+            .unwrap();
+            assert_eq!(status, 200, "{d}");
+            let per_node: u64 = d["nodes"].as_array().map_or(0, |n| {
+                n.iter().filter_map(|n| n["orders_total"].as_u64()).sum()
+            });
+            if d["orders_total"] == PAYERS as u64
+                && d["paid_total"] == PAYERS as u64
+                && per_node == PAYERS as u64
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}'s dashboard is not the cluster's: {d}",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Each node's /metrics is its own, named.
+    let metrics = a
+        .get(&nodes[1].server.url("/metrics"))
+        .header("authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("mall_node{node=\"n2\"} 1"), "{metrics}");
     // The ledger on the store balances, and nothing is oversold.
     drop(nodes);
     assert_store_checks(&db, dir.path());

@@ -151,6 +151,7 @@ pub async fn metrics(
         state.sessions.len(),
         state.payments.get(),
         &named,
+        state.cluster.get().map(|n| n.as_ref()),
     );
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body))
 }
