@@ -233,6 +233,87 @@ impl PostgresServer {
         wait_for_port(self.port, "postgres")
     }
 
+    /// A streaming standby of this server, in sync: made from a base
+    /// backup, started on its own port, and named in this server's
+    /// `synchronous_standby_names`, so a commit here returns only once the
+    /// standby has it too (nothing acknowledged is lost when it takes over).
+    pub fn start_standby(&self) -> Result<PostgresServer, ServerError> {
+        let standby = PostgresServer {
+            bin: self.bin.clone(),
+            dir: temp_dir("postgres-standby")?,
+            port: free_port()?,
+            as_postgres: self.as_postgres,
+        };
+        if standby.as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&standby.dir)
+                .status()?;
+            if !status.success() {
+                return Err(ServerError::Setup(
+                    "chown of the standby's directory failed".into(),
+                ));
+            }
+        }
+        standby.run(&[
+            "pg_basebackup",
+            "-D",
+            &standby.data().to_string_lossy(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "mall",
+            "-X",
+            "stream",
+            "-R",
+            "-c",
+            "fast",
+        ])?;
+        // The standby names itself in its connection to the primary.
+        let auto = standby.data().join("postgresql.auto.conf");
+        let text = std::fs::read_to_string(&auto)?;
+        let text = text.replace(
+            "primary_conninfo = '",
+            "primary_conninfo = 'application_name=standby ",
+        );
+        std::fs::write(&auto, text)?;
+        standby.start_again()?;
+        let mut client = postgres::Client::connect(&self.url(), postgres::NoTls)?;
+        client.batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'standby'")?;
+        client.batch_execute("SELECT pg_reload_conf()")?;
+        // Until the standby streams in sync, commits here would wait.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = client.query_opt(
+                "SELECT 1 FROM pg_stat_replication WHERE application_name = 'standby' AND sync_state = 'sync'",
+                &[],
+            )?;
+            if row.is_some() {
+                return Ok(standby);
+            }
+            if Instant::now() > deadline {
+                return Err(ServerError::Setup(
+                    "the standby did not become synchronous".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`), waiting until it
+    /// takes writes.
+    pub fn promote(&self) -> Result<(), ServerError> {
+        self.run(&[
+            "pg_ctl",
+            "-D",
+            &self.data().to_string_lossy(),
+            "-w",
+            "promote",
+        ])
+    }
+
     /// The connection string of the `postgres` database.
     pub fn url(&self) -> String {
         self.url_of("postgres")

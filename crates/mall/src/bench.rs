@@ -456,7 +456,7 @@ fn engine(
         }
     }
     if store.is_postgres() && matches!(shape, Shape::Spread | Shape::Both) {
-        let peer = postgres_peer_spread(&store.store[0])?;
+        let peer = postgres_peer_spread(&store.servers()[0])?;
         let ratio = spread[0] / peer.max(1e-9);
         println!("mall on PostgreSQL, spread: {:.0} durable orders/s = {ratio:.1}x PostgreSQL's own flash sale at its best concurrency ({peer:.0}/s), same server, same run", spread[0]);
     }
@@ -551,7 +551,7 @@ fn bench_shape(p: &Params, hot: bool, store: &crate::store::StoreArgs) -> Result
             std::process::id(),
             if hot { "hot" } else { "spread" }
         );
-        Some(mall_postgres::Scratch::create(&store.store, &name)?)
+        Some(mall_postgres::Scratch::create(&store.servers(), &name)?)
     } else {
         None
     };

@@ -136,7 +136,7 @@ pub fn open_store(
         "a node of a cluster needs --store (PostgreSQL)"
     );
     Ok(Arc::new(
-        mall_postgres::PgStore::open(&store.store, shards, store.connections())
+        mall_postgres::PgStore::open(&store.servers(), shards, store.connections())
             .context("opening the PostgreSQL store")?,
     ))
 }
@@ -210,7 +210,7 @@ impl LocalCluster {
     ) -> Result<LocalCluster> {
         anyhow::ensure!((1..=16).contains(&nodes), "--nodes must be 1 to 16");
         let (url, postgres) = if store.is_postgres() {
-            (store.store.join(","), None)
+            (store.servers().join(","), None)
         } else {
             let pg = mall_postgres::server::PostgresServer::start()
                 .context("starting a throwaway PostgreSQL (or pass --store)")?;
@@ -220,7 +220,7 @@ impl LocalCluster {
         let admin_token = std::env::var("MALL_ADMIN_TOKEN").unwrap_or_else(|_| random_hex(24));
         let secret = std::env::var("MALL_CLUSTER_SECRET").unwrap_or_else(|_| random_hex(24));
         // Created once, before the nodes race to make it.
-        mall_postgres::PgStore::open(&[url.clone()], Some(shards), 2)
+        mall_postgres::PgStore::open(&crate::store::split_stores(&url), Some(shards), 2)
             .context("making the store")?;
         let exe = std::env::current_exe()?;
         let mut started = Vec::new();
@@ -343,7 +343,7 @@ fn status(store: &crate::store::StoreArgs) -> Result<()> {
         store.is_postgres(),
         "a cluster's store is PostgreSQL: pass --store (or MALL_STORE)"
     );
-    let pg = mall_postgres::PgStore::open_existing(&store.store, 2)
+    let pg = mall_postgres::PgStore::open_existing(&store.servers(), 2)
         .context("opening the PostgreSQL store")?;
     let view = pg.membership("status", LEASE_DEFAULT).view()?;
     use mall_postgres::cluster::{LEDGER, REBALANCER};

@@ -123,12 +123,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
         Many(Vec<String>),
     }
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
+        OneOrMany::One(s) => crate::store::split_stores(&s),
         OneOrMany::Many(v) => v,
     })
 }
@@ -157,7 +152,7 @@ impl Config {
     /// The store, as the commands that open one take it.
     pub fn store_args(&self) -> crate::store::StoreArgs {
         crate::store::StoreArgs {
-            store: self.store.clone(),
+            store: vec![crate::store::Stores(self.store.clone())],
             store_connections: self.store_connections,
         }
     }

@@ -318,7 +318,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         config.snapups_per_s_max = args.snapups_per_s_max;
     }
     if args.store.is_postgres() {
-        config.store = args.store.store.clone();
+        config.store = args.store.servers();
     }
     if args.store.store_connections.is_some() {
         config.store_connections = args.store.store_connections;

@@ -21,18 +21,63 @@ pub struct StoreArgs {
     #[arg(
         long = "store",
         env = "MALL_STORE",
-        value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_stores
     )]
-    pub store: Vec<String>,
+    pub store: Vec<Stores>,
     /// Connections this process opens per PostgreSQL server, at most.
     #[arg(long, env = "MALL_STORE_CONNECTIONS")]
     pub store_connections: Option<usize>,
 }
 
+/// One `--store` value: one or more connection strings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stores(pub Vec<String>);
+
+fn parse_stores(text: &str) -> Result<Stores, String> {
+    Ok(Stores(split_stores(text)))
+}
+
+/// Splits "A,B" into the servers A and B, but keeps one server's own
+/// commas: a multi-host connection string (a primary and its standby,
+/// `host=h1,h2 port=p1,p2 ...` or `postgresql://h1:p1,h2:p2/db`) is one
+/// server. A new server starts at a comma followed by `postgres://`,
+/// `postgresql://`, or a `key=value` pair.
+pub fn split_stores(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for piece in text.split(',') {
+        let trimmed = piece.trim_start();
+        let first_word = trimmed.split_whitespace().next().unwrap_or("");
+        let starts_new = trimmed.starts_with("postgres://")
+            || trimmed.starts_with("postgresql://")
+            || first_word.split_once('=').is_some_and(|(key, _)| {
+                !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+        match out.last_mut() {
+            Some(last) if !starts_new => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => out.push(piece.to_string()),
+        }
+    }
+    out.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 impl StoreArgs {
+    /// The servers, in order.
+    pub fn servers(&self) -> Vec<String> {
+        self.store
+            .iter()
+            .flat_map(|s| s.0.iter().cloned())
+            .collect()
+    }
+
     pub fn is_postgres(&self) -> bool {
-        !self.store.is_empty()
+        !self.servers().is_empty()
     }
 
     pub fn connections(&self) -> usize {
@@ -48,7 +93,7 @@ impl StoreArgs {
                 (1..=1_000).contains(&self.connections()),
                 "store_connections must be 1 to 1000"
             );
-            let store = mall_postgres::PgStore::open(&self.store, shards, self.connections())
+            let store = mall_postgres::PgStore::open(&self.servers(), shards, self.connections())
                 .context("opening the PostgreSQL store")?;
             Ok(Arc::new(store))
         } else {
@@ -64,11 +109,42 @@ impl StoreArgs {
     /// data directory without `mall.db` is an error, not a new store.
     pub fn open_existing(&self, data: &Path) -> Result<Arc<dyn Store>> {
         if self.is_postgres() {
-            let store = mall_postgres::PgStore::open_existing(&self.store, self.connections())
+            let store = mall_postgres::PgStore::open_existing(&self.servers(), self.connections())
                 .context("opening the PostgreSQL store")?;
             Ok(Arc::new(store))
         } else {
             Ok(Arc::new(mall_sqlite::DataDir::open_existing(data)?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_stores;
+
+    #[test]
+    fn servers_split_at_commas_but_a_multi_host_string_stays_one() {
+        assert_eq!(
+            split_stores("postgres://a/m,postgres://b/m"),
+            vec!["postgres://a/m", "postgres://b/m"]
+        );
+        assert_eq!(
+            split_stores("host=a port=1 user=m, host=b port=2 user=m"),
+            vec!["host=a port=1 user=m", "host=b port=2 user=m"]
+        );
+        assert_eq!(
+            split_stores("host=h1,h2 port=1,2 user=m target_session_attrs=read-write"),
+            vec!["host=h1,h2 port=1,2 user=m target_session_attrs=read-write"]
+        );
+        assert_eq!(
+            split_stores(
+                "postgresql://m@h1:1,h2:2/db?target_session_attrs=read-write,postgres://c/m"
+            ),
+            vec![
+                "postgresql://m@h1:1,h2:2/db?target_session_attrs=read-write",
+                "postgres://c/m"
+            ]
+        );
+        assert!(split_stores("").is_empty());
     }
 }

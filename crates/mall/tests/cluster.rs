@@ -752,3 +752,83 @@ fn payments_run_where_the_ledger_runs_and_a_callback_to_another_node_counts_once
     drop(nodes);
     assert_store_checks(&db, dir.path());
 }
+
+#[test]
+fn the_postgres_primary_dies_and_its_synchronous_standby_takes_over_mid_rush() {
+    // Its own primary and standby: this test kills the primary.
+    let primary = mall_postgres::server::PostgresServer::start()
+        .unwrap_or_else(|e| panic!("this test needs PostgreSQL: {e}"));
+    primary.create_database("failover").unwrap();
+    let standby = primary.start_standby().expect("a synchronous standby");
+    // Both servers in one connection string: mall follows whichever takes writes.
+    let db = Db {
+        url: format!(
+            "host=127.0.0.1,127.0.0.1 port={},{} user=mall dbname=failover target_session_attrs=read-write connect_timeout=2",
+            primary.port, standby.port
+        ),
+        _server: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<Node> = ["n1", "n2"]
+        .iter()
+        .map(|n| start_node(&db, dir.path(), n))
+        .collect();
+    wait_balanced(&db, &["n1", "n2"], Duration::from_secs(60));
+    let skus = items(&nodes[0].server, 16, 500, 990);
+    let people = shoppers(&nodes[1].server, 300);
+    let urls = Arc::new(Mutex::new(
+        nodes
+            .iter()
+            .map(|n| Some(n.server.base.clone()))
+            .collect::<Vec<_>>(),
+    ));
+    let running = rush(urls, skus, people, 4);
+    std::thread::sleep(Duration::from_millis(1_000));
+    primary.stop_immediate().unwrap();
+    let died = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    standby.promote().unwrap();
+    // Orders flow again through the new primary.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let served = running
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.status == 201 && s.at > died + Duration::from_millis(600));
+        if served {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no order after the standby's promotion"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "orders again {:?} after the primary died (promoted after 500 ms)",
+        died.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(1_000));
+    let (seen, unreachable) = running.finish();
+    println!(
+        "answers: {:?}; transport failures: {unreachable:?}",
+        tally(&seen)
+    );
+    for s in &seen {
+        assert!(
+            [201, 409, 503].contains(&s.status),
+            "unexpected {} {}",
+            s.status,
+            s.code
+        );
+        if s.status == 503 {
+            assert!(s.retry_after, "a 503 without Retry-After: {}", s.code);
+        }
+    }
+    // Every order acknowledged before or after the switch is on the new primary.
+    assert_durable(&nodes[0].server.base, &seen);
+    drop(nodes);
+    assert_store_checks(&db, dir.path());
+}
