@@ -121,6 +121,21 @@ fn owners(db: &Db) -> BTreeMap<String, Vec<i32>> {
     out
 }
 
+/// Every lease's (epoch, planned moves), by key: unchanged means no shard
+/// changed hands.
+fn epochs(db: &Db) -> BTreeMap<i32, (i64, i64)> {
+    let mut client = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    client
+        .query(
+            "SELECT l.shard, COALESCE(e.epoch, 0), l.moves FROM shard_leases l LEFT JOIN shard_epochs e ON e.shard = l.shard",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+}
+
 /// Waits until `names` share every shard, no two differing by more than one.
 fn wait_balanced(db: &Db, names: &[&str], within: Duration) -> Duration {
     let started = Instant::now();
@@ -316,8 +331,11 @@ fn three_nodes_rush_and_one_is_killed() {
             .map(|n| Some(n.server.base.clone()))
             .collect::<Vec<_>>(),
     ));
+    let calm = epochs(&db);
     let running = rush(urls.clone(), skus.clone(), people.clone(), 6);
     std::thread::sleep(Duration::from_millis(1_500));
+    // A rush with no kill moves nothing: busy nodes keep their leases.
+    assert_eq!(epochs(&db), calm, "a shard changed hands during a rush with no failure");
     // Kill the node with the most shards (not the one we read through).
     let before = owners(&db);
     let victim = (1..3)
