@@ -25,6 +25,9 @@ pub enum Which {
     /// Snap-up latency at a steady rate, quiet and under a login flood and
     /// a connection flood (one run, a real server); memory after a login flood.
     Flood(crate::floodbench::FloodArgs),
+    /// Throughput of 1, 2 and 3 nodes on this machine, and the cost of
+    /// forwarding (load sent to each SKU's owner, then to nodes in turn).
+    Cluster(crate::clusterbench::ClusterBenchArgs),
     /// Rate limiting: the server's limiter (governor's keyed GCRA) beside
     /// the house's former striped token buckets, same keys, same threads,
     /// in one run.
@@ -290,6 +293,7 @@ pub enum Shape {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Flood(args) => crate::floodbench::flood(args),
+        Which::Cluster(args) => crate::clusterbench::run(args),
         Which::Limits {
             checks,
             keys,

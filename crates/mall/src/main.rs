@@ -3,6 +3,7 @@
 mod bench;
 mod channels;
 mod cluster;
+mod clusterbench;
 mod config;
 mod floodbench;
 mod forecast;

@@ -1,0 +1,197 @@
+//! `mall bench cluster`: throughput of 1, 2 and 3 nodes on this machine,
+//! and the cost of forwarding: the same load sent only to each SKU's owner,
+//! then to nodes in turn (two of three requests then take a hop).
+
+use anyhow::{Context, Result};
+use axum::http::Method;
+use mall_rush::http::{Conn, Target};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct ClusterBenchArgs {
+    /// Clusters of 1 up to this many nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes_max: usize,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Keep-alive connections of the load generator (closed loop).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Shards of the store.
+    #[arg(long, default_value_t = 24)]
+    pub shards: usize,
+    #[arg(long, default_value_t = 8_100)]
+    pub port: u16,
+}
+
+struct Setup {
+    /// (sku, node index owning it)
+    skus: Vec<(u64, usize)>,
+    sold_out: Vec<(u64, usize)>,
+    tokens: Vec<String>,
+    urls: Vec<String>,
+}
+
+async fn call(conn: &mut Conn, method: Method, path: &str, token: &str, body: Value) -> Result<Value> {
+    let (status, bytes) = conn
+        .send(method, path, Some(token), None, Some(&body), Duration::from_secs(30))
+        .await?;
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    anyhow::ensure!(status.is_success(), "{path}: {status} {v}");
+    Ok(v)
+}
+
+async fn setup(cluster: &crate::cluster::LocalCluster, shards: usize) -> Result<Setup> {
+    let urls: Vec<String> = cluster.nodes.iter().map(|(_, u, _)| u.clone()).collect();
+    let mut conn = Conn::new(Target::parse(&urls[0], false)?);
+    let admin = cluster.admin_token.as_str();
+    let m = call(&mut conn, Method::POST, "/v1/admin/merchants", admin, json!({"name": format!("bench {}", std::process::id())})).await?;
+    let now = mall_core::Timestamp(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64,
+    );
+    let mut items = Vec::new();
+    // Items with stock to spare (every snap-up succeeds and commits), on
+    // every shard; and one sold out per shard (refusals only).
+    for i in 0..shards * 4 {
+        let stock = if i % 4 == 3 { 0 } else { 50_000_000 };
+        let body = json!({"merchant_id": m["id"], "title": format!("bench {i}"), "category": "electronics",
+            "price_fen": 100, "stock": stock, "per_user_limit": 1000, "opens_at_ms": now.0 - 1000, "closes_at_ms": now.0 + 86_400_000});
+        let item = call(&mut conn, Method::POST, "/v1/admin/items", admin, body).await?;
+        items.push((item["sku"].as_u64().context("a sku")?, stock));
+    }
+    let users = call(&mut conn, Method::POST, "/v1/admin/users/bulk", admin, json!({"count": 5000})).await?;
+    let tokens = users["users"]
+        .as_array()
+        .context("users")?
+        .iter()
+        .filter_map(|u| u["token"].as_str().map(String::from))
+        .collect();
+    let pg = mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 1)?;
+    let view = pg.membership("bench", crate::cluster::LEASE_DEFAULT).view()?;
+    let owner = |sku: u64| -> usize {
+        let shard = (sku % shards as u64) as i32;
+        view.leases
+            .iter()
+            .find(|l| l.key == shard)
+            .and_then(|l| l.owner.as_ref())
+            .and_then(|o| cluster.nodes.iter().position(|(n, _, _)| n == o))
+            .unwrap_or(0)
+    };
+    Ok(Setup {
+        skus: items.iter().filter(|(_, s)| *s > 0).map(|(k, _)| (*k, owner(*k))).collect(),
+        sold_out: items.iter().filter(|(_, s)| *s == 0).map(|(k, _)| (*k, owner(*k))).collect(),
+        tokens,
+        urls,
+    })
+}
+
+/// Closed-loop load for `seconds`: (answers/s, hops taken share).
+async fn load(setup: &Setup, sold_out: bool, to_owner: bool, connections: usize, seconds: f64) -> Result<(f64, f64, u64)> {
+    let skus = if sold_out { &setup.sold_out } else { &setup.skus };
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let mut conns: Vec<Conn> = setup
+            .urls
+            .iter()
+            .map(|u| Target::parse(u, false).map(Conn::new))
+            .collect::<Result<_, _>>()?;
+        let (skus, tokens) = (skus.clone(), setup.tokens.clone());
+        let (done, errors, forwarded) = (done.clone(), errors.clone(), forwarded.clone());
+        let nodes = setup.urls.len();
+        tasks.push(tokio::spawn(async move {
+            let mut n = c as u64 * 7919;
+            while Instant::now() < deadline {
+                n += 1;
+                let (sku, owner) = skus[(n % skus.len() as u64) as usize];
+                // A node independent of the SKU (a multiplicative hash of the count).
+                let node = if to_owner { owner } else { ((n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % nodes as u64) as usize };
+                if node != owner {
+                    forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                let token = &tokens[(n % tokens.len() as u64) as usize];
+                let key = format!("b{c}-{n}");
+                let body = json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "1 Bench Road"});
+                match conns[node]
+                    .send(Method::POST, "/v1/orders", Some(token), Some(&key), Some(&body), Duration::from_secs(10))
+                    .await
+                {
+                    Ok((s, _)) if s.as_u16() == 201 || s.as_u16() == 409 => done.fetch_add(1, Ordering::Relaxed),
+                    _ => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let total = done.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed);
+    Ok((
+        done.load(Ordering::Relaxed) as f64 / seconds,
+        forwarded.load(Ordering::Relaxed) as f64 / total.max(1) as f64,
+        errors.load(Ordering::Relaxed),
+    ))
+}
+
+pub fn run(args: ClusterBenchArgs) -> Result<()> {
+    anyhow::ensure!((1..=8).contains(&args.nodes_max), "--nodes-max must be 1 to 8");
+    println!(
+        "mall bench cluster: 1..={} nodes on one throwaway PostgreSQL, {} shards, {} connections, {} s per row (all on this machine: {} cores)",
+        args.nodes_max,
+        args.shards,
+        args.connections,
+        args.seconds,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("  nodes  workload             sent to        answers/s   hops   errors");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    for nodes in 1..=args.nodes_max {
+        let dir = std::env::temp_dir().join(format!("mall-bench-cluster-{}-{nodes}", std::process::id()));
+        let mut cluster = crate::cluster::LocalCluster::start(
+            nodes,
+            &crate::store::StoreArgs::default(),
+            args.port,
+            args.shards,
+            &dir,
+            &["--user-rate-per-s".into(), "1000000".into(), "--snapups-per-s-max".into(), "10000000".into()],
+        )?;
+        // Wait for the shards to spread evenly.
+        let pg = mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 1)?;
+        let membership = pg.membership("bench", crate::cluster::LEASE_DEFAULT);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let view = membership.view()?;
+            let mut counts = vec![0usize; nodes];
+            for l in view.leases.iter().filter(|l| l.key >= 0 && l.expires_in_ms > 0) {
+                if let Some(i) = cluster.nodes.iter().position(|(n, _, _)| Some(n) == l.owner.as_ref()) {
+                    counts[i] += 1;
+                }
+            }
+            let (lo, hi) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+            if counts.iter().sum::<usize>() == args.shards && hi - lo <= 1 {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "shards did not spread: {counts:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let setup = runtime.block_on(setup(&cluster, args.shards))?;
+        for (sold_out, workload) in [(false, "snap-ups (201)"), (true, "sold out (409)")] {
+            let modes: &[(bool, &str)] = if nodes == 1 { &[(true, "the node")] } else { &[(true, "owners"), (false, "nodes in turn")] };
+            for (to_owner, label) in modes {
+                let (rate, hops, errors) = runtime.block_on(load(&setup, sold_out, *to_owner, args.connections, args.seconds))?;
+                println!("  {nodes:>5}  {workload:<19}  {label:<13}  {rate:>10.0}  {:>4.0}%  {errors:>7}", hops * 100.0);
+            }
+        }
+        cluster.stop();
+        drop(cluster);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
