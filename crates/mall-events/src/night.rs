@@ -27,6 +27,20 @@ pub struct Night {
 }
 
 /// Reads an event log directory and adds it up.
+/// The night of a cluster: every node's event log, together (each node
+/// records the requests it answered, so nothing is counted twice).
+pub fn night_of(dirs: &[&Path]) -> std::io::Result<Night> {
+    let mut events = Vec::new();
+    let mut bad = 0;
+    for dir in dirs {
+        let (mut e, b) = crate::read_dir(dir)?;
+        events.append(&mut e);
+        bad += b;
+    }
+    events.sort_by_key(|e| e.at_ms);
+    Ok(of_events(&events, bad))
+}
+
 pub fn night(dir: &Path) -> std::io::Result<Night> {
     let (events, bad) = crate::read_dir(dir)?;
     Ok(of_events(&events, bad))

@@ -76,9 +76,10 @@ enum Cmd {
     Forecast(forecast::ForecastArgs),
     /// The night's figures from the event log, printed and as an HTML page.
     Report {
-        /// The event log directory (a server's is DATA/events).
-        #[arg(long, default_value = "mall-data/events")]
-        events: PathBuf,
+        /// The event log directory (a server's is DATA/events); a cluster's
+        /// night: every node's, comma-separated or the flag repeated.
+        #[arg(long, default_value = "mall-data/events", value_delimiter = ',')]
+        events: Vec<PathBuf>,
         /// Where the HTML page goes.
         #[arg(long, default_value = "night-report.html")]
         out: PathBuf,
@@ -565,10 +566,12 @@ async fn serve_admin(
     })))
 }
 
-fn report(events: &Path, out: &Path) -> Result<()> {
-    let night = mall_events::night::night(events)
-        .with_context(|| format!("reading the event log in {}", events.display()))?;
-    anyhow::ensure!(night.events > 0, "no events in {}", events.display());
+fn report(events: &[PathBuf], out: &Path) -> Result<()> {
+    let dirs: Vec<&Path> = events.iter().map(PathBuf::as_path).collect();
+    let shown = || dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    let night = mall_events::night::night_of(&dirs)
+        .with_context(|| format!("reading the event log in {}", shown()))?;
+    anyhow::ensure!(night.events > 0, "no events in {}", shown());
     print!("{}", mall_events::night::print(&night));
     std::fs::write(out, mall_events::night::html(&night))
         .with_context(|| format!("writing {}", out.display()))?;
