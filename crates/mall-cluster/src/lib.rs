@@ -106,6 +106,8 @@ pub struct ClusterStats {
     pub opened: AtomicU64,
     /// Shards dropped because their lease was lost (fenced).
     pub dropped: AtomicU64,
+    /// Snap-ups of sold-out items refused here, without a hop.
+    pub refused_here: AtomicU64,
 }
 
 pub struct Node {
@@ -122,6 +124,8 @@ pub struct Node {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     /// Keys with a job queued or under way.
     busy: Mutex<HashSet<i32>>,
+    /// Other nodes' items: their buyers (sold out at the edge).
+    edge: Mutex<HashMap<mall_core::Sku, EdgeItem>>,
     draining: AtomicBool,
     stopped: AtomicBool,
     pub stats: ClusterStats,
@@ -146,6 +150,7 @@ impl Node {
             dashboard: OnceLock::new(),
             jobs: Mutex::new(None),
             busy: Mutex::default(),
+            edge: Mutex::default(),
             draining: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             stats: ClusterStats::default(),
@@ -817,6 +822,10 @@ impl Node {
 
     async fn publish_board(self: Arc<Self>) {
         let mut sent: HashMap<mall_core::Sku, (usize, (u32, u32, u32))> = HashMap::new();
+        // Per peer: how many of each SKU's buyers it has, and the peer's
+        // connection count when they were sent (a new connection may have
+        // lost frames: everything again).
+        let mut peers_sent: HashMap<String, (u64, HashMap<mall_core::Sku, usize>)> = HashMap::new();
         let mut every = tokio::time::interval(Duration::from_millis(50));
         let mut round = 0u64;
         loop {
@@ -831,7 +840,7 @@ impl Node {
             if here.is_empty() {
                 continue;
             }
-            let mut updates = Vec::new();
+            let mut changed = Vec::new();
             for entry in engine.board().list(None, None, usize::MAX) {
                 if !here.contains(&entry.shard) {
                     continue;
@@ -841,19 +850,9 @@ impl Node {
                 let last = sent.get(&entry.item.sku);
                 let item_changed = last.is_none_or(|(p, _)| *p != ptr);
                 if full || item_changed || last.is_none_or(|(_, c)| *c != counters) {
-                    updates.push(BoardUpdate {
-                        shard: entry.shard,
-                        sku: entry.item.sku,
-                        item: (full || item_changed).then(|| entry.item.clone()),
-                        available: counters.0,
-                        held: counters.1,
-                        sold: counters.2,
-                    });
                     sent.insert(entry.item.sku, (ptr, counters));
+                    changed.push((entry, counters, full || item_changed));
                 }
-            }
-            if updates.is_empty() {
-                continue;
             }
             let names: Vec<String> = {
                 let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
@@ -865,20 +864,85 @@ impl Node {
                     .collect()
             };
             for name in names {
-                if let Some(peer) = self.peer(&name) {
-                    peer.publish(updates.clone());
+                let Some(peer) = self.peer(&name) else {
+                    continue;
+                };
+                let connects = peer.connects.load(Ordering::Relaxed);
+                let state = peers_sent.entry(name).or_default();
+                let fresh = state.0 != connects;
+                if fresh {
+                    *state = (connects, HashMap::new());
+                }
+                let mut updates = Vec::new();
+                for (entry, counters, with_item) in &changed {
+                    let from = state.1.get(&entry.item.sku).copied().unwrap_or(0);
+                    let (buyers, upto) = entry.live.buyers_since(from);
+                    state.1.insert(entry.item.sku, upto);
+                    updates.push(BoardUpdate {
+                        shard: entry.shard,
+                        sku: entry.item.sku,
+                        item: (*with_item || fresh).then(|| entry.item.clone()),
+                        available: counters.0,
+                        held: counters.1,
+                        sold: counters.2,
+                        buyers_from: from,
+                        buyers,
+                    });
+                }
+                if fresh {
+                    // Everything else too, for a peer met on a new connection.
+                    for entry in engine.board().list(None, None, usize::MAX) {
+                        if !here.contains(&entry.shard) || state.1.contains_key(&entry.item.sku) {
+                            continue;
+                        }
+                        let counters = entry.live.load();
+                        let (buyers, upto) = entry.live.buyers_since(0);
+                        state.1.insert(entry.item.sku, upto);
+                        updates.push(BoardUpdate {
+                            shard: entry.shard,
+                            sku: entry.item.sku,
+                            item: Some(entry.item.clone()),
+                            available: counters.0,
+                            held: counters.1,
+                            sold: counters.2,
+                            buyers_from: 0,
+                            buyers,
+                        });
+                    }
+                }
+                if !updates.is_empty() {
+                    peer.publish(updates);
                 }
             }
         }
     }
 
-    /// Counters another node published for its shards.
+    /// Counters another node published for its shards. Buyers first, then
+    /// the counters: an edge never sees a sold-out count without the
+    /// buyers that led to it.
     pub(crate) fn take_board(&self, updates: Vec<BoardUpdate>) {
         let engine = self.engine();
         let board = engine.board();
         for u in updates {
             if engine.runs_here(u.shard) {
                 continue;
+            }
+            {
+                let mut edge = lock(&self.edge);
+                let known = edge.entry(u.sku).or_default();
+                if u.buyers_from == 0 {
+                    // From the start (a new connection, or a new owner).
+                    known.buyers.clear();
+                    known.have = 0;
+                    known.complete = true;
+                }
+                if u.buyers_from <= known.have && known.complete {
+                    known.buyers.extend(u.buyers.iter().copied());
+                    known.have = known.have.max(u.buyers_from + u.buyers.len());
+                } else if u.buyers_from > known.have {
+                    // A gap: until everything comes again, never refuse here.
+                    known.complete = false;
+                }
             }
             let known = board.get(u.sku);
             match u.item {
@@ -895,11 +959,54 @@ impl Node {
             }
         }
     }
+
+    /// Sold out at the edge: a snap-up of an item that has nothing
+    /// available is refused here, without a hop, unless its shopper has an
+    /// order of it (a retry must reach the shard to get its order back),
+    /// the sale is not open (the shard says why), or what this node knows
+    /// of the item's buyers is incomplete.
+    fn sold_out_here(&self, command: &Command) -> bool {
+        let Command::Reserve(r) = command else {
+            return false;
+        };
+        if r.early_access {
+            return false;
+        }
+        let Some(entry) = self.engine().board().get(r.sku) else {
+            return false;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if now < entry.item.opens_at.0 || now >= entry.item.closes_at.0 {
+            return false;
+        }
+        let edge = lock(&self.edge);
+        let Some(known) = edge.get(&r.sku) else {
+            return false;
+        };
+        known.complete && entry.live.load().0 == 0 && !known.buyers.contains(&r.user.0)
+    }
+}
+
+/// What this node knows of another node's SKU: who bought it.
+#[derive(Default)]
+struct EdgeItem {
+    buyers: HashSet<u64>,
+    /// Buyers received, counted from the owner's first.
+    have: usize,
+    /// Every buyer from the first on arrived (no gap).
+    complete: bool,
 }
 
 impl Elsewhere for Node {
     fn submit(&self, shard: usize, command: Command) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
+        if self.sold_out_here(&command) {
+            self.stats.refused_here.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(Reply::Refused(mall_core::Refusal::SoldOut));
+            return rx;
+        }
         // The node is always held in an Arc (see `Node::new`).
         let me = self.arc();
         self.runtime.spawn(async move {

@@ -37,6 +37,8 @@ pub struct Peer {
     /// Frames and messages sent (for the forwarding benchmark and metrics).
     pub frames_sent: AtomicU64,
     pub asks_sent: AtomicU64,
+    /// Connections made so far (frames queued while disconnected are lost).
+    pub connects: AtomicU64,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>>;
@@ -58,6 +60,7 @@ impl Peer {
             tx,
             frames_sent: AtomicU64::new(0),
             asks_sent: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
         });
         runtime.spawn(run(Arc::downgrade(&peer), me, secret, rx));
         peer
@@ -149,6 +152,9 @@ async fn run(
             }
         };
         backoff = Duration::from_millis(20);
+        if let Some(p) = peer.upgrade() {
+            p.connects.fetch_add(1, Ordering::Relaxed);
+        }
         let (mut reader, mut writer) = stream.into_split();
         let pending: Pending = Arc::default();
         let (ended, mut reader_ended) = oneshot::channel::<()>();

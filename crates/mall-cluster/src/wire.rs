@@ -78,6 +78,10 @@ pub struct BoardUpdate {
     pub available: u32,
     pub held: u32,
     pub sold: u32,
+    /// New buyers of the SKU (shoppers with an order of it), the first
+    /// being the owner's buyer number `buyers_from`.
+    pub buyers_from: usize,
+    pub buyers: Vec<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

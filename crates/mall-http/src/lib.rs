@@ -259,14 +259,16 @@ pub fn bootstrap_admin(
             match state.accounts.create_users(&[user], now) {
                 Ok(ids) => ids[0],
                 // Another node of a cluster, starting at the same moment, made it.
-                Err(mall_engine::StoreError::UsernameTaken) => state
-                    .accounts
-                    .user_by_name("admin")?
-                    .filter(|u| u.role == Role::Admin)
-                    .ok_or_else(|| {
-                        BootstrapError::Refused("the username 'admin' is taken".into())
-                    })?
-                    .id,
+                Err(mall_engine::StoreError::UsernameTaken) => {
+                    state
+                        .accounts
+                        .user_by_name("admin")?
+                        .filter(|u| u.role == Role::Admin)
+                        .ok_or_else(|| {
+                            BootstrapError::Refused("the username 'admin' is taken".into())
+                        })?
+                        .id
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -321,7 +321,12 @@ fn cluster_families(node: &mall_cluster::Node, engine: &Engine, out: &mut Vec<Fa
             .with(me(), Value::Gauge(engine.shards_here().len() as f64)),
     );
     let stats = &node.stats;
-    let counters: [(&str, &str, u64); 5] = [
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "mall_node_refused_here_total",
+            "Snap-ups of items sold out on another node refused here, without a hop.",
+            stats.refused_here.load(Relaxed),
+        ),
         (
             "mall_node_forwarded_total",
             "Commands sent to the node owning their shard.",

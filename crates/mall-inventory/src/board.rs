@@ -20,9 +20,30 @@ pub struct Live {
     available: AtomicU32,
     held: AtomicU32,
     sold: AtomicU32,
+    /// Every shopper who made an order of this SKU since the shard was
+    /// loaded, in order (appended before the counters that order changed
+    /// are published). A cluster's other nodes refuse a sold-out SKU
+    /// themselves only to shoppers not on it: a retry of an order that
+    /// succeeded always reaches the shard and gets its order back.
+    buyers: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Live {
+    /// Notes a shopper who made an order (by the owning shard).
+    pub fn add_buyer(&self, user: u64) {
+        self.buyers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(user);
+    }
+
+    /// The buyers from position `from` on, and the position after them.
+    pub fn buyers_since(&self, from: usize) -> (Vec<u64>, usize) {
+        let buyers = self.buyers.lock().unwrap_or_else(|p| p.into_inner());
+        let from = from.min(buyers.len());
+        (buyers[from..].to_vec(), buyers.len())
+    }
+
     /// Publishes new counters. One writer at a time (the owning shard).
     pub fn store(&self, available: u32, held: u32, sold: u32) {
         let seq = self.seq.load(Ordering::Relaxed);

@@ -265,6 +265,13 @@ impl Inventory {
         let key_horizon = now.plus_ms(-inv.config.idempotency_retention_ms);
         for order in snapshot.orders {
             assert_eq!(order.id.shard(), shard, "order stored in the wrong shard");
+            // A retry may replay any order still remembered: its shopper
+            // is a buyer (see `Live::add_buyer`).
+            if order.status.is_active() || order.created_at >= key_horizon {
+                if let Some(sku) = inv.skus.get(&order.sku) {
+                    sku.live.add_buyer(order.user.0);
+                }
+            }
             if let Some(key) = &order.idempotency_key {
                 if order.created_at >= key_horizon {
                     inv.remember_key(
@@ -407,6 +414,7 @@ impl Inventory {
                 (OrderStatus::Confirmed, None)
             }
         };
+        sku.live.add_buyer(r.user.0);
         sku.publish();
         let (unit_price, limit) = (sku.item.price_fen, sku.item.per_user_limit);
         let id = OrderId::new(self.shard, self.next_seq);

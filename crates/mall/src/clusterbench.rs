@@ -36,9 +36,22 @@ struct Setup {
     urls: Vec<String>,
 }
 
-async fn call(conn: &mut Conn, method: Method, path: &str, token: &str, body: Value) -> Result<Value> {
+async fn call(
+    conn: &mut Conn,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> Result<Value> {
     let (status, bytes) = conn
-        .send(method, path, Some(token), None, Some(&body), Duration::from_secs(30))
+        .send(
+            method,
+            path,
+            Some(token),
+            None,
+            Some(&body),
+            Duration::from_secs(30),
+        )
         .await?;
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     anyhow::ensure!(status.is_success(), "{path}: {status} {v}");
@@ -49,9 +62,18 @@ async fn setup(cluster: &crate::cluster::LocalCluster, shards: usize) -> Result<
     let urls: Vec<String> = cluster.nodes.iter().map(|(_, u, _)| u.clone()).collect();
     let mut conn = Conn::new(Target::parse(&urls[0], false)?);
     let admin = cluster.admin_token.as_str();
-    let m = call(&mut conn, Method::POST, "/v1/admin/merchants", admin, json!({"name": format!("bench {}", std::process::id())})).await?;
+    let m = call(
+        &mut conn,
+        Method::POST,
+        "/v1/admin/merchants",
+        admin,
+        json!({"name": format!("bench {}", std::process::id())}),
+    )
+    .await?;
     let now = mall_core::Timestamp(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64,
     );
     let mut items = Vec::new();
     // Items with stock to spare (every snap-up succeeds and commits), on
@@ -63,7 +85,14 @@ async fn setup(cluster: &crate::cluster::LocalCluster, shards: usize) -> Result<
         let item = call(&mut conn, Method::POST, "/v1/admin/items", admin, body).await?;
         items.push((item["sku"].as_u64().context("a sku")?, stock));
     }
-    let users = call(&mut conn, Method::POST, "/v1/admin/users/bulk", admin, json!({"count": 5000})).await?;
+    let users = call(
+        &mut conn,
+        Method::POST,
+        "/v1/admin/users/bulk",
+        admin,
+        json!({"count": 5000}),
+    )
+    .await?;
     let tokens = users["users"]
         .as_array()
         .context("users")?
@@ -71,7 +100,9 @@ async fn setup(cluster: &crate::cluster::LocalCluster, shards: usize) -> Result<
         .filter_map(|u| u["token"].as_str().map(String::from))
         .collect();
     let pg = mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 1)?;
-    let view = pg.membership("bench", crate::cluster::LEASE_DEFAULT).view()?;
+    let view = pg
+        .membership("bench", crate::cluster::LEASE_DEFAULT)
+        .view()?;
     let owner = |sku: u64| -> usize {
         let shard = (sku % shards as u64) as i32;
         view.leases
@@ -82,16 +113,34 @@ async fn setup(cluster: &crate::cluster::LocalCluster, shards: usize) -> Result<
             .unwrap_or(0)
     };
     Ok(Setup {
-        skus: items.iter().filter(|(_, s)| *s > 0).map(|(k, _)| (*k, owner(*k))).collect(),
-        sold_out: items.iter().filter(|(_, s)| *s == 0).map(|(k, _)| (*k, owner(*k))).collect(),
+        skus: items
+            .iter()
+            .filter(|(_, s)| *s > 0)
+            .map(|(k, _)| (*k, owner(*k)))
+            .collect(),
+        sold_out: items
+            .iter()
+            .filter(|(_, s)| *s == 0)
+            .map(|(k, _)| (*k, owner(*k)))
+            .collect(),
         tokens,
         urls,
     })
 }
 
 /// Closed-loop load for `seconds`: (answers/s, hops taken share).
-async fn load(setup: &Setup, sold_out: bool, to_owner: bool, connections: usize, seconds: f64) -> Result<(f64, f64, u64)> {
-    let skus = if sold_out { &setup.sold_out } else { &setup.skus };
+async fn load(
+    setup: &Setup,
+    sold_out: bool,
+    to_owner: bool,
+    connections: usize,
+    seconds: f64,
+) -> Result<(f64, f64, u64)> {
+    let skus = if sold_out {
+        &setup.sold_out
+    } else {
+        &setup.skus
+    };
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let forwarded = Arc::new(AtomicU64::new(0));
@@ -112,18 +161,32 @@ async fn load(setup: &Setup, sold_out: bool, to_owner: bool, connections: usize,
                 n += 1;
                 let (sku, owner) = skus[(n % skus.len() as u64) as usize];
                 // A node independent of the SKU (a multiplicative hash of the count).
-                let node = if to_owner { owner } else { ((n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % nodes as u64) as usize };
+                let node = if to_owner {
+                    owner
+                } else {
+                    ((n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % nodes as u64) as usize
+                };
                 if node != owner {
                     forwarded.fetch_add(1, Ordering::Relaxed);
                 }
                 let token = &tokens[(n % tokens.len() as u64) as usize];
                 let key = format!("b{c}-{n}");
-                let body = json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "1 Bench Road"});
+                let body =
+                    json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "1 Bench Road"});
                 match conns[node]
-                    .send(Method::POST, "/v1/orders", Some(token), Some(&key), Some(&body), Duration::from_secs(10))
+                    .send(
+                        Method::POST,
+                        "/v1/orders",
+                        Some(token),
+                        Some(&key),
+                        Some(&body),
+                        Duration::from_secs(10),
+                    )
                     .await
                 {
-                    Ok((s, _)) if s.as_u16() == 201 || s.as_u16() == 409 => done.fetch_add(1, Ordering::Relaxed),
+                    Ok((s, _)) if s.as_u16() == 201 || s.as_u16() == 409 => {
+                        done.fetch_add(1, Ordering::Relaxed)
+                    }
                     _ => errors.fetch_add(1, Ordering::Relaxed),
                 };
             }
@@ -141,7 +204,10 @@ async fn load(setup: &Setup, sold_out: bool, to_owner: bool, connections: usize,
 }
 
 pub fn run(args: ClusterBenchArgs) -> Result<()> {
-    anyhow::ensure!((1..=8).contains(&args.nodes_max), "--nodes-max must be 1 to 8");
+    anyhow::ensure!(
+        (1..=8).contains(&args.nodes_max),
+        "--nodes-max must be 1 to 8"
+    );
     println!(
         "mall bench cluster: 1..={} nodes on one throwaway PostgreSQL, {} shards, {} connections, {} s per row (all on this machine: {} cores)",
         args.nodes_max,
@@ -151,26 +217,43 @@ pub fn run(args: ClusterBenchArgs) -> Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!("  nodes  workload             sent to        answers/s   hops   errors");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     for nodes in 1..=args.nodes_max {
-        let dir = std::env::temp_dir().join(format!("mall-bench-cluster-{}-{nodes}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("mall-bench-cluster-{}-{nodes}", std::process::id()));
         let mut cluster = crate::cluster::LocalCluster::start(
             nodes,
             &crate::store::StoreArgs::default(),
             args.port,
             args.shards,
             &dir,
-            &["--user-rate-per-s".into(), "1000000".into(), "--snapups-per-s-max".into(), "10000000".into()],
+            &[
+                "--user-rate-per-s".into(),
+                "1000000".into(),
+                "--snapups-per-s-max".into(),
+                "10000000".into(),
+            ],
         )?;
         // Wait for the shards to spread evenly.
-        let pg = mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 1)?;
+        let pg =
+            mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 1)?;
         let membership = pg.membership("bench", crate::cluster::LEASE_DEFAULT);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let view = membership.view()?;
             let mut counts = vec![0usize; nodes];
-            for l in view.leases.iter().filter(|l| l.key >= 0 && l.expires_in_ms > 0) {
-                if let Some(i) = cluster.nodes.iter().position(|(n, _, _)| Some(n) == l.owner.as_ref()) {
+            for l in view
+                .leases
+                .iter()
+                .filter(|l| l.key >= 0 && l.expires_in_ms > 0)
+            {
+                if let Some(i) = cluster
+                    .nodes
+                    .iter()
+                    .position(|(n, _, _)| Some(n) == l.owner.as_ref())
+                {
                     counts[i] += 1;
                 }
             }
@@ -178,14 +261,27 @@ pub fn run(args: ClusterBenchArgs) -> Result<()> {
             if counts.iter().sum::<usize>() == args.shards && hi - lo <= 1 {
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "shards did not spread: {counts:?}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "shards did not spread: {counts:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let setup = runtime.block_on(setup(&cluster, args.shards))?;
         for (sold_out, workload) in [(false, "snap-ups (201)"), (true, "sold out (409)")] {
-            let modes: &[(bool, &str)] = if nodes == 1 { &[(true, "the node")] } else { &[(true, "owners"), (false, "nodes in turn")] };
+            let modes: &[(bool, &str)] = if nodes == 1 {
+                &[(true, "the node")]
+            } else {
+                &[(true, "owners"), (false, "nodes in turn")]
+            };
             for (to_owner, label) in modes {
-                let (rate, hops, errors) = runtime.block_on(load(&setup, sold_out, *to_owner, args.connections, args.seconds))?;
+                let (rate, hops, errors) = runtime.block_on(load(
+                    &setup,
+                    sold_out,
+                    *to_owner,
+                    args.connections,
+                    args.seconds,
+                ))?;
                 println!("  {nodes:>5}  {workload:<19}  {label:<13}  {rate:>10.0}  {:>4.0}%  {errors:>7}", hops * 100.0);
             }
         }

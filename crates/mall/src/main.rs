@@ -568,7 +568,12 @@ async fn serve_admin(
 
 fn report(events: &[PathBuf], out: &Path) -> Result<()> {
     let dirs: Vec<&Path> = events.iter().map(PathBuf::as_path).collect();
-    let shown = || dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    let shown = || {
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let night = mall_events::night::night_of(&dirs)
         .with_context(|| format!("reading the event log in {}", shown()))?;
     anyhow::ensure!(night.events > 0, "no events in {}", shown());

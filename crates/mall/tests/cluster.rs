@@ -335,7 +335,11 @@ fn three_nodes_rush_and_one_is_killed() {
     let running = rush(urls.clone(), skus.clone(), people.clone(), 6);
     std::thread::sleep(Duration::from_millis(1_500));
     // A rush with no kill moves nothing: busy nodes keep their leases.
-    assert_eq!(epochs(&db), calm, "a shard changed hands during a rush with no failure");
+    assert_eq!(
+        epochs(&db),
+        calm,
+        "a shard changed hands during a rush with no failure"
+    );
     // Kill the node with the most shards (not the one we read through).
     let before = owners(&db);
     let victim = (1..3)
@@ -847,6 +851,126 @@ fn the_postgres_primary_dies_and_its_synchronous_standby_takes_over_mid_rush() {
     }
     // Every order acknowledged before or after the switch is on the new primary.
     assert_durable(&nodes[0].server.base, &seen);
+    drop(nodes);
+    assert_store_checks(&db, dir.path());
+}
+
+fn metric(node: &Node, name: &str) -> f64 {
+    let text = agent()
+        .get(&node.server.url("/metrics"))
+        .header("authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn sold_out_is_refused_at_the_edge_but_a_retry_gets_its_order_back() {
+    let db = database("cluster_edge");
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<Node> = ["n1", "n2"]
+        .iter()
+        .map(|n| start_node(&db, dir.path(), n))
+        .collect();
+    wait_balanced(&db, &["n1", "n2"], Duration::from_secs(60));
+    let sku = items(&nodes[0].server, 1, 5, 990)[0];
+    let people = shoppers(&nodes[0].server, 8);
+    let shard = (sku as usize % SHARDS) as i32;
+    let owner_name = owners(&db)
+        .into_iter()
+        .find(|(_, k)| k.contains(&shard))
+        .unwrap()
+        .0;
+    let edge = nodes.iter().find(|n| n.name != owner_name).unwrap();
+    let a = agent();
+    let snap = |node: &Node, token: &str, key: &str| {
+        call(
+            &a,
+            "POST",
+            &node.server.url("/v1/orders"),
+            token,
+            Some(
+                json!({"sku": sku, "quantity": 1, "payment": "online", "address": "9 Edge Street"}),
+            ),
+            Some(key),
+        )
+        .unwrap()
+    };
+    // Five buyers take the five units, through the edge node.
+    let mut bought = Vec::new();
+    for (i, (_, token)) in people.iter().take(5).enumerate() {
+        let (status, order) = snap(edge, token, &format!("buy-{i}"));
+        assert_eq!(status, 201, "{order}");
+        bought.push((
+            token.clone(),
+            format!("buy-{i}"),
+            order["id"].as_u64().unwrap(),
+        ));
+    }
+    // The edge learns it is sold out; then it refuses without a hop.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = metric(edge, "mall_node_refused_here_total");
+    let (status, body) = snap(edge, &people[5].1, "late-1");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("sold_out")),
+        "{body}"
+    );
+    assert_eq!(
+        metric(edge, "mall_node_refused_here_total"),
+        before + 1.0,
+        "refused at the edge"
+    );
+    // A buyer's retry still reaches the shard and gets its order back.
+    let (token, key, id) = &bought[2];
+    let (status, order) = snap(edge, token, key);
+    assert_eq!(status, 201, "a retry of a success: {order}");
+    assert_eq!(order["id"].as_u64(), Some(*id));
+    // A unit comes back: the edge knows within 100 ms (10x: a loose ceiling here).
+    let (token, _, id) = &bought[0];
+    let (status, body) = call(
+        &a,
+        "POST",
+        &nodes[0].server.url(&format!("/v1/orders/{id}/cancel")),
+        token,
+        None,
+        Some("cancel-0"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let cancelled = Instant::now();
+    loop {
+        let (_, item) = call(
+            &a,
+            "GET",
+            &edge.server.url(&format!("/v1/items/{sku}")),
+            "",
+            None,
+            None,
+        )
+        .unwrap();
+        if item["available"] == 1 {
+            break;
+        }
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(1),
+            "the edge did not learn of the returned unit"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    println!(
+        "the edge learnt of a returned unit {:?} after the cancel answered",
+        cancelled.elapsed()
+    );
+    let (status, body) = snap(edge, &people[6].1, "late-2");
+    assert_eq!(status, 201, "the returned unit sells: {body}");
     drop(nodes);
     assert_store_checks(&db, dir.path());
 }
