@@ -721,7 +721,7 @@ impl Node {
         self.stats
             .handover_pause_max_us
             .fetch_max(pause, Ordering::Relaxed);
-        tracing::info!(key, %to, pause_ms = pause / 1000, "handed over");
+        tracing::info!(key, %to, pause_us = pause, "handed over");
         true
     }
 

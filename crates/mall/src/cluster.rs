@@ -196,6 +196,11 @@ pub struct LocalCluster {
     pub nodes: Vec<(String, String, std::process::Child)>,
     pub admin_token: String,
     pub store: String,
+    /// How to start node i again (`restart`).
+    commands: Vec<Vec<String>>,
+    secret: String,
+    /// Each node's log, when asked for (`log_to`).
+    logs: Option<std::path::PathBuf>,
     _postgres: Option<mall_postgres::server::PostgresServer>,
 }
 
@@ -222,37 +227,76 @@ impl LocalCluster {
         // Created once, before the nodes race to make it.
         mall_postgres::PgStore::open(&crate::store::split_stores(&url), Some(shards), 2)
             .context("making the store")?;
-        let exe = std::env::current_exe()?;
-        let mut started = Vec::new();
+        let mut commands = Vec::new();
         for i in 0..nodes {
             let name = format!("node{}", i + 1);
             let api = port + 10 * i as u16;
-            let child = std::process::Command::new(&exe)
-                .args(["serve", "--node", &name])
-                .args(["--addr", &format!("127.0.0.1:{api}")])
-                .args(["--admin-addr", &format!("127.0.0.1:{}", api + 1)])
-                .args(["--internal-addr", &format!("127.0.0.1:{}", api + 2)])
-                .args(["--store-connections", "20"])
-                .arg("--data")
-                .arg(data.join(&name))
-                .args(extra)
-                .env("MALL_STORE", &url)
-                .env("MALL_CLUSTER_SECRET", &secret)
-                .env("MALL_ADMIN_TOKEN", &admin_token)
-                .spawn()
-                .with_context(|| format!("starting {name}"))?;
-            started.push((name, format!("http://127.0.0.1:{api}"), child));
+            let mut args: Vec<String> = vec![
+                "serve".into(),
+                "--node".into(),
+                name.clone(),
+                "--addr".into(),
+                format!("127.0.0.1:{api}"),
+                "--admin-addr".into(),
+                format!("127.0.0.1:{}", api + 1),
+                "--internal-addr".into(),
+                format!("127.0.0.1:{}", api + 2),
+                "--store-connections".into(),
+                "20".into(),
+                "--data".into(),
+                data.join(&name).to_string_lossy().into_owned(),
+            ];
+            args.extend(extra.iter().cloned());
+            commands.push(args);
         }
-        let cluster = LocalCluster {
-            nodes: started,
+        let mut cluster = LocalCluster {
+            nodes: Vec::new(),
             admin_token,
             store: url,
+            commands,
+            secret,
+            logs: std::env::var_os("MALL_CLUSTER_LOGS").map(Into::into),
             _postgres: postgres,
         };
+        for i in 0..nodes {
+            let child = cluster.spawn(i)?;
+            let api = port + 10 * i as u16;
+            cluster.nodes.push((format!("node{}", i + 1), format!("http://127.0.0.1:{api}"), child));
+        }
         for (name, url, _) in &cluster.nodes {
             wait_healthy(url, name)?;
         }
         Ok(cluster)
+    }
+
+    fn spawn(&self, i: usize) -> Result<std::process::Child> {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command
+            .args(&self.commands[i])
+            .env("MALL_STORE", &self.store)
+            .env("MALL_CLUSTER_SECRET", &self.secret)
+            .env("MALL_ADMIN_TOKEN", &self.admin_token);
+        if let Some(dir) = &self.logs {
+            std::fs::create_dir_all(dir)?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("node{}.log", i + 1)))?;
+            command.stderr(log).env("MALL_LOG", "info");
+        }
+        command.spawn().with_context(|| format!("starting node{}", i + 1))
+    }
+
+    /// Kills node i (-9) and returns at once.
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.nodes[i].2.kill();
+        let _ = self.nodes[i].2.wait();
+    }
+
+    /// Starts node i again, as it was started, and waits for it.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.nodes[i].2 = self.spawn(i)?;
+        wait_healthy(&self.nodes[i].1.clone(), &self.nodes[i].0.clone())
     }
 
     /// SIGTERM to every node still running (each drains), then waits.

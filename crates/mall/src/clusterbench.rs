@@ -26,6 +26,12 @@ pub struct ClusterBenchArgs {
     pub shards: usize,
     #[arg(long, default_value_t = 8_100)]
     pub port: u16,
+    /// Then, on the largest cluster: kill a node (-9) this many times,
+    /// timing each failover (kill to the first success on a moved shard),
+    /// and start it again (timing each shard's handover pause as it
+    /// takes its share back).
+    #[arg(long, default_value_t = 10)]
+    pub failovers: usize,
 }
 
 struct Setup {
@@ -203,6 +209,107 @@ async fn load(
     ))
 }
 
+fn wait_even(cluster: &crate::cluster::LocalCluster, membership: &mall_postgres::cluster::Membership, shards: usize) -> Result<()> {
+    let nodes = cluster.nodes.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = membership.view()?;
+        let mut counts = vec![0usize; nodes];
+        for l in view.leases.iter().filter(|l| l.key >= 0 && l.expires_in_ms > 0) {
+            if let Some(i) = cluster.nodes.iter().position(|(n, _, _)| Some(n) == l.owner.as_ref()) {
+                counts[i] += 1;
+            }
+        }
+        let (lo, hi) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+        if counts.iter().sum::<usize>() == shards && hi - lo <= 1 && view.leases.iter().all(|l| l.handoff_to.is_none()) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "shards did not spread: {counts:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Kills a node (not the first) `rounds` times; each time, the time from
+/// the kill to the first snap-up served on one of its shards; then starts
+/// it again and waits for the shards to even out.
+fn failovers(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &mut crate::cluster::LocalCluster,
+    membership: &mall_postgres::cluster::Membership,
+    setup: &Setup,
+    shards: usize,
+    rounds: usize,
+) -> Result<Vec<Duration>> {
+    let nodes = cluster.nodes.len();
+    let mut times = Vec::new();
+    let mut probe = Conn::new(Target::parse(&setup.urls[0], false)?);
+    for round in 0..rounds {
+        let victim = 1 + round % (nodes - 1);
+        let view = membership.view()?;
+        let name = cluster.nodes[victim].0.clone();
+        let sku = setup
+            .skus
+            .iter()
+            .map(|(k, _)| *k)
+            .find(|k| {
+                view.leases
+                    .iter()
+                    .any(|l| l.key == (*k % shards as u64) as i32 && l.owner.as_deref() == Some(name.as_str()))
+            })
+            .context("the victim owns an item's shard")?;
+        cluster.kill(victim);
+        let killed = Instant::now();
+        let token = setup.tokens[round].clone();
+        let elapsed = runtime.block_on(async {
+            let mut n = 0;
+            loop {
+                n += 1;
+                let body = json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "1 Failover Road"});
+                let key = format!("f{round}-{n}");
+                let answer = probe
+                    .send(Method::POST, "/v1/orders", Some(&token), Some(&key), Some(&body), Duration::from_secs(10))
+                    .await;
+                if let Ok((status, _)) = answer {
+                    if status.as_u16() == 201 {
+                        return Ok(killed.elapsed());
+                    }
+                }
+                anyhow::ensure!(killed.elapsed() < Duration::from_secs(60), "no failover within 60 s");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })?;
+        println!("  failover {:>2}: {name} killed; its shard served again after {:.0} ms", round + 1, elapsed.as_secs_f64() * 1e3);
+        times.push(elapsed);
+        cluster.restart(victim)?;
+        wait_even(cluster, membership, shards)?;
+    }
+    Ok(times)
+}
+
+/// Handover pauses the nodes logged (`pause_us`), from their log files.
+fn handover_pauses(logs: &std::path::Path) -> Vec<Duration> {
+    let mut pauses = Vec::new();
+    for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains("handed over")) {
+            if let Some(us) = line
+                .split("pause_us=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                pauses.push(Duration::from_micros(us));
+            }
+        }
+    }
+    pauses.sort();
+    pauses
+}
+
 pub fn run(args: ClusterBenchArgs) -> Result<()> {
     anyhow::ensure!(
         (1..=8).contains(&args.nodes_max),
@@ -216,7 +323,7 @@ pub fn run(args: ClusterBenchArgs) -> Result<()> {
         args.seconds,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("  nodes  workload             sent to        answers/s   hops   errors");
+    println!("  nodes  workload             sent to        answers/s  not owner  errors");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -237,36 +344,9 @@ pub fn run(args: ClusterBenchArgs) -> Result<()> {
             ],
         )?;
         // Wait for the shards to spread evenly.
-        let pg =
-            mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 1)?;
+        let pg = mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 1)?;
         let membership = pg.membership("bench", crate::cluster::LEASE_DEFAULT);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let view = membership.view()?;
-            let mut counts = vec![0usize; nodes];
-            for l in view
-                .leases
-                .iter()
-                .filter(|l| l.key >= 0 && l.expires_in_ms > 0)
-            {
-                if let Some(i) = cluster
-                    .nodes
-                    .iter()
-                    .position(|(n, _, _)| Some(n) == l.owner.as_ref())
-                {
-                    counts[i] += 1;
-                }
-            }
-            let (lo, hi) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
-            if counts.iter().sum::<usize>() == args.shards && hi - lo <= 1 {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "shards did not spread: {counts:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_even(&cluster, &membership, args.shards)?;
         let setup = runtime.block_on(setup(&cluster, args.shards))?;
         for (sold_out, workload) in [(false, "snap-ups (201)"), (true, "sold out (409)")] {
             let modes: &[(bool, &str)] = if nodes == 1 {
@@ -282,7 +362,27 @@ pub fn run(args: ClusterBenchArgs) -> Result<()> {
                     args.connections,
                     args.seconds,
                 ))?;
-                println!("  {nodes:>5}  {workload:<19}  {label:<13}  {rate:>10.0}  {:>4.0}%  {errors:>7}", hops * 100.0);
+                println!("  {nodes:>5}  {workload:<19}  {label:<13}  {rate:>10.0}  {:>8.0}%  {errors:>6}", hops * 100.0);
+            }
+        }
+        if nodes == args.nodes_max && nodes >= 2 && args.failovers > 0 {
+            println!("failover and handover on {nodes} nodes (lease {:?}):", crate::cluster::LEASE_DEFAULT);
+            let mut times = failovers(&runtime, &mut cluster, &membership, &setup, args.shards, args.failovers)?;
+            times.sort();
+            println!(
+                "  failover (kill -9 to the first success on a moved shard), {} kills: p50 {:.0} ms, max {:.0} ms",
+                times.len(),
+                percentile(&times, 0.5).as_secs_f64() * 1e3,
+                times.last().unwrap().as_secs_f64() * 1e3
+            );
+            let pauses = handover_pauses(&dir.join("logs"));
+            if !pauses.is_empty() {
+                println!(
+                    "  handover pause per moved shard (closed, committed, lease passed), {} moves: p50 {:.1} ms, max {:.1} ms",
+                    pauses.len(),
+                    percentile(&pauses, 0.5).as_secs_f64() * 1e3,
+                    pauses.last().unwrap().as_secs_f64() * 1e3
+                );
             }
         }
         cluster.stop();
