@@ -10,6 +10,8 @@
 //! - [`peers`]: starting the peers (apt-installing them if missing) on
 //!   loopback, and a minimal RESP client.
 
+pub mod axumredis;
+pub mod edgebench;
 pub mod ledgerbench;
 pub mod peers;
 pub mod stockbench;

@@ -172,6 +172,33 @@ impl Resp {
         self.read().await
     }
 
+    /// Writes every command at once, then reads their replies in order
+    /// (an error reply is that command's own result).
+    pub async fn pipeline(
+        &mut self,
+        commands: &[&[Vec<u8>]],
+    ) -> Result<Vec<Result<RespValue, PeerError>>, PeerError> {
+        self.buf.clear();
+        for args in commands {
+            let _ = write!(self.buf, "*{}\r\n", args.len());
+            for a in args.iter() {
+                let _ = write!(self.buf, "${}\r\n", a.len());
+                self.buf.extend_from_slice(a);
+                self.buf.extend_from_slice(b"\r\n");
+            }
+        }
+        self.stream.get_mut().write_all(&self.buf).await?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            match self.read().await {
+                Err(PeerError::Redis(e)) => replies.push(Err(PeerError::Redis(e))),
+                Err(e) => return Err(e),
+                Ok(v) => replies.push(Ok(v)),
+            }
+        }
+        Ok(replies)
+    }
+
     async fn read(&mut self) -> Result<RespValue, PeerError> {
         let mut line = String::new();
         self.stream.read_line(&mut line).await?;

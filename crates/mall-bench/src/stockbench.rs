@@ -226,7 +226,7 @@ fn take(meter: &Meter, total: usize, n: usize) -> Option<std::ops::Range<usize>>
     (start < total).then(|| start..(start + n).min(total))
 }
 
-fn bench_item(sku: u64, stock: u32, now: Timestamp) -> Item {
+pub(crate) fn bench_item(sku: u64, stock: u32, now: Timestamp) -> Item {
     Item {
         sku: Sku(sku),
         merchant: MerchantId(1),

@@ -25,6 +25,17 @@ pub enum Which {
     /// Snap-up latency at a steady rate, quiet and under a login flood and
     /// a connection flood (one run, a real server); memory after a login flood.
     Flood(crate::floodbench::FloodArgs),
+    /// The request path of one node beside a plain axum handler and an
+    /// axum service in front of Redis (Lua, AOF always), one run.
+    Edge {
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Shoppers (tokens) the mall requests cycle through.
+        #[arg(long, default_value_t = 20_000)]
+        shoppers: u64,
+    },
     /// Throughput of 1, 2 and 3 nodes on this machine, and the cost of
     /// forwarding (load sent to each SKU's owner, then to nodes in turn).
     Cluster(crate::clusterbench::ClusterBenchArgs),
@@ -294,6 +305,27 @@ pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Flood(args) => crate::floodbench::flood(args),
         Which::Cluster(args) => crate::clusterbench::run(args),
+        Which::Edge {
+            seconds,
+            connections,
+            shoppers,
+        } => {
+            println!(
+                "mall bench edge: {connections} keep-alive connections, closed loop, {seconds} s per row, servers and generator in one process ({} cores)",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            );
+            let config = mall_bench::edgebench::EdgeConfig {
+                seconds,
+                connections: connections.max(1),
+                shoppers: shoppers.max(1),
+            };
+            let rows = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(mall_bench::edgebench::run(&config))?;
+            mall_bench::edgebench::print(&rows);
+            Ok(())
+        }
         Which::Limits {
             checks,
             keys,

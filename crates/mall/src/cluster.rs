@@ -212,6 +212,7 @@ impl LocalCluster {
         shards: usize,
         data: &std::path::Path,
         extra: &[String],
+        logs: Option<&std::path::Path>,
     ) -> Result<LocalCluster> {
         anyhow::ensure!((1..=16).contains(&nodes), "--nodes must be 1 to 16");
         let (url, postgres) = if store.is_postgres() {
@@ -255,13 +256,17 @@ impl LocalCluster {
             store: url,
             commands,
             secret,
-            logs: std::env::var_os("MALL_CLUSTER_LOGS").map(Into::into),
+            logs: logs.map(std::path::Path::to_path_buf),
             _postgres: postgres,
         };
         for i in 0..nodes {
             let child = cluster.spawn(i)?;
             let api = port + 10 * i as u16;
-            cluster.nodes.push((format!("node{}", i + 1), format!("http://127.0.0.1:{api}"), child));
+            cluster.nodes.push((
+                format!("node{}", i + 1),
+                format!("http://127.0.0.1:{api}"),
+                child,
+            ));
         }
         for (name, url, _) in &cluster.nodes {
             wait_healthy(url, name)?;
@@ -284,7 +289,9 @@ impl LocalCluster {
                 .open(dir.join(format!("node{}.log", i + 1)))?;
             command.stderr(log).env("MALL_LOG", "info");
         }
-        command.spawn().with_context(|| format!("starting node{}", i + 1))
+        command
+            .spawn()
+            .with_context(|| format!("starting node{}", i + 1))
     }
 
     /// Kills node i (-9) and returns at once.
@@ -348,6 +355,7 @@ fn up(args: UpArgs) -> Result<()> {
         args.shards,
         &args.data,
         &args.serve_args,
+        None,
     )?;
     if args.seed {
         let out = std::process::Command::new(std::env::current_exe()?)

@@ -209,22 +209,40 @@ async fn load(
     ))
 }
 
-fn wait_even(cluster: &crate::cluster::LocalCluster, membership: &mall_postgres::cluster::Membership, shards: usize) -> Result<()> {
+fn wait_even(
+    cluster: &crate::cluster::LocalCluster,
+    membership: &mall_postgres::cluster::Membership,
+    shards: usize,
+) -> Result<()> {
     let nodes = cluster.nodes.len();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let view = membership.view()?;
         let mut counts = vec![0usize; nodes];
-        for l in view.leases.iter().filter(|l| l.key >= 0 && l.expires_in_ms > 0) {
-            if let Some(i) = cluster.nodes.iter().position(|(n, _, _)| Some(n) == l.owner.as_ref()) {
+        for l in view
+            .leases
+            .iter()
+            .filter(|l| l.key >= 0 && l.expires_in_ms > 0)
+        {
+            if let Some(i) = cluster
+                .nodes
+                .iter()
+                .position(|(n, _, _)| Some(n) == l.owner.as_ref())
+            {
                 counts[i] += 1;
             }
         }
         let (lo, hi) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
-        if counts.iter().sum::<usize>() == shards && hi - lo <= 1 && view.leases.iter().all(|l| l.handoff_to.is_none()) {
+        if counts.iter().sum::<usize>() == shards
+            && hi - lo <= 1
+            && view.leases.iter().all(|l| l.handoff_to.is_none())
+        {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "shards did not spread: {counts:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "shards did not spread: {counts:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -256,9 +274,10 @@ fn failovers(
             .iter()
             .map(|(k, _)| *k)
             .find(|k| {
-                view.leases
-                    .iter()
-                    .any(|l| l.key == (*k % shards as u64) as i32 && l.owner.as_deref() == Some(name.as_str()))
+                view.leases.iter().any(|l| {
+                    l.key == (*k % shards as u64) as i32
+                        && l.owner.as_deref() == Some(name.as_str())
+                })
             })
             .context("the victim owns an item's shard")?;
         cluster.kill(victim);
@@ -282,7 +301,11 @@ fn failovers(
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })?;
-        println!("  failover {:>2}: {name} killed; its shard served again after {:.0} ms", round + 1, elapsed.as_secs_f64() * 1e3);
+        println!(
+            "  failover {:>2}: {name} killed; its shard served again after {:.0} ms",
+            round + 1,
+            elapsed.as_secs_f64() * 1e3
+        );
         times.push(elapsed);
         cluster.restart(victim)?;
         wait_even(cluster, membership, shards)?;
@@ -342,9 +365,11 @@ pub fn run(args: ClusterBenchArgs) -> Result<()> {
                 "--snapups-per-s-max".into(),
                 "10000000".into(),
             ],
+            Some(&dir.join("logs")),
         )?;
         // Wait for the shards to spread evenly.
-        let pg = mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 1)?;
+        let pg =
+            mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 1)?;
         let membership = pg.membership("bench", crate::cluster::LEASE_DEFAULT);
         wait_even(&cluster, &membership, args.shards)?;
         let setup = runtime.block_on(setup(&cluster, args.shards))?;
@@ -366,8 +391,18 @@ pub fn run(args: ClusterBenchArgs) -> Result<()> {
             }
         }
         if nodes == args.nodes_max && nodes >= 2 && args.failovers > 0 {
-            println!("failover and handover on {nodes} nodes (lease {:?}):", crate::cluster::LEASE_DEFAULT);
-            let mut times = failovers(&runtime, &mut cluster, &membership, &setup, args.shards, args.failovers)?;
+            println!(
+                "failover and handover on {nodes} nodes (lease {:?}):",
+                crate::cluster::LEASE_DEFAULT
+            );
+            let mut times = failovers(
+                &runtime,
+                &mut cluster,
+                &membership,
+                &setup,
+                args.shards,
+                args.failovers,
+            )?;
             times.sort();
             println!(
                 "  failover (kill -9 to the first success on a moved shard), {} kills: p50 {:.0} ms, max {:.0} ms",

@@ -334,6 +334,7 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
             64,
             &dir.join("nodes"),
             &extra,
+            None,
         )?;
         let scenario = scenario_of("double11", None, Some(args.scale))?;
         println!(
