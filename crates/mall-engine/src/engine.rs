@@ -213,12 +213,38 @@ impl Engine {
         command: Command,
     ) -> Result<oneshot::Receiver<Reply>, Busy> {
         if let Some(running) = read(&self.shards[shard]).as_ref() {
+            if self.sold_out_before_the_queue(&command) {
+                return Ok(answered(Reply::Refused(mall_core::Refusal::SoldOut)));
+            }
             return running.try_submit(command);
         }
         Ok(match &self.elsewhere {
             Some(elsewhere) => elsewhere.submit(shard, command),
             None => answered(Reply::Unavailable),
         })
+    }
+
+    /// A snap-up of an item of a shard here that has nothing available,
+    /// by a shopper with no order of it, in its open sale window: refused
+    /// without queueing (the answer the shard would give; it costs no
+    /// thread hand-off). A shopper with an order of it (a retry of a
+    /// success) still goes to the shard and gets the order back: the shard
+    /// notes a buyer before it publishes the counters that order changed.
+    fn sold_out_before_the_queue(&self, command: &Command) -> bool {
+        let Command::Reserve(r) = command else {
+            return false;
+        };
+        if r.early_access {
+            return false;
+        }
+        let Some(entry) = self.board.get(r.sku) else {
+            return false;
+        };
+        if entry.live.load().0 != 0 {
+            return false;
+        }
+        let now = self.clock.now();
+        now >= entry.item.opens_at && now < entry.item.closes_at && !entry.live.is_buyer(r.user.0)
     }
 
     /// Queues a command on the shard that owns `sku`; refuses at once when full.

@@ -325,6 +325,27 @@ async fn items_browse_filter_page_and_validate() {
     assert_eq!(api.get("/healthz", None).await.body["items"], 4);
 }
 
+/// Sold out is answered before the shard's queue, to everyone but the
+/// item's buyers: a retry of an order that succeeded still gets it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_success_replays_after_the_item_sold_out() {
+    let api = Api::new();
+    let sku = api.item(1, 1, 0).await;
+    let u = api.shoppers(3, "r").await;
+    let won = api.order(&u[0], sku, 1, Some("win")).await;
+    assert_eq!(won.status, StatusCode::CREATED, "{}", won.body);
+    for _ in 0..3 {
+        let r = api.order(&u[1], sku, 1, Some("late")).await;
+        assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "sold_out"));
+    }
+    let again = api.order(&u[0], sku, 1, Some("win")).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    assert_eq!(again.body["id"], won.body["id"]);
+    // A buyer's new request reaches the shard, which gives the same answer.
+    let r = api.order(&u[0], sku, 1, Some("more")).await;
+    assert_eq!(r.code(), "sold_out");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snap_up_refusals_and_strict_parsing() {
     let api = Api::new();

@@ -25,23 +25,39 @@ pub struct Live {
     /// are published). A cluster's other nodes refuse a sold-out SKU
     /// themselves only to shoppers not on it: a retry of an order that
     /// succeeded always reaches the shard and gets its order back.
-    buyers: std::sync::Mutex<Vec<u64>>,
+    buyers: std::sync::Mutex<Buyers>,
+}
+
+/// The buyers in order (for publication) and as a set (for lookups).
+#[derive(Debug, Default)]
+struct Buyers {
+    order: Vec<u64>,
+    set: std::collections::HashSet<u64>,
 }
 
 impl Live {
     /// Notes a shopper who made an order (by the owning shard).
     pub fn add_buyer(&self, user: u64) {
+        let mut buyers = self.buyers.lock().unwrap_or_else(|p| p.into_inner());
+        if buyers.set.insert(user) {
+            buyers.order.push(user);
+        }
+    }
+
+    /// Has this shopper made an order of the SKU?
+    pub fn is_buyer(&self, user: u64) -> bool {
         self.buyers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(user);
+            .set
+            .contains(&user)
     }
 
     /// The buyers from position `from` on, and the position after them.
     pub fn buyers_since(&self, from: usize) -> (Vec<u64>, usize) {
         let buyers = self.buyers.lock().unwrap_or_else(|p| p.into_inner());
-        let from = from.min(buyers.len());
-        (buyers[from..].to_vec(), buyers.len())
+        let from = from.min(buyers.order.len());
+        (buyers.order[from..].to_vec(), buyers.order.len())
     }
 
     /// Publishes new counters. One writer at a time (the owning shard).
