@@ -123,20 +123,8 @@ pub async fn run(config: &EdgeConfig) -> Result<Vec<EdgeRow>, PeerError> {
     http.rate.snapups_per_s_max = None;
     let state = mall_http::AppState::new(engine.clone(), accounts, http.clone(), clock)
         .map_err(|e| PeerError::Setup(e.to_string()))?;
-    let mut tokens = Vec::new();
-    while (tokens.len() as u64) < config.shoppers {
-        let count = (config.shoppers - tokens.len() as u64).min(10_000) as u32;
-        let view = mall_http::routes::accounts::issue_shoppers(
-            &state,
-            "edge",
-            tokens.len() as u64 + 1,
-            count,
-        )
-        .await
-        .map_err(|e| PeerError::Setup(e.message))?;
-        tokens.extend(view.users.into_iter().map(|u| u.token));
-    }
-    let tokens = Arc::new(tokens);
+    let tokens =
+        Arc::new(crate::stockbench::shopper_tokens(&state, "edge", config.shoppers).await?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mall = format!("http://{}", listener.local_addr()?);
     let listener = mall_http::listener::LimitedListener::new(listener, http.listener);

@@ -226,6 +226,28 @@ fn take(meter: &Meter, total: usize, n: usize) -> Option<std::ops::Range<usize>>
     (start < total).then(|| start..(start + n).min(total))
 }
 
+/// `n` shoppers' tokens, issued 10,000 at a time.
+pub(crate) async fn shopper_tokens(
+    state: &mall_http::AppState,
+    prefix: &str,
+    n: u64,
+) -> Result<Vec<String>, PeerError> {
+    let mut tokens = Vec::with_capacity(n as usize);
+    while (tokens.len() as u64) < n {
+        let count = (n - tokens.len() as u64).min(10_000) as u32;
+        let view = mall_http::routes::accounts::issue_shoppers(
+            state,
+            prefix,
+            tokens.len() as u64 + 1,
+            count,
+        )
+        .await
+        .map_err(|e| PeerError::Setup(e.message))?;
+        tokens.extend(view.users.into_iter().map(|u| u.token));
+    }
+    Ok(tokens)
+}
+
 pub(crate) fn bench_item(sku: u64, stock: u32, now: Timestamp) -> Item {
     Item {
         sku: Sku(sku),
@@ -408,17 +430,7 @@ async fn mall_http(
         .map_err(|e| PeerError::Setup(format!("event log: {e}")))?;
         state.attach_events(log);
     }
-    let mut tokens = Vec::with_capacity(config.users as usize);
-    let mut start = 1;
-    while (tokens.len() as u64) < config.users {
-        let count = (config.users - tokens.len() as u64).min(10_000) as u32;
-        let view = mall_http::routes::accounts::issue_shoppers(&state, "bench", start, count)
-            .await
-            .map_err(|e| PeerError::Setup(e.message))?;
-        tokens.extend(view.users.into_iter().map(|u| u.token));
-        start += u64::from(count);
-    }
-    let tokens = Arc::new(tokens);
+    let tokens = Arc::new(shopper_tokens(&state, "bench", config.users).await?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let target = Target::parse(&format!("http://{}", listener.local_addr()?), false)
         .map_err(|e| PeerError::Setup(e.to_string()))?;

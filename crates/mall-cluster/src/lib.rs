@@ -187,18 +187,21 @@ impl Node {
         self.dashboard.get().map_or_else(|| "null".into(), |f| f())
     }
 
+    /// The other live nodes, by name.
+    fn other_nodes(&self) -> Vec<String> {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes
+            .nodes
+            .keys()
+            .filter(|n| **n != self.config.name)
+            .cloned()
+            .collect()
+    }
+
     /// Every other live node's own dashboard figures (nodes that do not
     /// answer within a second are left out).
     pub async fn gather_dashboards(&self) -> Vec<(String, String)> {
-        let names: Vec<String> = {
-            let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-            routes
-                .nodes
-                .keys()
-                .filter(|n| **n != self.config.name)
-                .cloned()
-                .collect()
-        };
+        let names = self.other_nodes();
         let mut asks = Vec::new();
         for name in names {
             if let Some(peer) = self.peer(&name) {
@@ -854,15 +857,7 @@ impl Node {
                     changed.push((entry, counters, full || item_changed));
                 }
             }
-            let names: Vec<String> = {
-                let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-                routes
-                    .nodes
-                    .keys()
-                    .filter(|n| **n != self.config.name)
-                    .cloned()
-                    .collect()
-            };
+            let names = self.other_nodes();
             for name in names {
                 let Some(peer) = self.peer(&name) else {
                     continue;

@@ -627,7 +627,10 @@ fn an_older_store_is_migrated(server: &PostgresServer) {
     // Back to version 1: what the first release of this store left.
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     client
-        .batch_execute("DROP FUNCTION mall_fail(TEXT); UPDATE mall_schema SET version = 1")
+        .batch_execute(
+            "DROP FUNCTION mall_fail(TEXT); DROP TABLE cluster_nodes, shard_leases, session_ends;
+             UPDATE mall_schema SET version = 1",
+        )
         .unwrap();
     let store = open(std::slice::from_ref(&url), None);
     let version: i64 = client
@@ -643,6 +646,14 @@ fn an_older_store_is_migrated(server: &PostgresServer) {
         .unwrap()
         .get(0);
     assert_eq!(functions, 1, "the second migration ran");
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('cluster_nodes', 'shard_leases', 'session_ends')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 3, "the third migration ran");
     assert_eq!(store.shard_contents(0).unwrap().items, vec![item(1, 10)]);
 }
 

@@ -308,6 +308,13 @@ fn assert_store_checks(db: &Db, dir: &std::path::Path) {
     }
 }
 
+/// The nodes' URLs as the rush takes them (a gone node: `None`).
+fn urls_of(nodes: &[Node]) -> Arc<Mutex<Vec<Option<String>>>> {
+    Arc::new(Mutex::new(
+        nodes.iter().map(|n| Some(n.server.base.clone())).collect(),
+    ))
+}
+
 fn three_nodes(db: &Db, dir: &std::path::Path) -> Vec<Node> {
     let nodes: Vec<Node> = ["n1", "n2", "n3"]
         .iter()
@@ -325,12 +332,7 @@ fn three_nodes_rush_and_one_is_killed() {
     // Items and shoppers made through one node, used through all.
     let skus = items(&nodes[0].server, 32, 300, 990);
     let people = shoppers(&nodes[1].server, 600);
-    let urls = Arc::new(Mutex::new(
-        nodes
-            .iter()
-            .map(|n| Some(n.server.base.clone()))
-            .collect::<Vec<_>>(),
-    ));
+    let urls = urls_of(&nodes);
     let calm = epochs(&db);
     let running = rush(urls.clone(), skus.clone(), people.clone(), 6);
     std::thread::sleep(Duration::from_millis(1_500));
@@ -444,12 +446,7 @@ fn a_node_stopped_past_its_lease_is_fenced_and_rejoins() {
         .find(|i| !owners_before[&nodes[*i].name].contains(&-1))
         .unwrap();
     let pid = nodes[paused].server.child.id().to_string();
-    let urls = Arc::new(Mutex::new(
-        nodes
-            .iter()
-            .map(|n| Some(n.server.base.clone()))
-            .collect::<Vec<_>>(),
-    ));
+    let urls = urls_of(&nodes);
     // Shoppers keep sending to all three, the paused one included: what it
     // got before and during the pause it handles when it wakes.
     let running = rush(urls.clone(), skus.clone(), people.clone(), 6);
@@ -505,12 +502,7 @@ fn a_fourth_node_joins_under_load_and_then_drains() {
     let mut nodes = three_nodes(&db, dir.path());
     let skus = items(&nodes[0].server, 32, 1_000, 990);
     let people = shoppers(&nodes[0].server, 600);
-    let urls = Arc::new(Mutex::new(
-        nodes
-            .iter()
-            .map(|n| Some(n.server.base.clone()))
-            .collect::<Vec<_>>(),
-    ));
+    let urls = urls_of(&nodes);
     let running = rush(urls.clone(), skus.clone(), people.clone(), 6);
     std::thread::sleep(Duration::from_millis(800));
     nodes.push(start_node(&db, dir.path(), "n4"));
@@ -798,12 +790,7 @@ fn the_postgres_primary_dies_and_its_synchronous_standby_takes_over_mid_rush() {
     wait_balanced(&db, &["n1", "n2"], Duration::from_secs(60));
     let skus = items(&nodes[0].server, 16, 500, 990);
     let people = shoppers(&nodes[1].server, 300);
-    let urls = Arc::new(Mutex::new(
-        nodes
-            .iter()
-            .map(|n| Some(n.server.base.clone()))
-            .collect::<Vec<_>>(),
-    ));
+    let urls = urls_of(&nodes);
     let running = rush(urls, skus, people, 4);
     std::thread::sleep(Duration::from_millis(1_000));
     primary.stop_immediate().unwrap();
