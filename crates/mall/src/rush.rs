@@ -361,7 +361,8 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
             let killed = std::time::Instant::now();
             println!("\n*** node2 killed (-9) in the middle of the spike ***\n");
             // Failover: until every shard has a live owner again.
-            let pg = mall_postgres::PgStore::open_existing(&crate::store::split_stores(&store), 1).ok()?;
+            let pg = mall_postgres::PgStore::open_existing(&crate::store::split_stores(&store), 1)
+                .ok()?;
             let membership = pg.membership("demo", crate::cluster::LEASE_DEFAULT);
             while killed.elapsed() < Duration::from_secs(60) {
                 if let Ok(view) = membership.view() {
@@ -396,7 +397,8 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
             ),
             None => println!("failover: not measured (the store could not be read)"),
         }
-        let pg = mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 2)?;
+        let pg =
+            mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 2)?;
         let report = mall_engine::audit(&pg)?;
         let (accounts, transfers) = mall_engine::Store::read_ledger(&pg)?;
         let ledger = mall_engine::verify_ledger(accounts, transfers);
