@@ -261,6 +261,28 @@ impl Rush {
     }
 }
 
+/// Every answer is an order, a business refusal, or a 503 with
+/// `Retry-After` saying the store (or the node) is away: never a false
+/// success, never another error.
+fn assert_answers(seen: &[Seen]) {
+    for s in seen {
+        assert!(
+            [201, 409, 503].contains(&s.status),
+            "unexpected {} {}",
+            s.status,
+            s.code
+        );
+        if s.status == 503 {
+            assert!(s.retry_after, "a 503 without Retry-After: {}", s.code);
+            assert!(
+                ["store_unavailable", "overloaded"].contains(&s.code.as_str()),
+                "503 {}",
+                s.code
+            );
+        }
+    }
+}
+
 fn tally(seen: &[Seen]) -> BTreeMap<(u16, String), usize> {
     let mut t = BTreeMap::new();
     for s in seen {
@@ -396,22 +418,7 @@ fn three_nodes_rush_and_one_is_killed() {
             .any(|s| s.status == 201 && s.at > killed + failover),
         "orders after the failover"
     );
-    for s in &seen {
-        assert!(
-            [201, 409, 503].contains(&s.status),
-            "unexpected {} {}",
-            s.status,
-            s.code
-        );
-        if s.status == 503 {
-            assert!(s.retry_after, "a 503 without Retry-After: {}", s.code);
-            assert!(
-                ["store_unavailable", "overloaded"].contains(&s.code.as_str()),
-                "503 {}",
-                s.code
-            );
-        }
-    }
+    assert_answers(&seen);
     for node in unreachable.keys() {
         assert_eq!(*node, victim, "only the killed node may be unreachable");
     }
@@ -476,14 +483,7 @@ fn a_node_stopped_past_its_lease_is_fenced_and_rejoins() {
         "answers: {:?}; transport failures: {unreachable:?}",
         tally(&seen)
     );
-    for s in &seen {
-        assert!(
-            [201, 409, 503].contains(&s.status),
-            "unexpected {} {}",
-            s.status,
-            s.code
-        );
-    }
+    assert_answers(&seen);
     // What the woken node acknowledged is durable: nothing it applied under
     // its old epoch was acknowledged without being stored.
     assert_durable(&nodes[0].server.base, &seen);
@@ -552,17 +552,7 @@ fn a_fourth_node_joins_under_load_and_then_drains() {
         draining.is_empty(),
         "requests failed during the drain (it took {drained:?}): {described:?}"
     );
-    for s in &seen {
-        assert!(
-            [201, 409, 503].contains(&s.status),
-            "unexpected {} {}",
-            s.status,
-            s.code
-        );
-        if s.status == 503 {
-            assert!(s.retry_after, "a 503 without Retry-After: {}", s.code);
-        }
-    }
+    assert_answers(&seen);
     assert!(
         seen.iter().filter(|s| s.node == 3).any(|s| s.status == 201),
         "the fourth node served"
@@ -825,17 +815,7 @@ fn the_postgres_primary_dies_and_its_synchronous_standby_takes_over_mid_rush() {
         "answers: {:?}; transport failures: {unreachable:?}",
         tally(&seen)
     );
-    for s in &seen {
-        assert!(
-            [201, 409, 503].contains(&s.status),
-            "unexpected {} {}",
-            s.status,
-            s.code
-        );
-        if s.status == 503 {
-            assert!(s.retry_after, "a 503 without Retry-After: {}", s.code);
-        }
-    }
+    assert_answers(&seen);
     // Every order acknowledged before or after the switch is on the new primary.
     assert_durable(&nodes[0].server.base, &seen);
     drop(nodes);
