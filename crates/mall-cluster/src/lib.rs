@@ -735,6 +735,12 @@ impl Node {
     /// handed over. With no other node alive nothing moves.
     pub fn drain_shards(&self, membership: &Membership) -> usize {
         self.draining.store(true, Ordering::Relaxed);
+        // Say so in the store at once (not at the next heartbeat): no
+        // handover is then passed to this node any more.
+        let internal = self.config.internal.to_string();
+        if let Err(e) = membership.heartbeat(&self.config.api, &internal, true, 0.0) {
+            tracing::warn!(error = %e, "marking this node draining failed");
+        }
         let mut moved = 0;
         // Until nothing runs here: a move to this node asked just before
         // the others learnt it drains may still land (a few rounds).
