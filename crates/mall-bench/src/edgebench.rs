@@ -113,21 +113,13 @@ pub async fn run(config: &EdgeConfig) -> Result<Vec<EdgeRow>, PeerError> {
         .create_items(vec![plenty, gone])
         .await
         .map_err(|e| PeerError::Setup(e.to_string()))?;
-    let accounts = engine
-        .store()
-        .accounts()
-        .map_err(|e| PeerError::Setup(e.to_string()))?;
-    let mut http = mall_http::HttpConfig::default();
-    http.rate.user_rate_per_s = 1e9;
-    http.rate.user_burst = 1e9;
-    http.rate.snapups_per_s_max = None;
-    let state = mall_http::AppState::new(engine.clone(), accounts, http.clone(), clock)
-        .map_err(|e| PeerError::Setup(e.to_string()))?;
+    let state = crate::stockbench::unlimited_state(&engine)?;
     let tokens =
         Arc::new(crate::stockbench::shopper_tokens(&state, "edge", config.shoppers).await?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let mall = format!("http://{}", listener.local_addr()?);
-    let listener = mall_http::listener::LimitedListener::new(listener, http.listener);
+    let listener =
+        mall_http::listener::LimitedListener::new(listener, state.config.listener.clone());
     let app =
         mall_http::router(state).into_make_service_with_connect_info::<mall_http::listener::Peer>();
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -226,6 +226,22 @@ fn take(meter: &Meter, total: usize, n: usize) -> Option<std::ops::Range<usize>>
     (start < total).then(|| start..(start + n).min(total))
 }
 
+/// The HTTP layer over `engine` as `mall serve` runs it, but with
+/// per-shopper rate limits out of the way (a benchmark's few shoppers
+/// send many requests each).
+pub(crate) fn unlimited_state(engine: &Arc<Engine>) -> Result<mall_http::AppState, PeerError> {
+    let accounts = engine
+        .store()
+        .accounts()
+        .map_err(|e| PeerError::Setup(e.to_string()))?;
+    let mut http = mall_http::HttpConfig::default();
+    http.rate.user_rate_per_s = 1e9;
+    http.rate.user_burst = 1e9;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    mall_http::AppState::new(engine.clone(), accounts, http, clock)
+        .map_err(|e| PeerError::Setup(e.to_string()))
+}
+
 /// `n` shoppers' tokens, issued 10,000 at a time.
 pub(crate) async fn shopper_tokens(
     state: &mall_http::AppState,
@@ -407,16 +423,7 @@ async fn mall_http(
     events: bool,
 ) -> Result<Vec<Row>, PeerError> {
     let (engine, dir) = mall_engine(workload, config).await?;
-    let accounts = engine
-        .store()
-        .accounts()
-        .map_err(|e| PeerError::Setup(e.to_string()))?;
-    let mut http = mall_http::HttpConfig::default();
-    http.rate.user_rate_per_s = 1e9;
-    http.rate.user_burst = 1e9;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = mall_http::AppState::new(engine.clone(), accounts, http, clock)
-        .map_err(|e| PeerError::Setup(e.to_string()))?;
+    let state = unlimited_state(&engine)?;
     mall_http::bootstrap_admin(&state, Some(ADMIN), None)
         .map_err(|e| PeerError::Setup(e.to_string()))?;
     if events {

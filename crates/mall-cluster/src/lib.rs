@@ -18,8 +18,9 @@
 //!   frame (see `wire`). During a planned move it waits (up to
 //!   [`NodeConfig::wait`]) and is retried inside the cluster; the client
 //!   sees no error. An owner that cannot be reached (it died; its lease has
-//!   not lapsed yet) makes the command answer unavailable at once: a 503
-//!   with Retry-After, never a false success.
+//!   not lapsed yet) is asked again the same way: the command lands once a
+//!   survivor takes the shard over, or answers unavailable when the wait
+//!   runs out (a 503 with Retry-After, never a false success).
 //! - **Payments** run where the ledger runs (one more lease); the other
 //!   nodes carry payment requests and provider callbacks there as they came.
 //! - **The board**: each owner publishes its items' counters to every peer
@@ -88,7 +89,6 @@ struct Routes {
     owners: HashMap<i32, Owner>,
     /// Live nodes (heartbeat younger than a lease), by name.
     nodes: HashMap<String, NodeRow>,
-    view: View,
 }
 
 /// Counters of this node's part in the cluster.
@@ -101,7 +101,6 @@ pub struct ClusterStats {
     pub handovers: AtomicU64,
     /// The longest a shard was closed during a planned handover here, µs.
     pub handover_pause_max_us: AtomicU64,
-    pub handover_pause_total_us: AtomicU64,
     /// Shards opened after a lease lapsed (failovers) or handed over.
     pub opened: AtomicU64,
     /// Shards dropped because their lease was lost (fenced).
@@ -334,7 +333,6 @@ impl Node {
     async fn forward(self: Arc<Self>, shard: usize, command: Command) -> Reply {
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.config.wait;
-        let mut unreachable_since: Option<Instant> = None;
         loop {
             match self.owner(shard as i32) {
                 Owner::Here => {
@@ -353,18 +351,11 @@ impl Node {
                         };
                         match peer.ask(ask).await {
                             Asked::Answered(Answer::Inventory(reply)) => return reply,
-                            Asked::Answered(Answer::NotHere) => {}
-                            // Unreachable: our route may be stale (a node
-                            // that drained and left), so ask again for a
-                            // moment; if the owner is still unreachable it
-                            // died and its lease has not lapsed: say so (503).
-                            Asked::Unsent => {
-                                let until = *unreachable_since.get_or_insert_with(Instant::now)
-                                    + self.tick() * 3;
-                                if Instant::now() >= until {
-                                    return Reply::Unavailable;
-                                }
-                            }
+                            // Nothing was applied: ask again. A node that
+                            // cannot be reached (it died, or left and our
+                            // route is stale) says the same until the
+                            // routes move on or the wait runs out (503).
+                            Asked::Answered(Answer::NotHere) | Asked::Unsent => {}
                             Asked::Answered(_) | Asked::Lost => return Reply::Unavailable,
                         }
                     }
@@ -447,7 +438,6 @@ impl Node {
                 };
                 routes.owners.insert(lease.key, owner);
             }
-            routes.view = view.clone();
         }
         let busy = lock(&self.busy).clone();
         // Open here but no longer ours: the lease lapsed and someone took it.
@@ -719,9 +709,6 @@ impl Node {
         let pause = started.elapsed().as_micros() as u64;
         self.stats.handovers.fetch_add(1, Ordering::Relaxed);
         self.stats
-            .handover_pause_total_us
-            .fetch_add(pause, Ordering::Relaxed);
-        self.stats
             .handover_pause_max_us
             .fetch_max(pause, Ordering::Relaxed);
         tracing::info!(key, %to, pause_us = pause, "handed over");
@@ -816,15 +803,6 @@ impl Node {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
-    }
-
-    /// The cluster as this node last saw it.
-    pub fn view(&self) -> View {
-        self.routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .view
-            .clone()
     }
 
     // ---- the board -------------------------------------------------------
@@ -961,32 +939,14 @@ impl Node {
         }
     }
 
-    /// Sold out at the edge: a snap-up of an item that has nothing
-    /// available is refused here, without a hop, unless its shopper has an
-    /// order of it (a retry must reach the shard to get its order back),
-    /// the sale is not open (the shard says why), or what this node knows
-    /// of the item's buyers is incomplete.
+    /// Sold out at the edge ([`Engine::sold_out_to`]), with the buyers the
+    /// owner published: unknown while they came with a gap.
     fn sold_out_here(&self, command: &Command) -> bool {
-        let Command::Reserve(r) = command else {
-            return false;
-        };
-        if r.early_access {
-            return false;
-        }
-        let Some(entry) = self.engine().board().get(r.sku) else {
-            return false;
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        if now < entry.item.opens_at.0 || now >= entry.item.closes_at.0 {
-            return false;
-        }
-        let edge = lock(&self.edge);
-        let Some(known) = edge.get(&r.sku) else {
-            return false;
-        };
-        known.complete && entry.live.load().0 == 0 && !known.buyers.contains(&r.user.0)
+        self.engine().sold_out_to(command, |entry, user| {
+            let edge = lock(&self.edge);
+            let known = edge.get(&entry.item.sku).filter(|k| k.complete)?;
+            Some(known.buyers.contains(&user))
+        })
     }
 }
 

@@ -34,9 +34,6 @@ pub struct Peer {
     pub name: String,
     pub addr: String,
     tx: mpsc::UnboundedSender<Out>,
-    /// Frames and messages sent (for the forwarding benchmark and metrics).
-    pub frames_sent: AtomicU64,
-    pub asks_sent: AtomicU64,
     /// Connections made so far (frames queued while disconnected are lost).
     pub connects: AtomicU64,
 }
@@ -58,8 +55,6 @@ impl Peer {
             name,
             addr,
             tx,
-            frames_sent: AtomicU64::new(0),
-            asks_sent: AtomicU64::new(0),
             connects: AtomicU64::new(0),
         });
         runtime.spawn(run(Arc::downgrade(&peer), me, secret, rx));
@@ -73,7 +68,6 @@ impl Peer {
             return Asked::Unsent;
         }
         match rx.await {
-            Ok(Answer::NotHere) => Asked::Answered(Answer::NotHere),
             Ok(answer) => Asked::Answered(answer),
             Err(_) => Asked::Lost,
         }
@@ -108,7 +102,8 @@ async fn connect(me: &str, addr: &str, secret: &[u8]) -> Result<TcpStream, WireE
     }
 }
 
-/// Answers every queued ask as unsent (the peer cannot be reached now).
+/// Answers every queued ask "not here": it never left, so nothing was
+/// applied and it may be asked again (the peer cannot be reached now).
 fn refuse_queued(rx: &mut mpsc::UnboundedReceiver<Out>) {
     while let Ok(out) = rx.try_recv() {
         if let Out::Ask(_, tx) = out {
@@ -208,7 +203,6 @@ async fn run(
                     Err(_) => break,
                 }
             }
-            let count = asks.len() as u64;
             if !asks.is_empty() && wire::write(&mut writer, &Frame::Asks(asks)).await.is_err() {
                 break false;
             }
@@ -218,10 +212,6 @@ async fn run(
                     .is_err()
             {
                 break false;
-            }
-            if let Some(p) = peer.upgrade() {
-                p.frames_sent.fetch_add(1, Ordering::Relaxed);
-                p.asks_sent.fetch_add(count, Ordering::Relaxed);
             }
         };
         reading.abort();

@@ -9,7 +9,7 @@
 
 use crate::{LedgerRead, OrderReader, Store, StoreError};
 use mall_core::{Item, OrderId, Sku};
-use mall_inventory::{Board, Command, Inventory, InventoryConfig, Reply};
+use mall_inventory::{Board, BoardEntry, Command, Inventory, InventoryConfig, Reply};
 use mall_ledger::{Ledger, LedgerConfig};
 use mall_shard::{Busy, Clock, RuntimeConfig, Shard, ShardHandle};
 use std::sync::{Arc, RwLock};
@@ -213,7 +213,7 @@ impl Engine {
         command: Command,
     ) -> Result<oneshot::Receiver<Reply>, Busy> {
         if let Some(running) = read(&self.shards[shard]).as_ref() {
-            if self.sold_out_before_the_queue(&command) {
+            if self.sold_out_to(&command, |entry, user| Some(entry.live.is_buyer(user))) {
                 return Ok(answered(Reply::Refused(mall_core::Refusal::SoldOut)));
             }
             return running.try_submit(command);
@@ -224,13 +224,19 @@ impl Engine {
         })
     }
 
-    /// A snap-up of an item of a shard here that has nothing available,
-    /// by a shopper with no order of it, in its open sale window: refused
-    /// without queueing (the answer the shard would give; it costs no
-    /// thread hand-off). A shopper with an order of it (a retry of a
-    /// success) still goes to the shard and gets the order back: the shard
-    /// notes a buyer before it publishes the counters that order changed.
-    fn sold_out_before_the_queue(&self, command: &Command) -> bool {
+    /// Would the shard answer `sold_out` to this snap-up? Yes when the item
+    /// has nothing available (as published on the board), its sale window is
+    /// open, and the shopper is known not to be a buyer of it: `is_buyer`
+    /// says whether they are, or `None` when that is not known (then no).
+    /// A buyer (a retry of a success) always goes to the shard and gets its
+    /// order back: the shard notes a buyer before it publishes the counters
+    /// that order changed. Used before a shard's queue here (no thread
+    /// hand-off) and, on a cluster, at the edge (no hop).
+    pub fn sold_out_to(
+        &self,
+        command: &Command,
+        is_buyer: impl FnOnce(&BoardEntry, u64) -> Option<bool>,
+    ) -> bool {
         let Command::Reserve(r) = command else {
             return false;
         };
@@ -244,7 +250,9 @@ impl Engine {
             return false;
         }
         let now = self.clock.now();
-        now >= entry.item.opens_at && now < entry.item.closes_at && !entry.live.is_buyer(r.user.0)
+        now >= entry.item.opens_at
+            && now < entry.item.closes_at
+            && is_buyer(&entry, r.user.0) == Some(false)
     }
 
     /// Queues a command on the shard that owns `sku`; refuses at once when full.

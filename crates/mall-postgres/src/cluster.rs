@@ -93,10 +93,6 @@ impl PgStore {
 }
 
 impl Membership {
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Announces the node (or says it is alive) and renews every lease it
     /// holds, in one transaction.
     pub fn heartbeat(
@@ -251,18 +247,6 @@ impl Membership {
         })?)
     }
 
-    /// Gives a lease up at once (nobody holds it until someone acquires it).
-    pub fn release(&self, key: i32) -> Result<(), StoreError> {
-        Ok(self.pool.with(|conn| {
-            conn.client.execute(
-                "UPDATE shard_leases SET owner = NULL, handoff_to = NULL, expires_at = now()
-                 WHERE shard = $1 AND owner = $2",
-                &[&key, &self.node],
-            )?;
-            Ok(())
-        })?)
-    }
-
     /// The node leaves: its row goes (its leases were handed over or released).
     pub fn leave(&self) -> Result<(), StoreError> {
         Ok(self.pool.with(|conn| {
@@ -274,18 +258,6 @@ impl Membership {
             conn.client
                 .execute("DELETE FROM cluster_nodes WHERE name = $1", &[&self.node])?;
             Ok(())
-        })?)
-    }
-
-    /// Nodes that stopped heartbeating long ago are forgotten (their leases
-    /// lapsed with them).
-    pub fn forget_dead(&self, older_than: Duration) -> Result<u64, StoreError> {
-        Ok(self.pool.with(|conn| {
-            Ok(conn.client.execute(
-                "DELETE FROM cluster_nodes
-                 WHERE heartbeat_at < now() - $1 * interval '1 millisecond'",
-                &[&(ms(older_than) as f64)],
-            )?)
         })?)
     }
 }

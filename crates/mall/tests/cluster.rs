@@ -22,10 +22,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{
-    agent, call, free_port, items, provider_stats, shoppers, start_channels, wait_for, Server,
-    ADMIN, SECRETS,
-};
+use common::{agent, call, free_port, items, shoppers, start_channels, wait_for, Server, ADMIN};
 
 const SHARDS: usize = 16;
 const LEASE: &str = "1s";
@@ -664,14 +661,8 @@ fn payments_run_where_the_ledger_runs_and_a_callback_to_another_node_counts_once
         }
     }
     // The providers took each order's money once.
-    let kept: i64 = (0..3)
-        .map(|i| {
-            let s = provider_stats(&channels, i);
-            s["succeeded_fen"].as_i64().unwrap() - s["refunded_fen"].as_i64().unwrap()
-        })
-        .sum();
     assert_eq!(
-        kept,
+        common::kept(&channels),
         PRICE * PAYERS as i64,
         "charged minus refunded at the providers"
     );
@@ -683,33 +674,12 @@ fn payments_run_where_the_ledger_runs_and_a_callback_to_another_node_counts_once
         .expect("a paid answer names its try");
     let attempt = answer["payment"]["attempt"].as_u64().unwrap();
     let channel = answer["payment"]["channel"].as_str().unwrap().to_string();
-    let secret = SECRETS[["alpha", "beta", "gamma"]
-        .iter()
-        .position(|c| *c == channel)
-        .unwrap()];
-    let body = json!({"event_id": format!("evt-{channel}-{attempt}"), "channel": channel,
-                      "payment_id": attempt.to_string(), "status": "succeeded", "amount_fen": PRICE})
-    .to_string();
+    let (body, secret) = common::succeeded_callback(&channel, attempt, PRICE);
     let signature =
         mall_router::signature::sign(secret.as_bytes(), common::now_ms(), body.as_bytes());
-    let mut r = a
-        .post(
-            &nodes[1]
-                .server
-                .url(&format!("/v1/channels/{channel}/callback")),
-        )
-        .header("x-mall-signature", &signature)
-        .header("content-type", "application/json")
-        .send(body.as_bytes())
-        .unwrap();
-    let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
     assert_eq!(
-        (
-            r.status().as_u16(),
-            v["error"]["code"].as_str().unwrap_or("")
-        ),
-        (409, "callback_replayed"),
-        "{v}"
+        common::post_callback(&nodes[1].server.base, &channel, &signature, &body),
+        (409, "callback_replayed".to_string())
     );
     // Any node's dashboard shows the whole cluster: the sum over nodes.
     for node in &nodes {
@@ -743,14 +713,7 @@ fn payments_run_where_the_ledger_runs_and_a_callback_to_another_node_counts_once
         }
     }
     // Each node's /metrics is its own, named.
-    let metrics = a
-        .get(&nodes[1].server.url("/metrics"))
-        .header("authorization", &format!("Bearer {ADMIN}"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = metrics_text(&nodes[1]);
     assert!(metrics.contains("mall_node{node=\"n2\"} 1"), "{metrics}");
     // The ledger on the store balances, and nothing is oversold.
     drop(nodes);
@@ -822,16 +785,20 @@ fn the_postgres_primary_dies_and_its_synchronous_standby_takes_over_mid_rush() {
     assert_store_checks(&db, dir.path());
 }
 
-fn metric(node: &Node, name: &str) -> f64 {
-    let text = agent()
+fn metrics_text(node: &Node) -> String {
+    agent()
         .get(&node.server.url("/metrics"))
         .header("authorization", &format!("Bearer {ADMIN}"))
         .call()
         .unwrap()
         .body_mut()
         .read_to_string()
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+fn metric(node: &Node, name: &str) -> f64 {
+    metrics_text(node)
+        .lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
@@ -938,6 +905,43 @@ fn sold_out_is_refused_at_the_edge_but_a_retry_gets_its_order_back() {
     );
     let (status, body) = snap(edge, &people[6].1, "late-2");
     assert_eq!(status, 201, "the returned unit sells: {body}");
+    // A session revoked through one node stops working on the other within 1 s.
+    let (user, token) = &people[7];
+    let mine = |node: &Node| {
+        call(&a, "GET", &node.server.url("/v1/orders"), token, None, None)
+            .unwrap()
+            .0
+    };
+    assert_eq!(
+        mine(edge),
+        200,
+        "the token works on the edge (and is cached there)"
+    );
+    let revoker = nodes.iter().find(|n| n.name != edge.name).unwrap();
+    let revoked = agent()
+        .delete(
+            &revoker
+                .server
+                .url(&format!("/v1/admin/users/{user}/sessions")),
+        )
+        .header("authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(revoked, 200);
+    let since = Instant::now();
+    while mine(edge) != 401 {
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "a revoked token still works on another node after 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "a revocation reached the other node in {:?}",
+        since.elapsed()
+    );
     drop(nodes);
     assert_store_checks(&db, dir.path());
 }

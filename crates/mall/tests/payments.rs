@@ -14,9 +14,8 @@ mod common;
 
 use common::{
     agent, call, items, mall, now_ms, provider_stats, shoppers, start_channels, Server, ADMIN,
-    SECRETS,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,16 +93,6 @@ fn unpaid_orders(server: &Server, n_items: usize, price: i64, payers: usize) -> 
             )
         })
         .collect()
-}
-
-/// What the providers kept: charged minus refunded, fen.
-fn kept(channels: &common::Channels) -> i64 {
-    (0..3)
-        .map(|i| {
-            let s = provider_stats(channels, i);
-            s["succeeded_fen"].as_i64().unwrap() - s["refunded_fen"].as_i64().unwrap()
-        })
-        .sum()
 }
 
 #[test]
@@ -194,7 +183,7 @@ fn an_outage_mid_run_moves_payments_elsewhere_and_nothing_is_charged_twice() {
     }
     // What the providers kept is exactly what the mall recorded: every order once.
     assert_eq!(
-        kept(&channels),
+        common::kept(&channels),
         PRICE * PAYERS as i64,
         "charged minus refunded at the providers"
     );
@@ -222,26 +211,8 @@ fn an_outage_mid_run_moves_payments_elsewhere_and_nothing_is_charged_twice() {
         .as_str()
         .unwrap()
         .to_string();
-    let secret = SECRETS[["alpha", "beta", "gamma"]
-        .iter()
-        .position(|c| *c == channel)
-        .unwrap()];
-    let body = json!({"event_id": format!("evt-{channel}-{attempt}"), "channel": channel,
-                      "payment_id": attempt.to_string(), "status": "succeeded", "amount_fen": PRICE})
-    .to_string();
-    let post = |sig: &str| {
-        let mut r = agent()
-            .post(&server.url(&format!("/v1/channels/{channel}/callback")))
-            .header("x-mall-signature", sig)
-            .header("content-type", "application/json")
-            .send(body.as_bytes())
-            .unwrap();
-        let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
-        (
-            r.status().as_u16(),
-            v["error"]["code"].as_str().unwrap_or("").to_string(),
-        )
-    };
+    let (body, secret) = common::succeeded_callback(&channel, attempt, PRICE);
+    let post = |sig: &str| common::post_callback(&server.base, &channel, sig, &body);
     let forged = mall_router::signature::sign(b"not-the-secret-at-all", now_ms(), body.as_bytes());
     assert_eq!(post(&forged), (401, "signature_mismatch".to_string()));
     let stale =
@@ -605,7 +576,7 @@ fn kill_dash_nine_mid_payments_loses_no_acknowledged_payment_and_charges_none_tw
         let pending: u64 = (0..3)
             .map(|i| provider_stats(&channels, i)["pending"].as_u64().unwrap())
             .sum();
-        let kept = kept(&channels);
+        let kept = common::kept(&channels);
         if pending == 0 && kept == PRICE * PAYERS as i64 {
             break;
         }

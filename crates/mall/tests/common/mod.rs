@@ -339,3 +339,41 @@ pub fn provider_stats(ch: &Channels, i: usize) -> Value {
     assert_eq!(r.0, 200, "{}", r.1);
     r.1
 }
+
+/// What the providers kept: charged minus refunded, fen.
+pub fn kept(channels: &Channels) -> i64 {
+    (0..3)
+        .map(|i| {
+            let s = provider_stats(channels, i);
+            s["succeeded_fen"].as_i64().unwrap() - s["refunded_fen"].as_i64().unwrap()
+        })
+        .sum()
+}
+
+/// A provider's "succeeded" callback for try `attempt` on `channel`: its
+/// body, and the channel's secret to sign it with.
+pub fn succeeded_callback(channel: &str, attempt: u64, amount_fen: i64) -> (String, &'static str) {
+    let secret = SECRETS[["alpha", "beta", "gamma"]
+        .iter()
+        .position(|c| *c == channel)
+        .expect("one of the test channels")];
+    let body = json!({"event_id": format!("evt-{channel}-{attempt}"), "channel": channel,
+                      "payment_id": attempt.to_string(), "status": "succeeded", "amount_fen": amount_fen})
+    .to_string();
+    (body, secret)
+}
+
+/// Posts a callback to the server at `base`: (status, error code).
+pub fn post_callback(base: &str, channel: &str, signature: &str, body: &str) -> (u16, String) {
+    let mut r = agent()
+        .post(&format!("{base}/v1/channels/{channel}/callback"))
+        .header("x-mall-signature", signature)
+        .header("content-type", "application/json")
+        .send(body.as_bytes())
+        .unwrap();
+    let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+    (
+        r.status().as_u16(),
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
