@@ -160,6 +160,12 @@ pub enum Which {
         #[arg(long, default_value_t = 2)]
         threads: u64,
     },
+    /// Pricing: wall time of one price of a 5-line cart with 4 promotions
+    /// and 2 coupons, in-process.
+    Pricing {
+        #[arg(long, default_value_t = 1_000_000)]
+        iterations: u64,
+    },
     /// The payment channel router: wall time per routing decision (a
     /// submit and its completion), in-process, by number of channels.
     Router {
@@ -332,6 +338,16 @@ pub fn run(which: Which) -> Result<()> {
             threads,
         } => limits(checks, keys.max(1), threads.max(1)),
         Which::Events { events, threads } => events_cost(events, threads.max(1)),
+        Which::Pricing { iterations } => {
+            let per = mall_pricing::bench::cost(iterations.clamp(1, u64::from(u32::MAX)));
+            let ns = per.as_secs_f64() * 1e9;
+            println!("mall bench pricing: a 5-line cart from 2 merchants, 4 promotions, 2 coupons, {iterations} prices");
+            println!(
+                "  {ns:.0} ns a price ({:.0} prices/s on one core; target <= 5,000 ns)",
+                1e9 / ns
+            );
+            Ok(())
+        }
         Which::Router {
             decisions,
             channels,
