@@ -201,7 +201,7 @@ fn model(lines: &[Line], offers: &[Offer], policy: &Policy, reached: &mut Reache
     let mut cap = policy.order_cap_fen.map(|c| c.max(0));
     let mut used_groups = vec![];
     for mut stage in stages {
-        stage.sort_by(|a, b| a.id.cmp(&b.id));
+        stage.sort_by_key(|o| o.id);
         for o in stage {
             if let Some(g) = o.group {
                 if used_groups.contains(&g) {
@@ -654,7 +654,7 @@ fn bad_carts_and_offers_are_refused_with_a_reason() {
         let o = offer(1, OfferKind::Coupon, Funder::Platform, rule);
         assert!(
             matches!(
-                price(&[ok.clone()], &[o], &Policy::default()),
+                price(std::slice::from_ref(&ok), &[o], &Policy::default()),
                 Err(PricingError::Rule(_))
             ),
             "{rule:?} accepted"
