@@ -276,6 +276,8 @@ pub(crate) fn bench_item(sku: u64, stock: u32, now: Timestamp) -> Item {
         opens_at: now.plus_ms(-1_000),
         closes_at: now.plus_ms(24 * 3_600_000),
         shelf_life_hours: None,
+        sale_prices: vec![],
+        floor_price_fen: mall_core::Fen(1),
     }
 }
 
@@ -343,6 +345,7 @@ fn reserve(user: u32, item: u32, key: u64) -> Command {
         idempotency_key: Some(format!("b{key}").into()),
         fingerprint: sku.0,
         early_access: false,
+        expected_total_fen: None,
     })
 }
 

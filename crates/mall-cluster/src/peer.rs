@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 const BATCH_MAX: usize = 4_096;
 
 enum Out {
-    Ask(Ask, oneshot::Sender<Answer>),
+    Ask(Box<Ask>, oneshot::Sender<Answer>),
     Board(Vec<BoardUpdate>),
 }
 
@@ -64,7 +64,7 @@ impl Peer {
     /// Sends `ask` (batched with whatever else is queued) and waits for its answer.
     pub async fn ask(&self, ask: Ask) -> Asked {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Out::Ask(ask, tx)).is_err() {
+        if self.tx.send(Out::Ask(Box::new(ask), tx)).is_err() {
             return Asked::Unsent;
         }
         match rx.await {
@@ -192,7 +192,7 @@ async fn run(
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(next_id, tx);
-                    asks.push((next_id, ask));
+                    asks.push((next_id, *ask));
                 }
                 Out::Board(updates) => board.extend(updates),
             };

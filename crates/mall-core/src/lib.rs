@@ -125,6 +125,13 @@ impl Quantity {
 #[serde(transparent)]
 pub struct Fen(pub i64);
 
+impl Fen {
+    /// One fen: the default floor, so no unit is ever free.
+    pub fn one() -> Fen {
+        Fen(1)
+    }
+}
+
 /// Highest price of one unit: ¥1,000,000.
 pub const PRICE_MAX_FEN: i64 = 100_000_000;
 /// Most units of flash-sale stock one item may carry.
@@ -297,7 +304,17 @@ pub struct Item {
     pub merchant: MerchantId,
     pub title: String,
     pub category: Category,
+    /// The list price of one unit.
     pub price_fen: Fen,
+    /// Sale prices by window: inside `[opens_at, closes_at)` of one, a unit
+    /// costs its `price_fen`. Windows never overlap; outside them the list
+    /// price holds.
+    #[serde(default)]
+    pub sale_prices: Vec<SalePrice>,
+    /// No discount takes one unit below this (a sale price, a promotion, a
+    /// coupon): the merchant's floor.
+    #[serde(default = "Fen::one")]
+    pub floor_price_fen: Fen,
     /// Units of flash-sale stock in all: available + held + sold.
     pub stock_total: u32,
     /// Most units one shopper may hold or buy (active orders).
@@ -309,6 +326,90 @@ pub struct Item {
     pub shelf_life_hours: Option<u32>,
 }
 
+/// A sale price and its window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalePrice {
+    pub opens_at: Timestamp,
+    pub closes_at: Timestamp,
+    pub price_fen: Fen,
+}
+
+impl SalePrice {
+    /// Windows as stored by both stores: `opens:closes:price` joined by
+    /// `;` (empty: none).
+    pub fn encode_all(windows: &[SalePrice]) -> String {
+        windows
+            .iter()
+            .map(|w| format!("{}:{}:{}", w.opens_at.0, w.closes_at.0, w.price_fen.0))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// The reverse of [`SalePrice::encode_all`]; `None` if it is not that.
+    pub fn decode_all(text: &str) -> Option<Vec<SalePrice>> {
+        if text.is_empty() {
+            return Some(Vec::new());
+        }
+        text.split(';')
+            .map(|w| {
+                let mut parts = w.split(':').map(|n| n.parse::<i64>().ok());
+                let (o, c, p) = (parts.next()??, parts.next()??, parts.next()??);
+                parts.next().is_none().then_some(SalePrice {
+                    opens_at: Timestamp(o),
+                    closes_at: Timestamp(c),
+                    price_fen: Fen(p),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Most sale windows one item may have.
+pub const SALE_PRICES_MAX: usize = 16;
+
+impl Item {
+    /// The price of one unit at `now`: its sale window's price, or the list
+    /// price outside every window (never below the floor).
+    pub fn price_at(&self, now: Timestamp) -> Fen {
+        self.sale_prices
+            .iter()
+            .find(|w| w.opens_at <= now && now < w.closes_at)
+            .map_or(self.price_fen, |w| w.price_fen)
+            .max(self.floor_price_fen.min(self.price_fen))
+    }
+
+    /// Why the item's prices cannot stand, if they cannot: windows in
+    /// order, not overlapping, each price from the floor to the list price.
+    pub fn check_prices(&self) -> Result<(), String> {
+        if !(0..=self.price_fen.0).contains(&self.floor_price_fen.0) {
+            return Err("floor_price_fen must be 0 to the list price".into());
+        }
+        if self.sale_prices.len() > SALE_PRICES_MAX {
+            return Err(format!("at most {SALE_PRICES_MAX} sale prices"));
+        }
+        for (i, w) in self.sale_prices.iter().enumerate() {
+            if w.opens_at >= w.closes_at {
+                return Err(format!(
+                    "sale_prices[{i}]: opens_at must be before closes_at"
+                ));
+            }
+            if !(self.floor_price_fen.0.max(1)..=self.price_fen.0).contains(&w.price_fen.0) {
+                return Err(format!(
+                    "sale_prices[{i}]: price_fen must be from the floor ({}) to the list price ({})",
+                    self.floor_price_fen.0.max(1),
+                    self.price_fen.0
+                ));
+            }
+            if i > 0 && self.sale_prices[i - 1].closes_at > w.opens_at {
+                return Err(format!(
+                    "sale_prices[{i}]: windows must be in order and must not overlap"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An order as recorded. `address` and `idempotency_key` are shared with the
 /// engine's in-memory copy, so cloning an order is cheap.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +418,9 @@ pub struct Order {
     pub sku: Sku,
     pub user: UserId,
     pub quantity: Quantity,
+    /// The list price of one unit when the order was made.
+    pub list_price_fen: Fen,
+    /// The price of one unit paid: the sale price then, or the list price.
     pub unit_price_fen: Fen,
     pub amount_fen: Fen,
     pub payment: PaymentMethod,

@@ -1,7 +1,7 @@
 //! Business outcomes: the refusals a command can meet. They are data with a
 //! stable machine code, returned per command, never operating errors.
 
-use crate::{OrderStatus, Timestamp};
+use crate::{Fen, OrderStatus, Timestamp};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +45,13 @@ pub enum Refusal {
     /// The item is not as the change expected: changed meanwhile, already
     /// created, or gone. Read it again and retry.
     ItemChanged,
+    /// The client's expected total is not the price now; nothing was
+    /// reserved. The price as it stands is given.
+    PriceChanged {
+        list_price_fen: Fen,
+        unit_price_fen: Fen,
+        amount_fen: Fen,
+    },
 }
 
 impl Refusal {
@@ -69,6 +76,7 @@ impl Refusal {
             Refusal::IdempotencyKeyReused => "idempotency_key_reused",
             Refusal::StockBelowCommitted { .. } => "stock_below_committed",
             Refusal::ItemChanged => "item_changed",
+            Refusal::PriceChanged { .. } => "price_changed",
         }
     }
 
@@ -105,6 +113,10 @@ impl Refusal {
                 "this Idempotency-Key was already used for a different request".into()
             }
             Refusal::ItemChanged => "the item changed meanwhile; read it again and retry".into(),
+            Refusal::PriceChanged { amount_fen, .. } => format!(
+                "the price is now {} fen, not the total you expected; nothing was reserved",
+                amount_fen.0
+            ),
             Refusal::StockBelowCommitted { committed } => format!(
                 "stock cannot go below the {committed} unit(s) already held or sold"
             ),

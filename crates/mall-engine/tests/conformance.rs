@@ -413,6 +413,13 @@ fn item(sku: u64, stock: u32, limit: u32) -> Item {
         opens_at: T0,
         closes_at: T0.plus_ms(3_600_000),
         shelf_life_hours: Some(48),
+        // On sale at 4.00 for the first half hour; never below 1.00.
+        sale_prices: vec![mall_core::SalePrice {
+            opens_at: T0,
+            closes_at: T0.plus_ms(1_800_000),
+            price_fen: Fen(400),
+        }],
+        floor_price_fen: Fen(100),
     }
 }
 
@@ -426,6 +433,7 @@ fn reserve(user: u64, sku: u64, quantity: u32) -> Command {
         idempotency_key: None,
         fingerprint: 1,
         early_access: false,
+        expected_total_fen: None,
     })
 }
 
@@ -827,6 +835,17 @@ fn order_readers(h: &Harness) {
         (first.user, first.sku, first.quantity.get()),
         (UserId(7), Sku(1), 1)
     );
+    // Bought in the sale window: the sale price paid, the list price kept.
+    assert_eq!(
+        (first.list_price_fen, first.unit_price_fen, first.amount_fen),
+        (Fen(500), Fen(400), Fen(400))
+    );
+    // The item's windows and floor come back as they were written.
+    let (items, _) = {
+        let again = journal.load(T0).unwrap();
+        (again.item(Sku(1)).cloned(), ())
+    };
+    assert_eq!(items, Some(item(1, 100, 100)));
     assert_eq!(reader.order(OrderId::new(0, 999)).unwrap(), None);
     let page = reader.orders_of_user(UserId(7), None, 4).unwrap();
     let ids: Vec<_> = page.iter().map(|o| o.id).collect();

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to wait before retrying (503, 429).
     pub retry_after_s: Option<u32>,
+    /// The price as it stands (409 `price_changed`).
+    pub price: Option<Box<crate::routes::price::PriceBreakdown>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -28,6 +30,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+    /// `price_changed` only: the price as it stands now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price: Option<Box<crate::routes::price::PriceBreakdown>>,
 }
 
 impl ApiError {
@@ -37,6 +42,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_s: None,
+            price: None,
         }
     }
 
@@ -111,6 +117,7 @@ impl ApiError {
     pub fn from_refusal(r: &Refusal) -> ApiError {
         let status = match r {
             Refusal::SoldOut
+            | Refusal::PriceChanged { .. }
             | Refusal::InsufficientStock { .. }
             | Refusal::LimitReached { .. }
             | Refusal::InvalidTransition { .. }
@@ -131,6 +138,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
+                price: self.price,
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();

@@ -952,3 +952,141 @@ async fn a_global_admission_limit_turns_the_excess_away_with_retry_after() {
         "nothing held for the orders turned away"
     );
 }
+
+/// A list price and sale windows: the price follows the server's clock,
+/// every order keeps its list price and shows its breakdown, and a client
+/// whose expected total is stale gets 409 `price_changed` with the price
+/// as it stands, and nothing is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sale_windows_price_orders_and_a_stale_total_reserves_nothing() {
+    let api = Api::new();
+    let m = api
+        .post("/v1/admin/merchants", Some(ADMIN), json!({"name": "Haier"}))
+        .await;
+    let merchant = m.body["id"].as_u64().unwrap();
+    // Listed at ¥45,000; ¥38,888 in the first half minute of the night, ¥40,000
+    // until 02:00.
+    let body = json!({"merchant_id": merchant, "title": "Fridge", "category": "appliances",
+        "price_fen": 4_500_000, "floor_price_fen": 3_000_000, "stock": 10, "per_user_limit": 5,
+        "opens_at_ms": T0, "closes_at_ms": T0 + 86_400_000,
+        "sale_prices": [
+            {"opens_at_ms": T0, "closes_at_ms": T0 + 30_000, "price_fen": 3_888_800},
+            {"opens_at_ms": T0 + 30_000, "closes_at_ms": T0 + 7_200_000, "price_fen": 4_000_000}]});
+    let r = api.post("/v1/admin/items", Some(ADMIN), body.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let sku = r.body["sku"].as_u64().unwrap();
+    assert_eq!(r.body["price_fen"], 4_500_000);
+    assert_eq!(r.body["price_now_fen"], 3_888_800);
+    assert_eq!(r.body["sale_prices"].as_array().unwrap().len(), 2);
+    assert_eq!(r.body["floor_price_fen"], 3_000_000);
+
+    let shopper = &api.shoppers(1, "p").await[0];
+    let order = |expected: Option<i64>| {
+        let mut b = json!({"sku": sku, "quantity": 2, "payment": "online", "address": "1 Nanjing Road, Shanghai"});
+        if let Some(e) = expected {
+            b["expected_total_fen"] = json!(e);
+        }
+        api.call("POST", "/v1/orders", Some(shopper), Some(b), None)
+    };
+    // In the first window, at the price the page showed.
+    let r = order(Some(2 * 3_888_800)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        (
+            &r.body["list_price_fen"],
+            &r.body["unit_price_fen"],
+            &r.body["amount_fen"]
+        ),
+        (&json!(4_500_000), &json!(3_888_800), &json!(7_777_600))
+    );
+    let price = &r.body["price"];
+    assert_eq!(
+        (&price["list_fen"], &price["total_fen"]),
+        (&json!(9_000_000), &json!(7_777_600))
+    );
+    assert_eq!(price["discounts"][0]["source"], "sale_price");
+    assert_eq!(price["discounts"][0]["funded_by"], "merchant");
+    assert_eq!(price["discounts"][0]["merchant_id"], merchant);
+    assert_eq!(price["discounts"][0]["fen"], 1_222_400);
+    assert_eq!(price["lines"][0]["net_fen"], 7_777_600);
+    let id = r.body["id"].as_u64().unwrap();
+    let again = api.get(&format!("/v1/orders/{id}"), Some(shopper)).await;
+    assert_eq!(again.body["price"], *price);
+
+    // Half a minute on (the hold still runs), the page still shows the first window's price: refused,
+    // with the price as it stands, and nothing held.
+    api.clock.advance_ms(30_000);
+    let counters = |b: &Value| (b["available"].clone(), b["held"].clone(), b["sold"].clone());
+    let before = api.get(&format!("/v1/items/{sku}"), None).await;
+    let r = order(Some(2 * 3_888_800)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "price_changed"),
+        "{}",
+        r.body
+    );
+    let now = &r.body["error"]["price"];
+    assert_eq!(
+        (&now["list_fen"], &now["total_fen"]),
+        (&json!(9_000_000), &json!(8_000_000))
+    );
+    assert_eq!(now["discounts"][0]["fen"], 1_000_000);
+    let item = api.get(&format!("/v1/items/{sku}"), None).await;
+    assert_eq!(counters(&item.body), counters(&before.body));
+    assert_eq!(item.body["price_now_fen"], 4_000_000);
+    // Without an expectation, the price now.
+    let r = order(None).await;
+    assert_eq!(r.body["unit_price_fen"], 4_000_000);
+    // After the windows, the list price and no discount.
+    api.clock.advance_ms(7_200_000);
+    let r = order(Some(9_000_000)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["price"]["discounts"], json!([]));
+
+    // Bad prices: each a 422 naming the field, nothing created.
+    let items_before = api.get("/healthz", None).await.body["items"].clone();
+    for (field, value) in [
+        (
+            "sale_prices",
+            json!([{"opens_at_ms": T0, "closes_at_ms": T0, "price_fen": 100}]),
+        ),
+        (
+            "sale_prices",
+            json!([{"opens_at_ms": T0, "closes_at_ms": T0 + 10, "price_fen": 4_600_000}]),
+        ),
+        (
+            "sale_prices",
+            json!([{"opens_at_ms": T0, "closes_at_ms": T0 + 10, "price_fen": 2_000_000}]),
+        ),
+        (
+            "sale_prices",
+            json!([{"opens_at_ms": T0, "closes_at_ms": T0 + 10, "price_fen": 3_000_000},
+                               {"opens_at_ms": T0 + 5, "closes_at_ms": T0 + 20, "price_fen": 3_000_000}]),
+        ),
+        (
+            "sale_prices",
+            json!([{"opens_at_ms": T0, "closes_at_ms": T0 + 10, "price": 3_000_000}]),
+        ),
+        ("floor_price_fen", json!(4_500_001)),
+    ] {
+        let mut bad = body.clone();
+        bad[field] = value;
+        let r = api.post("/v1/admin/items", Some(ADMIN), bad).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field}: {}",
+            r.body
+        );
+    }
+    let r = order(Some(0)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(api.get("/healthz", None).await.body["items"], items_before);
+    // A PATCH replaces the windows.
+    let r = api
+        .call("PATCH", &format!("/v1/admin/items/{sku}"), Some(ADMIN),
+              Some(json!({"sale_prices": [{"opens_at_ms": T0, "closes_at_ms": T0 + 86_400_000, "price_fen": 3_500_000}]})), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["price_now_fen"], 3_500_000);
+}

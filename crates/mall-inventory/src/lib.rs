@@ -18,7 +18,8 @@ pub mod sim;
 pub use board::{Board, BoardEntry, Live};
 
 use mall_core::{
-    Item, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId,
+    Fen, Item, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp,
+    UserId,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
@@ -58,6 +59,12 @@ pub struct Reserve {
     pub fingerprint: u64,
     /// Admins may buy before the sale opens (the ceremonial first order).
     pub early_access: bool,
+    /// The total the client expects to pay; if the price is not that now,
+    /// the reservation is refused `price_changed` and nothing is held. Not
+    /// part of the fingerprint: a retry is the same request whatever it
+    /// expected.
+    #[serde(default)]
+    pub expected_total_fen: Option<Fen>,
 }
 
 impl Reserve {
@@ -88,7 +95,14 @@ impl Reserve {
             idempotency_key,
             fingerprint,
             early_access,
+            expected_total_fen: None,
         }
+    }
+
+    /// The same snap-up, refused unless its total is `expected` fen.
+    pub fn expecting(mut self, expected: Option<Fen>) -> Reserve {
+        self.expected_total_fen = expected;
+        self
     }
 }
 
@@ -387,6 +401,15 @@ impl Inventory {
         if sku.available == 0 {
             return Reply::Refused(Refusal::SoldOut);
         }
+        let unit_price = sku.item.price_at(now);
+        let amount = mall_core::Fen(unit_price.0 * i64::from(q));
+        if r.expected_total_fen.is_some_and(|e| e != amount) {
+            return Reply::Refused(Refusal::PriceChanged {
+                list_price_fen: sku.item.price_fen,
+                unit_price_fen: unit_price,
+                amount_fen: amount,
+            });
+        }
         let active = self.per_user.get(&(r.user, r.sku)).copied().unwrap_or(0);
         if active + q > sku.item.per_user_limit {
             return Reply::Refused(Refusal::LimitReached {
@@ -416,7 +439,7 @@ impl Inventory {
         };
         sku.live.add_buyer(r.user.0);
         sku.publish();
-        let (unit_price, limit) = (sku.item.price_fen, sku.item.per_user_limit);
+        let (list_price, limit) = (sku.item.price_fen, sku.item.per_user_limit);
         let id = OrderId::new(self.shard, self.next_seq);
         self.next_seq += 1;
         let order = Order {
@@ -424,8 +447,9 @@ impl Inventory {
             sku: r.sku,
             user: r.user,
             quantity: r.quantity,
+            list_price_fen: list_price,
             unit_price_fen: unit_price,
-            amount_fen: mall_core::Fen(unit_price.0 * i64::from(q)),
+            amount_fen: amount,
             payment: r.payment,
             status,
             address: r.address,

@@ -104,6 +104,20 @@ impl Model {
                 if available == 0 {
                     return Reply::Refused(Refusal::SoldOut);
                 }
+                // The price now: the sale window's, else the list price.
+                let unit = item
+                    .sale_prices
+                    .iter()
+                    .find(|w| w.opens_at <= now && now < w.closes_at)
+                    .map_or(item.price_fen, |w| w.price_fen);
+                let amount = Fen(unit.0 * i64::from(q));
+                if r.expected_total_fen.is_some_and(|e| e != amount) {
+                    return Reply::Refused(Refusal::PriceChanged {
+                        list_price_fen: item.price_fen,
+                        unit_price_fen: unit,
+                        amount_fen: amount,
+                    });
+                }
                 let active = self.active_units(r.user, r.sku);
                 if active + q > item.per_user_limit {
                     return Reply::Refused(Refusal::LimitReached {
@@ -120,8 +134,9 @@ impl Model {
                     sku: r.sku,
                     user: r.user,
                     quantity: r.quantity,
-                    unit_price_fen: item.price_fen,
-                    amount_fen: Fen(item.price_fen.0 * i64::from(q)),
+                    list_price_fen: item.price_fen,
+                    unit_price_fen: unit,
+                    amount_fen: amount,
                     payment: r.payment,
                     status: if online {
                         OrderStatus::AwaitingPayment

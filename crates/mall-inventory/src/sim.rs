@@ -59,12 +59,25 @@ impl Workload {
             1 => (now.plus_ms(-90 * 60_000), now.plus_ms(20 * 60_000)),
             _ => (now.plus_ms(-60_000), now.plus_ms(24 * 3_600_000)),
         };
+        let price = 100 + self.rng.below(100_000) as i64;
+        // Half the items are on sale for a while around now.
+        let sale_prices = if self.rng.chance(0.5) {
+            vec![mall_core::SalePrice {
+                opens_at: now.plus_ms(-(self.rng.below(600_000) as i64)),
+                closes_at: now.plus_ms(self.rng.below(600_000) as i64 + 1),
+                price_fen: Fen(1 + self.rng.below(price as u64) as i64),
+            }]
+        } else {
+            vec![]
+        };
         Item {
             sku,
             merchant: MerchantId(1 + self.rng.below(3)),
             title: format!("item {}", sku.0),
             category: Category::ALL[self.rng.below(Category::ALL.len() as u64) as usize],
-            price_fen: Fen(100 + self.rng.below(100_000) as i64),
+            price_fen: Fen(price),
+            sale_prices,
+            floor_price_fen: Fen(1),
             stock_total: 1 + self.rng.below(5) as u32,
             per_user_limit: 1 + self.rng.below(3) as u32,
             opens_at,
@@ -73,7 +86,12 @@ impl Workload {
         }
     }
 
-    pub fn reserve(&mut self) -> Command {
+    /// The price of one unit of `sku` at `now`, as last acknowledged.
+    fn item_price(&self, sku: Sku, now: Timestamp) -> Option<Fen> {
+        self.items.get(&sku).map(|i| i.price_at(now))
+    }
+
+    pub fn reserve(&mut self, now: Timestamp) -> Command {
         if !self.keyed.is_empty() && self.rng.chance(0.10) {
             let mut again = self.rng.pick(&self.keyed).cloned().expect("not empty");
             if self.rng.chance(0.30) {
@@ -110,6 +128,15 @@ impl Workload {
             ]),
             idempotency_key: key,
             early_access: self.rng.chance(0.03),
+            // Some clients send the total they expect: often right, now
+            // and then stale or wrong.
+            expected_total_fen: self.rng.chance(0.2).then(|| {
+                let unit = self
+                    .item_price(sku, now)
+                    .unwrap_or(Fen(1 + self.rng.below(1_000) as i64));
+                let off = if self.rng.chance(0.2) { 1 } else { 0 };
+                Fen(unit.0 * i64::from(quantity.get()) + off)
+            }),
         };
         if r.idempotency_key.is_some() {
             self.keyed.push(r.clone());
@@ -121,7 +148,7 @@ impl Workload {
     pub fn command(&mut self, now: Timestamp) -> Command {
         let order = self.rng.pick(&self.orders).copied();
         match self.rng.below(100) {
-            0..=64 => self.reserve(),
+            0..=64 => self.reserve(now),
             65..=79 => Command::Confirm {
                 order: order.unwrap_or(OrderId::new(self.shard, 999_999)),
             },

@@ -24,6 +24,8 @@ fn item(sku: u64, stock: u32, limit: u32) -> Item {
         opens_at: T0,
         closes_at: T0.plus_ms(3_600_000),
         shelf_life_hours: None,
+        sale_prices: vec![],
+        floor_price_fen: mall_core::Fen(1),
     }
 }
 
@@ -57,6 +59,7 @@ fn reserve(user: u64, sku: u64, qty: u32, key: Option<&str>) -> Command {
         idempotency_key: key.map(Into::into),
         fingerprint: u64::from(qty),
         early_access: false,
+        expected_total_fen: None,
     })
 }
 
@@ -462,6 +465,8 @@ fn property_random_interleavings_match_the_model() {
         "idempotency_key_reused",
         "stock_below_committed",
         "item_changed",
+        "price_changed",
+        "at a sale price",
         "Inactive",
     ] {
         assert!(kinds.contains(kind), "no {kind} in the workload: {kinds:?}");
@@ -492,6 +497,11 @@ fn check_seed(seed: u64) -> std::collections::BTreeSet<String> {
             let got = inv.apply(cmd.clone(), now, &mut effects);
             let want = model.apply(&cmd, now);
             assert_eq!(got, want, "seed {seed}: {cmd:?}");
+            if let Reply::Order { order, .. } = &got {
+                if order.unit_price_fen < order.list_price_fen {
+                    kinds.insert("at a sale price".to_string());
+                }
+            }
             kinds.insert(match &got {
                 Reply::Refused(r) => r.code().to_string(),
                 Reply::Order { order, replayed } => format!(

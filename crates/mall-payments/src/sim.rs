@@ -299,6 +299,8 @@ impl World {
                 opens_at: start.plus_ms(-60_000),
                 closes_at: start.plus_ms(24 * 3_600_000),
                 shelf_life_hours: None,
+                sale_prices: vec![],
+                floor_price_fen: mall_core::Fen(1),
             };
             inventory.apply(
                 Inv::PutItem {
@@ -455,6 +457,7 @@ impl World {
             idempotency_key: None,
             fingerprint: 0,
             early_access: false,
+            expected_total_fen: None,
         };
         let mut effects = Vec::new();
         self.inventory

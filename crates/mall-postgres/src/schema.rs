@@ -12,7 +12,7 @@ use mall_engine::StoreError;
 
 /// `MIGRATIONS[i]` takes a server from version `i` to `i + 1`. Append only:
 /// a released migration is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Serializes migrations (and store creation) across nodes starting at
 /// once: `pg_advisory_xact_lock` on this key, released at commit.
@@ -172,6 +172,17 @@ CREATE TABLE session_ends (
     user_id BIGINT,
     at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+";
+
+/// List and sale prices: items get their sale windows (`opens:closes:price`
+/// joined by `;`) and floor, orders their unit list price (older orders:
+/// the price they paid).
+const V4: &str = "
+ALTER TABLE items ADD COLUMN sale_prices TEXT NOT NULL DEFAULT '';
+ALTER TABLE items ADD COLUMN floor_price_fen BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE orders ADD COLUMN list_price_fen BIGINT;
+UPDATE orders SET list_price_fen = unit_price_fen;
+ALTER TABLE orders ALTER COLUMN list_price_fen SET NOT NULL;
 ";
 
 /// Brings one server to the newest schema, one migration per transaction.

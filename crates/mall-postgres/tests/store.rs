@@ -92,6 +92,8 @@ fn item(sku: u64, stock: u32) -> Item {
         opens_at: T0,
         closes_at: T0.plus_ms(3_600_000),
         shelf_life_hours: Some(48),
+        sale_prices: vec![],
+        floor_price_fen: mall_core::Fen(1),
     }
 }
 

@@ -257,6 +257,8 @@ pub fn make_item(
         closes_at,
         shelf_life_hours: (shape.category == Category::Fresh)
             .then(|| 24 + rng.below(14 * 24) as u32),
+        sale_prices: vec![],
+        floor_price_fen: mall_core::Fen(1),
     }
 }
 

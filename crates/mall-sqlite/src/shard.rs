@@ -6,8 +6,8 @@
 
 use crate::{migrate, open_connection, Error, Sync};
 use mall_core::{
-    Category, Fen, Item, MerchantId, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Sku,
-    Timestamp, UserId,
+    Category, Fen, Item, MerchantId, Order, OrderId, OrderStatus, PaymentMethod, Quantity,
+    SalePrice, Sku, Timestamp, UserId,
 };
 use mall_engine::{OrderReader, ShardContents, StoreError};
 use mall_inventory::{Board, Effect, Inventory, InventoryConfig, Snapshot};
@@ -49,8 +49,17 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, created_at_ms);
 ";
 
-pub(crate) const ORDER_COLUMNS: &str = "id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, created_at_ms, expires_at_ms, updated_at_ms, per_user_limit";
-pub(crate) const ITEM_COLUMNS: &str = "sku, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours";
+/// Version 2: list and sale prices. Items get their sale windows and
+/// floor; orders their unit list price (older orders: the price they paid).
+const PRICES: &str = "
+ALTER TABLE items ADD COLUMN sale_prices TEXT NOT NULL DEFAULT '';
+ALTER TABLE items ADD COLUMN floor_price_fen INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE orders ADD COLUMN list_price_fen INTEGER;
+UPDATE orders SET list_price_fen = unit_price_fen;
+";
+
+pub(crate) const ORDER_COLUMNS: &str = "id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, created_at_ms, expires_at_ms, updated_at_ms, per_user_limit, list_price_fen";
+pub(crate) const ITEM_COLUMNS: &str = "sku, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours, sale_prices, floor_price_fen";
 
 pub(crate) fn open_shard_db(path: &Path, sync: Sync) -> Result<Connection, Error> {
     let conn = open_connection(path, sync)?;
@@ -58,7 +67,7 @@ pub(crate) fn open_shard_db(path: &Path, sync: Sync) -> Result<Connection, Error
     // mid-transaction, and fewer, larger checkpoints.
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
-    migrate(&conn, path, &[SCHEMA])?;
+    migrate(&conn, path, &[SCHEMA, PRICES])?;
     Ok(conn)
 }
 
@@ -94,6 +103,7 @@ pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         created_at: Timestamp(row.get(11)?),
         expires_at: row.get::<_, Option<i64>>(12)?.map(Timestamp),
         updated_at: Timestamp(row.get(13)?),
+        list_price_fen: Fen(row.get(15)?),
     })
 }
 
@@ -111,6 +121,11 @@ pub(crate) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
         opens_at: Timestamp(row.get(7)?),
         closes_at: Timestamp(row.get(8)?),
         shelf_life_hours: row.get(9)?,
+        sale_prices: {
+            let text: String = row.get(10)?;
+            SalePrice::decode_all(&text).ok_or_else(|| corrupt(format!("sale prices {text:?}")))?
+        },
+        floor_price_fen: Fen(row.get(11)?),
     })
 }
 
@@ -153,13 +168,13 @@ impl ShardJournal {
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(&format!(
-                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
             ))?;
             let mut update = tx.prepare_cached(
                 "UPDATE orders SET status = ?2, expires_at_ms = NULL, updated_at_ms = ?3 WHERE id = ?1",
             )?;
             let mut put_item = tx.prepare_cached(&format!(
-                "INSERT OR REPLACE INTO items ({ITEM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                "INSERT OR REPLACE INTO items ({ITEM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
             ))?;
             for effect in effects {
                 match effect {
@@ -180,6 +195,7 @@ impl ShardJournal {
                             o.expires_at.map(|t| t.0),
                             o.updated_at.0,
                             o.per_user_limit,
+                            o.list_price_fen.0,
                         ])?;
                     }
                     Effect::UpdateOrder {
@@ -205,6 +221,8 @@ impl ShardJournal {
                             i.opens_at.0,
                             i.closes_at.0,
                             i.shelf_life_hours,
+                            SalePrice::encode_all(&i.sale_prices),
+                            i.floor_price_fen.0,
                         ])?;
                     }
                 }

@@ -638,6 +638,8 @@ fn bench_shape(p: &Params, hot: bool, store: &crate::store::StoreArgs) -> Result
             opens_at: now.plus_ms(-1_000),
             closes_at: now.plus_ms(3_600_000),
             shelf_life_hours: None,
+            sale_prices: vec![],
+            floor_price_fen: mall_core::Fen(1),
         })
         .collect();
     engine.create_items_blocking(items)?;
@@ -787,6 +789,7 @@ fn client(
             idempotency_key: Some(format!("c{id}-{sent}").into()),
             fingerprint: sent,
             early_access: false,
+            expected_total_fen: None,
         }));
         if pending[shard].len() >= envelope {
             let cmds = std::mem::take(&mut pending[shard]);

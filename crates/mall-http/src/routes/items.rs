@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use mall_core::{
-    Category, Fen, Item, MerchantId, Sku, Timestamp, PER_USER_LIMIT_MAX, PRICE_MAX_FEN, STOCK_MAX,
+    Category, Fen, Item, MerchantId, SalePrice, Sku, Timestamp, PER_USER_LIMIT_MAX, PRICE_MAX_FEN,
+    STOCK_MAX,
 };
 use mall_inventory::{BoardEntry, Command, Reply};
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,15 @@ pub struct ItemView {
     pub merchant_id: u64,
     pub title: String,
     pub category: String,
+    /// The list price of one unit.
     pub price_fen: i64,
+    /// What one unit costs now: the sale price inside a sale window, else
+    /// the list price.
+    pub price_now_fen: i64,
+    /// Sale prices by window.
+    pub sale_prices: Vec<SalePriceBody>,
+    /// No discount takes one unit below this.
+    pub floor_price_fen: i64,
     pub stock_total: u32,
     pub per_user_limit: u32,
     pub opens_at_ms: i64,
@@ -57,6 +66,9 @@ impl ItemView {
             title: i.title.clone(),
             category: i.category.as_str().into(),
             price_fen: i.price_fen.0,
+            price_now_fen: i.price_at(now).0,
+            sale_prices: i.sale_prices.iter().map(SalePriceBody::from).collect(),
+            floor_price_fen: i.floor_price_fen.0,
             stock_total: i.stock_total,
             per_user_limit: i.per_user_limit,
             opens_at_ms: i.opens_at.0,
@@ -66,6 +78,36 @@ impl ItemView {
             held,
             sold,
             sale: sale.into(),
+        }
+    }
+}
+
+/// A sale price and its window `[opens_at_ms, closes_at_ms)`.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct SalePriceBody {
+    pub opens_at_ms: i64,
+    pub closes_at_ms: i64,
+    /// From the floor price to the list price.
+    pub price_fen: i64,
+}
+
+impl From<&SalePrice> for SalePriceBody {
+    fn from(w: &SalePrice) -> SalePriceBody {
+        SalePriceBody {
+            opens_at_ms: w.opens_at.0,
+            closes_at_ms: w.closes_at.0,
+            price_fen: w.price_fen.0,
+        }
+    }
+}
+
+impl From<SalePriceBody> for SalePrice {
+    fn from(w: SalePriceBody) -> SalePrice {
+        SalePrice {
+            opens_at: Timestamp(w.opens_at_ms),
+            closes_at: Timestamp(w.closes_at_ms),
+            price_fen: Fen(w.price_fen),
         }
     }
 }
@@ -159,8 +201,15 @@ pub struct CreateItem {
     pub title: String,
     /// fresh, appliances, clothing, books, electronics, beauty, home, toys.
     pub category: String,
-    /// Price of one unit in fen (1 to 100,000,000).
+    /// List price of one unit in fen (1 to 100,000,000).
     pub price_fen: i64,
+    /// Sale prices by window (at most 16, in order, not overlapping), each
+    /// from the floor to the list price.
+    #[serde(default)]
+    pub sale_prices: Vec<SalePriceBody>,
+    /// No discount takes one unit below this (0 to the list price;
+    /// default 1 fen).
+    pub floor_price_fen: Option<i64>,
     /// Flash-sale stock (0 to 100,000,000).
     pub stock: i64,
     /// Default 1.
@@ -176,6 +225,9 @@ pub struct CreateItem {
 pub struct UpdateItem {
     pub title: Option<String>,
     pub price_fen: Option<i64>,
+    /// Replaces every sale price (`[]` removes them).
+    pub sale_prices: Option<Vec<SalePriceBody>>,
+    pub floor_price_fen: Option<i64>,
     /// New stock total; may not go below units held or sold.
     pub stock: Option<i64>,
     pub per_user_limit: Option<i64>,
@@ -195,6 +247,7 @@ fn in_range(value: i64, field: &str, min: i64, max: i64) -> ApiResult<i64> {
 pub fn validate_item(item: &Item) -> ApiResult<()> {
     check_text(&item.title, "title", 1, 200)?;
     in_range(item.price_fen.0, "price_fen", 1, PRICE_MAX_FEN)?;
+    item.check_prices().map_err(ApiError::invalid)?;
     in_range(
         i64::from(item.stock_total),
         "stock",
@@ -318,6 +371,8 @@ pub async fn create(
         opens_at: Timestamp(body.opens_at_ms),
         closes_at: Timestamp(body.closes_at_ms),
         shelf_life_hours: shelf,
+        sale_prices: body.sale_prices.iter().map(|&w| w.into()).collect(),
+        floor_price_fen: Fen(body.floor_price_fen.unwrap_or(1)),
     };
     validate_item(&item)?;
     let accounts = state.accounts.clone();
@@ -342,6 +397,8 @@ pub async fn create(
         &body.opens_at_ms.to_le_bytes(),
         &body.closes_at_ms.to_le_bytes(),
         &shelf.unwrap_or(0).to_le_bytes(),
+        &item.floor_price_fen.0.to_le_bytes(),
+        &sale_fingerprint(&item.sale_prices).to_le_bytes(),
     ]);
     Ok(idempotency::run(
         &state,
@@ -399,6 +456,16 @@ pub async fn update(
     ))
 }
 
+/// The sale prices as one number of the create's fingerprint.
+fn sale_fingerprint(windows: &[SalePrice]) -> u64 {
+    let bytes: Vec<u8> = windows
+        .iter()
+        .flat_map(|w| [w.opens_at.0, w.closes_at.0, w.price_fen.0])
+        .flat_map(i64::to_le_bytes)
+        .collect();
+    mall_core::fingerprint(&[&bytes])
+}
+
 /// Attempts of a PATCH against concurrent edits.
 const ITEM_CAS_TRIES: usize = 5;
 
@@ -410,6 +477,12 @@ fn changed(current: &Item, body: &UpdateItem) -> ApiResult<Item> {
     }
     if let Some(p) = body.price_fen {
         item.price_fen = Fen(p);
+    }
+    if let Some(w) = &body.sale_prices {
+        item.sale_prices = w.iter().map(|&w| w.into()).collect();
+    }
+    if let Some(f) = body.floor_price_fen {
+        item.floor_price_fen = Fen(f);
     }
     if let Some(s) = body.stock {
         item.stock_total = in_range(s, "stock", 0, i64::from(STOCK_MAX))? as u32;

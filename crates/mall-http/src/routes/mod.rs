@@ -8,6 +8,7 @@ pub mod items;
 pub mod ops;
 pub mod orders;
 pub mod payments;
+pub mod price;
 pub mod wishlist;
 
 use crate::AppState;

@@ -1,6 +1,7 @@
 //! Orders: the snap-up (the hot path), history and cancel (a paid order's
 //! money is refunded on cancel). Paying is in `payments`.
 
+use super::price::{self, PriceBreakdown};
 use super::{blocking, check_text, idempotency, parse_id, QueryOf, Segment};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -11,10 +12,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mall_core::{
-    Order, OrderId, OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId,
-    QUANTITY_MAX,
+    MerchantId, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp,
+    UserId, QUANTITY_MAX,
 };
-use mall_inventory::{Command, Reply, Reserve};
+use mall_inventory::{Board, Command, Reply, Reserve};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -31,6 +32,11 @@ pub struct CreateOrder {
     pub payment: String,
     /// Delivery address, 1 to 200 characters.
     pub address: String,
+    /// The total the client expects to pay (fen), as shown to the shopper.
+    /// If the price is not that now, the answer is 409 `price_changed`
+    /// with the price as it stands, and nothing is reserved.
+    #[serde(default)]
+    pub expected_total_fen: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -39,8 +45,13 @@ pub struct OrderView {
     pub sku: u64,
     pub user_id: u64,
     pub quantity: u32,
+    /// The list price of one unit when the order was made.
+    pub list_price_fen: i64,
+    /// The price of one unit paid (the sale price then, or the list price).
     pub unit_price_fen: i64,
     pub amount_fen: i64,
+    /// Lines, discounts with their source and funder, and the total.
+    pub price: PriceBreakdown,
     pub payment: String,
     /// awaiting_payment, paid, confirmed, cancelled or expired.
     pub status: String,
@@ -51,15 +62,19 @@ pub struct OrderView {
     pub updated_at_ms: i64,
 }
 
-impl From<&Order> for OrderView {
-    fn from(o: &Order) -> OrderView {
+impl OrderView {
+    /// The order as the API shows it; `board` names its item's merchant.
+    pub fn new(o: &Order, board: &Board) -> OrderView {
+        let merchant = board.get(o.sku).map_or(MerchantId(0), |e| e.item.merchant);
         OrderView {
             id: o.id.0,
             sku: o.sku.0,
             user_id: o.user.0,
             quantity: o.quantity.get(),
+            list_price_fen: o.list_price_fen.0,
             unit_price_fen: o.unit_price_fen.0,
             amount_fen: o.amount_fen.0,
+            price: price::of_order(o, merchant),
             payment: o.payment.as_str().into(),
             status: o.status.as_str().into(),
             address: o.address.to_string(),
@@ -124,8 +139,8 @@ pub(crate) async fn stored_order(state: &AppState, id: OrderId) -> ApiResult<Opt
     .map_err(|e| ApiError::store("read order", e))
 }
 
-fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response {
-    let mut response = (status, Json(OrderView::from(order))).into_response();
+fn order_response(state: &AppState, status: StatusCode, order: &Order, replayed: bool) -> Response {
+    let mut response = (status, Json(OrderView::new(order, state.engine.board()))).into_response();
     if replayed {
         idempotency::replayed_header(&mut response);
     }
@@ -140,7 +155,7 @@ fn order_response(status: StatusCode, order: &Order, replayed: bool) -> Response
         (status = 201, body = OrderView),
         (status = 403, description = "sale_not_open, sale_closed, own_item", body = crate::error::ErrorBody),
         (status = 404, description = "item_not_found", body = crate::error::ErrorBody),
-        (status = 409, description = "sold_out, limit_reached, insufficient_stock", body = crate::error::ErrorBody),
+        (status = 409, description = "sold_out, limit_reached, insufficient_stock, price_changed (with `price`, the price as it stands)", body = crate::error::ErrorBody),
         (status = 422, description = "invalid_quantity, invalid_request, idempotency_key_reused", body = crate::error::ErrorBody),
         (status = 503, description = "overloaded, store_unavailable (Retry-After)", body = crate::error::ErrorBody)))]
 pub async fn create(
@@ -151,6 +166,17 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let (sku, quantity, payment) = parse_order(&body)?;
+    let expected = body
+        .expected_total_fen
+        .map(|t| {
+            (1..=mall_core::PRICE_MAX_FEN * i64::from(QUANTITY_MAX))
+                .contains(&t)
+                .then_some(mall_core::Fen(t))
+                .ok_or_else(|| {
+                    ApiError::invalid("expected_total_fen must be a positive amount in fen")
+                })
+        })
+        .transpose()?;
     state.limiter.admit_snapup(&principal).inspect_err(|_| {
         state.metrics.record_refusal("overloaded");
     })?;
@@ -169,15 +195,18 @@ pub async fn create(
         }
     }
     let key = idempotency::key_from(&headers)?;
-    let command = Command::Reserve(Reserve::new(
-        principal.user,
-        sku,
-        quantity,
-        payment,
-        body.address.into(),
-        key.map(Into::into),
-        principal.is_admin(),
-    ));
+    let command = Command::Reserve(
+        Reserve::new(
+            principal.user,
+            sku,
+            quantity,
+            payment,
+            body.address.into(),
+            key.map(Into::into),
+            principal.is_admin(),
+        )
+        .expecting(expected),
+    );
     let rx = state.engine.try_submit_for_sku(sku, command).map_err(|_| {
         state.metrics.record_refusal("overloaded");
         ApiError::overloaded()
@@ -193,20 +222,45 @@ pub async fn create(
                 e.cod = order.payment == PaymentMethod::Cod;
                 state.record(e);
             }
-            Ok(order_response(StatusCode::CREATED, &order, replayed))
+            Ok(order_response(
+                &state,
+                StatusCode::CREATED,
+                &order,
+                replayed,
+            ))
         }
         Reply::StoredOrder(id) => {
             let order = stored_order(&state, id)
                 .await?
                 .ok_or_else(|| ApiError::internal("replay", "replayed order missing from store"))?;
-            Ok(order_response(StatusCode::CREATED, &order, true))
+            Ok(order_response(&state, StatusCode::CREATED, &order, true))
         }
         Reply::Refused(r) => {
             state.metrics.record_refusal(r.code());
             let mut e = event(&state, mall_events::Kind::Refusal, &principal, sku, started);
             e.reason = Some(r.code().to_string());
             state.record(e);
-            Err(ApiError::from_refusal(&r))
+            let mut error = ApiError::from_refusal(&r);
+            if let Refusal::PriceChanged {
+                list_price_fen,
+                unit_price_fen,
+                ..
+            } = r
+            {
+                let merchant = state
+                    .engine
+                    .board()
+                    .get(sku)
+                    .map_or(MerchantId(0), |e| e.item.merchant);
+                error.price = Some(Box::new(price::single(
+                    sku,
+                    merchant,
+                    quantity.get(),
+                    list_price_fen.0,
+                    unit_price_fen.0,
+                )));
+            }
+            Err(error)
         }
         Reply::Item(_) | Reply::Inactive(_) | Reply::Unavailable => {
             state.metrics.record_refusal("store_unavailable");
@@ -245,7 +299,9 @@ pub async fn get_one(
 ) -> ApiResult<Json<OrderView>> {
     let id = OrderId(parse_id(&raw, "order id")?);
     match stored_order(&state, id).await? {
-        Some(order) if visible(&order, &principal) => Ok(Json(OrderView::from(&order))),
+        Some(order) if visible(&order, &principal) => {
+            Ok(Json(OrderView::new(&order, state.engine.board())))
+        }
         _ => Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
     }
 }
@@ -305,7 +361,10 @@ pub async fn list_mine(
         None
     };
     Ok(Json(OrdersPage {
-        orders: orders.iter().map(OrderView::from).collect(),
+        orders: orders
+            .iter()
+            .map(|o| OrderView::new(o, state.engine.board()))
+            .collect(),
         next_before,
     }))
 }
@@ -320,8 +379,8 @@ async fn order_command(state: &AppState, id: OrderId, command: Command) -> ApiRe
     Ok(rx.await.unwrap_or(Reply::Unavailable))
 }
 
-fn order_json(order: &Order) -> ApiResult<(StatusCode, serde_json::Value)> {
-    super::json_answer(StatusCode::OK, &OrderView::from(order))
+fn order_json(state: &AppState, order: &Order) -> ApiResult<(StatusCode, serde_json::Value)> {
+    super::json_answer(StatusCode::OK, &OrderView::new(order, state.engine.board()))
 }
 
 /// Hands back what a cancelled order had paid (nothing if it was unpaid).
@@ -361,7 +420,7 @@ async fn cancel_once(
             if let (Some(p), Some(hold)) = (state.payments.get(), hold) {
                 p.refund_cancelled(hold, &order).await;
             }
-            order_json(&order)
+            order_json(state, &order)
         }
         Reply::Inactive(_) => {
             drop(hold);
@@ -370,7 +429,7 @@ async fn cancel_once(
                 Some(o) if visible(&o, &principal) && o.status == OrderStatus::Cancelled => {
                     // A retry after a refund failed half-way finishes it.
                     refund_cancelled(state, id).await?;
-                    order_json(&o)
+                    order_json(state, &o)
                 }
                 Some(o) if visible(&o, &principal) => {
                     Err(ApiError::from_refusal(&Refusal::InvalidTransition {

@@ -132,7 +132,7 @@ pub async fn pay(
                         http_status(&view),
                         &PaymentAnswer {
                             payment: PaymentInfo::from(&view),
-                            order: OrderView::from(&order),
+                            order: OrderView::new(&order, state.engine.board()),
                         },
                     ),
                     Err(PayError::NotPayable(status)) => {
@@ -193,7 +193,7 @@ async fn resumed_answer(
         .map(|b| b["payment"].clone())
         .unwrap_or_default();
     payment["status"] = "succeeded".into();
-    let mut body = serde_json::json!({ "order": OrderView::from(&order) });
+    let mut body = serde_json::json!({ "order": OrderView::new(&order, state.engine.board()) });
     body["payment"] = payment;
     Ok((StatusCode::OK, body))
 }
