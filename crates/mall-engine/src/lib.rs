@@ -12,8 +12,9 @@ pub mod verify;
 pub use audit::{audit, AuditReport};
 pub use engine::{Elsewhere, Engine, EngineConfig};
 pub use store::{
-    AccountStore, LedgerJournalBox, LedgerRead, MerchantRow, NewUser, OrderReader, SessionEnd,
-    SessionRow, ShardContents, ShardJournalBox, Store, StoredResponse, UserRow,
+    AccountStore, LedgerJournalBox, LedgerRead, ListChange, ListOutcome, MerchantRow, NewUser,
+    OrderReader, SessionEnd, SessionRow, ShardContents, ShardJournalBox, ShopperList, Store,
+    StoredResponse, UserRow,
 };
 pub use verify::verify_ledger;
 

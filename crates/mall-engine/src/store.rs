@@ -142,6 +142,44 @@ pub struct StoredResponse {
     pub body: String,
 }
 
+/// A shopper's list: favourites or the cart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShopperList {
+    Favorites,
+    Cart,
+}
+
+impl ShopperList {
+    /// Its number in the stores' `shopper_lists` table.
+    pub fn code(self) -> i64 {
+        match self {
+            ShopperList::Favorites => 1,
+            ShopperList::Cart => 2,
+        }
+    }
+}
+
+/// One change of a shopper's list, for [`AccountStore::change_lists`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListChange {
+    pub list: ShopperList,
+    pub user: UserId,
+    pub sku: Sku,
+    /// The line's new quantity (favourites: 1); 0 takes it out.
+    pub quantity: u32,
+    /// A new line beyond this many is refused.
+    pub lines_max: usize,
+}
+
+/// What a [`ListChange`] met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListOutcome {
+    /// Done; the line's quantity before (0: it was not there).
+    Before(u32),
+    /// A new line, and the list already held `lines_max`: nothing changed.
+    Full,
+}
+
 /// A new account for [`AccountStore::create_users`].
 pub struct NewUser {
     pub username: String,
@@ -219,4 +257,17 @@ pub trait AccountStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Forgets stored responses older than `horizon`.
     fn prune_responses(&self, horizon: Timestamp) -> Result<usize, StoreError>;
+
+    /// Applies changes of shoppers' lists in order, in one transaction
+    /// (one flush for the lot), and says what each met. Favourite counts
+    /// per item move in the same transaction.
+    fn change_lists(
+        &self,
+        changes: &[ListChange],
+        now: Timestamp,
+    ) -> Result<Vec<ListOutcome>, StoreError>;
+    /// A shopper's list, by SKU.
+    fn list_of(&self, list: ShopperList, user: UserId) -> Result<Vec<(Sku, u32)>, StoreError>;
+    /// How many shoppers favourite each item (items with none are left out).
+    fn favorite_counts(&self) -> Result<Vec<(Sku, u64)>, StoreError>;
 }

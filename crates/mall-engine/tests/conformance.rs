@@ -155,6 +155,7 @@ fn main() {
         ("accounts_and_sessions", accounts_and_sessions),
         ("stored_responses", stored_responses),
         ("order_readers", order_readers),
+        ("shopper_lists", shopper_lists),
     ];
     let (chosen, mut runner) = mall_postgres::server::Runner::choose(tests);
     if chosen.is_empty() {
@@ -857,4 +858,76 @@ fn order_readers(h: &Harness) {
     let ids: Vec<_> = rest.iter().map(|o| o.id).collect();
     assert_eq!(ids, mine.iter().rev().skip(4).copied().collect::<Vec<_>>());
     assert_eq!(reader.orders_of_user(UserId(8), None, 10).unwrap().len(), 1);
+}
+
+/// Favourites and carts: bounded per shopper, changes applied in order in
+/// one transaction, favourite counts moved with them, all kept across a
+/// reopen.
+fn shopper_lists(h: &Harness) {
+    use mall_engine::{ListChange, ListOutcome, ShopperList};
+    let change = |list, user, sku, quantity| ListChange {
+        list,
+        user: UserId(user),
+        sku: Sku(sku),
+        quantity,
+        lines_max: 2,
+    };
+    let (fav, cart) = (ShopperList::Favorites, ShopperList::Cart);
+    {
+        let store = h.open(1);
+        let accounts = store.accounts().unwrap();
+        let outcomes = accounts
+            .change_lists(
+                &[
+                    change(fav, 7, 1, 1),
+                    change(fav, 7, 1, 1), // again: no change
+                    change(fav, 7, 2, 1),
+                    change(fav, 7, 3, 1), // a third line: full
+                    change(fav, 8, 1, 1),
+                    change(cart, 7, 5, 2), // the cart is its own list
+                    change(cart, 7, 5, 4),
+                    change(cart, 7, 6, 1),
+                    change(cart, 7, 9, 1), // full
+                    change(cart, 7, 6, 0), // out
+                ],
+                T0,
+            )
+            .unwrap();
+        use ListOutcome::{Before, Full};
+        assert_eq!(
+            outcomes,
+            vec![
+                Before(0),
+                Before(1),
+                Before(0),
+                Full,
+                Before(0),
+                Before(0),
+                Before(2),
+                Before(0),
+                Full,
+                Before(1)
+            ]
+        );
+        // Un-favouriting moves the count back; un-favouriting what was not
+        // favoured moves nothing.
+        let outcomes = accounts
+            .change_lists(&[change(fav, 8, 1, 0), change(fav, 8, 1, 0)], T0)
+            .unwrap();
+        assert_eq!(outcomes, vec![Before(1), Before(0)]);
+    }
+    let store = h.open(1);
+    let accounts = store.accounts().unwrap();
+    assert_eq!(
+        accounts.list_of(fav, UserId(7)).unwrap(),
+        vec![(Sku(1), 1), (Sku(2), 1)]
+    );
+    assert_eq!(
+        accounts.list_of(cart, UserId(7)).unwrap(),
+        vec![(Sku(5), 4)]
+    );
+    assert_eq!(accounts.list_of(fav, UserId(8)).unwrap(), vec![]);
+    let mut counts = accounts.favorite_counts().unwrap();
+    counts.sort();
+    assert_eq!(counts, vec![(Sku(1), 1), (Sku(2), 1)]);
 }

@@ -135,6 +135,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
     ) -> Result<AppState, mall_engine::StoreError> {
         let sessions = SessionCache::load(accounts.live_sessions(clock.now())?);
+        let wishlists = routes::wishlist::Wishlists::start(accounts.clone(), clock.clone())?;
         let next_sku = engine.board().max_sku().map_or(1, |s| s.0 + 1);
         let store_calls = (!engine.store().reads_are_local())
             .then(|| tokio::sync::Semaphore::new(STORE_CALLS_MAX));
@@ -156,7 +157,7 @@ impl AppState {
                 payments: std::sync::OnceLock::new(),
                 events: std::sync::OnceLock::new(),
                 forecast: std::sync::OnceLock::new(),
-                wishlists: Default::default(),
+                wishlists,
                 listeners: Mutex::new(Vec::new()),
                 cluster: std::sync::OnceLock::new(),
                 cluster_dashboard: Mutex::new(None),

@@ -904,6 +904,22 @@ async fn favourites_and_carts_before_the_sale_feed_the_funnel() {
         ),
         (Some(1), Some(1))
     );
+    // Another shopper favourites it too: the item shows both, and a new
+    // state on the same store (a restart of the API) starts from them.
+    let v = api.shoppers(1, "v").await;
+    api.call("POST", &fav, Some(&v[0]), None, None).await;
+    assert_eq!(
+        api.get(&format!("/v1/items/{sku}"), None).await.body["favorites"],
+        2
+    );
+    let again = mall_http::AppState::new(
+        api.state.engine.clone(),
+        api.state.accounts.clone(),
+        api.state.config.clone(),
+        api.clock.clone(),
+    )
+    .unwrap();
+    assert_eq!(again.wishlists.favorites_of(mall_core::Sku(sku)), 2);
     let r = api
         .post("/v1/cart", Some(&u[0]), json!({"sku": sku, "quantity": 0}))
         .await;
@@ -913,6 +929,10 @@ async fn favourites_and_carts_before_the_sale_feed_the_funnel() {
     assert_eq!(
         api.get("/v1/favorites", Some(&u[0])).await.body["skus"],
         json!([])
+    );
+    assert_eq!(
+        api.get(&format!("/v1/items/{sku}"), None).await.body["favorites"],
+        1
     );
 }
 

@@ -4,9 +4,11 @@
 
 use crate::pool::Pool;
 use crate::{corrupt, Error};
+use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, MerchantRow, NewUser, SessionEnd, SessionRow, StoreError, StoredResponse, UserRow,
+    AccountStore, ListChange, ListOutcome, MerchantRow, NewUser, SessionEnd, SessionRow,
+    ShopperList, StoreError, StoredResponse, UserRow,
 };
 use postgres::error::SqlState;
 use postgres::types::ToSql;
@@ -55,6 +57,23 @@ const LIVE_SESSIONS: &str = "SELECT s.token_hash, s.user_id, u.role, u.merchant_
 const RESERVE_IDS: &str = "INSERT INTO mall_meta (key, value) VALUES ($1, ($3::BIGINT + $2::BIGINT)::TEXT)
     ON CONFLICT (key) DO UPDATE SET value = (GREATEST(mall_meta.value::BIGINT, $3::BIGINT) + $2::BIGINT)::TEXT
     RETURNING value::BIGINT";
+/// One shopper's lists are changed one writer at a time (nodes of a
+/// cluster included), so the bound on lines holds: a transaction-scoped
+/// advisory lock on (this key, the user).
+const LOCK_LISTS: &str = "SELECT pg_advisory_xact_lock(1818, ($1::BIGINT % 2147483647)::INT)";
+const LIST_LINE: &str =
+    "SELECT quantity FROM shopper_lists WHERE list = $1 AND user_id = $2 AND sku = $3";
+const LIST_LINES: &str = "SELECT count(*) FROM shopper_lists WHERE list = $1 AND user_id = $2";
+const PUT_LINE: &str = "INSERT INTO shopper_lists (list, user_id, sku, quantity, updated_at_ms)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (list, user_id, sku) DO UPDATE SET quantity = excluded.quantity,
+        updated_at_ms = excluded.updated_at_ms";
+const REMOVE_LINE: &str = "DELETE FROM shopper_lists WHERE list = $1 AND user_id = $2 AND sku = $3";
+const COUNT_FAVORITE: &str = "INSERT INTO favorite_counts (sku, shoppers) VALUES ($1, $2)
+    ON CONFLICT (sku) DO UPDATE SET shoppers = favorite_counts.shoppers + excluded.shoppers";
+const LIST_OF: &str =
+    "SELECT sku, quantity FROM shopper_lists WHERE list = $1 AND user_id = $2 ORDER BY sku";
+const FAVORITE_COUNTS: &str = "SELECT sku, shoppers FROM favorite_counts WHERE shoppers > 0";
 const STORED_RESPONSE: &str =
     "SELECT fingerprint, status, body FROM idempotency WHERE user_id = $1 AND key = $2";
 /// A final answer replaces a stored 202 (an outcome that was still open) of
@@ -352,5 +371,79 @@ impl AccountStore for PgAccounts {
 
     fn prune_responses(&self, horizon: Timestamp) -> Result<usize, StoreError> {
         Ok(self.execute(PRUNE_RESPONSES, &[&horizon.0])? as usize)
+    }
+
+    fn change_lists(
+        &self,
+        changes: &[ListChange],
+        now: Timestamp,
+    ) -> Result<Vec<ListOutcome>, StoreError> {
+        // Locks are taken in user order, so two batches never wait on
+        // each other in a circle.
+        let mut users: Vec<i64> = changes.iter().map(|c| c.user.0 as i64).collect();
+        users.sort_unstable();
+        users.dedup();
+        Ok(self.pool.with(|conn| {
+            let lock = conn.prepare(LOCK_LISTS)?;
+            let line = conn.prepare(LIST_LINE)?;
+            let lines = conn.prepare(LIST_LINES)?;
+            let put = conn.prepare(PUT_LINE)?;
+            let remove = conn.prepare(REMOVE_LINE)?;
+            let count = conn.prepare(COUNT_FAVORITE)?;
+            let mut tx = conn.client.transaction()?;
+            for user in &users {
+                tx.execute(&lock, &[user])?;
+            }
+            let mut outcomes = Vec::with_capacity(changes.len());
+            for c in changes {
+                let (list, user, sku) = (c.list.code() as i32, c.user.0 as i64, c.sku.0 as i64);
+                let was: i64 = tx
+                    .query_opt(&line, &[&list, &user, &sku])?
+                    .map(|r| r.try_get(0))
+                    .transpose()?
+                    .unwrap_or(0);
+                if was == 0 && c.quantity > 0 {
+                    let n: i64 = tx.query_one(&lines, &[&list, &user])?.try_get(0)?;
+                    if n as usize >= c.lines_max {
+                        outcomes.push(ListOutcome::Full);
+                        continue;
+                    }
+                }
+                if c.quantity > 0 {
+                    tx.execute(&put, &[&list, &user, &sku, &i64::from(c.quantity), &now.0])?;
+                } else {
+                    tx.execute(&remove, &[&list, &user, &sku])?;
+                }
+                if c.list == ShopperList::Favorites && (was == 0) != (c.quantity == 0) {
+                    let delta: i64 = if c.quantity > 0 { 1 } else { -1 };
+                    tx.execute(&count, &[&sku, &delta])?;
+                }
+                outcomes.push(ListOutcome::Before(was as u32));
+            }
+            tx.commit()?;
+            Ok(outcomes)
+        })?)
+    }
+
+    fn list_of(&self, list: ShopperList, user: UserId) -> Result<Vec<(Sku, u32)>, StoreError> {
+        let rows = self.select(LIST_OF, &[&(list.code() as i32), &(user.0 as i64)])?;
+        let line = |r: &Row| -> Result<(Sku, u32), Error> {
+            Ok((
+                Sku(r.try_get::<_, i64>(0)? as u64),
+                r.try_get::<_, i64>(1)? as u32,
+            ))
+        };
+        Ok(rows.iter().map(line).collect::<Result<_, _>>()?)
+    }
+
+    fn favorite_counts(&self) -> Result<Vec<(Sku, u64)>, StoreError> {
+        let rows = self.select(FAVORITE_COUNTS, &[])?;
+        let count = |r: &Row| -> Result<(Sku, u64), Error> {
+            Ok((
+                Sku(r.try_get::<_, i64>(0)? as u64),
+                r.try_get::<_, i64>(1)? as u64,
+            ))
+        };
+        Ok(rows.iter().map(count).collect::<Result<_, _>>()?)
     }
 }

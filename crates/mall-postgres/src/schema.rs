@@ -12,7 +12,7 @@ use mall_engine::StoreError;
 
 /// `MIGRATIONS[i]` takes a server from version `i` to `i + 1`. Append only:
 /// a released migration is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Serializes migrations (and store creation) across nodes starting at
 /// once: `pg_advisory_xact_lock` on this key, released at commit.
@@ -183,6 +183,20 @@ ALTER TABLE items ADD COLUMN floor_price_fen BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE orders ADD COLUMN list_price_fen BIGINT;
 UPDATE orders SET list_price_fen = unit_price_fen;
 ALTER TABLE orders ALTER COLUMN list_price_fen SET NOT NULL;
+";
+
+/// Shoppers' favourites and carts, and favourites per item: on the first
+/// server.
+const V5: &str = "
+CREATE TABLE shopper_lists (
+    list INT NOT NULL,
+    user_id BIGINT NOT NULL,
+    sku BIGINT NOT NULL,
+    quantity BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (list, user_id, sku)
+);
+CREATE TABLE favorite_counts (sku BIGINT PRIMARY KEY, shoppers BIGINT NOT NULL);
 ";
 
 /// Brings one server to the newest schema, one migration per transaction.

@@ -631,6 +631,9 @@ fn an_older_store_is_migrated(server: &PostgresServer) {
     client
         .batch_execute(
             "DROP FUNCTION mall_fail(TEXT); DROP TABLE cluster_nodes, shard_leases, session_ends;
+             ALTER TABLE items DROP COLUMN sale_prices, DROP COLUMN floor_price_fen;
+             ALTER TABLE orders DROP COLUMN list_price_fen;
+             DROP TABLE shopper_lists, favorite_counts;
              UPDATE mall_schema SET version = 1",
         )
         .unwrap();
@@ -656,6 +659,14 @@ fn an_older_store_is_migrated(server: &PostgresServer) {
         .unwrap()
         .get(0);
     assert_eq!(tables, 3, "the third migration ran");
+    let lists: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('shopper_lists', 'favorite_counts')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(lists, 2, "the fifth migration ran");
     assert_eq!(store.shard_contents(0).unwrap().items, vec![item(1, 10)]);
 }
 

@@ -3,9 +3,11 @@
 //! cached in memory by the HTTP layer.
 
 use crate::{migrate, open_connection, Error, Sync};
+use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, MerchantRow, NewUser, SessionRow, StoreError, StoredResponse, UserRow,
+    AccountStore, ListChange, ListOutcome, MerchantRow, NewUser, SessionRow, ShopperList,
+    StoreError, StoredResponse, UserRow,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -43,6 +45,19 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 ";
 
+/// Version 2: shoppers' favourites and carts, and favourites per item.
+const LISTS: &str = "
+CREATE TABLE shopper_lists (
+    list INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    sku INTEGER NOT NULL,
+    quantity INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (list, user_id, sku)
+) WITHOUT ROWID;
+CREATE TABLE favorite_counts (sku INTEGER PRIMARY KEY, shoppers INTEGER NOT NULL);
+";
+
 pub struct Accounts {
     conn: Mutex<Connection>,
 }
@@ -69,7 +84,7 @@ fn sql<T>(body: impl FnOnce() -> Result<T, Error>) -> Result<T, StoreError> {
 impl Accounts {
     pub fn open(path: &Path) -> Result<Accounts, Error> {
         let conn = open_connection(path, Sync::Full)?;
-        migrate(&conn, path, &[SCHEMA])?;
+        migrate(&conn, path, &[SCHEMA, LISTS])?;
         Ok(Accounts {
             conn: Mutex::new(conn),
         })
@@ -357,6 +372,92 @@ impl AccountStore for Accounts {
                 "DELETE FROM idempotency WHERE created_at_ms < ?1",
                 [horizon.0],
             )?)
+        })
+    }
+
+    fn change_lists(
+        &self,
+        changes: &[ListChange],
+        now: Timestamp,
+    ) -> Result<Vec<ListOutcome>, StoreError> {
+        sql(|| {
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut outcomes = Vec::with_capacity(changes.len());
+            {
+                let mut before = tx.prepare_cached(
+                    "SELECT quantity FROM shopper_lists WHERE list = ?1 AND user_id = ?2 AND sku = ?3",
+                )?;
+                let mut lines = tx.prepare_cached(
+                    "SELECT count(*) FROM shopper_lists WHERE list = ?1 AND user_id = ?2",
+                )?;
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO shopper_lists (list, user_id, sku, quantity, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (list, user_id, sku) DO UPDATE SET quantity = excluded.quantity, updated_at_ms = excluded.updated_at_ms",
+                )?;
+                let mut remove = tx.prepare_cached(
+                    "DELETE FROM shopper_lists WHERE list = ?1 AND user_id = ?2 AND sku = ?3",
+                )?;
+                let mut count = tx.prepare_cached(
+                    "INSERT INTO favorite_counts (sku, shoppers) VALUES (?1, ?2)
+                     ON CONFLICT (sku) DO UPDATE SET shoppers = shoppers + excluded.shoppers",
+                )?;
+                for c in changes {
+                    let key = params![c.list.code(), c.user.0 as i64, c.sku.0 as i64];
+                    let was: u32 = before.query_row(key, |r| r.get(0)).optional()?.unwrap_or(0);
+                    if was == 0 && c.quantity > 0 {
+                        let n: i64 = lines
+                            .query_row(params![c.list.code(), c.user.0 as i64], |r| r.get(0))?;
+                        if n as usize >= c.lines_max {
+                            outcomes.push(ListOutcome::Full);
+                            continue;
+                        }
+                    }
+                    if c.quantity > 0 {
+                        put.execute(params![
+                            c.list.code(),
+                            c.user.0 as i64,
+                            c.sku.0 as i64,
+                            c.quantity,
+                            now.0
+                        ])?;
+                    } else {
+                        remove.execute(key)?;
+                    }
+                    if c.list == ShopperList::Favorites && (was == 0) != (c.quantity == 0) {
+                        let delta: i64 = if c.quantity > 0 { 1 } else { -1 };
+                        count.execute(params![c.sku.0 as i64, delta])?;
+                    }
+                    outcomes.push(ListOutcome::Before(was));
+                }
+            }
+            tx.commit()?;
+            Ok(outcomes)
+        })
+    }
+
+    fn list_of(&self, list: ShopperList, user: UserId) -> Result<Vec<(Sku, u32)>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT sku, quantity FROM shopper_lists WHERE list = ?1 AND user_id = ?2 ORDER BY sku",
+            )?;
+            let rows = stmt.query_map(params![list.code(), user.0 as i64], |r| {
+                Ok((Sku(r.get::<_, i64>(0)? as u64), r.get(1)?))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    fn favorite_counts(&self) -> Result<Vec<(Sku, u64)>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached("SELECT sku, shoppers FROM favorite_counts WHERE shoppers > 0")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((Sku(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
 }

@@ -103,7 +103,9 @@ pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         created_at: Timestamp(row.get(11)?),
         expires_at: row.get::<_, Option<i64>>(12)?.map(Timestamp),
         updated_at: Timestamp(row.get(13)?),
-        list_price_fen: Fen(row.get(15)?),
+        // NULL: a row written without it means the price paid (as the
+        // migration set it for older orders).
+        list_price_fen: Fen(row.get::<_, Option<i64>>(15)?.unwrap_or(row.get(4)?)),
     })
 }
 

@@ -47,10 +47,12 @@ pub struct ItemView {
     pub sold: u32,
     /// `upcoming`, `open` or `closed`.
     pub sale: String,
+    /// How many shoppers favourite it (the night's demand signal).
+    pub favorites: u64,
 }
 
 impl ItemView {
-    pub fn new(entry: &BoardEntry, now: Timestamp) -> ItemView {
+    pub fn new(entry: &BoardEntry, now: Timestamp, favorites: u64) -> ItemView {
         let i = &entry.item;
         let (available, held, sold) = entry.live.load();
         let sale = if now < i.opens_at {
@@ -78,6 +80,7 @@ impl ItemView {
             held,
             sold,
             sale: sale.into(),
+            favorites,
         }
     }
 }
@@ -164,7 +167,7 @@ pub async fn list(
     let items: Vec<ItemView> = entries
         .iter()
         .take(limit)
-        .map(|e| ItemView::new(e, now))
+        .map(|e| ItemView::new(e, now, state.wishlists.favorites_of(e.item.sku)))
         .collect();
     let next_after = if more {
         items.last().map(|i| i.sku)
@@ -191,7 +194,11 @@ pub async fn get_one(
     let mut view = mall_events::Event::new(state.now().0, mall_events::Kind::View);
     view.sku = sku.0;
     state.record(view);
-    Ok(Json(ItemView::new(&entry, state.now())))
+    Ok(Json(ItemView::new(
+        &entry,
+        state.now(),
+        state.wishlists.favorites_of(entry.item.sku),
+    )))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -298,7 +305,11 @@ async fn put(state: &AppState, item: Item, expected: Option<Item>) -> ApiResult<
                     })
                 }
             };
-            Ok(ItemView::new(&entry, state.now()))
+            Ok(ItemView::new(
+                &entry,
+                state.now(),
+                state.wishlists.favorites_of(entry.item.sku),
+            ))
         }
         Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
         _ => Err(ApiError::unavailable()),
