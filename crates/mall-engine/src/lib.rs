@@ -13,8 +13,8 @@ pub use audit::{audit, AuditReport};
 pub use engine::{Elsewhere, Engine, EngineConfig};
 pub use store::{
     AccountStore, LedgerJournalBox, LedgerRead, ListChange, ListOutcome, MerchantRow, NewUser,
-    OrderReader, SessionEnd, SessionRow, ShardContents, ShardJournalBox, ShopperList, Store,
-    StoredResponse, UserRow,
+    OrderReader, PromotionRow, SessionEnd, SessionRow, ShardContents, ShardJournalBox, ShopperList,
+    Store, StoredResponse, UserRow,
 };
 pub use verify::verify_ledger;
 

@@ -180,6 +180,18 @@ pub enum ListOutcome {
     Full,
 }
 
+/// A promotion as stored: who funds it, its offer (JSON the HTTP layer
+/// reads: rule, SKUs, maximum, group) and its window `[starts_at, ends_at)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromotionRow {
+    pub id: u64,
+    /// The merchant that funds it; `None`: the platform.
+    pub merchant: Option<MerchantId>,
+    pub spec: String,
+    pub starts_at: Timestamp,
+    pub ends_at: Timestamp,
+}
+
 /// A new account for [`AccountStore::create_users`].
 pub struct NewUser {
     pub username: String,
@@ -270,4 +282,12 @@ pub trait AccountStore: Send + Sync {
     fn list_of(&self, list: ShopperList, user: UserId) -> Result<Vec<(Sku, u32)>, StoreError>;
     /// How many shoppers favourite each item (items with none are left out).
     fn favorite_counts(&self) -> Result<Vec<(Sku, u64)>, StoreError>;
+
+    /// Records a promotion (its id is given back in `row.id`, ignored on input).
+    fn create_promotion(&self, row: &PromotionRow) -> Result<u64, StoreError>;
+    /// Promotions that end after `now`, by id.
+    fn promotions(&self, now: Timestamp) -> Result<Vec<PromotionRow>, StoreError>;
+    /// Ends a promotion at `now` (if it ends later); false if there is none
+    /// such, or it had ended.
+    fn end_promotion(&self, id: u64, now: Timestamp) -> Result<bool, StoreError>;
 }

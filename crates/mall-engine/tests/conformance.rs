@@ -156,6 +156,7 @@ fn main() {
         ("stored_responses", stored_responses),
         ("order_readers", order_readers),
         ("shopper_lists", shopper_lists),
+        ("promotions", promotions),
     ];
     let (chosen, mut runner) = mall_postgres::server::Runner::choose(tests);
     if chosen.is_empty() {
@@ -930,4 +931,58 @@ fn shopper_lists(h: &Harness) {
     let mut counts = accounts.favorite_counts().unwrap();
     counts.sort();
     assert_eq!(counts, vec![(Sku(1), 1), (Sku(2), 1)]);
+}
+
+/// Promotions are kept with their funder, offer and window; ending one
+/// takes it out of what runs from then on; all of it across a reopen.
+fn promotions(h: &Harness) {
+    use mall_engine::PromotionRow;
+    let row = |merchant: Option<u64>, spec: &str, ends: i64| PromotionRow {
+        id: 0,
+        merchant: merchant.map(MerchantId),
+        spec: spec.into(),
+        starts_at: T0,
+        ends_at: T0.plus_ms(ends),
+    };
+    let (first, second) = {
+        let store = h.open(1);
+        let accounts = store.accounts().unwrap();
+        let first = accounts
+            .create_promotion(&row(Some(3), "{\"a\":1}", 60_000))
+            .unwrap();
+        let second = accounts
+            .create_promotion(&row(None, "{\"b\":2}", 120_000))
+            .unwrap();
+        assert_ne!(first, second);
+        (first, second)
+    };
+    let store = h.open(1);
+    let accounts = store.accounts().unwrap();
+    let all = accounts.promotions(T0).unwrap();
+    assert_eq!(
+        all,
+        vec![
+            PromotionRow {
+                id: first,
+                ..row(Some(3), "{\"a\":1}", 60_000)
+            },
+            PromotionRow {
+                id: second,
+                ..row(None, "{\"b\":2}", 120_000)
+            },
+        ]
+    );
+    // Over at its end.
+    assert_eq!(accounts.promotions(T0.plus_ms(60_000)).unwrap().len(), 1);
+    // Ended early: once only.
+    assert!(accounts.end_promotion(second, T0.plus_ms(10)).unwrap());
+    assert!(!accounts.end_promotion(second, T0.plus_ms(20)).unwrap());
+    assert!(!accounts.end_promotion(999, T0).unwrap());
+    let left: Vec<u64> = accounts
+        .promotions(T0.plus_ms(10))
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(left, vec![first]);
 }

@@ -108,6 +108,8 @@ pub struct Inner {
     pub listeners: Mutex<Vec<(&'static str, Arc<listener::ListenerStats>)>>,
     /// Shoppers' favourites and carts.
     pub wishlists: routes::wishlist::Wishlists,
+    /// Promotions running or to come.
+    pub promotions: routes::promotions::Promotions,
     /// This node's cluster, when it is one of many (payments are carried
     /// to the node running the ledger; see `carry`).
     pub cluster: std::sync::OnceLock<Arc<mall_cluster::Node>>,
@@ -139,7 +141,7 @@ impl AppState {
         let next_sku = engine.board().max_sku().map_or(1, |s| s.0 + 1);
         let store_calls = (!engine.store().reads_are_local())
             .then(|| tokio::sync::Semaphore::new(STORE_CALLS_MAX));
-        Ok(AppState {
+        let state = AppState {
             inner: Arc::new(Inner {
                 store_calls,
                 limiter: limits::RateLimiter::new(config.rate.clone()),
@@ -158,11 +160,14 @@ impl AppState {
                 events: std::sync::OnceLock::new(),
                 forecast: std::sync::OnceLock::new(),
                 wishlists,
+                promotions: Default::default(),
                 listeners: Mutex::new(Vec::new()),
                 cluster: std::sync::OnceLock::new(),
                 cluster_dashboard: Mutex::new(None),
             }),
-        })
+        };
+        routes::promotions::load(&state)?;
+        Ok(state)
     }
 
     /// Starts the payment service on this state's engine and attaches it

@@ -1110,3 +1110,269 @@ async fn sale_windows_price_orders_and_a_stale_total_reserves_nothing() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["price_now_fen"], 3_500_000);
 }
+
+/// Promotions: a merchant's on its own items, the platform's on all; who
+/// may create and end them; a quote applies every running one in the
+/// documented order, to the fen, as `mall_pricing` computes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotions_by_merchant_and_platform_price_a_quote() {
+    let api = Api::new();
+    let merchant = |name: &'static str| {
+        let api = &api;
+        async move {
+            api.post("/v1/admin/merchants", Some(ADMIN), json!({"name": name}))
+                .await
+                .body["id"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let (a, b) = (merchant("Alpha").await, merchant("Beta").await);
+    let item = |m: u64, price: i64, sale: Option<i64>| {
+        let api = &api;
+        async move {
+            let mut body = json!({"merchant_id": m, "title": "Tea", "category": "home", "price_fen": price,
+                "stock": 100, "per_user_limit": 10, "opens_at_ms": T0, "closes_at_ms": T0 + 86_400_000});
+            if let Some(s) = sale {
+                body["sale_prices"] =
+                    json!([{"opens_at_ms": T0, "closes_at_ms": T0 + 86_400_000, "price_fen": s}]);
+            }
+            let r = api.post("/v1/admin/items", Some(ADMIN), body).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r.body["sku"].as_u64().unwrap()
+        }
+    };
+    let a1 = item(a, 10_000, None).await;
+    let a2 = item(a, 20_000, Some(15_000)).await;
+    let b1 = item(b, 30_000, None).await;
+    api.post("/v1/admin/users", Some(ADMIN),
+        json!({"username": "alpha.shop", "password": "sells fine teas", "role": "merchant", "merchant_id": a}))
+        .await;
+    let seller = api
+        .post(
+            "/v1/sessions",
+            None,
+            json!({"username": "alpha.shop", "password": "sells fine teas"}),
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shopper = api.shoppers(1, "q").await.remove(0);
+    let window = |body: Value| {
+        let mut b = body;
+        b["starts_at_ms"] = json!(T0);
+        b["ends_at_ms"] = json!(T0 + 3_600_000);
+        b
+    };
+    let store_promo = window(
+        json!({"rule": {"kind": "spend_save", "every_fen": 20_000, "save_fen": 3_000, "repeat": true}}),
+    );
+    // Who may create what.
+    assert_eq!(
+        api.post("/v1/promotions", Some(&shopper), store_promo.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let mut theirs = store_promo.clone();
+    theirs["merchant_id"] = json!(b);
+    assert_eq!(
+        api.post("/v1/promotions", Some(&seller), theirs)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let mut their_item = store_promo.clone();
+    their_item["skus"] = json!([b1]);
+    assert_eq!(
+        api.post("/v1/promotions", Some(&seller), their_item)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let r = api.post("/v1/promotions", Some(&seller), store_promo).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        (
+            &r.body["funded_by"],
+            &r.body["merchant_id"],
+            &r.body["running"]
+        ),
+        (&json!("merchant"), &json!(a), &json!(true))
+    );
+    let store_id = r.body["id"].as_u64().unwrap();
+    let r = api
+        .post("/v1/promotions", Some(ADMIN), window(json!({"rule": {"kind": "percent_off", "basis_points": 1_000}, "max_off_fen": 5_000})))
+        .await;
+    assert_eq!(
+        (r.status, &r.body["funded_by"]),
+        (StatusCode::CREATED, &json!("platform")),
+        "{}",
+        r.body
+    );
+    let platform_id = r.body["id"].as_u64().unwrap();
+    // One that starts later does not apply yet.
+    let mut later =
+        window(json!({"rule": {"kind": "amount_off", "off_fen": 100, "min_spend_fen": 0}}));
+    later["starts_at_ms"] = json!(T0 + 1_800_000);
+    assert_eq!(
+        api.post("/v1/promotions", Some(ADMIN), later).await.status,
+        StatusCode::CREATED
+    );
+    // Bad promotions: 422, nothing created.
+    for bad in [
+        json!({"rule": {"kind": "percent_off", "basis_points": 0}}),
+        json!({"rule": {"kind": "buy_one_get_one"}}),
+        json!({"rule": {"kind": "percent_off", "basis_points": 10, "extra": 1}}),
+        json!({"rule": {"kind": "spend_save", "every_fen": 100, "save_fen": 100, "repeat": false}}),
+        json!({"rule": {"kind": "percent_off", "basis_points": 10}, "group": 0}),
+    ] {
+        let r = api
+            .post("/v1/promotions", Some(ADMIN), window(bad.clone()))
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            r.body
+        );
+    }
+    let listed = api.get("/v1/promotions", None).await;
+    assert_eq!(listed.body["promotions"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        api.get(&format!("/v1/promotions?merchant_id={a}"), None)
+            .await
+            .body["promotions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The quote: a1 ×1 (10,000), a2 ×2 (40,000 listed, 30,000 on sale), b1 ×1 (30,000).
+    let lines = json!({"lines": [{"sku": a1, "quantity": 1}, {"sku": a2, "quantity": 2}, {"sku": b1, "quantity": 1}]});
+    let q = api.post("/v1/quotes", Some(&shopper), lines.clone()).await;
+    assert_eq!(q.status, StatusCode::OK, "{}", q.body);
+    let discounts = q.body["discounts"].as_array().unwrap();
+    let sources: Vec<(String, Value)> = discounts
+        .iter()
+        .map(|d| (d["source"].as_str().unwrap().to_string(), d["id"].clone()))
+        .collect();
+    assert_eq!(
+        sources,
+        vec![
+            ("sale_price".into(), Value::Null),
+            ("promotion".into(), json!(store_id)),
+            ("promotion".into(), json!(platform_id)),
+        ]
+    );
+    // Alpha's lines after the sale price: 40,000 → 2 × 3,000 off; then 10 %
+    // of everything left (64,000), capped at 5,000.
+    assert_eq!(discounts[1]["fen"], 6_000);
+    assert_eq!(discounts[2]["fen"], 5_000);
+    assert_eq!(q.body["list_fen"], 80_000);
+    assert_eq!(q.body["total_fen"], 80_000 - 10_000 - 6_000 - 5_000);
+    let nets: i64 = q.body["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["net_fen"].as_i64().unwrap())
+        .sum();
+    assert_eq!(nets, q.body["total_fen"].as_i64().unwrap());
+    assert_eq!(
+        q.body["lines"][2]["merchant_funded_fen"], 0,
+        "Beta funds nothing"
+    );
+    // The cart, when no lines are given.
+    api.post(
+        "/v1/cart",
+        Some(&shopper),
+        json!({"sku": a1, "quantity": 3}),
+    )
+    .await;
+    let q = api.post("/v1/quotes", Some(&shopper), json!({})).await;
+    assert_eq!(
+        (
+            &q.body["list_fen"],
+            q.body["lines"].as_array().unwrap().len()
+        ),
+        (&json!(30_000), 1)
+    );
+    for bad in [
+        json!({"lines": []}),
+        json!({"lines": [{"sku": a1, "quantity": 0}]}),
+    ] {
+        assert_eq!(
+            api.post("/v1/quotes", Some(&shopper), bad).await.status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+    assert_eq!(
+        api.post(
+            "/v1/quotes",
+            Some(&shopper),
+            json!({"lines": [{"sku": 999, "quantity": 1}]})
+        )
+        .await
+        .code(),
+        "item_not_found"
+    );
+
+    // Ending: not another merchant's; the merchant's own; then it is gone.
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("/v1/promotions/{platform_id}"),
+            Some(&seller),
+            None,
+            None
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    let r = api
+        .call(
+            "DELETE",
+            &format!("/v1/promotions/{store_id}"),
+            Some(&seller),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["running"]),
+        (StatusCode::OK, &json!(false)),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("/v1/promotions/{store_id}"),
+            Some(&seller),
+            None,
+            None
+        )
+        .await
+        .code(),
+        "promotion_not_found"
+    );
+    let q = api.post("/v1/quotes", Some(&shopper), lines).await;
+    assert!(q.body["discounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["id"] != json!(store_id)));
+    // Half an hour on, the later one runs too.
+    api.clock.advance_ms(1_800_000);
+    assert_eq!(
+        api.post("/v1/quotes", Some(&shopper), json!({})).await.body["discounts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}

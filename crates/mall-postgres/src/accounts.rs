@@ -7,8 +7,8 @@ use crate::{corrupt, Error};
 use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, ListChange, ListOutcome, MerchantRow, NewUser, SessionEnd, SessionRow,
-    ShopperList, StoreError, StoredResponse, UserRow,
+    AccountStore, ListChange, ListOutcome, MerchantRow, NewUser, PromotionRow, SessionEnd,
+    SessionRow, ShopperList, StoreError, StoredResponse, UserRow,
 };
 use postgres::error::SqlState;
 use postgres::types::ToSql;
@@ -74,6 +74,13 @@ const COUNT_FAVORITE: &str = "INSERT INTO favorite_counts (sku, shoppers) VALUES
 const LIST_OF: &str =
     "SELECT sku, quantity FROM shopper_lists WHERE list = $1 AND user_id = $2 ORDER BY sku";
 const FAVORITE_COUNTS: &str = "SELECT sku, shoppers FROM favorite_counts WHERE shoppers > 0";
+const CREATE_PROMOTION: &str =
+    "INSERT INTO promotions (merchant_id, spec, starts_at_ms, ends_at_ms)
+    VALUES ($1, $2, $3, $4) RETURNING id";
+const PROMOTIONS: &str = "SELECT id, merchant_id, spec, starts_at_ms, ends_at_ms FROM promotions
+    WHERE ends_at_ms > $1 ORDER BY id";
+const END_PROMOTION: &str =
+    "UPDATE promotions SET ends_at_ms = $2 WHERE id = $1 AND ends_at_ms > $2";
 const STORED_RESPONSE: &str =
     "SELECT fingerprint, status, body FROM idempotency WHERE user_id = $1 AND key = $2";
 /// A final answer replaces a stored 202 (an outcome that was still open) of
@@ -445,5 +452,39 @@ impl AccountStore for PgAccounts {
             ))
         };
         Ok(rows.iter().map(count).collect::<Result<_, _>>()?)
+    }
+
+    fn create_promotion(&self, row: &PromotionRow) -> Result<u64, StoreError> {
+        let merchant = row.merchant.map(|m| m.0 as i64);
+        let rows = self.query(
+            CREATE_PROMOTION,
+            &[&merchant, &row.spec, &row.starts_at.0, &row.ends_at.0],
+        )?;
+        let id: i64 = rows
+            .first()
+            .ok_or_else(|| corrupt("no id returned".into()))?
+            .try_get(0)
+            .map_err(Error::from)?;
+        Ok(id as u64)
+    }
+
+    fn promotions(&self, now: Timestamp) -> Result<Vec<PromotionRow>, StoreError> {
+        let rows = self.select(PROMOTIONS, &[&now.0])?;
+        let row = |r: &Row| -> Result<PromotionRow, Error> {
+            Ok(PromotionRow {
+                id: r.try_get::<_, i64>(0)? as u64,
+                merchant: r
+                    .try_get::<_, Option<i64>>(1)?
+                    .map(|m| MerchantId(m as u64)),
+                spec: r.try_get(2)?,
+                starts_at: Timestamp(r.try_get(3)?),
+                ends_at: Timestamp(r.try_get(4)?),
+            })
+        };
+        Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
+    }
+
+    fn end_promotion(&self, id: u64, now: Timestamp) -> Result<bool, StoreError> {
+        Ok(self.execute(END_PROMOTION, &[&(id as i64), &now.0])? == 1)
     }
 }

@@ -12,7 +12,7 @@ use mall_engine::StoreError;
 
 /// `MIGRATIONS[i]` takes a server from version `i` to `i + 1`. Append only:
 /// a released migration is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// Serializes migrations (and store creation) across nodes starting at
 /// once: `pg_advisory_xact_lock` on this key, released at commit.
@@ -197,6 +197,17 @@ CREATE TABLE shopper_lists (
     PRIMARY KEY (list, user_id, sku)
 );
 CREATE TABLE favorite_counts (sku BIGINT PRIMARY KEY, shoppers BIGINT NOT NULL);
+";
+
+/// Promotions (their offer as JSON): on the first server.
+const V6: &str = "
+CREATE TABLE promotions (
+    id BIGSERIAL PRIMARY KEY,
+    merchant_id BIGINT,
+    spec TEXT NOT NULL,
+    starts_at_ms BIGINT NOT NULL,
+    ends_at_ms BIGINT NOT NULL
+);
 ";
 
 /// Brings one server to the newest schema, one migration per transaction.

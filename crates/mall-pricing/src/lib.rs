@@ -81,7 +81,7 @@ pub enum Funder {
 
 /// How an offer computes its discount from the eligible lines' net amount.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Rule {
     /// `basis_points` / 10,000 off (1,500 = 15 % off), rounded down.
     PercentOff { basis_points: u32 },

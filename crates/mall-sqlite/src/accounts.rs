@@ -6,8 +6,8 @@ use crate::{migrate, open_connection, Error, Sync};
 use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, ListChange, ListOutcome, MerchantRow, NewUser, SessionRow, ShopperList,
-    StoreError, StoredResponse, UserRow,
+    AccountStore, ListChange, ListOutcome, MerchantRow, NewUser, PromotionRow, SessionRow,
+    ShopperList, StoreError, StoredResponse, UserRow,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -58,6 +58,17 @@ CREATE TABLE shopper_lists (
 CREATE TABLE favorite_counts (sku INTEGER PRIMARY KEY, shoppers INTEGER NOT NULL);
 ";
 
+/// Version 3: promotions (their offer as JSON).
+const PROMOTIONS: &str = "
+CREATE TABLE promotions (
+    id INTEGER PRIMARY KEY,
+    merchant_id INTEGER,
+    spec TEXT NOT NULL,
+    starts_at_ms INTEGER NOT NULL,
+    ends_at_ms INTEGER NOT NULL
+);
+";
+
 pub struct Accounts {
     conn: Mutex<Connection>,
 }
@@ -84,7 +95,7 @@ fn sql<T>(body: impl FnOnce() -> Result<T, Error>) -> Result<T, StoreError> {
 impl Accounts {
     pub fn open(path: &Path) -> Result<Accounts, Error> {
         let conn = open_connection(path, Sync::Full)?;
-        migrate(&conn, path, &[SCHEMA, LISTS])?;
+        migrate(&conn, path, &[SCHEMA, LISTS, PROMOTIONS])?;
         Ok(Accounts {
             conn: Mutex::new(conn),
         })
@@ -458,6 +469,46 @@ impl AccountStore for Accounts {
                 Ok((Sku(r.get::<_, i64>(0)? as u64), r.get::<_, i64>(1)? as u64))
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    fn create_promotion(&self, row: &PromotionRow) -> Result<u64, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            conn.execute(
+                "INSERT INTO promotions (merchant_id, spec, starts_at_ms, ends_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![row.merchant.map(|m| m.0 as i64), row.spec, row.starts_at.0, row.ends_at.0],
+            )?;
+            Ok(conn.last_insert_rowid() as u64)
+        })
+    }
+
+    fn promotions(&self, now: Timestamp) -> Result<Vec<PromotionRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, merchant_id, spec, starts_at_ms, ends_at_ms FROM promotions WHERE ends_at_ms > ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([now.0], |r| {
+                Ok(PromotionRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    merchant: r.get::<_, Option<i64>>(1)?.map(|m| MerchantId(m as u64)),
+                    spec: r.get(2)?,
+                    starts_at: Timestamp(r.get(3)?),
+                    ends_at: Timestamp(r.get(4)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    fn end_promotion(&self, id: u64, now: Timestamp) -> Result<bool, StoreError> {
+        sql(|| {
+            let n = self.conn().execute(
+                "UPDATE promotions SET ends_at_ms = ?2 WHERE id = ?1 AND ends_at_ms > ?2",
+                params![id as i64, now.0],
+            )?;
+            Ok(n == 1)
         })
     }
 }

@@ -479,6 +479,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                 mall_http::auth::SessionCache::follow_ends(state.clone(), Duration::from_millis(250));
                 // Other nodes favourite items too: their counts, every 2 s.
                 mall_http::routes::wishlist::follow_counts(state.clone(), Duration::from_secs(2));
+                mall_http::routes::promotions::follow(state.clone(), Duration::from_secs(2));
                 let figures = state.clone();
                 node.set_dashboard(move || mall_http::routes::dashboard::local_snapshot(&figures).to_string());
                 mall_http::routes::dashboard::follow_cluster(state.clone(), Duration::from_millis(500));

@@ -9,6 +9,7 @@ pub mod ops;
 pub mod orders;
 pub mod payments;
 pub mod price;
+pub mod promotions;
 pub mod wishlist;
 
 use crate::AppState;
@@ -27,6 +28,15 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/v1/favorites", get(wishlist::favorites))
         .route("/v1/cart", post(wishlist::put_in_cart).get(wishlist::cart))
+        .route(
+            "/v1/promotions",
+            post(promotions::create).get(promotions::list),
+        )
+        .route(
+            "/v1/promotions/{id}",
+            axum::routing::delete(promotions::end),
+        )
+        .route("/v1/quotes", post(promotions::quote))
         .route("/v1/orders", post(orders::create).get(orders::list_mine))
         .route("/v1/orders/{id}", get(orders::get_one))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))

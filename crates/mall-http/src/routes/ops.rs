@@ -23,6 +23,8 @@ use utoipa::{Modify, OpenApi};
         super::orders::create, super::orders::list_mine, super::orders::get_one, super::orders::cancel,
         super::wishlist::favorite, super::wishlist::unfavorite, super::wishlist::favorites,
         super::wishlist::put_in_cart, super::wishlist::cart,
+        super::promotions::create, super::promotions::list, super::promotions::end,
+        super::promotions::quote,
         super::payments::pay, super::payments::top_up, super::payments::wallet,
         super::payments::statement, super::payments::refund, super::payments::deliver,
         super::payments::cod_collected, super::payments::callback, super::payments::channels,
