@@ -70,6 +70,30 @@ id_type!(
     /// An order. The low [`OrderId::SHARD_BITS`] bits name the shard that owns it.
     OrderId
 );
+id_type!(
+    /// A coupon: a limited number of claims, decided on the shard
+    /// `id % shards` like a SKU's stock.
+    CouponId
+);
+id_type!(
+    /// A shopper's claim of a coupon. Like an order id, its low
+    /// [`OrderId::SHARD_BITS`] bits name the shard that owns it.
+    ClaimId
+);
+
+impl ClaimId {
+    pub fn new(shard: usize, seq: u64) -> ClaimId {
+        ClaimId(OrderId::new(shard, seq).0)
+    }
+
+    pub fn shard(self) -> usize {
+        OrderId(self.0).shard()
+    }
+
+    pub fn seq(self) -> u64 {
+        OrderId(self.0).seq()
+    }
+}
 
 impl OrderId {
     /// Bits of an order id that hold the owning shard's index.
@@ -408,6 +432,68 @@ impl Item {
         }
         Ok(())
     }
+}
+
+/// A coupon: who funds it, what it takes off (`spec`, JSON that pricing
+/// reads), how many may be claimed and by whom, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coupon {
+    pub id: CouponId,
+    /// The merchant that funds it (on its own items); `None`: the platform.
+    pub merchant: Option<MerchantId>,
+    pub title: String,
+    pub spec: String,
+    /// Claims in all: never more are issued.
+    pub quantity: u32,
+    /// Claims one shopper may make.
+    pub per_user_limit: u32,
+    /// Claims are taken in `[claim_opens_at, claim_closes_at)`.
+    pub claim_opens_at: Timestamp,
+    pub claim_closes_at: Timestamp,
+    /// A claimed coupon may be used until this time.
+    pub valid_until: Timestamp,
+}
+
+/// Where a claim stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimStatus {
+    /// Claimed, not used: it may go on an order.
+    Claimed,
+    /// On an order (`Claim::order`); back to `Claimed` if that order is
+    /// cancelled before it is paid.
+    Used,
+}
+
+impl ClaimStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimStatus::Claimed => "claimed",
+            ClaimStatus::Used => "used",
+        }
+    }
+    pub fn parse(s: &str) -> Option<ClaimStatus> {
+        match s {
+            "claimed" => Some(ClaimStatus::Claimed),
+            "used" => Some(ClaimStatus::Used),
+            _ => None,
+        }
+    }
+}
+
+/// A shopper's claim of a coupon, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub id: ClaimId,
+    pub coupon: CouponId,
+    pub user: UserId,
+    pub status: ClaimStatus,
+    /// The order it is used on (`Used` only).
+    pub order: Option<OrderId>,
+    pub idempotency_key: Option<Arc<str>>,
+    pub request_fingerprint: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 /// An order as recorded. `address` and `idempotency_key` are shared with the

@@ -45,6 +45,11 @@ pub enum Refusal {
     /// The item is not as the change expected: changed meanwhile, already
     /// created, or gone. Read it again and retry.
     ItemChanged,
+    /// No such coupon (or claim the caller may see).
+    UnknownCoupon,
+    /// The claim cannot go on this order: used on another, expired, or
+    /// not the caller's.
+    ClaimNotUsable,
     /// The client's expected total is not the price now; nothing was
     /// reserved. The price as it stands is given.
     PriceChanged {
@@ -77,6 +82,8 @@ impl Refusal {
             Refusal::StockBelowCommitted { .. } => "stock_below_committed",
             Refusal::ItemChanged => "item_changed",
             Refusal::PriceChanged { .. } => "price_changed",
+            Refusal::UnknownCoupon => "coupon_not_found",
+            Refusal::ClaimNotUsable => "coupon_not_usable",
         }
     }
 
@@ -113,6 +120,10 @@ impl Refusal {
                 "this Idempotency-Key was already used for a different request".into()
             }
             Refusal::ItemChanged => "the item changed meanwhile; read it again and retry".into(),
+            Refusal::UnknownCoupon => "no such coupon".into(),
+            Refusal::ClaimNotUsable => {
+                "this coupon cannot be used here: it is used on another order, expired, or not yours".into()
+            }
             Refusal::PriceChanged { amount_fen, .. } => format!(
                 "the price is now {} fen, not the total you expected; nothing was reserved",
                 amount_fen.0

@@ -229,6 +229,21 @@ fn same_state(inv: &Inventory, model: &Model) -> Result<(), String> {
     if active != want {
         return Err("active orders differ".into());
     }
+    for (id, coupon) in &model.coupons {
+        if inv.coupon(*id) != Some(coupon) {
+            return Err(format!("coupon {id}"));
+        }
+        if inv.coupon_counters(*id) != Some(model.coupon_counters(*id)) {
+            return Err(format!("counters of coupon {id}"));
+        }
+    }
+    let mut claims: Vec<_> = inv.claims().cloned().collect();
+    claims.sort_by_key(|c| c.id);
+    let mut want = model.claims.clone();
+    want.sort_by_key(|c| c.id);
+    if claims != want {
+        return Err("claims differ".into());
+    }
     Ok(())
 }
 

@@ -123,9 +123,12 @@ impl ApiError {
             | Refusal::InvalidTransition { .. }
             | Refusal::HoldExpired
             | Refusal::StockBelowCommitted { .. }
-            | Refusal::ItemChanged => StatusCode::CONFLICT,
+            | Refusal::ItemChanged
+            | Refusal::ClaimNotUsable => StatusCode::CONFLICT,
             Refusal::SaleNotOpen { .. } | Refusal::SaleClosed { .. } => StatusCode::FORBIDDEN,
-            Refusal::UnknownItem | Refusal::UnknownOrder => StatusCode::NOT_FOUND,
+            Refusal::UnknownItem | Refusal::UnknownOrder | Refusal::UnknownCoupon => {
+                StatusCode::NOT_FOUND
+            }
             Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, r.code(), r.message())

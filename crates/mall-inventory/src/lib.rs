@@ -17,9 +17,12 @@ pub mod sim;
 
 pub use board::{Board, BoardEntry, Live};
 
+mod coupons;
+pub use coupons::ClaimCoupon;
+
 use mall_core::{
-    Fen, Item, Order, OrderId, OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp,
-    UserId,
+    Claim, ClaimId, ClaimStatus, Coupon, CouponId, Fen, Item, Order, OrderId, OrderStatus,
+    PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
@@ -133,6 +136,25 @@ pub enum Command {
         item: Item,
         expected: Option<Item>,
     },
+    /// Create a coupon (`expected: None`) or replace one that is exactly
+    /// `expected` now. Its quantity may not drop below the claims made.
+    PutCoupon {
+        coupon: Coupon,
+        expected: Option<Coupon>,
+    },
+    /// A shopper claims a coupon (see `coupons`).
+    Claim(ClaimCoupon),
+    /// Put a claim on an order: `claimed → used`.
+    UseClaim {
+        claim: ClaimId,
+        user: UserId,
+        order: OrderId,
+    },
+    /// Give a claim back from an order cancelled before payment.
+    ReturnClaim {
+        claim: ClaimId,
+        order: OrderId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -147,6 +169,13 @@ pub enum Reply {
     /// read it from the store.
     StoredOrder(OrderId),
     Item(Item),
+    Coupon(Coupon),
+    /// The claim as it stands now; `replayed`: nothing changed (an earlier
+    /// request made it so).
+    Claim {
+        claim: Claim,
+        replayed: bool,
+    },
     /// The order is not active here (cancelled, expired, or unknown).
     /// Answered only after everything applied before it is committed, so a
     /// read of the store then sees its latest state.
@@ -167,6 +196,14 @@ pub enum Effect {
         updated_at: Timestamp,
     },
     PutItem(Item),
+    PutCoupon(Coupon),
+    InsertClaim(Claim),
+    UpdateClaim {
+        id: ClaimId,
+        status: ClaimStatus,
+        order: Option<OrderId>,
+        updated_at: Timestamp,
+    },
 }
 
 #[derive(Debug)]
@@ -227,6 +264,18 @@ pub struct Inventory {
     next_seq: u64,
     /// SKUs changed since the last invariant check.
     touched: FxHashSet<Sku>,
+    /// The shard's coupons and their counters.
+    coupons: FxHashMap<CouponId, coupons::CouponState>,
+    /// Every claim of the shard's coupons (bounded by their quantities).
+    claims: FxHashMap<ClaimId, Claim>,
+    /// Claims a user made per coupon.
+    claims_per_user: FxHashMap<(UserId, CouponId), u32>,
+    /// Idempotency keys of claims (one a claim at most).
+    claim_keys: FxHashMap<(UserId, Arc<str>), (u64, ClaimId)>,
+    /// Sequence number of the next claim id.
+    next_claim_seq: u64,
+    /// Coupons changed since the last invariant check.
+    touched_coupons: FxHashSet<CouponId>,
 }
 
 /// The durable state a shard is rebuilt from: its items and orders.
@@ -237,6 +286,9 @@ pub struct Snapshot {
     pub orders: Vec<Order>,
     /// Highest order sequence number ever used by the shard (0 if none).
     pub last_seq: u64,
+    /// The shard's coupons, and every claim of them.
+    pub coupons: Vec<Coupon>,
+    pub claims: Vec<Claim>,
 }
 
 impl Inventory {
@@ -256,6 +308,12 @@ impl Inventory {
             expiry: BinaryHeap::new(),
             next_seq: 1,
             touched: FxHashSet::default(),
+            coupons: FxHashMap::default(),
+            claims: FxHashMap::default(),
+            claims_per_user: FxHashMap::default(),
+            claim_keys: FxHashMap::default(),
+            next_claim_seq: 1,
+            touched_coupons: FxHashSet::default(),
         }
     }
 
@@ -330,6 +388,7 @@ impl Inventory {
             .map(|s| (s.item.clone(), s.live.clone()))
             .collect();
         inv.board.replace_shard(shard, entries);
+        inv.restore_coupons(snapshot.coupons, snapshot.claims);
         inv.check_touched();
         inv
     }
@@ -362,6 +421,12 @@ impl Inventory {
             Command::Release { order, by } => self.release(order, by, now, effects),
             Command::Deliver { order } => self.deliver(order, now, effects),
             Command::PutItem { item, expected } => self.put_item(item, expected, effects),
+            Command::PutCoupon { coupon, expected } => self.put_coupon(coupon, expected, effects),
+            Command::Claim(c) => self.claim(c, now, effects),
+            Command::UseClaim { claim, user, order } => {
+                self.use_claim(claim, user, order, now, effects)
+            }
+            Command::ReturnClaim { claim, order } => self.return_claim(claim, order, now, effects),
         }
     }
 
@@ -708,6 +773,7 @@ impl Inventory {
         }
         assert!(self.keys.len() <= self.config.idempotency_keys_max);
         assert_eq!(self.keys.len(), self.keys_fifo.len());
+        self.check_coupons();
     }
     /// Recounts everything and checks every invariant; a failure says
     /// which one broke, and where.
@@ -763,7 +829,7 @@ impl Inventory {
         if per_user != self.per_user {
             return Err("per-user counts disagree with the orders".into());
         }
-        Ok(())
+        self.coupon_faults()
     }
 }
 

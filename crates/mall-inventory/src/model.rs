@@ -5,7 +5,8 @@
 
 use crate::{Command, Reply};
 use mall_core::{
-    Fen, Item, Order, OrderId, OrderStatus, PaymentMethod, Refusal, Sku, Timestamp, UserId,
+    Claim, ClaimId, ClaimStatus, Coupon, CouponId, Fen, Item, Order, OrderId, OrderStatus,
+    PaymentMethod, Refusal, Sku, Timestamp, UserId,
 };
 use std::collections::BTreeMap;
 
@@ -17,6 +18,9 @@ pub struct Model {
     /// Every order ever made, terminal ones included.
     pub orders: BTreeMap<OrderId, Order>,
     pub next_seq: u64,
+    pub coupons: BTreeMap<CouponId, Coupon>,
+    /// Every claim ever made.
+    pub claims: Vec<Claim>,
 }
 
 impl Model {
@@ -27,6 +31,146 @@ impl Model {
             items: BTreeMap::new(),
             orders: BTreeMap::new(),
             next_seq: 1,
+            coupons: BTreeMap::new(),
+            claims: Vec::new(),
+        }
+    }
+
+    /// `(claims, used)` of a coupon, recounted.
+    pub fn coupon_counters(&self, id: CouponId) -> (u32, u32) {
+        let mine = self.claims.iter().filter(|c| c.coupon == id);
+        let used = mine
+            .clone()
+            .filter(|c| c.status == ClaimStatus::Used)
+            .count();
+        (mine.count() as u32, used as u32)
+    }
+
+    fn coupon_command(&mut self, command: &Command, now: Timestamp) -> Reply {
+        match command {
+            Command::PutCoupon { coupon, expected } => {
+                if self.coupons.get(&coupon.id) != expected.as_ref() {
+                    return Reply::Refused(Refusal::ItemChanged);
+                }
+                let (claims, _) = self.coupon_counters(coupon.id);
+                if coupon.quantity < claims {
+                    return Reply::Refused(Refusal::StockBelowCommitted { committed: claims });
+                }
+                self.coupons.insert(coupon.id, coupon.clone());
+                Reply::Coupon(coupon.clone())
+            }
+            Command::Claim(c) => {
+                if let Some(key) = &c.idempotency_key {
+                    let earlier = self
+                        .claims
+                        .iter()
+                        .find(|x| x.user == c.user && x.idempotency_key.as_ref() == Some(key));
+                    if let Some(e) = earlier {
+                        return if e.request_fingerprint == c.fingerprint {
+                            Reply::Claim {
+                                claim: e.clone(),
+                                replayed: true,
+                            }
+                        } else {
+                            Reply::Refused(Refusal::IdempotencyKeyReused)
+                        };
+                    }
+                }
+                let Some(coupon) = self.coupons.get(&c.coupon) else {
+                    return Reply::Refused(Refusal::UnknownCoupon);
+                };
+                if now < coupon.claim_opens_at {
+                    return Reply::Refused(Refusal::SaleNotOpen {
+                        opens_at: coupon.claim_opens_at,
+                    });
+                }
+                if now >= coupon.claim_closes_at {
+                    return Reply::Refused(Refusal::SaleClosed {
+                        closes_at: coupon.claim_closes_at,
+                    });
+                }
+                let (claims, _) = self.coupon_counters(c.coupon);
+                if claims >= coupon.quantity {
+                    return Reply::Refused(Refusal::SoldOut);
+                }
+                let mine = self
+                    .claims
+                    .iter()
+                    .filter(|x| x.user == c.user && x.coupon == c.coupon)
+                    .count() as u32;
+                if mine >= coupon.per_user_limit {
+                    return Reply::Refused(Refusal::LimitReached {
+                        limit: coupon.per_user_limit,
+                        active: mine,
+                    });
+                }
+                let seq = self.claims.iter().map(|x| x.id.seq()).max().unwrap_or(0) + 1;
+                let claim = Claim {
+                    id: ClaimId::new(self.shard, seq),
+                    coupon: c.coupon,
+                    user: c.user,
+                    status: ClaimStatus::Claimed,
+                    order: None,
+                    idempotency_key: c.idempotency_key.clone(),
+                    request_fingerprint: c.fingerprint,
+                    created_at: now,
+                    updated_at: now,
+                };
+                self.claims.push(claim.clone());
+                Reply::Claim {
+                    claim,
+                    replayed: false,
+                }
+            }
+            Command::UseClaim { claim, user, order } => {
+                let Some(c) = self
+                    .claims
+                    .iter_mut()
+                    .find(|x| x.id == *claim && x.user == *user)
+                else {
+                    return Reply::Refused(Refusal::UnknownCoupon);
+                };
+                if c.status == ClaimStatus::Used {
+                    return if c.order == Some(*order) {
+                        Reply::Claim {
+                            claim: c.clone(),
+                            replayed: true,
+                        }
+                    } else {
+                        Reply::Refused(Refusal::ClaimNotUsable)
+                    };
+                }
+                if now >= self.coupons[&c.coupon].valid_until {
+                    return Reply::Refused(Refusal::ClaimNotUsable);
+                }
+                c.status = ClaimStatus::Used;
+                c.order = Some(*order);
+                c.updated_at = now;
+                Reply::Claim {
+                    claim: c.clone(),
+                    replayed: false,
+                }
+            }
+            Command::ReturnClaim { claim, order } => {
+                let Some(c) = self.claims.iter_mut().find(|x| x.id == *claim) else {
+                    return Reply::Refused(Refusal::UnknownCoupon);
+                };
+                if c.status == ClaimStatus::Used && c.order == Some(*order) {
+                    c.status = ClaimStatus::Claimed;
+                    c.order = None;
+                    c.updated_at = now;
+                    Reply::Claim {
+                        claim: c.clone(),
+                        replayed: false,
+                    }
+                } else {
+                    Reply::Claim {
+                        claim: c.clone(),
+                        replayed: true,
+                    }
+                }
+            }
+            _ => unreachable!("not a coupon command"),
         }
     }
 
@@ -260,6 +404,10 @@ impl Model {
                 self.items.insert(item.sku, item.clone());
                 Reply::Item(item.clone())
             }
+            Command::PutCoupon { .. }
+            | Command::Claim(_)
+            | Command::UseClaim { .. }
+            | Command::ReturnClaim { .. } => self.coupon_command(command, now),
         }
     }
 }

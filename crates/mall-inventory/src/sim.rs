@@ -25,6 +25,13 @@ pub struct Workload {
     pub keyed: Vec<Reserve>,
     /// Items as last acknowledged: the expectation of the next change.
     pub items: std::collections::BTreeMap<Sku, Item>,
+    /// Coupons as last acknowledged.
+    pub coupons: std::collections::BTreeMap<mall_core::CouponId, mall_core::Coupon>,
+    /// Claims seen in replies, to use and return.
+    pub claims: Vec<mall_core::ClaimId>,
+    /// Claim requests sent with a key, to replay or reuse.
+    pub keyed_claims: Vec<crate::ClaimCoupon>,
+    next_coupon: u64,
     next_key: u64,
     next_sku: u64,
 }
@@ -40,6 +47,10 @@ impl Workload {
             orders: Vec::new(),
             keyed: Vec::new(),
             items: std::collections::BTreeMap::new(),
+            coupons: std::collections::BTreeMap::new(),
+            claims: Vec::new(),
+            keyed_claims: Vec::new(),
+            next_coupon: 0,
             next_key: 0,
             next_sku: 0,
         }
@@ -144,8 +155,101 @@ impl Workload {
         Command::Reserve(r)
     }
 
+    /// A coupon of this shard: few claims, a claim window mostly open
+    /// around `now`, valid for a while.
+    pub fn new_coupon(&mut self, now: Timestamp) -> mall_core::Coupon {
+        let id = mall_core::CouponId(self.next_coupon * self.shards as u64 + self.shard as u64);
+        self.next_coupon += 1;
+        let (opens, closes) = match self.rng.below(8) {
+            0 => (now.plus_ms(60_000), now.plus_ms(120_000)),
+            1 => (now.plus_ms(-120_000), now.plus_ms(-1)),
+            _ => (now.plus_ms(-1_000), now.plus_ms(3_600_000)),
+        };
+        mall_core::Coupon {
+            id,
+            merchant: self.rng.chance(0.5).then(|| MerchantId(1)),
+            title: format!("coupon {}", id.0),
+            spec: "{}".into(),
+            quantity: self.rng.below(6) as u32,
+            per_user_limit: 1 + self.rng.below(2) as u32,
+            claim_opens_at: opens,
+            claim_closes_at: closes,
+            valid_until: now.plus_ms(self.rng.between(1, 1_200_000) as i64),
+        }
+    }
+
+    /// A coupon command: create or change one, claim (with keys, replays
+    /// and reused keys), use a claim on an order, give one back.
+    pub fn coupon_command(&mut self, now: Timestamp) -> Command {
+        let known: Vec<mall_core::CouponId> = self.coupons.keys().copied().collect();
+        match self.rng.below(10) {
+            0 if !known.is_empty() => {
+                let id = *self.rng.pick(&known).expect("not empty");
+                let mut coupon = self.new_coupon(now);
+                coupon.id = id;
+                let mut expected = self.coupons.get(&id).cloned();
+                if self.rng.chance(0.2) {
+                    if let Some(e) = &mut expected {
+                        e.title.push_str(" (stale)");
+                    }
+                }
+                Command::PutCoupon { coupon, expected }
+            }
+            0 | 1 => Command::PutCoupon {
+                coupon: self.new_coupon(now),
+                expected: None,
+            },
+            2..=5 => {
+                if !self.keyed_claims.is_empty() && self.rng.chance(0.15) {
+                    let mut again = self
+                        .rng
+                        .pick(&self.keyed_claims)
+                        .cloned()
+                        .expect("not empty");
+                    if self.rng.chance(0.3) {
+                        again.fingerprint ^= 1;
+                    }
+                    return Command::Claim(again);
+                }
+                let coupon = match self.rng.pick(&known) {
+                    Some(c) if !self.rng.chance(0.05) => *c,
+                    _ => mall_core::CouponId(1_000_000 + self.rng.below(3)),
+                };
+                let key = self.rng.chance(0.6).then(|| {
+                    self.next_key += 1;
+                    Arc::<str>::from(format!("c{}", self.next_key))
+                });
+                let claim =
+                    crate::ClaimCoupon::new(UserId(1 + self.rng.below(self.users)), coupon, key);
+                if claim.idempotency_key.is_some() {
+                    self.keyed_claims.push(claim.clone());
+                }
+                Command::Claim(claim)
+            }
+            6..=8 => Command::UseClaim {
+                claim: self.some_claim(),
+                user: UserId(1 + self.rng.below(self.users)),
+                order: OrderId::new(self.shard, 1 + self.rng.below(3)),
+            },
+            _ => Command::ReturnClaim {
+                claim: self.some_claim(),
+                order: OrderId::new(self.shard, 1 + self.rng.below(3)),
+            },
+        }
+    }
+
+    fn some_claim(&mut self) -> mall_core::ClaimId {
+        match self.rng.pick(&self.claims) {
+            Some(c) if !self.rng.chance(0.05) => *c,
+            _ => mall_core::ClaimId::new(self.shard, 999_999),
+        }
+    }
+
     /// One random command.
     pub fn command(&mut self, now: Timestamp) -> Command {
+        if self.rng.chance(0.25) {
+            return self.coupon_command(now);
+        }
         let order = self.rng.pick(&self.orders).copied();
         match self.rng.below(100) {
             0..=64 => self.reserve(now),
@@ -196,6 +300,10 @@ impl Workload {
             crate::Reply::Item(item) => {
                 self.items.insert(item.sku, item.clone());
             }
+            crate::Reply::Coupon(coupon) => {
+                self.coupons.insert(coupon.id, coupon.clone());
+            }
+            crate::Reply::Claim { claim, .. } => self.claims.push(claim.id),
             _ => {}
         }
     }

@@ -468,6 +468,18 @@ fn property_random_interleavings_match_the_model() {
         "price_changed",
         "at a sale price",
         "Inactive",
+        "Coupon",
+        "claim claimed",
+        "claim claimed replayed",
+        "claim used",
+        "claim used replayed",
+        "claim: sold_out",
+        "claim: limit_reached",
+        "claim: sale_not_open",
+        "claim: sale_closed",
+        "claim: coupon_not_found",
+        "claim: coupon_not_usable",
+        "claim: idempotency_key_reused",
     ] {
         assert!(kinds.contains(kind), "no {kind} in the workload: {kinds:?}");
     }
@@ -503,6 +515,19 @@ fn check_seed(seed: u64) -> std::collections::BTreeSet<String> {
                 }
             }
             kinds.insert(match &got {
+                Reply::Refused(r)
+                    if matches!(
+                        cmd,
+                        Command::Claim(_) | Command::UseClaim { .. } | Command::ReturnClaim { .. }
+                    ) =>
+                {
+                    format!("claim: {}", r.code())
+                }
+                Reply::Claim { claim, replayed } => format!(
+                    "claim {}{}",
+                    claim.status.as_str(),
+                    if *replayed { " replayed" } else { "" }
+                ),
                 Reply::Refused(r) => r.code().to_string(),
                 Reply::Order { order, replayed } => format!(
                     "{}{}",
@@ -525,6 +550,23 @@ fn check_seed(seed: u64) -> std::collections::BTreeSet<String> {
                 "seed {seed} sku {sku}"
             );
         }
+        for &id in model.coupons.keys() {
+            assert_eq!(
+                inv.coupon_counters(id),
+                Some(model.coupon_counters(id)),
+                "seed {seed} coupon {id}"
+            );
+        }
+    }
+    // No coupon ever issued more claims than its quantity, nor a shopper
+    // more than the limit.
+    for c in model.coupons.values() {
+        let (claims, _) = model.coupon_counters(c.id);
+        assert!(
+            claims <= c.quantity,
+            "seed {seed}: coupon {} over-issued",
+            c.id
+        );
     }
     // Each key made at most one order.
     let mut seen = std::collections::HashSet::new();

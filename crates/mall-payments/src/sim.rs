@@ -483,7 +483,11 @@ impl World {
                         o.expires_at = None;
                     }
                 }
-                InvEffect::PutItem(_) => {}
+                // The money simulator makes no coupons.
+                InvEffect::PutItem(_)
+                | InvEffect::PutCoupon(_)
+                | InvEffect::InsertClaim(_)
+                | InvEffect::UpdateClaim { .. } => {}
             }
         }
     }

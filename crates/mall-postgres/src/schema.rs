@@ -12,7 +12,7 @@ use mall_engine::StoreError;
 
 /// `MIGRATIONS[i]` takes a server from version `i` to `i + 1`. Append only:
 /// a released migration is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// Serializes migrations (and store creation) across nodes starting at
 /// once: `pg_advisory_xact_lock` on this key, released at commit.
@@ -208,6 +208,38 @@ CREATE TABLE promotions (
     starts_at_ms BIGINT NOT NULL,
     ends_at_ms BIGINT NOT NULL
 );
+";
+
+/// Coupons and their claims, by shard (on the shard's server, like items
+/// and orders).
+const V7: &str = "
+CREATE TABLE coupons (
+    id BIGINT PRIMARY KEY,
+    shard INT NOT NULL,
+    merchant_id BIGINT,
+    title TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    quantity BIGINT NOT NULL,
+    per_user_limit BIGINT NOT NULL,
+    claim_opens_at_ms BIGINT NOT NULL,
+    claim_closes_at_ms BIGINT NOT NULL,
+    valid_until_ms BIGINT NOT NULL
+);
+CREATE INDEX coupons_by_shard ON coupons (shard);
+CREATE TABLE coupon_claims (
+    shard INT NOT NULL,
+    id BIGINT NOT NULL,
+    coupon_id BIGINT NOT NULL,
+    user_id BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    order_id BIGINT,
+    idempotency_key TEXT,
+    request_fingerprint BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (shard, id)
+);
+CREATE INDEX coupon_claims_by_user ON coupon_claims (user_id, shard, id);
 ";
 
 /// Brings one server to the newest schema, one migration per transaction.

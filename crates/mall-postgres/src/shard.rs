@@ -4,8 +4,8 @@
 use crate::pool::Pool;
 use crate::{corrupt, Error, Fence};
 use mall_core::{
-    Category, Fen, Item, MerchantId, Order, OrderId, OrderStatus, PaymentMethod, Quantity,
-    SalePrice, Sku, Timestamp, UserId,
+    Category, Claim, ClaimId, ClaimStatus, Coupon, CouponId, Fen, Item, MerchantId, Order, OrderId,
+    OrderStatus, PaymentMethod, Quantity, SalePrice, Sku, Timestamp, UserId,
 };
 use mall_engine::{OrderReader, ShardContents, StoreError};
 use mall_inventory::{Board, Effect, Inventory, InventoryConfig, Snapshot};
@@ -123,6 +123,43 @@ fn order_from_row(row: &Row) -> Result<Order, String> {
     .map_err(bad)
 }
 
+fn coupon_from_row(row: &Row) -> Result<Coupon, String> {
+    let id = CouponId(get::<i64>(row, 0)? as u64);
+    (|| {
+        Ok(Coupon {
+            id,
+            merchant: get::<Option<i64>>(row, 1)?.map(|m| MerchantId(m as u64)),
+            title: get(row, 2)?,
+            spec: get(row, 3)?,
+            quantity: u32_of(get(row, 4)?, "quantity")?,
+            per_user_limit: u32_of(get(row, 5)?, "per_user_limit")?,
+            claim_opens_at: Timestamp(get(row, 6)?),
+            claim_closes_at: Timestamp(get(row, 7)?),
+            valid_until: Timestamp(get(row, 8)?),
+        })
+    })()
+    .map_err(|e: String| format!("coupon {id}: {e}"))
+}
+
+fn claim_from_row(row: &Row) -> Result<Claim, String> {
+    let id = ClaimId(get::<i64>(row, 0)? as u64);
+    (|| {
+        let status: &str = get(row, 3)?;
+        Ok(Claim {
+            id,
+            coupon: CouponId(get::<i64>(row, 1)? as u64),
+            user: UserId(get::<i64>(row, 2)? as u64),
+            status: ClaimStatus::parse(status).ok_or_else(|| format!("status {status}"))?,
+            order: get::<Option<i64>>(row, 4)?.map(|o| OrderId(o as u64)),
+            idempotency_key: get::<Option<&str>>(row, 5)?.map(Into::into),
+            request_fingerprint: get::<i64>(row, 6)? as u64,
+            created_at: Timestamp(get(row, 7)?),
+            updated_at: Timestamp(get(row, 8)?),
+        })
+    })()
+    .map_err(|e: String| format!("claim {id}: {e}"))
+}
+
 fn item_from_row(row: &Row) -> Result<Item, String> {
     let sku = Sku(get::<i64>(row, 0)? as u64);
     (|| {
@@ -159,6 +196,12 @@ struct Batch<'a> {
     orders: Vec<Order>,
     /// Last update of each order made before this batch: `(id, status, updated_at)`.
     updates: Vec<(OrderId, OrderStatus, Timestamp)>,
+    /// Last write of each coupon.
+    coupons: Vec<&'a Coupon>,
+    /// New claims, with any update of the same batch already applied.
+    claims: Vec<Claim>,
+    /// Last update of each claim made before this batch.
+    claim_updates: Vec<(ClaimId, ClaimStatus, Option<OrderId>, Timestamp)>,
 }
 
 impl<'a> Batch<'a> {
@@ -167,6 +210,9 @@ impl<'a> Batch<'a> {
         let mut item_at: HashMap<Sku, usize> = HashMap::new();
         let mut update_at: HashMap<OrderId, usize> = HashMap::new();
         let mut inserted_at: HashMap<OrderId, usize> = HashMap::new();
+        let mut coupon_at: HashMap<CouponId, usize> = HashMap::new();
+        let mut claim_inserted_at: HashMap<ClaimId, usize> = HashMap::new();
+        let mut claim_update_at: HashMap<ClaimId, usize> = HashMap::new();
         for effect in effects {
             match effect {
                 Effect::PutItem(item) => match item_at.get(&item.sku) {
@@ -202,9 +248,161 @@ impl<'a> Batch<'a> {
                         }
                     }
                 }
+                Effect::PutCoupon(coupon) => match coupon_at.get(&coupon.id) {
+                    Some(&i) => batch.coupons[i] = coupon,
+                    None => {
+                        coupon_at.insert(coupon.id, batch.coupons.len());
+                        batch.coupons.push(coupon);
+                    }
+                },
+                Effect::InsertClaim(claim) => {
+                    claim_inserted_at.insert(claim.id, batch.claims.len());
+                    batch.claims.push(claim.clone());
+                }
+                Effect::UpdateClaim {
+                    id,
+                    status,
+                    order,
+                    updated_at,
+                } => {
+                    if let Some(&i) = claim_inserted_at.get(id) {
+                        let claim = &mut batch.claims[i];
+                        (claim.status, claim.order, claim.updated_at) =
+                            (*status, *order, *updated_at);
+                        continue;
+                    }
+                    let update = (*id, *status, *order, *updated_at);
+                    match claim_update_at.get(id) {
+                        Some(&i) => batch.claim_updates[i] = update,
+                        None => {
+                            claim_update_at.insert(*id, batch.claim_updates.len());
+                            batch.claim_updates.push(update);
+                        }
+                    }
+                }
             }
         }
         batch
+    }
+}
+
+impl Batch<'_> {
+    fn has_coupons(&self) -> bool {
+        !(self.coupons.is_empty() && self.claims.is_empty() && self.claim_updates.is_empty())
+    }
+}
+
+const PUT_COUPONS: &str = "INSERT INTO coupons (id, shard, merchant_id, title, spec, quantity,
+        per_user_limit, claim_opens_at_ms, claim_closes_at_ms, valid_until_ms)
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::bigint[],
+        $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])
+    ON CONFLICT (id) DO UPDATE SET shard = excluded.shard, merchant_id = excluded.merchant_id,
+        title = excluded.title, spec = excluded.spec, quantity = excluded.quantity,
+        per_user_limit = excluded.per_user_limit, claim_opens_at_ms = excluded.claim_opens_at_ms,
+        claim_closes_at_ms = excluded.claim_closes_at_ms, valid_until_ms = excluded.valid_until_ms";
+const INSERT_CLAIMS: &str = "INSERT INTO coupon_claims (shard, id, coupon_id, user_id, status,
+        order_id, idempotency_key, request_fingerprint, created_at_ms, updated_at_ms)
+    SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+        $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[])";
+const UPDATE_CLAIMS: &str = "UPDATE coupon_claims c SET status = u.status, order_id = u.order_id,
+        updated_at_ms = u.updated_at_ms
+    FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[]) AS u(id, status, order_id, updated_at_ms)
+    WHERE c.shard = $1 AND c.id = u.id";
+const COUPONS_OF_SHARD: &str = "SELECT id, merchant_id, title, spec, quantity, per_user_limit,
+    claim_opens_at_ms, claim_closes_at_ms, valid_until_ms FROM coupons WHERE shard = $1 ORDER BY id";
+const CLAIMS_OF_SHARD: &str = "SELECT id, coupon_id, user_id, status, order_id, idempotency_key,
+    request_fingerprint, created_at_ms, updated_at_ms FROM coupon_claims WHERE shard = $1 ORDER BY id";
+
+/// A batch's coupon writes: in the batch's transaction, after its fence
+/// (which holds the shard's epoch row until the commit).
+struct CouponStatements {
+    put: postgres::Statement,
+    insert: postgres::Statement,
+    update: postgres::Statement,
+}
+
+impl CouponStatements {
+    fn prepare(conn: &mut crate::pool::Conn) -> Result<CouponStatements, Error> {
+        Ok(CouponStatements {
+            put: conn.prepare(PUT_COUPONS)?,
+            insert: conn.prepare(INSERT_CLAIMS)?,
+            update: conn.prepare(UPDATE_CLAIMS)?,
+        })
+    }
+
+    fn write(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        shard: i32,
+        batch: &Batch<'_>,
+    ) -> Result<(), Error> {
+        let c = &batch.coupons;
+        if !c.is_empty() {
+            tx.execute(
+                &self.put,
+                &[
+                    &c.iter().map(|c| c.id.0 as i64).collect::<Vec<_>>(),
+                    &vec![shard; c.len()],
+                    &c.iter()
+                        .map(|c| c.merchant.map(|m| m.0 as i64))
+                        .collect::<Vec<_>>(),
+                    &c.iter().map(|c| c.title.as_str()).collect::<Vec<_>>(),
+                    &c.iter().map(|c| c.spec.as_str()).collect::<Vec<_>>(),
+                    &c.iter().map(|c| i64::from(c.quantity)).collect::<Vec<_>>(),
+                    &c.iter()
+                        .map(|c| i64::from(c.per_user_limit))
+                        .collect::<Vec<_>>(),
+                    &c.iter().map(|c| c.claim_opens_at.0).collect::<Vec<_>>(),
+                    &c.iter().map(|c| c.claim_closes_at.0).collect::<Vec<_>>(),
+                    &c.iter().map(|c| c.valid_until.0).collect::<Vec<_>>(),
+                ],
+            )?;
+        }
+        let n = &batch.claims;
+        if !n.is_empty() {
+            tx.execute(
+                &self.insert,
+                &[
+                    &vec![shard; n.len()],
+                    &n.iter().map(|c| c.id.0 as i64).collect::<Vec<_>>(),
+                    &n.iter().map(|c| c.coupon.0 as i64).collect::<Vec<_>>(),
+                    &n.iter().map(|c| c.user.0 as i64).collect::<Vec<_>>(),
+                    &n.iter().map(|c| c.status.as_str()).collect::<Vec<_>>(),
+                    &n.iter()
+                        .map(|c| c.order.map(|o| o.0 as i64))
+                        .collect::<Vec<_>>(),
+                    &n.iter()
+                        .map(|c| c.idempotency_key.as_deref())
+                        .collect::<Vec<_>>(),
+                    &n.iter()
+                        .map(|c| c.request_fingerprint as i64)
+                        .collect::<Vec<_>>(),
+                    &n.iter().map(|c| c.created_at.0).collect::<Vec<_>>(),
+                    &n.iter().map(|c| c.updated_at.0).collect::<Vec<_>>(),
+                ],
+            )?;
+        }
+        let u = &batch.claim_updates;
+        if !u.is_empty() {
+            let updated = tx.execute(
+                &self.update,
+                &[
+                    &shard,
+                    &u.iter().map(|u| u.0 .0 as i64).collect::<Vec<_>>(),
+                    &u.iter().map(|u| u.1.as_str()).collect::<Vec<_>>(),
+                    &u.iter()
+                        .map(|u| u.2.map(|o| o.0 as i64))
+                        .collect::<Vec<_>>(),
+                    &u.iter().map(|u| u.3 .0).collect::<Vec<_>>(),
+                ],
+            )?;
+            if updated as usize != u.len() {
+                return Err(corrupt(format!(
+                    "shard {shard}: a claim to update is missing"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -253,64 +451,75 @@ impl PgShardJournal {
             let i = &batch.items;
             let o = &batch.orders;
             let u = &batch.updates;
-            let row = conn.client.query_one(
-                &stmt,
-                &[
-                    &key,
-                    &epoch,
-                    &i.iter().map(|i| i.sku.0 as i64).collect::<Vec<_>>(),
-                    &vec![shard; i.len()],
-                    &i.iter().map(|i| i.merchant.0 as i64).collect::<Vec<_>>(),
-                    &i.iter().map(|i| i.title.as_str()).collect::<Vec<_>>(),
-                    &i.iter().map(|i| i.category.as_str()).collect::<Vec<_>>(),
-                    &i.iter().map(|i| i.price_fen.0).collect::<Vec<_>>(),
-                    &i.iter()
-                        .map(|i| i64::from(i.stock_total))
-                        .collect::<Vec<_>>(),
-                    &i.iter()
-                        .map(|i| i64::from(i.per_user_limit))
-                        .collect::<Vec<_>>(),
-                    &i.iter().map(|i| i.opens_at.0).collect::<Vec<_>>(),
-                    &i.iter().map(|i| i.closes_at.0).collect::<Vec<_>>(),
-                    &i.iter()
-                        .map(|i| i.shelf_life_hours.map(i64::from))
-                        .collect::<Vec<_>>(),
-                    &i.iter()
-                        .map(|i| SalePrice::encode_all(&i.sale_prices))
-                        .collect::<Vec<_>>(),
-                    &i.iter().map(|i| i.floor_price_fen.0).collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.id.0 as i64).collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.id.shard() as i32).collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.sku.0 as i64).collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.user.0 as i64).collect::<Vec<_>>(),
-                    &o.iter()
-                        .map(|o| i64::from(o.quantity.get()))
-                        .collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.unit_price_fen.0).collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.amount_fen.0).collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.payment.as_str()).collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.status.as_str()).collect::<Vec<_>>(),
-                    &o.iter().map(|o| &*o.address).collect::<Vec<_>>(),
-                    &o.iter()
-                        .map(|o| o.idempotency_key.as_deref())
-                        .collect::<Vec<_>>(),
-                    &o.iter()
-                        .map(|o| o.request_fingerprint as i64)
-                        .collect::<Vec<_>>(),
-                    &o.iter()
-                        .map(|o| i64::from(o.per_user_limit))
-                        .collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.created_at.0).collect::<Vec<_>>(),
-                    &o.iter()
-                        .map(|o| o.expires_at.map(|t| t.0))
-                        .collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.updated_at.0).collect::<Vec<_>>(),
-                    &o.iter().map(|o| o.list_price_fen.0).collect::<Vec<_>>(),
-                    &u.iter().map(|u| u.0 .0 as i64).collect::<Vec<_>>(),
-                    &u.iter().map(|u| u.1.as_str()).collect::<Vec<_>>(),
-                    &u.iter().map(|u| u.2 .0).collect::<Vec<_>>(),
-                ],
-            );
+            let params: [&(dyn postgres::types::ToSql + Sync); 35] = [
+                &key,
+                &epoch,
+                &i.iter().map(|i| i.sku.0 as i64).collect::<Vec<_>>(),
+                &vec![shard; i.len()],
+                &i.iter().map(|i| i.merchant.0 as i64).collect::<Vec<_>>(),
+                &i.iter().map(|i| i.title.as_str()).collect::<Vec<_>>(),
+                &i.iter().map(|i| i.category.as_str()).collect::<Vec<_>>(),
+                &i.iter().map(|i| i.price_fen.0).collect::<Vec<_>>(),
+                &i.iter()
+                    .map(|i| i64::from(i.stock_total))
+                    .collect::<Vec<_>>(),
+                &i.iter()
+                    .map(|i| i64::from(i.per_user_limit))
+                    .collect::<Vec<_>>(),
+                &i.iter().map(|i| i.opens_at.0).collect::<Vec<_>>(),
+                &i.iter().map(|i| i.closes_at.0).collect::<Vec<_>>(),
+                &i.iter()
+                    .map(|i| i.shelf_life_hours.map(i64::from))
+                    .collect::<Vec<_>>(),
+                &i.iter()
+                    .map(|i| SalePrice::encode_all(&i.sale_prices))
+                    .collect::<Vec<_>>(),
+                &i.iter().map(|i| i.floor_price_fen.0).collect::<Vec<_>>(),
+                &o.iter().map(|o| o.id.0 as i64).collect::<Vec<_>>(),
+                &o.iter().map(|o| o.id.shard() as i32).collect::<Vec<_>>(),
+                &o.iter().map(|o| o.sku.0 as i64).collect::<Vec<_>>(),
+                &o.iter().map(|o| o.user.0 as i64).collect::<Vec<_>>(),
+                &o.iter()
+                    .map(|o| i64::from(o.quantity.get()))
+                    .collect::<Vec<_>>(),
+                &o.iter().map(|o| o.unit_price_fen.0).collect::<Vec<_>>(),
+                &o.iter().map(|o| o.amount_fen.0).collect::<Vec<_>>(),
+                &o.iter().map(|o| o.payment.as_str()).collect::<Vec<_>>(),
+                &o.iter().map(|o| o.status.as_str()).collect::<Vec<_>>(),
+                &o.iter().map(|o| &*o.address).collect::<Vec<_>>(),
+                &o.iter()
+                    .map(|o| o.idempotency_key.as_deref())
+                    .collect::<Vec<_>>(),
+                &o.iter()
+                    .map(|o| o.request_fingerprint as i64)
+                    .collect::<Vec<_>>(),
+                &o.iter()
+                    .map(|o| i64::from(o.per_user_limit))
+                    .collect::<Vec<_>>(),
+                &o.iter().map(|o| o.created_at.0).collect::<Vec<_>>(),
+                &o.iter()
+                    .map(|o| o.expires_at.map(|t| t.0))
+                    .collect::<Vec<_>>(),
+                &o.iter().map(|o| o.updated_at.0).collect::<Vec<_>>(),
+                &o.iter().map(|o| o.list_price_fen.0).collect::<Vec<_>>(),
+                &u.iter().map(|u| u.0 .0 as i64).collect::<Vec<_>>(),
+                &u.iter().map(|u| u.1.as_str()).collect::<Vec<_>>(),
+                &u.iter().map(|u| u.2 .0).collect::<Vec<_>>(),
+            ];
+            let row = if batch.has_coupons() {
+                let coupons = CouponStatements::prepare(conn)?;
+                let mut tx = conn.client.transaction()?;
+                let row = tx.query_one(&stmt, &params);
+                if let Ok(r) = &row {
+                    if r.try_get::<_, i64>(0)? == 1 {
+                        coupons.write(&mut tx, shard, &batch)?;
+                        tx.commit()?;
+                    }
+                }
+                row
+            } else {
+                conn.client.query_one(&stmt, &params)
+            };
             match row {
                 Ok(row) if row.try_get::<_, i64>(0)? == 1 => Ok(()),
                 Ok(_) => Err(fence.error()),
@@ -340,6 +549,8 @@ impl PgShardJournal {
             let items_stmt = conn.prepare(ITEMS_OF_SHARD)?;
             let orders_stmt = conn.prepare(SNAPSHOT_ORDERS)?;
             let max_stmt = conn.prepare(MAX_ID)?;
+            let coupons_stmt = conn.prepare(COUPONS_OF_SHARD)?;
+            let claims_stmt = conn.prepare(CLAIMS_OF_SHARD)?;
             let mut tx = conn.client.transaction()?;
             fence.hold(&mut tx, &hold)?;
             let items = tx
@@ -358,11 +569,25 @@ impl PgShardJournal {
             }
             drop(rows);
             let max_id: Option<i64> = tx.query_one(&max_stmt, &[&shard])?.try_get(0)?;
+            let coupons = tx
+                .query(&coupons_stmt, &[&shard])?
+                .iter()
+                .map(coupon_from_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?;
+            let claims = tx
+                .query(&claims_stmt, &[&shard])?
+                .iter()
+                .map(claim_from_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?;
             tx.commit()?;
             Ok(Snapshot {
                 items,
                 orders,
                 last_seq: max_id.map_or(0, |id| OrderId(id as u64).seq()),
+                coupons,
+                claims,
             })
         });
         self.fence.observe(result)

@@ -6,8 +6,8 @@
 
 use crate::{migrate, open_connection, Error, Sync};
 use mall_core::{
-    Category, Fen, Item, MerchantId, Order, OrderId, OrderStatus, PaymentMethod, Quantity,
-    SalePrice, Sku, Timestamp, UserId,
+    Category, Claim, ClaimId, ClaimStatus, Coupon, CouponId, Fen, Item, MerchantId, Order, OrderId,
+    OrderStatus, PaymentMethod, Quantity, SalePrice, Sku, Timestamp, UserId,
 };
 use mall_engine::{OrderReader, ShardContents, StoreError};
 use mall_inventory::{Board, Effect, Inventory, InventoryConfig, Snapshot};
@@ -58,6 +58,66 @@ ALTER TABLE orders ADD COLUMN list_price_fen INTEGER;
 UPDATE orders SET list_price_fen = unit_price_fen;
 ";
 
+/// Version 3: coupons and their claims.
+const COUPONS: &str = "
+CREATE TABLE coupons (
+    id INTEGER PRIMARY KEY,
+    merchant_id INTEGER,
+    title TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    per_user_limit INTEGER NOT NULL,
+    claim_opens_at_ms INTEGER NOT NULL,
+    claim_closes_at_ms INTEGER NOT NULL,
+    valid_until_ms INTEGER NOT NULL
+);
+CREATE TABLE coupon_claims (
+    id INTEGER PRIMARY KEY,
+    coupon_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    order_id INTEGER,
+    idempotency_key TEXT,
+    request_fingerprint INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX coupon_claims_by_user ON coupon_claims (user_id, id);
+";
+
+pub(crate) const COUPON_COLUMNS: &str = "id, merchant_id, title, spec, quantity, per_user_limit, claim_opens_at_ms, claim_closes_at_ms, valid_until_ms";
+pub(crate) const CLAIM_COLUMNS: &str = "id, coupon_id, user_id, status, order_id, idempotency_key, request_fingerprint, created_at_ms, updated_at_ms";
+
+pub(crate) fn coupon_from_row(row: &Row<'_>) -> rusqlite::Result<Coupon> {
+    Ok(Coupon {
+        id: CouponId(row.get::<_, i64>(0)? as u64),
+        merchant: row.get::<_, Option<i64>>(1)?.map(|m| MerchantId(m as u64)),
+        title: row.get(2)?,
+        spec: row.get(3)?,
+        quantity: row.get(4)?,
+        per_user_limit: row.get(5)?,
+        claim_opens_at: Timestamp(row.get(6)?),
+        claim_closes_at: Timestamp(row.get(7)?),
+        valid_until: Timestamp(row.get(8)?),
+    })
+}
+
+pub(crate) fn claim_from_row(row: &Row<'_>) -> rusqlite::Result<Claim> {
+    let status: String = row.get(3)?;
+    Ok(Claim {
+        id: ClaimId(row.get::<_, i64>(0)? as u64),
+        coupon: CouponId(row.get::<_, i64>(1)? as u64),
+        user: UserId(row.get::<_, i64>(2)? as u64),
+        status: ClaimStatus::parse(&status)
+            .ok_or_else(|| corrupt(format!("claim status {status}")))?,
+        order: row.get::<_, Option<i64>>(4)?.map(|o| OrderId(o as u64)),
+        idempotency_key: row.get::<_, Option<String>>(5)?.map(Into::into),
+        request_fingerprint: row.get::<_, i64>(6)? as u64,
+        created_at: Timestamp(row.get(7)?),
+        updated_at: Timestamp(row.get(8)?),
+    })
+}
+
 pub(crate) const ORDER_COLUMNS: &str = "id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, created_at_ms, expires_at_ms, updated_at_ms, per_user_limit, list_price_fen";
 pub(crate) const ITEM_COLUMNS: &str = "sku, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours, sale_prices, floor_price_fen";
 
@@ -67,7 +127,7 @@ pub(crate) fn open_shard_db(path: &Path, sync: Sync) -> Result<Connection, Error
     // mid-transaction, and fewer, larger checkpoints.
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
-    migrate(&conn, path, &[SCHEMA, PRICES])?;
+    migrate(&conn, path, &[SCHEMA, PRICES, COUPONS])?;
     Ok(conn)
 }
 
@@ -178,8 +238,59 @@ impl ShardJournal {
             let mut put_item = tx.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO items ({ITEM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
             ))?;
+            let mut put_coupon = tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO coupons ({COUPON_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?;
+            let mut insert_claim = tx.prepare_cached(&format!(
+                "INSERT INTO coupon_claims ({CLAIM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?;
+            let mut update_claim = tx.prepare_cached(
+                "UPDATE coupon_claims SET status = ?2, order_id = ?3, updated_at_ms = ?4 WHERE id = ?1",
+            )?;
             for effect in effects {
                 match effect {
+                    Effect::PutCoupon(c) => {
+                        put_coupon.execute(params![
+                            c.id.0 as i64,
+                            c.merchant.map(|m| m.0 as i64),
+                            c.title,
+                            c.spec,
+                            c.quantity,
+                            c.per_user_limit,
+                            c.claim_opens_at.0,
+                            c.claim_closes_at.0,
+                            c.valid_until.0,
+                        ])?;
+                    }
+                    Effect::InsertClaim(c) => {
+                        insert_claim.execute(params![
+                            c.id.0 as i64,
+                            c.coupon.0 as i64,
+                            c.user.0 as i64,
+                            c.status.as_str(),
+                            c.order.map(|o| o.0 as i64),
+                            c.idempotency_key.as_deref(),
+                            c.request_fingerprint as i64,
+                            c.created_at.0,
+                            c.updated_at.0,
+                        ])?;
+                    }
+                    Effect::UpdateClaim {
+                        id,
+                        status,
+                        order,
+                        updated_at,
+                    } => {
+                        let n = update_claim.execute(params![
+                            id.0 as i64,
+                            status.as_str(),
+                            order.map(|o| o.0 as i64),
+                            updated_at.0
+                        ])?;
+                        if n != 1 {
+                            return Err(crate::corrupt(format!("claim {id} to update is missing")));
+                        }
+                    }
                     Effect::InsertOrder(o) => {
                         insert.execute(params![
                             o.id.0 as i64,
@@ -249,10 +360,26 @@ impl ShardJournal {
             .conn
             .query_row("SELECT MAX(id) FROM orders", [], |r| r.get(0))?;
         let last_seq = max_id.map_or(0, |id| OrderId(id as u64).seq());
+        let coupons = {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("SELECT {COUPON_COLUMNS} FROM coupons ORDER BY id"))?;
+            let rows = stmt.query_map([], coupon_from_row)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let claims = {
+            let mut stmt = self.conn.prepare(&format!(
+                "SELECT {CLAIM_COLUMNS} FROM coupon_claims ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], claim_from_row)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
         Ok(Snapshot {
             items,
             orders,
             last_seq,
+            coupons,
+            claims,
         })
     }
 }

@@ -262,7 +262,11 @@ pub async fn create(
             }
             Err(error)
         }
-        Reply::Item(_) | Reply::Inactive(_) | Reply::Unavailable => {
+        Reply::Item(_)
+        | Reply::Coupon(_)
+        | Reply::Claim { .. }
+        | Reply::Inactive(_)
+        | Reply::Unavailable => {
             state.metrics.record_refusal("store_unavailable");
             Err(ApiError::unavailable())
         }
