@@ -167,7 +167,7 @@ impl Workload {
         };
         mall_core::Coupon {
             id,
-            merchant: self.rng.chance(0.5).then(|| MerchantId(1)),
+            merchant: self.rng.chance(0.5).then_some(MerchantId(1)),
             title: format!("coupon {}", id.0),
             spec: "{}".into(),
             quantity: self.rng.below(6) as u32,
