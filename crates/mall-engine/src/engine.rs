@@ -8,7 +8,7 @@
 //! runs elsewhere goes to [`Elsewhere`], which forwards it to its owner.
 
 use crate::{LedgerRead, OrderReader, Store, StoreError};
-use mall_core::{Item, OrderId, Sku};
+use mall_core::{ClaimId, CouponId, Item, OrderId, Sku};
 use mall_inventory::{Board, BoardEntry, Command, Inventory, InventoryConfig, Reply};
 use mall_ledger::{Ledger, LedgerConfig};
 use mall_shard::{Busy, Clock, RuntimeConfig, Shard, ShardHandle};
@@ -272,6 +272,30 @@ impl Engine {
         command: Command,
     ) -> Option<Result<oneshot::Receiver<Reply>, Busy>> {
         (order.shard() < self.shards.len()).then(|| self.try_submit(order.shard(), command))
+    }
+
+    /// The shard that owns a coupon: the one its id names as a SKU would.
+    pub fn shard_of_coupon(&self, coupon: CouponId) -> usize {
+        self.store.shard_of(Sku(coupon.0))
+    }
+
+    /// Queues a command on the shard that owns `coupon`; refuses at once when full.
+    pub fn try_submit_for_coupon(
+        &self,
+        coupon: CouponId,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Reply>, Busy> {
+        self.try_submit(self.shard_of_coupon(coupon), command)
+    }
+
+    /// Queues a command on the shard that owns `claim`; `None` if the id
+    /// names no shard of this store.
+    pub fn try_submit_for_claim(
+        &self,
+        claim: ClaimId,
+        command: Command,
+    ) -> Option<Result<oneshot::Receiver<Reply>, Busy>> {
+        (claim.shard() < self.shards.len()).then(|| self.try_submit(claim.shard(), command))
     }
 
     /// The ledger, if it runs here: every fen that moves.

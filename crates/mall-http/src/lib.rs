@@ -88,10 +88,10 @@ pub struct Inner {
     pub metrics: metrics::Metrics,
     pub limiter: limits::RateLimiter,
     pub clock: Arc<dyn Clock>,
-    /// The next SKU id to hand out; starts above the highest stored one.
-    pub next_sku: AtomicU64,
-    /// On a cluster: the SKUs reserved for this node, `[next, end)`.
-    pub sku_block: Mutex<(u64, u64)>,
+    /// New SKUs.
+    pub skus: routes::ids::IdSource,
+    /// New coupon ids.
+    pub coupon_ids: routes::ids::IdSource,
     /// The password hashing threads (bounded memory and queue).
     pub hasher: passwords::Hasher,
     /// Failed logins per username.
@@ -139,6 +139,7 @@ impl AppState {
         let sessions = SessionCache::load(accounts.live_sessions(clock.now())?);
         let wishlists = routes::wishlist::Wishlists::start(accounts.clone(), clock.clone())?;
         let next_sku = engine.board().max_sku().map_or(1, |s| s.0 + 1);
+        let next_coupon = engine.board().max_coupon().map_or(1, |c| c.0 + 1);
         let store_calls = (!engine.store().reads_are_local())
             .then(|| tokio::sync::Semaphore::new(STORE_CALLS_MAX));
         let state = AppState {
@@ -153,8 +154,8 @@ impl AppState {
                 config,
                 metrics: metrics::Metrics::default(),
                 clock,
-                next_sku: AtomicU64::new(next_sku),
-                sku_block: Mutex::new((0, 0)),
+                skus: routes::ids::IdSource::new("next_sku", next_sku),
+                coupon_ids: routes::ids::IdSource::new("next_coupon", next_coupon),
                 in_flight_keys: Mutex::new(HashSet::new()),
                 payments: std::sync::OnceLock::new(),
                 events: std::sync::OnceLock::new(),

@@ -1376,3 +1376,152 @@ async fn promotions_by_merchant_and_platform_price_a_quote() {
         2
     );
 }
+
+/// A coupon claim rush: more claimants than coupons, all at once. Exactly
+/// the quantity is issued, per-shopper limits hold, a retry gets its claim
+/// back, and the refusals say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coupon_claim_rush_issues_exactly_the_quantity() {
+    let api = Api::new();
+    let body = json!({"title": "¥20 off ¥200", "rule": {"kind": "amount_off", "off_fen": 2_000, "min_spend_fen": 20_000},
+        "quantity": 30, "per_user_limit": 2, "claim_opens_at_ms": T0, "claim_closes_at_ms": T0 + 3_600_000,
+        "valid_until_ms": T0 + 86_400_000});
+    let r = api.post("/v1/coupons", Some(ADMIN), body.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        (&r.body["funded_by"], &r.body["remaining"]),
+        (&json!("platform"), &json!(30))
+    );
+    let id = r.body["id"].as_u64().unwrap();
+    let claims = format!("/v1/coupons/{id}/claims");
+
+    // 40 shoppers, each trying three times at once: 120 claims for 30.
+    let shoppers = api.shoppers(40, "rush").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, token) in shoppers.iter().enumerate() {
+        for attempt in 0..3 {
+            let app = api.app.clone();
+            let (path, token) = (claims.clone(), token.clone());
+            tasks.spawn(async move {
+                let req = Request::builder()
+                    .method("POST")
+                    .uri(path)
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("idempotency-key", format!("claim-{n}-{attempt}"))
+                    .body(Body::empty())
+                    .unwrap();
+                let response = app.oneshot(req).await.unwrap();
+                let status = response.status();
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+                    .await
+                    .unwrap();
+                (n, status, serde_json::from_slice::<Value>(&bytes).unwrap())
+            });
+        }
+    }
+    let mut issued = std::collections::BTreeMap::<usize, u32>::new();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut codes = std::collections::BTreeMap::<String, u32>::new();
+    while let Some(answer) = tasks.join_next().await {
+        let (n, status, body) = answer.unwrap();
+        if status == StatusCode::CREATED {
+            *issued.entry(n).or_default() += 1;
+            assert!(ids.insert(body["id"].as_u64().unwrap()), "a claim id twice");
+            assert_eq!(body["status"], "claimed");
+        } else {
+            *codes
+                .entry(body["error"]["code"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(ids.len(), 30, "exactly the quantity: {codes:?}");
+    assert!(
+        issued.values().all(|&k| k <= 2),
+        "a shopper over the limit: {issued:?}"
+    );
+    assert_eq!(codes.values().sum::<u32>(), 90);
+    assert!(
+        codes
+            .keys()
+            .all(|c| c == "sold_out" || c == "limit_reached"),
+        "{codes:?}"
+    );
+    let r = api.get(&format!("/v1/coupons/{id}"), None).await;
+    assert_eq!(
+        (&r.body["claimed"], &r.body["remaining"]),
+        (&json!(30), &json!(0))
+    );
+    // A retry of a claim that succeeded gets it back, marked a replay.
+    let (&winner, _) = issued.iter().next().unwrap();
+    let mut first = None;
+    for attempt in 0..3 {
+        let key = format!("claim-{winner}-{attempt}");
+        let r = api
+            .call("POST", &claims, Some(&shoppers[winner]), None, Some(&key))
+            .await;
+        if r.status == StatusCode::CREATED {
+            assert!(r.replayed);
+            first = Some(r.body["id"].clone());
+        }
+    }
+    assert!(first.is_some());
+
+    // The refusals and who may create.
+    let late = api.shoppers(1, "late").await.remove(0);
+    let r = api.call("POST", &claims, Some(&late), None, None).await;
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "sold_out"));
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("claimed"));
+    assert_eq!(
+        api.call("POST", "/v1/coupons/999999/claims", Some(&late), None, None)
+            .await
+            .code(),
+        "coupon_not_found"
+    );
+    let mut later = body.clone();
+    later["claim_opens_at_ms"] = json!(T0 + 60_000);
+    let r = api.post("/v1/coupons", Some(ADMIN), later).await;
+    let soon = r.body["id"].as_u64().unwrap();
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/coupons/{soon}/claims"),
+            Some(&late),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "sale_not_open")
+    );
+    assert_eq!(
+        api.post("/v1/coupons", Some(&late), body.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    for (field, value) in [
+        ("quantity", json!(-1)),
+        ("per_user_limit", json!(0)),
+        ("valid_until_ms", json!(T0)),
+        ("title", json!("")),
+    ] {
+        let mut bad = body.clone();
+        bad[field] = value;
+        assert_eq!(
+            api.post("/v1/coupons", Some(ADMIN), bad).await.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field}"
+        );
+    }
+    assert_eq!(
+        api.get("/v1/coupons", None).await.body["coupons"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}

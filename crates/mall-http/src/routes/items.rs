@@ -16,7 +16,6 @@ use mall_core::{
 };
 use mall_inventory::{BoardEntry, Command, Reply};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::Ordering;
 use utoipa::{IntoParams, ToSchema};
 
 pub const PAGE_MAX: usize = 500;
@@ -316,32 +315,10 @@ async fn put(state: &AppState, item: Item, expected: Option<Item>) -> ApiResult<
     }
 }
 
-/// The SKU for a new item. A node of a cluster takes SKUs from blocks of
-/// 1,000 reserved in the store, so two nodes never hand out the same one;
-/// a single node counts up from the highest it knows.
+/// The SKU for a new item (see `ids`).
 async fn next_sku(state: &AppState) -> ApiResult<Sku> {
     let above = state.engine.board().max_sku().map_or(1, |s| s.0 + 1);
-    if state.cluster.get().is_none() {
-        state.next_sku.fetch_max(above, Ordering::Relaxed);
-        return Ok(Sku(state.next_sku.fetch_add(1, Ordering::Relaxed)));
-    }
-    {
-        let mut block = state.sku_block.lock().unwrap_or_else(|p| p.into_inner());
-        if block.0 < block.1 {
-            block.0 += 1;
-            return Ok(Sku(block.0 - 1));
-        }
-    }
-    const BLOCK: u64 = 1_000;
-    let accounts = state.accounts.clone();
-    let start = super::blocking(state, move || {
-        accounts.reserve_ids("next_sku", BLOCK, above)
-    })
-    .await
-    .map_err(|e| ApiError::store("reserving SKUs", e))?;
-    let mut block = state.sku_block.lock().unwrap_or_else(|p| p.into_inner());
-    *block = (start + 1, start + BLOCK);
-    Ok(Sku(start))
+    Ok(Sku(state.skus.next(state, above).await?))
 }
 
 /// Admin: create an item (a SKU is assigned).

@@ -2,8 +2,10 @@
 //! describes them (OpenAPI, generated from the handlers' annotations).
 
 pub mod accounts;
+pub mod coupons;
 pub mod dashboard;
 pub mod idempotency;
+pub mod ids;
 pub mod items;
 pub mod ops;
 pub mod orders;
@@ -37,6 +39,9 @@ pub fn routes() -> Router<AppState> {
             axum::routing::delete(promotions::end),
         )
         .route("/v1/quotes", post(promotions::quote))
+        .route("/v1/coupons", post(coupons::create).get(coupons::list))
+        .route("/v1/coupons/{id}", get(coupons::get_one))
+        .route("/v1/coupons/{id}/claims", post(coupons::claim))
         .route("/v1/orders", post(orders::create).get(orders::list_mine))
         .route("/v1/orders/{id}", get(orders::get_one))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))

@@ -31,9 +31,9 @@ pub const PROMOTION_SKUS_MAX: usize = 100;
 /// Exclusivity groups are numbered 1 to this.
 pub const GROUP_MAX: u32 = 1_000;
 
-/// What is stored as a promotion's `spec`.
+/// What is stored as a promotion's or a coupon's `spec`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-struct Spec {
+pub(crate) struct Spec {
     rule: Rule,
     #[serde(default)]
     skus: Vec<Sku>,
@@ -195,17 +195,85 @@ pub struct PromotionsPage {
     pub promotions: Vec<PromotionView>,
 }
 
-/// Who funds a new promotion, as the caller may ask.
-fn funder_for(principal: &Principal, asked: Option<u64>) -> ApiResult<Option<MerchantId>> {
+/// Checks an offer (a promotion's or a coupon's) of `merchant` (`None`:
+/// the platform) and gives its stored spec: the rule in range, the
+/// merchant known, the SKUs known and the merchant's own.
+pub(crate) async fn offer_spec(
+    state: &AppState,
+    merchant: Option<MerchantId>,
+    rule: Rule,
+    skus: &[u64],
+    max_off_fen: Option<i64>,
+    group: Option<u32>,
+) -> ApiResult<String> {
+    rule.check()
+        .map_err(|e| ApiError::invalid(format!("rule: {e}")))?;
+    if skus.len() > PROMOTION_SKUS_MAX {
+        return Err(ApiError::invalid(format!(
+            "at most {PROMOTION_SKUS_MAX} skus"
+        )));
+    }
+    if max_off_fen.is_some_and(|m| !(1..=mall_core::PRICE_MAX_FEN).contains(&m)) {
+        return Err(ApiError::invalid("max_off_fen must be 1 to 100,000,000"));
+    }
+    if group.is_some_and(|g| !(1..=GROUP_MAX).contains(&g)) {
+        return Err(ApiError::invalid(format!("group must be 1 to {GROUP_MAX}")));
+    }
+    if let Some(m) = merchant {
+        let accounts = state.accounts.clone();
+        let merchants = super::blocking(state, move || accounts.merchants())
+            .await
+            .map_err(|e| ApiError::store("merchants", e))?;
+        if !merchants.iter().any(|row| row.id == m) {
+            return Err(ApiError::not_found(
+                "merchant_not_found",
+                "no such merchant",
+            ));
+        }
+    }
+    let board = state.engine.board();
+    for &sku in skus {
+        match board.get(Sku(sku)) {
+            None => {
+                return Err(ApiError::not_found(
+                    "item_not_found",
+                    format!("no item {sku}"),
+                ))
+            }
+            Some(e) if merchant.is_some_and(|m| e.item.merchant != m) => {
+                return Err(ApiError::forbidden(format!(
+                    "item {sku} is not this merchant's"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut skus: Vec<Sku> = skus.iter().map(|&s| Sku(s)).collect();
+    skus.sort_unstable();
+    skus.dedup();
+    let spec = Spec {
+        rule,
+        skus,
+        max_off_fen,
+        group,
+    };
+    serde_json::to_string(&spec).map_err(|e| ApiError::internal("offer", e))
+}
+
+/// Who funds a new promotion or coupon, as the caller may ask.
+pub(crate) fn funder_for(
+    principal: &Principal,
+    asked: Option<u64>,
+) -> ApiResult<Option<MerchantId>> {
     match (principal.is_admin(), principal.merchant, asked) {
         (true, _, asked) => Ok(asked.map(MerchantId)),
         (false, Some(mine), None) => Ok(Some(mine)),
         (false, Some(mine), Some(m)) if m == mine.0 => Ok(Some(mine)),
         (false, Some(_), Some(_)) => Err(ApiError::forbidden(
-            "a merchant creates promotions on its own items only",
+            "a merchant creates promotions and coupons on its own items only",
         )),
         (false, None, _) => Err(ApiError::forbidden(
-            "only merchants and admins create promotions",
+            "only merchants and admins create promotions and coupons",
         )),
     }
 }
@@ -226,67 +294,20 @@ pub async fn create(
     StrictJson(body): StrictJson<CreatePromotion>,
 ) -> Result<Response, ApiError> {
     let merchant = funder_for(&principal, body.merchant_id)?;
-    body.rule
-        .check()
-        .map_err(|e| ApiError::invalid(format!("rule: {e}")))?;
     if body.starts_at_ms < 0 || body.starts_at_ms >= body.ends_at_ms {
         return Err(ApiError::invalid(
             "starts_at_ms must be before ends_at_ms (and not negative)",
         ));
     }
-    if body.skus.len() > PROMOTION_SKUS_MAX {
-        return Err(ApiError::invalid(format!(
-            "at most {PROMOTION_SKUS_MAX} skus"
-        )));
-    }
-    if body
-        .max_off_fen
-        .is_some_and(|m| !(1..=mall_core::PRICE_MAX_FEN).contains(&m))
-    {
-        return Err(ApiError::invalid("max_off_fen must be 1 to 100,000,000"));
-    }
-    if body.group.is_some_and(|g| !(1..=GROUP_MAX).contains(&g)) {
-        return Err(ApiError::invalid(format!("group must be 1 to {GROUP_MAX}")));
-    }
-    if let Some(m) = merchant {
-        let accounts = state.accounts.clone();
-        let merchants = super::blocking(&state, move || accounts.merchants())
-            .await
-            .map_err(|e| ApiError::store("merchants", e))?;
-        if !merchants.iter().any(|row| row.id == m) {
-            return Err(ApiError::not_found(
-                "merchant_not_found",
-                "no such merchant",
-            ));
-        }
-    }
-    let board = state.engine.board();
-    for &sku in &body.skus {
-        match board.get(Sku(sku)) {
-            None => {
-                return Err(ApiError::not_found(
-                    "item_not_found",
-                    format!("no item {sku}"),
-                ))
-            }
-            Some(e) if merchant.is_some_and(|m| e.item.merchant != m) => {
-                return Err(ApiError::forbidden(format!(
-                    "item {sku} is not this merchant's"
-                )))
-            }
-            Some(_) => {}
-        }
-    }
-    let mut skus: Vec<Sku> = body.skus.iter().map(|&s| Sku(s)).collect();
-    skus.sort_unstable();
-    skus.dedup();
-    let spec = Spec {
-        rule: body.rule,
-        skus,
-        max_off_fen: body.max_off_fen,
-        group: body.group,
-    };
-    let spec = serde_json::to_string(&spec).map_err(|e| ApiError::internal("promotion", e))?;
+    let spec = offer_spec(
+        &state,
+        merchant,
+        body.rule,
+        &body.skus,
+        body.max_off_fen,
+        body.group,
+    )
+    .await?;
     let row = PromotionRow {
         id: 0,
         merchant,
