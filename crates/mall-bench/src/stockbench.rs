@@ -7,10 +7,13 @@
 
 use crate::peers::{pg_connect, postgres_target, PeerError, RedisServer, Resp, RespValue};
 use hyper::Method;
-use mall_core::{Category, Fen, Item, MerchantId, PaymentMethod, Quantity, Sku, Timestamp, UserId};
+use mall_core::{
+    Category, Coupon, CouponId, Fen, Item, MerchantId, PaymentMethod, Quantity, Sku, Timestamp,
+    UserId,
+};
 use mall_engine::{Engine, EngineConfig};
 use mall_inventory::sim::Rng;
-use mall_inventory::{Command, Reply, Reserve};
+use mall_inventory::{ClaimCoupon, Command, Reply, Reserve};
 use mall_rush::catalog::{pareto_stock, StockShape};
 use mall_rush::http::{Conn, Target};
 use mall_rush::plan::{sample_rank, zipf_cdf};
@@ -33,6 +36,8 @@ pub enum Shape {
 #[serde(rename_all = "snake_case")]
 pub enum System {
     MallInProcess,
+    /// The hot shape as a coupon claim rush, in-process.
+    MallCouponsInProcess,
     MallHttp,
     /// The same, with every snap-up recorded in the event log (its cost).
     MallHttpEvents,
@@ -46,6 +51,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::MallInProcess => "mall in-process",
+            System::MallCouponsInProcess => "mall coupon claims in-proc",
             System::MallHttp => "mall HTTP",
             System::MallHttpEvents => "mall HTTP + event log",
             System::TrivialHttp => "mall HTTP /healthz",
@@ -355,6 +361,95 @@ async fn mall_in_process(
     config: &Config,
 ) -> Result<Row, PeerError> {
     let (engine, dir) = mall_engine(workload, config).await?;
+    let (m, secs, hist, failed) =
+        in_process(&engine, workload, config, |engine, user, item, key| {
+            let sku = Sku(u64::from(item) + 1);
+            (engine.shard_of_sku(sku), reserve(user, item, key))
+        })
+        .await;
+    let verified = verify_mall(&engine, workload, m.orders.load(Ordering::Relaxed));
+    shutdown(engine, &dir);
+    Ok(row(
+        shape,
+        System::MallInProcess,
+        &m,
+        secs,
+        &hist,
+        verdict(verified, &failed),
+    ))
+}
+
+/// The coupon this benchmark's claim rush is for.
+const BENCH_COUPON: CouponId = CouponId(1);
+
+/// The hot shape as a coupon claim rush: one coupon with the hot item's
+/// stock as its quantity, one claim each, the same attempts.
+async fn mall_coupons_in_process(
+    workload: &Arc<Workload>,
+    config: &Config,
+) -> Result<Row, PeerError> {
+    let (engine, dir) = mall_engine(workload, config).await?;
+    let now = SystemClock.now();
+    let coupon = Coupon {
+        id: BENCH_COUPON,
+        merchant: None,
+        title: "bench".into(),
+        spec: "{}".into(),
+        quantity: workload.stock[0],
+        per_user_limit: 1,
+        claim_opens_at: now.plus_ms(-1_000),
+        claim_closes_at: now.plus_ms(3_600_000),
+        valid_until: now.plus_ms(86_400_000),
+    };
+    let put = Command::PutCoupon {
+        coupon,
+        expected: None,
+    };
+    match engine.try_submit_for_coupon(BENCH_COUPON, put) {
+        Ok(rx) => match rx.await {
+            Ok(Reply::Coupon(_)) => {}
+            other => return Err(PeerError::Setup(format!("coupon not made: {other:?}"))),
+        },
+        Err(_) => return Err(PeerError::Setup("coupon not made: busy".into())),
+    }
+    let (m, secs, hist, failed) = in_process(&engine, workload, config, |engine, user, _, key| {
+        let claim = ClaimCoupon::new(
+            UserId(u64::from(user) + 1),
+            BENCH_COUPON,
+            Some(format!("c{key}").into()),
+        );
+        (engine.shard_of_coupon(BENCH_COUPON), Command::Claim(claim))
+    })
+    .await;
+    let claims = m.orders.load(Ordering::Relaxed);
+    let verified = match engine.board().coupon(BENCH_COUPON).map(|e| e.load()) {
+        Some((made, _)) if made > workload.stock[0] => "OVER-ISSUED".to_string(),
+        Some((made, _)) if u64::from(made) != claims => {
+            format!("MISMATCH: {claims} claims acknowledged, {made} made")
+        }
+        Some(_) => "ok".to_string(),
+        None => "coupon missing".to_string(),
+    };
+    shutdown(engine, &dir);
+    Ok(row(
+        Shape::Hot,
+        System::MallCouponsInProcess,
+        &m,
+        secs,
+        &hist,
+        verdict(verified, &failed),
+    ))
+}
+
+/// Drives the workload's attempts through the engine in envelopes of 64
+/// commands per shard, as `command(engine, user, item, key)` makes them
+/// (with the shard to send each to); counts orders and claims made.
+async fn in_process(
+    engine: &Arc<Engine>,
+    workload: &Arc<Workload>,
+    config: &Config,
+    command: fn(&Engine, u32, u32, u64) -> (usize, Command),
+) -> (Arc<Meter>, f64, hdrhistogram::Histogram<u64>, Vec<String>) {
     let m = meter(config);
     const ENVELOPE: usize = 64;
     let (secs, hist, failed_secs) = drive(config, |_| {
@@ -365,8 +460,8 @@ async fn mall_in_process(
                 let mut per_shard: Vec<Vec<Command>> = vec![Vec::new(); engine.shard_count()];
                 for i in range.clone() {
                     let (user, item) = workload.attempts[i];
-                    per_shard[engine.shard_of_sku(Sku(u64::from(item) + 1))]
-                        .push(reserve(user, item, i as u64));
+                    let (shard, cmd) = command(&engine, user, item, i as u64);
+                    per_shard[shard].push(cmd);
                 }
                 let started = Instant::now();
                 let mut rxs = Vec::new();
@@ -386,7 +481,7 @@ async fn mall_in_process(
                     let replies = rx.await.map_err(|e| PeerError::Setup(e.to_string()))?;
                     let ok = replies
                         .iter()
-                        .filter(|r| matches!(r, Reply::Order { .. }))
+                        .filter(|r| matches!(r, Reply::Order { .. } | Reply::Claim { .. }))
                         .count();
                     m.orders.fetch_add(ok as u64, Ordering::Relaxed);
                 }
@@ -398,16 +493,7 @@ async fn mall_in_process(
         }
     })
     .await;
-    let verified = verify_mall(&engine, workload, m.orders.load(Ordering::Relaxed));
-    shutdown(engine, &dir);
-    Ok(row(
-        shape,
-        System::MallInProcess,
-        &m,
-        secs,
-        &hist,
-        verdict(verified, &failed_secs),
-    ))
+    (m, secs, hist, failed_secs)
 }
 
 fn shutdown(engine: Arc<Engine>, dir: &std::path::Path) {
@@ -813,6 +899,9 @@ pub async fn run(
         let workload = Arc::new(Workload::new(shape, config, 11));
         let run_id = format!("{run_id}{}", if shape == Shape::Hot { "h" } else { "z" });
         rows.push(mall_in_process(shape, &workload, config).await?);
+        if shape == Shape::Hot {
+            rows.push(mall_coupons_in_process(&workload, config).await?);
+        }
         rows.extend(mall_http(shape, &workload, config, false).await?);
         if config.with_events {
             rows.extend(mall_http(shape, &workload, config, true).await?);

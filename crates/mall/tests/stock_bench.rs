@@ -63,6 +63,18 @@ fn stock_bench_against_real_redis_and_postgres_oversells_nowhere() {
             }
         }
     }
+    // The hot shape as a coupon claim rush: exactly the quantity issued.
+    let claims: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["system"] == "mall_coupons_in_process")
+        .collect();
+    assert_eq!(claims.len(), 1, "one claim-rush row: {rows:?}");
+    assert_eq!(claims[0]["verified"], "ok", "{}", claims[0]);
+    assert_eq!(
+        claims[0]["orders"], 500,
+        "exactly 500 claims: {}",
+        claims[0]
+    );
 }
 
 #[test]
