@@ -1465,6 +1465,59 @@ async fn a_coupon_claim_rush_issues_exactly_the_quantity() {
         }
     }
     assert!(first.is_some());
+    // The winner sees their claims, and a quote takes one off.
+    let mine = api.get("/v1/claims", Some(&shoppers[winner])).await;
+    let listed = mine.body["claims"].as_array().unwrap();
+    assert_eq!(listed.len() as u32, issued[&winner], "{}", mine.body);
+    assert!(listed
+        .iter()
+        .all(|c| c["status"] == "claimed" && c["coupon_id"] == id));
+    let sku = api.item(5, 1, -1_000).await; // ¥299
+    let claim = listed[0]["id"].clone();
+    let q = api
+        .post(
+            "/v1/quotes",
+            Some(&shoppers[winner]),
+            json!({"lines": [{"sku": sku, "quantity": 1}], "claims": [claim]}),
+        )
+        .await;
+    assert_eq!(q.status, StatusCode::OK, "{}", q.body);
+    let coupon = q.body["discounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["source"] == "coupon")
+        .cloned();
+    let coupon = coupon.expect("the coupon applied");
+    assert_eq!(
+        (&coupon["id"], &coupon["fen"], &coupon["funded_by"]),
+        (&json!(id), &json!(2_000), &json!("platform"))
+    );
+    assert_eq!(q.body["total_fen"], 29_900 - 2_000);
+    // Someone else's claim is no claim of yours; one claim per coupon.
+    let other = shoppers
+        .iter()
+        .enumerate()
+        .find(|(n, _)| *n != winner && issued.contains_key(n))
+        .unwrap()
+        .1;
+    let r = api
+        .post(
+            "/v1/quotes",
+            Some(other),
+            json!({"lines": [{"sku": sku, "quantity": 1}], "claims": [claim]}),
+        )
+        .await;
+    assert_eq!(r.code(), "coupon_not_found");
+    if listed.len() > 1 {
+        let both = json!({"lines": [{"sku": sku, "quantity": 1}], "claims": [listed[0]["id"], listed[1]["id"]]});
+        assert_eq!(
+            api.post("/v1/quotes", Some(&shoppers[winner]), both)
+                .await
+                .status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
 
     // The refusals and who may create.
     let late = api.shoppers(1, "late").await.remove(0);

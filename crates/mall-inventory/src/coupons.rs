@@ -62,6 +62,19 @@ impl Inventory {
         self.claims.values()
     }
 
+    /// A user's claims, by id. A pass over every claim of the shard: for
+    /// a shopper's list, not the hot path.
+    pub(crate) fn claims_of(&self, user: UserId) -> Vec<Claim> {
+        let mut mine: Vec<Claim> = self
+            .claims
+            .values()
+            .filter(|c| c.user == user)
+            .cloned()
+            .collect();
+        mine.sort_by_key(|c| c.id);
+        mine
+    }
+
     pub(crate) fn put_coupon(
         &mut self,
         coupon: Coupon,

@@ -155,6 +155,11 @@ pub enum Command {
         claim: ClaimId,
         order: OrderId,
     },
+    /// A shopper's claims on this shard, by id (a read: answered once
+    /// everything applied before it is committed).
+    ClaimsOf {
+        user: UserId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -176,6 +181,7 @@ pub enum Reply {
         claim: Claim,
         replayed: bool,
     },
+    Claims(Vec<Claim>),
     /// The order is not active here (cancelled, expired, or unknown).
     /// Answered only after everything applied before it is committed, so a
     /// read of the store then sees its latest state.
@@ -427,6 +433,7 @@ impl Inventory {
                 self.use_claim(claim, user, order, now, effects)
             }
             Command::ReturnClaim { claim, order } => self.return_claim(claim, order, now, effects),
+            Command::ClaimsOf { user } => Reply::Claims(self.claims_of(user)),
         }
     }
 
@@ -862,11 +869,19 @@ impl mall_shard::StateMachine for Inventory {
         Inventory::apply(self, command, now, effects)
     }
 
+    /// Every reply is named here, no wildcard: a new kind of reply must
+    /// be decided (a success waits for its commit; a refusal claims nothing).
     fn needs_commit(reply: &Reply) -> bool {
-        matches!(
-            reply,
-            Reply::Order { .. } | Reply::StoredOrder(_) | Reply::Item(_) | Reply::Inactive(_)
-        )
+        match reply {
+            Reply::Order { .. }
+            | Reply::StoredOrder(_)
+            | Reply::Item(_)
+            | Reply::Coupon(_)
+            | Reply::Claim { .. }
+            | Reply::Claims(_)
+            | Reply::Inactive(_) => true,
+            Reply::Refused(_) | Reply::Unavailable => false,
+        }
     }
 
     fn tick(&mut self, now: Timestamp, effects: &mut Vec<Effect>) {

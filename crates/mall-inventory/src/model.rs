@@ -170,6 +170,16 @@ impl Model {
                     }
                 }
             }
+            Command::ClaimsOf { user } => {
+                let mut mine: Vec<Claim> = self
+                    .claims
+                    .iter()
+                    .filter(|c| c.user == *user)
+                    .cloned()
+                    .collect();
+                mine.sort_by_key(|c| c.id);
+                Reply::Claims(mine)
+            }
             _ => unreachable!("not a coupon command"),
         }
     }
@@ -407,7 +417,8 @@ impl Model {
             Command::PutCoupon { .. }
             | Command::Claim(_)
             | Command::UseClaim { .. }
-            | Command::ReturnClaim { .. } => self.coupon_command(command, now),
+            | Command::ReturnClaim { .. }
+            | Command::ClaimsOf { .. } => self.coupon_command(command, now),
         }
     }
 }

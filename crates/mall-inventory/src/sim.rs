@@ -226,6 +226,9 @@ impl Workload {
                 }
                 Command::Claim(claim)
             }
+            6 if self.rng.chance(0.3) => Command::ClaimsOf {
+                user: UserId(1 + self.rng.below(self.users)),
+            },
             6..=8 => Command::UseClaim {
                 claim: self.some_claim(),
                 user: UserId(1 + self.rng.below(self.users)),

@@ -918,7 +918,7 @@ async fn send_local(shared: &Shared, engine: &Engine, job: &Job) -> Answer {
                 order: None,
             }
         }
-        Reply::Item(_) | Reply::Coupon(_) | Reply::Claim { .. } => Answer {
+        Reply::Item(_) | Reply::Coupon(_) | Reply::Claim { .. } | Reply::Claims(_) => Answer {
             code: "ok".into(),
             order: None,
         },

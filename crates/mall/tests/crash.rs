@@ -253,3 +253,99 @@ fn check_fails_on_an_oversold_store() {
     );
     assert!(text.contains("oversold"), "{text}");
 }
+
+/// A coupon claim rush on the real binary, `kill -9` mid-run: after the
+/// restart every acknowledged claim is there for its shopper, and never
+/// more claims than the quantity.
+#[test]
+fn kill_dash_nine_loses_no_acknowledged_claim() {
+    const QUANTITY: i64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let a = agent();
+    let now = common::now_ms();
+    let r = call(
+        &a,
+        "POST",
+        &server.url("/v1/coupons"),
+        ADMIN,
+        Some(json!({"title": "¥10 off", "rule": {"kind": "amount_off", "off_fen": 1000, "min_spend_fen": 0},
+                    "quantity": QUANTITY, "per_user_limit": 3, "claim_opens_at_ms": now - 1000,
+                    "claim_closes_at_ms": now + 3_600_000, "valid_until_ms": now + 86_400_000})),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 201, "{}", r.1);
+    let coupon = r.1["id"].as_u64().unwrap();
+    let users = Arc::new(common::shoppers(&server, 300));
+    let acked: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (users, acked, stop, base) = (
+                users.clone(),
+                acked.clone(),
+                stop.clone(),
+                server.base.clone(),
+            );
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let who = (w * 7919 + n * 104_729) % users.len();
+                    let key = format!("claim-w{w}-{n}");
+                    let url = format!("{base}/v1/coupons/{coupon}/claims");
+                    if let Some((201, c)) =
+                        call(&agent, "POST", &url, &users[who].1, None, Some(&key))
+                    {
+                        acked.lock().unwrap().push((who, c["id"].as_u64().unwrap()));
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    server.kill_9();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let server = Server::start(&data, &[]);
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 30,
+        "too few claims acknowledged ({}) to mean much",
+        acked.len()
+    );
+    for (who, id) in &acked {
+        let (status, body) = call(
+            &a,
+            "GET",
+            &server.url("/v1/claims"),
+            &users[*who].1,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let there = body["claims"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"].as_u64() == Some(*id) && c["coupon_id"].as_u64() == Some(coupon));
+        assert!(there, "acknowledged claim {id} lost");
+    }
+    let (_, c) = call(
+        &a,
+        "GET",
+        &server.url(&format!("/v1/coupons/{coupon}")),
+        ADMIN,
+        None,
+        None,
+    )
+    .unwrap();
+    let claimed = c["claimed"].as_i64().unwrap();
+    assert!(claimed <= QUANTITY && claimed >= acked.len() as i64, "{c}");
+}

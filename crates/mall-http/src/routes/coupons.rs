@@ -332,3 +332,99 @@ pub async fn get_one(
         .map(|e| Json(CouponView::of_entry(&e)))
         .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownCoupon))
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct ClaimsPage {
+    pub claims: Vec<ClaimView>,
+}
+
+/// The caller's claims, from every shard (each answers once what it
+/// applied before is committed).
+pub(crate) async fn claims_of(state: &AppState, user: mall_core::UserId) -> ApiResult<Vec<Claim>> {
+    let mut waiting = Vec::with_capacity(state.engine.shard_count());
+    for shard in 0..state.engine.shard_count() {
+        let rx = state
+            .engine
+            .try_submit(shard, Command::ClaimsOf { user })
+            .map_err(|_| ApiError::overloaded())?;
+        waiting.push(rx);
+    }
+    let mut claims = Vec::new();
+    for rx in waiting {
+        match rx.await.unwrap_or(Reply::Unavailable) {
+            Reply::Claims(mine) => claims.extend(mine),
+            _ => return Err(ApiError::unavailable()),
+        }
+    }
+    claims.sort_by_key(|c| c.id);
+    Ok(claims)
+}
+
+/// Your claims: `claimed` ones may go on an order.
+#[utoipa::path(get, path = "/v1/claims", tag = "coupons", security(("bearer" = [])),
+    responses((status = 200, body = ClaimsPage),
+              (status = 503, description = "overloaded, store_unavailable", body = crate::error::ErrorBody)))]
+pub async fn mine(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<ClaimsPage>> {
+    let claims = claims_of(&state, principal.user).await?;
+    Ok(Json(ClaimsPage {
+        claims: claims.iter().map(ClaimView::from).collect(),
+    }))
+}
+
+/// The offers of the caller's claims `ids` at `now`: each must be the
+/// caller's, `claimed`, valid, and of a different coupon.
+pub(crate) async fn offers_of_claims(
+    state: &AppState,
+    user: mall_core::UserId,
+    ids: &[u64],
+    now: Timestamp,
+) -> ApiResult<Vec<mall_pricing::Offer>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    if ids.len() > CLAIMS_PER_ORDER_MAX {
+        return Err(ApiError::invalid(format!(
+            "at most {CLAIMS_PER_ORDER_MAX} coupons on one order"
+        )));
+    }
+    let mine = claims_of(state, user).await?;
+    let mut offers: Vec<mall_pricing::Offer> = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let claim = mine
+            .iter()
+            .find(|c| c.id.0 == id)
+            .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownCoupon))?;
+        let entry = state
+            .engine
+            .board()
+            .coupon(claim.coupon)
+            .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownCoupon))?;
+        if claim.status != mall_core::ClaimStatus::Claimed || now >= entry.coupon.valid_until {
+            return Err(ApiError::from_refusal(&Refusal::ClaimNotUsable));
+        }
+        if offers.iter().any(|o| o.id == claim.coupon.0) {
+            return Err(ApiError::invalid("one claim of each coupon per order"));
+        }
+        let spec: super::promotions::Spec = serde_json::from_str(&entry.coupon.spec)
+            .map_err(|e| ApiError::internal("coupon spec", e))?;
+        offers.push(mall_pricing::Offer {
+            id: claim.coupon.0,
+            kind: mall_pricing::OfferKind::Coupon,
+            funder: entry.coupon.merchant.map_or(
+                mall_pricing::Funder::Platform,
+                mall_pricing::Funder::Merchant,
+            ),
+            rule: spec.rule,
+            skus: spec.skus,
+            max_off_fen: spec.max_off_fen,
+            group: spec.group,
+        });
+    }
+    Ok(offers)
+}
+
+/// Coupons one order may carry, at most.
+pub const CLAIMS_PER_ORDER_MAX: usize = 8;

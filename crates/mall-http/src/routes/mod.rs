@@ -42,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/coupons", post(coupons::create).get(coupons::list))
         .route("/v1/coupons/{id}", get(coupons::get_one))
         .route("/v1/coupons/{id}/claims", post(coupons::claim))
+        .route("/v1/claims", get(coupons::mine))
         .route("/v1/orders", post(orders::create).get(orders::list_mine))
         .route("/v1/orders/{id}", get(orders::get_one))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))

@@ -25,7 +25,7 @@ use utoipa::{Modify, OpenApi};
         super::wishlist::put_in_cart, super::wishlist::cart,
         super::promotions::create, super::promotions::list, super::promotions::end,
         super::promotions::quote, super::coupons::create, super::coupons::list,
-        super::coupons::get_one, super::coupons::claim,
+        super::coupons::get_one, super::coupons::claim, super::coupons::mine,
         super::payments::pay, super::payments::top_up, super::payments::wallet,
         super::payments::statement, super::payments::refund, super::payments::deliver,
         super::payments::cod_collected, super::payments::callback, super::payments::channels,

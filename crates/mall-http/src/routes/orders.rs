@@ -265,6 +265,7 @@ pub async fn create(
         Reply::Item(_)
         | Reply::Coupon(_)
         | Reply::Claim { .. }
+        | Reply::Claims(_)
         | Reply::Inactive(_)
         | Reply::Unavailable => {
             state.metrics.record_refusal("store_unavailable");

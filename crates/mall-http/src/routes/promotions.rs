@@ -34,11 +34,11 @@ pub const GROUP_MAX: u32 = 1_000;
 /// What is stored as a promotion's or a coupon's `spec`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Spec {
-    rule: Rule,
+    pub(crate) rule: Rule,
     #[serde(default)]
-    skus: Vec<Sku>,
-    max_off_fen: Option<i64>,
-    group: Option<u32>,
+    pub(crate) skus: Vec<Sku>,
+    pub(crate) max_off_fen: Option<i64>,
+    pub(crate) group: Option<u32>,
 }
 
 /// A promotion in memory.
@@ -442,6 +442,10 @@ pub struct QuoteLine {
 pub struct QuoteRequest {
     /// The lines to price; absent: the caller's cart.
     pub lines: Option<Vec<QuoteLine>>,
+    /// Claims of yours to apply (`claimed`, valid, one per coupon; at
+    /// most 8).
+    #[serde(default)]
+    pub claims: Vec<u64>,
 }
 
 /// The price of the caller's cart (or of the lines given) now: sale
@@ -450,7 +454,8 @@ pub struct QuoteRequest {
 #[utoipa::path(post, path = "/v1/quotes", request_body = QuoteRequest, tag = "promotions",
     security(("bearer" = [])),
     responses((status = 200, body = PriceBreakdown),
-              (status = 404, description = "item_not_found", body = crate::error::ErrorBody),
+              (status = 404, description = "item_not_found, coupon_not_found (a claim that is not yours)", body = crate::error::ErrorBody),
+              (status = 409, description = "coupon_not_usable (used, or expired)", body = crate::error::ErrorBody),
               (status = 422, description = "invalid_request (no line, too many, a bad quantity)", body = crate::error::ErrorBody)))]
 pub async fn quote(
     State(state): State<AppState>,
@@ -472,7 +477,10 @@ pub async fn quote(
     };
     let now = state.now();
     let lines = lines_at(&state, &wanted, now)?;
-    let priced = mall_pricing::price(&lines, &state.promotions.offers_at(now), &Policy::default())
+    let mut offers = state.promotions.offers_at(now);
+    offers
+        .extend(super::coupons::offers_of_claims(&state, principal.user, &body.claims, now).await?);
+    let priced = mall_pricing::price(&lines, &offers, &Policy::default())
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok(Json(PriceBreakdown::from(&priced)))
 }
