@@ -21,6 +21,8 @@ use std::time::Duration;
 pub struct AuditReport {
     pub orders_checked: u64,
     pub items_checked: u64,
+    /// Coupon claims acknowledged to the client and found on the server.
+    pub claims_checked: u64,
     pub violations: Vec<String>,
 }
 
@@ -103,6 +105,7 @@ pub async fn audit(outcome: &Outcome, backend: &Backend) -> AuditReport {
         items.extend(fetch_items(backend, &off).await);
     }
     doubles(outcome, backend, &mut report).await;
+    claims(outcome, backend, &mut report).await;
     let v = &mut report.violations;
     for (id, k) in &known {
         report.orders_checked += 1;
@@ -304,6 +307,171 @@ async fn doubles(outcome: &Outcome, backend: &Backend, report: &mut AuditReport)
 }
 
 const AUDIT_LANES: usize = 16;
+
+/// The claim rush: every claim the client was told of exists for its
+/// shopper, no claim was told to two shoppers or twice to one (one each),
+/// and the coupon never issued more than its quantity.
+async fn claims(outcome: &Outcome, backend: &Backend, report: &mut AuditReport) {
+    let Some(coupon) = outcome.coupon else {
+        return;
+    };
+    let quantity = u64::from(outcome.plan.scenario.coupon_quantity());
+    let mut told: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut per_user: HashMap<u32, u64> = HashMap::new();
+    for r in outcome
+        .records
+        .iter()
+        .filter(|r| r.kind == Kind::Claim && r.ok())
+    {
+        let Some(id) = r.order else {
+            report.violations.push(format!(
+                "claim of shopper {} answered without an id",
+                r.user
+            ));
+            continue;
+        };
+        if let Some(&other) = told.get(&id) {
+            if other != r.user {
+                report.violations.push(format!(
+                    "claim {id} was told to shoppers {other} and {}",
+                    r.user
+                ));
+            }
+        }
+        told.insert(id, r.user);
+        if let Some(before) = per_user.insert(r.user, id) {
+            if before != id {
+                report.violations.push(format!(
+                    "shopper {} was told of claims {before} and {id}, one each",
+                    r.user
+                ));
+            }
+        }
+    }
+    if told.len() as u64 > quantity {
+        report.violations.push(format!(
+            "{} claims acknowledged, the coupon has {quantity}",
+            told.len()
+        ));
+    }
+    let users: Vec<u32> = per_user.keys().copied().collect();
+    let server = fetch_claims(backend, outcome, &users).await;
+    for (&id, &user) in &told {
+        match server.get(&user) {
+            Some(Some(claims)) if claims.contains(&(id, coupon)) => report.claims_checked += 1,
+            Some(Some(_)) => report.violations.push(format!(
+                "claim {id}: acknowledged to shopper {user} but missing on the server"
+            )),
+            _ => report.violations.push(format!(
+                "the claims of shopper {user} could not be read back"
+            )),
+        }
+    }
+    match fetch_coupon(backend, coupon).await {
+        Some(claimed) if claimed > quantity => report.violations.push(format!(
+            "coupon {coupon}: {claimed} claims made of {quantity}"
+        )),
+        Some(claimed) if claimed < told.len() as u64 => report.violations.push(format!(
+            "coupon {coupon}: the server counts {claimed} claims, the client was told of {}",
+            told.len()
+        )),
+        Some(_) => {}
+        None => report
+            .violations
+            .push(format!("coupon {coupon}: could not be read back")),
+    }
+}
+
+/// Each shopper's claims as `(claim, coupon)`, or `None` if unreadable.
+async fn fetch_claims(
+    backend: &Backend,
+    outcome: &Outcome,
+    users: &[u32],
+) -> HashMap<u32, Option<HashSet<(u64, u64)>>> {
+    let mut out = HashMap::new();
+    match backend {
+        Backend::InProcess { engine } => {
+            for &user in users {
+                let id = mall_core::UserId(outcome.user_ids[user as usize]);
+                let mut mine = Some(HashSet::new());
+                for shard in 0..engine.shard_count() {
+                    let reply = match engine
+                        .try_submit(shard, mall_inventory::Command::ClaimsOf { user: id })
+                    {
+                        Ok(rx) => rx.await.ok(),
+                        Err(_) => None,
+                    };
+                    match (reply, mine.as_mut()) {
+                        (Some(mall_inventory::Reply::Claims(claims)), Some(set)) => {
+                            set.extend(claims.iter().map(|c| (c.id.0, c.coupon.0)));
+                        }
+                        _ => mine = None,
+                    }
+                }
+                out.insert(user, mine);
+            }
+        }
+        Backend::Http {
+            target,
+            admin_token,
+        } => {
+            let paths: Vec<(u64, String)> = users
+                .iter()
+                .map(|&u| {
+                    (
+                        u64::from(u),
+                        format!("/v1/claims?user_id={}", outcome.user_ids[u as usize]),
+                    )
+                })
+                .collect();
+            for (user, got) in http_get_all(target, admin_token, paths).await {
+                let claims = match got {
+                    Some((StatusCode::OK, v)) => Some(
+                        v["claims"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|c| {
+                                (
+                                    c["id"].as_u64().unwrap_or(0),
+                                    c["coupon_id"].as_u64().unwrap_or(0),
+                                )
+                            })
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+                out.insert(user as u32, claims);
+            }
+        }
+    }
+    out
+}
+
+/// Claims the server counts for `coupon`.
+async fn fetch_coupon(backend: &Backend, coupon: u64) -> Option<u64> {
+    match backend {
+        Backend::InProcess { engine } => engine
+            .board()
+            .coupon(mall_core::CouponId(coupon))
+            .map(|e| u64::from(e.load().0)),
+        Backend::Http {
+            target,
+            admin_token,
+        } => {
+            let got = http_get_all(
+                target,
+                admin_token,
+                vec![(coupon, format!("/v1/coupons/{coupon}"))],
+            )
+            .await;
+            match got.into_iter().next() {
+                Some((_, Some((StatusCode::OK, v)))) => v["claimed"].as_u64(),
+                _ => None,
+            }
+        }
+    }
+}
 
 async fn fetch_orders(backend: &Backend, ids: &[u64]) -> HashMap<u64, Option<ServerOrder>> {
     let mut out = HashMap::new();

@@ -45,6 +45,9 @@ pub struct Plan {
     pub items: Vec<Item>,
     /// Sorted by time.
     pub browses: Vec<Browse>,
+    /// The coupon claim rush: `(at_us, user)`, sorted by time, all before
+    /// the opening.
+    pub claims: Vec<(i64, u32)>,
     /// Sorted by time.
     pub attempts: Vec<Attempt>,
 }
@@ -106,6 +109,9 @@ impl Plan {
         let tail_mean_us = (tail_us / 4.0).max(1.0);
         let mut attempts = Vec::with_capacity((s.users * s.wish_list) as usize);
         let mut browses = Vec::new();
+        let mut claims = Vec::new();
+        // The claim rush: a one-second burst half way to the opening.
+        let claims_open_us = -((s.opens_in_s * 1e6) as i64) / 2 - 1_000_000;
         let mut wish = Vec::with_capacity(s.wish_list as usize);
         for user in 0..s.users {
             wish.clear();
@@ -128,6 +134,9 @@ impl Plan {
                     user,
                     rank: wish[0],
                 });
+            }
+            if s.coupon_claim_share > 0.0 && unit(&mut rng) < s.coupon_claim_share {
+                claims.push((claims_open_us + (unit(&mut rng) * 1e6) as i64, user));
             }
             for &rank in &wish {
                 let at_us = if unit(&mut rng) < s.spike_share || tail_us <= 0.0 {
@@ -166,10 +175,12 @@ impl Plan {
         }
         attempts.sort_by_key(|a| (a.at_us, a.user, a.rank));
         browses.sort_by_key(|b| (b.at_us, b.user));
+        claims.sort_unstable();
         Plan {
             scenario: s.clone(),
             items,
             browses,
+            claims,
             attempts,
         }
     }

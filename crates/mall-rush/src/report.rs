@@ -44,8 +44,8 @@ pub fn html(summary: &Summary, audit: &AuditReport) -> String {
     };
     let _ = write!(
         page,
-        "{verdict}: {} orders and {} items checked.</p>",
-        audit.orders_checked, audit.items_checked
+        "{verdict}: {} orders, {} items and {} coupon claims checked.</p>",
+        audit.orders_checked, audit.items_checked, audit.claims_checked
     );
     if !audit.passed() {
         page.push_str("<ul class=\"bad\">");

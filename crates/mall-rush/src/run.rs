@@ -32,6 +32,8 @@ pub enum Kind {
     Pay,
     Cancel,
     LatePay,
+    /// A claim of the night's coupon (the claim rush before the sale).
+    Claim,
 }
 
 /// What one request met.
@@ -82,6 +84,8 @@ pub struct Outcome {
     pub cpu_cores_peak: f64,
     /// Late payments skipped because the hold outlives the run.
     pub late_pays_skipped: u64,
+    /// The claim rush's coupon, if the scenario has one.
+    pub coupon: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +106,9 @@ enum Job {
     Cancel {
         order: u64,
         rank: u32,
+        user: u32,
+    },
+    Claim {
         user: u32,
     },
 }
@@ -143,6 +150,8 @@ struct Shared {
     records: std::sync::Mutex<Vec<Record>>,
     /// Server ids of the shoppers, by index.
     user_ids: Vec<u64>,
+    /// The claim rush's coupon.
+    coupon: Option<u64>,
 }
 
 fn wall_ms() -> i64 {
@@ -188,7 +197,8 @@ pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome
     let s = plan.scenario.clone();
     let run_id = format!("r{}x{}", s.seed, wall_ms() % 1_000_000_000);
     let opening_ms = wall_ms() + opening_after_ms(&s);
-    let (skus, tokens, user_ids) = setup(&plan, &backend, &run_id, Timestamp(opening_ms)).await?;
+    let (skus, tokens, user_ids, coupon) =
+        setup(&plan, &backend, &run_id, Timestamp(opening_ms)).await?;
     let now_ms = wall_ms();
     if now_ms > opening_ms {
         return Err(RunError::Setup(format!(
@@ -220,6 +230,7 @@ pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome
         follow_tx,
         records: std::sync::Mutex::new(Vec::new()),
         user_ids,
+        coupon,
     });
     let cpu_before = cpu_seconds();
     let wall_before = Instant::now();
@@ -289,7 +300,36 @@ pub async fn run(plan: Plan, backend: Backend, progress: bool) -> Result<Outcome
         cpu_cores_used,
         cpu_cores_peak: peak_millicores.load(Ordering::Relaxed) as f64 / 1000.0,
         late_pays_skipped: late,
+        coupon: shared.coupon,
     })
+}
+
+/// A claim of the rush's coupon, straight into the engine (the same
+/// command and fingerprint as the HTTP layer makes).
+async fn claim_local(shared: &Shared, engine: &Engine, user: u32) -> Answer {
+    let coupon = mall_core::CouponId(shared.coupon.unwrap_or(0));
+    let key: Arc<str> = format!("{}-k{user}", shared.run_id).into();
+    let claim = mall_inventory::ClaimCoupon::new(local_user_id(user), coupon, Some(key));
+    let Ok(rx) = engine.try_submit_for_coupon(coupon, Command::Claim(claim)) else {
+        return Answer {
+            code: "overloaded".into(),
+            order: None,
+        };
+    };
+    match rx.await.unwrap_or(Reply::Unavailable) {
+        Reply::Claim { claim, replayed } => Answer {
+            code: if replayed { "ok" } else { "created" }.into(),
+            order: Some((claim.id.0, claim.status.as_str().into(), None)),
+        },
+        Reply::Refused(r) => Answer {
+            code: r.code().into(),
+            order: None,
+        },
+        _ => Answer {
+            code: "store_unavailable".into(),
+            order: None,
+        },
+    }
 }
 
 /// The id the in-process backend gives shopper `user`.
@@ -297,7 +337,19 @@ pub fn local_user_id(user: u32) -> UserId {
     UserId(1_000_000_000 + u64::from(user))
 }
 
-type Setup = (Vec<Sku>, Vec<String>, Vec<u64>);
+type Setup = (Vec<Sku>, Vec<String>, Vec<u64>, Option<u64>);
+
+/// The claim rush's coupon: a platform coupon, ¥20 off ¥200, one each,
+/// claimed from the start of the run until a day after the opening.
+fn rush_coupon(plan: &Plan, opens_at: Timestamp) -> Option<Value> {
+    let quantity = plan.scenario.coupon_quantity();
+    (quantity > 0).then(|| {
+        json!({"title": "¥20 off ¥200", "rule": {"kind": "amount_off", "off_fen": 2000, "min_spend_fen": 20000},
+               "quantity": quantity, "per_user_limit": 1,
+               "claim_opens_at_ms": opens_at.0 - 3_600_000, "claim_closes_at_ms": opens_at.0 + 86_400_000,
+               "valid_until_ms": opens_at.0 + 86_400_000})
+    })
+}
 
 async fn setup(
     plan: &Plan,
@@ -328,7 +380,40 @@ async fn setup(
                 .await
                 .map_err(|e| RunError::Setup(e.to_string()))?;
             let ids = (0..s.users).map(|u| local_user_id(u).0).collect();
-            Ok((skus, Vec::new(), ids))
+            let coupon = match rush_coupon(plan, opens_at) {
+                None => None,
+                Some(spec) => {
+                    let id =
+                        mall_core::CouponId(engine.board().max_coupon().map_or(1, |c| c.0 + 1));
+                    let coupon = mall_core::Coupon {
+                        id,
+                        merchant: None,
+                        title: spec["title"].as_str().unwrap_or_default().into(),
+                        spec: json!({"rule": spec["rule"]}).to_string(),
+                        quantity: s.coupon_quantity(),
+                        per_user_limit: 1,
+                        claim_opens_at: Timestamp(spec["claim_opens_at_ms"].as_i64().unwrap_or(0)),
+                        claim_closes_at: Timestamp(
+                            spec["claim_closes_at_ms"].as_i64().unwrap_or(0),
+                        ),
+                        valid_until: Timestamp(spec["valid_until_ms"].as_i64().unwrap_or(0)),
+                    };
+                    let put = Command::PutCoupon {
+                        coupon,
+                        expected: None,
+                    };
+                    let rx = engine
+                        .try_submit_for_coupon(id, put)
+                        .map_err(|_| RunError::Setup("creating the coupon: busy".into()))?;
+                    match rx.await {
+                        Ok(Reply::Coupon(_)) => Some(id.0),
+                        other => {
+                            return Err(RunError::Setup(format!("creating the coupon: {other:?}")))
+                        }
+                    }
+                }
+            };
+            Ok((skus, Vec::new(), ids, coupon))
         }
         Backend::Http {
             target,
@@ -426,7 +511,24 @@ async fn setup(
                 }
                 start += count as u64;
             }
-            Ok((skus, tokens, ids))
+            let coupon = match rush_coupon(plan, opens_at) {
+                None => None,
+                Some(body) => {
+                    let (status, bytes) = conn
+                        .send(
+                            Method::POST,
+                            "/v1/coupons",
+                            Some(admin_token),
+                            None,
+                            Some(&body),
+                            timeout,
+                        )
+                        .await?;
+                    let v = expect(status, &bytes, StatusCode::CREATED, "create the coupon")?;
+                    v["id"].as_u64()
+                }
+            };
+            Ok((skus, tokens, ids, coupon))
         }
     }
 }
@@ -448,24 +550,36 @@ fn expect(
 async fn dispatch(shared: Arc<Shared>) {
     let plan = &shared.plan;
     let max = plan.scenario.requests_max;
-    let mut browses = plan.browses.iter().peekable();
+    // Before the opening: browsing and the claim rush, in time order.
+    let mut early: Vec<(i64, Job)> = plan
+        .browses
+        .iter()
+        .map(|b| {
+            (
+                b.at_us,
+                Job::Browse {
+                    rank: b.rank,
+                    user: b.user,
+                },
+            )
+        })
+        .chain(
+            plan.claims
+                .iter()
+                .filter(|_| shared.coupon.is_some())
+                .map(|&(at_us, user)| (at_us, Job::Claim { user })),
+        )
+        .collect();
+    early.sort_by_key(|(at_us, _)| *at_us);
+    let mut browses = early.into_iter().peekable();
     let mut attempts = plan.attempts.iter().enumerate().peekable();
     let mut scheduled = 0u64;
     loop {
-        let next_browse = browses.peek().map(|b| b.at_us);
+        let next_browse = browses.peek().map(|(at_us, _)| *at_us);
         let next_attempt = attempts.peek().map(|(_, a)| a.at_us);
         let (at_us, job) = match (next_browse, next_attempt) {
             (None, None) => break,
-            (Some(b), a) if a.is_none_or(|a| b <= a) => {
-                let b = browses.next().expect("peeked");
-                (
-                    b.at_us,
-                    Job::Browse {
-                        rank: b.rank,
-                        user: b.user,
-                    },
-                )
-            }
+            (Some(b), a) if a.is_none_or(|a| b <= a) => browses.next().expect("peeked"),
             _ => {
                 let (i, a) = attempts.next().expect("peeked");
                 (a.at_us, Job::SnapUp { index: i as u32 })
@@ -580,6 +694,7 @@ fn job_meta(shared: &Shared, job: &Job) -> (Kind, u32, u32, Option<u32>) {
             None,
         ),
         Job::Cancel { rank, user, .. } => (Kind::Cancel, *rank, *user, None),
+        Job::Claim { user } => (Kind::Claim, 0, *user, None),
     }
 }
 
@@ -756,6 +871,13 @@ async fn send_http(shared: &Shared, conn: &mut Conn, job: &Job) -> Answer {
             Some(format!("{}-c{order}", shared.run_id)),
             None,
         ),
+        Job::Claim { user } => (
+            Method::POST,
+            format!("/v1/coupons/{}/claims", shared.coupon.unwrap_or(0)),
+            token(*user),
+            Some(format!("{}-k{user}", shared.run_id)),
+            None,
+        ),
     };
     match conn
         .send(
@@ -863,6 +985,7 @@ async fn send_local(shared: &Shared, engine: &Engine, job: &Job) -> Answer {
                 by: Some(user_id(*user)),
             },
         ),
+        Job::Claim { user } => return claim_local(shared, engine, *user).await,
     };
     let submitted = match sku_or_order {
         Ok(sku) => Some(engine.try_submit_for_sku(sku, command)),

@@ -26,6 +26,13 @@ pub struct Scenario {
     pub per_user_limit: Option<u32>,
     /// Share of shoppers who browse their wish list before the sale.
     pub browse_share: f64,
+    /// A coupon claim rush before the sale: share of shoppers who try to
+    /// claim the night's platform coupon (0: no claim rush).
+    #[serde(default)]
+    pub coupon_claim_share: f64,
+    /// The coupon's quantity, as a share of shoppers (one each).
+    #[serde(default)]
+    pub coupon_quantity_share: f64,
     /// The sale opens this long after setup; browsing happens before.
     pub opens_in_s: f64,
     /// Share of snap-up attempts in the spike right at the opening.
@@ -67,6 +74,16 @@ fn default_pay_method() -> String {
 
 fn default_seed() -> u64 {
     11
+}
+
+impl Scenario {
+    /// The claim rush's coupon quantity (0: no claim rush).
+    pub fn coupon_quantity(&self) -> u32 {
+        if self.coupon_claim_share == 0.0 {
+            return 0;
+        }
+        (f64::from(self.users) * self.coupon_quantity_share).ceil() as u32
+    }
 }
 
 pub const DOUBLE11: &str = include_str!("../../../scenarios/double11.toml");
@@ -118,6 +135,8 @@ impl Scenario {
         }
         for (name, x) in [
             ("browse_share", self.browse_share),
+            ("coupon_claim_share", self.coupon_claim_share),
+            ("coupon_quantity_share", self.coupon_quantity_share),
             ("spike_share", self.spike_share),
             ("cod_share", self.cod_share),
             ("cancel_share", self.cancel_share),

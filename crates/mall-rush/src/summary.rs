@@ -94,6 +94,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Pay => "pay",
         Kind::Cancel => "cancel",
         Kind::LatePay => "late_pay",
+        Kind::Claim => "claim",
     }
 }
 

@@ -126,6 +126,14 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
     let report = audit(&outcome, &backend).await;
     assert!(report.passed(), "{:?}", report.violations);
     assert_eq!(report.orders_checked, snap.codes["created"]);
+    // The claim rush ran, oversubscribed: every claim issued was checked.
+    let claims = &summary.by_kind["claim"];
+    assert_eq!(report.claims_checked, claims.codes["created"]);
+    assert!(
+        claims.codes.get("sold_out").copied().unwrap_or(0) > 0,
+        "{:?}",
+        claims.codes
+    );
     let html = mall_rush::report::html(&summary, &report);
     assert!(
         html.contains("<svg")
@@ -146,6 +154,11 @@ async fn in_process_rush_passes_the_audit() {
     let report = audit(&outcome, &backend).await;
     assert!(report.passed(), "{:?}", report.violations);
     assert!(report.orders_checked > 20);
+    assert_eq!(
+        report.claims_checked,
+        u64::from(outcome.plan.scenario.coupon_quantity()),
+        "an oversubscribed claim rush issues every coupon"
+    );
 }
 
 /// A server that speaks the API but breaks a promise.
@@ -166,6 +179,8 @@ struct Fake {
     items: HashMap<u64, (u64, u64)>,
     /// id -> (sku, user, status)
     orders: HashMap<u64, (u64, u64, String)>,
+    /// Claims made of the coupon.
+    claims: u64,
 }
 
 type Shared = Arc<(Broken, Mutex<Fake>)>;
@@ -241,6 +256,18 @@ fn fake_app(mode: Broken) -> Router {
                 _ => (StatusCode::NOT_FOUND, Json(json!({"error": {"code": "order_not_found", "message": "no"}}))),
             }
         }))
+        // Its coupon never runs out, and it keeps no claim.
+        .route("/v1/coupons", post(|| async { (StatusCode::CREATED, Json(json!({"id": 1}))) }))
+        .route("/v1/coupons/{id}/claims", post(|State(s): State<Shared>| async move {
+            let mut f = s.1.lock().unwrap();
+            f.claims += 1;
+            f.next += 1;
+            (StatusCode::CREATED, Json(json!({"id": f.next, "status": "claimed"})))
+        }))
+        .route("/v1/coupons/{id}", get(|State(s): State<Shared>| async move {
+            Json(json!({"claimed": s.1.lock().unwrap().claims}))
+        }))
+        .route("/v1/claims", get(|| async { Json(json!({"claims": []})) }))
         .route("/v1/orders/{id}/cancel", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
         .route("/v1/orders/{id}/payments", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
         .with_state(shared)
@@ -275,7 +302,24 @@ async fn audit_catches_a_server_that_forgets_acknowledged_orders() {
     assert!(
         violations
             .iter()
-            .any(|v| v.contains("missing on the server")),
+            .any(|v| v.starts_with("order ") && v.contains("missing on the server")),
+        "{violations:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_catches_a_server_that_over_issues_and_forgets_claims() {
+    let violations = audit_of(Broken::Doubles).await;
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("claims acknowledged, the coupon has")),
+        "{violations:?}"
+    );
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.starts_with("claim ") && v.contains("missing on the server")),
         "{violations:?}"
     );
 }

@@ -85,7 +85,7 @@ async fn finish(
     );
     let report = audit(&outcome, backend).await;
     if report.passed() {
-        println!("AUDIT PASSED: {} orders and {} items checked; nothing lost, nothing doubled, nothing oversold", report.orders_checked, report.items_checked);
+        println!("AUDIT PASSED: {} orders, {} items and {} coupon claims checked; nothing lost, nothing doubled, nothing oversold or over-issued", report.orders_checked, report.items_checked, report.claims_checked);
     } else {
         println!("AUDIT FAILED: {} violation(s)", report.violations.len());
         for v in report.violations.iter().take(30) {

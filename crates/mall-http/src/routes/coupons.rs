@@ -360,15 +360,29 @@ pub(crate) async fn claims_of(state: &AppState, user: mall_core::UserId) -> ApiR
     Ok(claims)
 }
 
-/// Your claims: `claimed` ones may go on an order.
-#[utoipa::path(get, path = "/v1/claims", tag = "coupons", security(("bearer" = [])),
-    responses((status = 200, body = ClaimsPage),
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsQuery {
+    /// Admins only: whose claims.
+    pub user_id: Option<u64>,
+}
+
+/// Your claims: `claimed` ones may go on an order (admins: anyone's).
+#[utoipa::path(get, path = "/v1/claims", tag = "coupons", security(("bearer" = [])), params(ClaimsQuery),
+    responses((status = 200, body = ClaimsPage), (status = 403, body = crate::error::ErrorBody),
               (status = 503, description = "overloaded, store_unavailable", body = crate::error::ErrorBody)))]
 pub async fn mine(
     State(state): State<AppState>,
     principal: Principal,
+    super::QueryOf(q): super::QueryOf<ClaimsQuery>,
 ) -> ApiResult<Json<ClaimsPage>> {
-    let claims = claims_of(&state, principal.user).await?;
+    let user = match q.user_id {
+        Some(u) if principal.is_admin() => mall_core::UserId(u),
+        Some(_) => return Err(ApiError::forbidden("only admins read another's claims")),
+        None => principal.user,
+    };
+    let claims = claims_of(&state, user).await?;
     Ok(Json(ClaimsPage {
         claims: claims.iter().map(ClaimView::from).collect(),
     }))
