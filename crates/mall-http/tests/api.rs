@@ -1366,15 +1366,30 @@ async fn promotions_by_merchant_and_platform_price_a_quote() {
         .unwrap()
         .iter()
         .all(|d| d["id"] != json!(store_id)));
-    // Half an hour on, the later one runs too.
-    api.clock.advance_ms(1_800_000);
+    // A merchant runs 16 promotions at most (the one it ended no longer counts).
+    let promo = window(json!({"rule": {"kind": "percent_off", "basis_points": 100}}));
+    for n in 0..16 {
+        let r = api
+            .post("/v1/promotions", Some(&seller), promo.clone())
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "promotion {n}: {}", r.body);
+    }
+    let r = api.post("/v1/promotions", Some(&seller), promo).await;
     assert_eq!(
-        api.post("/v1/quotes", Some(&shopper), json!({})).await.body["discounts"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "promotions_full")
     );
+    // Half an hour on, the later one runs too: two platform discounts
+    // beside the merchant's own.
+    api.clock.advance_ms(1_800_000);
+    let q = api.post("/v1/quotes", Some(&shopper), json!({})).await;
+    let platform = q.body["discounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["funded_by"] == "platform")
+        .count();
+    assert_eq!(platform, 2, "{}", q.body);
 }
 
 /// A coupon claim rush: more claimants than coupons, all at once. Exactly

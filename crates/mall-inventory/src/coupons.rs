@@ -26,6 +26,15 @@ pub(crate) struct CouponState {
     pub(crate) used: u32,
 }
 
+/// A coupon and its counters, as a read answers them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CouponCounts {
+    pub coupon: Coupon,
+    /// Claims made, and of them on an order now.
+    pub claims: u32,
+    pub used: u32,
+}
+
 /// A shopper asks for a coupon.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClaimCoupon {
@@ -62,17 +71,40 @@ impl Inventory {
         self.claims.values()
     }
 
-    /// A user's claims, by id. A pass over every claim of the shard: for
-    /// a shopper's list, not the hot path.
-    pub(crate) fn claims_of(&self, user: UserId) -> Vec<Claim> {
-        let mut mine: Vec<Claim> = self
-            .claims
-            .values()
-            .filter(|c| c.user == user)
-            .cloned()
+    /// A user's claims, by id, and their coupons.
+    pub(crate) fn claims_of(&self, user: UserId) -> Reply {
+        let mut claims: Vec<Claim> = self
+            .claims_by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .map(|id| self.claims[id].clone())
             .collect();
-        mine.sort_by_key(|c| c.id);
-        mine
+        claims.sort_by_key(|c| c.id);
+        let mut ids: Vec<CouponId> = claims.iter().map(|c| c.coupon).collect();
+        ids.dedup();
+        ids.sort_unstable();
+        ids.dedup();
+        let coupons = ids
+            .iter()
+            .filter_map(|id| self.coupons.get(id).map(|s| s.coupon.clone()))
+            .collect();
+        Reply::Claims { claims, coupons }
+    }
+
+    /// The shard's coupons and their counters, by id.
+    pub(crate) fn coupon_counts(&self) -> Vec<CouponCounts> {
+        let mut all: Vec<CouponCounts> = self
+            .coupons
+            .values()
+            .map(|s| CouponCounts {
+                coupon: s.coupon.clone(),
+                claims: s.claims,
+                used: s.used,
+            })
+            .collect();
+        all.sort_by_key(|c| c.coupon.id);
+        all
     }
 
     pub(crate) fn put_coupon(
@@ -166,6 +198,10 @@ impl Inventory {
         };
         self.next_claim_seq += 1;
         *self.claims_per_user.entry((c.user, c.coupon)).or_default() += 1;
+        self.claims_by_user
+            .entry(c.user)
+            .or_default()
+            .push(claim.id);
         if let Some(key) = c.idempotency_key {
             self.claim_keys
                 .insert((c.user, key), (c.fingerprint, claim.id));
@@ -300,6 +336,10 @@ impl Inventory {
                 .claims_per_user
                 .entry((claim.user, claim.coupon))
                 .or_default() += 1;
+            self.claims_by_user
+                .entry(claim.user)
+                .or_default()
+                .push(claim.id);
             if let Some(key) = &claim.idempotency_key {
                 self.claim_keys.insert(
                     (claim.user, key.clone()),
@@ -344,6 +384,13 @@ impl Inventory {
                     return Err(format!("claim {} used on no order", c.id));
                 }
             }
+        }
+        let indexed: usize = self.claims_by_user.values().map(Vec::len).sum();
+        if indexed != self.claims.len() {
+            return Err(format!(
+                "{indexed} claims indexed by shopper, {} claims",
+                self.claims.len()
+            ));
         }
         for (id, s) in &self.coupons {
             let counted = claims.get(id).copied().unwrap_or((0, 0));

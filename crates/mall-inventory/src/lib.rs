@@ -18,7 +18,7 @@ pub mod sim;
 pub use board::{Board, BoardEntry, CouponEntry, Live};
 
 mod coupons;
-pub use coupons::ClaimCoupon;
+pub use coupons::{ClaimCoupon, CouponCounts};
 
 use mall_core::{
     Claim, ClaimId, ClaimStatus, Coupon, CouponId, Fen, Item, Order, OrderId, OrderStatus,
@@ -155,11 +155,13 @@ pub enum Command {
         claim: ClaimId,
         order: OrderId,
     },
-    /// A shopper's claims on this shard, by id (a read: answered once
-    /// everything applied before it is committed).
+    /// A shopper's claims on this shard, by id, with their coupons (a
+    /// read: answered once everything applied before it is committed).
     ClaimsOf {
         user: UserId,
     },
+    /// The shard's coupons with their counters, by id (a read, likewise).
+    Coupons,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -181,7 +183,12 @@ pub enum Reply {
         claim: Claim,
         replayed: bool,
     },
-    Claims(Vec<Claim>),
+    /// A shopper's claims, and the coupons they are of.
+    Claims {
+        claims: Vec<Claim>,
+        coupons: Vec<Coupon>,
+    },
+    Coupons(Vec<CouponCounts>),
     /// The order is not active here (cancelled, expired, or unknown).
     /// Answered only after everything applied before it is committed, so a
     /// read of the store then sees its latest state.
@@ -276,6 +283,8 @@ pub struct Inventory {
     claims: FxHashMap<ClaimId, Claim>,
     /// Claims a user made per coupon.
     claims_per_user: FxHashMap<(UserId, CouponId), u32>,
+    /// Each user's claims, in the order made (their list is read by id).
+    claims_by_user: FxHashMap<UserId, Vec<ClaimId>>,
     /// Idempotency keys of claims (one a claim at most).
     claim_keys: FxHashMap<(UserId, Arc<str>), (u64, ClaimId)>,
     /// Sequence number of the next claim id.
@@ -317,6 +326,7 @@ impl Inventory {
             coupons: FxHashMap::default(),
             claims: FxHashMap::default(),
             claims_per_user: FxHashMap::default(),
+            claims_by_user: FxHashMap::default(),
             claim_keys: FxHashMap::default(),
             next_claim_seq: 1,
             touched_coupons: FxHashSet::default(),
@@ -433,7 +443,8 @@ impl Inventory {
                 self.use_claim(claim, user, order, now, effects)
             }
             Command::ReturnClaim { claim, order } => self.return_claim(claim, order, now, effects),
-            Command::ClaimsOf { user } => Reply::Claims(self.claims_of(user)),
+            Command::ClaimsOf { user } => self.claims_of(user),
+            Command::Coupons => Reply::Coupons(self.coupon_counts()),
         }
     }
 
@@ -878,7 +889,8 @@ impl mall_shard::StateMachine for Inventory {
             | Reply::Item(_)
             | Reply::Coupon(_)
             | Reply::Claim { .. }
-            | Reply::Claims(_)
+            | Reply::Claims { .. }
+            | Reply::Coupons(_)
             | Reply::Inactive(_) => true,
             Reply::Refused(_) | Reply::Unavailable => false,
         }

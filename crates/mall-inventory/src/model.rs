@@ -171,15 +171,34 @@ impl Model {
                 }
             }
             Command::ClaimsOf { user } => {
-                let mut mine: Vec<Claim> = self
+                let mut claims: Vec<Claim> = self
                     .claims
                     .iter()
                     .filter(|c| c.user == *user)
                     .cloned()
                     .collect();
-                mine.sort_by_key(|c| c.id);
-                Reply::Claims(mine)
+                claims.sort_by_key(|c| c.id);
+                let coupons: Vec<Coupon> = self
+                    .coupons
+                    .values()
+                    .filter(|c| claims.iter().any(|x| x.coupon == c.id))
+                    .cloned()
+                    .collect();
+                Reply::Claims { claims, coupons }
             }
+            Command::Coupons => Reply::Coupons(
+                self.coupons
+                    .values()
+                    .map(|c| {
+                        let (claims, used) = self.coupon_counters(c.id);
+                        crate::CouponCounts {
+                            coupon: c.clone(),
+                            claims,
+                            used,
+                        }
+                    })
+                    .collect(),
+            ),
             _ => unreachable!("not a coupon command"),
         }
     }
@@ -418,7 +437,8 @@ impl Model {
             | Command::Claim(_)
             | Command::UseClaim { .. }
             | Command::ReturnClaim { .. }
-            | Command::ClaimsOf { .. } => self.coupon_command(command, now),
+            | Command::ClaimsOf { .. }
+            | Command::Coupons => self.coupon_command(command, now),
         }
     }
 }

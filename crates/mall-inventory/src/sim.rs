@@ -229,6 +229,7 @@ impl Workload {
             6 if self.rng.chance(0.3) => Command::ClaimsOf {
                 user: UserId(1 + self.rng.below(self.users)),
             },
+            6 if self.rng.chance(0.2) => Command::Coupons,
             6..=8 => Command::UseClaim {
                 claim: self.some_claim(),
                 user: UserId(1 + self.rng.below(self.users)),

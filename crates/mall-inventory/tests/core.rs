@@ -481,6 +481,7 @@ fn property_random_interleavings_match_the_model() {
         "claim: coupon_not_usable",
         "claim: idempotency_key_reused",
         "Claims",
+        "Coupons",
     ] {
         assert!(kinds.contains(kind), "no {kind} in the workload: {kinds:?}");
     }

@@ -165,7 +165,9 @@ fn no_success_is_answered_for_a_batch_that_was_not_committed() {
     }
     // A read after a failed batch is never answered from what was lost.
     match ask(Command::ClaimsOf { user: UserId(7) }) {
-        Reply::Claims(c) => assert!(c.is_empty(), "a lost claim was listed: {c:?}"),
+        Reply::Claims { claims, .. } => {
+            assert!(claims.is_empty(), "a lost claim was listed: {claims:?}")
+        }
         Reply::Unavailable => {}
         other => panic!("{other:?}"),
     }

@@ -3,8 +3,8 @@
 //! One pure function, [`price`]: lines (with their list, sale and floor
 //! prices), the offers that may apply (promotions and claimed coupons) and
 //! the order's [`Policy`] in; the [`Priced`] breakdown out. No clock, no
-//! store, no allocation beyond the answer: the server calls it for every
-//! checkout and a client's expected total is checked against it.
+//! store, no allocation beyond the answer: the server prices quotes with it
+//! and a snap-up as a one-line cart (and, with checkout, every cart).
 //!
 //! # The rules, in the order they apply
 //!
@@ -33,8 +33,10 @@
 //! (quantity × floor unit price). An offer whose discount comes to zero does
 //! not apply.
 //!
-//! **Exclusivity.** Of the offers that share a `group`, only the first that
-//! applies (in the order above) counts; the others are skipped.
+//! **Exclusivity.** Of one funder's offers that share a `group`, only the
+//! first that applies (in the order above) counts; the others are skipped.
+//! Groups are the funder's own: a merchant's group 1 never excludes the
+//! platform's group 1.
 //!
 //! **The one rounding rule.** A discount is split over its eligible lines in
 //! proportion to what each line can still give (its net amount above its
@@ -52,9 +54,9 @@ use serde::{Deserialize, Serialize};
 /// 100 % in basis points.
 pub const BASIS_POINTS: u32 = 10_000;
 /// Most lines one cart may hold.
-pub const LINES_MAX: usize = 50;
+pub const LINES_MAX: usize = 100;
 /// Most offers one price may weigh.
-pub const OFFERS_MAX: usize = 64;
+pub const OFFERS_MAX: usize = 256;
 
 /// One line of a cart: a SKU and how many, with the prices of one unit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,13 +186,15 @@ pub struct Offer {
     pub skus: Vec<Sku>,
     /// Most this offer takes off one order.
     pub max_off_fen: Option<i64>,
-    /// Of the offers that share a group, only the first that applies counts.
+    /// Of this funder's offers that share a group, only the first that
+    /// applies counts.
     pub group: Option<u32>,
 }
 
 impl Offer {
-    /// Its stage and place in the order of application.
-    fn rank(&self) -> (Stage, OfferKind, u64) {
+    /// Its place in the order of application: offers sorted by this apply
+    /// in that order.
+    pub fn rank(&self) -> (Stage, OfferKind, u64) {
         (self.stage(), self.kind, self.id)
     }
 
@@ -202,7 +206,8 @@ impl Offer {
         }
     }
 
-    fn covers(&self, line: &Line) -> bool {
+    /// Does it cover this line (its funder's, and among its SKUs)?
+    pub fn covers(&self, line: &Line) -> bool {
         let in_scope = match self.funder {
             Funder::Merchant(m) => line.merchant == m,
             Funder::Platform => true,
@@ -400,12 +405,15 @@ fn price_checked(lines: &[Line], offers: &[Offer], policy: &Policy) -> Priced {
     let mut order: Vec<&Offer> = offers.iter().collect();
     order.sort_by_key(|o| o.rank());
     let mut cap_left = policy.order_cap_fen.unwrap_or(i64::MAX).max(0);
-    let mut groups_used: Vec<u32> = Vec::new();
+    let mut groups_used: Vec<(Funder, u32)> = Vec::new();
     let mut eligible: Vec<usize> = Vec::with_capacity(lines.len());
     let mut rooms: Vec<i64> = Vec::with_capacity(lines.len());
     let mut shares: Vec<i64> = Vec::with_capacity(lines.len());
     for offer in order {
-        if offer.group.is_some_and(|g| groups_used.contains(&g)) {
+        if offer
+            .group
+            .is_some_and(|g| groups_used.contains(&(offer.funder, g)))
+        {
             continue;
         }
         eligible.clear();
@@ -436,7 +444,7 @@ fn price_checked(lines: &[Line], offers: &[Offer], policy: &Policy) -> Priced {
         }
         cap_left -= fen;
         if let Some(g) = offer.group {
-            groups_used.push(g);
+            groups_used.push((offer.funder, g));
         }
         discounts.push(Discount {
             source: match offer.kind {

@@ -199,12 +199,12 @@ fn model(lines: &[Line], offers: &[Offer], policy: &Policy, reached: &mut Reache
         stages[s].push(o);
     }
     let mut cap = policy.order_cap_fen.map(|c| c.max(0));
-    let mut used_groups = vec![];
+    let mut used_groups: Vec<(Funder, u32)> = vec![];
     for mut stage in stages {
         stage.sort_by_key(|o| o.id);
         for o in stage {
             if let Some(g) = o.group {
-                if used_groups.contains(&g) {
+                if used_groups.contains(&(o.funder, g)) {
                     continue;
                 }
             }
@@ -279,7 +279,7 @@ fn model(lines: &[Line], offers: &[Offer], policy: &Policy, reached: &mut Reache
                 *c -= fen;
             }
             if let Some(g) = o.group {
-                used_groups.push(g);
+                used_groups.push((o.funder, g));
             }
             let source = match o.kind {
                 OfferKind::Promotion => Source::Promotion(o.id),
@@ -372,8 +372,12 @@ fn check_invariants(lines: &[Line], offers: &[Offer], policy: &Policy, p: &Price
     let mut groups = vec![];
     for d in &p.discounts {
         if let Some(g) = offer_of(offers, d.source).and_then(|o| o.group) {
-            assert!(!groups.contains(&g), "two offers of group {g}");
-            groups.push(g);
+            assert!(
+                !groups.contains(&(d.funder, g)),
+                "two offers of {:?}'s group {g}",
+                d.funder
+            );
+            groups.push((d.funder, g));
         }
     }
 }
@@ -470,9 +474,10 @@ fn note(lines: &[Line], offers: &[Offer], policy: &Policy, p: &Priced, r: &mut R
             continue;
         }
         let group_taken = o.group.is_some_and(|g| {
-            p.discounts
-                .iter()
-                .any(|d| offer_of(offers, d.source).is_some_and(|x| x.group == Some(g)))
+            p.discounts.iter().any(|d| {
+                offer_of(offers, d.source)
+                    .is_some_and(|x| x.group == Some(g) && x.funder == o.funder)
+            })
         });
         if group_taken {
             r.hit("exclusive_skipped");
@@ -716,4 +721,91 @@ fn the_benchmark_cart_reaches_every_stage() {
             .count(),
         1
     );
+}
+
+#[test]
+fn the_largest_carts_and_prices_stay_exact() {
+    // 100 lines of 1,000 units at ¥1,000,000, every kind of offer, no cap:
+    // nothing overflows, the invariants hold and the model agrees.
+    let lines: Vec<Line> = (0..mall_pricing::LINES_MAX as u64)
+        .map(|i| line(i, 1 + i % 3, 1_000, 100_000_000, 99_999_999 - i as i64, 1))
+        .collect();
+    let big = 100_000_000;
+    let offers = vec![
+        offer(
+            1,
+            OfferKind::Promotion,
+            Funder::Merchant(MerchantId(1)),
+            Rule::PercentOff {
+                basis_points: 9_999,
+            },
+        ),
+        offer(
+            2,
+            OfferKind::Promotion,
+            Funder::Platform,
+            spend_save(10_000_000, 1, true),
+        ),
+        offer(
+            3,
+            OfferKind::Coupon,
+            Funder::Platform,
+            Rule::AmountOff {
+                off_fen: big,
+                min_spend_fen: big,
+            },
+        ),
+        offer(
+            4,
+            OfferKind::Promotion,
+            Funder::Platform,
+            spend_save(big, big - 1, true),
+        ),
+    ];
+    let policy = Policy::default();
+    let p = price(&lines, &offers, &policy).unwrap();
+    check_invariants(&lines, &offers, &policy, &p);
+    assert!(p.total_fen >= lines.len() as i64 * 1_000, "floors hold");
+    let (want, nets) = model(&lines, &offers, &policy, &mut Reached::default());
+    assert_eq!(p.discounts.len(), want.len());
+    assert_eq!(p.lines.iter().map(|l| l.net_fen).collect::<Vec<_>>(), nets);
+    // One line more is refused, with a reason.
+    let mut more = lines.clone();
+    more.push(line(999, 1, 1, 100, 100, 0));
+    assert_eq!(
+        price(&more, &offers, &policy),
+        Err(PricingError::Lines(101))
+    );
+}
+
+#[test]
+fn a_merchants_group_never_excludes_the_platforms() {
+    let lines = vec![line(1, 1, 1, 100_000, 100_000, 0)];
+    let mut store = offer(
+        1,
+        OfferKind::Promotion,
+        Funder::Merchant(MerchantId(1)),
+        Rule::AmountOff {
+            off_fen: 1_000,
+            min_spend_fen: 0,
+        },
+    );
+    let mut platform = offer(
+        2,
+        OfferKind::Coupon,
+        Funder::Platform,
+        Rule::AmountOff {
+            off_fen: 500,
+            min_spend_fen: 0,
+        },
+    );
+    store.group = Some(1);
+    platform.group = Some(1);
+    let p = price(&lines, &[store.clone(), platform], &Policy::default()).unwrap();
+    assert_eq!(p.discounts.len(), 2, "both apply: {:?}", p.discounts);
+    // The merchant's own second offer of group 1 is excluded.
+    let mut again = store.clone();
+    again.id = 3;
+    let p = price(&lines, &[store, again], &Policy::default()).unwrap();
+    assert_eq!(p.discounts.len(), 1);
 }

@@ -402,7 +402,7 @@ async fn fetch_claims(
                         Err(_) => None,
                     };
                     match (reply, mine.as_mut()) {
-                        (Some(mall_inventory::Reply::Claims(claims)), Some(set)) => {
+                        (Some(mall_inventory::Reply::Claims { claims, .. }), Some(set)) => {
                             set.extend(claims.iter().map(|c| (c.id.0, c.coupon.0)));
                         }
                         _ => mine = None,

@@ -346,7 +346,8 @@ fn rush_coupon(plan: &Plan, opens_at: Timestamp) -> Option<Value> {
     (quantity > 0).then(|| {
         json!({"title": "¥20 off ¥200", "rule": {"kind": "amount_off", "off_fen": 2000, "min_spend_fen": 20000},
                "quantity": quantity, "per_user_limit": 1,
-               "claim_opens_at_ms": opens_at.0 - 3_600_000, "claim_closes_at_ms": opens_at.0 + 86_400_000,
+               "claim_opens_at_ms": opens_at.0 - 3_600_000 - (plan.scenario.opens_in_s * 1000.0) as i64,
+               "claim_closes_at_ms": opens_at.0 + 86_400_000,
                "valid_until_ms": opens_at.0 + 86_400_000})
     })
 }
@@ -1041,7 +1042,11 @@ async fn send_local(shared: &Shared, engine: &Engine, job: &Job) -> Answer {
                 order: None,
             }
         }
-        Reply::Item(_) | Reply::Coupon(_) | Reply::Claim { .. } | Reply::Claims(_) => Answer {
+        Reply::Item(_)
+        | Reply::Coupon(_)
+        | Reply::Claim { .. }
+        | Reply::Claims { .. }
+        | Reply::Coupons(_) => Answer {
             code: "ok".into(),
             order: None,
         },

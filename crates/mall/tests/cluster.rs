@@ -945,3 +945,138 @@ fn sold_out_is_refused_at_the_edge_but_a_retry_gets_its_order_back() {
     drop(nodes);
     assert_store_checks(&db, dir.path());
 }
+
+/// The night's commerce on three nodes over one PostgreSQL: a promotion
+/// made on one node prices quotes on another, a coupon made on one is
+/// claimed through all three (never over-issued) and applied in a quote on
+/// a node that does not hold it, and favourites made on two nodes are
+/// counted on the third.
+#[test]
+fn commerce_works_on_three_nodes() {
+    let db = database("cluster_commerce");
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(&db, dir.path());
+    let a = agent();
+    let now = common::now_ms();
+    let sku = items(&nodes[0].server, 1, 50, 30_000)[0];
+    let people = shoppers(&nodes[1].server, 30);
+    let post = |node: &Node, path: &str, token: &str, body: Option<Value>, key: Option<&str>| {
+        call(&a, "POST", &node.server.url(path), token, body, key).unwrap()
+    };
+    let get = |node: &Node, path: &str, token: &str| {
+        call(&a, "GET", &node.server.url(path), token, None, None).unwrap()
+    };
+
+    // A platform promotion, made on n1.
+    let (status, promo) = post(
+        &nodes[0],
+        "/v1/promotions",
+        ADMIN,
+        Some(
+            json!({"rule": {"kind": "percent_off", "basis_points": 1000},
+                    "starts_at_ms": now - 1000, "ends_at_ms": now + 3_600_000}),
+        ),
+        None,
+    );
+    assert_eq!(status, 201, "{promo}");
+    // A coupon of 10, made on n2, claimed by 30 shoppers through all nodes.
+    let (status, coupon) = post(
+        &nodes[1],
+        "/v1/coupons",
+        ADMIN,
+        Some(
+            json!({"title": "¥20 off", "rule": {"kind": "amount_off", "off_fen": 2000, "min_spend_fen": 0},
+                    "quantity": 10, "claim_opens_at_ms": now - 1000, "claim_closes_at_ms": now + 3_600_000,
+                    "valid_until_ms": now + 3_600_000}),
+        ),
+        None,
+    );
+    assert_eq!(status, 201, "{coupon}");
+    let id = coupon["id"].as_u64().unwrap();
+    let mut won = Vec::new();
+    for (n, (_, token)) in people.iter().enumerate() {
+        let (status, claim) = post(
+            &nodes[n % 3],
+            &format!("/v1/coupons/{id}/claims"),
+            token,
+            None,
+            Some(&format!("k{n}")),
+        );
+        match status {
+            201 => won.push((n, claim["id"].as_u64().unwrap())),
+            409 => assert_eq!(claim["error"]["code"], "sold_out", "{claim}"),
+            other => panic!("claim {n}: {other} {claim}"),
+        }
+    }
+    assert_eq!(won.len(), 10, "exactly the quantity");
+    for node in &nodes {
+        let (status, c) = get(node, &format!("/v1/coupons/{id}"), "");
+        assert_eq!(
+            (status, c["claimed"].as_u64()),
+            (200, Some(10)),
+            "{}: {c}",
+            node.name
+        );
+        let (_, list) = get(node, "/v1/coupons", "");
+        assert_eq!(
+            list["coupons"].as_array().unwrap().len(),
+            1,
+            "{}: {list}",
+            node.name
+        );
+    }
+    // A winner's quote on each node: the promotion and the coupon apply.
+    let (n, claim) = won[0];
+    let token = &people[n].1;
+    std::thread::sleep(Duration::from_millis(2_500)); // promotions reach the others
+    for node in &nodes {
+        let (status, q) = post(
+            node,
+            "/v1/quotes",
+            token,
+            Some(json!({"lines": [{"sku": sku, "quantity": 1}], "claims": [claim]})),
+            None,
+        );
+        assert_eq!(status, 200, "{}: {q}", node.name);
+        assert_eq!(q["total_fen"], 30_000 - 3_000 - 2_000, "{}: {q}", node.name);
+        let (_, mine) = get(node, "/v1/claims", token);
+        assert_eq!(mine["claims"][0]["id"], claim, "{}: {mine}", node.name);
+    }
+    // Favourites on n2 and n3; n1 counts both within its 2 s follow.
+    post(
+        &nodes[1],
+        &format!("/v1/items/{sku}/favorite"),
+        &people[0].1,
+        None,
+        None,
+    );
+    post(
+        &nodes[2],
+        &format!("/v1/items/{sku}/favorite"),
+        &people[1].1,
+        None,
+        None,
+    );
+    let asked = Instant::now();
+    loop {
+        let (_, item) = get(&nodes[0], &format!("/v1/items/{sku}"), "");
+        if item["favorites"] == 2 {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "favourites never reached n1: {item}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The cart is the shopper's wherever they ask.
+    post(
+        &nodes[0],
+        "/v1/cart",
+        &people[2].1,
+        Some(json!({"sku": sku, "quantity": 2})),
+        None,
+    );
+    let (_, cart) = get(&nodes[2], "/v1/cart", &people[2].1);
+    assert_eq!(cart["lines"], json!([{"sku": sku, "quantity": 2}]));
+}

@@ -14,14 +14,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mall_core::{Claim, Coupon, CouponId, Refusal, Timestamp, STOCK_MAX};
-use mall_inventory::{ClaimCoupon, Command, CouponEntry, Reply};
+use mall_core::{Claim, Coupon, CouponId, Refusal, Timestamp};
+use mall_inventory::{ClaimCoupon, Command, Reply};
 use mall_pricing::Rule;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Claims one shopper may make of one coupon, at most.
 pub const COUPON_PER_USER_MAX: u32 = 100;
+/// One coupon's quantity, at most (every claim is kept in its shard's
+/// memory).
+pub const COUPON_QUANTITY_MAX: u32 = 1_000_000;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,14 +41,14 @@ pub struct CreateCoupon {
     pub skus: Vec<u64>,
     pub max_off_fen: Option<i64>,
     pub group: Option<u32>,
-    /// Claims in all (0 to 100,000,000): never more are issued.
+    /// Claims in all (0 to 1,000,000): never more are issued.
     pub quantity: i64,
     /// Claims one shopper may make (1 to 100; default 1).
     pub per_user_limit: Option<i64>,
     /// Claims are taken in `[claim_opens_at_ms, claim_closes_at_ms)`.
     pub claim_opens_at_ms: i64,
     pub claim_closes_at_ms: i64,
-    /// A claimed coupon may be used until then (after the claims open).
+    /// A claimed coupon may be used until then (not before the claims close).
     pub valid_until_ms: i64,
 }
 
@@ -92,11 +95,6 @@ impl CouponView {
             claim_closes_at_ms: coupon.claim_closes_at.0,
             valid_until_ms: coupon.valid_until.0,
         }
-    }
-
-    fn of_entry(e: &CouponEntry) -> CouponView {
-        let (claimed, used) = e.load();
-        CouponView::new(&e.coupon, claimed, used)
     }
 }
 
@@ -154,7 +152,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let merchant = funder_for(&principal, body.merchant_id)?;
     super::check_text(&body.title, "title", 1, 200)?;
-    let quantity = in_range(body.quantity, "quantity", 0, i64::from(STOCK_MAX))? as u32;
+    let quantity = in_range(body.quantity, "quantity", 0, i64::from(COUPON_QUANTITY_MAX))? as u32;
     let per_user = in_range(
         body.per_user_limit.unwrap_or(1),
         "per_user_limit",
@@ -163,10 +161,10 @@ pub async fn create(
     )? as u32;
     if body.claim_opens_at_ms < 0
         || body.claim_opens_at_ms >= body.claim_closes_at_ms
-        || body.valid_until_ms <= body.claim_opens_at_ms
+        || body.valid_until_ms < body.claim_closes_at_ms
     {
         return Err(ApiError::invalid(
-            "claim_opens_at_ms must be before claim_closes_at_ms and valid_until_ms (and not negative)",
+            "claim_opens_at_ms must be before claim_closes_at_ms (and not negative), and valid_until_ms not before claim_closes_at_ms",
         ));
     }
     let spec = offer_spec(
@@ -236,19 +234,24 @@ pub async fn create(
     .await)
 }
 
-/// Coupons, by id, with what is left to claim (on a cluster: those of
-/// this node's shards).
+/// Coupons, by id, with what is left to claim.
 #[utoipa::path(get, path = "/v1/coupons", tag = "coupons",
-    responses((status = 200, body = CouponsPage)))]
-pub async fn list(State(state): State<AppState>) -> Json<CouponsPage> {
-    let coupons = state
-        .engine
-        .board()
-        .coupons()
-        .iter()
-        .map(|e| CouponView::of_entry(e))
-        .collect();
-    Json(CouponsPage { coupons })
+    responses((status = 200, body = CouponsPage),
+              (status = 503, description = "overloaded, store_unavailable", body = crate::error::ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> ApiResult<Json<CouponsPage>> {
+    let mut coupons = from_every_shard(&state, Command::Coupons, |reply, out| match reply {
+        Reply::Coupons(all) => {
+            out.extend(
+                all.iter()
+                    .map(|c| CouponView::new(&c.coupon, c.claims, c.used)),
+            );
+            true
+        }
+        _ => false,
+    })
+    .await?;
+    coupons.sort_by_key(|c| c.id);
+    Ok(Json(CouponsPage { coupons }))
 }
 
 /// Claim a coupon. A retry under the same `Idempotency-Key` gets the same
@@ -316,21 +319,28 @@ pub async fn claim(
     }
 }
 
-/// One coupon.
+/// One coupon, with what is left to claim.
 #[utoipa::path(get, path = "/v1/coupons/{id}", tag = "coupons",
     params(("id" = u64, Path, description = "coupon id")),
-    responses((status = 200, body = CouponView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = CouponView), (status = 404, body = crate::error::ErrorBody),
+              (status = 503, description = "overloaded, store_unavailable", body = crate::error::ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
     Segment(raw): Segment,
 ) -> ApiResult<Json<CouponView>> {
     let id = CouponId(parse_id(&raw, "coupon id")?);
-    state
+    let rx = state
         .engine
-        .board()
-        .coupon(id)
-        .map(|e| Json(CouponView::of_entry(&e)))
-        .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownCoupon))
+        .try_submit_for_coupon(id, Command::Coupons)
+        .map_err(|_| ApiError::overloaded())?;
+    match rx.await.unwrap_or(Reply::Unavailable) {
+        Reply::Coupons(all) => all
+            .iter()
+            .find(|c| c.coupon.id == id)
+            .map(|c| Json(CouponView::new(&c.coupon, c.claims, c.used)))
+            .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownCoupon)),
+        _ => Err(ApiError::unavailable()),
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -338,26 +348,54 @@ pub struct ClaimsPage {
     pub claims: Vec<ClaimView>,
 }
 
-/// The caller's claims, from every shard (each answers once what it
-/// applied before is committed).
-pub(crate) async fn claims_of(state: &AppState, user: mall_core::UserId) -> ApiResult<Vec<Claim>> {
+/// Asks every shard (here, or on its node) and gathers the answers.
+async fn from_every_shard<T>(
+    state: &AppState,
+    command: Command,
+    mut take: impl FnMut(Reply, &mut Vec<T>) -> bool,
+) -> ApiResult<Vec<T>> {
     let mut waiting = Vec::with_capacity(state.engine.shard_count());
     for shard in 0..state.engine.shard_count() {
         let rx = state
             .engine
-            .try_submit(shard, Command::ClaimsOf { user })
+            .try_submit(shard, command.clone())
             .map_err(|_| ApiError::overloaded())?;
         waiting.push(rx);
     }
-    let mut claims = Vec::new();
+    let mut out = Vec::new();
     for rx in waiting {
-        match rx.await.unwrap_or(Reply::Unavailable) {
-            Reply::Claims(mine) => claims.extend(mine),
-            _ => return Err(ApiError::unavailable()),
+        if !take(rx.await.unwrap_or(Reply::Unavailable), &mut out) {
+            return Err(ApiError::unavailable());
         }
     }
+    Ok(out)
+}
+
+/// A shopper's claims and the coupons they are of, from every shard (each
+/// answers once what it applied before is committed).
+pub(crate) async fn claims_of(
+    state: &AppState,
+    user: mall_core::UserId,
+) -> ApiResult<(Vec<Claim>, Vec<Coupon>)> {
+    let both = from_every_shard(
+        state,
+        Command::ClaimsOf { user },
+        |reply, out| match reply {
+            Reply::Claims { claims, coupons } => {
+                out.push((claims, coupons));
+                true
+            }
+            _ => false,
+        },
+    )
+    .await?;
+    let (mut claims, mut coupons) = (Vec::new(), Vec::new());
+    for (c, k) in both {
+        claims.extend(c);
+        coupons.extend(k);
+    }
     claims.sort_by_key(|c| c.id);
-    Ok(claims)
+    Ok((claims, coupons))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -382,7 +420,8 @@ pub async fn mine(
         Some(_) => return Err(ApiError::forbidden("only admins read another's claims")),
         None => principal.user,
     };
-    let claims = claims_of(&state, user).await?;
+    state.limiter.admit_snapup(&principal)?;
+    let (claims, _) = claims_of(&state, user).await?;
     Ok(Json(ClaimsPage {
         claims: claims.iter().map(ClaimView::from).collect(),
     }))
@@ -404,30 +443,29 @@ pub(crate) async fn offers_of_claims(
             "at most {CLAIMS_PER_ORDER_MAX} coupons on one order"
         )));
     }
-    let mine = claims_of(state, user).await?;
+    let (mine, coupons) = claims_of(state, user).await?;
     let mut offers: Vec<mall_pricing::Offer> = Vec::with_capacity(ids.len());
     for &id in ids {
         let claim = mine
             .iter()
             .find(|c| c.id.0 == id)
             .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownCoupon))?;
-        let entry = state
-            .engine
-            .board()
-            .coupon(claim.coupon)
+        let coupon = coupons
+            .iter()
+            .find(|c| c.id == claim.coupon)
             .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownCoupon))?;
-        if claim.status != mall_core::ClaimStatus::Claimed || now >= entry.coupon.valid_until {
+        if claim.status != mall_core::ClaimStatus::Claimed || now >= coupon.valid_until {
             return Err(ApiError::from_refusal(&Refusal::ClaimNotUsable));
         }
         if offers.iter().any(|o| o.id == claim.coupon.0) {
             return Err(ApiError::invalid("one claim of each coupon per order"));
         }
-        let spec: super::promotions::Spec = serde_json::from_str(&entry.coupon.spec)
-            .map_err(|e| ApiError::internal("coupon spec", e))?;
+        let spec: super::promotions::Spec =
+            serde_json::from_str(&coupon.spec).map_err(|e| ApiError::internal("coupon spec", e))?;
         offers.push(mall_pricing::Offer {
             id: claim.coupon.0,
             kind: mall_pricing::OfferKind::Coupon,
-            funder: entry.coupon.merchant.map_or(
+            funder: coupon.merchant.map_or(
                 mall_pricing::Funder::Platform,
                 mall_pricing::Funder::Merchant,
             ),

@@ -265,7 +265,8 @@ pub async fn create(
         Reply::Item(_)
         | Reply::Coupon(_)
         | Reply::Claim { .. }
-        | Reply::Claims(_)
+        | Reply::Claims { .. }
+        | Reply::Coupons(_)
         | Reply::Inactive(_)
         | Reply::Unavailable => {
             state.metrics.record_refusal("store_unavailable");

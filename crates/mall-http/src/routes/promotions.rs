@@ -26,6 +26,10 @@ use utoipa::ToSchema;
 
 /// Promotions running or to come, at most (a create beyond it is refused).
 pub const PROMOTIONS_MAX: usize = 10_000;
+/// Of them, one merchant's at most.
+pub const PROMOTIONS_PER_MERCHANT_MAX: usize = 16;
+/// Of them, the platform's at most.
+pub const PLATFORM_PROMOTIONS_MAX: usize = 32;
 /// SKUs one promotion may name, at most.
 pub const PROMOTION_SKUS_MAX: usize = 100;
 /// Exclusivity groups are numbered 1 to this.
@@ -330,10 +334,20 @@ pub async fn create(
         fingerprint,
         idempotency::keep,
         || async {
-            if state.promotions.all().len() >= PROMOTIONS_MAX {
+            let all = state.promotions.all();
+            let theirs = all.iter().filter(|p| p.row.merchant == merchant).count();
+            let most = if merchant.is_some() {
+                PROMOTIONS_PER_MERCHANT_MAX
+            } else {
+                PLATFORM_PROMOTIONS_MAX
+            };
+            if all.len() >= PROMOTIONS_MAX || theirs >= most {
                 return Err(ApiError::conflict(
                     "promotions_full",
-                    format!("at most {PROMOTIONS_MAX} promotions running or to come"),
+                    format!(
+                        "at most {most} promotions running or to come here \
+                         ({PROMOTIONS_PER_MERCHANT_MAX} a merchant, {PLATFORM_PROMOTIONS_MAX} the platform)"
+                    ),
                 ));
             }
             let accounts = state.accounts.clone();
@@ -449,8 +463,10 @@ pub struct QuoteRequest {
 }
 
 /// The price of the caller's cart (or of the lines given) now: sale
-/// prices and every promotion running, in the documented order. Nothing is
-/// reserved; a checkout charges this price.
+/// prices, every promotion running and the coupons of the claims given, in
+/// the documented order. Nothing is reserved: a quote shows what the
+/// discounts come to (orders are single-SKU snap-ups at the sale price
+/// until carts check out).
 #[utoipa::path(post, path = "/v1/quotes", request_body = QuoteRequest, tag = "promotions",
     security(("bearer" = [])),
     responses((status = 200, body = PriceBreakdown),
@@ -477,9 +493,17 @@ pub async fn quote(
     };
     let now = state.now();
     let lines = lines_at(&state, &wanted, now)?;
+    if !body.claims.is_empty() {
+        state.limiter.admit_snapup(&principal)?;
+    }
     let mut offers = state.promotions.offers_at(now);
     offers
         .extend(super::coupons::offers_of_claims(&state, principal.user, &body.claims, now).await?);
+    // Only offers that touch the cart weigh on it; beyond what one price
+    // weighs, the first in the order of application (documented).
+    offers.retain(|o| lines.iter().any(|l| o.covers(l)));
+    offers.sort_by_key(|o| o.rank());
+    offers.truncate(mall_pricing::OFFERS_MAX);
     let priced = mall_pricing::price(&lines, &offers, &Policy::default())
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok(Json(PriceBreakdown::from(&priced)))
