@@ -4,7 +4,8 @@
 //! (`mall_inventory::coupons`): never more claims than the quantity,
 //! idempotent, acknowledged only once committed.
 
-use super::promotions::{funder_for, offer_spec};
+use super::items::in_range;
+use super::promotions::{funded_by, funder_for, offer_spec};
 use super::{idempotency, parse_id, Segment};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -79,11 +80,7 @@ impl CouponView {
         CouponView {
             id: coupon.id.0,
             title: coupon.title.clone(),
-            funded_by: if coupon.merchant.is_some() {
-                "merchant"
-            } else {
-                "platform"
-            },
+            funded_by: funded_by(coupon.merchant),
             merchant_id: coupon.merchant.map(|m| m.0),
             rule: spec,
             quantity: coupon.quantity,
@@ -124,14 +121,6 @@ impl From<&Claim> for ClaimView {
             order_id: c.order.map(|o| o.0),
             created_at_ms: c.created_at.0,
         }
-    }
-}
-
-fn in_range(value: i64, field: &str, min: i64, max: i64) -> ApiResult<i64> {
-    if (min..=max).contains(&value) {
-        Ok(value)
-    } else {
-        Err(ApiError::invalid(format!("{field} must be {min} to {max}")))
     }
 }
 

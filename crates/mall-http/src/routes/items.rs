@@ -241,7 +241,7 @@ pub struct UpdateItem {
     pub closes_at_ms: Option<i64>,
 }
 
-fn in_range(value: i64, field: &str, min: i64, max: i64) -> ApiResult<i64> {
+pub(crate) fn in_range(value: i64, field: &str, min: i64, max: i64) -> ApiResult<i64> {
     if (min..=max).contains(&value) {
         Ok(value)
     } else {

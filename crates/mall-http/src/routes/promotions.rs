@@ -177,11 +177,7 @@ impl PromotionView {
     fn new(p: &Promotion, now: Timestamp) -> PromotionView {
         PromotionView {
             id: p.row.id,
-            funded_by: if p.row.merchant.is_some() {
-                "merchant"
-            } else {
-                "platform"
-            },
+            funded_by: funded_by(p.row.merchant),
             merchant_id: p.row.merchant.map(|m| m.0),
             rule: p.offer.rule,
             skus: p.offer.skus.iter().map(|s| s.0).collect(),
@@ -262,6 +258,15 @@ pub(crate) async fn offer_spec(
         group,
     };
     serde_json::to_string(&spec).map_err(|e| ApiError::internal("offer", e))
+}
+
+/// `merchant` or `platform`: who funds an offer, as the API says it.
+pub(crate) fn funded_by(merchant: Option<MerchantId>) -> &'static str {
+    if merchant.is_some() {
+        "merchant"
+    } else {
+        "platform"
+    }
 }
 
 /// Who funds a new promotion or coupon, as the caller may ask.
