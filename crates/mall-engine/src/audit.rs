@@ -1,5 +1,6 @@
 //! Offline audit of a store (`mall check`): recounts every SKU from its
-//! orders and checks the invariants the engine promises, on any backend.
+//! orders and every coupon from its claims, and checks the invariants the
+//! engine promises, on any backend.
 
 use crate::{Store, StoreError};
 use mall_core::{OrderStatus, Sku, UserId};
@@ -13,6 +14,8 @@ pub struct AuditReport {
     pub orders_by_status: BTreeMap<&'static str, usize>,
     pub units_held: u64,
     pub units_sold: u64,
+    pub coupons: usize,
+    pub claims: usize,
     pub violations: Vec<String>,
 }
 
@@ -134,6 +137,81 @@ pub fn audit(store: &dyn Store) -> Result<AuditReport, StoreError> {
                 ));
             }
         }
+        coupons(shard, contents.coupons, contents.claims, &mut report);
     }
     Ok(report)
+}
+
+/// A shard's coupons against their claims: never more claims than the
+/// quantity, nor per shopper than the limit; a used claim is on an order;
+/// a key made one claim.
+fn coupons(
+    shard: usize,
+    coupons: Vec<mall_core::Coupon>,
+    claims: Vec<Result<mall_core::Claim, String>>,
+    report: &mut AuditReport,
+) {
+    let coupons: BTreeMap<mall_core::CouponId, mall_core::Coupon> =
+        coupons.into_iter().map(|c| (c.id, c)).collect();
+    report.coupons += coupons.len();
+    let mut made: BTreeMap<mall_core::CouponId, u64> = BTreeMap::new();
+    let mut per_user: BTreeMap<(UserId, mall_core::CouponId), u64> = BTreeMap::new();
+    let mut keys: HashSet<(UserId, mall_core::CouponId, String)> = HashSet::new();
+    let v = &mut report.violations;
+    for row in claims {
+        let c = match row {
+            Ok(c) => c,
+            Err(e) => {
+                v.push(format!("shard {shard}: unreadable claim row: {e}"));
+                continue;
+            }
+        };
+        report.claims += 1;
+        if c.id.shard() != shard {
+            v.push(format!(
+                "claim {}: stored in shard {shard} but its id names shard {}",
+                c.id,
+                c.id.shard()
+            ));
+        }
+        if !coupons.contains_key(&c.coupon) {
+            v.push(format!("claim {}: unknown coupon {}", c.id, c.coupon));
+            continue;
+        }
+        if (c.status == mall_core::ClaimStatus::Used) != c.order.is_some() {
+            v.push(format!(
+                "claim {}: {} with order {:?}",
+                c.id,
+                c.status.as_str(),
+                c.order
+            ));
+        }
+        if let Some(key) = &c.idempotency_key {
+            if !keys.insert((c.user, c.coupon, key.to_string())) {
+                v.push(format!(
+                    "claim {}: idempotency key {key:?} of user {} made two claims",
+                    c.id, c.user
+                ));
+            }
+        }
+        *made.entry(c.coupon).or_default() += 1;
+        *per_user.entry((c.user, c.coupon)).or_default() += 1;
+    }
+    for (id, n) in &made {
+        let coupon = &coupons[id];
+        if *n > u64::from(coupon.quantity) {
+            v.push(format!(
+                "coupon {id}: over-issued: {n} claims of {}",
+                coupon.quantity
+            ));
+        }
+    }
+    for ((user, id), n) in &per_user {
+        let limit = coupons[id].per_user_limit;
+        if *n > u64::from(limit) {
+            v.push(format!(
+                "user {user}: {n} claims of coupon {id}, over the limit {limit}"
+            ));
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! implement them.
 
 use crate::StoreError;
-use mall_core::{Item, MerchantId, Order, OrderId, Role, Sku, Timestamp, UserId};
+use mall_core::{Claim, Coupon, Item, MerchantId, Order, OrderId, Role, Sku, Timestamp, UserId};
 use mall_inventory::{Board, Inventory, InventoryConfig};
 use mall_ledger::{Account, AccountId, Ledger, LedgerConfig, Stored};
 use mall_shard::Journal;
@@ -71,6 +71,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct ShardContents {
     pub items: Vec<Item>,
     pub orders: Vec<Result<Order, String>>,
+    pub coupons: Vec<Coupon>,
+    pub claims: Vec<Result<Claim, String>>,
 }
 
 /// A shard's orders as the API reads them. A committed order is visible

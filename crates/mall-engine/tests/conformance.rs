@@ -157,6 +157,7 @@ fn main() {
         ("order_readers", order_readers),
         ("shopper_lists", shopper_lists),
         ("promotions", promotions),
+        ("audit_counts_claims", audit_counts_claims),
     ];
     let (chosen, mut runner) = mall_postgres::server::Runner::choose(tests);
     if chosen.is_empty() {
@@ -1000,4 +1001,61 @@ fn promotions(h: &Harness) {
         .map(|p| p.id)
         .collect();
     assert_eq!(left, vec![first]);
+}
+
+/// `mall check` recounts every coupon from its claims: clean as the engine
+/// wrote them, over-issued once a claim is forged behind its back.
+fn audit_counts_claims(h: &Harness) {
+    let store = h.open(1);
+    let mut journal = shard_journal(&store, &Arc::new(Board::default()));
+    let mut inv = journal.load(T0).unwrap();
+    let mut effects = vec![];
+    let coupon = mall_core::Coupon {
+        id: mall_core::CouponId(4),
+        merchant: None,
+        title: "off".into(),
+        spec: "{}".into(),
+        quantity: 2,
+        per_user_limit: 1,
+        claim_opens_at: T0,
+        claim_closes_at: T0.plus_ms(60_000),
+        valid_until: T0.plus_ms(60_000),
+    };
+    inv.apply(
+        Command::PutCoupon {
+            coupon,
+            expected: None,
+        },
+        T0,
+        &mut effects,
+    );
+    for user in [7, 8, 9] {
+        let claim = mall_inventory::ClaimCoupon::new(UserId(user), mall_core::CouponId(4), None);
+        inv.apply(Command::Claim(claim), T0, &mut effects);
+    }
+    journal.commit(&effects).unwrap();
+    let report = mall_engine::audit(store.as_ref()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.violations);
+    assert_eq!(
+        (report.coupons, report.claims),
+        (1, 2),
+        "two of three claimed"
+    );
+    // A third claim forged in the store: over-issued, and user 7 twice.
+    let (columns, values) = if h.is_postgres() {
+        ("shard, ", "0, ")
+    } else {
+        ("", "")
+    };
+    h.tamper(
+        Target::Shard(0),
+        &format!(
+            "INSERT INTO coupon_claims ({columns}id, coupon_id, user_id, status, request_fingerprint, created_at_ms, updated_at_ms)
+             VALUES ({values}99 * 256, 4, 7, 'claimed', 0, 0, 0)"
+        ),
+    );
+    let report = mall_engine::audit(store.as_ref()).unwrap();
+    let text = report.violations.join("; ");
+    assert!(text.contains("over-issued: 3 claims of 2"), "{text}");
+    assert!(text.contains("over the limit 1"), "{text}");
 }

@@ -674,6 +674,8 @@ pub(crate) fn contents(pool: &Pool, shard: usize) -> Result<ShardContents, Error
     pool.with(|conn| {
         let items_stmt = conn.prepare(ITEMS_OF_SHARD)?;
         let orders_stmt = conn.prepare(ALL_ORDERS)?;
+        let coupons_stmt = conn.prepare(COUPONS_OF_SHARD)?;
+        let claims_stmt = conn.prepare(CLAIMS_OF_SHARD)?;
         let mut tx = crate::read_snapshot(&mut conn.client)?;
         let items = tx
             .query(&items_stmt, &[&shard])?
@@ -687,7 +689,23 @@ pub(crate) fn contents(pool: &Pool, shard: usize) -> Result<ShardContents, Error
             orders.push(order_from_row(&row));
         }
         drop(rows);
+        let coupons = tx
+            .query(&coupons_stmt, &[&shard])?
+            .iter()
+            .map(coupon_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        let claims = tx
+            .query(&claims_stmt, &[&shard])?
+            .iter()
+            .map(claim_from_row)
+            .collect();
         tx.commit()?;
-        Ok(ShardContents { items, orders })
+        Ok(ShardContents {
+            items,
+            orders,
+            coupons,
+            claims,
+        })
     })
 }

@@ -471,5 +471,20 @@ pub(crate) fn contents(path: &Path) -> Result<ShardContents, Error> {
     let orders = stmt
         .query_map([], |row| Ok(order_from_row(row).map_err(|e| e.to_string())))?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ShardContents { items, orders })
+    let mut stmt = conn.prepare(&format!("SELECT {COUPON_COLUMNS} FROM coupons ORDER BY id"))?;
+    let coupons = stmt
+        .query_map([], coupon_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {CLAIM_COLUMNS} FROM coupon_claims ORDER BY id"
+    ))?;
+    let claims = stmt
+        .query_map([], |row| Ok(claim_from_row(row).map_err(|e| e.to_string())))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ShardContents {
+        items,
+        orders,
+        coupons,
+        claims,
+    })
 }

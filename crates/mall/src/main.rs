@@ -667,8 +667,9 @@ fn check(data: &Path, store: &store::StoreArgs) -> Result<()> {
         "  units held {}  units sold {}",
         report.units_held, report.units_sold
     );
+    println!("  coupons {}  claims {}", report.coupons, report.claims);
     if report.is_clean() {
-        println!("OK: conservation holds for every SKU, no order counted twice, per-user limits respected");
+        println!("OK: conservation holds for every SKU, no order counted twice, per-user limits respected; no coupon over-issued");
         Ok(())
     } else {
         println!("FAILED: {} violation(s)", report.violations.len());
