@@ -26,6 +26,8 @@ pub const COUPON_PER_USER_MAX: u32 = 100;
 /// One coupon's quantity, at most (every claim is kept in its shard's
 /// memory).
 pub const COUPON_QUANTITY_MAX: u32 = 1_000_000;
+/// Coupons open for claims on one shard, at most.
+pub const COUPONS_PER_SHARD_MAX: usize = 256;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +133,7 @@ impl From<&Claim> for ClaimView {
     params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key")),
     responses((status = 201, body = CouponView), (status = 403, body = crate::error::ErrorBody),
               (status = 404, description = "merchant_not_found, item_not_found", body = crate::error::ErrorBody),
+              (status = 409, description = "coupons_full", body = crate::error::ErrorBody),
               (status = 422, body = crate::error::ErrorBody),
               (status = 503, description = "overloaded, store_unavailable", body = crate::error::ErrorBody)))]
 pub async fn create(
@@ -201,6 +204,27 @@ pub async fn create(
             loop {
                 let above = state.engine.board().max_coupon().map_or(1, |c| c.0 + 1);
                 coupon.id = CouponId(state.coupon_ids.next(&state, above).await?);
+                // Every claim lives in its shard's memory: a shard keeps at
+                // most so many coupons whose claims are still open.
+                let rx = state
+                    .engine
+                    .try_submit_for_coupon(coupon.id, Command::Coupons)
+                    .map_err(|_| ApiError::overloaded())?;
+                let open = match rx.await.unwrap_or(Reply::Unavailable) {
+                    Reply::Coupons(all) => all
+                        .iter()
+                        .filter(|c| c.coupon.claim_closes_at > state.now())
+                        .count(),
+                    _ => return Err(ApiError::unavailable()),
+                };
+                if open >= COUPONS_PER_SHARD_MAX {
+                    return Err(ApiError::conflict(
+                        "coupons_full",
+                        format!(
+                            "at most {COUPONS_PER_SHARD_MAX} coupons open for claims on one shard; try again after some close"
+                        ),
+                    ));
+                }
                 let command = Command::PutCoupon {
                     coupon: coupon.clone(),
                     expected: None,
