@@ -173,6 +173,44 @@ pub struct ListChange {
     pub lines_max: usize,
 }
 
+/// What a store does for one [`ListChange`]: the decision both stores
+/// share (they only speak SQL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListStep {
+    /// A new line, and the list is full: nothing changes.
+    Full,
+    /// Writes the line with its new quantity.
+    Put,
+    /// Takes the line out.
+    Remove,
+}
+
+impl ListChange {
+    /// The step for this change, given the line's quantity now (`was`, 0
+    /// if absent) and, asked only for a new line, how many lines the list
+    /// holds; and how the item's favourite count moves (−1, 0 or +1).
+    pub fn decide<E>(
+        &self,
+        was: u32,
+        lines: impl FnOnce() -> Result<usize, E>,
+    ) -> Result<(ListStep, i64), E> {
+        if was == 0 && self.quantity > 0 && lines()? >= self.lines_max {
+            return Ok((ListStep::Full, 0));
+        }
+        let favorite = match (self.list, was, self.quantity) {
+            (ShopperList::Favorites, 0, q) if q > 0 => 1,
+            (ShopperList::Favorites, w, 0) if w > 0 => -1,
+            _ => 0,
+        };
+        let step = if self.quantity > 0 {
+            ListStep::Put
+        } else {
+            ListStep::Remove
+        };
+        Ok((step, favorite))
+    }
+}
+
 /// What a [`ListChange`] met.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListOutcome {

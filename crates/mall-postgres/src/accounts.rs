@@ -7,8 +7,8 @@ use crate::{corrupt, Error};
 use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, ListChange, ListOutcome, MerchantRow, NewUser, PromotionRow, SessionEnd,
-    SessionRow, ShopperList, StoreError, StoredResponse, UserRow,
+    AccountStore, ListChange, ListOutcome, ListStep, MerchantRow, NewUser, PromotionRow,
+    SessionEnd, SessionRow, ShopperList, StoreError, StoredResponse, UserRow,
 };
 use postgres::error::SqlState;
 use postgres::types::ToSql;
@@ -409,21 +409,25 @@ impl AccountStore for PgAccounts {
                     .map(|r| r.try_get(0))
                     .transpose()?
                     .unwrap_or(0);
-                if was == 0 && c.quantity > 0 {
-                    let n: i64 = tx.query_one(&lines, &[&list, &user])?.try_get(0)?;
-                    if n as usize >= c.lines_max {
+                let (step, favorite) = c.decide(was as u32, || {
+                    let n: Result<i64, postgres::Error> =
+                        tx.query_one(&lines, &[&list, &user])?.try_get(0);
+                    n.map(|n| n as usize)
+                })?;
+                match step {
+                    ListStep::Full => {
                         outcomes.push(ListOutcome::Full);
                         continue;
                     }
+                    ListStep::Put => {
+                        tx.execute(&put, &[&list, &user, &sku, &i64::from(c.quantity), &now.0])?;
+                    }
+                    ListStep::Remove => {
+                        tx.execute(&remove, &[&list, &user, &sku])?;
+                    }
                 }
-                if c.quantity > 0 {
-                    tx.execute(&put, &[&list, &user, &sku, &i64::from(c.quantity), &now.0])?;
-                } else {
-                    tx.execute(&remove, &[&list, &user, &sku])?;
-                }
-                if c.list == ShopperList::Favorites && (was == 0) != (c.quantity == 0) {
-                    let delta: i64 = if c.quantity > 0 { 1 } else { -1 };
-                    tx.execute(&count, &[&sku, &delta])?;
+                if favorite != 0 {
+                    tx.execute(&count, &[&sku, &favorite])?;
                 }
                 outcomes.push(ListOutcome::Before(was as u32));
             }

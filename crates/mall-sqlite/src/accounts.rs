@@ -6,8 +6,8 @@ use crate::{migrate, open_connection, Error, Sync};
 use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, ListChange, ListOutcome, MerchantRow, NewUser, PromotionRow, SessionRow,
-    ShopperList, StoreError, StoredResponse, UserRow,
+    AccountStore, ListChange, ListOutcome, ListStep, MerchantRow, NewUser, PromotionRow,
+    SessionRow, ShopperList, StoreError, StoredResponse, UserRow,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -416,15 +416,18 @@ impl AccountStore for Accounts {
                 for c in changes {
                     let key = params![c.list.code(), c.user.0 as i64, c.sku.0 as i64];
                     let was: u32 = before.query_row(key, |r| r.get(0)).optional()?.unwrap_or(0);
-                    if was == 0 && c.quantity > 0 {
-                        let n: i64 = lines
-                            .query_row(params![c.list.code(), c.user.0 as i64], |r| r.get(0))?;
-                        if n as usize >= c.lines_max {
-                            outcomes.push(ListOutcome::Full);
-                            continue;
-                        }
+                    let (step, favorite) = c.decide(was, || {
+                        lines
+                            .query_row(params![c.list.code(), c.user.0 as i64], |r| {
+                                r.get::<_, i64>(0)
+                            })
+                            .map(|n| n as usize)
+                    })?;
+                    if step == ListStep::Full {
+                        outcomes.push(ListOutcome::Full);
+                        continue;
                     }
-                    if c.quantity > 0 {
+                    if step == ListStep::Put {
                         put.execute(params![
                             c.list.code(),
                             c.user.0 as i64,
@@ -435,9 +438,8 @@ impl AccountStore for Accounts {
                     } else {
                         remove.execute(key)?;
                     }
-                    if c.list == ShopperList::Favorites && (was == 0) != (c.quantity == 0) {
-                        let delta: i64 = if c.quantity > 0 { 1 } else { -1 };
-                        count.execute(params![c.sku.0 as i64, delta])?;
+                    if favorite != 0 {
+                        count.execute(params![c.sku.0 as i64, favorite])?;
                     }
                     outcomes.push(ListOutcome::Before(was));
                 }
