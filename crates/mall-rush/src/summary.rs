@@ -77,6 +77,9 @@ pub struct Summary {
     pub snapups_per_s: f64,
     /// Payments in time (not late ones), from intended send to answer.
     pub pay_latency: Percentiles,
+    /// The coupon claim rush (claims answered, whatever the answer), from
+    /// intended send to answer; `None` without a claim rush.
+    pub claim_latency: Option<Percentiles>,
     /// Payments answered paid, per second, from the first sent to the last answered.
     pub paid_per_s: f64,
     /// Most payments answered paid in one second.
@@ -170,6 +173,13 @@ pub fn summarize(outcome: &Outcome, backend: &str) -> Summary {
         (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e6,
         _ => 1.0,
     };
+    let mut claim_latency = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
+    for r in records
+        .iter()
+        .filter(|r| r.kind == Kind::Claim && !is_error(&r.code))
+    {
+        let _ = claim_latency.record(r.latency_us().max(0) as u64);
+    }
     let pays: Vec<&Record> = records.iter().filter(|r| r.kind == Kind::Pay).collect();
     let mut pay_latency = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
     let mut paid_by_second: BTreeMap<i64, u64> = BTreeMap::new();
@@ -282,6 +292,7 @@ pub fn summarize(outcome: &Outcome, backend: &str) -> Summary {
         late_pays_skipped: outcome.late_pays_skipped,
         by_kind,
         snapup_latency: percentiles(&latency),
+        claim_latency: (!claim_latency.is_empty()).then(|| percentiles(&claim_latency)),
         snapups_per_s: snapups.len() as f64 / window_s,
         pay_latency: percentiles(&pay_latency),
         paid_per_s: paid as f64 / paid_window_s,
@@ -313,6 +324,12 @@ pub fn print(summary: &Summary) {
         "snap-ups {:.0}/s over their window; peak {} requests in one second; this process used {:.2} cores on average, {:.2} in its busiest second (the generator; plus the server in demo and in-process runs); {} not sent; {} late payments skipped (hold outlives the run)",
         summary.snapups_per_s, summary.peak_requests_per_s, summary.generator_cpu_cores, summary.generator_cpu_cores_peak, summary.not_sent, summary.late_pays_skipped
     );
+    if let Some(l) = &summary.claim_latency {
+        println!(
+            "coupon claims from intended send: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            l.p50_ms, l.p99_ms, l.max_ms
+        );
+    }
     if summary.paid_per_s > 0.0 {
         let l = &summary.pay_latency;
         println!(

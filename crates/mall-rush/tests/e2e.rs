@@ -134,6 +134,7 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
         "{:?}",
         claims.codes
     );
+    assert!(summary.claim_latency.is_some(), "claim latency measured");
     let html = mall_rush::report::html(&summary, &report);
     assert!(
         html.contains("<svg")
