@@ -422,9 +422,15 @@ async fn mall_coupons_in_process(
     })
     .await;
     let claims = m.orders.load(Ordering::Relaxed);
-    let verified = match engine.board().coupon(BENCH_COUPON).map(|e| e.load()) {
-        Some((made, _)) if made > workload.stock[0] => "OVER-ISSUED".to_string(),
-        Some((made, _)) if u64::from(made) != claims => {
+    let verified = match engine
+        .coupon(BENCH_COUPON)
+        .await
+        .ok()
+        .flatten()
+        .map(|c| c.claims)
+    {
+        Some(made) if made > workload.stock[0] => "OVER-ISSUED".to_string(),
+        Some(made) if u64::from(made) != claims => {
             format!("MISMATCH: {claims} claims acknowledged, {made} made")
         }
         Some(_) => "ok".to_string(),

@@ -288,6 +288,22 @@ impl Engine {
         self.try_submit(self.shard_of_coupon(coupon), command)
     }
 
+    /// A coupon and its counters, read on its shard (here or on its node):
+    /// `Ok(None)` if there is no such coupon; `Err(reply)` with the reply
+    /// when the shard could not answer (`Unavailable`, or busy as `None`).
+    pub async fn coupon(
+        &self,
+        id: CouponId,
+    ) -> Result<Option<mall_inventory::CouponCounts>, Option<Reply>> {
+        let rx = self
+            .try_submit_for_coupon(id, Command::Coupons)
+            .map_err(|_| None)?;
+        match rx.await.unwrap_or(Reply::Unavailable) {
+            Reply::Coupons(all) => Ok(all.into_iter().find(|c| c.coupon.id == id)),
+            other => Err(Some(other)),
+        }
+    }
+
     /// Queues a command on the shard that owns `claim`; `None` if the id
     /// names no shard of this store.
     pub fn try_submit_for_claim(

@@ -2,7 +2,7 @@
 //! shared by all shards (writers) and the HTTP layer (readers). The shards
 //! stay the authority; the board is what browsing reads without queueing.
 
-use mall_core::{Category, Coupon, CouponId, Item, Sku};
+use mall_core::{Category, CouponId, Item, Sku};
 use std::collections::BTreeMap;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -99,35 +99,13 @@ pub struct BoardEntry {
     pub live: Arc<Live>,
 }
 
-/// A coupon and its published counters.
-#[derive(Debug)]
-pub struct CouponEntry {
-    pub shard: usize,
-    pub coupon: Coupon,
-    claims: AtomicU64,
-}
-
-impl CouponEntry {
-    /// `(claims, used)`: claims made, and of them on an order now.
-    pub fn load(&self) -> (u32, u32) {
-        let v = self.claims.load(Ordering::Acquire);
-        ((v >> 32) as u32, v as u32)
-    }
-
-    fn store(&self, claims: u32, used: u32) {
-        self.claims.store(
-            (u64::from(claims) << 32) | u64::from(used),
-            Ordering::Release,
-        );
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Board {
     /// Every item by SKU; replaced whole on change (items change rarely).
     entries: RwLock<BTreeMap<Sku, Arc<BoardEntry>>>,
-    /// The coupons of this node's shards.
-    coupons: RwLock<BTreeMap<CouponId, Arc<CouponEntry>>>,
+    /// The highest coupon id a shard here has seen (0: none), so new ids
+    /// start above it. Coupons themselves are read from their shards.
+    max_coupon: AtomicU64,
 }
 
 impl Board {
@@ -168,66 +146,17 @@ impl Board {
             .collect()
     }
 
-    pub(crate) fn put_coupon(&self, shard: usize, coupon: Coupon, claims: u32, used: u32) {
-        let entry = CouponEntry {
-            shard,
-            coupon,
-            claims: AtomicU64::new(0),
-        };
-        entry.store(claims, used);
-        self.coupons
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(entry.coupon.id, Arc::new(entry));
-    }
-
-    pub(crate) fn count_coupon(&self, id: CouponId, claims: u32, used: u32) {
-        if let Some(e) = self.coupon(id) {
-            e.store(claims, used);
-        }
-    }
-
-    /// Replaces all of a shard's coupons (a shard rebuilt from its store).
-    pub(crate) fn replace_shard_coupons(&self, shard: usize, entries: Vec<(Coupon, u32, u32)>) {
-        let mut coupons = self.coupons.write().unwrap_or_else(|p| p.into_inner());
-        coupons.retain(|_, e| e.shard != shard);
-        for (coupon, claims, used) in entries {
-            let entry = CouponEntry {
-                shard,
-                coupon,
-                claims: AtomicU64::new(0),
-            };
-            entry.store(claims, used);
-            coupons.insert(entry.coupon.id, Arc::new(entry));
-        }
-    }
-
-    pub fn coupon(&self, id: CouponId) -> Option<Arc<CouponEntry>> {
-        self.coupons
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
-    }
-
-    /// Every coupon this node's shards hold, by id.
-    pub fn coupons(&self) -> Vec<Arc<CouponEntry>> {
-        self.coupons
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+    /// A shard here holds coupon `id`.
+    pub(crate) fn note_coupon(&self, id: CouponId) {
+        self.max_coupon.fetch_max(id.0, Ordering::Relaxed);
     }
 
     /// The highest coupon id known here.
     pub fn max_coupon(&self) -> Option<CouponId> {
-        self.coupons
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .next_back()
-            .copied()
+        match self.max_coupon.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(CouponId(id)),
+        }
     }
 
     pub fn max_sku(&self) -> Option<Sku> {

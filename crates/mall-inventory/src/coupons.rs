@@ -122,8 +122,7 @@ impl Inventory {
             return Reply::Refused(Refusal::StockBelowCommitted { committed: claims });
         }
         let used = current.map_or(0, |c| c.used);
-        self.board
-            .put_coupon(self.shard, coupon.clone(), claims, used);
+        self.board.note_coupon(coupon.id);
         self.coupons.insert(
             coupon.id,
             CouponState {
@@ -184,7 +183,6 @@ impl Inventory {
             });
         }
         state.claims += 1;
-        self.board.count_coupon(c.coupon, state.claims, state.used);
         let claim = Claim {
             id: ClaimId::new(self.shard, self.next_claim_seq),
             coupon: c.coupon,
@@ -246,22 +244,7 @@ impl Inventory {
             return Reply::Refused(Refusal::ClaimNotUsable);
         }
         state.used += 1;
-        claim.status = ClaimStatus::Used;
-        claim.order = Some(order);
-        claim.updated_at = now;
-        self.board
-            .count_coupon(claim.coupon, state.claims, state.used);
-        self.touched_coupons.insert(claim.coupon);
-        effects.push(Effect::UpdateClaim {
-            id,
-            status: ClaimStatus::Used,
-            order: Some(order),
-            updated_at: now,
-        });
-        Reply::Claim {
-            claim: claim.clone(),
-            replayed: false,
-        }
+        self.move_claim(id, ClaimStatus::Used, Some(order), now, effects)
     }
 
     /// Gives a claim back from `order` (cancelled before it was paid):
@@ -287,16 +270,29 @@ impl Inventory {
             .get_mut(&claim.coupon)
             .expect("a claim's coupon is on its shard");
         state.used -= 1;
-        claim.status = ClaimStatus::Claimed;
-        claim.order = None;
-        claim.updated_at = now;
-        self.board
-            .count_coupon(claim.coupon, state.claims, state.used);
+        self.move_claim(id, ClaimStatus::Claimed, None, now, effects)
+    }
+
+    /// A claim takes its new status and order (its coupon's `used` already
+    /// moved), and says so durably.
+    fn move_claim(
+        &mut self,
+        id: ClaimId,
+        status: ClaimStatus,
+        order: Option<OrderId>,
+        now: Timestamp,
+        effects: &mut Vec<Effect>,
+    ) -> Reply {
+        let claim = self
+            .claims
+            .get_mut(&id)
+            .expect("a claim being moved exists");
+        (claim.status, claim.order, claim.updated_at) = (status, order, now);
         self.touched_coupons.insert(claim.coupon);
         effects.push(Effect::UpdateClaim {
             id,
-            status: ClaimStatus::Claimed,
-            order: None,
+            status,
+            order,
             updated_at: now,
         });
         Reply::Claim {
@@ -350,12 +346,9 @@ impl Inventory {
             self.touched_coupons.insert(claim.coupon);
             self.claims.insert(claim.id, claim);
         }
-        let entries = self
-            .coupons
-            .values()
-            .map(|s| (s.coupon.clone(), s.claims, s.used))
-            .collect();
-        self.board.replace_shard_coupons(self.shard, entries);
+        for id in self.coupons.keys() {
+            self.board.note_coupon(*id);
+        }
     }
 
     /// Conservation of every coupon touched since the last check.

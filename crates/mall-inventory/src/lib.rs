@@ -15,7 +15,7 @@ pub mod board;
 pub mod model;
 pub mod sim;
 
-pub use board::{Board, BoardEntry, CouponEntry, Live};
+pub use board::{Board, BoardEntry, Live};
 
 mod coupons;
 pub use coupons::{ClaimCoupon, CouponCounts};

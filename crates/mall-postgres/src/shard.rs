@@ -215,13 +215,7 @@ impl<'a> Batch<'a> {
         let mut claim_update_at: HashMap<ClaimId, usize> = HashMap::new();
         for effect in effects {
             match effect {
-                Effect::PutItem(item) => match item_at.get(&item.sku) {
-                    Some(&i) => batch.items[i] = item,
-                    None => {
-                        item_at.insert(item.sku, batch.items.len());
-                        batch.items.push(item);
-                    }
-                },
+                Effect::PutItem(item) => keep_last(&mut item_at, &mut batch.items, item.sku, item),
                 Effect::InsertOrder(order) => {
                     inserted_at.insert(order.id, batch.orders.len());
                     batch.orders.push(order.clone());
@@ -240,21 +234,11 @@ impl<'a> Batch<'a> {
                         continue;
                     }
                     let update = (*id, *status, *updated_at);
-                    match update_at.get(id) {
-                        Some(&i) => batch.updates[i] = update,
-                        None => {
-                            update_at.insert(*id, batch.updates.len());
-                            batch.updates.push(update);
-                        }
-                    }
+                    keep_last(&mut update_at, &mut batch.updates, *id, update);
                 }
-                Effect::PutCoupon(coupon) => match coupon_at.get(&coupon.id) {
-                    Some(&i) => batch.coupons[i] = coupon,
-                    None => {
-                        coupon_at.insert(coupon.id, batch.coupons.len());
-                        batch.coupons.push(coupon);
-                    }
-                },
+                Effect::PutCoupon(coupon) => {
+                    keep_last(&mut coupon_at, &mut batch.coupons, coupon.id, coupon)
+                }
                 Effect::InsertClaim(claim) => {
                     claim_inserted_at.insert(claim.id, batch.claims.len());
                     batch.claims.push(claim.clone());
@@ -272,17 +256,28 @@ impl<'a> Batch<'a> {
                         continue;
                     }
                     let update = (*id, *status, *order, *updated_at);
-                    match claim_update_at.get(id) {
-                        Some(&i) => batch.claim_updates[i] = update,
-                        None => {
-                            claim_update_at.insert(*id, batch.claim_updates.len());
-                            batch.claim_updates.push(update);
-                        }
-                    }
+                    keep_last(&mut claim_update_at, &mut batch.claim_updates, *id, update);
                 }
             }
         }
         batch
+    }
+}
+
+/// Puts `value` in `list` under `key`, replacing an earlier one of the same
+/// key in its place (one statement may not touch a row twice).
+fn keep_last<K: std::hash::Hash + Eq, V>(
+    at: &mut HashMap<K, usize>,
+    list: &mut Vec<V>,
+    key: K,
+    value: V,
+) {
+    match at.get(&key) {
+        Some(&i) => list[i] = value,
+        None => {
+            at.insert(key, list.len());
+            list.push(value);
+        }
     }
 }
 

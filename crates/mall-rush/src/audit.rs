@@ -452,9 +452,11 @@ async fn fetch_claims(
 async fn fetch_coupon(backend: &Backend, coupon: u64) -> Option<u64> {
     match backend {
         Backend::InProcess { engine } => engine
-            .board()
             .coupon(mall_core::CouponId(coupon))
-            .map(|e| u64::from(e.load().0)),
+            .await
+            .ok()
+            .flatten()
+            .map(|c| u64::from(c.claims)),
         Backend::Http {
             target,
             admin_token,

@@ -342,17 +342,11 @@ pub async fn get_one(
     Segment(raw): Segment,
 ) -> ApiResult<Json<CouponView>> {
     let id = CouponId(parse_id(&raw, "coupon id")?);
-    let rx = state
-        .engine
-        .try_submit_for_coupon(id, Command::Coupons)
-        .map_err(|_| ApiError::overloaded())?;
-    match rx.await.unwrap_or(Reply::Unavailable) {
-        Reply::Coupons(all) => all
-            .iter()
-            .find(|c| c.coupon.id == id)
-            .map(|c| Json(CouponView::new(&c.coupon, c.claims, c.used)))
-            .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownCoupon)),
-        _ => Err(ApiError::unavailable()),
+    match state.engine.coupon(id).await {
+        Ok(Some(c)) => Ok(Json(CouponView::new(&c.coupon, c.claims, c.used))),
+        Ok(None) => Err(ApiError::from_refusal(&Refusal::UnknownCoupon)),
+        Err(None) => Err(ApiError::overloaded()),
+        Err(Some(_)) => Err(ApiError::unavailable()),
     }
 }
 
