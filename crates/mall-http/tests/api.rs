@@ -299,23 +299,18 @@ async fn items_browse_filter_page_and_validate() {
     );
     assert_eq!(api.get("/v1/items/abc", None).await.code(), "invalid_id");
     // Validation: each bad field is a 422 with a clear message, nothing created.
-    for (field, value) in [
-        ("price_fen", json!(0)),
-        ("stock", json!(-1)),
-        ("category", json!("weapons")),
-        ("closes_at_ms", json!(T0 - 1)),
-        ("title", json!("")),
-    ] {
-        let mut bad = book.clone();
-        bad[field] = value;
-        let r = api.post("/v1/admin/items", Some(ADMIN), bad).await;
-        assert_eq!(
-            r.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{field}: {}",
-            r.body
-        );
-    }
+    api.each_invalid(
+        "/v1/admin/items",
+        &book,
+        &[
+            ("price_fen", json!(0)),
+            ("stock", json!(-1)),
+            ("category", json!("weapons")),
+            ("closes_at_ms", json!(T0 - 1)),
+            ("title", json!("")),
+        ],
+    )
+    .await;
     let mut bad = book.clone();
     bad["merchant_id"] = json!(404);
     assert_eq!(
@@ -1065,7 +1060,10 @@ async fn sale_windows_price_orders_and_a_stale_total_reserves_nothing() {
 
     // Bad prices: each a 422 naming the field, nothing created.
     let items_before = api.get("/healthz", None).await.body["items"].clone();
-    for (field, value) in [
+    api.each_invalid(
+        "/v1/admin/items",
+        &body,
+        &[
         (
             "sale_prices",
             json!([{"opens_at_ms": T0, "closes_at_ms": T0, "price_fen": 100}]),
@@ -1088,17 +1086,9 @@ async fn sale_windows_price_orders_and_a_stale_total_reserves_nothing() {
             json!([{"opens_at_ms": T0, "closes_at_ms": T0 + 10, "price": 3_000_000}]),
         ),
         ("floor_price_fen", json!(4_500_001)),
-    ] {
-        let mut bad = body.clone();
-        bad[field] = value;
-        let r = api.post("/v1/admin/items", Some(ADMIN), bad).await;
-        assert_eq!(
-            r.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{field}: {}",
-            r.body
-        );
-    }
+        ],
+    )
+    .await;
     let r = order(Some(0)).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
     assert_eq!(api.get("/healthz", None).await.body["items"], items_before);
@@ -1571,20 +1561,17 @@ async fn a_coupon_claim_rush_issues_exactly_the_quantity() {
             .status,
         StatusCode::FORBIDDEN
     );
-    for (field, value) in [
-        ("quantity", json!(-1)),
-        ("per_user_limit", json!(0)),
-        ("valid_until_ms", json!(T0)),
-        ("title", json!("")),
-    ] {
-        let mut bad = body.clone();
-        bad[field] = value;
-        assert_eq!(
-            api.post("/v1/coupons", Some(ADMIN), bad).await.status,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "{field}"
-        );
-    }
+    api.each_invalid(
+        "/v1/coupons",
+        &body,
+        &[
+            ("quantity", json!(-1)),
+            ("per_user_limit", json!(0)),
+            ("valid_until_ms", json!(T0)),
+            ("title", json!("")),
+        ],
+    )
+    .await;
     assert_eq!(
         api.get("/v1/coupons", None).await.body["coupons"]
             .as_array()

@@ -225,6 +225,22 @@ impl Api {
             .collect()
     }
 
+    /// Each `(field, value)` set in `base` and posted to `path` by an
+    /// admin is refused 422, naming the field on failure.
+    pub async fn each_invalid(&self, path: &str, base: &Value, cases: &[(&str, Value)]) {
+        for (field, value) in cases {
+            let mut bad = base.clone();
+            bad[*field] = value.clone();
+            let r = self.post(path, Some(ADMIN), bad).await;
+            assert_eq!(
+                r.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{field}: {}",
+                r.body
+            );
+        }
+    }
+
     pub async fn order(&self, token: &str, sku: u64, qty: i64, key: Option<&str>) -> Reply {
         let body = json!({"sku": sku, "quantity": qty, "payment": "online", "address": "1 Nanjing Road, Shanghai"});
         self.call("POST", "/v1/orders", Some(token), Some(body), key)
