@@ -8,7 +8,7 @@
 //! runs elsewhere goes to [`Elsewhere`], which forwards it to its owner.
 
 use crate::{LedgerRead, OrderReader, Store, StoreError};
-use mall_core::{ClaimId, CouponId, Item, OrderId, Sku};
+use mall_core::{Claim, ClaimId, Coupon, CouponId, Item, OrderId, Sku, UserId};
 use mall_inventory::{Board, BoardEntry, Command, Inventory, InventoryConfig, Reply};
 use mall_ledger::{Ledger, LedgerConfig};
 use mall_shard::{Busy, Clock, RuntimeConfig, Shard, ShardHandle};
@@ -302,6 +302,58 @@ impl Engine {
             Reply::Coupons(all) => Ok(all.into_iter().find(|c| c.coupon.id == id)),
             other => Err(Some(other)),
         }
+    }
+
+    /// Asks every shard (here or on its node) the same read and gathers
+    /// the replies; each answers once what it applied before is committed.
+    /// `Err(None)`: a queue was full; `Err(Some(reply))`: a shard could not
+    /// answer.
+    async fn ask_every_shard(&self, command: Command) -> Result<Vec<Reply>, Option<Reply>> {
+        let mut waiting = Vec::with_capacity(self.shard_count());
+        for shard in 0..self.shard_count() {
+            waiting.push(self.try_submit(shard, command.clone()).map_err(|_| None)?);
+        }
+        let mut replies = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            replies.push(rx.await.unwrap_or(Reply::Unavailable));
+        }
+        Ok(replies)
+    }
+
+    /// A shopper's claims, by id, and the coupons they are of, from every
+    /// shard (errors as [`Engine::coupon`]).
+    pub async fn claims_of(
+        &self,
+        user: UserId,
+    ) -> Result<(Vec<Claim>, Vec<Coupon>), Option<Reply>> {
+        let (mut claims, mut coupons) = (Vec::new(), Vec::new());
+        for reply in self.ask_every_shard(Command::ClaimsOf { user }).await? {
+            match reply {
+                Reply::Claims {
+                    claims: c,
+                    coupons: k,
+                } => {
+                    claims.extend(c);
+                    coupons.extend(k);
+                }
+                other => return Err(Some(other)),
+            }
+        }
+        claims.sort_by_key(|c| c.id);
+        Ok((claims, coupons))
+    }
+
+    /// Every coupon with its counters, by id, from every shard.
+    pub async fn coupons(&self) -> Result<Vec<mall_inventory::CouponCounts>, Option<Reply>> {
+        let mut all = Vec::new();
+        for reply in self.ask_every_shard(Command::Coupons).await? {
+            match reply {
+                Reply::Coupons(c) => all.extend(c),
+                other => return Err(Some(other)),
+            }
+        }
+        all.sort_by_key(|c| c.coupon.id);
+        Ok(all)
     }
 
     /// Queues a command on the shard that owns `claim`; `None` if the id

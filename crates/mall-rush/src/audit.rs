@@ -393,21 +393,11 @@ async fn fetch_claims(
         Backend::InProcess { engine } => {
             for &user in users {
                 let id = mall_core::UserId(outcome.user_ids[user as usize]);
-                let mut mine = Some(HashSet::new());
-                for shard in 0..engine.shard_count() {
-                    let reply = match engine
-                        .try_submit(shard, mall_inventory::Command::ClaimsOf { user: id })
-                    {
-                        Ok(rx) => rx.await.ok(),
-                        Err(_) => None,
-                    };
-                    match (reply, mine.as_mut()) {
-                        (Some(mall_inventory::Reply::Claims { claims, .. }), Some(set)) => {
-                            set.extend(claims.iter().map(|c| (c.id.0, c.coupon.0)));
-                        }
-                        _ => mine = None,
-                    }
-                }
+                let mine = engine
+                    .claims_of(id)
+                    .await
+                    .ok()
+                    .map(|(claims, _)| claims.iter().map(|c| (c.id.0, c.coupon.0)).collect());
                 out.insert(user, mine);
             }
         }

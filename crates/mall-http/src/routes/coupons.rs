@@ -252,18 +252,14 @@ pub async fn create(
     responses((status = 200, body = CouponsPage),
               (status = 503, description = "overloaded, store_unavailable", body = crate::error::ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<CouponsPage>> {
-    let mut coupons = from_every_shard(&state, Command::Coupons, |reply, out| match reply {
-        Reply::Coupons(all) => {
-            out.extend(
-                all.iter()
-                    .map(|c| CouponView::new(&c.coupon, c.claims, c.used)),
-            );
-            true
-        }
-        _ => false,
-    })
-    .await?;
-    coupons.sort_by_key(|c| c.id);
+    let coupons = state
+        .engine
+        .coupons()
+        .await
+        .map_err(shard_error)?
+        .iter()
+        .map(|c| CouponView::new(&c.coupon, c.claims, c.used))
+        .collect();
     Ok(Json(CouponsPage { coupons }))
 }
 
@@ -345,8 +341,7 @@ pub async fn get_one(
     match state.engine.coupon(id).await {
         Ok(Some(c)) => Ok(Json(CouponView::new(&c.coupon, c.claims, c.used))),
         Ok(None) => Err(ApiError::from_refusal(&Refusal::UnknownCoupon)),
-        Err(None) => Err(ApiError::overloaded()),
-        Err(Some(_)) => Err(ApiError::unavailable()),
+        Err(e) => Err(shard_error(e)),
     }
 }
 
@@ -355,54 +350,21 @@ pub struct ClaimsPage {
     pub claims: Vec<ClaimView>,
 }
 
-/// Asks every shard (here, or on its node) and gathers the answers.
-async fn from_every_shard<T>(
-    state: &AppState,
-    command: Command,
-    mut take: impl FnMut(Reply, &mut Vec<T>) -> bool,
-) -> ApiResult<Vec<T>> {
-    let mut waiting = Vec::with_capacity(state.engine.shard_count());
-    for shard in 0..state.engine.shard_count() {
-        let rx = state
-            .engine
-            .try_submit(shard, command.clone())
-            .map_err(|_| ApiError::overloaded())?;
-        waiting.push(rx);
+/// The API's answer when a shard could not: busy (503 `overloaded`) or
+/// unable (503 `store_unavailable`).
+fn shard_error(reply: Option<Reply>) -> ApiError {
+    match reply {
+        None => ApiError::overloaded(),
+        Some(_) => ApiError::unavailable(),
     }
-    let mut out = Vec::new();
-    for rx in waiting {
-        if !take(rx.await.unwrap_or(Reply::Unavailable), &mut out) {
-            return Err(ApiError::unavailable());
-        }
-    }
-    Ok(out)
 }
 
-/// A shopper's claims and the coupons they are of, from every shard (each
-/// answers once what it applied before is committed).
+/// A shopper's claims and the coupons they are of, from every shard.
 pub(crate) async fn claims_of(
     state: &AppState,
     user: mall_core::UserId,
 ) -> ApiResult<(Vec<Claim>, Vec<Coupon>)> {
-    let both = from_every_shard(
-        state,
-        Command::ClaimsOf { user },
-        |reply, out| match reply {
-            Reply::Claims { claims, coupons } => {
-                out.push((claims, coupons));
-                true
-            }
-            _ => false,
-        },
-    )
-    .await?;
-    let (mut claims, mut coupons) = (Vec::new(), Vec::new());
-    for (c, k) in both {
-        claims.extend(c);
-        coupons.extend(k);
-    }
-    claims.sort_by_key(|c| c.id);
-    Ok((claims, coupons))
+    state.engine.claims_of(user).await.map_err(shard_error)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
