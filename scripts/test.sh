@@ -26,6 +26,9 @@ fi
 # playwright-core drives Debian's Chromium (no browser download).
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund
 
+# A test run builds from scratch once: incremental caches would only fill the
+# disk (they doubled target/ on a clean checkout).
+export CARGO_INCREMENTAL=0
 cargo build --workspace --all-targets
 
 # One PostgreSQL for the whole run, on loopback, gone at the end: the store
@@ -42,7 +45,7 @@ trap '"${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -m immediate -w stop >/dev/
 export MALL_TEST_PG="host=127.0.0.1 port=$pgport user=mall dbname=postgres"
 
 cargo test --workspace
-# The HTTP tests and the end-to-end tests (payments, kill -9) again, with
-# everything durable in PostgreSQL.
-MALL_TEST_STORE=postgres cargo test -p mall-http --test api --test hardening
-MALL_TEST_STORE=postgres cargo test -p mall --test payments --test crash
+# The HTTP tests and the end-to-end tests (payments, kill -9, the probe's
+# regressions) again, with everything durable in PostgreSQL. `--workspace`
+# keeps the first pass's feature set, so nothing is rebuilt.
+MALL_TEST_STORE=postgres cargo test --workspace --test api --test hardening --test payments --test crash
