@@ -37,13 +37,18 @@ pub struct Server {
     pub base: String,
 }
 
+/// Whether this run keeps the store in PostgreSQL (`MALL_TEST_STORE=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("MALL_TEST_STORE").as_deref() == Ok("postgres")
+}
+
 /// With `MALL_TEST_STORE=postgres` (`./scripts/test.sh` runs the
 /// end-to-end tests both ways), a `mall` command on `data` keeps its store
 /// in a database of its own on the PostgreSQL at `MALL_TEST_PG`: the same
 /// data directory, the same database, across restarts. Otherwise nothing
 /// changes (SQLite in the data directory).
 pub fn store_env(command: &mut Command, data: &Path) {
-    if std::env::var("MALL_TEST_STORE").as_deref() != Ok("postgres") {
+    if !on_postgres() {
         return;
     }
     let base = std::env::var("MALL_TEST_PG")
