@@ -352,6 +352,7 @@ fn reserve(user: u32, item: u32, key: u64) -> Command {
         fingerprint: sku.0,
         early_access: false,
         expected_total_fen: None,
+        discount_fen: mall_core::Fen(0),
     })
 }
 

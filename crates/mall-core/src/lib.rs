@@ -145,7 +145,9 @@ impl Quantity {
 }
 
 /// Money in fen (1 yuan = 100 fen). Never a float.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Fen(pub i64);
 
@@ -392,6 +394,12 @@ impl SalePrice {
 pub const SALE_PRICES_MAX: usize = 16;
 
 impl Item {
+    /// The least one unit may cost after discounts: the floor price, at
+    /// least 1 fen and at most the list price.
+    pub fn floor_unit(&self) -> Fen {
+        Fen(self.floor_price_fen.0.max(1).min(self.price_fen.0.max(1)))
+    }
+
     /// The price of one unit at `now`: its sale window's price, or the list
     /// price outside every window (never below the floor).
     pub fn price_at(&self, now: Timestamp) -> Fen {

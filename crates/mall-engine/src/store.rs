@@ -232,6 +232,57 @@ pub struct PromotionRow {
     pub ends_at: Timestamp,
 }
 
+/// Where a checkout stands. `Open`: its holds are being made (nothing
+/// acknowledged yet); `Reserved`: every line held and every coupon used,
+/// acknowledged; `Releasing`: failed or abandoned, its holds and coupons
+/// being handed back; `Released`: nothing of it is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CheckoutState {
+    Open,
+    Reserved,
+    Releasing,
+    Released,
+}
+
+impl CheckoutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckoutState::Open => "open",
+            CheckoutState::Reserved => "reserved",
+            CheckoutState::Releasing => "releasing",
+            CheckoutState::Released => "released",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CheckoutState> {
+        [
+            CheckoutState::Open,
+            CheckoutState::Reserved,
+            CheckoutState::Releasing,
+            CheckoutState::Released,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+/// A checkout as stored: whose, its idempotency key and request
+/// fingerprint, where it stands, its plan (JSON the HTTP layer reads:
+/// lines with their discounts, coupons, payment, address, price) and its
+/// outcome (JSON: the line orders, or why it failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckoutRow {
+    pub id: u64,
+    pub user: UserId,
+    pub key: Option<String>,
+    pub fingerprint: u64,
+    pub state: CheckoutState,
+    pub plan: String,
+    pub outcome: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
 /// A new account for [`AccountStore::create_users`].
 pub struct NewUser {
     pub username: String,
@@ -330,4 +381,29 @@ pub trait AccountStore: Send + Sync {
     /// Ends a promotion at `now` (if it ends later); false if there is none
     /// such, or it had ended.
     fn end_promotion(&self, id: u64, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// Records a new checkout, `Open` (its id is given back; `row.id` and
+    /// `row.state` are ignored). If the shopper has one under the same key
+    /// already, nothing is written and that one is given back.
+    fn begin_checkout(&self, row: &CheckoutRow) -> Result<Result<u64, CheckoutRow>, StoreError>;
+    /// Moves a checkout from `from` to `to` with `outcome`, if it is in
+    /// `from` now (compare-and-set): false if it is not.
+    fn move_checkout(
+        &self,
+        id: u64,
+        from: CheckoutState,
+        to: CheckoutState,
+        outcome: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    fn checkout(&self, id: u64) -> Result<Option<CheckoutRow>, StoreError>;
+    /// A shopper's checkouts, newest first, at most `limit`.
+    fn checkouts_of(&self, user: UserId, limit: usize) -> Result<Vec<CheckoutRow>, StoreError>;
+    /// Checkouts `Open` or `Releasing` last changed before `before`, oldest
+    /// first, at most `limit`: what a crash or a lost request left.
+    fn unfinished_checkouts(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CheckoutRow>, StoreError>;
 }

@@ -157,6 +157,7 @@ fn main() {
         ("order_readers", order_readers),
         ("shopper_lists", shopper_lists),
         ("promotions", promotions),
+        ("checkouts", checkouts),
         ("audit_counts_claims", audit_counts_claims),
     ];
     let (chosen, mut runner) = mall_postgres::server::Runner::choose(tests);
@@ -452,6 +453,7 @@ fn reserve(user: u64, sku: u64, quantity: u32) -> Command {
         fingerprint: 1,
         early_access: false,
         expected_total_fen: None,
+        discount_fen: mall_core::Fen(0),
     })
 }
 
@@ -1001,6 +1003,126 @@ fn promotions(h: &Harness) {
         .map(|p| p.id)
         .collect();
     assert_eq!(left, vec![first]);
+}
+
+/// Checkouts: one per shopper and key (a second begin gives the first
+/// back), moved only from the state they are in, found unfinished by age,
+/// and kept across a reopen.
+fn checkouts(h: &Harness) {
+    use mall_engine::{CheckoutRow, CheckoutState};
+    let row = |user: u64, key: Option<&str>, at: i64| CheckoutRow {
+        id: 0,
+        user: UserId(user),
+        key: key.map(Into::into),
+        fingerprint: 77 + user,
+        state: CheckoutState::Released, // ignored: a checkout begins open
+        plan: format!("{{\"user\":{user}}}"),
+        outcome: "{}".into(),
+        created_at: T0.plus_ms(at),
+        updated_at: T0.plus_ms(at),
+    };
+    let (a, b, c) = {
+        let store = h.open(1);
+        let accounts = store.accounts().unwrap();
+        let a = accounts
+            .begin_checkout(&row(1, Some("k"), 0))
+            .unwrap()
+            .unwrap();
+        // The same shopper and key: the first, untouched.
+        let again = accounts
+            .begin_checkout(&row(1, Some("k"), 5))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!((again.id, again.state), (a, CheckoutState::Open));
+        assert_eq!(again.created_at, T0);
+        // Another shopper's same key, and no key at all (twice), are new.
+        let b = accounts
+            .begin_checkout(&row(2, Some("k"), 10))
+            .unwrap()
+            .unwrap();
+        let c = accounts.begin_checkout(&row(1, None, 20)).unwrap().unwrap();
+        let d = accounts.begin_checkout(&row(1, None, 30)).unwrap().unwrap();
+        assert_eq!(
+            [a, b, c, d]
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            4
+        );
+        // Moved only from where it is.
+        assert!(accounts
+            .move_checkout(
+                a,
+                CheckoutState::Open,
+                CheckoutState::Reserved,
+                "{\"orders\":[1]}",
+                T0.plus_ms(40)
+            )
+            .unwrap());
+        assert!(!accounts
+            .move_checkout(
+                a,
+                CheckoutState::Open,
+                CheckoutState::Releasing,
+                "{}",
+                T0.plus_ms(41)
+            )
+            .unwrap());
+        assert!(accounts
+            .move_checkout(
+                d,
+                CheckoutState::Open,
+                CheckoutState::Releasing,
+                "{\"failed\":0}",
+                T0.plus_ms(50)
+            )
+            .unwrap());
+        (a, b, c)
+    };
+    let store = h.open(1);
+    let accounts = store.accounts().unwrap();
+    let got = accounts.checkout(a).unwrap().unwrap();
+    assert_eq!(got.state, CheckoutState::Reserved);
+    assert_eq!(got.outcome, "{\"orders\":[1]}");
+    assert_eq!(got.plan, "{\"user\":1}");
+    assert_eq!((got.key.as_deref(), got.fingerprint), (Some("k"), 78));
+    assert_eq!(got.updated_at, T0.plus_ms(40));
+    assert!(accounts.checkout(999_999).unwrap().is_none());
+    // Newest first, the shopper's own.
+    let mine: Vec<u64> = accounts
+        .checkouts_of(UserId(1), 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(mine.len(), 3);
+    assert_eq!(mine[2], a);
+    assert!(!mine.contains(&b));
+    assert_eq!(accounts.checkouts_of(UserId(1), 1).unwrap().len(), 1);
+    // Unfinished (open or releasing) by age: b (10), c (20), then d (50).
+    let unfinished = |before: i64| -> Vec<(u64, CheckoutState)> {
+        accounts
+            .unfinished_checkouts(T0.plus_ms(before), 10)
+            .unwrap()
+            .iter()
+            .map(|r| (r.id, r.state))
+            .collect()
+    };
+    assert_eq!(unfinished(15), vec![(b, CheckoutState::Open)]);
+    let all = unfinished(1_000);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(
+        &all[..2],
+        &[(b, CheckoutState::Open), (c, CheckoutState::Open)]
+    );
+    assert_eq!(all[2].1, CheckoutState::Releasing);
+    assert_eq!(
+        accounts
+            .unfinished_checkouts(T0.plus_ms(1_000), 1)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// `mall check` recounts every coupon from its claims: clean as the engine

@@ -68,6 +68,11 @@ pub struct Reserve {
     /// expected.
     #[serde(default)]
     pub expected_total_fen: Option<Fen>,
+    /// This line's share of a checkout's promotions and coupons, taken off
+    /// its amount (`0` for a snap-up). Refused `price_changed` if it would
+    /// take a unit below the item's floor price.
+    #[serde(default)]
+    pub discount_fen: Fen,
 }
 
 impl Reserve {
@@ -99,12 +104,19 @@ impl Reserve {
             fingerprint,
             early_access,
             expected_total_fen: None,
+            discount_fen: Fen(0),
         }
     }
 
     /// The same snap-up, refused unless its total is `expected` fen.
     pub fn expecting(mut self, expected: Option<Fen>) -> Reserve {
         self.expected_total_fen = expected;
+        self
+    }
+
+    /// The same line with `discount` off its amount (a checkout's share).
+    pub fn discounted(mut self, discount: Fen) -> Reserve {
+        self.discount_fen = discount;
         self
     }
 }
@@ -486,13 +498,17 @@ impl Inventory {
         }
         let unit_price = sku.item.price_at(now);
         let amount = mall_core::Fen(unit_price.0 * i64::from(q));
-        if r.expected_total_fen.is_some_and(|e| e != amount) {
+        if r.expected_total_fen.is_some_and(|e| e != amount)
+            || r.discount_fen.0 < 0
+            || amount.0 - r.discount_fen.0 < sku.item.floor_unit().0 * i64::from(q)
+        {
             return Reply::Refused(Refusal::PriceChanged {
                 list_price_fen: sku.item.price_fen,
                 unit_price_fen: unit_price,
                 amount_fen: amount,
             });
         }
+        let amount = mall_core::Fen(amount.0 - r.discount_fen.0);
         let active = self.per_user.get(&(r.user, r.sku)).copied().unwrap_or(0);
         if active + q > sku.item.per_user_limit {
             return Reply::Refused(Refusal::LimitReached {

@@ -284,13 +284,20 @@ impl Model {
                     .find(|w| w.opens_at <= now && now < w.closes_at)
                     .map_or(item.price_fen, |w| w.price_fen);
                 let amount = Fen(unit.0 * i64::from(q));
-                if r.expected_total_fen.is_some_and(|e| e != amount) {
+                // A discount may take a unit down to its floor (at least
+                // 1 fen, at most the list price), never below.
+                let floor = item.floor_price_fen.0.max(1).min(item.price_fen.0.max(1));
+                let stale = r.expected_total_fen.is_some_and(|e| e != amount);
+                let too_deep =
+                    r.discount_fen.0 < 0 || amount.0 - r.discount_fen.0 < floor * i64::from(q);
+                if stale || too_deep {
                     return Reply::Refused(Refusal::PriceChanged {
                         list_price_fen: item.price_fen,
                         unit_price_fen: unit,
                         amount_fen: amount,
                     });
                 }
+                let amount = Fen(amount.0 - r.discount_fen.0);
                 let active = self.active_units(r.user, r.sku);
                 if active + q > item.per_user_limit {
                     return Reply::Refused(Refusal::LimitReached {

@@ -148,6 +148,13 @@ impl Workload {
                 let off = if self.rng.chance(0.2) { 1 } else { 0 };
                 Fen(unit.0 * i64::from(quantity.get()) + off)
             }),
+            // A checkout's line now and then: its share of the discounts,
+            // sometimes more than the floor leaves.
+            discount_fen: Fen(if self.rng.chance(0.1) {
+                self.rng.below(2_000) as i64
+            } else {
+                0
+            }),
         };
         if r.idempotency_key.is_some() {
             self.keyed.push(r.clone());

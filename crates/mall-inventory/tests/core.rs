@@ -60,6 +60,7 @@ fn reserve(user: u64, sku: u64, qty: u32, key: Option<&str>) -> Command {
         fingerprint: u64::from(qty),
         early_access: false,
         expected_total_fen: None,
+        discount_fen: mall_core::Fen(0),
     })
 }
 

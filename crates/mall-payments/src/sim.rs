@@ -458,6 +458,7 @@ impl World {
             fingerprint: 0,
             early_access: false,
             expected_total_fen: None,
+            discount_fen: mall_core::Fen(0),
         };
         let mut effects = Vec::new();
         self.inventory

@@ -7,8 +7,9 @@ use crate::{corrupt, Error};
 use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, ListChange, ListOutcome, ListStep, MerchantRow, NewUser, PromotionRow,
-    SessionEnd, SessionRow, ShopperList, StoreError, StoredResponse, UserRow,
+    AccountStore, CheckoutRow, CheckoutState, ListChange, ListOutcome, ListStep, MerchantRow,
+    NewUser, PromotionRow, SessionEnd, SessionRow, ShopperList, StoreError, StoredResponse,
+    UserRow,
 };
 use postgres::error::SqlState;
 use postgres::types::ToSql;
@@ -81,6 +82,21 @@ const PROMOTIONS: &str = "SELECT id, merchant_id, spec, starts_at_ms, ends_at_ms
     WHERE ends_at_ms > $1 ORDER BY id";
 const END_PROMOTION: &str =
     "UPDATE promotions SET ends_at_ms = $2 WHERE id = $1 AND ends_at_ms > $2";
+const BEGIN_CHECKOUT: &str = "INSERT INTO checkouts (user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms)
+    VALUES ($1, $2, $3, 'open', $4, $5, $6, $6)
+    ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id";
+const CHECKOUT_BY_KEY: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms
+    FROM checkouts WHERE user_id = $1 AND idempotency_key = $2";
+const MOVE_CHECKOUT: &str = "UPDATE checkouts SET state = $3, outcome = $4, updated_at_ms = $5
+    WHERE id = $1 AND state = $2";
+const CHECKOUT: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms
+    FROM checkouts WHERE id = $1";
+const CHECKOUTS_OF: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms
+    FROM checkouts WHERE user_id = $1 ORDER BY id DESC LIMIT $2";
+const UNFINISHED_CHECKOUTS: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms
+    FROM checkouts WHERE state IN ('open', 'releasing') AND updated_at_ms < $1
+    ORDER BY updated_at_ms LIMIT $2";
 const STORED_RESPONSE: &str =
     "SELECT fingerprint, status, body FROM idempotency WHERE user_id = $1 AND key = $2";
 /// A final answer replaces a stored 202 (an outcome that was still open) of
@@ -114,6 +130,22 @@ fn user_from_row(row: &Row) -> Result<UserRow, Error> {
             .try_get::<_, Option<i64>>(3)?
             .map(|m| MerchantId(m as u64)),
         password_hash: row.try_get(4)?,
+    })
+}
+
+fn checkout_from_row(row: &Row) -> Result<CheckoutRow, Error> {
+    let state: &str = row.try_get(4)?;
+    Ok(CheckoutRow {
+        id: row.try_get::<_, i64>(0)? as u64,
+        user: UserId(row.try_get::<_, i64>(1)? as u64),
+        key: row.try_get(2)?,
+        fingerprint: row.try_get::<_, i64>(3)? as u64,
+        state: CheckoutState::parse(state)
+            .ok_or_else(|| corrupt(format!("checkout state {state}")))?,
+        plan: row.try_get(5)?,
+        outcome: row.try_get(6)?,
+        created_at: Timestamp(row.try_get(7)?),
+        updated_at: Timestamp(row.try_get(8)?),
     })
 }
 
@@ -490,5 +522,68 @@ impl AccountStore for PgAccounts {
 
     fn end_promotion(&self, id: u64, now: Timestamp) -> Result<bool, StoreError> {
         Ok(self.execute(END_PROMOTION, &[&(id as i64), &now.0])? == 1)
+    }
+
+    fn begin_checkout(&self, row: &CheckoutRow) -> Result<Result<u64, CheckoutRow>, StoreError> {
+        let (user, fingerprint) = (row.user.0 as i64, row.fingerprint as i64);
+        let made = self.query(
+            BEGIN_CHECKOUT,
+            &[
+                &user,
+                &row.key,
+                &fingerprint,
+                &row.plan,
+                &row.outcome,
+                &row.created_at.0,
+            ],
+        )?;
+        if let Some(made) = made.first() {
+            return Ok(Ok(made.try_get::<_, i64>(0).map_err(Error::from)? as u64));
+        }
+        let existing = self.select(CHECKOUT_BY_KEY, &[&user, &row.key])?;
+        let existing = existing
+            .first()
+            .ok_or_else(|| corrupt("a checkout key clashed with no checkout".into()))?;
+        Ok(Err(checkout_from_row(existing)?))
+    }
+
+    fn move_checkout(
+        &self,
+        id: u64,
+        from: CheckoutState,
+        to: CheckoutState,
+        outcome: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let n = self.execute(
+            MOVE_CHECKOUT,
+            &[&(id as i64), &from.as_str(), &to.as_str(), &outcome, &now.0],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn checkout(&self, id: u64) -> Result<Option<CheckoutRow>, StoreError> {
+        let rows = self.select(CHECKOUT, &[&(id as i64)])?;
+        Ok(rows.first().map(checkout_from_row).transpose()?)
+    }
+
+    fn checkouts_of(&self, user: UserId, limit: usize) -> Result<Vec<CheckoutRow>, StoreError> {
+        let rows = self.select(CHECKOUTS_OF, &[&(user.0 as i64), &(limit as i64)])?;
+        Ok(rows
+            .iter()
+            .map(checkout_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn unfinished_checkouts(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CheckoutRow>, StoreError> {
+        let rows = self.select(UNFINISHED_CHECKOUTS, &[&before.0, &(limit as i64)])?;
+        Ok(rows
+            .iter()
+            .map(checkout_from_row)
+            .collect::<Result<_, _>>()?)
     }
 }

@@ -12,7 +12,7 @@ use mall_engine::StoreError;
 
 /// `MIGRATIONS[i]` takes a server from version `i` to `i + 1`. Append only:
 /// a released migration is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// Serializes migrations (and store creation) across nodes starting at
 /// once: `pg_advisory_xact_lock` on this key, released at commit.
@@ -208,6 +208,26 @@ CREATE TABLE promotions (
     starts_at_ms BIGINT NOT NULL,
     ends_at_ms BIGINT NOT NULL
 );
+";
+
+/// Checkouts (their plan and outcome as JSON): on the first server.
+const V8: &str = "
+CREATE TABLE checkouts (
+    id BIGSERIAL PRIMARY KEY,
+    user_id BIGINT NOT NULL,
+    idempotency_key TEXT,
+    request_fingerprint BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX checkouts_by_key ON checkouts (user_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX checkouts_by_user ON checkouts (user_id, id);
+CREATE INDEX checkouts_unfinished ON checkouts (updated_at_ms)
+    WHERE state IN ('open', 'releasing');
 ";
 
 /// Coupons and their claims, by shard (on the shard's server, like items

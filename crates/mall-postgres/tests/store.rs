@@ -633,7 +633,7 @@ fn an_older_store_is_migrated(server: &PostgresServer) {
             "DROP FUNCTION mall_fail(TEXT); DROP TABLE cluster_nodes, shard_leases, session_ends;
              ALTER TABLE items DROP COLUMN sale_prices, DROP COLUMN floor_price_fen;
              ALTER TABLE orders DROP COLUMN list_price_fen;
-             DROP TABLE shopper_lists, favorite_counts, promotions, coupons, coupon_claims;
+             DROP TABLE shopper_lists, favorite_counts, promotions, coupons, coupon_claims, checkouts;
              UPDATE mall_schema SET version = 1",
         )
         .unwrap();
@@ -667,6 +667,14 @@ fn an_older_store_is_migrated(server: &PostgresServer) {
         .unwrap()
         .get(0);
     assert_eq!(lists, 2, "the fifth migration ran");
+    let later: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('promotions', 'coupons', 'coupon_claims', 'checkouts')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(later, 4, "the sixth to eighth migrations ran");
     assert_eq!(store.shard_contents(0).unwrap().items, vec![item(1, 10)]);
 }
 

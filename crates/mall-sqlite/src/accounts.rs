@@ -6,8 +6,8 @@ use crate::{migrate, open_connection, Error, Sync};
 use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, ListChange, ListOutcome, ListStep, MerchantRow, NewUser, PromotionRow,
-    SessionRow, ShopperList, StoreError, StoredResponse, UserRow,
+    AccountStore, CheckoutRow, CheckoutState, ListChange, ListOutcome, ListStep, MerchantRow,
+    NewUser, PromotionRow, SessionRow, ShopperList, StoreError, StoredResponse, UserRow,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -69,6 +69,49 @@ CREATE TABLE promotions (
 );
 ";
 
+/// Version 4: checkouts (their plan and outcome as JSON).
+const CHECKOUTS: &str = "
+CREATE TABLE checkouts (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    idempotency_key TEXT,
+    request_fingerprint INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX checkouts_by_key ON checkouts (user_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX checkouts_by_user ON checkouts (user_id, id);
+CREATE INDEX checkouts_unfinished ON checkouts (updated_at_ms)
+    WHERE state IN ('open', 'releasing');
+";
+
+const CHECKOUT_COLUMNS: &str = "id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms";
+
+fn checkout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckoutRow> {
+    let state: String = r.get(4)?;
+    Ok(CheckoutRow {
+        id: r.get::<_, i64>(0)? as u64,
+        user: UserId(r.get::<_, i64>(1)? as u64),
+        key: r.get(2)?,
+        fingerprint: r.get::<_, i64>(3)? as u64,
+        state: CheckoutState::parse(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                format!("checkout state {state}").into(),
+            )
+        })?,
+        plan: r.get(5)?,
+        outcome: r.get(6)?,
+        created_at: Timestamp(r.get(7)?),
+        updated_at: Timestamp(r.get(8)?),
+    })
+}
+
 pub struct Accounts {
     conn: Mutex<Connection>,
 }
@@ -95,7 +138,7 @@ fn sql<T>(body: impl FnOnce() -> Result<T, Error>) -> Result<T, StoreError> {
 impl Accounts {
     pub fn open(path: &Path) -> Result<Accounts, Error> {
         let conn = open_connection(path, Sync::Full)?;
-        migrate(&conn, path, &[SCHEMA, LISTS, PROMOTIONS])?;
+        migrate(&conn, path, &[SCHEMA, LISTS, PROMOTIONS, CHECKOUTS])?;
         Ok(Accounts {
             conn: Mutex::new(conn),
         })
@@ -511,6 +554,92 @@ impl AccountStore for Accounts {
                 params![id as i64, now.0],
             )?;
             Ok(n == 1)
+        })
+    }
+
+    fn begin_checkout(&self, row: &CheckoutRow) -> Result<Result<u64, CheckoutRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let inserted = conn.execute(
+                "INSERT INTO checkouts (user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms)
+                 VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?6)",
+                params![
+                    row.user.0 as i64,
+                    row.key,
+                    row.fingerprint as i64,
+                    row.plan,
+                    row.outcome,
+                    row.created_at.0
+                ],
+            );
+            match inserted {
+                Ok(_) => Ok(Ok(conn.last_insert_rowid() as u64)),
+                Err(e) if is_unique_violation(&e) => {
+                    let existing = conn.query_row(
+                        &format!("SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE user_id = ?1 AND idempotency_key = ?2"),
+                        params![row.user.0 as i64, row.key],
+                        checkout_row,
+                    )?;
+                    Ok(Err(existing))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn move_checkout(
+        &self,
+        id: u64,
+        from: CheckoutState,
+        to: CheckoutState,
+        outcome: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        sql(|| {
+            let n = self.conn().execute(
+                "UPDATE checkouts SET state = ?3, outcome = ?4, updated_at_ms = ?5 WHERE id = ?1 AND state = ?2",
+                params![id as i64, from.as_str(), to.as_str(), outcome, now.0],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn checkout(&self, id: u64) -> Result<Option<CheckoutRow>, StoreError> {
+        sql(|| {
+            Ok(self
+                .conn()
+                .query_row(
+                    &format!("SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE id = ?1"),
+                    [id as i64],
+                    checkout_row,
+                )
+                .optional()?)
+        })
+    }
+
+    fn checkouts_of(&self, user: UserId, limit: usize) -> Result<Vec<CheckoutRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![user.0 as i64, limit as i64], checkout_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    fn unfinished_checkouts(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CheckoutRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE state IN ('open', 'releasing') AND updated_at_ms < ?1 ORDER BY updated_at_ms LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![before.0, limit as i64], checkout_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }
 }

@@ -790,6 +790,7 @@ fn client(
             fingerprint: sent,
             early_access: false,
             expected_total_fen: None,
+            discount_fen: mall_core::Fen(0),
         }));
         if pending[shard].len() >= envelope {
             let cmds = std::mem::take(&mut pending[shard]);

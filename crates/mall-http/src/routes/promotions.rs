@@ -543,7 +543,7 @@ pub fn lines_at(state: &AppState, wanted: &[(Sku, i64)], now: Timestamp) -> ApiR
                 quantity,
                 list_unit_fen: item.price_fen.0,
                 sale_unit_fen: item.price_at(now).0,
-                floor_unit_fen: item.floor_price_fen.0.min(item.price_fen.0),
+                floor_unit_fen: item.floor_unit().0,
             })
         })
         .collect()
