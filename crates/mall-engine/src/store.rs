@@ -397,6 +397,8 @@ pub trait AccountStore: Send + Sync {
         now: Timestamp,
     ) -> Result<bool, StoreError>;
     fn checkout(&self, id: u64) -> Result<Option<CheckoutRow>, StoreError>;
+    /// The shopper's checkout under `key`, if any.
+    fn checkout_by_key(&self, user: UserId, key: &str) -> Result<Option<CheckoutRow>, StoreError>;
     /// A shopper's checkouts, newest first, at most `limit`.
     fn checkouts_of(&self, user: UserId, limit: usize) -> Result<Vec<CheckoutRow>, StoreError>;
     /// Checkouts `Open` or `Releasing` last changed before `before`, oldest

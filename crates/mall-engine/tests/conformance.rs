@@ -1088,6 +1088,21 @@ fn checkouts(h: &Harness) {
     assert_eq!((got.key.as_deref(), got.fingerprint), (Some("k"), 78));
     assert_eq!(got.updated_at, T0.plus_ms(40));
     assert!(accounts.checkout(999_999).unwrap().is_none());
+    assert_eq!(
+        accounts
+            .checkout_by_key(UserId(1), "k")
+            .unwrap()
+            .map(|r| r.id),
+        Some(a)
+    );
+    assert_eq!(
+        accounts
+            .checkout_by_key(UserId(2), "k")
+            .unwrap()
+            .map(|r| r.id),
+        Some(b)
+    );
+    assert!(accounts.checkout_by_key(UserId(3), "k").unwrap().is_none());
     // Newest first, the shopper's own.
     let mine: Vec<u64> = accounts
         .checkouts_of(UserId(1), 10)

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub retry_after_s: Option<u32>,
     /// The price as it stands (409 `price_changed`).
     pub price: Option<Box<crate::routes::price::PriceBreakdown>>,
+    /// A checkout's line that was refused (index into its lines).
+    pub line: Option<usize>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -33,6 +35,9 @@ pub struct ErrorDetail {
     /// `price_changed` only: the price as it stands now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price: Option<Box<crate::routes::price::PriceBreakdown>>,
+    /// A checkout refused: the line (index into its lines) that was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
 }
 
 impl ApiError {
@@ -43,6 +48,7 @@ impl ApiError {
             message: message.into(),
             retry_after_s: None,
             price: None,
+            line: None,
         }
     }
 
@@ -142,6 +148,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_string(),
                 message: self.message,
                 price: self.price,
+                line: self.line,
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -152,6 +159,31 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// A code stored as text (a checkout's failure) as the stable code it
+/// was: one of the codes a checkout can be refused with.
+pub fn static_code(code: &str) -> &'static str {
+    const CODES: &[&str] = &[
+        "sold_out",
+        "insufficient_stock",
+        "limit_reached",
+        "sale_not_open",
+        "sale_closed",
+        "item_not_found",
+        "price_changed",
+        "coupon_not_found",
+        "coupon_not_usable",
+        "idempotency_key_reused",
+        "invalid_order_status",
+        "overloaded",
+        "store_unavailable",
+    ];
+    CODES
+        .iter()
+        .find(|c| **c == code)
+        .copied()
+        .unwrap_or("checkout_refused")
 }
 
 /// The code of an error that carries only its status (see `harden`).

@@ -1580,3 +1580,482 @@ async fn a_coupon_claim_rush_issues_exactly_the_quantity() {
         2
     );
 }
+
+/// `(available, held, sold)` of an item, as the API shows it.
+async fn counters(api: &Api, sku: u64) -> (u64, u64, u64) {
+    let r = api.get(&format!("/v1/items/{sku}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let n = |f: &str| r.body[f].as_u64().unwrap();
+    (n("available"), n("held"), n("sold"))
+}
+
+/// A merchant named `name` and an item of it: its SKU.
+async fn item_of(api: &Api, name: &str, price: i64, stock: i64, sale: Option<i64>) -> (u64, u64) {
+    let m = api
+        .post("/v1/admin/merchants", Some(ADMIN), json!({"name": name}))
+        .await;
+    assert_eq!(m.status, StatusCode::CREATED, "{}", m.body);
+    let merchant = m.body["id"].as_u64().unwrap();
+    let mut body = json!({"merchant_id": merchant, "title": "Tea", "category": "home", "price_fen": price,
+        "stock": stock, "per_user_limit": 10, "opens_at_ms": T0, "closes_at_ms": T0 + 86_400_000});
+    if let Some(s) = sale {
+        body["sale_prices"] =
+            json!([{"opens_at_ms": T0, "closes_at_ms": T0 + 86_400_000, "price_fen": s}]);
+    }
+    let r = api.post("/v1/admin/items", Some(ADMIN), body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    (merchant, r.body["sku"].as_u64().unwrap())
+}
+
+/// A platform coupon (`off_fen` off `min_fen`) claimed by `shopper`: the claim id.
+async fn claimed_coupon(api: &Api, shopper: &str, off_fen: i64, min_fen: i64) -> u64 {
+    let body = json!({"title": "coupon", "rule": {"kind": "amount_off", "off_fen": off_fen, "min_spend_fen": min_fen},
+        "quantity": 10, "claim_opens_at_ms": T0, "claim_closes_at_ms": T0 + 3_600_000,
+        "valid_until_ms": T0 + 86_400_000});
+    let r = api.post("/v1/coupons", Some(ADMIN), body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_u64().unwrap();
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/coupons/{id}/claims"),
+            Some(shopper),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    r.body["id"].as_u64().unwrap()
+}
+
+/// The status of a shopper's claim.
+async fn claim_status(api: &Api, shopper: &str, claim: u64) -> String {
+    let r = api.get("/v1/claims", Some(shopper)).await;
+    r.body["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == claim)
+        .map(|c| c["status"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// A cart checkout across merchants with a promotion and a coupon: every
+/// line held at its share of the discounts (the lines add up to the quoted
+/// total), grouped by merchant; retried by key, it answers the same. A
+/// checkout with a line sold out holds nothing and gives its coupon back;
+/// the error names the line. Bad requests change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_holds_every_line_or_none() {
+    let api = Api::new();
+    let (ma, a1) = item_of(&api, "Alpha", 10_000, 5, None).await;
+    let a2 = {
+        let body = json!({"merchant_id": ma, "title": "Pot", "category": "home", "price_fen": 20_000,
+            "stock": 5, "per_user_limit": 10, "opens_at_ms": T0, "closes_at_ms": T0 + 86_400_000,
+            "sale_prices": [{"opens_at_ms": T0, "closes_at_ms": T0 + 86_400_000, "price_fen": 15_000}]});
+        let r = api.post("/v1/admin/items", Some(ADMIN), body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["sku"].as_u64().unwrap()
+    };
+    let (mb, b1) = item_of(&api, "Beta", 30_000, 1, None).await;
+    let r = api
+        .post(
+            "/v1/promotions",
+            Some(ADMIN),
+            json!({"rule": {"kind": "percent_off", "basis_points": 1_000},
+            "max_off_fen": 5_000, "starts_at_ms": T0, "ends_at_ms": T0 + 3_600_000}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let shoppers = api.shoppers(2, "ck").await;
+    let (first, second) = (&shoppers[0], &shoppers[1]);
+    let claim = claimed_coupon(&api, first, 2_000, 20_000).await;
+    let lines =
+        json!([{"sku": a1, "quantity": 2}, {"sku": a2, "quantity": 1}, {"sku": b1, "quantity": 1}]);
+    let quote = api
+        .post(
+            "/v1/quotes",
+            Some(first),
+            json!({"lines": lines, "claims": [claim]}),
+        )
+        .await;
+    assert_eq!(quote.status, StatusCode::OK, "{}", quote.body);
+    let total = quote.body["total_fen"].as_i64().unwrap();
+    // Sale 20,000 + 15,000 + 30,000 = 65,000; 10% capped at 5,000; 2,000 off.
+    assert_eq!(total, 58_000);
+    let body = |expected: i64| {
+        json!({"lines": lines, "claims": [claim], "payment": "online",
+               "address": "1 Nanjing Road, Shanghai", "expected_total_fen": expected})
+    };
+    // A stale total: 409 with the price as it stands, nothing held.
+    let r = api
+        .call(
+            "POST",
+            "/v1/checkouts",
+            Some(first),
+            Some(body(total + 1)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "price_changed")
+    );
+    assert_eq!(r.body["error"]["price"]["total_fen"], total);
+    assert_eq!(counters(&api, a1).await, (5, 0, 0));
+    assert_eq!(claim_status(&api, first, claim).await, "claimed");
+
+    let r = api
+        .call(
+            "POST",
+            "/v1/checkouts",
+            Some(first),
+            Some(body(total)),
+            Some("ck-1"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let checkout = r.body["id"].as_u64().unwrap();
+    assert_eq!(r.body["state"], "reserved");
+    assert_eq!(r.body["total_fen"], total);
+    let children = r.body["children"].as_array().unwrap();
+    let merchants: Vec<u64> = children
+        .iter()
+        .map(|c| c["merchant_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(merchants, vec![ma, mb], "one child order per merchant");
+    let orders: Vec<&Value> = children
+        .iter()
+        .flat_map(|c| c["orders"].as_array().unwrap())
+        .collect();
+    assert_eq!(orders.len(), 3);
+    let paid: i64 = orders
+        .iter()
+        .map(|o| o["amount_fen"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        paid, total,
+        "the lines' amounts add up to the total, to the fen"
+    );
+    for (child, c) in children.iter().zip([ma, mb]) {
+        let sum: i64 = child["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["amount_fen"].as_i64().unwrap())
+            .sum();
+        assert_eq!(child["amount_fen"].as_i64().unwrap(), sum, "merchant {c}");
+    }
+    for o in &orders {
+        assert_eq!(o["checkout_id"], checkout);
+        assert_eq!(o["status"], "awaiting_payment");
+        assert_eq!(o["price"]["total_fen"], o["amount_fen"], "{o}");
+    }
+    assert_eq!(counters(&api, a1).await, (3, 2, 0));
+    assert_eq!(counters(&api, b1).await, (0, 1, 0));
+    assert_eq!(claim_status(&api, first, claim).await, "used");
+    // Retried: the same checkout, a replay; the key with another body: refused.
+    let again = api
+        .call(
+            "POST",
+            "/v1/checkouts",
+            Some(first),
+            Some(body(total)),
+            Some("ck-1"),
+        )
+        .await;
+    assert_eq!((again.status, again.replayed), (StatusCode::CREATED, true));
+    assert_eq!(again.body["id"], checkout);
+    let mut other = body(total);
+    other["address"] = json!("2 Bund, Shanghai");
+    let r = api
+        .call(
+            "POST",
+            "/v1/checkouts",
+            Some(first),
+            Some(other),
+            Some("ck-1"),
+        )
+        .await;
+    assert_eq!(r.code(), "idempotency_key_reused");
+    assert_eq!(counters(&api, a1).await, (3, 2, 0));
+
+    // The second shopper wants b1 too, now sold out: nothing held, the
+    // coupon back, the line named.
+    let theirs = claimed_coupon(&api, second, 1_000, 10_000).await;
+    let r = api
+        .post(
+            "/v1/checkouts",
+            Some(second),
+            json!({"lines": [{"sku": a1, "quantity": 1}, {"sku": b1, "quantity": 1}],
+            "claims": [theirs], "payment": "online", "address": "3 Bund, Shanghai"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "sold_out"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["error"]["line"], 1);
+    assert_eq!(counters(&api, a1).await, (3, 2, 0), "no hold remains");
+    assert_eq!(claim_status(&api, second, theirs).await, "claimed");
+    let listed = api.get("/v1/checkouts", Some(second)).await;
+    assert_eq!(listed.body["checkouts"][0]["state"], "released");
+    assert_eq!(listed.body["checkouts"][0]["failure"]["line"], 1);
+
+    // Who may see it.
+    let path = format!("/v1/checkouts/{checkout}");
+    assert_eq!(api.get(&path, Some(first)).await.body["total_fen"], total);
+    assert_eq!(
+        api.get(&path, Some(second)).await.code(),
+        "checkout_not_found"
+    );
+    assert_eq!(api.get(&path, Some(ADMIN)).await.status, StatusCode::OK);
+    assert_eq!(api.get(&path, None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.get("/v1/checkouts?user_id=1", Some(second))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+
+    // A child's line is cancelled on its own: its stock goes back.
+    let a1_order = orders.iter().find(|o| o["sku"] == a1).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{a1_order}/cancel"),
+            Some(first),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(counters(&api, a1).await, (5, 0, 0));
+
+    // Bad requests: refused, nothing held.
+    let base =
+        json!({"lines": [{"sku": a1, "quantity": 1}], "payment": "cod", "address": "4 Bund"});
+    for (field, value, code) in [
+        ("lines", json!([]), "invalid_request"),
+        (
+            "lines",
+            json!([{"sku": a1, "quantity": 1}, {"sku": a1, "quantity": 2}]),
+            "invalid_request",
+        ),
+        (
+            "lines",
+            json!([{"sku": a1, "quantity": 0}]),
+            "invalid_request",
+        ),
+        (
+            "lines",
+            json!([{"sku": 999_999, "quantity": 1}]),
+            "item_not_found",
+        ),
+        ("payment", json!("cheque"), "invalid_request"),
+        ("address", json!(""), "invalid_request"),
+        ("claims", json!([999_999]), "coupon_not_found"),
+    ] {
+        let mut bad = base.clone();
+        bad[field] = value;
+        let r = api.post("/v1/checkouts", Some(second), bad).await;
+        assert_eq!(r.code(), code, "{field}: {}", r.body);
+        assert!(r.status.is_client_error());
+    }
+    assert_eq!(counters(&api, a1).await, (5, 0, 0));
+
+    // The cart, checked out: its lines leave it.
+    for (sku, q) in [(a1, 1), (a2, 2)] {
+        let r = api
+            .post("/v1/cart", Some(second), json!({"sku": sku, "quantity": q}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let r = api
+        .post(
+            "/v1/checkouts",
+            Some(second),
+            json!({"payment": "cod", "address": "5 Bund, Shanghai"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["children"][0]["orders"].as_array().unwrap().len(), 2);
+    assert_eq!(r.body["children"][0]["orders"][0]["status"], "confirmed");
+    assert_eq!(
+        counters(&api, a2).await.2,
+        2,
+        "cash on delivery: sold at once"
+    );
+    let cart = api.get("/v1/cart", Some(second)).await;
+    assert_eq!(
+        cart.body["lines"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        cart.body
+    );
+    let r = api
+        .post(
+            "/v1/checkouts",
+            Some(second),
+            json!({"payment": "cod", "address": "5 Bund, Shanghai"}),
+        )
+        .await;
+    assert_eq!(r.code(), "invalid_request", "an empty cart");
+}
+
+/// Shoppers race for the last units of two items, each checking out both:
+/// exactly as many checkouts as units win, each whole; the losers hold
+/// nothing (stock conserved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checkouts_for_the_last_units_conserve_stock() {
+    let api = Arc::new(Api::new());
+    let (_, x) = item_of(&api, "Xi", 5_000, 3, None).await;
+    let (_, y) = item_of(&api, "Yu", 7_000, 3, None).await;
+    let shoppers = api.shoppers(12, "race").await;
+    let mut tasks = Vec::new();
+    for (i, token) in shoppers.into_iter().enumerate() {
+        let api = api.clone();
+        // Half ask for x then y, half y then x.
+        let lines = if i % 2 == 0 {
+            json!([{"sku": x, "quantity": 1}, {"sku": y, "quantity": 1}])
+        } else {
+            json!([{"sku": y, "quantity": 1}, {"sku": x, "quantity": 1}])
+        };
+        tasks.push(tokio::spawn(async move {
+            api.post(
+                "/v1/checkouts",
+                Some(&token),
+                json!({"lines": lines, "payment": "online", "address": "6 Bund"}),
+            )
+            .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::CREATED => {
+                won += 1;
+                let orders = r.body["children"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["orders"].as_array().unwrap().len())
+                    .sum::<usize>();
+                assert_eq!(orders, 2, "a checkout is whole");
+            }
+            StatusCode::CONFLICT => {
+                assert!(
+                    ["sold_out", "insufficient_stock"].contains(&r.code()),
+                    "{}",
+                    r.body
+                )
+            }
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    assert_eq!(won, 3);
+    assert_eq!(counters(&api, x).await, (0, 3, 0));
+    assert_eq!(counters(&api, y).await, (0, 3, 0));
+}
+
+/// A checkout its request abandoned (left open with a line held, as a crash
+/// leaves it) is released by recovery: the line found again by its key and
+/// cancelled, the checkout released; a reserved one is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_releases_an_abandoned_checkout() {
+    let api = Api::new();
+    let (_, a) = item_of(&api, "Ada", 5_000, 4, None).await;
+    let (_, b) = item_of(&api, "Bo", 6_000, 4, None).await;
+    let shopper = api.shoppers(1, "rec").await.remove(0);
+    let r = api
+        .post(
+            "/v1/checkouts",
+            Some(&shopper),
+            json!({"lines": [{"sku": a, "quantity": 1}, {"sku": b, "quantity": 1}],
+            "payment": "online", "address": "7 Bund"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let kept = r.body["id"].as_u64().unwrap();
+    // The same plan begun again, and only its first line held: what a
+    // crash between the two holds leaves.
+    let accounts = api.state.accounts.clone();
+    let row = accounts.checkout(kept).unwrap().unwrap();
+    let mut abandoned = row.clone();
+    abandoned.key = Some("left-behind".into());
+    let id = accounts.begin_checkout(&abandoned).unwrap().unwrap();
+    let user = row.user;
+    let reserve = mall_inventory::Reserve::new(
+        user,
+        mall_core::Sku(a),
+        mall_core::Quantity::new(1).unwrap(),
+        mall_core::PaymentMethod::Online,
+        "7 Bund".into(),
+        Some(format!("checkout {id} 0").into()),
+        false,
+    )
+    .expecting(Some(mall_core::Fen(5_000)));
+    let rx = api
+        .state
+        .engine
+        .try_submit_for_sku(mall_core::Sku(a), mall_inventory::Command::Reserve(reserve))
+        .unwrap();
+    assert!(matches!(
+        rx.await.unwrap(),
+        mall_inventory::Reply::Order { .. }
+    ));
+    assert_eq!(counters(&api, a).await, (2, 2, 0));
+    let released = mall_http::routes::checkouts::recover(&api.state, Timestamp(i64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    assert_eq!(
+        counters(&api, a).await,
+        (3, 1, 0),
+        "the abandoned hold is gone"
+    );
+    assert_eq!(
+        counters(&api, b).await,
+        (3, 1, 0),
+        "the line never held stays free"
+    );
+    assert_eq!(
+        accounts.checkout(id).unwrap().unwrap().state,
+        mall_engine::CheckoutState::Released
+    );
+    assert_eq!(
+        accounts.checkout(kept).unwrap().unwrap().state,
+        mall_engine::CheckoutState::Reserved
+    );
+    // Nothing left to do.
+    assert_eq!(
+        mall_http::routes::checkouts::recover(&api.state, Timestamp(i64::MAX))
+            .await
+            .unwrap(),
+        0
+    );
+    // Its key answers as released.
+    let r = api
+        .call(
+            "POST",
+            "/v1/checkouts",
+            Some(&shopper),
+            Some(
+                json!({"lines": [{"sku": a, "quantity": 1}, {"sku": b, "quantity": 1}],
+            "payment": "online", "address": "7 Bund"}),
+            ),
+            Some("left-behind"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "checkout_released"),
+        "{}",
+        r.body
+    );
+}

@@ -567,6 +567,11 @@ impl AccountStore for PgAccounts {
         Ok(rows.first().map(checkout_from_row).transpose()?)
     }
 
+    fn checkout_by_key(&self, user: UserId, key: &str) -> Result<Option<CheckoutRow>, StoreError> {
+        let rows = self.select(CHECKOUT_BY_KEY, &[&(user.0 as i64), &key])?;
+        Ok(rows.first().map(checkout_from_row).transpose()?)
+    }
+
     fn checkouts_of(&self, user: UserId, limit: usize) -> Result<Vec<CheckoutRow>, StoreError> {
         let rows = self.select(CHECKOUTS_OF, &[&(user.0 as i64), &(limit as i64)])?;
         Ok(rows

@@ -617,6 +617,19 @@ impl AccountStore for Accounts {
         })
     }
 
+    fn checkout_by_key(&self, user: UserId, key: &str) -> Result<Option<CheckoutRow>, StoreError> {
+        sql(|| {
+            Ok(self
+                .conn()
+                .query_row(
+                    &format!("SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE user_id = ?1 AND idempotency_key = ?2"),
+                    params![user.0 as i64, key],
+                    checkout_row,
+                )
+                .optional()?)
+        })
+    }
+
     fn checkouts_of(&self, user: UserId, limit: usize) -> Result<Vec<CheckoutRow>, StoreError> {
         sql(|| {
             let conn = self.conn();

@@ -490,6 +490,19 @@ fn serve(args: ServeArgs) -> Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("starting payments: {e}"))?,
         }
+        // Checkouts a crash left half made are released before anything
+        // is served on one node (whatever is unfinished died with the last
+        // process); on a cluster, another node may be making one now, so
+        // only those abandoned for a while are, by any node, every few
+        // seconds (the moves are compare-and-set).
+        if node.is_none() {
+            match mall_http::routes::checkouts::recover(&state, mall_core::Timestamp(i64::MAX)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(released = n, "released checkouts the last process left unfinished"),
+                Err(e) => tracing::warn!(code = e.code, "releasing unfinished checkouts failed; retrying in the background"),
+            }
+        }
+        let recovery = mall_http::routes::checkouts::recover_forever(state.clone());
         tracing::info!(addr = %local, data = %data.display(), store = %store.describe(), channels = channel_count, "mall is serving");
         let housekeeping = {
             let state = state.clone();
@@ -525,6 +538,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             admin.abort();
         }
         housekeeping.abort();
+        recovery.abort();
         anyhow::Ok(())
     })?;
     drop(runtime);

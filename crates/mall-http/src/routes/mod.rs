@@ -2,6 +2,7 @@
 //! describes them (OpenAPI, generated from the handlers' annotations).
 
 pub mod accounts;
+pub mod checkouts;
 pub mod coupons;
 pub mod dashboard;
 pub mod idempotency;
@@ -44,6 +45,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/coupons/{id}/claims", post(coupons::claim))
         .route("/v1/claims", get(coupons::mine))
         .route("/v1/orders", post(orders::create).get(orders::list_mine))
+        .route(
+            "/v1/checkouts",
+            post(checkouts::create).get(checkouts::list_mine),
+        )
+        .route("/v1/checkouts/{id}", get(checkouts::get_one))
         .route("/v1/orders/{id}", get(orders::get_one))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/payments", post(payments::pay))

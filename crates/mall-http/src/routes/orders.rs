@@ -52,6 +52,9 @@ pub struct OrderView {
     pub amount_fen: i64,
     /// Lines, discounts with their source and funder, and the total.
     pub price: PriceBreakdown,
+    /// The checkout this order is a line of, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkout_id: Option<u64>,
     pub payment: String,
     /// awaiting_payment, paid, confirmed, cancelled or expired.
     pub status: String,
@@ -75,6 +78,7 @@ impl OrderView {
             unit_price_fen: o.unit_price_fen.0,
             amount_fen: o.amount_fen.0,
             price: price::of_order(o, merchant),
+            checkout_id: super::checkouts::checkout_of(o),
             payment: o.payment.as_str().into(),
             status: o.status.as_str().into(),
             address: o.address.to_string(),
@@ -410,26 +414,9 @@ async fn cancel_once(
         Some(o) if visible(&o, &principal) => {}
         _ => return Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
     }
-    // Held still before anything changes: a payment under way is waited
-    // for, and none starts meanwhile, so an error answer means nothing
-    // changed and a success answer says how the money went.
-    let hold = match state.payments.get() {
-        Some(p) => Some(p.hold_for_cancel(id).await?),
-        None => None,
-    };
-    match order_command(state, id, Command::Release { order: id, by }).await? {
-        Reply::Order { order, .. } => {
-            let mut e = mall_events::Event::new(state.now().0, mall_events::Kind::Cancel);
-            (e.user, e.sku, e.order, e.amount_fen) =
-                (order.user.0, order.sku.0, order.id.0, order.amount_fen.0);
-            state.record(e);
-            if let (Some(p), Some(hold)) = (state.payments.get(), hold) {
-                p.refund_cancelled(hold, &order).await;
-            }
-            order_json(state, &order)
-        }
-        Reply::Inactive(_) => {
-            drop(hold);
+    match release_order(state, id, by).await? {
+        Some(order) => order_json(state, &order),
+        None => {
             // Not active: cancelled already (answer as done), expired, or unknown.
             match stored_order(state, id).await? {
                 Some(o) if visible(&o, &principal) && o.status == OrderStatus::Cancelled => {
@@ -446,6 +433,36 @@ async fn cancel_once(
                 _ => Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
             }
         }
+    }
+}
+
+/// Cancels an order for `by` (`None`: an admin, or the mall itself),
+/// anything paid handed back the way it came: `Some(order)` cancelled now,
+/// `None` if it was not active (cancelled, expired or unknown).
+pub(crate) async fn release_order(
+    state: &AppState,
+    id: OrderId,
+    by: Option<UserId>,
+) -> ApiResult<Option<Order>> {
+    // Held still before anything changes: a payment under way is waited
+    // for, and none starts meanwhile, so an error answer means nothing
+    // changed and a success answer says how the money went.
+    let hold = match state.payments.get() {
+        Some(p) => Some(p.hold_for_cancel(id).await?),
+        None => None,
+    };
+    match order_command(state, id, Command::Release { order: id, by }).await? {
+        Reply::Order { order, .. } => {
+            let mut e = mall_events::Event::new(state.now().0, mall_events::Kind::Cancel);
+            (e.user, e.sku, e.order, e.amount_fen) =
+                (order.user.0, order.sku.0, order.id.0, order.amount_fen.0);
+            state.record(e);
+            if let (Some(p), Some(hold)) = (state.payments.get(), hold) {
+                p.refund_cancelled(hold, &order).await;
+            }
+            Ok(Some(order))
+        }
+        Reply::Inactive(_) => Ok(None),
         Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
         _ => Err(ApiError::unavailable()),
     }

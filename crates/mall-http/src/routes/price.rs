@@ -35,16 +35,17 @@ pub struct PriceLine {
 
 #[derive(Serialize, ToSchema, Debug, Clone, PartialEq, Eq)]
 pub struct DiscountView {
-    /// `sale_price`, `promotion` or `coupon`.
+    /// `sale_price`, `promotion`, `coupon`, or `checkout` (an order that is a
+    /// checkout's line: its share of the checkout's discounts).
     pub source: &'static str,
-    /// The promotion's or coupon's id.
+    /// The promotion's, coupon's or checkout's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
-    /// `merchant` or `platform`.
+    /// `merchant` or `platform` (`see_checkout` for a checkout's share).
     pub funded_by: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merchant_id: Option<u64>,
-    /// `item`, `store` or `platform`.
+    /// `item`, `store`, `platform` (or `checkout`).
     pub stage: &'static str,
     pub fen: i64,
     /// By line (index into `lines`), non-zero only; they add up to `fen`.
@@ -154,13 +155,35 @@ pub fn single(
     }
 }
 
-/// An order's breakdown (`merchant`: its item's merchant).
+/// An order's breakdown (`merchant`: its item's merchant). A checkout's
+/// line also shows its share of the checkout's promotions and coupons as
+/// one `checkout` discount (the checkout's own breakdown names each).
 pub fn of_order(order: &Order, merchant: MerchantId) -> PriceBreakdown {
-    single(
+    let mut breakdown = single(
         order.sku,
         merchant,
         order.quantity.get(),
         order.list_price_fen.0,
         order.unit_price_fen.0,
-    )
+    );
+    let share = breakdown.total_fen - order.amount_fen.0;
+    if share > 0 {
+        breakdown.total_fen = order.amount_fen.0;
+        if let Some(line) = breakdown.lines.first_mut() {
+            line.net_fen = order.amount_fen.0;
+        }
+        breakdown.discounts.push(DiscountView {
+            source: "checkout",
+            id: super::checkouts::checkout_of(order),
+            funded_by: "see_checkout",
+            merchant_id: None,
+            stage: "checkout",
+            fen: share,
+            shares: vec![ShareView {
+                line: 0,
+                fen: share,
+            }],
+        });
+    }
+    breakdown
 }

@@ -69,7 +69,7 @@ impl Wishlists {
         *self.counts.write().unwrap_or_else(|p| p.into_inner()) = counts.into_iter().collect();
     }
 
-    async fn change(&self, change: ListChange) -> ApiResult<ListOutcome> {
+    pub(crate) async fn change(&self, change: ListChange) -> ApiResult<ListOutcome> {
         let (tx, rx) = oneshot::channel();
         match self.jobs.try_send((change, tx)) {
             Ok(()) => {}

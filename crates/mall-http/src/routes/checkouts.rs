@@ -1,0 +1,915 @@
+//! Cart checkout: several SKUs, from several merchants, with coupons, held
+//! all or nothing.
+//!
+//! A checkout is written to the store (`Open`, with its plan: every line's
+//! SKU, quantity, price and share of the discounts, the coupons) before
+//! anything is held. Then every line is held on its shard as a snap-up
+//! whose idempotency key names the checkout and the line (`checkout <id>
+//! <line>`, a key no client can send: it has spaces), and every coupon is
+//! used on the checkout's first line. Only when all of them are, the
+//! checkout moves `Open → Reserved` (compare-and-set) and is acknowledged.
+//! If any line or coupon is refused, it moves `Open → Releasing`, what was
+//! held is cancelled and the coupons are given back, then `Released`; the
+//! answer names the line (or coupon) and why.
+//!
+//! A checkout that a crash (or a lost request) left `Open` or `Releasing`
+//! is released by [`recover`]: at a start, and every few seconds for the
+//! ones older than [`ABANDONED_AFTER_MS`]. Its lines are found again by
+//! replaying their snap-ups under the same keys (a replay gives the order
+//! back; a line that was never held is held and cancelled at once), so a
+//! checkout is never half held: acknowledged means every line and coupon
+//! is, released means none is. The moves are compare-and-set, so a
+//! request still running and a recovery (on any node) never both win.
+//!
+//! The lines are ordinary orders: each is paid (online, through the usual
+//! payment paths), cancelled, refunded and delivered on its own; the
+//! checkout shows them grouped by merchant (one child order per merchant).
+
+use super::orders::{release_order, OrderView};
+use super::price::PriceBreakdown;
+use super::promotions::{lines_at, QuoteLine};
+use super::{blocking, check_text, idempotency, parse_id, QueryOf, Segment};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::json::StrictJson;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mall_core::{
+    ClaimId, Fen, Order, OrderId, PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId,
+};
+use mall_engine::{CheckoutRow, CheckoutState, ListChange, ShopperList};
+use mall_inventory::{Command, Reply, Reserve};
+use mall_pricing::{Policy, Priced};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+
+/// A checkout still `Open` or `Releasing` this long after its last move
+/// is abandoned (its request died): recovery releases it. Far beyond any
+/// request's life (a snap-up waits seconds at most).
+pub const ABANDONED_AFTER_MS: i64 = 30_000;
+/// How often recovery looks for abandoned checkouts.
+pub const RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Checkouts released per recovery pass, at most.
+const RECOVERY_BATCH: usize = 64;
+/// Checkouts listed at most.
+const LIST_MAX: usize = 50;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCheckout {
+    /// The lines to buy, each SKU once; absent: the caller's cart (whose
+    /// lines leave the cart once the checkout is reserved).
+    pub lines: Option<Vec<QuoteLine>>,
+    /// Claims of yours to use (`claimed`, valid, one per coupon; at most 8).
+    #[serde(default)]
+    pub claims: Vec<u64>,
+    /// `online` (every line is held until paid) or `cod` (sold at once).
+    pub payment: String,
+    /// Delivery address, 1 to 200 characters.
+    pub address: String,
+    /// The total the client expects to pay (fen), as quoted. If the price
+    /// is not that now, the answer is 409 `price_changed` with the price as
+    /// it stands, and nothing is held.
+    #[serde(default)]
+    pub expected_total_fen: Option<i64>,
+}
+
+/// What a checkout will hold, as stored with it (the plan recovery reads).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Plan {
+    lines: Vec<PlanLine>,
+    claims: Vec<u64>,
+    payment: PaymentMethod,
+    address: String,
+    from_cart: bool,
+    price: Priced,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct PlanLine {
+    sku: u64,
+    merchant: u64,
+    quantity: u32,
+    /// The sale price × quantity the line is held at (else `price_changed`).
+    gross_fen: i64,
+    /// Its share of the promotions and coupons.
+    discount_fen: i64,
+}
+
+/// How a checkout ended, as stored with it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+struct Outcome {
+    /// Reserved: each line's order, by line.
+    #[serde(default)]
+    orders: Vec<u64>,
+    #[serde(default)]
+    failure: Option<Failure>,
+    /// Released by a recovery (not by its own request).
+    #[serde(default)]
+    recovered: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, ToSchema)]
+pub struct Failure {
+    /// The line refused (index into the lines), if a line was.
+    pub line: Option<usize>,
+    /// The claim refused, if a coupon was.
+    pub claim_id: Option<u64>,
+    /// The refusal's code (`sold_out`, `limit_reached`, `coupon_not_usable`, ...).
+    pub code: String,
+    pub message: String,
+    #[serde(skip)]
+    #[schema(ignore)]
+    status: u16,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChildOrder {
+    pub merchant_id: u64,
+    /// What this merchant's lines come to, after every discount.
+    pub amount_fen: i64,
+    /// One order per line (each paid, cancelled and refunded on its own).
+    pub orders: Vec<OrderView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CheckoutView {
+    pub id: u64,
+    /// `open`, `reserved`, `releasing` or `released`.
+    pub state: &'static str,
+    pub payment: &'static str,
+    pub address: String,
+    /// The whole checkout: lines, every discount with its source and
+    /// funder, the total.
+    pub price: PriceBreakdown,
+    pub total_fen: i64,
+    /// The coupons it uses.
+    pub claims: Vec<u64>,
+    /// Reserved: one child order per merchant.
+    pub children: Vec<ChildOrder>,
+    /// Released: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CheckoutsPage {
+    pub checkouts: Vec<CheckoutView>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutsQuery {
+    /// Admins only: whose checkouts.
+    pub user_id: Option<u64>,
+}
+
+/// The idempotency key of a checkout's line (spaces: no client sends it).
+fn line_key(checkout: u64, line: usize) -> Arc<str> {
+    format!("checkout {checkout} {line}").into()
+}
+
+/// The checkout a line order belongs to, from its idempotency key.
+pub fn checkout_of(order: &Order) -> Option<u64> {
+    let key = order.idempotency_key.as_deref()?;
+    let rest = key.strip_prefix("checkout ")?;
+    rest.split_once(' ')?.0.parse().ok()
+}
+
+fn reserve_of(user: UserId, checkout: u64, plan: &Plan, i: usize) -> Command {
+    let l = &plan.lines[i];
+    let quantity = Quantity::new(l.quantity).expect("a planned quantity is valid");
+    Command::Reserve(
+        Reserve::new(
+            user,
+            Sku(l.sku),
+            quantity,
+            plan.payment,
+            plan.address.as_str().into(),
+            Some(line_key(checkout, i)),
+            false,
+        )
+        .expecting(Some(Fen(l.gross_fen)))
+        .discounted(Fen(l.discount_fen)),
+    )
+}
+
+fn failure(line: Option<usize>, claim: Option<u64>, e: &ApiError) -> Failure {
+    Failure {
+        line,
+        claim_id: claim,
+        code: e.code.to_string(),
+        message: e.message.clone(),
+        status: e.status.as_u16(),
+    }
+}
+
+/// The failure as the error it answers.
+fn failure_error(f: &Failure) -> ApiError {
+    let what = match (f.line, f.claim_id) {
+        (Some(line), _) => format!("line {line}: "),
+        (None, Some(claim)) => format!("claim {claim}: "),
+        _ => String::new(),
+    };
+    let code = crate::error::static_code(&f.code);
+    let mut e = ApiError::new(
+        StatusCode::from_u16(f.status).unwrap_or(StatusCode::CONFLICT),
+        code,
+        format!("{what}{}; nothing of the checkout is held", f.message),
+    );
+    e.line = f.line;
+    e
+}
+
+/// The answer of one line's snap-up: its order, or why not.
+async fn line_answer(
+    state: &AppState,
+    submitted: Result<tokio::sync::oneshot::Receiver<Reply>, mall_shard::Busy>,
+) -> Result<Order, ApiError> {
+    let rx = submitted.map_err(|_| ApiError::overloaded())?;
+    match rx.await.unwrap_or(Reply::Unavailable) {
+        Reply::Order { order, .. } => Ok(order),
+        Reply::StoredOrder(id) => super::orders::stored_order(state, id)
+            .await?
+            .ok_or_else(|| ApiError::internal("checkout", "replayed line missing from store")),
+        Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+/// Every line's snap-up, all queued at once (each waits only for its own
+/// shard), answered by line.
+async fn hold_lines(
+    state: &AppState,
+    user: UserId,
+    id: u64,
+    plan: &Plan,
+) -> Vec<Result<Order, ApiError>> {
+    let submitted: Vec<_> = (0..plan.lines.len())
+        .map(|i| {
+            state
+                .engine
+                .try_submit_for_sku(Sku(plan.lines[i].sku), reserve_of(user, id, plan, i))
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(submitted.len());
+    for s in submitted {
+        answers.push(line_answer(state, s).await);
+    }
+    answers
+}
+
+/// Uses (`anchor: Some`) or gives back a claim on the checkout's first line.
+async fn claim_step(
+    state: &AppState,
+    user: UserId,
+    claim: u64,
+    anchor: OrderId,
+    give_back: bool,
+) -> Result<(), ApiError> {
+    let id = ClaimId(claim);
+    let command = if give_back {
+        Command::ReturnClaim {
+            claim: id,
+            order: anchor,
+        }
+    } else {
+        Command::UseClaim {
+            claim: id,
+            user,
+            order: anchor,
+        }
+    };
+    let rx = state
+        .engine
+        .try_submit_for_claim(id, command)
+        .ok_or_else(|| ApiError::from_refusal(&Refusal::UnknownCoupon))?
+        .map_err(|_| ApiError::overloaded())?;
+    match rx.await.unwrap_or(Reply::Unavailable) {
+        Reply::Claim { .. } => Ok(()),
+        Reply::Refused(r) => Err(ApiError::from_refusal(&r)),
+        _ => Err(ApiError::unavailable()),
+    }
+}
+
+/// Holds every line, then uses every coupon: the orders by line, or the
+/// first refusal with the orders held so far (to be released).
+async fn hold_all(
+    state: &AppState,
+    user: UserId,
+    id: u64,
+    plan: &Plan,
+) -> Result<Vec<Order>, (Failure, Vec<Order>)> {
+    let replies = hold_lines(state, user, id, plan).await;
+    let mut held = Vec::with_capacity(replies.len());
+    let mut refused = None;
+    for (i, reply) in replies.into_iter().enumerate() {
+        match reply {
+            Ok(order) => held.push(order),
+            Err(e) if refused.is_none() => refused = Some(failure(Some(i), None, &e)),
+            Err(_) => {}
+        }
+    }
+    if let Some(f) = refused {
+        return Err((f, held));
+    }
+    let anchor = held[0].id;
+    for &claim in &plan.claims {
+        if let Err(e) = claim_step(state, user, claim, anchor, false).await {
+            return Err((failure(None, Some(claim), &e), held));
+        }
+    }
+    Ok(held)
+}
+
+/// Hands back what a checkout holds: its lines' orders cancelled, its
+/// coupons given back. Every step is safe to repeat.
+async fn give_back(
+    state: &AppState,
+    user: UserId,
+    plan: &Plan,
+    held: &[Order],
+) -> Result<(), ApiError> {
+    for order in held {
+        release_order(state, order.id, None).await?;
+    }
+    if let Some(anchor) = held.first().filter(|o| o.sku.0 == plan.lines[0].sku) {
+        for &claim in &plan.claims {
+            match claim_step(state, user, claim, anchor.id, true).await {
+                Ok(()) => {}
+                // Not used by this checkout (or gone): nothing to give back.
+                Err(e) if e.status.is_client_error() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn outcome_json(o: &Outcome) -> String {
+    serde_json::to_string(o).expect("an outcome serializes")
+}
+
+/// Moves a checkout in the store (compare-and-set).
+async fn move_to(
+    state: &AppState,
+    id: u64,
+    from: CheckoutState,
+    to: CheckoutState,
+    outcome: &Outcome,
+) -> ApiResult<bool> {
+    let accounts = state.accounts.clone();
+    let (json, now) = (outcome_json(outcome), state.now());
+    blocking(state, move || {
+        accounts.move_checkout(id, from, to, &json, now)
+    })
+    .await
+    .map_err(|e| ApiError::store("moving a checkout", e))
+}
+
+/// Releases a checkout whose request failed: `Open → Releasing`, what it
+/// held handed back, then `Released`.
+async fn release(
+    state: &AppState,
+    row: &CheckoutRow,
+    plan: &Plan,
+    held: &[Order],
+    outcome: &Outcome,
+) -> ApiResult<()> {
+    if row.state == CheckoutState::Open
+        && !move_to(
+            state,
+            row.id,
+            CheckoutState::Open,
+            CheckoutState::Releasing,
+            outcome,
+        )
+        .await?
+    {
+        // Someone else (a recovery) took it over.
+        return Ok(());
+    }
+    give_back(state, row.user, plan, held).await?;
+    move_to(
+        state,
+        row.id,
+        CheckoutState::Releasing,
+        CheckoutState::Released,
+        outcome,
+    )
+    .await?;
+    Ok(())
+}
+
+fn parse_plan(row: &CheckoutRow) -> ApiResult<Plan> {
+    serde_json::from_str(&row.plan).map_err(|e| ApiError::internal("checkout plan", e))
+}
+
+fn parse_outcome(row: &CheckoutRow) -> Outcome {
+    serde_json::from_str(&row.outcome).unwrap_or_default()
+}
+
+/// Releases one checkout a crash or a lost request left `Open` or
+/// `Releasing`: its lines found again by replaying their snap-ups, what
+/// they hold cancelled, its coupons given back. Logged.
+async fn recover_one(state: &AppState, row: CheckoutRow) -> ApiResult<()> {
+    let plan = parse_plan(&row)?;
+    let mut outcome = parse_outcome(&row);
+    outcome.recovered = true;
+    if row.state == CheckoutState::Open
+        && !move_to(
+            state,
+            row.id,
+            CheckoutState::Open,
+            CheckoutState::Releasing,
+            &outcome,
+        )
+        .await?
+    {
+        return Ok(()); // finished meanwhile
+    }
+    let mut held = Vec::new();
+    for answer in hold_lines(state, row.user, row.id, &plan).await {
+        match answer {
+            Ok(order) => held.push(order),
+            // Never held (and not holdable now): nothing to hand back.
+            Err(e) if e.status.is_client_error() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    give_back(state, row.user, &plan, &held).await?;
+    move_to(
+        state,
+        row.id,
+        CheckoutState::Releasing,
+        CheckoutState::Released,
+        &outcome,
+    )
+    .await?;
+    tracing::warn!(
+        checkout = row.id,
+        user = row.user.0,
+        lines = plan.lines.len(),
+        "recovery released an unfinished checkout: its holds are cancelled and its coupons given back"
+    );
+    Ok(())
+}
+
+/// Releases every checkout left unfinished before `before`; the number
+/// released.
+pub async fn recover(state: &AppState, before: Timestamp) -> ApiResult<usize> {
+    let mut done = 0;
+    loop {
+        let accounts = state.accounts.clone();
+        let rows = blocking(state, move || {
+            accounts.unfinished_checkouts(before, RECOVERY_BATCH)
+        })
+        .await
+        .map_err(|e| ApiError::store("unfinished checkouts", e))?;
+        let n = rows.len();
+        for row in rows {
+            recover_one(state, row).await?;
+            done += 1;
+        }
+        if n < RECOVERY_BATCH {
+            return Ok(done);
+        }
+    }
+}
+
+/// Releases abandoned checkouts every [`RECOVERY_EVERY`], for good.
+pub fn recover_forever(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RECOVERY_EVERY).await;
+            let before = Timestamp(state.now().0 - ABANDONED_AFTER_MS);
+            if let Err(e) = recover(&state, before).await {
+                tracing::warn!(
+                    code = e.code,
+                    "checkout recovery failed; trying again later"
+                );
+            }
+        }
+    })
+}
+
+/// A stored checkout as the API shows it (its line orders read back).
+async fn view(state: &AppState, row: &CheckoutRow) -> ApiResult<CheckoutView> {
+    let plan = parse_plan(row)?;
+    let outcome = parse_outcome(row);
+    let mut children: Vec<ChildOrder> = Vec::new();
+    if row.state == CheckoutState::Reserved {
+        for (i, &id) in outcome.orders.iter().enumerate() {
+            let order = super::orders::stored_order(state, OrderId(id))
+                .await?
+                .ok_or_else(|| {
+                    ApiError::internal("checkout", format!("line order {id} missing"))
+                })?;
+            let merchant = plan.lines.get(i).map_or(0, |l| l.merchant);
+            let view = OrderView::new(&order, state.engine.board());
+            match children.iter_mut().find(|c| c.merchant_id == merchant) {
+                Some(child) => {
+                    child.amount_fen += order.amount_fen.0;
+                    child.orders.push(view);
+                }
+                None => children.push(ChildOrder {
+                    merchant_id: merchant,
+                    amount_fen: order.amount_fen.0,
+                    orders: vec![view],
+                }),
+            }
+        }
+    }
+    Ok(CheckoutView {
+        id: row.id,
+        state: row.state.as_str(),
+        payment: plan.payment.as_str(),
+        address: plan.address.clone(),
+        price: PriceBreakdown::from(&plan.price),
+        total_fen: plan.price.total_fen,
+        claims: plan.claims.clone(),
+        children,
+        failure: outcome.failure,
+        created_at_ms: row.created_at.0,
+        updated_at_ms: row.updated_at.0,
+    })
+}
+
+/// The answer to a checkout request that met one stored under its key.
+async fn replay(state: &AppState, row: &CheckoutRow) -> Result<Response, ApiError> {
+    match row.state {
+        CheckoutState::Reserved => {
+            let mut response = (StatusCode::CREATED, Json(view(state, row).await?)).into_response();
+            idempotency::replayed_header(&mut response);
+            Ok(response)
+        }
+        CheckoutState::Released => match parse_outcome(row).failure {
+            Some(f) => Err(failure_error(&f)),
+            None => Err(ApiError::conflict(
+                "checkout_released",
+                "this checkout was released before it was acknowledged; nothing of it is held",
+            )),
+        },
+        CheckoutState::Open | CheckoutState::Releasing => Err(ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::conflict(
+                "checkout_in_progress",
+                "a checkout under this key is still being decided; ask again shortly",
+            )
+        }),
+    }
+}
+
+fn parse_payment(raw: &str) -> ApiResult<PaymentMethod> {
+    PaymentMethod::parse(raw).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "payment must be \"online\" or \"cod\", not {raw:?}"
+        ))
+    })
+}
+
+/// Check out a cart (or the lines given) of items from any merchants,
+/// with coupons: every line is held (online) or sold (cod), and every
+/// coupon used, or none is. The answer is one checkout split into one child
+/// order per merchant; each line is an order paid, cancelled and refunded
+/// on its own. A refusal names the line (`error.line`) or claim and why.
+#[utoipa::path(post, path = "/v1/checkouts", request_body = CreateCheckout, tag = "orders",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key: the same key answers as the first checkout did")),
+    responses(
+        (status = 201, body = CheckoutView),
+        (status = 403, description = "sale_not_open, sale_closed, own_item", body = crate::error::ErrorBody),
+        (status = 404, description = "item_not_found, coupon_not_found", body = crate::error::ErrorBody),
+        (status = 409, description = "sold_out, limit_reached, insufficient_stock, coupon_not_usable, price_changed (with `price`), checkout_in_progress, checkout_released; `error.line` names the line refused", body = crate::error::ErrorBody),
+        (status = 422, description = "invalid_request (no line, a SKU twice, a bad quantity), idempotency_key_reused", body = crate::error::ErrorBody),
+        (status = 503, description = "overloaded, store_unavailable (Retry-After)", body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    StrictJson(body): StrictJson<CreateCheckout>,
+) -> Result<Response, ApiError> {
+    let payment = parse_payment(&body.payment)?;
+    check_text(
+        &body.address,
+        "address",
+        1,
+        super::orders::ADDRESS_CHARS_MAX,
+    )?;
+    let key = idempotency::key_from(&headers)?;
+    let user = principal.user;
+    let from_cart = body.lines.is_none();
+    let wanted: Vec<(Sku, i64)> = match &body.lines {
+        Some(lines) => lines.iter().map(|l| (Sku(l.sku), l.quantity)).collect(),
+        None => {
+            let accounts = state.accounts.clone();
+            blocking(&state, move || accounts.list_of(ShopperList::Cart, user))
+                .await
+                .map_err(|e| ApiError::store("reading the cart", e))?
+                .into_iter()
+                .map(|(sku, q)| (sku, i64::from(q)))
+                .collect()
+        }
+    };
+    if wanted.is_empty() {
+        return Err(ApiError::invalid(if from_cart {
+            "the cart is empty"
+        } else {
+            "a checkout takes 1 or more lines"
+        }));
+    }
+    let mut skus: Vec<u64> = wanted.iter().map(|w| w.0 .0).collect();
+    skus.sort_unstable();
+    if skus.windows(2).any(|w| w[0] == w[1]) {
+        return Err(ApiError::invalid("each SKU once per checkout"));
+    }
+    let mut claims = body.claims.clone();
+    claims.sort_unstable();
+    let fingerprint = mall_core::fingerprint(&[
+        b"checkout",
+        &wanted
+            .iter()
+            .flat_map(|(s, q)| [s.0.to_le_bytes(), q.to_le_bytes()])
+            .flatten()
+            .collect::<Vec<u8>>(),
+        &claims
+            .iter()
+            .flat_map(|c| c.to_le_bytes())
+            .collect::<Vec<u8>>(),
+        payment.as_str().as_bytes(),
+        body.address.as_bytes(),
+    ]);
+    // A retry under the same key answers as the first did, whatever the
+    // prices and coupons are now.
+    if let Some(key) = &key {
+        let accounts = state.accounts.clone();
+        let k = key.clone();
+        let found = blocking(&state, move || accounts.checkout_by_key(user, &k))
+            .await
+            .map_err(|e| ApiError::store("reading a checkout", e))?;
+        if let Some(row) = found {
+            if row.fingerprint != fingerprint {
+                return Err(ApiError::from_refusal(&Refusal::IdempotencyKeyReused));
+            }
+            return replay(&state, &row).await;
+        }
+    }
+    let now = state.now();
+    let lines = lines_at(&state, &wanted, now)?;
+    if let Some(merchant) = principal.merchant {
+        if lines.iter().any(|l| l.merchant == merchant) {
+            return Err(ApiError::forbidden_code(
+                "own_item",
+                "a merchant account cannot buy its own merchant's items",
+            ));
+        }
+    }
+    state.limiter.admit_snapup(&principal).inspect_err(|_| {
+        state.metrics.record_refusal("overloaded");
+    })?;
+    let mut offers = state.promotions.offers_at(now);
+    let coupons = super::coupons::offers_of_claims(&state, user, &body.claims, now).await?;
+    // Claim → coupon, in the order given (one offer per claim).
+    let claim_coupons: Vec<(u64, u64)> = body
+        .claims
+        .iter()
+        .copied()
+        .zip(coupons.iter().map(|o| o.id))
+        .collect();
+    offers.extend(coupons);
+    offers.retain(|o| lines.iter().any(|l| o.covers(l)));
+    offers.sort_by_key(|o| o.rank());
+    offers.truncate(mall_pricing::OFFERS_MAX);
+    let priced = mall_pricing::price(&lines, &offers, &Policy::default())
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(expected) = body.expected_total_fen {
+        if expected != priced.total_fen {
+            let mut e = ApiError::from_refusal(&Refusal::PriceChanged {
+                list_price_fen: Fen(priced.list_fen),
+                unit_price_fen: Fen(priced.total_fen),
+                amount_fen: Fen(priced.total_fen),
+            });
+            e.message = format!(
+                "the checkout costs {} fen now, not {expected}; nothing is held",
+                priced.total_fen
+            );
+            e.price = Some(Box::new(PriceBreakdown::from(&priced)));
+            return Err(e);
+        }
+    }
+    let plan = Plan {
+        lines: lines
+            .iter()
+            .zip(&priced.lines)
+            .map(|(l, p)| {
+                let gross = l.sale_unit_fen * i64::from(l.quantity);
+                PlanLine {
+                    sku: l.sku.0,
+                    merchant: l.merchant.0,
+                    quantity: l.quantity,
+                    gross_fen: gross,
+                    discount_fen: gross - p.net_fen,
+                }
+            })
+            .collect(),
+        // Only the coupons that took something off are used.
+        claims: claim_coupons
+            .iter()
+            .filter(|(_, coupon)| {
+                priced
+                    .offers_used()
+                    .any(|s| s == mall_pricing::Source::Coupon(*coupon))
+            })
+            .map(|(claim, _)| *claim)
+            .collect(),
+        payment,
+        address: body.address.clone(),
+        from_cart,
+        price: priced,
+    };
+    let mut row = CheckoutRow {
+        id: 0,
+        user,
+        key: key.clone(),
+        fingerprint,
+        state: CheckoutState::Open,
+        plan: serde_json::to_string(&plan).map_err(|e| ApiError::internal("checkout plan", e))?,
+        outcome: outcome_json(&Outcome::default()),
+        created_at: now,
+        updated_at: now,
+    };
+    let accounts = state.accounts.clone();
+    let begin = row.clone();
+    let begun = blocking(&state, move || accounts.begin_checkout(&begin))
+        .await
+        .map_err(|e| ApiError::store("recording a checkout", e))?;
+    row.id = match begun {
+        Ok(id) => id,
+        // The same key, raced: answer as that one does.
+        Err(existing) if existing.fingerprint == fingerprint => {
+            return replay(&state, &existing).await
+        }
+        Err(_) => return Err(ApiError::from_refusal(&Refusal::IdempotencyKeyReused)),
+    };
+    match hold_all(&state, user, row.id, &plan).await {
+        Ok(held) => {
+            let outcome = Outcome {
+                orders: held.iter().map(|o| o.id.0).collect(),
+                ..Outcome::default()
+            };
+            if !move_to(
+                &state,
+                row.id,
+                CheckoutState::Open,
+                CheckoutState::Reserved,
+                &outcome,
+            )
+            .await?
+            {
+                // A recovery released it meanwhile: not acknowledged.
+                return Err(ApiError::unavailable());
+            }
+            row.state = CheckoutState::Reserved;
+            row.outcome = outcome_json(&outcome);
+            for order in &held {
+                state.metrics.record_order(order.payment);
+                let mut e = mall_events::Event::new(state.now().0, mall_events::Kind::Order);
+                (e.user, e.sku, e.order, e.amount_fen, e.quantity) = (
+                    user.0,
+                    order.sku.0,
+                    order.id.0,
+                    order.amount_fen.0,
+                    order.quantity.get(),
+                );
+                e.cod = order.payment == PaymentMethod::Cod;
+                state.record(e);
+            }
+            if from_cart {
+                empty_cart(&state, user, &plan).await;
+            }
+            let mut out = view_of_held(&state, &row, &plan, &held);
+            out.updated_at_ms = state.now().0;
+            Ok((StatusCode::CREATED, Json(out)).into_response())
+        }
+        Err((f, held)) => {
+            state.metrics.record_refusal(&f.code);
+            let outcome = Outcome {
+                failure: Some(f.clone()),
+                ..Outcome::default()
+            };
+            release(&state, &row, &plan, &held, &outcome).await?;
+            Err(failure_error(&f))
+        }
+    }
+}
+
+/// The cart's lines that were checked out leave it (best effort: the
+/// checkout stands whatever happens here).
+async fn empty_cart(state: &AppState, user: UserId, plan: &Plan) {
+    for line in &plan.lines {
+        let change = ListChange {
+            list: ShopperList::Cart,
+            user,
+            sku: Sku(line.sku),
+            quantity: 0,
+            lines_max: super::wishlist::CART_LINES_MAX,
+        };
+        if let Err(e) = state.wishlists.change(change).await {
+            tracing::warn!(code = e.code, "a checked-out line stayed in the cart");
+        }
+    }
+}
+
+/// The view of a checkout just reserved, from the orders in hand.
+fn view_of_held(state: &AppState, row: &CheckoutRow, plan: &Plan, held: &[Order]) -> CheckoutView {
+    let mut children: Vec<ChildOrder> = Vec::new();
+    for (line, order) in plan.lines.iter().zip(held) {
+        let view = OrderView::new(order, state.engine.board());
+        match children.iter_mut().find(|c| c.merchant_id == line.merchant) {
+            Some(child) => {
+                child.amount_fen += order.amount_fen.0;
+                child.orders.push(view);
+            }
+            None => children.push(ChildOrder {
+                merchant_id: line.merchant,
+                amount_fen: order.amount_fen.0,
+                orders: vec![view],
+            }),
+        }
+    }
+    CheckoutView {
+        id: row.id,
+        state: row.state.as_str(),
+        payment: plan.payment.as_str(),
+        address: plan.address.clone(),
+        price: PriceBreakdown::from(&plan.price),
+        total_fen: plan.price.total_fen,
+        claims: plan.claims.clone(),
+        children,
+        failure: None,
+        created_at_ms: row.created_at.0,
+        updated_at_ms: row.updated_at.0,
+    }
+}
+
+/// One checkout: the caller's own (admins: any).
+#[utoipa::path(get, path = "/v1/checkouts/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "checkout id")),
+    responses((status = 200, body = CheckoutView),
+              (status = 404, description = "checkout_not_found", body = crate::error::ErrorBody)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    principal: Principal,
+    Segment(raw): Segment,
+) -> ApiResult<Json<CheckoutView>> {
+    let id = parse_id(&raw, "checkout id")?;
+    let accounts = state.accounts.clone();
+    let row = blocking(&state, move || accounts.checkout(id))
+        .await
+        .map_err(|e| ApiError::store("reading a checkout", e))?;
+    match row {
+        Some(row) if principal.is_admin() || row.user == principal.user => {
+            Ok(Json(view(&state, &row).await?))
+        }
+        _ => Err(ApiError::not_found(
+            "checkout_not_found",
+            format!("no checkout {id} of yours"),
+        )),
+    }
+}
+
+/// Your checkouts, newest first (at most 50; admins: `?user_id=`).
+#[utoipa::path(get, path = "/v1/checkouts", tag = "orders", security(("bearer" = [])),
+    params(CheckoutsQuery),
+    responses((status = 200, body = CheckoutsPage), (status = 403, body = crate::error::ErrorBody)))]
+pub async fn list_mine(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueryOf(q): QueryOf<CheckoutsQuery>,
+) -> ApiResult<Json<CheckoutsPage>> {
+    let user = match q.user_id {
+        Some(u) if principal.is_admin() => UserId(u),
+        Some(_) => {
+            return Err(ApiError::forbidden(
+                "only admins may read another user's checkouts",
+            ))
+        }
+        None => principal.user,
+    };
+    let accounts = state.accounts.clone();
+    let rows = blocking(&state, move || accounts.checkouts_of(user, LIST_MAX))
+        .await
+        .map_err(|e| ApiError::store("reading checkouts", e))?;
+    let mut checkouts = Vec::with_capacity(rows.len());
+    for row in &rows {
+        checkouts.push(view(&state, row).await?);
+    }
+    Ok(Json(CheckoutsPage { checkouts }))
+}
