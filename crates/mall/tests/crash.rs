@@ -349,3 +349,131 @@ fn kill_dash_nine_loses_no_acknowledged_claim() {
     let claimed = c["claimed"].as_i64().unwrap();
     assert!(claimed <= QUANTITY && claimed >= acked.len() as i64, "{c}");
 }
+
+/// Checkouts of three items each, under way from many shoppers, when the
+/// process dies (`kill -9`). After the restart (whose recovery releases
+/// what was half made): every acknowledged checkout is reserved whole,
+/// every checkout is either reserved or released, the units held are
+/// exactly the reserved checkouts' lines (nothing half held), and `mall
+/// check` passes.
+#[test]
+fn kill_dash_nine_leaves_every_checkout_whole() {
+    const LINES: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let skus = Arc::new(common::items(&server, 6, 60, 1_000));
+    let users = Arc::new(common::shoppers(&server, 200));
+    let acked: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (skus, users, acked, stop, base) = (
+                skus.clone(),
+                users.clone(),
+                acked.clone(),
+                stop.clone(),
+                server.base.clone(),
+            );
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let who = (w * 7919 + n * 104_729) % users.len();
+                    let lines: Vec<_> = (0..LINES)
+                        .map(|i| json!({"sku": skus[(w + n + 2 * i) % skus.len()], "quantity": 1}))
+                        .collect();
+                    let body =
+                        json!({"lines": lines, "payment": "online", "address": "8 Bund, Shanghai"});
+                    let key = format!("checkout-w{w}-{n}");
+                    let url = format!("{base}/v1/checkouts");
+                    if let Some((201, c)) =
+                        call(&agent, "POST", &url, &users[who].1, Some(body), Some(&key))
+                    {
+                        acked.lock().unwrap().push((who, c["id"].as_u64().unwrap()));
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(900));
+    server.kill_9();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut server = Server::start(&data, &[]);
+    let a = agent();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 10,
+        "too few checkouts acknowledged ({}) to mean much",
+        acked.len()
+    );
+    for (who, id) in &acked {
+        let (status, body) = call(
+            &a,
+            "GET",
+            &server.url(&format!("/v1/checkouts/{id}")),
+            &users[*who].1,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "acknowledged checkout {id} lost: {body}");
+        assert_eq!(body["state"], "reserved", "{body}");
+        let orders: usize = body["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["orders"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(orders, LINES, "acknowledged checkout {id} not whole");
+    }
+    // Every checkout of every shopper is decided, and the units held are
+    // exactly the reserved ones' lines.
+    let mut reserved = 0;
+    for (user, _) in users.iter() {
+        let (status, body) = call(
+            &a,
+            "GET",
+            &server.url(&format!("/v1/checkouts?user_id={user}")),
+            ADMIN,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        for c in body["checkouts"].as_array().unwrap() {
+            match c["state"].as_str().unwrap() {
+                "reserved" => reserved += 1,
+                "released" => {}
+                other => panic!("checkout {} left {other} after recovery", c["id"]),
+            }
+        }
+    }
+    let mut held = 0;
+    for sku in skus.iter() {
+        let (_, item) = call(
+            &a,
+            "GET",
+            &server.url(&format!("/v1/items/{sku}")),
+            ADMIN,
+            None,
+            None,
+        )
+        .unwrap();
+        held += item["held"].as_u64().unwrap();
+        assert_eq!(item["sold"], 0);
+    }
+    assert_eq!(
+        held as usize,
+        reserved * LINES,
+        "units held beyond the reserved checkouts' lines"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let (ok, text) = common::mall(&["check"], &data);
+    assert!(ok, "mall check failed:\n{text}");
+}
