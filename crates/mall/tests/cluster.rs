@@ -1079,4 +1079,69 @@ fn commerce_works_on_three_nodes() {
     );
     let (_, cart) = get(&nodes[2], "/v1/cart", &people[2].1);
     assert_eq!(cart["lines"], json!([{"sku": sku, "quantity": 2}]));
+
+    // Checkouts across merchants and shards, from any node: the winner's,
+    // with its coupon, on n3 (all or nothing, one child per merchant).
+    let last = items(&nodes[0].server, 1, 1, 10_000)[0];
+    // A new item reaches the other nodes' boards within a publication.
+    let asked = Instant::now();
+    while get(&nodes[2], &format!("/v1/items/{last}"), "").0 != 200 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "item {last} never reached n3"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, c) = post(
+        &nodes[2],
+        "/v1/checkouts",
+        token,
+        Some(
+            json!({"lines": [{"sku": sku, "quantity": 1}, {"sku": last, "quantity": 1}],
+                    "claims": [claim], "payment": "online", "address": "9 Bund, Shanghai",
+                    "expected_total_fen": 40_000 - 4_000 - 2_000}),
+        ),
+        Some("cluster-checkout"),
+    );
+    assert_eq!(status, 201, "{c}");
+    assert_eq!(c["children"].as_array().unwrap().len(), 2, "{c}");
+    let checkout = c["id"].as_u64().unwrap();
+    let (status, seen) = get(&nodes[0], &format!("/v1/checkouts/{checkout}"), token);
+    assert_eq!(
+        (status, &seen["state"]),
+        (200, &json!("reserved")),
+        "{seen}"
+    );
+    let (_, mine) = get(&nodes[1], "/v1/claims", token);
+    assert_eq!(mine["claims"][0]["status"], "used", "{mine}");
+    // The cart (the hot item, and the last unit, now gone) on n2: refused
+    // whole, the line named, nothing of it held.
+    post(
+        &nodes[0],
+        "/v1/cart",
+        &people[2].1,
+        Some(json!({"sku": last, "quantity": 1})),
+        None,
+    );
+    let (_, before) = get(&nodes[0], &format!("/v1/items/{sku}"), "");
+    let (status, refused) = post(
+        &nodes[1],
+        "/v1/checkouts",
+        &people[2].1,
+        Some(json!({"payment": "cod", "address": "10 Bund, Shanghai"})),
+        None,
+    );
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (409, &json!("sold_out")),
+        "{refused}"
+    );
+    assert!(refused["error"]["line"].is_u64(), "{refused}");
+    std::thread::sleep(Duration::from_millis(200)); // counters published
+    let (_, after) = get(&nodes[0], &format!("/v1/items/{sku}"), "");
+    assert_eq!(
+        (&after["available"], &after["sold"]),
+        (&before["available"], &before["sold"]),
+        "a refused checkout holds nothing: {after}"
+    );
 }
