@@ -235,7 +235,7 @@ fn take(meter: &Meter, total: usize, n: usize) -> Option<std::ops::Range<usize>>
 /// The HTTP layer over `engine` as `mall serve` runs it, but with
 /// per-shopper rate limits out of the way (a benchmark's few shoppers
 /// send many requests each).
-pub(crate) fn unlimited_state(engine: &Arc<Engine>) -> Result<mall_http::AppState, PeerError> {
+pub fn unlimited_state(engine: &Arc<Engine>) -> Result<mall_http::AppState, PeerError> {
     let accounts = engine
         .store()
         .accounts()
@@ -249,7 +249,7 @@ pub(crate) fn unlimited_state(engine: &Arc<Engine>) -> Result<mall_http::AppStat
 }
 
 /// `n` shoppers' tokens, issued 10,000 at a time.
-pub(crate) async fn shopper_tokens(
+pub async fn shopper_tokens(
     state: &mall_http::AppState,
     prefix: &str,
     n: u64,
@@ -270,7 +270,7 @@ pub(crate) async fn shopper_tokens(
     Ok(tokens)
 }
 
-pub(crate) fn bench_item(sku: u64, stock: u32, now: Timestamp) -> Item {
+pub fn bench_item(sku: u64, stock: u32, now: Timestamp) -> Item {
     Item {
         sku: Sku(sku),
         merchant: MerchantId(1),

@@ -12,9 +12,10 @@ pub mod verify;
 pub use audit::{audit, AuditReport};
 pub use engine::{Elsewhere, Engine, EngineConfig};
 pub use store::{
-    AccountStore, CheckoutRow, CheckoutState, LedgerJournalBox, LedgerRead, ListChange,
-    ListOutcome, ListStep, MerchantRow, NewUser, OrderReader, PromotionRow, SessionEnd, SessionRow,
-    ShardContents, ShardJournalBox, ShopperList, Store, StoredResponse, UserRow,
+    AccountStore, CheckoutDone, CheckoutOp, CheckoutRow, CheckoutState, LedgerJournalBox,
+    LedgerRead, ListChange, ListOutcome, ListStep, MerchantRow, NewUser, OrderReader, PromotionRow,
+    SessionEnd, SessionRow, ShardContents, ShardJournalBox, ShopperList, Store, StoredResponse,
+    UserRow,
 };
 pub use verify::verify_ledger;
 

@@ -283,6 +283,30 @@ pub struct CheckoutRow {
     pub updated_at: Timestamp,
 }
 
+/// A step of a checkout for [`AccountStore::apply_checkouts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckoutOp {
+    /// Record a new checkout (see [`AccountStore::begin_checkout`]).
+    Begin(CheckoutRow),
+    /// Move one (see [`AccountStore::move_checkout`]).
+    Move {
+        id: u64,
+        from: CheckoutState,
+        to: CheckoutState,
+        outcome: String,
+        now: Timestamp,
+    },
+}
+
+/// What a [`CheckoutOp`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckoutDone {
+    /// The new id, or the checkout already under that key.
+    Begun(Result<u64, CheckoutRow>),
+    /// Whether it was in `from` (and so moved).
+    Moved(bool),
+}
+
 /// A new account for [`AccountStore::create_users`].
 pub struct NewUser {
     pub username: String,
@@ -382,10 +406,21 @@ pub trait AccountStore: Send + Sync {
     /// such, or it had ended.
     fn end_promotion(&self, id: u64, now: Timestamp) -> Result<bool, StoreError>;
 
+    /// Applies checkout steps in order, in one transaction (one flush for
+    /// the lot), and says what each did.
+    fn apply_checkouts(&self, ops: &[CheckoutOp]) -> Result<Vec<CheckoutDone>, StoreError>;
     /// Records a new checkout, `Open` (its id is given back; `row.id` and
     /// `row.state` are ignored). If the shopper has one under the same key
     /// already, nothing is written and that one is given back.
-    fn begin_checkout(&self, row: &CheckoutRow) -> Result<Result<u64, CheckoutRow>, StoreError>;
+    fn begin_checkout(&self, row: &CheckoutRow) -> Result<Result<u64, CheckoutRow>, StoreError> {
+        match self
+            .apply_checkouts(&[CheckoutOp::Begin(row.clone())])?
+            .pop()
+        {
+            Some(CheckoutDone::Begun(begun)) => Ok(begun),
+            other => Err(StoreError::Backend(format!("a begin answered {other:?}"))),
+        }
+    }
     /// Moves a checkout from `from` to `to` with `outcome`, if it is in
     /// `from` now (compare-and-set): false if it is not.
     fn move_checkout(
@@ -395,7 +430,19 @@ pub trait AccountStore: Send + Sync {
         to: CheckoutState,
         outcome: &str,
         now: Timestamp,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let step = CheckoutOp::Move {
+            id,
+            from,
+            to,
+            outcome: outcome.to_string(),
+            now,
+        };
+        match self.apply_checkouts(&[step])?.pop() {
+            Some(CheckoutDone::Moved(moved)) => Ok(moved),
+            other => Err(StoreError::Backend(format!("a move answered {other:?}"))),
+        }
+    }
     fn checkout(&self, id: u64) -> Result<Option<CheckoutRow>, StoreError>;
     /// The shopper's checkout under `key`, if any.
     fn checkout_by_key(&self, user: UserId, key: &str) -> Result<Option<CheckoutRow>, StoreError>;

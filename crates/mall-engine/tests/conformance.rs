@@ -1138,6 +1138,36 @@ fn checkouts(h: &Harness) {
             .len(),
         1
     );
+    // A batch is one transaction, applied in order: two begins under one
+    // key (the second gets the first back), a move of an earlier one.
+    use mall_engine::{CheckoutDone, CheckoutOp};
+    let step = |to: CheckoutState, at: i64| CheckoutOp::Move {
+        id: c,
+        from: CheckoutState::Open,
+        to,
+        outcome: "{}".into(),
+        now: T0.plus_ms(at),
+    };
+    let done = accounts
+        .apply_checkouts(&[
+            CheckoutOp::Begin(row(5, Some("same"), 60)),
+            CheckoutOp::Begin(row(5, Some("same"), 61)),
+            step(CheckoutState::Reserved, 62),
+            step(CheckoutState::Released, 63),
+        ])
+        .unwrap();
+    let CheckoutDone::Begun(Ok(first)) = done[0] else {
+        panic!("{done:?}")
+    };
+    assert!(matches!(&done[1], CheckoutDone::Begun(Err(r)) if r.id == first));
+    assert_eq!(
+        &done[2..],
+        &[CheckoutDone::Moved(true), CheckoutDone::Moved(false)]
+    );
+    assert_eq!(
+        accounts.checkout(c).unwrap().unwrap().state,
+        CheckoutState::Reserved
+    );
 }
 
 /// `mall check` recounts every coupon from its claims: clean as the engine

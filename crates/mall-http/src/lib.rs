@@ -108,6 +108,8 @@ pub struct Inner {
     pub listeners: Mutex<Vec<(&'static str, Arc<listener::ListenerStats>)>>,
     /// Shoppers' favourites and carts.
     pub wishlists: routes::wishlist::Wishlists,
+    /// The checkouts' writer (their records, committed in batches).
+    pub checkouts: routes::checkouts::Writer,
     /// Promotions running or to come.
     pub promotions: routes::promotions::Promotions,
     /// This node's cluster, when it is one of many (payments are carried
@@ -138,6 +140,7 @@ impl AppState {
     ) -> Result<AppState, mall_engine::StoreError> {
         let sessions = SessionCache::load(accounts.live_sessions(clock.now())?);
         let wishlists = routes::wishlist::Wishlists::start(accounts.clone(), clock.clone())?;
+        let checkouts = routes::checkouts::Writer::start(accounts.clone())?;
         let next_sku = engine.board().max_sku().map_or(1, |s| s.0 + 1);
         let next_coupon = engine.board().max_coupon().map_or(1, |c| c.0 + 1);
         let store_calls = (!engine.store().reads_are_local())
@@ -161,6 +164,7 @@ impl AppState {
                 events: std::sync::OnceLock::new(),
                 forecast: std::sync::OnceLock::new(),
                 wishlists,
+                checkouts,
                 promotions: Default::default(),
                 listeners: Mutex::new(Vec::new()),
                 cluster: std::sync::OnceLock::new(),

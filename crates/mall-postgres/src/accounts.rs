@@ -7,9 +7,9 @@ use crate::{corrupt, Error};
 use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, CheckoutRow, CheckoutState, ListChange, ListOutcome, ListStep, MerchantRow,
-    NewUser, PromotionRow, SessionEnd, SessionRow, ShopperList, StoreError, StoredResponse,
-    UserRow,
+    AccountStore, CheckoutDone, CheckoutOp, CheckoutRow, CheckoutState, ListChange, ListOutcome,
+    ListStep, MerchantRow, NewUser, PromotionRow, SessionEnd, SessionRow, ShopperList, StoreError,
+    StoredResponse, UserRow,
 };
 use postgres::error::SqlState;
 use postgres::types::ToSql;
@@ -524,42 +524,58 @@ impl AccountStore for PgAccounts {
         Ok(self.execute(END_PROMOTION, &[&(id as i64), &now.0])? == 1)
     }
 
-    fn begin_checkout(&self, row: &CheckoutRow) -> Result<Result<u64, CheckoutRow>, StoreError> {
-        let (user, fingerprint) = (row.user.0 as i64, row.fingerprint as i64);
-        let made = self.query(
-            BEGIN_CHECKOUT,
-            &[
-                &user,
-                &row.key,
-                &fingerprint,
-                &row.plan,
-                &row.outcome,
-                &row.created_at.0,
-            ],
-        )?;
-        if let Some(made) = made.first() {
-            return Ok(Ok(made.try_get::<_, i64>(0).map_err(Error::from)? as u64));
-        }
-        let existing = self.select(CHECKOUT_BY_KEY, &[&user, &row.key])?;
-        let existing = existing
-            .first()
-            .ok_or_else(|| corrupt("a checkout key clashed with no checkout".into()))?;
-        Ok(Err(checkout_from_row(existing)?))
-    }
-
-    fn move_checkout(
-        &self,
-        id: u64,
-        from: CheckoutState,
-        to: CheckoutState,
-        outcome: &str,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let n = self.execute(
-            MOVE_CHECKOUT,
-            &[&(id as i64), &from.as_str(), &to.as_str(), &outcome, &now.0],
-        )?;
-        Ok(n == 1)
+    fn apply_checkouts(&self, ops: &[CheckoutOp]) -> Result<Vec<CheckoutDone>, StoreError> {
+        Ok(self.pool.with(|conn| {
+            let begin = conn.prepare(BEGIN_CHECKOUT)?;
+            let by_key = conn.prepare(CHECKOUT_BY_KEY)?;
+            let step = conn.prepare(MOVE_CHECKOUT)?;
+            let mut tx = conn.client.transaction()?;
+            let mut done = Vec::with_capacity(ops.len());
+            for op in ops {
+                match op {
+                    CheckoutOp::Begin(row) => {
+                        let (user, fingerprint) = (row.user.0 as i64, row.fingerprint as i64);
+                        let made = tx.query_opt(
+                            &begin,
+                            &[
+                                &user,
+                                &row.key,
+                                &fingerprint,
+                                &row.plan,
+                                &row.outcome,
+                                &row.created_at.0,
+                            ],
+                        )?;
+                        done.push(CheckoutDone::Begun(match made {
+                            Some(made) => Ok(made.try_get::<_, i64>(0)? as u64),
+                            None => {
+                                let existing = tx
+                                    .query_opt(&by_key, &[&user, &row.key])?
+                                    .ok_or_else(|| {
+                                        corrupt("a checkout key clashed with no checkout".into())
+                                    })?;
+                                Err(checkout_from_row(&existing)?)
+                            }
+                        }));
+                    }
+                    CheckoutOp::Move {
+                        id,
+                        from,
+                        to,
+                        outcome,
+                        now,
+                    } => {
+                        let n = tx.execute(
+                            &step,
+                            &[&(*id as i64), &from.as_str(), &to.as_str(), outcome, &now.0],
+                        )?;
+                        done.push(CheckoutDone::Moved(n == 1));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(done)
+        })?)
     }
 
     fn checkout(&self, id: u64) -> Result<Option<CheckoutRow>, StoreError> {

@@ -6,8 +6,9 @@ use crate::{migrate, open_connection, Error, Sync};
 use mall_core::Sku;
 use mall_core::{MerchantId, Role, Timestamp, UserId};
 use mall_engine::{
-    AccountStore, CheckoutRow, CheckoutState, ListChange, ListOutcome, ListStep, MerchantRow,
-    NewUser, PromotionRow, SessionRow, ShopperList, StoreError, StoredResponse, UserRow,
+    AccountStore, CheckoutDone, CheckoutOp, CheckoutRow, CheckoutState, ListChange, ListOutcome,
+    ListStep, MerchantRow, NewUser, PromotionRow, SessionRow, ShopperList, StoreError,
+    StoredResponse, UserRow,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -557,50 +558,63 @@ impl AccountStore for Accounts {
         })
     }
 
-    fn begin_checkout(&self, row: &CheckoutRow) -> Result<Result<u64, CheckoutRow>, StoreError> {
+    fn apply_checkouts(&self, ops: &[CheckoutOp]) -> Result<Vec<CheckoutDone>, StoreError> {
         sql(|| {
-            let conn = self.conn();
-            let inserted = conn.execute(
-                "INSERT INTO checkouts (user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?6)",
-                params![
-                    row.user.0 as i64,
-                    row.key,
-                    row.fingerprint as i64,
-                    row.plan,
-                    row.outcome,
-                    row.created_at.0
-                ],
-            );
-            match inserted {
-                Ok(_) => Ok(Ok(conn.last_insert_rowid() as u64)),
-                Err(e) if is_unique_violation(&e) => {
-                    let existing = conn.query_row(
-                        &format!("SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE user_id = ?1 AND idempotency_key = ?2"),
-                        params![row.user.0 as i64, row.key],
-                        checkout_row,
-                    )?;
-                    Ok(Err(existing))
+            let mut conn = self.conn();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut done = Vec::with_capacity(ops.len());
+            {
+                let mut begin = tx.prepare_cached(
+                    "INSERT INTO checkouts (user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms)
+                     VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?6)",
+                )?;
+                let mut by_key = tx.prepare_cached(&format!(
+                    "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE user_id = ?1 AND idempotency_key = ?2"
+                ))?;
+                let mut step = tx.prepare_cached(
+                    "UPDATE checkouts SET state = ?3, outcome = ?4, updated_at_ms = ?5 WHERE id = ?1 AND state = ?2",
+                )?;
+                for op in ops {
+                    match op {
+                        CheckoutOp::Begin(row) => {
+                            let inserted = begin.execute(params![
+                                row.user.0 as i64,
+                                row.key,
+                                row.fingerprint as i64,
+                                row.plan,
+                                row.outcome,
+                                row.created_at.0
+                            ]);
+                            done.push(CheckoutDone::Begun(match inserted {
+                                Ok(_) => Ok(tx.last_insert_rowid() as u64),
+                                Err(e) if is_unique_violation(&e) => Err(by_key.query_row(
+                                    params![row.user.0 as i64, row.key],
+                                    checkout_row,
+                                )?),
+                                Err(e) => return Err(e.into()),
+                            }));
+                        }
+                        CheckoutOp::Move {
+                            id,
+                            from,
+                            to,
+                            outcome,
+                            now,
+                        } => {
+                            let n = step.execute(params![
+                                *id as i64,
+                                from.as_str(),
+                                to.as_str(),
+                                outcome,
+                                now.0
+                            ])?;
+                            done.push(CheckoutDone::Moved(n == 1));
+                        }
+                    }
                 }
-                Err(e) => Err(e.into()),
             }
-        })
-    }
-
-    fn move_checkout(
-        &self,
-        id: u64,
-        from: CheckoutState,
-        to: CheckoutState,
-        outcome: &str,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        sql(|| {
-            let n = self.conn().execute(
-                "UPDATE checkouts SET state = ?3, outcome = ?4, updated_at_ms = ?5 WHERE id = ?1 AND state = ?2",
-                params![id as i64, from.as_str(), to.as_str(), outcome, now.0],
-            )?;
-            Ok(n == 1)
+            tx.commit()?;
+            Ok(done)
         })
     }
 

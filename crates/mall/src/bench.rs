@@ -166,6 +166,25 @@ pub enum Which {
         #[arg(long, default_value_t = 1_000_000)]
         iterations: u64,
     },
+    /// Durable 3-line cart checkouts beside single-SKU snap-ups, on one
+    /// engine (SQLite), in-process (the router called directly) and over
+    /// HTTP on loopback; verified against the units held.
+    Checkout {
+        /// Requests of each kind in each mode.
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 3_000)]
+        items: u32,
+        #[arg(long, default_value_t = 2_000)]
+        users: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Also write the rows as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// The payment channel router: wall time per routing decision (a
     /// submit and its completion), in-process, by number of channels.
     Router {
@@ -346,6 +365,37 @@ pub fn run(which: Which) -> Result<()> {
                 "  {ns:.0} ns a price ({:.0} prices/s on one core; target <= 5,000 ns)",
                 1e9 / ns
             );
+            Ok(())
+        }
+        Which::Checkout {
+            requests,
+            items,
+            users,
+            concurrency,
+            shards,
+            json,
+        } => {
+            anyhow::ensure!(items >= 3, "a checkout needs 3 items or more");
+            let config = mall_bench::checkoutbench::Config {
+                requests: requests.max(1),
+                items,
+                users: users.max(1),
+                concurrency: concurrency.max(1),
+                shards: shards
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            };
+            println!(
+                "mall bench checkout: {} requests of each kind per mode, {} items, {} shoppers, concurrency {}, {} shards (SQLite)",
+                config.requests, config.items, config.users, config.concurrency, config.shards
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let rows = runtime.block_on(mall_bench::checkoutbench::run(&config))?;
+            mall_bench::checkoutbench::print(&rows);
+            write_json(json.as_deref(), &rows)?;
+            let bad = rows.iter().filter(|r| r.verified != "ok").count();
+            anyhow::ensure!(bad == 0, "{bad} row(s) failed verification");
             Ok(())
         }
         Which::Router {

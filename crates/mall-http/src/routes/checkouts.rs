@@ -40,7 +40,10 @@ use axum::Json;
 use mall_core::{
     ClaimId, Fen, Order, OrderId, PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId,
 };
-use mall_engine::{CheckoutRow, CheckoutState, ListChange, ShopperList};
+use mall_engine::{
+    AccountStore, CheckoutDone, CheckoutOp, CheckoutRow, CheckoutState, ListChange, ShopperList,
+    StoreError,
+};
 use mall_inventory::{Command, Reply, Reserve};
 use mall_pricing::{Policy, Priced};
 use serde::{Deserialize, Serialize};
@@ -57,6 +60,82 @@ pub const RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(5
 const RECOVERY_BATCH: usize = 64;
 /// Checkouts listed at most.
 const LIST_MAX: usize = 50;
+/// Checkout steps waiting for the writer, at most (then 503 `overloaded`).
+const QUEUE_MAX: usize = 8_192;
+/// Checkout steps in one transaction, at most.
+const BATCH_MAX: usize = 512;
+
+type Job = (
+    CheckoutOp,
+    tokio::sync::oneshot::Sender<Result<CheckoutDone, StoreError>>,
+);
+
+/// The checkouts' writer: one thread commits whatever steps (begins and
+/// moves) have queued as one transaction, and answers each once
+/// committed, so a crush of checkouts shares its flushes.
+pub struct Writer {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Writer {
+    pub fn start(accounts: Arc<dyn AccountStore>) -> Result<Writer, StoreError> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("mall-checkouts".into())
+            .spawn(move || write_checkouts(queue, accounts))
+            .map_err(|e| StoreError::Unavailable(format!("starting the checkouts writer: {e}")))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Applies one step once it is committed.
+    async fn apply(&self, op: CheckoutOp) -> ApiResult<CheckoutDone> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match self.jobs.try_send((op, tx)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => return Err(ApiError::overloaded()),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                return Err(ApiError::unavailable())
+            }
+        }
+        match rx.await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => Err(ApiError::store("saving a checkout", e)),
+            Err(_) => Err(ApiError::unavailable()),
+        }
+    }
+}
+
+/// The writer's loop: takes what has queued (up to [`BATCH_MAX`]), commits
+/// it, answers each. Ends when the state is dropped.
+fn write_checkouts(queue: std::sync::mpsc::Receiver<Job>, accounts: Arc<dyn AccountStore>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH_MAX {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<CheckoutOp> = jobs.iter().map(|(op, _)| op.clone()).collect();
+        match accounts.apply_checkouts(&ops) {
+            Ok(done) => {
+                for ((_, reply), d) in jobs.into_iter().zip(done) {
+                    let _ = reply.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                let again = e.is_unavailable();
+                for (_, reply) in jobs {
+                    let _ = reply.send(Err(if again {
+                        StoreError::Unavailable(e.to_string())
+                    } else {
+                        StoreError::Backend(e.to_string())
+                    }));
+                }
+            }
+        }
+    }
+}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -357,7 +436,7 @@ fn outcome_json(o: &Outcome) -> String {
     serde_json::to_string(o).expect("an outcome serializes")
 }
 
-/// Moves a checkout in the store (compare-and-set).
+/// Moves a checkout in the store (compare-and-set), through the writer.
 async fn move_to(
     state: &AppState,
     id: u64,
@@ -365,13 +444,20 @@ async fn move_to(
     to: CheckoutState,
     outcome: &Outcome,
 ) -> ApiResult<bool> {
-    let accounts = state.accounts.clone();
-    let (json, now) = (outcome_json(outcome), state.now());
-    blocking(state, move || {
-        accounts.move_checkout(id, from, to, &json, now)
-    })
-    .await
-    .map_err(|e| ApiError::store("moving a checkout", e))
+    let step = CheckoutOp::Move {
+        id,
+        from,
+        to,
+        outcome: outcome_json(outcome),
+        now: state.now(),
+    };
+    match state.checkouts.apply(step).await? {
+        CheckoutDone::Moved(moved) => Ok(moved),
+        other => Err(ApiError::internal(
+            "checkout",
+            format!("a move answered {other:?}"),
+        )),
+    }
 }
 
 /// Releases a checkout whose request failed: `Open → Releasing`, what it
@@ -745,11 +831,19 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    let accounts = state.accounts.clone();
-    let begin = row.clone();
-    let begun = blocking(&state, move || accounts.begin_checkout(&begin))
-        .await
-        .map_err(|e| ApiError::store("recording a checkout", e))?;
+    let begun = match state
+        .checkouts
+        .apply(CheckoutOp::Begin(row.clone()))
+        .await?
+    {
+        CheckoutDone::Begun(begun) => begun,
+        other => {
+            return Err(ApiError::internal(
+                "checkout",
+                format!("a begin answered {other:?}"),
+            ))
+        }
+    };
     row.id = match begun {
         Ok(id) => id,
         // The same key, raced: answer as that one does.
