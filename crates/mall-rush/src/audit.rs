@@ -9,7 +9,7 @@
 //!   told about.
 
 use crate::http::Conn;
-use crate::run::{Backend, Kind, Outcome};
+use crate::run::{Backend, Kind, Outcome, Record};
 use hyper::{Method, StatusCode};
 use mall_core::OrderId;
 use serde::Serialize;
@@ -23,6 +23,9 @@ pub struct AuditReport {
     pub items_checked: u64,
     /// Coupon claims acknowledged to the client and found on the server.
     pub claims_checked: u64,
+    /// Checkouts read back: every acknowledged one reserved whole, every
+    /// one decided, none released with a line still held.
+    pub checkouts_checked: u64,
     pub violations: Vec<String>,
 }
 
@@ -106,6 +109,7 @@ pub async fn audit(outcome: &Outcome, backend: &Backend) -> AuditReport {
     }
     doubles(outcome, backend, &mut report).await;
     claims(outcome, backend, &mut report).await;
+    checkouts(outcome, backend, &mut report).await;
     let v = &mut report.violations;
     for (id, k) in &known {
         report.orders_checked += 1;
@@ -266,7 +270,9 @@ async fn doubles(outcome: &Outcome, backend: &Backend, report: &mut AuditReport)
                 let id = mall_core::UserId(outcome.user_ids[u as usize]);
                 for reader in engine.readers() {
                     for o in reader.orders_of_user(id, None, 1_000).unwrap_or_default() {
-                        *per.entry((id.0, o.sku.0)).or_default() += 1;
+                        if !is_checkout_line(o.idempotency_key.as_deref()) {
+                            *per.entry((id.0, o.sku.0)).or_default() += 1;
+                        }
                     }
                 }
             }
@@ -285,9 +291,12 @@ async fn doubles(outcome: &Outcome, backend: &Backend, report: &mut AuditReport)
             for (user, got) in http_get_all(target, admin_token, paths).await {
                 match got {
                     Some((StatusCode::OK, v)) => {
+                        // A checkout's lines are audited with their checkout.
                         for o in v["orders"].as_array().into_iter().flatten() {
-                            *per.entry((user, o["sku"].as_u64().unwrap_or(0)))
-                                .or_default() += 1;
+                            if o["checkout_id"].is_null() {
+                                *per.entry((user, o["sku"].as_u64().unwrap_or(0)))
+                                    .or_default() += 1;
+                            }
                         }
                     }
                     _ => report
@@ -302,6 +311,143 @@ async fn doubles(outcome: &Outcome, backend: &Backend, report: &mut AuditReport)
             report.violations.push(format!(
                 "user {user} has {n} orders of item {sku} from one attempt: doubled"
             ));
+        }
+    }
+}
+
+/// Whether an order's idempotency key is a checkout line's (the HTTP
+/// layer's `checkout <id> <line>`, which no client can send).
+fn is_checkout_line(key: Option<&str>) -> bool {
+    key.is_some_and(|k| k.starts_with("checkout "))
+}
+
+/// Cart checkouts: every one the client was told of is reserved with all
+/// its lines (none cancelled); every checkout of every shopper who tried
+/// is decided (reserved or released: none left half made); a released
+/// checkout has no line order that is not cancelled.
+async fn checkouts(outcome: &Outcome, backend: &Backend, report: &mut AuditReport) {
+    let Backend::Http {
+        target,
+        admin_token,
+    } = backend
+    else {
+        return;
+    };
+    let tried: Vec<&Record> = outcome
+        .records
+        .iter()
+        .filter(|r| r.kind == Kind::Checkout)
+        .collect();
+    if tried.is_empty() {
+        return;
+    }
+    let lines = crate::scenario::CHECKOUT_LINES as usize;
+    let mut users: Vec<u64> = tried
+        .iter()
+        .map(|r| outcome.user_ids[r.user as usize])
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    // Every checkout of those shoppers, as the server has it (a checkout
+    // still being decided when the run ended is asked again).
+    let mut server: HashMap<u64, Value> = HashMap::new();
+    for round in 0..10 {
+        let paths = users
+            .iter()
+            .map(|&u| (u, format!("/v1/checkouts?user_id={u}")))
+            .collect();
+        server.clear();
+        for (user, got) in http_get_all(target, admin_token, paths).await {
+            match got {
+                Some((StatusCode::OK, v)) => {
+                    for c in v["checkouts"].as_array().into_iter().flatten() {
+                        server.insert(c["id"].as_u64().unwrap_or(0), c.clone());
+                    }
+                }
+                _ => report
+                    .violations
+                    .push(format!("checkouts of user {user} could not be read back")),
+            }
+        }
+        let undecided = server
+            .values()
+            .any(|c| !matches!(c["state"].as_str(), Some("reserved" | "released")));
+        if !undecided || round == 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let v = &mut report.violations;
+    for r in tried.iter().filter(|r| r.ok()) {
+        let Some(id) = r.order else {
+            v.push(format!(
+                "checkout of shopper {} answered without an id",
+                r.user
+            ));
+            continue;
+        };
+        report.checkouts_checked += 1;
+        let Some(c) = server.get(&id) else {
+            v.push(format!(
+                "checkout {id}: acknowledged to the client but missing on the server"
+            ));
+            continue;
+        };
+        let orders: Vec<&Value> = c["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|ch| ch["orders"].as_array().into_iter().flatten())
+            .collect();
+        if c["state"] != "reserved" || orders.len() != lines {
+            v.push(format!(
+                "checkout {id}: acknowledged, but the server has it {} with {} of {lines} lines",
+                c["state"],
+                orders.len()
+            ));
+        }
+        for o in orders {
+            if o["status"] == "cancelled" {
+                v.push(format!(
+                    "checkout {id}: acknowledged, but its line order {} is cancelled",
+                    o["id"]
+                ));
+            }
+        }
+    }
+    let released: HashSet<u64> = server
+        .iter()
+        .filter(|(_, c)| c["state"] == "released")
+        .map(|(id, _)| *id)
+        .collect();
+    for (id, c) in &server {
+        match c["state"].as_str() {
+            Some("reserved" | "released") => {}
+            other => v.push(format!("checkout {id}: left {other:?} after the run")),
+        }
+    }
+    // No line of a released checkout is held or sold.
+    let paths = users
+        .iter()
+        .map(|&u| (u, format!("/v1/orders?user_id={u}&limit=100")))
+        .collect();
+    for (user, got) in http_get_all(target, admin_token, paths).await {
+        let Some((StatusCode::OK, body)) = got else {
+            v.push(format!("orders of user {user} could not be read back"));
+            continue;
+        };
+        for o in body["orders"].as_array().into_iter().flatten() {
+            let of = o["checkout_id"].as_u64();
+            // Cancelled by the release, or lapsed before it: not held.
+            let free = o["status"] == "cancelled" || o["status"] == "expired";
+            if of.is_some_and(|c| released.contains(&c)) && !free {
+                v.push(format!(
+                    "order {} of released checkout {}: {}",
+                    o["id"],
+                    of.unwrap_or(0),
+                    o["status"]
+                ));
+            }
         }
     }
 }

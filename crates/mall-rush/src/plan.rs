@@ -38,6 +38,16 @@ pub struct Browse {
     pub rank: u32,
 }
 
+/// A cart checkout: items off the shopper's wish list, all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CartCheckout {
+    pub at_us: i64,
+    pub user: u32,
+    /// Popularity ranks of its items, distinct.
+    pub ranks: Vec<u32>,
+    pub payment: PaymentMethod,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub scenario: Scenario,
@@ -50,6 +60,8 @@ pub struct Plan {
     pub claims: Vec<(i64, u32)>,
     /// Sorted by time.
     pub attempts: Vec<Attempt>,
+    /// Cart checkouts, sorted by time, after the spike.
+    pub checkouts: Vec<CartCheckout>,
 }
 
 /// Cumulative Zipf(s) over `n` ranks, normalized, for sampling by search.
@@ -110,6 +122,7 @@ impl Plan {
         let mut attempts = Vec::with_capacity((s.users * s.wish_list) as usize);
         let mut browses = Vec::new();
         let mut claims = Vec::new();
+        let mut checkouts = Vec::new();
         // The claim rush: a one-second burst half way to the opening.
         let claims_open_us = -((s.opens_in_s * 1e6) as i64) / 2 - 1_000_000;
         let mut wish = Vec::with_capacity(s.wish_list as usize);
@@ -137,6 +150,33 @@ impl Plan {
             }
             if s.coupon_claim_share > 0.0 && unit(&mut rng) < s.coupon_claim_share {
                 claims.push((claims_open_us + (unit(&mut rng) * 1e6) as i64, user));
+            }
+            if s.checkout_share > 0.0 && unit(&mut rng) < s.checkout_share {
+                let mut ranks: Vec<u32> = Vec::new();
+                let mut tries = 0;
+                while ranks.len() < crate::scenario::CHECKOUT_LINES as usize {
+                    let rank = if tries < 1_000 {
+                        sample_rank(&cdf, &mut rng)
+                    } else {
+                        (tries % s.items as usize) as u32
+                    };
+                    tries += 1;
+                    if !wish.contains(&rank) && !ranks.contains(&rank) {
+                        ranks.push(rank);
+                    }
+                }
+                let at_us = spike_us + (unit(&mut rng) * tail_us.max(1e6)) as i64;
+                let payment = if unit(&mut rng) < s.cod_share {
+                    PaymentMethod::Cod
+                } else {
+                    PaymentMethod::Online
+                };
+                checkouts.push(CartCheckout {
+                    at_us,
+                    user,
+                    ranks,
+                    payment,
+                });
             }
             for &rank in &wish {
                 let at_us = if unit(&mut rng) < s.spike_share || tail_us <= 0.0 {
@@ -176,12 +216,14 @@ impl Plan {
         attempts.sort_by_key(|a| (a.at_us, a.user, a.rank));
         browses.sort_by_key(|b| (b.at_us, b.user));
         claims.sort_unstable();
+        checkouts.sort_by_key(|c| (c.at_us, c.user));
         Plan {
             scenario: s.clone(),
             items,
             browses,
             claims,
             attempts,
+            checkouts,
         }
     }
 }

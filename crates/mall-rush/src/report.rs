@@ -44,8 +44,8 @@ pub fn html(summary: &Summary, audit: &AuditReport) -> String {
     };
     let _ = write!(
         page,
-        "{verdict}: {} orders, {} items and {} coupon claims checked.</p>",
-        audit.orders_checked, audit.items_checked, audit.claims_checked
+        "{verdict}: {} orders, {} items, {} coupon claims and {} checkouts checked.</p>",
+        audit.orders_checked, audit.items_checked, audit.claims_checked, audit.checkouts_checked
     );
     if !audit.passed() {
         page.push_str("<ul class=\"bad\">");

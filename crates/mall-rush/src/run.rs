@@ -34,6 +34,8 @@ pub enum Kind {
     LatePay,
     /// A claim of the night's coupon (the claim rush before the sale).
     Claim,
+    /// A cart checkout (all or nothing).
+    Checkout,
 }
 
 /// What one request met.
@@ -110,6 +112,10 @@ enum Job {
     },
     Claim {
         user: u32,
+    },
+    /// The plan's checkout `index`.
+    Checkout {
+        index: u32,
     },
 }
 
@@ -573,18 +579,32 @@ async fn dispatch(shared: Arc<Shared>) {
         .collect();
     early.sort_by_key(|(at_us, _)| *at_us);
     let mut browses = early.into_iter().peekable();
-    let mut attempts = plan.attempts.iter().enumerate().peekable();
+    // From the opening: snap-ups, and cart checkouts (over HTTP: the
+    // checkout is the HTTP layer's), in time order.
+    let over_http = matches!(shared.backend, Backend::Http { .. });
+    let mut later: Vec<(i64, Job)> = plan
+        .attempts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.at_us, Job::SnapUp { index: i as u32 }))
+        .chain(
+            plan.checkouts
+                .iter()
+                .enumerate()
+                .filter(|_| over_http)
+                .map(|(i, c)| (c.at_us, Job::Checkout { index: i as u32 })),
+        )
+        .collect();
+    later.sort_by_key(|(at_us, _)| *at_us);
+    let mut attempts = later.into_iter().peekable();
     let mut scheduled = 0u64;
     loop {
         let next_browse = browses.peek().map(|(at_us, _)| *at_us);
-        let next_attempt = attempts.peek().map(|(_, a)| a.at_us);
+        let next_attempt = attempts.peek().map(|(at_us, _)| *at_us);
         let (at_us, job) = match (next_browse, next_attempt) {
             (None, None) => break,
             (Some(b), a) if a.is_none_or(|a| b <= a) => browses.next().expect("peeked"),
-            _ => {
-                let (i, a) = attempts.next().expect("peeked");
-                (a.at_us, Job::SnapUp { index: i as u32 })
-            }
+            _ => attempts.next().expect("peeked"),
         };
         if scheduled >= max || instant_at(&shared, at_us) >= shared.deadline {
             shared.not_sent.fetch_add(1, Ordering::Relaxed);
@@ -696,6 +716,10 @@ fn job_meta(shared: &Shared, job: &Job) -> (Kind, u32, u32, Option<u32>) {
         ),
         Job::Cancel { rank, user, .. } => (Kind::Cancel, *rank, *user, None),
         Job::Claim { user } => (Kind::Claim, 0, *user, None),
+        Job::Checkout { index } => {
+            let c = &shared.plan.checkouts[*index as usize];
+            (Kind::Checkout, c.ranks[0], c.user, Some(*index))
+        }
     }
 }
 
@@ -879,6 +903,23 @@ async fn send_http(shared: &Shared, conn: &mut Conn, job: &Job) -> Answer {
             Some(format!("{}-k{user}", shared.run_id)),
             None,
         ),
+        Job::Checkout { index } => {
+            let c = &shared.plan.checkouts[*index as usize];
+            let lines: Vec<Value> = c
+                .ranks
+                .iter()
+                .map(|&r| json!({"sku": shared.skus[r as usize].0, "quantity": 1}))
+                .collect();
+            (
+                Method::POST,
+                "/v1/checkouts".to_string(),
+                token(c.user),
+                Some(format!("{}-x{index}", shared.run_id)),
+                Some(
+                    json!({"lines": lines, "payment": c.payment.as_str(), "address": "Singles Road"}),
+                ),
+            )
+        }
     };
     match conn
         .send(
@@ -917,6 +958,8 @@ async fn send_http(shared: &Shared, conn: &mut Conn, job: &Job) -> Answer {
                             if status == StatusCode::ACCEPTED {
                                 // Still with a provider: it may end paid or not.
                                 "pay_pending".to_string()
+                            } else if matches!(job, Job::Checkout { .. }) {
+                                v["state"].as_str().unwrap_or("").to_string()
                             } else {
                                 v["status"].as_str().unwrap_or("").to_string()
                             },
@@ -987,6 +1030,13 @@ async fn send_local(shared: &Shared, engine: &Engine, job: &Job) -> Answer {
             },
         ),
         Job::Claim { user } => return claim_local(shared, engine, *user).await,
+        // Never dispatched in-process (checkouts are the HTTP layer's).
+        Job::Checkout { .. } => {
+            return Answer {
+                code: "not_in_process".into(),
+                order: None,
+            }
+        }
     };
     let submitted = match sku_or_order {
         Ok(sku) => Some(engine.try_submit_for_sku(sku, command)),

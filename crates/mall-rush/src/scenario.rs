@@ -33,6 +33,11 @@ pub struct Scenario {
     /// The coupon's quantity, as a share of shoppers (one each).
     #[serde(default)]
     pub coupon_quantity_share: f64,
+    /// Share of shoppers who also check out a cart of
+    /// [`CHECKOUT_LINES`] items off their wish list, after the spike, all or
+    /// nothing (over HTTP only).
+    #[serde(default)]
+    pub checkout_share: f64,
     /// The sale opens this long after setup; browsing happens before.
     pub opens_in_s: f64,
     /// Share of snap-up attempts in the spike right at the opening.
@@ -86,6 +91,9 @@ impl Scenario {
     }
 }
 
+/// Items in a rehearsal's cart checkout.
+pub const CHECKOUT_LINES: u32 = 3;
+
 pub const DOUBLE11: &str = include_str!("../../../scenarios/double11.toml");
 pub const SMOKE: &str = include_str!("../../../scenarios/smoke.toml");
 
@@ -127,6 +135,9 @@ impl Scenario {
         if self.wish_list == 0 || self.wish_list > self.items.min(100) {
             return bad("wish_list must be 1 to min(items, 100)");
         }
+        if self.checkout_share > 0.0 && self.items < self.wish_list + CHECKOUT_LINES {
+            return bad("cart checkouts need items beyond a wish list");
+        }
         if !(self.zipf_s > 0.0 && self.zipf_s < 10.0) {
             return bad("zipf_s must be in (0, 10)");
         }
@@ -137,6 +148,7 @@ impl Scenario {
             ("browse_share", self.browse_share),
             ("coupon_claim_share", self.coupon_claim_share),
             ("coupon_quantity_share", self.coupon_quantity_share),
+            ("checkout_share", self.checkout_share),
             ("spike_share", self.spike_share),
             ("cod_share", self.cod_share),
             ("cancel_share", self.cancel_share),

@@ -80,6 +80,9 @@ pub struct Summary {
     /// The coupon claim rush (claims answered, whatever the answer), from
     /// intended send to answer; `None` without a claim rush.
     pub claim_latency: Option<Percentiles>,
+    /// Cart checkouts (answered, whatever the answer), from intended send
+    /// to answer; `None` without checkouts.
+    pub checkout_latency: Option<Percentiles>,
     /// Payments answered paid, per second, from the first sent to the last answered.
     pub paid_per_s: f64,
     /// Most payments answered paid in one second.
@@ -98,6 +101,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Cancel => "cancel",
         Kind::LatePay => "late_pay",
         Kind::Claim => "claim",
+        Kind::Checkout => "checkout",
     }
 }
 
@@ -179,6 +183,13 @@ pub fn summarize(outcome: &Outcome, backend: &str) -> Summary {
         .filter(|r| r.kind == Kind::Claim && !is_error(&r.code))
     {
         let _ = claim_latency.record(r.latency_us().max(0) as u64);
+    }
+    let mut checkout_latency = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
+    for r in records
+        .iter()
+        .filter(|r| r.kind == Kind::Checkout && !is_error(&r.code))
+    {
+        let _ = checkout_latency.record(r.latency_us().max(0) as u64);
     }
     let pays: Vec<&Record> = records.iter().filter(|r| r.kind == Kind::Pay).collect();
     let mut pay_latency = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
@@ -293,6 +304,7 @@ pub fn summarize(outcome: &Outcome, backend: &str) -> Summary {
         by_kind,
         snapup_latency: percentiles(&latency),
         claim_latency: (!claim_latency.is_empty()).then(|| percentiles(&claim_latency)),
+        checkout_latency: (!checkout_latency.is_empty()).then(|| percentiles(&checkout_latency)),
         snapups_per_s: snapups.len() as f64 / window_s,
         pay_latency: percentiles(&pay_latency),
         paid_per_s: paid as f64 / paid_window_s,
@@ -327,6 +339,12 @@ pub fn print(summary: &Summary) {
     if let Some(l) = &summary.claim_latency {
         println!(
             "coupon claims from intended send: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            l.p50_ms, l.p99_ms, l.max_ms
+        );
+    }
+    if let Some(l) = &summary.checkout_latency {
+        println!(
+            "cart checkouts from intended send: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
             l.p50_ms, l.p99_ms, l.max_ms
         );
     }

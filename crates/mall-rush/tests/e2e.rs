@@ -135,6 +135,20 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
         claims.codes
     );
     assert!(summary.claim_latency.is_some(), "claim latency measured");
+    // Cart checkouts ran: each acknowledged one was read back whole.
+    let checkouts = &summary.by_kind["checkout"];
+    assert_eq!(
+        checkouts.sent,
+        Plan::new(&scenario).checkouts.len() as u64,
+        "every planned checkout was sent"
+    );
+    let made = checkouts.codes.get("created").copied().unwrap_or(0);
+    assert!(made > 0, "{:?}", checkouts.codes);
+    assert_eq!(report.checkouts_checked, made);
+    assert!(
+        summary.checkout_latency.is_some(),
+        "checkout latency measured"
+    );
     let html = mall_rush::report::html(&summary, &report);
     assert!(
         html.contains("<svg")
@@ -182,6 +196,8 @@ struct Fake {
     orders: HashMap<u64, (u64, u64, String)>,
     /// Claims made of the coupon.
     claims: u64,
+    /// Checkouts acknowledged: id -> user (it keeps two lines of three).
+    checkouts: HashMap<u64, u64>,
 }
 
 type Shared = Arc<(Broken, Mutex<Fake>)>;
@@ -269,6 +285,23 @@ fn fake_app(mode: Broken) -> Router {
             Json(json!({"claimed": s.1.lock().unwrap().claims}))
         }))
         .route("/v1/claims", get(|| async { Json(json!({"claims": []})) }))
+        // It acknowledges every checkout, and holds two of its three lines.
+        .route("/v1/checkouts", post(|State(s): State<Shared>, headers: HeaderMap| async move {
+            let mut f = s.1.lock().unwrap();
+            f.next += 1;
+            let id = f.next;
+            f.checkouts.insert(id, user_of(&headers));
+            (StatusCode::CREATED, Json(json!({"id": id, "state": "reserved"})))
+        }))
+        .route("/v1/checkouts", get(|State(s): State<Shared>, axum::extract::Query(q): axum::extract::Query<HashMap<String, u64>>| async move {
+            let f = s.1.lock().unwrap();
+            let user = q.get("user_id").copied().unwrap_or(0);
+            let line = json!({"id": 1, "status": "awaiting_payment"});
+            let checkouts: Vec<Value> = f.checkouts.iter().filter(|(_, u)| **u == user)
+                .map(|(id, _)| json!({"id": id, "state": "reserved", "children": [{"orders": [line, line]}]}))
+                .collect();
+            Json(json!({"checkouts": checkouts}))
+        }))
         .route("/v1/orders/{id}/cancel", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
         .route("/v1/orders/{id}/payments", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
         .with_state(shared)
@@ -300,6 +333,12 @@ async fn audit_catches_an_overselling_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_catches_a_server_that_forgets_acknowledged_orders() {
     let violations = audit_of(Broken::Forgets).await;
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.starts_with("checkout ") && v.contains("with 2 of 3 lines")),
+        "a checkout acknowledged but half held: {violations:?}"
+    );
     assert!(
         violations
             .iter()
