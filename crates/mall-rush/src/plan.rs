@@ -154,12 +154,16 @@ impl Plan {
             if s.checkout_share > 0.0 && unit(&mut rng) < s.checkout_share {
                 let mut ranks: Vec<u32> = Vec::new();
                 let mut tries = 0;
+                // From the long tail (the less popular half), where stock
+                // is left after the spike.
+                let tail_from = s.items / 2;
                 while ranks.len() < crate::scenario::CHECKOUT_LINES as usize {
                     let rank = if tries < 1_000 {
-                        sample_rank(&cdf, &mut rng)
+                        tail_from + (unit(&mut rng) * f64::from(s.items - tail_from)) as u32
                     } else {
                         (tries % s.items as usize) as u32
                     };
+                    let rank = rank.min(s.items - 1);
                     tries += 1;
                     if !wish.contains(&rank) && !ranks.contains(&rank) {
                         ranks.push(rank);
