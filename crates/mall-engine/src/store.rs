@@ -230,6 +230,10 @@ pub struct PromotionRow {
     pub spec: String,
     pub starts_at: Timestamp,
     pub ends_at: Timestamp,
+    /// Limited: at most this many checkouts use it (`None`: no limit).
+    pub quantity: Option<u64>,
+    /// Checkouts holding one of its units (reserved, or being decided).
+    pub used: u64,
 }
 
 /// Where a checkout stands. `Open`: its holds are being made (nothing
@@ -286,15 +290,22 @@ pub struct CheckoutRow {
 /// A step of a checkout for [`AccountStore::apply_checkouts`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckoutOp {
-    /// Record a new checkout (see [`AccountStore::begin_checkout`]).
-    Begin(CheckoutRow),
-    /// Move one (see [`AccountStore::move_checkout`]).
+    /// Record a new checkout (see [`AccountStore::begin_checkout`]),
+    /// taking one unit of each limited promotion in `promotions` first:
+    /// all of them, or (one used up) none and no checkout.
+    Begin {
+        row: CheckoutRow,
+        promotions: Vec<u64>,
+    },
+    /// Move one (see [`AccountStore::move_checkout`]); if it moved, one
+    /// unit of each promotion in `give_back` is given back.
     Move {
         id: u64,
         from: CheckoutState,
         to: CheckoutState,
         outcome: String,
         now: Timestamp,
+        give_back: Vec<u64>,
     },
 }
 
@@ -305,6 +316,8 @@ pub enum CheckoutDone {
     Begun(Result<u64, CheckoutRow>),
     /// Whether it was in `from` (and so moved).
     Moved(bool),
+    /// Nothing was written: this limited promotion is used up (or gone).
+    PromotionGone(u64),
 }
 
 /// A new account for [`AccountStore::create_users`].
@@ -413,10 +426,11 @@ pub trait AccountStore: Send + Sync {
     /// `row.state` are ignored). If the shopper has one under the same key
     /// already, nothing is written and that one is given back.
     fn begin_checkout(&self, row: &CheckoutRow) -> Result<Result<u64, CheckoutRow>, StoreError> {
-        match self
-            .apply_checkouts(&[CheckoutOp::Begin(row.clone())])?
-            .pop()
-        {
+        let begin = CheckoutOp::Begin {
+            row: row.clone(),
+            promotions: Vec::new(),
+        };
+        match self.apply_checkouts(&[begin])?.pop() {
             Some(CheckoutDone::Begun(begun)) => Ok(begun),
             other => Err(StoreError::Backend(format!("a begin answered {other:?}"))),
         }
@@ -437,6 +451,7 @@ pub trait AccountStore: Send + Sync {
             to,
             outcome: outcome.to_string(),
             now,
+            give_back: Vec::new(),
         };
         match self.apply_checkouts(&[step])?.pop() {
             Some(CheckoutDone::Moved(moved)) => Ok(moved),

@@ -961,6 +961,8 @@ fn promotions(h: &Harness) {
         spec: spec.into(),
         starts_at: T0,
         ends_at: T0.plus_ms(ends),
+        quantity: None,
+        used: 0,
     };
     let (first, second) = {
         let store = h.open(1);
@@ -1147,11 +1149,13 @@ fn checkouts(h: &Harness) {
         to,
         outcome: "{}".into(),
         now: T0.plus_ms(at),
+        give_back: Vec::new(),
     };
+    let begin = |row: CheckoutRow, promotions: Vec<u64>| CheckoutOp::Begin { row, promotions };
     let done = accounts
         .apply_checkouts(&[
-            CheckoutOp::Begin(row(5, Some("same"), 60)),
-            CheckoutOp::Begin(row(5, Some("same"), 61)),
+            begin(row(5, Some("same"), 60), vec![]),
+            begin(row(5, Some("same"), 61), vec![]),
             step(CheckoutState::Reserved, 62),
             step(CheckoutState::Released, 63),
         ])
@@ -1168,6 +1172,63 @@ fn checkouts(h: &Harness) {
         accounts.checkout(c).unwrap().unwrap().state,
         CheckoutState::Reserved
     );
+    // A limited promotion of 1: the first begin takes its unit; the next
+    // is refused whole (nothing written, an unlimited one given back); a
+    // replay takes nothing; a release gives the unit back.
+    let limited = accounts
+        .create_promotion(&mall_engine::PromotionRow {
+            id: 0,
+            merchant: None,
+            spec: "{}".into(),
+            starts_at: T0,
+            ends_at: T0.plus_ms(1_000_000),
+            quantity: Some(1),
+            used: 0,
+        })
+        .unwrap();
+    let used = |accounts: &dyn mall_engine::AccountStore| {
+        accounts
+            .promotions(T0)
+            .unwrap()
+            .iter()
+            .find(|p| p.id == limited)
+            .map(|p| (p.quantity, p.used))
+    };
+    assert_eq!(used(&*accounts), Some((Some(1), 0)));
+    let done = accounts
+        .apply_checkouts(&[
+            begin(row(6, Some("p1"), 70), vec![limited]),
+            begin(row(7, Some("p2"), 71), vec![limited]),
+            begin(row(6, Some("p1"), 72), vec![limited]),
+        ])
+        .unwrap();
+    let CheckoutDone::Begun(Ok(holder)) = done[0] else {
+        panic!("{done:?}")
+    };
+    assert_eq!(done[1], CheckoutDone::PromotionGone(limited));
+    assert!(matches!(&done[2], CheckoutDone::Begun(Err(r)) if r.id == holder));
+    assert!(accounts.checkout_by_key(UserId(7), "p2").unwrap().is_none());
+    assert_eq!(used(&*accounts), Some((Some(1), 1)));
+    let release = |from: CheckoutState, to: CheckoutState| CheckoutOp::Move {
+        id: holder,
+        from,
+        to,
+        outcome: "{}".into(),
+        now: T0.plus_ms(80),
+        give_back: vec![limited],
+    };
+    let done = accounts
+        .apply_checkouts(&[
+            release(CheckoutState::Open, CheckoutState::Released),
+            // Moved already: gives nothing back twice.
+            release(CheckoutState::Open, CheckoutState::Released),
+        ])
+        .unwrap();
+    assert_eq!(
+        done,
+        vec![CheckoutDone::Moved(true), CheckoutDone::Moved(false)]
+    );
+    assert_eq!(used(&*accounts), Some((Some(1), 0)));
 }
 
 /// `mall check` recounts every coupon from its claims: clean as the engine

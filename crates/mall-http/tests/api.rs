@@ -2059,3 +2059,109 @@ async fn recovery_releases_an_abandoned_checkout() {
         r.body
     );
 }
+
+/// A limited-quantity promotion: each checkout it applies to takes a unit
+/// with its record; a checkout refused for another reason gives it back;
+/// used up, it no longer applies (a client expecting it is told
+/// `price_changed`, nothing held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_promotion_is_taken_by_checkouts_and_given_back() {
+    let api = Api::new();
+    let (_, a) = item_of(&api, "Lim", 10_000, 50, None).await;
+    let (_, gone) = item_of(&api, "Gone", 5_000, 1, None).await;
+    let r = api
+        .post(
+            "/v1/promotions",
+            Some(ADMIN),
+            json!({"rule": {"kind": "amount_off", "off_fen": 1_000, "min_spend_fen": 0},
+            "skus": [a], "quantity": 2, "starts_at_ms": T0, "ends_at_ms": T0 + 3_600_000}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        (&r.body["quantity"], &r.body["remaining"]),
+        (&json!(2), &json!(2))
+    );
+    let promo = r.body["id"].as_u64().unwrap();
+    let remaining = || async {
+        let r = api.get("/v1/promotions", None).await;
+        r.body["promotions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == promo)
+            .unwrap()["remaining"]
+            .as_u64()
+            .unwrap()
+    };
+    let bad = |q: i64| {
+        json!({"rule": {"kind": "amount_off", "off_fen": 1, "min_spend_fen": 0},
+        "quantity": q, "starts_at_ms": T0, "ends_at_ms": T0 + 1})
+    };
+    assert_eq!(
+        api.post("/v1/promotions", Some(ADMIN), bad(0)).await.code(),
+        "invalid_request"
+    );
+    assert_eq!(
+        api.post("/v1/promotions", Some(ADMIN), bad(10_000_001))
+            .await
+            .code(),
+        "invalid_request"
+    );
+    let s = api.shoppers(4, "lim").await;
+    let checkout = |token: &str, lines: Value, expected: i64| {
+        let (api, token) = (&api, token.to_string());
+        async move {
+            api.post(
+                "/v1/checkouts",
+                Some(&token),
+                json!({"lines": lines, "payment": "cod",
+                "address": "11 Bund", "expected_total_fen": expected}),
+            )
+            .await
+        }
+    };
+    let one = json!([{"sku": a, "quantity": 1}]);
+    let r = checkout(&s[0], one.clone(), 9_000).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(remaining().await, 1);
+    // Its other line is sold out (after the first unit goes): refused
+    // whole, and the unit comes back.
+    let r = checkout(&s[1], json!([{"sku": gone, "quantity": 1}]), 5_000).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = checkout(
+        &s[2],
+        json!([{"sku": a, "quantity": 1}, {"sku": gone, "quantity": 1}]),
+        14_000,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "sold_out"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        remaining().await,
+        1,
+        "the refused checkout gave its unit back"
+    );
+    let r = checkout(&s[2], one.clone(), 9_000).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(remaining().await, 0);
+    // Used up: the price is the full one now.
+    let before = counters(&api, a).await;
+    let r = checkout(&s[3], one.clone(), 9_000).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "price_changed"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["error"]["price"]["total_fen"], 10_000);
+    assert_eq!(counters(&api, a).await, before, "nothing held");
+    let q = api
+        .post("/v1/quotes", Some(&s[3]), json!({"lines": one}))
+        .await;
+    assert_eq!(q.body["total_fen"], 10_000);
+}

@@ -76,9 +76,13 @@ const LIST_OF: &str =
     "SELECT sku, quantity FROM shopper_lists WHERE list = $1 AND user_id = $2 ORDER BY sku";
 const FAVORITE_COUNTS: &str = "SELECT sku, shoppers FROM favorite_counts WHERE shoppers > 0";
 const CREATE_PROMOTION: &str =
-    "INSERT INTO promotions (merchant_id, spec, starts_at_ms, ends_at_ms)
-    VALUES ($1, $2, $3, $4) RETURNING id";
-const PROMOTIONS: &str = "SELECT id, merchant_id, spec, starts_at_ms, ends_at_ms FROM promotions
+    "INSERT INTO promotions (merchant_id, spec, starts_at_ms, ends_at_ms, quantity)
+    VALUES ($1, $2, $3, $4, $5) RETURNING id";
+const TAKE_PROMOTION: &str = "UPDATE promotions SET used = used + 1
+    WHERE id = $1 AND quantity IS NOT NULL AND used < quantity";
+const GIVE_PROMOTION: &str = "UPDATE promotions SET used = used - 1 WHERE id = $1 AND used > 0";
+const PROMOTIONS: &str =
+    "SELECT id, merchant_id, spec, starts_at_ms, ends_at_ms, quantity, used FROM promotions
     WHERE ends_at_ms > $1 ORDER BY id";
 const END_PROMOTION: &str =
     "UPDATE promotions SET ends_at_ms = $2 WHERE id = $1 AND ends_at_ms > $2";
@@ -494,7 +498,13 @@ impl AccountStore for PgAccounts {
         let merchant = row.merchant.map(|m| m.0 as i64);
         let rows = self.query(
             CREATE_PROMOTION,
-            &[&merchant, &row.spec, &row.starts_at.0, &row.ends_at.0],
+            &[
+                &merchant,
+                &row.spec,
+                &row.starts_at.0,
+                &row.ends_at.0,
+                &row.quantity.map(|q| q as i64),
+            ],
         )?;
         let id: i64 = rows
             .first()
@@ -515,6 +525,8 @@ impl AccountStore for PgAccounts {
                 spec: r.try_get(2)?,
                 starts_at: Timestamp(r.try_get(3)?),
                 ends_at: Timestamp(r.try_get(4)?),
+                quantity: r.try_get::<_, Option<i64>>(5)?.map(|q| q as u64),
+                used: r.try_get::<_, i64>(6)? as u64,
             })
         };
         Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
@@ -529,12 +541,42 @@ impl AccountStore for PgAccounts {
             let begin = conn.prepare(BEGIN_CHECKOUT)?;
             let by_key = conn.prepare(CHECKOUT_BY_KEY)?;
             let step = conn.prepare(MOVE_CHECKOUT)?;
+            let take = conn.prepare(TAKE_PROMOTION)?;
+            let give = conn.prepare(GIVE_PROMOTION)?;
             let mut tx = conn.client.transaction()?;
             let mut done = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
-                    CheckoutOp::Begin(row) => {
+                    CheckoutOp::Begin { row, promotions } => {
                         let (user, fingerprint) = (row.user.0 as i64, row.fingerprint as i64);
+                        // A key seen before: that checkout, nothing taken.
+                        if row.key.is_some() {
+                            if let Some(existing) = tx.query_opt(&by_key, &[&user, &row.key])? {
+                                done.push(CheckoutDone::Begun(Err(checkout_from_row(&existing)?)));
+                                continue;
+                            }
+                        }
+                        let mut taken = Vec::with_capacity(promotions.len());
+                        let mut gone = None;
+                        for &p in promotions {
+                            if tx.execute(&take, &[&(p as i64)])? == 1 {
+                                taken.push(p);
+                            } else {
+                                gone = Some(p);
+                                break;
+                            }
+                        }
+                        let give_back = |tx: &mut postgres::Transaction<'_>| -> Result<(), Error> {
+                            for &t in &taken {
+                                tx.execute(&give, &[&(t as i64)])?;
+                            }
+                            Ok(())
+                        };
+                        if let Some(p) = gone {
+                            give_back(&mut tx)?;
+                            done.push(CheckoutDone::PromotionGone(p));
+                            continue;
+                        }
                         let made = tx.query_opt(
                             &begin,
                             &[
@@ -549,6 +591,8 @@ impl AccountStore for PgAccounts {
                         done.push(CheckoutDone::Begun(match made {
                             Some(made) => Ok(made.try_get::<_, i64>(0)? as u64),
                             None => {
+                                // The key was taken: that checkout, nothing taken.
+                                give_back(&mut tx)?;
                                 let existing = tx
                                     .query_opt(&by_key, &[&user, &row.key])?
                                     .ok_or_else(|| {
@@ -564,11 +608,17 @@ impl AccountStore for PgAccounts {
                         to,
                         outcome,
                         now,
+                        give_back,
                     } => {
                         let n = tx.execute(
                             &step,
                             &[&(*id as i64), &from.as_str(), &to.as_str(), outcome, &now.0],
                         )?;
+                        if n == 1 {
+                            for &p in give_back {
+                                tx.execute(&give, &[&(p as i64)])?;
+                            }
+                        }
                         done.push(CheckoutDone::Moved(n == 1));
                     }
                 }

@@ -12,7 +12,7 @@ use mall_engine::StoreError;
 
 /// `MIGRATIONS[i]` takes a server from version `i` to `i + 1`. Append only:
 /// a released migration is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// Serializes migrations (and store creation) across nodes starting at
 /// once: `pg_advisory_xact_lock` on this key, released at commit.
@@ -228,6 +228,12 @@ CREATE UNIQUE INDEX checkouts_by_key ON checkouts (user_id, idempotency_key)
 CREATE INDEX checkouts_by_user ON checkouts (user_id, id);
 CREATE INDEX checkouts_unfinished ON checkouts (updated_at_ms)
     WHERE state IN ('open', 'releasing');
+";
+
+/// Limited-quantity promotions.
+const V9: &str = "
+ALTER TABLE promotions ADD COLUMN quantity BIGINT;
+ALTER TABLE promotions ADD COLUMN used BIGINT NOT NULL DEFAULT 0;
 ";
 
 /// Coupons and their claims, by shard (on the shard's server, like items

@@ -90,6 +90,12 @@ CREATE INDEX checkouts_unfinished ON checkouts (updated_at_ms)
     WHERE state IN ('open', 'releasing');
 ";
 
+/// Version 5: limited-quantity promotions.
+const LIMITED: &str = "
+ALTER TABLE promotions ADD COLUMN quantity INTEGER;
+ALTER TABLE promotions ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
+";
+
 const CHECKOUT_COLUMNS: &str = "id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms";
 
 fn checkout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckoutRow> {
@@ -139,7 +145,11 @@ fn sql<T>(body: impl FnOnce() -> Result<T, Error>) -> Result<T, StoreError> {
 impl Accounts {
     pub fn open(path: &Path) -> Result<Accounts, Error> {
         let conn = open_connection(path, Sync::Full)?;
-        migrate(&conn, path, &[SCHEMA, LISTS, PROMOTIONS, CHECKOUTS])?;
+        migrate(
+            &conn,
+            path,
+            &[SCHEMA, LISTS, PROMOTIONS, CHECKOUTS, LIMITED],
+        )?;
         Ok(Accounts {
             conn: Mutex::new(conn),
         })
@@ -522,8 +532,8 @@ impl AccountStore for Accounts {
         sql(|| {
             let conn = self.conn();
             conn.execute(
-                "INSERT INTO promotions (merchant_id, spec, starts_at_ms, ends_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![row.merchant.map(|m| m.0 as i64), row.spec, row.starts_at.0, row.ends_at.0],
+                "INSERT INTO promotions (merchant_id, spec, starts_at_ms, ends_at_ms, quantity) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.merchant.map(|m| m.0 as i64), row.spec, row.starts_at.0, row.ends_at.0, row.quantity.map(|q| q as i64)],
             )?;
             Ok(conn.last_insert_rowid() as u64)
         })
@@ -533,7 +543,7 @@ impl AccountStore for Accounts {
         sql(|| {
             let conn = self.conn();
             let mut stmt = conn.prepare_cached(
-                "SELECT id, merchant_id, spec, starts_at_ms, ends_at_ms FROM promotions WHERE ends_at_ms > ?1 ORDER BY id",
+                "SELECT id, merchant_id, spec, starts_at_ms, ends_at_ms, quantity, used FROM promotions WHERE ends_at_ms > ?1 ORDER BY id",
             )?;
             let rows = stmt.query_map([now.0], |r| {
                 Ok(PromotionRow {
@@ -542,6 +552,8 @@ impl AccountStore for Accounts {
                     spec: r.get(2)?,
                     starts_at: Timestamp(r.get(3)?),
                     ends_at: Timestamp(r.get(4)?),
+                    quantity: r.get::<_, Option<i64>>(5)?.map(|q| q as u64),
+                    used: r.get::<_, i64>(6)? as u64,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -574,25 +586,51 @@ impl AccountStore for Accounts {
                 let mut step = tx.prepare_cached(
                     "UPDATE checkouts SET state = ?3, outcome = ?4, updated_at_ms = ?5 WHERE id = ?1 AND state = ?2",
                 )?;
+                let mut take = tx.prepare_cached(
+                    "UPDATE promotions SET used = used + 1 WHERE id = ?1 AND quantity IS NOT NULL AND used < quantity",
+                )?;
+                let mut give = tx.prepare_cached(
+                    "UPDATE promotions SET used = used - 1 WHERE id = ?1 AND used > 0",
+                )?;
                 for op in ops {
                     match op {
-                        CheckoutOp::Begin(row) => {
-                            let inserted = begin.execute(params![
+                        CheckoutOp::Begin { row, promotions } => {
+                            // A key seen before: that checkout, nothing taken.
+                            if row.key.is_some() {
+                                let existing = by_key
+                                    .query_row(params![row.user.0 as i64, row.key], checkout_row)
+                                    .optional()?;
+                                if let Some(existing) = existing {
+                                    done.push(CheckoutDone::Begun(Err(existing)));
+                                    continue;
+                                }
+                            }
+                            let mut taken = Vec::with_capacity(promotions.len());
+                            let mut gone = None;
+                            for &p in promotions {
+                                if take.execute([p as i64])? == 1 {
+                                    taken.push(p);
+                                } else {
+                                    gone = Some(p);
+                                    break;
+                                }
+                            }
+                            if let Some(p) = gone {
+                                for &t in &taken {
+                                    give.execute([t as i64])?;
+                                }
+                                done.push(CheckoutDone::PromotionGone(p));
+                                continue;
+                            }
+                            begin.execute(params![
                                 row.user.0 as i64,
                                 row.key,
                                 row.fingerprint as i64,
                                 row.plan,
                                 row.outcome,
                                 row.created_at.0
-                            ]);
-                            done.push(CheckoutDone::Begun(match inserted {
-                                Ok(_) => Ok(tx.last_insert_rowid() as u64),
-                                Err(e) if is_unique_violation(&e) => Err(by_key.query_row(
-                                    params![row.user.0 as i64, row.key],
-                                    checkout_row,
-                                )?),
-                                Err(e) => return Err(e.into()),
-                            }));
+                            ])?;
+                            done.push(CheckoutDone::Begun(Ok(tx.last_insert_rowid() as u64)));
                         }
                         CheckoutOp::Move {
                             id,
@@ -600,6 +638,7 @@ impl AccountStore for Accounts {
                             to,
                             outcome,
                             now,
+                            give_back,
                         } => {
                             let n = step.execute(params![
                                 *id as i64,
@@ -608,6 +647,11 @@ impl AccountStore for Accounts {
                                 outcome,
                                 now.0
                             ])?;
+                            if n == 1 {
+                                for &p in give_back {
+                                    give.execute([p as i64])?;
+                                }
+                            }
                             done.push(CheckoutDone::Moved(n == 1));
                         }
                     }

@@ -166,6 +166,9 @@ struct Plan {
     address: String,
     from_cart: bool,
     price: Priced,
+    /// The limited promotions it takes a unit of.
+    #[serde(default)]
+    limited: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -436,23 +439,36 @@ fn outcome_json(o: &Outcome) -> String {
     serde_json::to_string(o).expect("an outcome serializes")
 }
 
-/// Moves a checkout in the store (compare-and-set), through the writer.
+/// Moves a checkout in the store (compare-and-set), through the writer;
+/// once `Released`, its limited promotions' units are given back.
 async fn move_to(
     state: &AppState,
     id: u64,
     from: CheckoutState,
     to: CheckoutState,
     outcome: &Outcome,
+    plan: &Plan,
 ) -> ApiResult<bool> {
+    let give_back = if to == CheckoutState::Released {
+        plan.limited.clone()
+    } else {
+        Vec::new()
+    };
     let step = CheckoutOp::Move {
         id,
         from,
         to,
         outcome: outcome_json(outcome),
         now: state.now(),
+        give_back: give_back.clone(),
     };
     match state.checkouts.apply(step).await? {
-        CheckoutDone::Moved(moved) => Ok(moved),
+        CheckoutDone::Moved(moved) => {
+            if moved && !give_back.is_empty() {
+                state.promotions.note_used(&give_back, false);
+            }
+            Ok(moved)
+        }
         other => Err(ApiError::internal(
             "checkout",
             format!("a move answered {other:?}"),
@@ -476,6 +492,7 @@ async fn release(
             CheckoutState::Open,
             CheckoutState::Releasing,
             outcome,
+            plan,
         )
         .await?
     {
@@ -489,6 +506,7 @@ async fn release(
         CheckoutState::Releasing,
         CheckoutState::Released,
         outcome,
+        plan,
     )
     .await?;
     Ok(())
@@ -516,6 +534,7 @@ async fn recover_one(state: &AppState, row: CheckoutRow) -> ApiResult<()> {
             CheckoutState::Open,
             CheckoutState::Releasing,
             &outcome,
+            &plan,
         )
         .await?
     {
@@ -537,6 +556,7 @@ async fn recover_one(state: &AppState, row: CheckoutRow) -> ApiResult<()> {
         CheckoutState::Releasing,
         CheckoutState::Released,
         &outcome,
+        &plan,
     )
     .await?;
     tracing::warn!(
@@ -790,6 +810,14 @@ pub async fn create(
             return Err(e);
         }
     }
+    // The limited promotions that took something off: a unit of each is
+    // taken with the checkout's record, or the checkout is refused.
+    let limited = state
+        .promotions
+        .limited(priced.offers_used().filter_map(|s| match s {
+            mall_pricing::Source::Promotion(id) => Some(id),
+            _ => None,
+        }));
     let plan = Plan {
         lines: lines
             .iter()
@@ -819,6 +847,7 @@ pub async fn create(
         address: body.address.clone(),
         from_cart,
         price: priced,
+        limited,
     };
     let mut row = CheckoutRow {
         id: 0,
@@ -831,12 +860,21 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    let begun = match state
-        .checkouts
-        .apply(CheckoutOp::Begin(row.clone()))
-        .await?
-    {
+    let begin = CheckoutOp::Begin {
+        row: row.clone(),
+        promotions: plan.limited.clone(),
+    };
+    let begun = match state.checkouts.apply(begin).await? {
         CheckoutDone::Begun(begun) => begun,
+        CheckoutDone::PromotionGone(id) => {
+            // Someone took its last unit since the price was made: nothing
+            // is written or held.
+            state.promotions.used_up(id);
+            return Err(ApiError::conflict(
+                "promotion_sold_out",
+                format!("promotion {id} is used up; quote again and check out at the new price"),
+            ));
+        }
         other => {
             return Err(ApiError::internal(
                 "checkout",
@@ -845,7 +883,10 @@ pub async fn create(
         }
     };
     row.id = match begun {
-        Ok(id) => id,
+        Ok(id) => {
+            state.promotions.note_used(&plan.limited, true);
+            id
+        }
         // The same key, raced: answer as that one does.
         Err(existing) if existing.fingerprint == fingerprint => {
             return replay(&state, &existing).await
@@ -864,6 +905,7 @@ pub async fn create(
                 CheckoutState::Open,
                 CheckoutState::Reserved,
                 &outcome,
+                &plan,
             )
             .await?
             {

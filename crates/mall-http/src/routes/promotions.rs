@@ -45,11 +45,17 @@ pub(crate) struct Spec {
     pub(crate) group: Option<u32>,
 }
 
+/// A limited promotion's quantity, at most.
+pub const PROMOTION_QUANTITY_MAX: i64 = 10_000_000;
+
 /// A promotion in memory.
 #[derive(Clone, Debug)]
 pub struct Promotion {
     pub row: PromotionRow,
     pub offer: Offer,
+    /// Units of a limited promotion taken, as this node knows (the store
+    /// decides; reloaded from it).
+    pub used: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Promotion {
@@ -65,11 +71,18 @@ impl Promotion {
             max_off_fen: spec.max_off_fen,
             group: spec.group,
         };
-        Ok(Promotion { row, offer })
+        let used = Arc::new(std::sync::atomic::AtomicU64::new(row.used));
+        Ok(Promotion { row, offer, used })
     }
 
     fn runs_at(&self, now: Timestamp) -> bool {
         self.row.starts_at <= now && now < self.row.ends_at
+    }
+
+    /// Units left of a limited promotion (`None`: no limit).
+    pub fn remaining(&self) -> Option<u64> {
+        let used = self.used.load(std::sync::atomic::Ordering::Relaxed);
+        self.row.quantity.map(|q| q.saturating_sub(used))
     }
 }
 
@@ -83,13 +96,49 @@ impl Promotions {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The offers running at `now`.
+    /// The offers running at `now` (a limited one used up is not).
     pub fn offers_at(&self, now: Timestamp) -> Vec<Offer> {
         self.all()
             .iter()
-            .filter(|p| p.runs_at(now))
+            .filter(|p| p.runs_at(now) && p.remaining() != Some(0))
             .map(|p| p.offer.clone())
             .collect()
+    }
+
+    /// Of these promotion ids, the limited ones.
+    pub fn limited(&self, ids: impl Iterator<Item = u64>) -> Vec<u64> {
+        let all = self.all();
+        ids.filter(|id| {
+            all.iter()
+                .any(|p| p.row.id == *id && p.row.quantity.is_some())
+        })
+        .collect()
+    }
+
+    /// Notes that a limited promotion is used up (the store said so).
+    pub fn used_up(&self, id: u64) {
+        let all = self.all();
+        for p in all.iter().filter(|p| p.row.id == id) {
+            if let Some(q) = p.row.quantity {
+                p.used.fetch_max(q, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Notes units of limited promotions taken (`+1` each) or given back.
+    pub fn note_used(&self, ids: &[u64], taken: bool) {
+        let all = self.all();
+        for p in all.iter().filter(|p| ids.contains(&p.row.id)) {
+            if taken {
+                p.used.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                let _ = p.used.fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |u| Some(u.saturating_sub(1)),
+                );
+            }
+        }
     }
 
     fn set(&self, rows: Vec<PromotionRow>) -> Result<(), StoreError> {
@@ -154,6 +203,10 @@ pub struct CreatePromotion {
     pub group: Option<u32>,
     pub starts_at_ms: i64,
     pub ends_at_ms: i64,
+    /// Limited: at most this many checkouts use it (1 to 10,000,000; each
+    /// checkout it applies to takes one, and a released checkout gives it
+    /// back). Absent: no limit.
+    pub quantity: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -171,6 +224,11 @@ pub struct PromotionView {
     pub ends_at_ms: i64,
     /// Running now.
     pub running: bool,
+    /// Limited: its quantity, and what is left of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
 }
 
 impl PromotionView {
@@ -186,6 +244,8 @@ impl PromotionView {
             starts_at_ms: p.row.starts_at.0,
             ends_at_ms: p.row.ends_at.0,
             running: p.runs_at(now),
+            quantity: p.row.quantity,
+            remaining: p.remaining(),
         }
     }
 }
@@ -308,6 +368,12 @@ pub async fn create(
             "starts_at_ms must be before ends_at_ms (and not negative)",
         ));
     }
+    if body
+        .quantity
+        .is_some_and(|q| !(1..=PROMOTION_QUANTITY_MAX).contains(&q))
+    {
+        return Err(ApiError::invalid("quantity must be 1 to 10,000,000"));
+    }
     let spec = offer_spec(
         &state,
         merchant,
@@ -323,6 +389,8 @@ pub async fn create(
         spec,
         starts_at: Timestamp(body.starts_at_ms),
         ends_at: Timestamp(body.ends_at_ms),
+        quantity: body.quantity.map(|q| q as u64),
+        used: 0,
     };
     let key = idempotency::key_from(&headers)?;
     let fingerprint = mall_core::fingerprint(&[
@@ -331,6 +399,7 @@ pub async fn create(
         row.spec.as_bytes(),
         &row.starts_at.0.to_le_bytes(),
         &row.ends_at.0.to_le_bytes(),
+        &row.quantity.unwrap_or(0).to_le_bytes(),
     ]);
     Ok(idempotency::run(
         &state,
