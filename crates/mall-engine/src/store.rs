@@ -285,6 +285,9 @@ pub struct CheckoutRow {
     pub outcome: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// It uses coupons that come back if every line ends unpaid, and that
+    /// is not settled yet.
+    pub coupons_pending: bool,
 }
 
 /// A step of a checkout for [`AccountStore::apply_checkouts`].
@@ -307,6 +310,9 @@ pub enum CheckoutOp {
         now: Timestamp,
         give_back: Vec<u64>,
     },
+    /// Its coupons are settled (kept, or given back): `coupons_pending`
+    /// goes to false, once (`Moved(false)` if it was already).
+    SettleCoupons { id: u64 },
 }
 
 /// What a [`CheckoutOp`] did.
@@ -463,6 +469,13 @@ pub trait AccountStore: Send + Sync {
     fn checkout_by_key(&self, user: UserId, key: &str) -> Result<Option<CheckoutRow>, StoreError>;
     /// A shopper's checkouts, newest first, at most `limit`.
     fn checkouts_of(&self, user: UserId, limit: usize) -> Result<Vec<CheckoutRow>, StoreError>;
+    /// Checkouts `Reserved` with coupons pending, last changed before
+    /// `before`, oldest first, at most `limit`.
+    fn checkouts_with_coupons(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CheckoutRow>, StoreError>;
     /// Checkouts `Open` or `Releasing` last changed before `before`, oldest
     /// first, at most `limit`: what a crash or a lost request left.
     fn unfinished_checkouts(

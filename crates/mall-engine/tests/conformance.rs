@@ -1022,6 +1022,7 @@ fn checkouts(h: &Harness) {
         outcome: "{}".into(),
         created_at: T0.plus_ms(at),
         updated_at: T0.plus_ms(at),
+        coupons_pending: user == 1,
     };
     let (a, b, c) = {
         let store = h.open(1);
@@ -1172,6 +1173,28 @@ fn checkouts(h: &Harness) {
         accounts.checkout(c).unwrap().unwrap().state,
         CheckoutState::Reserved
     );
+    // Reserved with coupons pending (user 1's): found until settled, once.
+    let pending = |accounts: &dyn mall_engine::AccountStore| -> Vec<u64> {
+        accounts
+            .checkouts_with_coupons(T0.plus_ms(1_000_000), 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(pending(&*accounts), vec![a, c]);
+    let settle = accounts
+        .apply_checkouts(&[
+            CheckoutOp::SettleCoupons { id: a },
+            CheckoutOp::SettleCoupons { id: a },
+        ])
+        .unwrap();
+    assert_eq!(
+        settle,
+        vec![CheckoutDone::Moved(true), CheckoutDone::Moved(false)]
+    );
+    assert_eq!(pending(&*accounts), vec![c]);
+    assert!(!accounts.checkout(a).unwrap().unwrap().coupons_pending);
     // A limited promotion of 1: the first begin takes its unit; the next
     // is refused whole (nothing written, an unlimited one given back); a
     // replay takes nothing; a release gives the unit back.

@@ -2165,3 +2165,106 @@ async fn a_limited_promotion_is_taken_by_checkouts_and_given_back() {
         .await;
     assert_eq!(q.body["total_fen"], 10_000);
 }
+
+/// A checkout's coupons come back when every line ends unpaid: at once
+/// when its last line is cancelled, or once the holds lapse; a checkout
+/// with a line paid keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkouts_coupons_come_back_when_no_line_is_paid() {
+    let (api, _sim) = Api::with_channel().await;
+    let (_, a) = item_of(&api, "Cou", 20_000, 20, None).await;
+    let (_, b) = item_of(&api, "Pon", 30_000, 20, None).await;
+    let s = api.shoppers(3, "cb").await;
+    let lines = json!([{"sku": a, "quantity": 1}, {"sku": b, "quantity": 1}]);
+    let checkout = |who: usize, claim: u64| {
+        let (api, token, lines) = (&api, s[who].clone(), lines.clone());
+        async move {
+            let r = api
+                .post(
+                    "/v1/checkouts",
+                    Some(&token),
+                    json!({"lines": lines, "claims": [claim],
+                    "payment": "online", "address": "12 Bund"}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r.body["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|c| {
+                    c["orders"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|o| o["id"].as_u64().unwrap())
+                })
+                .collect::<Vec<u64>>()
+        }
+    };
+    let cancel = |who: usize, id: u64| {
+        let (api, token) = (&api, s[who].clone());
+        async move {
+            let r = api
+                .call(
+                    "POST",
+                    &format!("/v1/orders/{id}/cancel"),
+                    Some(&token),
+                    None,
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        }
+    };
+    // Cancelled line by line: back when the last goes.
+    let c0 = claimed_coupon(&api, &s[0], 2_000, 10_000).await;
+    let orders = checkout(0, c0).await;
+    assert_eq!(claim_status(&api, &s[0], c0).await, "used");
+    cancel(0, orders[0]).await;
+    assert_eq!(
+        claim_status(&api, &s[0], c0).await,
+        "used",
+        "a line is still to be paid"
+    );
+    cancel(0, orders[1]).await;
+    assert_eq!(claim_status(&api, &s[0], c0).await, "claimed");
+    // A line paid, the rest cancelled: kept.
+    let c1 = claimed_coupon(&api, &s[1], 2_000, 10_000).await;
+    let orders = checkout(1, c1).await;
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{}/payments", orders[0]),
+            Some(&s[1]),
+            Some(json!({"method": "third_party"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["order"]["status"], "paid", "{}", r.body);
+    cancel(1, orders[1]).await;
+    assert_eq!(claim_status(&api, &s[1], c1).await, "used");
+    // Left unpaid until the holds lapse: back at the next settling.
+    let c2 = claimed_coupon(&api, &s[2], 2_000, 10_000).await;
+    checkout(2, c2).await;
+    api.clock.advance_ms(61_000);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await; // a few shard ticks
+    let looked = mall_http::routes::checkouts::settle_all_coupons(&api.state, Timestamp(i64::MAX))
+        .await
+        .unwrap();
+    // The second was settled (kept) when its last line was cancelled.
+    assert_eq!(looked, 1);
+    assert_eq!(claim_status(&api, &s[2], c2).await, "claimed");
+    assert_eq!(
+        claim_status(&api, &s[1], c1).await,
+        "used",
+        "settled as kept"
+    );
+    // Nothing left to settle.
+    assert_eq!(
+        mall_http::routes::checkouts::settle_all_coupons(&api.state, Timestamp(i64::MAX))
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -737,6 +737,13 @@ impl Payments {
             .collect())
     }
 
+    /// Whether money was ever taken for `order`, or a payment of it is under
+    /// way (a checkout's coupons are kept then).
+    pub fn paid_or_paying(&self, order: OrderId) -> bool {
+        let core = lock(&self.shared.core);
+        core.order_money(order).is_some() || core.payment_live(order)
+    }
+
     /// Holds an order still for a cancel, before anything changes: no
     /// payment of it is live or can start, and no refund or settlement of
     /// it runs, until the hold is dropped. Waits up to `payment_wait` for a

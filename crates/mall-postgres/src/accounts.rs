@@ -86,21 +86,26 @@ const PROMOTIONS: &str =
     WHERE ends_at_ms > $1 ORDER BY id";
 const END_PROMOTION: &str =
     "UPDATE promotions SET ends_at_ms = $2 WHERE id = $1 AND ends_at_ms > $2";
-const BEGIN_CHECKOUT: &str = "INSERT INTO checkouts (user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms)
-    VALUES ($1, $2, $3, 'open', $4, $5, $6, $6)
+const BEGIN_CHECKOUT: &str = "INSERT INTO checkouts (user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending)
+    VALUES ($1, $2, $3, 'open', $4, $5, $6, $6, $7)
     ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id";
-const CHECKOUT_BY_KEY: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms
+const CHECKOUT_BY_KEY: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending
     FROM checkouts WHERE user_id = $1 AND idempotency_key = $2";
 const MOVE_CHECKOUT: &str = "UPDATE checkouts SET state = $3, outcome = $4, updated_at_ms = $5
     WHERE id = $1 AND state = $2";
-const CHECKOUT: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms
+const CHECKOUT: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending
     FROM checkouts WHERE id = $1";
-const CHECKOUTS_OF: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms
+const CHECKOUTS_OF: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending
     FROM checkouts WHERE user_id = $1 ORDER BY id DESC LIMIT $2";
-const UNFINISHED_CHECKOUTS: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms
+const UNFINISHED_CHECKOUTS: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending
     FROM checkouts WHERE state IN ('open', 'releasing') AND updated_at_ms < $1
     ORDER BY updated_at_ms LIMIT $2";
+const CHECKOUTS_WITH_COUPONS: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending
+    FROM checkouts WHERE state = 'reserved' AND coupons_pending AND updated_at_ms < $1
+    ORDER BY updated_at_ms LIMIT $2";
+const SETTLE_COUPONS: &str =
+    "UPDATE checkouts SET coupons_pending = FALSE WHERE id = $1 AND coupons_pending";
 const STORED_RESPONSE: &str =
     "SELECT fingerprint, status, body FROM idempotency WHERE user_id = $1 AND key = $2";
 /// A final answer replaces a stored 202 (an outcome that was still open) of
@@ -150,6 +155,7 @@ fn checkout_from_row(row: &Row) -> Result<CheckoutRow, Error> {
         outcome: row.try_get(6)?,
         created_at: Timestamp(row.try_get(7)?),
         updated_at: Timestamp(row.try_get(8)?),
+        coupons_pending: row.try_get(9)?,
     })
 }
 
@@ -543,6 +549,7 @@ impl AccountStore for PgAccounts {
             let step = conn.prepare(MOVE_CHECKOUT)?;
             let take = conn.prepare(TAKE_PROMOTION)?;
             let give = conn.prepare(GIVE_PROMOTION)?;
+            let settle = conn.prepare(SETTLE_COUPONS)?;
             let mut tx = conn.client.transaction()?;
             let mut done = Vec::with_capacity(ops.len());
             for op in ops {
@@ -586,6 +593,7 @@ impl AccountStore for PgAccounts {
                                 &row.plan,
                                 &row.outcome,
                                 &row.created_at.0,
+                                &row.coupons_pending,
                             ],
                         )?;
                         done.push(CheckoutDone::Begun(match made {
@@ -621,6 +629,10 @@ impl AccountStore for PgAccounts {
                         }
                         done.push(CheckoutDone::Moved(n == 1));
                     }
+                    CheckoutOp::SettleCoupons { id } => {
+                        let n = tx.execute(&settle, &[&(*id as i64)])?;
+                        done.push(CheckoutDone::Moved(n == 1));
+                    }
                 }
             }
             tx.commit()?;
@@ -640,6 +652,18 @@ impl AccountStore for PgAccounts {
 
     fn checkouts_of(&self, user: UserId, limit: usize) -> Result<Vec<CheckoutRow>, StoreError> {
         let rows = self.select(CHECKOUTS_OF, &[&(user.0 as i64), &(limit as i64)])?;
+        Ok(rows
+            .iter()
+            .map(checkout_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    fn checkouts_with_coupons(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CheckoutRow>, StoreError> {
+        let rows = self.select(CHECKOUTS_WITH_COUPONS, &[&before.0, &(limit as i64)])?;
         Ok(rows
             .iter()
             .map(checkout_from_row)

@@ -221,8 +221,11 @@ CREATE TABLE checkouts (
     plan TEXT NOT NULL,
     outcome TEXT NOT NULL,
     created_at_ms BIGINT NOT NULL,
-    updated_at_ms BIGINT NOT NULL
+    updated_at_ms BIGINT NOT NULL,
+    coupons_pending BOOLEAN NOT NULL DEFAULT FALSE
 );
+CREATE INDEX checkouts_coupons_pending ON checkouts (updated_at_ms)
+    WHERE state = 'reserved' AND coupons_pending;
 CREATE UNIQUE INDEX checkouts_by_key ON checkouts (user_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX checkouts_by_user ON checkouts (user_id, id);

@@ -81,8 +81,11 @@ CREATE TABLE checkouts (
     plan TEXT NOT NULL,
     outcome TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL
+    updated_at_ms INTEGER NOT NULL,
+    coupons_pending INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX checkouts_coupons_pending ON checkouts (updated_at_ms)
+    WHERE state = 'reserved' AND coupons_pending = 1;
 CREATE UNIQUE INDEX checkouts_by_key ON checkouts (user_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX checkouts_by_user ON checkouts (user_id, id);
@@ -96,7 +99,7 @@ ALTER TABLE promotions ADD COLUMN quantity INTEGER;
 ALTER TABLE promotions ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
 ";
 
-const CHECKOUT_COLUMNS: &str = "id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms";
+const CHECKOUT_COLUMNS: &str = "id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending";
 
 fn checkout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckoutRow> {
     let state: String = r.get(4)?;
@@ -116,6 +119,7 @@ fn checkout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CheckoutRow> {
         outcome: r.get(6)?,
         created_at: Timestamp(r.get(7)?),
         updated_at: Timestamp(r.get(8)?),
+        coupons_pending: r.get::<_, i64>(9)? != 0,
     })
 }
 
@@ -577,8 +581,8 @@ impl AccountStore for Accounts {
             let mut done = Vec::with_capacity(ops.len());
             {
                 let mut begin = tx.prepare_cached(
-                    "INSERT INTO checkouts (user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms)
-                     VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?6)",
+                    "INSERT INTO checkouts (user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending)
+                     VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?6, ?7)",
                 )?;
                 let mut by_key = tx.prepare_cached(&format!(
                     "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE user_id = ?1 AND idempotency_key = ?2"
@@ -588,6 +592,9 @@ impl AccountStore for Accounts {
                 )?;
                 let mut take = tx.prepare_cached(
                     "UPDATE promotions SET used = used + 1 WHERE id = ?1 AND quantity IS NOT NULL AND used < quantity",
+                )?;
+                let mut settle = tx.prepare_cached(
+                    "UPDATE checkouts SET coupons_pending = 0 WHERE id = ?1 AND coupons_pending = 1",
                 )?;
                 let mut give = tx.prepare_cached(
                     "UPDATE promotions SET used = used - 1 WHERE id = ?1 AND used > 0",
@@ -628,7 +635,8 @@ impl AccountStore for Accounts {
                                 row.fingerprint as i64,
                                 row.plan,
                                 row.outcome,
-                                row.created_at.0
+                                row.created_at.0,
+                                i64::from(row.coupons_pending)
                             ])?;
                             done.push(CheckoutDone::Begun(Ok(tx.last_insert_rowid() as u64)));
                         }
@@ -653,6 +661,9 @@ impl AccountStore for Accounts {
                                 }
                             }
                             done.push(CheckoutDone::Moved(n == 1));
+                        }
+                        CheckoutOp::SettleCoupons { id } => {
+                            done.push(CheckoutDone::Moved(settle.execute([*id as i64])? == 1));
                         }
                     }
                 }
@@ -695,6 +706,21 @@ impl AccountStore for Accounts {
                 "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![user.0 as i64, limit as i64], checkout_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    fn checkouts_with_coupons(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<CheckoutRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE state = 'reserved' AND coupons_pending = 1 AND updated_at_ms < ?1 ORDER BY updated_at_ms LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![before.0, limit as i64], checkout_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
     }

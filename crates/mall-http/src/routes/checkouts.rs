@@ -590,7 +590,112 @@ pub async fn recover(state: &AppState, before: Timestamp) -> ApiResult<usize> {
     }
 }
 
-/// Releases abandoned checkouts every [`RECOVERY_EVERY`], for good.
+/// Settles the coupons of one reserved checkout whose lines are held
+/// until paid: kept once any line was paid (or is being paid); given back
+/// once every line ended unpaid (cancelled or lapsed); else looked at
+/// again later. Only where payments run (they know what was paid).
+async fn settle_coupons(state: &AppState, row: &CheckoutRow) -> ApiResult<()> {
+    let Some(payments) = state.payments.get() else {
+        return Ok(());
+    };
+    let plan = parse_plan(row)?;
+    let outcome = parse_outcome(row);
+    let mut open = false;
+    let mut paid = false;
+    for &id in &outcome.orders {
+        let id = OrderId(id);
+        if payments.paid_or_paying(id) {
+            paid = true;
+            break;
+        }
+        match super::orders::stored_order(state, id)
+            .await?
+            .map(|o| o.status)
+        {
+            Some(mall_core::OrderStatus::AwaitingPayment) => open = true,
+            Some(
+                mall_core::OrderStatus::Paid
+                | mall_core::OrderStatus::Confirmed
+                | mall_core::OrderStatus::Delivered,
+            ) => paid = true,
+            _ => {}
+        }
+    }
+    if !paid && open {
+        // Still to be paid: looked at again later.
+        move_to(
+            state,
+            row.id,
+            CheckoutState::Reserved,
+            CheckoutState::Reserved,
+            &outcome,
+            &plan,
+        )
+        .await?;
+        return Ok(());
+    }
+    if !paid {
+        if let Some(&anchor) = outcome.orders.first() {
+            for &claim in &plan.claims {
+                match claim_step(state, row.user, claim, OrderId(anchor), true).await {
+                    Ok(()) => {}
+                    Err(e) if e.status.is_client_error() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    let settled = state
+        .checkouts
+        .apply(CheckoutOp::SettleCoupons { id: row.id })
+        .await?;
+    if settled == CheckoutDone::Moved(true) && !paid {
+        tracing::info!(
+            checkout = row.id,
+            "every line ended unpaid: the checkout's coupons are given back"
+        );
+    }
+    Ok(())
+}
+
+/// Settles the coupons of checkouts reserved before `before` (see
+/// [`settle_coupons`]); the number looked at.
+pub async fn settle_all_coupons(state: &AppState, before: Timestamp) -> ApiResult<usize> {
+    let accounts = state.accounts.clone();
+    let rows = blocking(state, move || {
+        accounts.checkouts_with_coupons(before, RECOVERY_BATCH)
+    })
+    .await
+    .map_err(|e| ApiError::store("checkouts with coupons", e))?;
+    for row in &rows {
+        settle_coupons(state, row).await?;
+    }
+    Ok(rows.len())
+}
+
+/// Settles a checkout's coupons now, if `order` is one of its lines (a
+/// line was just cancelled).
+pub(crate) async fn line_cancelled(state: &AppState, order: &Order) {
+    let Some(id) = checkout_of(order) else {
+        return;
+    };
+    let accounts = state.accounts.clone();
+    let row = blocking(state, move || accounts.checkout(id)).await;
+    if let Ok(Some(row)) = row {
+        if row.state == CheckoutState::Reserved && row.coupons_pending {
+            if let Err(e) = settle_coupons(state, &row).await {
+                tracing::warn!(
+                    code = e.code,
+                    checkout = id,
+                    "settling a checkout's coupons failed; retrying later"
+                );
+            }
+        }
+    }
+}
+
+/// Releases abandoned checkouts, and settles the coupons of checkouts
+/// whose lines ended, every [`RECOVERY_EVERY`], for good.
 pub fn recover_forever(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -600,6 +705,13 @@ pub fn recover_forever(state: AppState) -> tokio::task::JoinHandle<()> {
                 tracing::warn!(
                     code = e.code,
                     "checkout recovery failed; trying again later"
+                );
+            }
+            let looked_before = Timestamp(state.now().0 - RECOVERY_EVERY.as_millis() as i64);
+            if let Err(e) = settle_all_coupons(&state, looked_before).await {
+                tracing::warn!(
+                    code = e.code,
+                    "settling checkouts' coupons failed; trying again later"
                 );
             }
         }
@@ -859,6 +971,8 @@ pub async fn create(
         outcome: outcome_json(&Outcome::default()),
         created_at: now,
         updated_at: now,
+        // Coupons on lines held until paid come back if none is paid.
+        coupons_pending: payment == PaymentMethod::Online && !plan.claims.is_empty(),
     };
     let begin = CheckoutOp::Begin {
         row: row.clone(),

@@ -460,6 +460,8 @@ pub(crate) async fn release_order(
             if let (Some(p), Some(hold)) = (state.payments.get(), hold) {
                 p.refund_cancelled(hold, &order).await;
             }
+            // A checkout's line: its coupons may come back now.
+            super::checkouts::line_cancelled(state, &order).await;
             Ok(Some(order))
         }
         Reply::Inactive(_) => Ok(None),
