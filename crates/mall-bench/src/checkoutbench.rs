@@ -7,7 +7,7 @@
 //! Afterwards the units held must be exactly the orders acknowledged.
 
 use crate::peers::PeerError;
-use crate::stockbench::{bench_item, shopper_tokens, unlimited_state};
+use crate::stockbench::{bench_item, histogram, shopper_tokens, unlimited_state};
 use axum::body::Body;
 use hyper::Method;
 use mall_core::Sku;
@@ -97,10 +97,6 @@ struct Counts {
     next: AtomicUsize,
     ok: AtomicU64,
     failed: AtomicU64,
-}
-
-fn histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
 /// Sends `config.requests` of `kind` with `concurrency` workers, each

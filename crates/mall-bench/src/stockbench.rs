@@ -151,7 +151,7 @@ struct Meter {
     deadline: Instant,
 }
 
-fn histogram() -> hdrhistogram::Histogram<u64> {
+pub(crate) fn histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 

@@ -162,6 +162,18 @@ impl Accounts {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Checkouts `WHERE <filter>` (with its `?1`, `?2` bound to `a`, `b`).
+    fn checkout_rows(&self, filter: &str, a: i64, b: i64) -> Result<Vec<CheckoutRow>, StoreError> {
+        sql(|| {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE {filter}"
+            ))?;
+            let rows = stmt.query_map(params![a, b], checkout_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
 }
 
 impl AccountStore for Accounts {
@@ -700,14 +712,11 @@ impl AccountStore for Accounts {
     }
 
     fn checkouts_of(&self, user: UserId, limit: usize) -> Result<Vec<CheckoutRow>, StoreError> {
-        sql(|| {
-            let conn = self.conn();
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![user.0 as i64, limit as i64], checkout_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
+        self.checkout_rows(
+            "user_id = ?1 ORDER BY id DESC LIMIT ?2",
+            user.0 as i64,
+            limit as i64,
+        )
     }
 
     fn checkouts_with_coupons(
@@ -715,14 +724,11 @@ impl AccountStore for Accounts {
         before: Timestamp,
         limit: usize,
     ) -> Result<Vec<CheckoutRow>, StoreError> {
-        sql(|| {
-            let conn = self.conn();
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE state = 'reserved' AND coupons_pending = 1 AND updated_at_ms < ?1 ORDER BY updated_at_ms LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![before.0, limit as i64], checkout_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
+        self.checkout_rows(
+            "state = 'reserved' AND coupons_pending = 1 AND updated_at_ms < ?1 ORDER BY updated_at_ms LIMIT ?2",
+            before.0,
+            limit as i64,
+        )
     }
 
     fn unfinished_checkouts(
@@ -730,13 +736,10 @@ impl AccountStore for Accounts {
         before: Timestamp,
         limit: usize,
     ) -> Result<Vec<CheckoutRow>, StoreError> {
-        sql(|| {
-            let conn = self.conn();
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE state IN ('open', 'releasing') AND updated_at_ms < ?1 ORDER BY updated_at_ms LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![before.0, limit as i64], checkout_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
-        })
+        self.checkout_rows(
+            "state IN ('open', 'releasing') AND updated_at_ms < ?1 ORDER BY updated_at_ms LIMIT ?2",
+            before.0,
+            limit as i64,
+        )
     }
 }

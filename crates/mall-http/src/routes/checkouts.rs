@@ -108,14 +108,7 @@ impl Writer {
 /// The writer's loop: takes what has queued (up to [`BATCH_MAX`]), commits
 /// it, answers each. Ends when the state is dropped.
 fn write_checkouts(queue: std::sync::mpsc::Receiver<Job>, accounts: Arc<dyn AccountStore>) {
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < BATCH_MAX {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(jobs) = super::next_batch(&queue, BATCH_MAX) {
         let ops: Vec<CheckoutOp> = jobs.iter().map(|(op, _)| op.clone()).collect();
         match accounts.apply_checkouts(&ops) {
             Ok(done) => {
@@ -124,13 +117,8 @@ fn write_checkouts(queue: std::sync::mpsc::Receiver<Job>, accounts: Arc<dyn Acco
                 }
             }
             Err(e) => {
-                let again = e.is_unavailable();
                 for (_, reply) in jobs {
-                    let _ = reply.send(Err(if again {
-                        StoreError::Unavailable(e.to_string())
-                    } else {
-                        StoreError::Backend(e.to_string())
-                    }));
+                    let _ = reply.send(Err(super::error_for_each(&e)));
                 }
             }
         }

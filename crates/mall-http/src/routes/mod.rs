@@ -209,3 +209,26 @@ pub(crate) fn json_answer<T: serde::Serialize>(
         .map(|v| (status, v))
         .map_err(|e| crate::error::ApiError::internal("serialize", e))
 }
+
+/// A writer's next batch: waits for one job, then takes whatever else has
+/// queued, up to `max`; `None` once every sender is gone.
+pub(crate) fn next_batch<T>(queue: &std::sync::mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let first = queue.recv().ok()?;
+    let mut jobs = vec![first];
+    while jobs.len() < max {
+        match queue.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
+/// A store error told to each of a batch's waiters (503 stays 503).
+pub(crate) fn error_for_each(e: &mall_engine::StoreError) -> mall_engine::StoreError {
+    if e.is_unavailable() {
+        mall_engine::StoreError::Unavailable(e.to_string())
+    } else {
+        mall_engine::StoreError::Backend(e.to_string())
+    }
+}

@@ -97,14 +97,7 @@ fn write_lists(
     clock: Arc<dyn Clock>,
     counts: Arc<RwLock<HashMap<Sku, u64>>>,
 ) {
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < BATCH_MAX {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(jobs) = super::next_batch(&queue, BATCH_MAX) {
         let changes: Vec<ListChange> = jobs.iter().map(|(c, _)| *c).collect();
         match accounts.change_lists(&changes, clock.now()) {
             Ok(outcomes) => {
@@ -124,14 +117,8 @@ fn write_lists(
                 }
             }
             Err(e) => {
-                let again = e.is_unavailable();
                 for (_, reply) in jobs {
-                    let copy = if again {
-                        StoreError::Unavailable(e.to_string())
-                    } else {
-                        StoreError::Backend(e.to_string())
-                    };
-                    let _ = reply.send(Err(copy));
+                    let _ = reply.send(Err(super::error_for_each(&e)));
                 }
             }
         }
