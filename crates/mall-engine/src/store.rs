@@ -301,7 +301,9 @@ pub enum CheckoutOp {
         promotions: Vec<u64>,
     },
     /// Move one (see [`AccountStore::move_checkout`]); if it moved, one
-    /// unit of each promotion in `give_back` is given back.
+    /// unit of each promotion in `give_back` is given back, and with
+    /// `forget_key` its idempotency key is let go (a retry under it begins
+    /// anew: the checkout failed for a reason worth retrying).
     Move {
         id: u64,
         from: CheckoutState,
@@ -309,10 +311,12 @@ pub enum CheckoutOp {
         outcome: String,
         now: Timestamp,
         give_back: Vec<u64>,
+        forget_key: bool,
     },
-    /// Its coupons are settled (kept, or given back): `coupons_pending`
-    /// goes to false, once (`Moved(false)` if it was already).
-    SettleCoupons { id: u64 },
+    /// What it took is settled (kept, or given back): `coupons_pending`
+    /// goes to false, once (`Moved(false)` if it was already); if it did,
+    /// one unit of each promotion in `give_back` is given back.
+    SettleCoupons { id: u64, give_back: Vec<u64> },
 }
 
 /// What a [`CheckoutOp`] did.
@@ -458,6 +462,7 @@ pub trait AccountStore: Send + Sync {
             outcome: outcome.to_string(),
             now,
             give_back: Vec::new(),
+            forget_key: false,
         };
         match self.apply_checkouts(&[step])?.pop() {
             Some(CheckoutDone::Moved(moved)) => Ok(moved),

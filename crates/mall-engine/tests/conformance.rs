@@ -1151,6 +1151,7 @@ fn checkouts(h: &Harness) {
         outcome: "{}".into(),
         now: T0.plus_ms(at),
         give_back: Vec::new(),
+        forget_key: false,
     };
     let begin = |row: CheckoutRow, promotions: Vec<u64>| CheckoutOp::Begin { row, promotions };
     let done = accounts
@@ -1185,8 +1186,14 @@ fn checkouts(h: &Harness) {
     assert_eq!(pending(&*accounts), vec![a, c]);
     let settle = accounts
         .apply_checkouts(&[
-            CheckoutOp::SettleCoupons { id: a },
-            CheckoutOp::SettleCoupons { id: a },
+            CheckoutOp::SettleCoupons {
+                id: a,
+                give_back: vec![],
+            },
+            CheckoutOp::SettleCoupons {
+                id: a,
+                give_back: vec![],
+            },
         ])
         .unwrap();
     assert_eq!(
@@ -1239,6 +1246,8 @@ fn checkouts(h: &Harness) {
         outcome: "{}".into(),
         now: T0.plus_ms(80),
         give_back: vec![limited],
+        // Released for a reason worth retrying: its key is let go.
+        forget_key: true,
     };
     let done = accounts
         .apply_checkouts(&[
@@ -1252,6 +1261,11 @@ fn checkouts(h: &Harness) {
         vec![CheckoutDone::Moved(true), CheckoutDone::Moved(false)]
     );
     assert_eq!(used(&*accounts), Some((Some(1), 0)));
+    assert!(accounts.checkout_by_key(UserId(6), "p1").unwrap().is_none());
+    assert_eq!(
+        accounts.checkout(holder).unwrap().unwrap().state,
+        CheckoutState::Released
+    );
 }
 
 /// `mall check` recounts every coupon from its claims: clean as the engine

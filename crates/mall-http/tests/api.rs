@@ -1875,14 +1875,34 @@ async fn a_checkout_holds_every_line_or_none() {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
+    let cart_body = json!({"payment": "cod", "address": "5 Bund, Shanghai"});
     let r = api
-        .post(
+        .call(
+            "POST",
             "/v1/checkouts",
             Some(second),
-            json!({"payment": "cod", "address": "5 Bund, Shanghai"}),
+            Some(cart_body.clone()),
+            Some("cart-1"),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // Retried once the cart is empty: the same checkout, replayed.
+    let again = api
+        .call(
+            "POST",
+            "/v1/checkouts",
+            Some(second),
+            Some(cart_body),
+            Some("cart-1"),
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.replayed),
+        (StatusCode::CREATED, true),
+        "{}",
+        again.body
+    );
+    assert_eq!(again.body["id"], r.body["id"]);
     assert_eq!(r.body["children"][0]["orders"].as_array().unwrap().len(), 2);
     assert_eq!(r.body["children"][0]["orders"][0]["status"], "confirmed");
     assert_eq!(
@@ -2217,10 +2237,34 @@ async fn a_checkouts_coupons_come_back_when_no_line_is_paid() {
             assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         }
     };
+    // A limited promotion of one unit rides along: it comes back with the
+    // coupons.
+    let r = api
+        .post(
+            "/v1/promotions",
+            Some(ADMIN),
+            json!({"rule": {"kind": "amount_off", "off_fen": 500, "min_spend_fen": 0},
+            "quantity": 1, "starts_at_ms": T0, "ends_at_ms": T0 + 86_400_000}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let promo = r.body["id"].as_u64().unwrap();
+    let remaining = || async {
+        let r = api.get("/v1/promotions", None).await;
+        r.body["promotions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == promo)
+            .unwrap()["remaining"]
+            .as_u64()
+            .unwrap()
+    };
     // Cancelled line by line: back when the last goes.
     let c0 = claimed_coupon(&api, &s[0], 2_000, 10_000).await;
     let orders = checkout(0, c0).await;
     assert_eq!(claim_status(&api, &s[0], c0).await, "used");
+    assert_eq!(remaining().await, 0);
     cancel(0, orders[0]).await;
     assert_eq!(
         claim_status(&api, &s[0], c0).await,
@@ -2229,6 +2273,7 @@ async fn a_checkouts_coupons_come_back_when_no_line_is_paid() {
     );
     cancel(0, orders[1]).await;
     assert_eq!(claim_status(&api, &s[0], c0).await, "claimed");
+    assert_eq!(remaining().await, 1, "the promotion's unit is back too");
     // A line paid, the rest cancelled: kept.
     let c1 = claimed_coupon(&api, &s[1], 2_000, 10_000).await;
     let orders = checkout(1, c1).await;

@@ -92,7 +92,8 @@ const BEGIN_CHECKOUT: &str = "INSERT INTO checkouts (user_id, idempotency_key, r
     RETURNING id";
 const CHECKOUT_BY_KEY: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending
     FROM checkouts WHERE user_id = $1 AND idempotency_key = $2";
-const MOVE_CHECKOUT: &str = "UPDATE checkouts SET state = $3, outcome = $4, updated_at_ms = $5
+const MOVE_CHECKOUT: &str = "UPDATE checkouts SET state = $3, outcome = $4, updated_at_ms = $5,
+        idempotency_key = CASE WHEN $6 THEN NULL ELSE idempotency_key END
     WHERE id = $1 AND state = $2";
 const CHECKOUT: &str = "SELECT id, user_id, idempotency_key, request_fingerprint, state, plan, outcome, created_at_ms, updated_at_ms, coupons_pending
     FROM checkouts WHERE id = $1";
@@ -212,6 +213,119 @@ impl PgAccounts {
             .first()
             .map(user_from_row)
             .transpose()?)
+    }
+}
+
+impl PgAccounts {
+    fn apply_checkouts_once(&self, ops: &[CheckoutOp]) -> Result<Vec<CheckoutDone>, Error> {
+        self.pool.with(|conn| {
+            let begin = conn.prepare(BEGIN_CHECKOUT)?;
+            let by_key = conn.prepare(CHECKOUT_BY_KEY)?;
+            let step = conn.prepare(MOVE_CHECKOUT)?;
+            let take = conn.prepare(TAKE_PROMOTION)?;
+            let give = conn.prepare(GIVE_PROMOTION)?;
+            let settle = conn.prepare(SETTLE_COUPONS)?;
+            let mut tx = conn.client.transaction()?;
+            let mut done = Vec::with_capacity(ops.len());
+            for op in ops {
+                match op {
+                    CheckoutOp::Begin { row, promotions } => {
+                        let (user, fingerprint) = (row.user.0 as i64, row.fingerprint as i64);
+                        // A key seen before: that checkout, nothing taken.
+                        if row.key.is_some() {
+                            if let Some(existing) = tx.query_opt(&by_key, &[&user, &row.key])? {
+                                done.push(CheckoutDone::Begun(Err(checkout_from_row(&existing)?)));
+                                continue;
+                            }
+                        }
+                        let mut taken = Vec::with_capacity(promotions.len());
+                        let mut gone = None;
+                        for &p in promotions {
+                            if tx.execute(&take, &[&(p as i64)])? == 1 {
+                                taken.push(p);
+                            } else {
+                                gone = Some(p);
+                                break;
+                            }
+                        }
+                        let give_back = |tx: &mut postgres::Transaction<'_>| -> Result<(), Error> {
+                            for &t in &taken {
+                                tx.execute(&give, &[&(t as i64)])?;
+                            }
+                            Ok(())
+                        };
+                        if let Some(p) = gone {
+                            give_back(&mut tx)?;
+                            done.push(CheckoutDone::PromotionGone(p));
+                            continue;
+                        }
+                        let made = tx.query_opt(
+                            &begin,
+                            &[
+                                &user,
+                                &row.key,
+                                &fingerprint,
+                                &row.plan,
+                                &row.outcome,
+                                &row.created_at.0,
+                                &row.coupons_pending,
+                            ],
+                        )?;
+                        done.push(CheckoutDone::Begun(match made {
+                            Some(made) => Ok(made.try_get::<_, i64>(0)? as u64),
+                            None => {
+                                // The key was taken: that checkout, nothing taken.
+                                give_back(&mut tx)?;
+                                let existing = tx
+                                    .query_opt(&by_key, &[&user, &row.key])?
+                                    .ok_or_else(|| {
+                                        corrupt("a checkout key clashed with no checkout".into())
+                                    })?;
+                                Err(checkout_from_row(&existing)?)
+                            }
+                        }));
+                    }
+                    CheckoutOp::Move {
+                        id,
+                        from,
+                        to,
+                        outcome,
+                        now,
+                        give_back,
+                        forget_key,
+                    } => {
+                        let n = tx.execute(
+                            &step,
+                            &[
+                                &(*id as i64),
+                                &from.as_str(),
+                                &to.as_str(),
+                                outcome,
+                                &now.0,
+                                forget_key,
+                            ],
+                        )?;
+                        if n == 1 {
+                            for &p in give_back {
+                                tx.execute(&give, &[&(p as i64)])?;
+                            }
+                        }
+                        done.push(CheckoutDone::Moved(n == 1));
+                    }
+                    CheckoutOp::SettleCoupons { id, give_back } => {
+                        let settled = tx.execute(&settle, &[&(*id as i64)])? == 1;
+                        if settled {
+                            for &p in give_back {
+                                tx.execute(&give, &[&(p as i64)])?;
+                            }
+                        }
+                        done.push(CheckoutDone::Moved(settled));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(done)
+        })
     }
 }
 
@@ -543,101 +657,26 @@ impl AccountStore for PgAccounts {
     }
 
     fn apply_checkouts(&self, ops: &[CheckoutOp]) -> Result<Vec<CheckoutDone>, StoreError> {
-        Ok(self.pool.with(|conn| {
-            let begin = conn.prepare(BEGIN_CHECKOUT)?;
-            let by_key = conn.prepare(CHECKOUT_BY_KEY)?;
-            let step = conn.prepare(MOVE_CHECKOUT)?;
-            let take = conn.prepare(TAKE_PROMOTION)?;
-            let give = conn.prepare(GIVE_PROMOTION)?;
-            let settle = conn.prepare(SETTLE_COUPONS)?;
-            let mut tx = conn.client.transaction()?;
-            let mut done = Vec::with_capacity(ops.len());
-            for op in ops {
-                match op {
-                    CheckoutOp::Begin { row, promotions } => {
-                        let (user, fingerprint) = (row.user.0 as i64, row.fingerprint as i64);
-                        // A key seen before: that checkout, nothing taken.
-                        if row.key.is_some() {
-                            if let Some(existing) = tx.query_opt(&by_key, &[&user, &row.key])? {
-                                done.push(CheckoutDone::Begun(Err(checkout_from_row(&existing)?)));
-                                continue;
-                            }
-                        }
-                        let mut taken = Vec::with_capacity(promotions.len());
-                        let mut gone = None;
-                        for &p in promotions {
-                            if tx.execute(&take, &[&(p as i64)])? == 1 {
-                                taken.push(p);
-                            } else {
-                                gone = Some(p);
-                                break;
-                            }
-                        }
-                        let give_back = |tx: &mut postgres::Transaction<'_>| -> Result<(), Error> {
-                            for &t in &taken {
-                                tx.execute(&give, &[&(t as i64)])?;
-                            }
-                            Ok(())
-                        };
-                        if let Some(p) = gone {
-                            give_back(&mut tx)?;
-                            done.push(CheckoutDone::PromotionGone(p));
-                            continue;
-                        }
-                        let made = tx.query_opt(
-                            &begin,
-                            &[
-                                &user,
-                                &row.key,
-                                &fingerprint,
-                                &row.plan,
-                                &row.outcome,
-                                &row.created_at.0,
-                                &row.coupons_pending,
-                            ],
-                        )?;
-                        done.push(CheckoutDone::Begun(match made {
-                            Some(made) => Ok(made.try_get::<_, i64>(0)? as u64),
-                            None => {
-                                // The key was taken: that checkout, nothing taken.
-                                give_back(&mut tx)?;
-                                let existing = tx
-                                    .query_opt(&by_key, &[&user, &row.key])?
-                                    .ok_or_else(|| {
-                                        corrupt("a checkout key clashed with no checkout".into())
-                                    })?;
-                                Err(checkout_from_row(&existing)?)
-                            }
-                        }));
-                    }
-                    CheckoutOp::Move {
-                        id,
-                        from,
-                        to,
-                        outcome,
-                        now,
-                        give_back,
-                    } => {
-                        let n = tx.execute(
-                            &step,
-                            &[&(*id as i64), &from.as_str(), &to.as_str(), outcome, &now.0],
-                        )?;
-                        if n == 1 {
-                            for &p in give_back {
-                                tx.execute(&give, &[&(p as i64)])?;
-                            }
-                        }
-                        done.push(CheckoutDone::Moved(n == 1));
-                    }
-                    CheckoutOp::SettleCoupons { id } => {
-                        let n = tx.execute(&settle, &[&(*id as i64)])?;
-                        done.push(CheckoutDone::Moved(n == 1));
-                    }
+        // Batches of several nodes may lock the same promotions in another
+        // order: a deadlock (or a serialization failure) rolls the batch
+        // back whole, and it is applied again.
+        let mut tries = 0;
+        loop {
+            let applied = self.apply_checkouts_once(ops);
+            match &applied {
+                Err(Error::Pg(e))
+                    if tries < 3
+                        && matches!(
+                            e.code(),
+                            Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                                | Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+                        ) =>
+                {
+                    tries += 1;
                 }
+                _ => return Ok(applied?),
             }
-            tx.commit()?;
-            Ok(done)
-        })?)
+        }
     }
 
     fn checkout(&self, id: u64) -> Result<Option<CheckoutRow>, StoreError> {

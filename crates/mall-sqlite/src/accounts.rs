@@ -600,7 +600,9 @@ impl AccountStore for Accounts {
                     "SELECT {CHECKOUT_COLUMNS} FROM checkouts WHERE user_id = ?1 AND idempotency_key = ?2"
                 ))?;
                 let mut step = tx.prepare_cached(
-                    "UPDATE checkouts SET state = ?3, outcome = ?4, updated_at_ms = ?5 WHERE id = ?1 AND state = ?2",
+                    "UPDATE checkouts SET state = ?3, outcome = ?4, updated_at_ms = ?5,
+                         idempotency_key = CASE WHEN ?6 THEN NULL ELSE idempotency_key END
+                     WHERE id = ?1 AND state = ?2",
                 )?;
                 let mut take = tx.prepare_cached(
                     "UPDATE promotions SET used = used + 1 WHERE id = ?1 AND quantity IS NOT NULL AND used < quantity",
@@ -659,13 +661,15 @@ impl AccountStore for Accounts {
                             outcome,
                             now,
                             give_back,
+                            forget_key,
                         } => {
                             let n = step.execute(params![
                                 *id as i64,
                                 from.as_str(),
                                 to.as_str(),
                                 outcome,
-                                now.0
+                                now.0,
+                                *forget_key
                             ])?;
                             if n == 1 {
                                 for &p in give_back {
@@ -674,8 +678,14 @@ impl AccountStore for Accounts {
                             }
                             done.push(CheckoutDone::Moved(n == 1));
                         }
-                        CheckoutOp::SettleCoupons { id } => {
-                            done.push(CheckoutDone::Moved(settle.execute([*id as i64])? == 1));
+                        CheckoutOp::SettleCoupons { id, give_back } => {
+                            let settled = settle.execute([*id as i64])? == 1;
+                            if settled {
+                                for &p in give_back {
+                                    give.execute([p as i64])?;
+                                }
+                            }
+                            done.push(CheckoutDone::Moved(settled));
                         }
                     }
                 }

@@ -58,8 +58,10 @@ pub const ABANDONED_AFTER_MS: i64 = 30_000;
 pub const RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Checkouts released per recovery pass, at most.
 const RECOVERY_BATCH: usize = 64;
-/// Checkouts listed at most.
-const LIST_MAX: usize = 50;
+/// Checkouts listed at most (each reads its line orders back).
+const LIST_MAX: usize = 20;
+/// Lines of one checkout, at most.
+pub const CHECKOUT_LINES_MAX: usize = 50;
 /// Checkout steps waiting for the writer, at most (then 503 `overloaded`).
 const QUEUE_MAX: usize = 8_192;
 /// Checkout steps in one transaction, at most.
@@ -192,9 +194,17 @@ pub struct Failure {
     /// The refusal's code (`sold_out`, `limit_reached`, `coupon_not_usable`, ...).
     pub code: String,
     pub message: String,
-    #[serde(skip)]
-    #[schema(ignore)]
-    status: u16,
+    /// The HTTP status it was answered with.
+    #[serde(default)]
+    pub status: u16,
+}
+
+impl Failure {
+    /// Worth retrying under the same key (overloaded, the store away):
+    /// the key is let go with it.
+    fn retryable(&self) -> bool {
+        self.status >= 500 || self.status == 429
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -376,27 +386,53 @@ async fn hold_all(
     user: UserId,
     id: u64,
     plan: &Plan,
-) -> Result<Vec<Order>, (Failure, Vec<Order>)> {
+) -> Result<Vec<Order>, Refused> {
     let replies = hold_lines(state, user, id, plan).await;
     let mut held = Vec::with_capacity(replies.len());
     let mut refused = None;
+    let mut uncertain = Vec::new();
     for (i, reply) in replies.into_iter().enumerate() {
         match reply {
             Ok(order) => held.push(order),
-            Err(e) if refused.is_none() => refused = Some(failure(Some(i), None, &e)),
-            Err(_) => {}
+            Err(e) => {
+                // A server error may hide a hold (a lost answer): found
+                // again by its key before the checkout is released.
+                if !e.status.is_client_error() {
+                    uncertain.push(i);
+                }
+                if refused.is_none() {
+                    refused = Some(failure(Some(i), None, &e));
+                }
+            }
         }
     }
-    if let Some(f) = refused {
-        return Err((f, held));
+    if let Some(failure) = refused {
+        return Err(Refused {
+            failure,
+            held,
+            uncertain,
+        });
     }
     let anchor = held[0].id;
     for &claim in &plan.claims {
         if let Err(e) = claim_step(state, user, claim, anchor, false).await {
-            return Err((failure(None, Some(claim), &e), held));
+            return Err(Refused {
+                failure: failure(None, Some(claim), &e),
+                held,
+                uncertain,
+            });
         }
     }
     Ok(held)
+}
+
+/// Why a checkout's holds failed, and what they left.
+struct Refused {
+    failure: Failure,
+    /// The line orders held.
+    held: Vec<Order>,
+    /// Lines whose answer was a server error: held or not, unknown.
+    uncertain: Vec<usize>,
 }
 
 /// Hands back what a checkout holds: its lines' orders cancelled, its
@@ -408,7 +444,16 @@ async fn give_back(
     held: &[Order],
 ) -> Result<(), ApiError> {
     for order in held {
-        release_order(state, order.id, None).await?;
+        match release_order(state, order.id, None).await {
+            Ok(_) => {}
+            // Delivered meanwhile, say: nothing a retry would change.
+            Err(e) if e.status.is_client_error() => tracing::warn!(
+                order = order.id.0,
+                code = e.code,
+                "a checkout's line could not be cancelled"
+            ),
+            Err(e) => return Err(e),
+        }
     }
     if let Some(anchor) = held.first().filter(|o| o.sku.0 == plan.lines[0].sku) {
         for &claim in &plan.claims {
@@ -442,6 +487,10 @@ async fn move_to(
     } else {
         Vec::new()
     };
+    // A released checkout that failed for a reason worth retrying lets its
+    // key go: a retry under it is a new checkout.
+    let forget_key =
+        to == CheckoutState::Released && outcome.failure.as_ref().is_some_and(Failure::retryable);
     let step = CheckoutOp::Move {
         id,
         from,
@@ -449,6 +498,7 @@ async fn move_to(
         outcome: outcome_json(outcome),
         now: state.now(),
         give_back: give_back.clone(),
+        forget_key,
     };
     match state.checkouts.apply(step).await? {
         CheckoutDone::Moved(moved) => {
@@ -470,7 +520,7 @@ async fn release(
     state: &AppState,
     row: &CheckoutRow,
     plan: &Plan,
-    held: &[Order],
+    refused: &Refused,
     outcome: &Outcome,
 ) -> ApiResult<()> {
     if row.state == CheckoutState::Open
@@ -487,7 +537,24 @@ async fn release(
         // Someone else (a recovery) took it over.
         return Ok(());
     }
-    give_back(state, row.user, plan, held).await?;
+    // Lines whose answer was lost are found again by their keys; one still
+    // unknown leaves the checkout `Releasing` for recovery to finish.
+    let mut held = refused.held.clone();
+    for &i in &refused.uncertain {
+        let line = Sku(plan.lines[i].sku);
+        let again = state
+            .engine
+            .try_submit_for_sku(line, reserve_of(row.user, row.id, plan, i));
+        match line_answer(state, again).await {
+            Ok(order) => held.push(order),
+            Err(e) if e.status.is_client_error() => {}
+            Err(e) => {
+                give_back(state, row.user, plan, &held).await?;
+                return Err(e);
+            }
+        }
+    }
+    give_back(state, row.user, plan, &held).await?;
     move_to(
         state,
         row.id,
@@ -568,20 +635,34 @@ pub async fn recover(state: &AppState, before: Timestamp) -> ApiResult<usize> {
         .await
         .map_err(|e| ApiError::store("unfinished checkouts", e))?;
         let n = rows.len();
+        let mut failed = 0;
         for row in rows {
-            recover_one(state, row).await?;
-            done += 1;
+            let id = row.id;
+            match recover_one(state, row).await {
+                Ok(()) => done += 1,
+                // One that cannot be finished now blocks no other; it is
+                // asked again on the next pass.
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(
+                        checkout = id,
+                        code = e.code,
+                        "releasing an unfinished checkout failed; retrying later"
+                    );
+                }
+            }
         }
-        if n < RECOVERY_BATCH {
+        if n < RECOVERY_BATCH || failed == n {
             return Ok(done);
         }
     }
 }
 
-/// Settles the coupons of one reserved checkout whose lines are held
-/// until paid: kept once any line was paid (or is being paid); given back
-/// once every line ended unpaid (cancelled or lapsed); else looked at
-/// again later. Only where payments run (they know what was paid).
+/// Settles what a reserved checkout took (its coupons, and units of
+/// limited promotions): kept once any line was paid (or is being paid, or
+/// its cash collected); given back once every line ended unpaid
+/// (cancelled, or its hold lapsed); else looked at again later. Only where
+/// payments run (they know what was paid).
 async fn settle_coupons(state: &AppState, row: &CheckoutRow) -> ApiResult<()> {
     let Some(payments) = state.payments.get() else {
         return Ok(());
@@ -600,12 +681,11 @@ async fn settle_coupons(state: &AppState, row: &CheckoutRow) -> ApiResult<()> {
             .await?
             .map(|o| o.status)
         {
-            Some(mall_core::OrderStatus::AwaitingPayment) => open = true,
-            Some(
-                mall_core::OrderStatus::Paid
-                | mall_core::OrderStatus::Confirmed
-                | mall_core::OrderStatus::Delivered,
-            ) => paid = true,
+            // Held until paid, or sold for cash not yet collected.
+            Some(mall_core::OrderStatus::AwaitingPayment | mall_core::OrderStatus::Confirmed) => {
+                open = true
+            }
+            Some(mall_core::OrderStatus::Paid | mall_core::OrderStatus::Delivered) => paid = true,
             _ => {}
         }
     }
@@ -633,14 +713,24 @@ async fn settle_coupons(state: &AppState, row: &CheckoutRow) -> ApiResult<()> {
             }
         }
     }
+    // Unpaid: the limited promotions' units come back with the coupons.
+    let give_back = if paid {
+        Vec::new()
+    } else {
+        plan.limited.clone()
+    };
     let settled = state
         .checkouts
-        .apply(CheckoutOp::SettleCoupons { id: row.id })
+        .apply(CheckoutOp::SettleCoupons {
+            id: row.id,
+            give_back: give_back.clone(),
+        })
         .await?;
     if settled == CheckoutDone::Moved(true) && !paid {
+        state.promotions.note_used(&give_back, false);
         tracing::info!(
             checkout = row.id,
-            "every line ended unpaid: the checkout's coupons are given back"
+            "every line ended unpaid: the checkout's coupons and limited promotions are given back"
         );
     }
     Ok(())
@@ -656,7 +746,13 @@ pub async fn settle_all_coupons(state: &AppState, before: Timestamp) -> ApiResul
     .await
     .map_err(|e| ApiError::store("checkouts with coupons", e))?;
     for row in &rows {
-        settle_coupons(state, row).await?;
+        if let Err(e) = settle_coupons(state, row).await {
+            tracing::warn!(
+                checkout = row.id,
+                code = e.code,
+                "settling a checkout's coupons failed; retrying later"
+            );
+        }
     }
     Ok(rows.len())
 }
@@ -695,7 +791,8 @@ pub fn recover_forever(state: AppState) -> tokio::task::JoinHandle<()> {
                     "checkout recovery failed; trying again later"
                 );
             }
-            let looked_before = Timestamp(state.now().0 - RECOVERY_EVERY.as_millis() as i64);
+            // A checkout still to be paid is looked at again a minute later.
+            let looked_before = Timestamp(state.now().0 - 60_000);
             if let Err(e) = settle_all_coupons(&state, looked_before).await {
                 tracing::warn!(
                     code = e.code,
@@ -812,6 +909,52 @@ pub async fn create(
     let key = idempotency::key_from(&headers)?;
     let user = principal.user;
     let from_cart = body.lines.is_none();
+    if body
+        .lines
+        .as_ref()
+        .is_some_and(|l| l.len() > CHECKOUT_LINES_MAX)
+    {
+        return Err(ApiError::invalid(format!(
+            "a checkout takes at most {CHECKOUT_LINES_MAX} lines"
+        )));
+    }
+    // The request as sent (the cart's contents change once it is checked
+    // out: a retry of a cart checkout is the same request).
+    let mut claims = body.claims.clone();
+    claims.sort_unstable();
+    let sent: Vec<u8> = match &body.lines {
+        Some(lines) => lines
+            .iter()
+            .flat_map(|l| [l.sku.to_le_bytes(), l.quantity.to_le_bytes()])
+            .flatten()
+            .collect(),
+        None => b"cart".to_vec(),
+    };
+    let fingerprint = mall_core::fingerprint(&[
+        b"checkout",
+        &sent,
+        &claims
+            .iter()
+            .flat_map(|c| c.to_le_bytes())
+            .collect::<Vec<u8>>(),
+        payment.as_str().as_bytes(),
+        body.address.as_bytes(),
+    ]);
+    // A retry under the same key answers as the first did, whatever the
+    // prices, coupons and cart are now.
+    if let Some(key) = &key {
+        let accounts = state.accounts.clone();
+        let k = key.clone();
+        let found = blocking(&state, move || accounts.checkout_by_key(user, &k))
+            .await
+            .map_err(|e| ApiError::store("reading a checkout", e))?;
+        if let Some(row) = found {
+            if row.fingerprint != fingerprint {
+                return Err(ApiError::from_refusal(&Refusal::IdempotencyKeyReused));
+            }
+            return replay(&state, &row).await;
+        }
+    }
     let wanted: Vec<(Sku, i64)> = match &body.lines {
         Some(lines) => lines.iter().map(|l| (Sku(l.sku), l.quantity)).collect(),
         None => {
@@ -831,41 +974,16 @@ pub async fn create(
             "a checkout takes 1 or more lines"
         }));
     }
+    if wanted.len() > CHECKOUT_LINES_MAX {
+        return Err(ApiError::invalid(format!(
+            "a checkout takes at most {CHECKOUT_LINES_MAX} lines; the cart has {}",
+            wanted.len()
+        )));
+    }
     let mut skus: Vec<u64> = wanted.iter().map(|w| w.0 .0).collect();
     skus.sort_unstable();
     if skus.windows(2).any(|w| w[0] == w[1]) {
         return Err(ApiError::invalid("each SKU once per checkout"));
-    }
-    let mut claims = body.claims.clone();
-    claims.sort_unstable();
-    let fingerprint = mall_core::fingerprint(&[
-        b"checkout",
-        &wanted
-            .iter()
-            .flat_map(|(s, q)| [s.0.to_le_bytes(), q.to_le_bytes()])
-            .flatten()
-            .collect::<Vec<u8>>(),
-        &claims
-            .iter()
-            .flat_map(|c| c.to_le_bytes())
-            .collect::<Vec<u8>>(),
-        payment.as_str().as_bytes(),
-        body.address.as_bytes(),
-    ]);
-    // A retry under the same key answers as the first did, whatever the
-    // prices and coupons are now.
-    if let Some(key) = &key {
-        let accounts = state.accounts.clone();
-        let k = key.clone();
-        let found = blocking(&state, move || accounts.checkout_by_key(user, &k))
-            .await
-            .map_err(|e| ApiError::store("reading a checkout", e))?;
-        if let Some(row) = found {
-            if row.fingerprint != fingerprint {
-                return Err(ApiError::from_refusal(&Refusal::IdempotencyKeyReused));
-            }
-            return replay(&state, &row).await;
-        }
     }
     let now = state.now();
     let lines = lines_at(&state, &wanted, now)?;
@@ -877,9 +995,12 @@ pub async fn create(
             ));
         }
     }
-    state.limiter.admit_snapup(&principal).inspect_err(|_| {
-        state.metrics.record_refusal("overloaded");
-    })?;
+    // Each line is a snap-up to the global admission.
+    for _ in &lines {
+        state.limiter.admit_snapup(&principal).inspect_err(|_| {
+            state.metrics.record_refusal("overloaded");
+        })?;
+    }
     let mut offers = state.promotions.offers_at(now);
     let coupons = super::coupons::offers_of_claims(&state, user, &body.claims, now).await?;
     // Claim → coupon, in the order given (one offer per claim).
@@ -959,8 +1080,8 @@ pub async fn create(
         outcome: outcome_json(&Outcome::default()),
         created_at: now,
         updated_at: now,
-        // Coupons on lines held until paid come back if none is paid.
-        coupons_pending: payment == PaymentMethod::Online && !plan.claims.is_empty(),
+        // Coupons and limited promotions come back if no line is paid.
+        coupons_pending: !plan.claims.is_empty() || !plan.limited.is_empty(),
     };
     let begin = CheckoutOp::Begin {
         row: row.clone(),
@@ -1011,7 +1132,11 @@ pub async fn create(
             )
             .await?
             {
-                // A recovery released it meanwhile: not acknowledged.
+                // A recovery took it over meanwhile (this request was slow):
+                // not acknowledged. What this request holds is handed back
+                // too (every step repeats safely), so nothing it made after
+                // the recovery's look stays held.
+                give_back(&state, user, &plan, &held).await?;
                 return Err(ApiError::unavailable());
             }
             row.state = CheckoutState::Reserved;
@@ -1036,13 +1161,14 @@ pub async fn create(
             out.updated_at_ms = state.now().0;
             Ok((StatusCode::CREATED, Json(out)).into_response())
         }
-        Err((f, held)) => {
+        Err(refused) => {
+            let f = refused.failure.clone();
             state.metrics.record_refusal(&f.code);
             let outcome = Outcome {
                 failure: Some(f.clone()),
                 ..Outcome::default()
             };
-            release(&state, &row, &plan, &held, &outcome).await?;
+            release(&state, &row, &plan, &refused, &outcome).await?;
             Err(failure_error(&f))
         }
     }
