@@ -293,15 +293,26 @@ fn assert_durable(url: &str, seen: &[Seen]) {
     let a = agent();
     for s in seen.iter().filter(|s| s.status == 201) {
         let id = s.order.expect("a 201 names its order");
-        let (status, body) = call(
-            &a,
-            "GET",
-            &format!("{url}/v1/orders/{id}"),
-            &s.token,
-            None,
-            None,
-        )
-        .unwrap();
+        // A read that fails in transport (a pool still finding the new
+        // primary) proves nothing either way: asked again, a few times.
+        let read = || {
+            call(
+                &a,
+                "GET",
+                &format!("{url}/v1/orders/{id}"),
+                &s.token,
+                None,
+                None,
+            )
+        };
+        let (status, body) = (0..4)
+            .find_map(|attempt| {
+                if attempt > 0 {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                read()
+            })
+            .unwrap_or_else(|| panic!("order {id} could not be read through {url}"));
         assert_eq!(status, 200, "acknowledged order {id} is gone: {body}");
         assert_eq!(body["sku"].as_u64(), Some(s.sku), "order {id}: {body}");
     }
