@@ -377,6 +377,13 @@ async fn checkouts(outcome: &Outcome, backend: &Backend, report: &mut AuditRepor
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Line orders the client was told are paid.
+    let told_paid: HashSet<u64> = outcome
+        .records
+        .iter()
+        .filter(|r| r.kind == Kind::Pay && r.ok() && r.order_status.as_deref() == Some("paid"))
+        .filter_map(|r| r.order)
+        .collect();
     let v = &mut report.violations;
     for r in tried.iter().filter(|r| r.ok()) {
         let Some(id) = r.order else {
@@ -411,6 +418,13 @@ async fn checkouts(outcome: &Outcome, backend: &Backend, report: &mut AuditRepor
                 v.push(format!(
                     "checkout {id}: acknowledged, but its line order {} is cancelled",
                     o["id"]
+                ));
+            }
+            let paid = matches!(o["status"].as_str(), Some("paid" | "delivered"));
+            if o["id"].as_u64().is_some_and(|l| told_paid.contains(&l)) && !paid {
+                v.push(format!(
+                    "checkout {id}: its line order {} was told paid, the server says {}",
+                    o["id"], o["status"]
                 ));
             }
         }

@@ -46,6 +46,9 @@ pub struct CartCheckout {
     /// Popularity ranks of its items, distinct.
     pub ranks: Vec<u32>,
     pub payment: PaymentMethod,
+    /// Online: its lines are paid this long after the checkout's answer
+    /// (`None`: left unpaid, to lapse).
+    pub pay_after_us: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -175,11 +178,15 @@ impl Plan {
                 } else {
                     PaymentMethod::Online
                 };
+                let pay_after_us = (payment == PaymentMethod::Online
+                    && unit(&mut rng) < s.pay_share)
+                    .then(|| 200_000 + (unit(&mut rng) * 2_800_000.0) as i64);
                 checkouts.push(CartCheckout {
                     at_us,
                     user,
                     ranks,
                     payment,
+                    pay_after_us,
                 });
             }
             for &rank in &wish {

@@ -640,6 +640,39 @@ fn now_us(shared: &Shared) -> i64 {
     }
 }
 
+/// A checkout the plan pays: each of its lines (orders in its answer `v`)
+/// is paid `pay_after_us` from now, as a shopper pays a snap-up.
+fn pay_lines_later(shared: &Arc<Shared>, index: u32, v: &Value) {
+    let c = &shared.plan.checkouts[index as usize];
+    let Some(after_us) = c.pay_after_us else {
+        return;
+    };
+    let at_us = now_us(shared) + after_us;
+    let orders = v["children"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|child| child["orders"].as_array().into_iter().flatten());
+    for o in orders {
+        let (Some(order), Some(sku)) = (o["id"].as_u64(), o["sku"].as_u64()) else {
+            continue;
+        };
+        let rank = c
+            .ranks
+            .iter()
+            .copied()
+            .find(|&r| shared.skus[r as usize].0 == sku)
+            .unwrap_or(c.ranks[0]);
+        let job = Job::Pay {
+            order,
+            rank,
+            user: c.user,
+            late: false,
+        };
+        schedule(shared, job, at_us);
+    }
+}
+
 /// Schedules a follow-up at `at_us` (µs from the opening), unless past the deadline.
 fn schedule(shared: &Arc<Shared>, job: Job, at_us: i64) -> bool {
     let when = instant_at(shared, at_us);
@@ -841,7 +874,7 @@ fn pay_method(scenario: &str, order: u64) -> &str {
     }
 }
 
-async fn send_http(shared: &Shared, conn: &mut Conn, job: &Job) -> Answer {
+async fn send_http(shared: &Arc<Shared>, conn: &mut Conn, job: &Job) -> Answer {
     let token = |user: u32| shared.tokens.get(user as usize).map(String::as_str);
     let (method, path, token, key, body) = match job {
         // Before the sale shoppers look, and some favourite an item or put
@@ -966,6 +999,9 @@ async fn send_http(shared: &Shared, conn: &mut Conn, job: &Job) -> Answer {
                             v["expires_at_ms"].as_i64(),
                         )
                     });
+                if let Job::Checkout { index } = job {
+                    pay_lines_later(shared, *index, &v);
+                }
                 let code = if status == StatusCode::CREATED {
                     "created"
                 } else {
