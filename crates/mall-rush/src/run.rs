@@ -1000,7 +1000,7 @@ async fn send_http(shared: &Arc<Shared>, conn: &mut Conn, job: &Job) -> Answer {
                         )
                     });
                 if let Job::Checkout { index } = job {
-                    pay_lines_later(shared, *index, &v);
+                    pay_lines_later(shared, *index, v);
                 }
                 let code = if status == StatusCode::CREATED {
                     "created"
