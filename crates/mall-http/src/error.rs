@@ -162,24 +162,9 @@ impl IntoResponse for ApiError {
 }
 
 /// A code stored as text (a checkout's failure) as the stable code it
-/// was: one of the codes a checkout can be refused with.
+/// was: one of the refusal codes the API counts.
 pub fn static_code(code: &str) -> &'static str {
-    const CODES: &[&str] = &[
-        "sold_out",
-        "insufficient_stock",
-        "limit_reached",
-        "sale_not_open",
-        "sale_closed",
-        "item_not_found",
-        "price_changed",
-        "coupon_not_found",
-        "coupon_not_usable",
-        "idempotency_key_reused",
-        "invalid_order_status",
-        "overloaded",
-        "store_unavailable",
-    ];
-    CODES
+    crate::metrics::REFUSAL_CODES
         .iter()
         .find(|c| **c == code)
         .copied()

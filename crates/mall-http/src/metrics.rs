@@ -122,6 +122,10 @@ pub const REFUSAL_CODES: &[&str] = &[
     "overloaded",
     "store_unavailable",
     "rate_limited",
+    "price_changed",
+    "coupon_not_found",
+    "coupon_not_usable",
+    "promotion_sold_out",
 ];
 
 struct RouteStats {

@@ -807,30 +807,46 @@ pub fn recover_forever(state: AppState) -> tokio::task::JoinHandle<()> {
 async fn view(state: &AppState, row: &CheckoutRow) -> ApiResult<CheckoutView> {
     let plan = parse_plan(row)?;
     let outcome = parse_outcome(row);
-    let mut children: Vec<ChildOrder> = Vec::new();
+    let mut orders = Vec::with_capacity(outcome.orders.len());
     if row.state == CheckoutState::Reserved {
-        for (i, &id) in outcome.orders.iter().enumerate() {
-            let order = super::orders::stored_order(state, OrderId(id))
-                .await?
-                .ok_or_else(|| {
-                    ApiError::internal("checkout", format!("line order {id} missing"))
-                })?;
-            let merchant = plan.lines.get(i).map_or(0, |l| l.merchant);
-            let view = OrderView::new(&order, state.engine.board());
-            match children.iter_mut().find(|c| c.merchant_id == merchant) {
-                Some(child) => {
-                    child.amount_fen += order.amount_fen.0;
-                    child.orders.push(view);
-                }
-                None => children.push(ChildOrder {
-                    merchant_id: merchant,
-                    amount_fen: order.amount_fen.0,
-                    orders: vec![view],
-                }),
-            }
+        for &id in &outcome.orders {
+            orders.push(
+                super::orders::stored_order(state, OrderId(id))
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::internal("checkout", format!("line order {id} missing"))
+                    })?,
+            );
         }
     }
-    Ok(CheckoutView {
+    Ok(view_of(state, row, &plan, outcome.failure, &orders))
+}
+
+/// A checkout as the API shows it, its line orders (by line) in hand:
+/// grouped into one child order per merchant.
+fn view_of(
+    state: &AppState,
+    row: &CheckoutRow,
+    plan: &Plan,
+    failure: Option<Failure>,
+    orders: &[Order],
+) -> CheckoutView {
+    let mut children: Vec<ChildOrder> = Vec::new();
+    for (line, order) in plan.lines.iter().zip(orders) {
+        let view = OrderView::new(order, state.engine.board());
+        match children.iter_mut().find(|c| c.merchant_id == line.merchant) {
+            Some(child) => {
+                child.amount_fen += order.amount_fen.0;
+                child.orders.push(view);
+            }
+            None => children.push(ChildOrder {
+                merchant_id: line.merchant,
+                amount_fen: order.amount_fen.0,
+                orders: vec![view],
+            }),
+        }
+    }
+    CheckoutView {
         id: row.id,
         state: row.state.as_str(),
         payment: plan.payment.as_str(),
@@ -839,10 +855,10 @@ async fn view(state: &AppState, row: &CheckoutRow) -> ApiResult<CheckoutView> {
         total_fen: plan.price.total_fen,
         claims: plan.claims.clone(),
         children,
-        failure: outcome.failure,
+        failure,
         created_at_ms: row.created_at.0,
         updated_at_ms: row.updated_at.0,
-    })
+    }
 }
 
 /// The answer to a checkout request that met one stored under its key.
@@ -1157,7 +1173,7 @@ pub async fn create(
             if from_cart {
                 empty_cart(&state, user, &plan).await;
             }
-            let mut out = view_of_held(&state, &row, &plan, &held);
+            let mut out = view_of(&state, &row, &plan, None, &held);
             out.updated_at_ms = state.now().0;
             Ok((StatusCode::CREATED, Json(out)).into_response())
         }
@@ -1188,38 +1204,6 @@ async fn empty_cart(state: &AppState, user: UserId, plan: &Plan) {
         if let Err(e) = state.wishlists.change(change).await {
             tracing::warn!(code = e.code, "a checked-out line stayed in the cart");
         }
-    }
-}
-
-/// The view of a checkout just reserved, from the orders in hand.
-fn view_of_held(state: &AppState, row: &CheckoutRow, plan: &Plan, held: &[Order]) -> CheckoutView {
-    let mut children: Vec<ChildOrder> = Vec::new();
-    for (line, order) in plan.lines.iter().zip(held) {
-        let view = OrderView::new(order, state.engine.board());
-        match children.iter_mut().find(|c| c.merchant_id == line.merchant) {
-            Some(child) => {
-                child.amount_fen += order.amount_fen.0;
-                child.orders.push(view);
-            }
-            None => children.push(ChildOrder {
-                merchant_id: line.merchant,
-                amount_fen: order.amount_fen.0,
-                orders: vec![view],
-            }),
-        }
-    }
-    CheckoutView {
-        id: row.id,
-        state: row.state.as_str(),
-        payment: plan.payment.as_str(),
-        address: plan.address.clone(),
-        price: PriceBreakdown::from(&plan.price),
-        total_fen: plan.price.total_fen,
-        claims: plan.claims.clone(),
-        children,
-        failure: None,
-        created_at_ms: row.created_at.0,
-        updated_at_ms: row.updated_at.0,
     }
 }
 
