@@ -790,8 +790,25 @@ fn the_postgres_primary_dies_and_its_synchronous_standby_takes_over_mid_rush() {
         tally(&seen)
     );
     assert_answers(&seen);
+    // A node whose ledger lease lapsed during the switch stops with status
+    // 75, by design (payments cannot move while running; a supervisor
+    // restarts it). Any other end is a failure. Read through one that runs.
+    let mut nodes = nodes;
+    let mut live = None;
+    for node in nodes.iter_mut() {
+        match node.server.child.try_wait().unwrap() {
+            None => live = live.or_else(|| Some(node.server.base.clone())),
+            Some(status) => {
+                assert_eq!(status.code(), Some(75), "{} stopped: {status}", node.name);
+                println!(
+                    "{} stopped (status 75: its ledger lease lapsed in the switch)",
+                    node.name
+                );
+            }
+        }
+    }
     // Every order acknowledged before or after the switch is on the new primary.
-    assert_durable(&nodes[0].server.base, &seen);
+    assert_durable(&live.expect("a node still runs"), &seen);
     drop(nodes);
     assert_store_checks(&db, dir.path());
 }
