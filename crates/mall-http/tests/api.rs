@@ -1928,7 +1928,7 @@ async fn a_checkout_holds_every_line_or_none() {
 }
 
 /// Shoppers race for the last units of two items, each checking out both:
-/// exactly as many checkouts as units win, each whole; the losers hold
+/// at most as many checkouts as units win, each whole; the losers hold
 /// nothing (stock conserved).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_checkouts_for_the_last_units_conserve_stock() {
@@ -1978,9 +1978,12 @@ async fn concurrent_checkouts_for_the_last_units_conserve_stock() {
             s => panic!("unexpected {s}: {}", r.body),
         }
     }
-    assert_eq!(won, 3);
-    assert_eq!(counters(&api, x).await, (0, 3, 0));
-    assert_eq!(counters(&api, y).await, (0, 3, 0));
+    // Checkouts that each got one item and lost the other hand it back,
+    // possibly after a later shopper was told `sold_out`: fewer than 3 may
+    // win. Never more, and the units held are exactly the winners'.
+    assert!((1..=3).contains(&won), "{won} checkouts won");
+    assert_eq!(counters(&api, x).await, (3 - won, won, 0));
+    assert_eq!(counters(&api, y).await, (3 - won, won, 0));
 }
 
 /// A checkout its request abandoned (left open with a line held, as a crash
