@@ -282,6 +282,7 @@ pub fn bench_item(sku: u64, stock: u32, now: Timestamp) -> Item {
         opens_at: now.plus_ms(-1_000),
         closes_at: now.plus_ms(24 * 3_600_000),
         shelf_life_hours: None,
+        presale: None,
         sale_prices: vec![],
         floor_price_fen: mall_core::Fen(1),
     }

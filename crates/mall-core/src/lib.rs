@@ -250,16 +250,21 @@ pub enum OrderStatus {
     /// order whose cash was collected). Stock stays sold for good: money
     /// goes back only by an after-sale refund, never by a cancel.
     Delivered,
+    /// A pre-sale deposit whose balance was not paid in its window, or
+    /// that its shopper cancelled: stock returned, the deposit goes to
+    /// the merchant.
+    Forfeited,
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 6] = [
+    pub const ALL: [OrderStatus; 7] = [
         OrderStatus::AwaitingPayment,
         OrderStatus::Paid,
         OrderStatus::Confirmed,
         OrderStatus::Cancelled,
         OrderStatus::Expired,
         OrderStatus::Delivered,
+        OrderStatus::Forfeited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -270,6 +275,7 @@ impl OrderStatus {
             OrderStatus::Cancelled => "cancelled",
             OrderStatus::Expired => "expired",
             OrderStatus::Delivered => "delivered",
+            OrderStatus::Forfeited => "forfeited",
         }
     }
 
@@ -350,6 +356,116 @@ pub struct Item {
     pub closes_at: Timestamp,
     /// Fresh goods: hours they keep.
     pub shelf_life_hours: Option<u32>,
+    /// Sold as a pre-sale: a deposit in the sale window, the balance later.
+    #[serde(default)]
+    pub presale: Option<PreSale>,
+}
+
+/// The terms of a pre-sale item, per unit. Its sale window
+/// (`opens_at..closes_at`) is the deposit window; a deposit holds a unit,
+/// on the engine, until the balance is paid or its window ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreSale {
+    /// What the shopper pays first.
+    pub deposit_fen: Fen,
+    /// What the deposit counts for against the final price (at least the
+    /// deposit: "pay 100, worth 150").
+    pub worth_fen: Fen,
+    /// The balance is paid in `[balance_opens_at, balance_closes_at)`;
+    /// unpaid at its end, the deposit is forfeited.
+    pub balance_opens_at: Timestamp,
+    pub balance_closes_at: Timestamp,
+}
+
+impl PreSale {
+    /// As both stores keep it: `deposit:worth:opens:closes` (empty: none).
+    pub fn encode(terms: Option<&PreSale>) -> String {
+        terms.map_or(String::new(), |t| {
+            format!(
+                "{}:{}:{}:{}",
+                t.deposit_fen.0, t.worth_fen.0, t.balance_opens_at.0, t.balance_closes_at.0
+            )
+        })
+    }
+
+    /// The reverse of [`PreSale::encode`]; `Err` if it is not that.
+    pub fn decode(text: &str) -> Result<Option<PreSale>, ()> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let n: Vec<i64> = text
+            .split(':')
+            .map(|n| n.parse::<i64>().map_err(|_| ()))
+            .collect::<Result<_, _>>()?;
+        match n[..] {
+            [d, w, o, c] => Ok(Some(PreSale {
+                deposit_fen: Fen(d),
+                worth_fen: Fen(w),
+                balance_opens_at: Timestamp(o),
+                balance_closes_at: Timestamp(c),
+            })),
+            _ => Err(()),
+        }
+    }
+}
+
+/// An order's part in a pre-sale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderPreSale {
+    /// The deposit: this order holds the units (its amount is the
+    /// deposit). Its balance order costs `balance_fen`, payable in the
+    /// window; unpaid at its end, this order is forfeited.
+    Deposit {
+        balance_fen: Fen,
+        balance_opens_at: Timestamp,
+        balance_closes_at: Timestamp,
+    },
+    /// The balance of the deposit order `deposit`: it holds no stock of
+    /// its own (the deposit's units are the goods), only money.
+    Balance { deposit: OrderId },
+}
+
+impl OrderPreSale {
+    /// As both stores keep it: `d:balance:opens:closes` or `b:deposit`
+    /// (empty: none).
+    pub fn encode(p: Option<&OrderPreSale>) -> String {
+        match p {
+            None => String::new(),
+            Some(OrderPreSale::Deposit {
+                balance_fen,
+                balance_opens_at,
+                balance_closes_at,
+            }) => format!(
+                "d:{}:{}:{}",
+                balance_fen.0, balance_opens_at.0, balance_closes_at.0
+            ),
+            Some(OrderPreSale::Balance { deposit }) => format!("b:{}", deposit.0),
+        }
+    }
+
+    /// The reverse of [`OrderPreSale::encode`]; `Err` if it is not that.
+    pub fn decode(text: &str) -> Result<Option<OrderPreSale>, ()> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let mut parts = text.split(':');
+        let kind = parts.next().ok_or(())?;
+        let n: Vec<i64> = parts
+            .map(|n| n.parse::<i64>().map_err(|_| ()))
+            .collect::<Result<_, _>>()?;
+        match (kind, &n[..]) {
+            ("d", [b, o, c]) => Ok(Some(OrderPreSale::Deposit {
+                balance_fen: Fen(*b),
+                balance_opens_at: Timestamp(*o),
+                balance_closes_at: Timestamp(*c),
+            })),
+            ("b", [d]) => Ok(Some(OrderPreSale::Balance {
+                deposit: OrderId(u64::try_from(*d).map_err(|_| ())?),
+            })),
+            _ => Err(()),
+        }
+    }
 }
 
 /// A sale price and its window.
@@ -438,7 +554,48 @@ impl Item {
                 ));
             }
         }
+        if let Some(p) = &self.presale {
+            if p.deposit_fen.0 < 1 {
+                return Err("presale.deposit_fen must be at least 1".into());
+            }
+            if p.worth_fen < p.deposit_fen {
+                return Err("presale.worth_fen must be at least the deposit".into());
+            }
+            if p.balance_opens_at < self.closes_at {
+                return Err(
+                    "presale.balance_opens_at must not come before the deposit window (the sale window) ends"
+                        .into(),
+                );
+            }
+            if p.balance_opens_at >= p.balance_closes_at {
+                return Err("presale.balance_opens_at must be before balance_closes_at".into());
+            }
+            let final_price = self.price_at(p.balance_opens_at);
+            if final_price.0 - p.worth_fen.0 < 1 {
+                return Err(format!(
+                    "presale.worth_fen must leave a balance of at least 1 fen of the final price ({})",
+                    final_price.0
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// A pre-sale deposit of `quantity` units made at `now`: what it costs
+    /// now and what its balance will cost (the final price is the price at
+    /// the balance window's opening, less what the deposit is worth).
+    pub fn deposit_terms(&self, quantity: u32) -> Option<(Fen, OrderPreSale)> {
+        let p = self.presale?;
+        let q = i64::from(quantity);
+        let final_price = self.price_at(p.balance_opens_at);
+        Some((
+            Fen(p.deposit_fen.0 * q),
+            OrderPreSale::Deposit {
+                balance_fen: Fen((final_price.0 - p.worth_fen.0) * q),
+                balance_opens_at: p.balance_opens_at,
+                balance_closes_at: p.balance_closes_at,
+            },
+        ))
     }
 }
 
@@ -531,6 +688,26 @@ pub struct Order {
     /// When an unpaid hold lapses; `None` once the order is no longer awaiting payment.
     pub expires_at: Option<Timestamp>,
     pub updated_at: Timestamp,
+    /// Its part in a pre-sale, if it has one.
+    #[serde(default)]
+    pub presale: Option<OrderPreSale>,
+}
+
+impl Order {
+    /// A pre-sale's balance order: money only, no stock of its own.
+    pub fn is_balance(&self) -> bool {
+        matches!(self.presale, Some(OrderPreSale::Balance { .. }))
+    }
+
+    /// The pre-sale deposit order this order belongs to (itself for a
+    /// deposit), if it is part of a pre-sale.
+    pub fn presale_deposit(&self) -> Option<OrderId> {
+        match self.presale {
+            Some(OrderPreSale::Deposit { .. }) => Some(self.id),
+            Some(OrderPreSale::Balance { deposit }) => Some(deposit),
+            None => None,
+        }
+    }
 }
 
 /// A stable 64-bit FNV-1a fingerprint of request fields. Stable across

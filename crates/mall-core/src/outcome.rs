@@ -57,6 +57,21 @@ pub enum Refusal {
         unit_price_fen: Fen,
         amount_fen: Fen,
     },
+    /// A pre-sale's balance may not be paid yet.
+    BalanceNotOpen {
+        opens_at: Timestamp,
+    },
+    /// A pre-sale's balance window has closed (the deposit was forfeited).
+    BalanceClosed {
+        closes_at: Timestamp,
+    },
+    /// The order is not a pre-sale deposit whose balance can be asked.
+    NotPreSale,
+    /// A pre-sale deposit is paid online, for one item at its own price
+    /// (no cash on delivery, no checkout discounts).
+    PreSaleOnlineOnly,
+    /// A pre-sale is delivered only once its balance is paid.
+    BalanceNotPaid,
 }
 
 impl Refusal {
@@ -84,6 +99,11 @@ impl Refusal {
             Refusal::PriceChanged { .. } => "price_changed",
             Refusal::UnknownCoupon => "coupon_not_found",
             Refusal::ClaimNotUsable => "coupon_not_usable",
+            Refusal::BalanceNotOpen { .. } => "balance_not_open",
+            Refusal::BalanceClosed { .. } => "balance_closed",
+            Refusal::NotPreSale => "not_a_presale",
+            Refusal::PreSaleOnlineOnly => "presale_online_only",
+            Refusal::BalanceNotPaid => "balance_not_paid",
         }
     }
 
@@ -131,6 +151,23 @@ impl Refusal {
             Refusal::StockBelowCommitted { committed } => format!(
                 "stock cannot go below the {committed} unit(s) already held or sold"
             ),
+            Refusal::BalanceNotOpen { opens_at } => format!(
+                "the balance of this pre-sale can be paid from {} (ms since epoch)",
+                opens_at.0
+            ),
+            Refusal::BalanceClosed { closes_at } => format!(
+                "the balance window of this pre-sale closed at {} (ms since epoch); the deposit was forfeited",
+                closes_at.0
+            ),
+            Refusal::NotPreSale => {
+                "this order is not a paid pre-sale deposit, so it has no balance to pay".into()
+            }
+            Refusal::PreSaleOnlineOnly => {
+                "a pre-sale deposit is paid online, for the item alone (no cash on delivery, no cart checkout)".into()
+            }
+            Refusal::BalanceNotPaid => {
+                "a pre-sale is delivered only once its balance is paid".into()
+            }
         }
     }
 }

@@ -109,7 +109,9 @@ pub fn audit(store: &dyn Store) -> Result<AuditReport, StoreError> {
                     ));
                 }
             }
-            if o.status.is_active() {
+            // A pre-sale's balance order holds no stock: its deposit's
+            // units are the goods.
+            if o.status.is_active() && !o.is_balance() {
                 let c = counts.entry(o.sku).or_default();
                 let q = u64::from(o.quantity.get());
                 if o.status.is_sold() {

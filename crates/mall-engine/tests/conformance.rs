@@ -432,6 +432,7 @@ fn item(sku: u64, stock: u32, limit: u32) -> Item {
         opens_at: T0,
         closes_at: T0.plus_ms(3_600_000),
         shelf_life_hours: Some(48),
+        presale: None,
         // On sale at 4.00 for the first half hour; never below 1.00.
         sale_prices: vec![mall_core::SalePrice {
             opens_at: T0,

@@ -130,8 +130,14 @@ impl ApiError {
             | Refusal::HoldExpired
             | Refusal::StockBelowCommitted { .. }
             | Refusal::ItemChanged
-            | Refusal::ClaimNotUsable => StatusCode::CONFLICT,
-            Refusal::SaleNotOpen { .. } | Refusal::SaleClosed { .. } => StatusCode::FORBIDDEN,
+            | Refusal::ClaimNotUsable
+            | Refusal::NotPreSale
+            | Refusal::PreSaleOnlineOnly
+            | Refusal::BalanceNotPaid => StatusCode::CONFLICT,
+            Refusal::SaleNotOpen { .. }
+            | Refusal::SaleClosed { .. }
+            | Refusal::BalanceNotOpen { .. }
+            | Refusal::BalanceClosed { .. } => StatusCode::FORBIDDEN,
             Refusal::UnknownItem | Refusal::UnknownOrder | Refusal::UnknownCoupon => {
                 StatusCode::NOT_FOUND
             }

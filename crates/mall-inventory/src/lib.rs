@@ -21,8 +21,8 @@ mod coupons;
 pub use coupons::{ClaimCoupon, CouponCounts};
 
 use mall_core::{
-    Claim, ClaimId, ClaimStatus, Coupon, CouponId, Fen, Item, Order, OrderId, OrderStatus,
-    PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId,
+    Claim, ClaimId, ClaimStatus, Coupon, CouponId, Fen, Item, Order, OrderId, OrderPreSale,
+    OrderStatus, PaymentMethod, Quantity, Refusal, Sku, Timestamp, UserId,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
@@ -174,6 +174,14 @@ pub enum Command {
     },
     /// The shard's coupons with their counters, by id (a read, likewise).
     Coupons,
+    /// The shopper asks for the balance of their paid pre-sale deposit:
+    /// its balance order, made once (a repeat answers the same order),
+    /// in the balance window. It holds no stock: the deposit's units are
+    /// the goods.
+    Balance {
+        deposit: OrderId,
+        user: UserId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -201,6 +209,13 @@ pub enum Reply {
         coupons: Vec<Coupon>,
     },
     Coupons(Vec<CouponCounts>),
+    /// A pre-sale cancelled as a whole: its deposit order and its balance
+    /// order (if one was asked), as they stand now. A cancel by the
+    /// shopper before the balance is paid forfeits the deposit.
+    PreSale {
+        deposit: Order,
+        balance: Option<Order>,
+    },
     /// The order is not active here (cancelled, expired, or unknown).
     /// Answered only after everything applied before it is committed, so a
     /// read of the store then sees its latest state.
@@ -303,6 +318,8 @@ pub struct Inventory {
     next_claim_seq: u64,
     /// Coupons changed since the last invariant check.
     touched_coupons: FxHashSet<CouponId>,
+    /// Active pre-sale deposits' balance orders: deposit → balance.
+    balances: FxHashMap<OrderId, OrderId>,
 }
 
 /// The durable state a shard is rebuilt from: its items and orders.
@@ -342,6 +359,7 @@ impl Inventory {
             claim_keys: FxHashMap::default(),
             next_claim_seq: 1,
             touched_coupons: FxHashSet::default(),
+            balances: FxHashMap::default(),
         }
     }
 
@@ -385,6 +403,18 @@ impl Inventory {
             }
             if !order.status.is_active() {
                 continue;
+            }
+            if let Some(OrderPreSale::Balance { deposit }) = order.presale {
+                // Money only: the deposit's units are counted with it.
+                inv.balances.insert(deposit, order.id);
+                if let Some(at) = order.expires_at {
+                    inv.expiry.push(Reverse((at, order.id)));
+                }
+                inv.orders.insert(order.id, order);
+                continue;
+            }
+            if let Some(at) = balance_deadline_paid(&order) {
+                inv.expiry.push(Reverse((at, order.id)));
             }
             let sku = inv
                 .skus
@@ -457,6 +487,7 @@ impl Inventory {
             Command::ReturnClaim { claim, order } => self.return_claim(claim, order, now, effects),
             Command::ClaimsOf { user } => self.claims_of(user),
             Command::Coupons => Reply::Coupons(self.coupon_counts()),
+            Command::Balance { deposit, user } => self.balance(deposit, user, now, effects),
         }
     }
 
@@ -496,8 +527,24 @@ impl Inventory {
         if sku.available == 0 {
             return Reply::Refused(Refusal::SoldOut);
         }
-        let unit_price = sku.item.price_at(now);
-        let amount = mall_core::Fen(unit_price.0 * i64::from(q));
+        let presale = sku.item.deposit_terms(q);
+        if presale.is_some() && (r.payment != PaymentMethod::Online || r.discount_fen.0 != 0) {
+            return Reply::Refused(Refusal::PreSaleOnlineOnly);
+        }
+        let (unit_price, amount) = match presale {
+            // A deposit: the unit's price is the final one (at the balance
+            // window's opening); the order's amount is the deposit.
+            Some((
+                deposit,
+                OrderPreSale::Deposit {
+                    balance_opens_at, ..
+                },
+            )) => (sku.item.price_at(balance_opens_at), deposit),
+            _ => {
+                let unit_price = sku.item.price_at(now);
+                (unit_price, mall_core::Fen(unit_price.0 * i64::from(q)))
+            }
+        };
         if r.expected_total_fen.is_some_and(|e| e != amount)
             || r.discount_fen.0 < 0
             || amount.0 - r.discount_fen.0 < sku.item.floor_unit().0 * i64::from(q)
@@ -523,13 +570,19 @@ impl Inventory {
         }
 
         sku.available -= q;
+        let presale = presale.map(|(_, p)| p);
         let (status, expires_at) = match r.payment {
             PaymentMethod::Online => {
                 sku.held += q;
-                (
-                    OrderStatus::AwaitingPayment,
-                    Some(now.plus_ms(self.config.hold_timeout_ms)),
-                )
+                let mut until = now.plus_ms(self.config.hold_timeout_ms);
+                // A deposit paid after its balance window would be lost at once.
+                if let Some(OrderPreSale::Deposit {
+                    balance_closes_at, ..
+                }) = presale
+                {
+                    until = until.min(balance_closes_at);
+                }
+                (OrderStatus::AwaitingPayment, Some(until))
             }
             PaymentMethod::Cod => {
                 sku.sold += q;
@@ -558,6 +611,7 @@ impl Inventory {
             created_at: now,
             expires_at,
             updated_at: now,
+            presale,
         };
         *self.per_user.entry((r.user, r.sku)).or_default() += q;
         if let Some(at) = expires_at {
@@ -595,13 +649,19 @@ impl Inventory {
                     return Reply::Refused(Refusal::HoldExpired);
                 }
                 let (sku, q) = (order.sku, order.quantity.get());
-                let state = self.skus.get_mut(&sku).expect("active order's item exists");
-                state.held -= q;
-                state.sold += q;
-                state.publish();
-                self.touched.insert(sku);
+                if !order.is_balance() {
+                    let state = self.skus.get_mut(&sku).expect("active order's item exists");
+                    state.held -= q;
+                    state.sold += q;
+                    state.publish();
+                    self.touched.insert(sku);
+                }
                 let order = self.orders.get_mut(&id).expect("looked up above");
                 order.expires_at = None;
+                // A paid deposit holds its units until its balance window ends.
+                if let Some(at) = balance_deadline_paid(order) {
+                    self.expiry.push(Reverse((at, id)));
+                }
                 move_on(order, OrderStatus::Paid, now, effects)
             }
             status => Reply::Refused(Refusal::InvalidTransition {
@@ -624,6 +684,9 @@ impl Inventory {
         if by.is_some_and(|user| user != order.user) {
             return Reply::Refused(Refusal::UnknownOrder);
         }
+        if let Some(deposit) = order.presale_deposit() {
+            return self.release_presale(deposit, by, now, effects);
+        }
         match order.status {
             // A paid order's money is refunded by the payment service.
             OrderStatus::AwaitingPayment | OrderStatus::Confirmed | OrderStatus::Paid => {
@@ -643,7 +706,7 @@ impl Inventory {
     }
 
     fn deliver(&mut self, id: OrderId, now: Timestamp, effects: &mut Vec<Effect>) -> Reply {
-        let Some(order) = self.orders.get_mut(&id) else {
+        let Some(order) = self.orders.get(&id) else {
             return Reply::Inactive(id);
         };
         match order.status {
@@ -652,6 +715,31 @@ impl Inventory {
                 replayed: true,
             },
             OrderStatus::Paid | OrderStatus::Confirmed => {
+                match order.presale {
+                    // A pre-sale's goods leave once its balance is paid; the
+                    // balance order is delivered with its deposit order.
+                    Some(OrderPreSale::Deposit { .. }) => {
+                        let balance = self.balances.get(&id).copied();
+                        let Some(b) = balance.and_then(|b| self.orders.get_mut(&b)) else {
+                            return Reply::Refused(Refusal::BalanceNotPaid);
+                        };
+                        match b.status {
+                            OrderStatus::Paid => {
+                                move_on(b, OrderStatus::Delivered, now, effects);
+                            }
+                            OrderStatus::Delivered => {}
+                            _ => return Reply::Refused(Refusal::BalanceNotPaid),
+                        }
+                    }
+                    Some(OrderPreSale::Balance { .. }) => {
+                        return Reply::Refused(Refusal::InvalidTransition {
+                            status: order.status,
+                            action: "delivered apart from its deposit order".into(),
+                        })
+                    }
+                    None => {}
+                }
+                let order = self.orders.get_mut(&id).expect("looked up above");
                 // Sold before and after: no counter moves.
                 move_on(order, OrderStatus::Delivered, now, effects)
             }
@@ -672,7 +760,12 @@ impl Inventory {
         effects: &mut Vec<Effect>,
     ) -> Order {
         assert!(!status.is_active());
-        let mut order = self.orders.remove(&id).expect("ending an active order");
+        let order = self.orders.remove(&id).expect("ending an active order");
+        if let Some(OrderPreSale::Balance { deposit }) = order.presale {
+            // Money only: no stock moves.
+            self.balances.remove(&deposit);
+            return finish(order, status, now, effects);
+        }
         let q = order.quantity.get();
         let state = self
             .skus
@@ -695,15 +788,109 @@ impl Inventory {
             self.per_user.remove(&key);
         }
         self.touched.insert(order.sku);
-        order.status = status;
-        order.expires_at = None;
-        order.updated_at = now;
-        effects.push(Effect::UpdateOrder {
+        finish(order, status, now, effects)
+    }
+
+    /// A pre-sale's balance order, made once per deposit.
+    fn balance(
+        &mut self,
+        deposit: OrderId,
+        user: UserId,
+        now: Timestamp,
+        effects: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some(d) = self.orders.get(&deposit) else {
+            return Reply::Inactive(deposit);
+        };
+        if d.user != user {
+            return Reply::Refused(Refusal::UnknownOrder);
+        }
+        if let Some(b) = self.balances.get(&deposit) {
+            return Reply::Order {
+                order: self.orders[b].clone(),
+                replayed: true,
+            };
+        }
+        let Some(OrderPreSale::Deposit {
+            balance_fen,
+            balance_opens_at,
+            balance_closes_at,
+        }) = d.presale
+        else {
+            return Reply::Refused(Refusal::NotPreSale);
+        };
+        if d.status != OrderStatus::Paid {
+            return Reply::Refused(Refusal::NotPreSale);
+        }
+        if now < balance_opens_at {
+            return Reply::Refused(Refusal::BalanceNotOpen {
+                opens_at: balance_opens_at,
+            });
+        }
+        if now >= balance_closes_at {
+            return Reply::Refused(Refusal::BalanceClosed {
+                closes_at: balance_closes_at,
+            });
+        }
+        let id = OrderId::new(self.shard, self.next_seq);
+        self.next_seq += 1;
+        let order = Order {
             id,
-            status,
+            amount_fen: balance_fen,
+            payment: PaymentMethod::Online,
+            status: OrderStatus::AwaitingPayment,
+            idempotency_key: None,
+            request_fingerprint: 0,
+            created_at: now,
+            expires_at: Some(balance_closes_at),
             updated_at: now,
-        });
-        order
+            presale: Some(OrderPreSale::Balance { deposit }),
+            ..d.clone()
+        };
+        self.expiry.push(Reverse((balance_closes_at, id)));
+        self.balances.insert(deposit, id);
+        self.orders.insert(id, order.clone());
+        effects.push(Effect::InsertOrder(order.clone()));
+        Reply::Order {
+            order,
+            replayed: false,
+        }
+    }
+
+    /// Cancels a pre-sale as a whole. Its deposit unpaid: an ordinary
+    /// cancel. Paid, with the balance paid too: both cancelled (refunded).
+    /// Paid, the balance not: the shopper forfeits the deposit, an admin or
+    /// the merchant cancels it (refunded); an open balance order is
+    /// cancelled with it.
+    fn release_presale(
+        &mut self,
+        deposit: OrderId,
+        by: Option<UserId>,
+        now: Timestamp,
+        effects: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some(d) = self.orders.get(&deposit) else {
+            // A balance order outlives its deposit never: only a bug.
+            return Reply::Inactive(deposit);
+        };
+        let balance = self.balances.get(&deposit).copied();
+        let balance_paid = balance
+            .and_then(|b| self.orders.get(&b))
+            .is_some_and(|b| b.status.is_sold());
+        let status = match d.status {
+            OrderStatus::AwaitingPayment => OrderStatus::Cancelled,
+            OrderStatus::Paid if balance_paid || by.is_none() => OrderStatus::Cancelled,
+            OrderStatus::Paid => OrderStatus::Forfeited,
+            status => {
+                return Reply::Refused(Refusal::InvalidTransition {
+                    status,
+                    action: "cancelled".into(),
+                })
+            }
+        };
+        let balance = balance.map(|b| self.end_hold(b, OrderStatus::Cancelled, now, effects));
+        let deposit = self.end_hold(deposit, status, now, effects);
+        Reply::PreSale { deposit, balance }
     }
 
     fn put_item(&mut self, item: Item, expected: Option<Item>, effects: &mut Vec<Effect>) -> Reply {
@@ -777,11 +964,24 @@ impl Inventory {
                 break;
             }
             self.expiry.pop();
-            let due = self.orders.get(&id).is_some_and(|o| {
-                o.status == OrderStatus::AwaitingPayment && o.expires_at == Some(at)
-            });
-            if due {
+            let Some(o) = self.orders.get(&id) else {
+                continue;
+            };
+            if o.status == OrderStatus::AwaitingPayment && o.expires_at == Some(at) {
                 self.end_hold(id, OrderStatus::Expired, now, effects);
+            } else if balance_deadline_paid(o) == Some(at) {
+                // A paid deposit at its balance window's end: kept if the
+                // balance is paid, else forfeited (an open balance lapses).
+                let balance = self.balances.get(&id).copied();
+                let paid = balance
+                    .and_then(|b| self.orders.get(&b))
+                    .is_some_and(|b| b.status.is_sold());
+                if !paid {
+                    if let Some(b) = balance {
+                        self.end_hold(b, OrderStatus::Expired, now, effects);
+                    }
+                    self.end_hold(id, OrderStatus::Forfeited, now, effects);
+                }
             }
         }
         let horizon = now.plus_ms(-self.config.idempotency_retention_ms);
@@ -829,6 +1029,18 @@ impl Inventory {
                     o.status.as_str()
                 ));
             }
+            if let Some(OrderPreSale::Balance { deposit }) = o.presale {
+                let d = self.orders.get(&deposit);
+                if !d.is_some_and(|d| d.status.is_sold())
+                    || self.balances.get(&deposit) != Some(&o.id)
+                {
+                    return Err(format!(
+                        "balance order {} is active without its paid deposit {deposit}",
+                        o.id
+                    ));
+                }
+                continue;
+            }
             let bucket = if o.status.is_sold() {
                 &mut sold
             } else {
@@ -864,6 +1076,34 @@ impl Inventory {
             return Err("per-user counts disagree with the orders".into());
         }
         self.coupon_faults()
+    }
+}
+
+/// An order leaves memory in `status` (not active), durably.
+fn finish(
+    mut order: Order,
+    status: OrderStatus,
+    now: Timestamp,
+    effects: &mut Vec<Effect>,
+) -> Order {
+    order.status = status;
+    order.expires_at = None;
+    order.updated_at = now;
+    effects.push(Effect::UpdateOrder {
+        id: order.id,
+        status,
+        updated_at: now,
+    });
+    order
+}
+
+/// When a paid pre-sale deposit's balance window ends.
+fn balance_deadline_paid(order: &Order) -> Option<Timestamp> {
+    match order.presale {
+        Some(OrderPreSale::Deposit {
+            balance_closes_at, ..
+        }) if order.status == OrderStatus::Paid => Some(balance_closes_at),
+        _ => None,
     }
 }
 
@@ -907,6 +1147,7 @@ impl mall_shard::StateMachine for Inventory {
             | Reply::Claim { .. }
             | Reply::Claims { .. }
             | Reply::Coupons(_)
+            | Reply::PreSale { .. }
             | Reply::Inactive(_) => true,
             Reply::Refused(_) | Reply::Unavailable => false,
         }

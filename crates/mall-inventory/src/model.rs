@@ -330,6 +330,7 @@ impl Model {
                     created_at: now,
                     expires_at: online.then(|| now.plus_ms(self.hold_timeout_ms)),
                     updated_at: now,
+                    presale: None,
                 };
                 self.next_seq += 1;
                 self.orders.insert(order.id, order.clone());
@@ -372,7 +373,9 @@ impl Model {
                             action: "paid".into(),
                         })
                     }
-                    OrderStatus::Cancelled | OrderStatus::Expired => Reply::Inactive(*order),
+                    OrderStatus::Cancelled | OrderStatus::Expired | OrderStatus::Forfeited => {
+                        Reply::Inactive(*order)
+                    }
                 }
             }
             Command::Release { order, by } => {
@@ -418,7 +421,9 @@ impl Model {
                             replayed: false,
                         }
                     }
-                    OrderStatus::Cancelled | OrderStatus::Expired => Reply::Inactive(*order),
+                    OrderStatus::Cancelled | OrderStatus::Expired | OrderStatus::Forfeited => {
+                        Reply::Inactive(*order)
+                    }
                     status => Reply::Refused(Refusal::InvalidTransition {
                         status,
                         action: "delivered".into(),
@@ -446,6 +451,9 @@ impl Model {
             | Command::ReturnClaim { .. }
             | Command::ClaimsOf { .. }
             | Command::Coupons => self.coupon_command(command, now),
+            // Pre-sales are checked by their own tests (`tests/presale.rs`),
+            // not by this model: the seeded workload makes none.
+            Command::Balance { .. } => unreachable!("the model's workload makes no pre-sales"),
         }
     }
 }

@@ -94,6 +94,7 @@ impl Workload {
             opens_at,
             closes_at,
             shelf_life_hours: None,
+            presale: None,
         }
     }
 

@@ -24,6 +24,7 @@ fn item(sku: u64, stock: u32, limit: u32) -> Item {
         opens_at: T0,
         closes_at: T0.plus_ms(3_600_000),
         shelf_life_hours: None,
+        presale: None,
         sale_prices: vec![],
         floor_price_fen: mall_core::Fen(1),
     }

@@ -100,6 +100,7 @@ fn no_success_is_answered_for_a_batch_that_was_not_committed() {
         opens_at: now.plus_ms(-1_000),
         closes_at: now.plus_ms(3_600_000),
         shelf_life_hours: None,
+        presale: None,
     };
     let coupon = |id: u64| Coupon {
         id: CouponId(id),

@@ -299,6 +299,7 @@ impl World {
                 opens_at: start.plus_ms(-60_000),
                 closes_at: start.plus_ms(24 * 3_600_000),
                 shelf_life_hours: None,
+                presale: None,
                 sale_prices: vec![],
                 floor_price_fen: mall_core::Fen(1),
             };

@@ -12,7 +12,7 @@ use mall_engine::StoreError;
 
 /// `MIGRATIONS[i]` takes a server from version `i` to `i + 1`. Append only:
 /// a released migration is never edited.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
 
 /// Serializes migrations (and store creation) across nodes starting at
 /// once: `pg_advisory_xact_lock` on this key, released at commit.
@@ -237,6 +237,13 @@ CREATE INDEX checkouts_unfinished ON checkouts (updated_at_ms)
 const V9: &str = "
 ALTER TABLE promotions ADD COLUMN quantity BIGINT;
 ALTER TABLE promotions ADD COLUMN used BIGINT NOT NULL DEFAULT 0;
+";
+
+/// Pre-sales: an item's terms, an order's part (as `mall_core` encodes
+/// them; empty: none).
+const V10: &str = "
+ALTER TABLE items ADD COLUMN presale TEXT NOT NULL DEFAULT '';
+ALTER TABLE orders ADD COLUMN presale TEXT NOT NULL DEFAULT '';
 ";
 
 /// Coupons and their claims, by shard (on the shard's server, like items

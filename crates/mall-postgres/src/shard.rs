@@ -17,12 +17,12 @@ use std::sync::Arc;
 
 macro_rules! order_columns {
     () => {
-        "id, shard, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, per_user_limit, created_at_ms, expires_at_ms, updated_at_ms, list_price_fen"
+        "id, shard, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, per_user_limit, created_at_ms, expires_at_ms, updated_at_ms, list_price_fen, presale"
     };
 }
 macro_rules! item_columns {
     () => {
-        "sku, shard, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours, sale_prices, floor_price_fen"
+        "sku, shard, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours, sale_prices, floor_price_fen, presale"
     };
 }
 
@@ -39,24 +39,24 @@ const WRITE_BATCH: &str = concat!(
     ), put_items AS (
         INSERT INTO items (",
     item_columns!(),
-    ") SELECT u.* FROM unnest($3::bigint[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::bigint[]) AS u, fence
+    ") SELECT u.* FROM unnest($3::bigint[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::bigint[], $16::text[]) AS u, fence
         ON CONFLICT (sku) DO UPDATE SET shard = excluded.shard, merchant_id = excluded.merchant_id,
             title = excluded.title, category = excluded.category, price_fen = excluded.price_fen,
             stock_total = excluded.stock_total, per_user_limit = excluded.per_user_limit,
             opens_at_ms = excluded.opens_at_ms, closes_at_ms = excluded.closes_at_ms,
             shelf_life_hours = excluded.shelf_life_hours, sale_prices = excluded.sale_prices,
-            floor_price_fen = excluded.floor_price_fen
+            floor_price_fen = excluded.floor_price_fen, presale = excluded.presale
     ), new_orders AS (
         INSERT INTO orders (",
     order_columns!(),
-    ") SELECT u.* FROM unnest($16::bigint[], $17::int[], $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], $23::text[], $24::text[], $25::text[], $26::text[], $27::bigint[], $28::bigint[], $29::bigint[], $30::bigint[], $31::bigint[], $32::bigint[]) AS u, fence
+    ") SELECT u.* FROM unnest($17::bigint[], $18::int[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[], $24::text[], $25::text[], $26::text[], $27::text[], $28::bigint[], $29::bigint[], $30::bigint[], $31::bigint[], $32::bigint[], $33::bigint[], $34::text[]) AS u, fence
     ), changed AS (
         UPDATE orders o SET status = u.status, expires_at_ms = NULL, updated_at_ms = u.updated_at_ms
-        FROM unnest($33::bigint[], $34::text[], $35::bigint[]) AS u(id, status, updated_at_ms), fence
+        FROM unnest($35::bigint[], $36::text[], $37::bigint[]) AS u(id, status, updated_at_ms), fence
         WHERE o.shard = $1 AND o.id = u.id RETURNING 1
     )
     SELECT (SELECT count(*) FROM fence),
-        CASE WHEN (SELECT count(*) FROM fence) = 1 AND (SELECT count(*) FROM changed) <> cardinality($33::bigint[])
+        CASE WHEN (SELECT count(*) FROM fence) = 1 AND (SELECT count(*) FROM changed) <> cardinality($35::bigint[])
             THEN mall_fail('mall: an order to update is missing') ELSE 0 END"
 );
 const ITEMS_OF_SHARD: &str = concat!(
@@ -118,6 +118,10 @@ fn order_from_row(row: &Row) -> Result<Order, String> {
             expires_at: get::<Option<i64>>(row, 14)?.map(Timestamp),
             updated_at: Timestamp(get(row, 15)?),
             list_price_fen: Fen(get(row, 16)?),
+            presale: {
+                let text: &str = get(row, 17)?;
+                mall_core::OrderPreSale::decode(text).map_err(|()| format!("pre-sale {text:?}"))?
+            },
         })
     })()
     .map_err(bad)
@@ -182,6 +186,10 @@ fn item_from_row(row: &Row) -> Result<Item, String> {
                 SalePrice::decode_all(text).ok_or_else(|| format!("sale prices {text:?}"))?
             },
             floor_price_fen: Fen(get(row, 12)?),
+            presale: {
+                let text: &str = get(row, 13)?;
+                mall_core::PreSale::decode(text).map_err(|()| format!("pre-sale {text:?}"))?
+            },
         })
     })()
     .map_err(|e: String| format!("item {sku}: {e}"))
@@ -446,7 +454,7 @@ impl PgShardJournal {
             let i = &batch.items;
             let o = &batch.orders;
             let u = &batch.updates;
-            let params: [&(dyn postgres::types::ToSql + Sync); 35] = [
+            let params: [&(dyn postgres::types::ToSql + Sync); 37] = [
                 &key,
                 &epoch,
                 &i.iter().map(|i| i.sku.0 as i64).collect::<Vec<_>>(),
@@ -470,6 +478,9 @@ impl PgShardJournal {
                     .map(|i| SalePrice::encode_all(&i.sale_prices))
                     .collect::<Vec<_>>(),
                 &i.iter().map(|i| i.floor_price_fen.0).collect::<Vec<_>>(),
+                &i.iter()
+                    .map(|i| mall_core::PreSale::encode(i.presale.as_ref()))
+                    .collect::<Vec<_>>(),
                 &o.iter().map(|o| o.id.0 as i64).collect::<Vec<_>>(),
                 &o.iter().map(|o| o.id.shard() as i32).collect::<Vec<_>>(),
                 &o.iter().map(|o| o.sku.0 as i64).collect::<Vec<_>>(),
@@ -497,6 +508,9 @@ impl PgShardJournal {
                     .collect::<Vec<_>>(),
                 &o.iter().map(|o| o.updated_at.0).collect::<Vec<_>>(),
                 &o.iter().map(|o| o.list_price_fen.0).collect::<Vec<_>>(),
+                &o.iter()
+                    .map(|o| mall_core::OrderPreSale::encode(o.presale.as_ref()))
+                    .collect::<Vec<_>>(),
                 &u.iter().map(|u| u.0 .0 as i64).collect::<Vec<_>>(),
                 &u.iter().map(|u| u.1.as_str()).collect::<Vec<_>>(),
                 &u.iter().map(|u| u.2 .0).collect::<Vec<_>>(),

@@ -259,6 +259,7 @@ pub fn make_item(
             .then(|| 24 + rng.below(14 * 24) as u32),
         sale_prices: vec![],
         floor_price_fen: mall_core::Fen(1),
+        presale: None,
     }
 }
 

@@ -1132,6 +1132,7 @@ async fn send_local(shared: &Shared, engine: &Engine, job: &Job) -> Answer {
         | Reply::Coupon(_)
         | Reply::Claim { .. }
         | Reply::Claims { .. }
+        | Reply::PreSale { .. }
         | Reply::Coupons(_) => Answer {
             code: "ok".into(),
             order: None,

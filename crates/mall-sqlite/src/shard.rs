@@ -85,6 +85,13 @@ CREATE TABLE coupon_claims (
 CREATE INDEX coupon_claims_by_user ON coupon_claims (user_id, id);
 ";
 
+/// Version 4: pre-sales. An item's terms, an order's part (both as
+/// `mall_core` encodes them; empty: none).
+const PRESALES: &str = "
+ALTER TABLE items ADD COLUMN presale TEXT NOT NULL DEFAULT '';
+ALTER TABLE orders ADD COLUMN presale TEXT NOT NULL DEFAULT '';
+";
+
 pub(crate) const COUPON_COLUMNS: &str = "id, merchant_id, title, spec, quantity, per_user_limit, claim_opens_at_ms, claim_closes_at_ms, valid_until_ms";
 pub(crate) const CLAIM_COLUMNS: &str = "id, coupon_id, user_id, status, order_id, idempotency_key, request_fingerprint, created_at_ms, updated_at_ms";
 
@@ -118,8 +125,8 @@ pub(crate) fn claim_from_row(row: &Row<'_>) -> rusqlite::Result<Claim> {
     })
 }
 
-pub(crate) const ORDER_COLUMNS: &str = "id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, created_at_ms, expires_at_ms, updated_at_ms, per_user_limit, list_price_fen";
-pub(crate) const ITEM_COLUMNS: &str = "sku, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours, sale_prices, floor_price_fen";
+pub(crate) const ORDER_COLUMNS: &str = "id, sku, user_id, quantity, unit_price_fen, amount_fen, payment, status, address, idempotency_key, request_fingerprint, created_at_ms, expires_at_ms, updated_at_ms, per_user_limit, list_price_fen, presale";
+pub(crate) const ITEM_COLUMNS: &str = "sku, merchant_id, title, category, price_fen, stock_total, per_user_limit, opens_at_ms, closes_at_ms, shelf_life_hours, sale_prices, floor_price_fen, presale";
 
 pub(crate) fn open_shard_db(path: &Path, sync: Sync) -> Result<Connection, Error> {
     let conn = open_connection(path, sync)?;
@@ -127,7 +134,7 @@ pub(crate) fn open_shard_db(path: &Path, sync: Sync) -> Result<Connection, Error
     // mid-transaction, and fewer, larger checkpoints.
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
-    migrate(&conn, path, &[SCHEMA, PRICES, COUPONS])?;
+    migrate(&conn, path, &[SCHEMA, PRICES, COUPONS, PRESALES])?;
     Ok(conn)
 }
 
@@ -166,6 +173,11 @@ pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         // NULL: a row written without it means the price paid (as the
         // migration set it for older orders).
         list_price_fen: Fen(row.get::<_, Option<i64>>(15)?.unwrap_or(row.get(4)?)),
+        presale: {
+            let text: String = row.get(16)?;
+            mall_core::OrderPreSale::decode(&text)
+                .map_err(|()| corrupt(format!("order pre-sale {text:?}")))?
+        },
     })
 }
 
@@ -183,6 +195,11 @@ pub(crate) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
         opens_at: Timestamp(row.get(7)?),
         closes_at: Timestamp(row.get(8)?),
         shelf_life_hours: row.get(9)?,
+        presale: {
+            let text: String = row.get(12)?;
+            mall_core::PreSale::decode(&text)
+                .map_err(|()| corrupt(format!("item pre-sale {text:?}")))?
+        },
         sale_prices: {
             let text: String = row.get(10)?;
             SalePrice::decode_all(&text).ok_or_else(|| corrupt(format!("sale prices {text:?}")))?
@@ -230,13 +247,13 @@ impl ShardJournal {
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(&format!(
-                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ))?;
             let mut update = tx.prepare_cached(
                 "UPDATE orders SET status = ?2, expires_at_ms = NULL, updated_at_ms = ?3 WHERE id = ?1",
             )?;
             let mut put_item = tx.prepare_cached(&format!(
-                "INSERT OR REPLACE INTO items ({ITEM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                "INSERT OR REPLACE INTO items ({ITEM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ))?;
             let mut put_coupon = tx.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO coupons ({COUPON_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
@@ -309,6 +326,7 @@ impl ShardJournal {
                             o.updated_at.0,
                             o.per_user_limit,
                             o.list_price_fen.0,
+                            mall_core::OrderPreSale::encode(o.presale.as_ref()),
                         ])?;
                     }
                     Effect::UpdateOrder {
@@ -336,6 +354,7 @@ impl ShardJournal {
                             i.shelf_life_hours,
                             SalePrice::encode_all(&i.sale_prices),
                             i.floor_price_fen.0,
+                            mall_core::PreSale::encode(i.presale.as_ref()),
                         ])?;
                     }
                 }

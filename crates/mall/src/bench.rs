@@ -688,6 +688,7 @@ fn bench_shape(p: &Params, hot: bool, store: &crate::store::StoreArgs) -> Result
             opens_at: now.plus_ms(-1_000),
             closes_at: now.plus_ms(3_600_000),
             shelf_life_hours: None,
+            presale: None,
             sale_prices: vec![],
             floor_price_fen: mall_core::Fen(1),
         })

@@ -40,6 +40,8 @@ pub struct ItemView {
     pub opens_at_ms: i64,
     pub closes_at_ms: i64,
     pub shelf_life_hours: Option<u32>,
+    /// Sold as a pre-sale: a deposit in the sale window, the balance later.
+    pub presale: Option<PreSaleBody>,
     /// Live counters: `available + held + sold = stock_total`.
     pub available: u32,
     pub held: u32,
@@ -75,12 +77,66 @@ impl ItemView {
             opens_at_ms: i.opens_at.0,
             closes_at_ms: i.closes_at.0,
             shelf_life_hours: i.shelf_life_hours,
+            presale: i.presale.as_ref().map(PreSaleBody::from),
             available,
             held,
             sold,
             sale: sale.into(),
             favorites,
         }
+    }
+}
+
+/// A pre-sale's terms, per unit. The item's sale window is the deposit
+/// window; a deposit holds a unit until the balance is paid in
+/// `[balance_opens_at_ms, balance_closes_at_ms)`, or the deposit is
+/// forfeited to the merchant. The final price is the item's price at the
+/// balance window's opening; the balance is that less `worth_fen`.
+#[derive(Serialize, Deserialize, ToSchema, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct PreSaleBody {
+    /// What the shopper pays first (1 to 100,000,000).
+    pub deposit_fen: i64,
+    /// What the deposit counts for against the final price (at least the deposit).
+    pub worth_fen: i64,
+    /// Not before the sale (deposit) window closes.
+    pub balance_opens_at_ms: i64,
+    pub balance_closes_at_ms: i64,
+}
+
+impl From<&mall_core::PreSale> for PreSaleBody {
+    fn from(p: &mall_core::PreSale) -> PreSaleBody {
+        PreSaleBody {
+            deposit_fen: p.deposit_fen.0,
+            worth_fen: p.worth_fen.0,
+            balance_opens_at_ms: p.balance_opens_at.0,
+            balance_closes_at_ms: p.balance_closes_at.0,
+        }
+    }
+}
+
+impl PreSaleBody {
+    fn terms(&self) -> ApiResult<mall_core::PreSale> {
+        in_range(self.deposit_fen, "presale.deposit_fen", 1, PRICE_MAX_FEN)?;
+        in_range(self.worth_fen, "presale.worth_fen", 1, PRICE_MAX_FEN)?;
+        in_range(
+            self.balance_opens_at_ms,
+            "presale.balance_opens_at_ms",
+            0,
+            i64::MAX / 2,
+        )?;
+        in_range(
+            self.balance_closes_at_ms,
+            "presale.balance_closes_at_ms",
+            0,
+            i64::MAX / 2,
+        )?;
+        Ok(mall_core::PreSale {
+            deposit_fen: Fen(self.deposit_fen),
+            worth_fen: Fen(self.worth_fen),
+            balance_opens_at: Timestamp(self.balance_opens_at_ms),
+            balance_closes_at: Timestamp(self.balance_closes_at_ms),
+        })
     }
 }
 
@@ -224,6 +280,8 @@ pub struct CreateItem {
     pub closes_at_ms: i64,
     /// Fresh goods only: hours they keep (1 to 8,760).
     pub shelf_life_hours: Option<i64>,
+    /// Sell it as a pre-sale (online payment only; not in cart checkouts).
+    pub presale: Option<PreSaleBody>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -359,6 +417,7 @@ pub async fn create(
         opens_at: Timestamp(body.opens_at_ms),
         closes_at: Timestamp(body.closes_at_ms),
         shelf_life_hours: shelf,
+        presale: body.presale.as_ref().map(PreSaleBody::terms).transpose()?,
         sale_prices: body.sale_prices.iter().map(|&w| w.into()).collect(),
         floor_price_fen: Fen(body.floor_price_fen.unwrap_or(1)),
     };
@@ -387,6 +446,7 @@ pub async fn create(
         &shelf.unwrap_or(0).to_le_bytes(),
         &item.floor_price_fen.0.to_le_bytes(),
         &sale_fingerprint(&item.sale_prices).to_le_bytes(),
+        mall_core::PreSale::encode(item.presale.as_ref()).as_bytes(),
     ]);
     Ok(idempotency::run(
         &state,

@@ -271,6 +271,7 @@ pub async fn create(
         | Reply::Claim { .. }
         | Reply::Claims { .. }
         | Reply::Coupons(_)
+        | Reply::PreSale { .. }
         | Reply::Inactive(_)
         | Reply::Unavailable => {
             state.metrics.record_refusal("store_unavailable");
