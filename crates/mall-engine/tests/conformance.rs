@@ -13,7 +13,8 @@
 
 use mall_core::rng::Rng;
 use mall_core::{
-    Category, Fen, Item, MerchantId, OrderId, PaymentMethod, Quantity, Role, Sku, Timestamp, UserId,
+    Category, Fen, Item, MerchantId, OrderId, OrderStatus, PaymentMethod, Quantity, Role, Sku,
+    Timestamp, UserId,
 };
 use mall_engine::{NewUser, Store, StoreError, StoredResponse};
 use mall_inventory::model::Model;
@@ -159,6 +160,7 @@ fn main() {
         ("promotions", promotions),
         ("checkouts", checkouts),
         ("audit_counts_claims", audit_counts_claims),
+        ("presales", presales),
     ];
     let (chosen, mut runner) = mall_postgres::server::Runner::choose(tests);
     if chosen.is_empty() {
@@ -1324,4 +1326,100 @@ fn audit_counts_claims(h: &Harness) {
     let text = report.violations.join("; ");
     assert!(text.contains("over-issued: 3 claims of 2"), "{text}");
     assert!(text.contains("over the limit 1"), "{text}");
+}
+
+/// Pre-sales in a store: an item's terms and its orders' parts come back
+/// as written; a reload counts a paid deposit's unit (its balance order
+/// none) and still forfeits it at its window's end; `mall check` agrees.
+fn presales(h: &Harness) {
+    let store = h.open(1);
+    let board = Arc::new(Board::default());
+    let mut journal = shard_journal(&store, &board);
+    let mut inv = journal.load(T0).unwrap();
+    let opens = T0.plus_ms(24 * 3_600_000);
+    let closes = T0.plus_ms(48 * 3_600_000);
+    let presale = Item {
+        category: Category::Books,
+        shelf_life_hours: None,
+        presale: Some(mall_core::PreSale {
+            deposit_fen: Fen(50),
+            worth_fen: Fen(80),
+            balance_opens_at: opens,
+            balance_closes_at: closes,
+        }),
+        ..item(1, 5, 2)
+    };
+    let mut effects = vec![];
+    let mut run = |inv: &mut Inventory, cmd: Command, now: Timestamp| {
+        let mut effects = vec![];
+        inv.tick(now, &mut effects);
+        let reply = inv.apply(cmd, now, &mut effects);
+        journal.commit(&effects).unwrap();
+        reply
+    };
+    run(
+        &mut inv,
+        Command::PutItem {
+            item: presale.clone(),
+            expected: None,
+        },
+        T0,
+    );
+    let online = |user: u64| {
+        let Command::Reserve(mut r) = reserve(user, 1, 1) else {
+            unreachable!()
+        };
+        r.payment = PaymentMethod::Online;
+        Command::Reserve(r)
+    };
+    let order = |r: Reply| match r {
+        Reply::Order { order, .. } => order,
+        other => panic!("{other:?}"),
+    };
+    let d1 = order(run(&mut inv, online(1), T0));
+    let d2 = order(run(&mut inv, online(2), T0));
+    for d in [&d1, &d2] {
+        order(run(
+            &mut inv,
+            Command::Confirm { order: d.id },
+            T0.plus_ms(1),
+        ));
+    }
+    let b1 = order(run(
+        &mut inv,
+        Command::Balance {
+            deposit: d1.id,
+            user: UserId(1),
+        },
+        opens,
+    ));
+    order(run(
+        &mut inv,
+        Command::Confirm { order: b1.id },
+        opens.plus_ms(1),
+    ));
+    effects.clear();
+    drop(run);
+    // Reloaded: the same terms and parts, the same counters.
+    let mut journal = shard_journal(&store, &board);
+    let mut inv = journal.load(opens.plus_ms(2)).unwrap();
+    inv.audit().unwrap();
+    assert_eq!(inv.item(Sku(1)).unwrap().presale, presale.presale);
+    assert_eq!(inv.counters(Sku(1)), Some((3, 0, 2)));
+    let reader = store.order_reader(0).unwrap();
+    let read = |id| reader.order(id).unwrap().unwrap();
+    assert_eq!(read(d1.id).presale, d1.presale);
+    assert_eq!(
+        read(b1.id).presale,
+        Some(mall_core::OrderPreSale::Balance { deposit: d1.id })
+    );
+    // The window's end, after the reload: the unpaid one is forfeited.
+    inv.tick(closes, &mut effects);
+    journal.commit(&effects).unwrap();
+    assert_eq!(inv.counters(Sku(1)), Some((4, 0, 1)));
+    assert_eq!(read(d2.id).status, OrderStatus::Forfeited);
+    assert_eq!(read(b1.id).status, OrderStatus::Paid);
+    let report = mall_engine::audit(store.as_ref()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.violations);
+    assert_eq!(report.units_sold, 1, "the balance order is not a unit sold");
 }

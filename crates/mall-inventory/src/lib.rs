@@ -545,9 +545,12 @@ impl Inventory {
                 (unit_price, mall_core::Fen(unit_price.0 * i64::from(q)))
             }
         };
+        // (A deposit is no price: the floor binds the final one, checked
+        // with the item's terms.)
         if r.expected_total_fen.is_some_and(|e| e != amount)
             || r.discount_fen.0 < 0
-            || amount.0 - r.discount_fen.0 < sku.item.floor_unit().0 * i64::from(q)
+            || (presale.is_none()
+                && amount.0 - r.discount_fen.0 < sku.item.floor_unit().0 * i64::from(q))
         {
             return Reply::Refused(Refusal::PriceChanged {
                 list_price_fen: sku.item.price_fen,
