@@ -79,6 +79,9 @@ pub mod code {
     pub const LATE_CAPTURE: u16 = 7;
     /// ...and the mall gave it straight back.
     pub const LATE_REFUND: u16 = 8;
+    /// A pre-sale deposit forfeited (its balance unpaid in its window, or
+    /// its shopper cancelled): escrow → the merchant.
+    pub const FORFEIT: u16 = 9;
 
     pub fn name(code: u16) -> &'static str {
         match code {
@@ -90,6 +93,7 @@ pub mod code {
             REFUND => "refund",
             LATE_CAPTURE => "late_capture",
             LATE_REFUND => "late_refund",
+            FORFEIT => "forfeit",
             _ => "other",
         }
     }

@@ -7,7 +7,7 @@ use crate::core::{derived, Input};
 use crate::errors::PayError;
 use crate::service::{lock, spawn, CancelHold, Payments};
 use crate::views::RefundView;
-use mall_core::{Order, OrderId, OrderStatus};
+use mall_core::{Order, OrderId, OrderPreSale, OrderStatus, Timestamp};
 use mall_ledger::chart;
 use mall_ledger::AccountId;
 use std::time::Duration;
@@ -135,16 +135,104 @@ impl Payments {
             .map(Some)
     }
 
+    /// A forfeited pre-sale deposit: its money (less refunds) goes to its
+    /// merchant. Idempotent: a repeat moves nothing (`already_settled`).
+    pub async fn forfeit(&self, order: OrderId) -> Result<u64, PayError> {
+        let read = self.stored_order(order)?;
+        let merchant = read.as_ref().map(|o| self.merchant_of(o));
+        let forfeit = |req| Input::Forfeit {
+            req,
+            read,
+            merchant: merchant.unwrap_or(chart::ESCROW),
+        };
+        self.ask(forfeit, None).await?.amount()
+    }
+
     /// At a start: refunds cancelled orders that kept money (a crash
-    /// between the cancel and its refund).
-    pub(crate) async fn refund_cancelled_orders(&self) {
+    /// between the cancel and its refund), pays forfeited deposits to their
+    /// merchants, and watches paid deposits whose balance is not paid.
+    pub(crate) async fn sweep_at_start(&self) {
         let paid = lock(&self.shared.core).orders_with_money();
+        let mut balances_paid = Vec::new();
         for order in paid {
-            if let Ok(Some(o)) = self.stored_order(order) {
-                if o.status == OrderStatus::Cancelled {
+            let Ok(Some(o)) = self.stored_order(order) else {
+                continue;
+            };
+            match o.status {
+                OrderStatus::Cancelled => {
                     if let Err(e) = self.on_cancelled(order).await {
                         tracing::warn!(order = order.0, error = %e, "refund of a cancelled order failed");
                     }
+                }
+                OrderStatus::Forfeited => self.watch_deposit(&o, o.updated_at),
+                OrderStatus::Paid | OrderStatus::Delivered => match o.presale {
+                    Some(OrderPreSale::Deposit { .. }) if o.status == OrderStatus::Paid => {
+                        self.note_presale_paid(&o)
+                    }
+                    Some(OrderPreSale::Balance { deposit }) => balances_paid.push(deposit),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        let mut deposits = lock(&self.shared.deposits);
+        for d in balances_paid {
+            deposits.remove(&d);
+        }
+    }
+
+    /// A pre-sale order was paid: a deposit is watched until its balance
+    /// window ends; a balance paid ends its deposit's watch.
+    pub(crate) fn note_presale_paid(&self, o: &Order) {
+        match o.presale {
+            Some(OrderPreSale::Deposit {
+                balance_closes_at, ..
+            }) => self.watch_deposit(o, balance_closes_at),
+            Some(OrderPreSale::Balance { deposit }) => {
+                lock(&self.shared.deposits).remove(&deposit);
+            }
+            None => {}
+        }
+    }
+
+    fn watch_deposit(&self, o: &Order, due: Timestamp) {
+        lock(&self.shared.deposits).insert(o.id, (due, due));
+    }
+
+    /// Every second: deposits past their balance window's end are read.
+    /// Forfeited (the shard forfeits at the window's end): the deposit
+    /// goes to the merchant. Still paid: the shard has not ticked yet or
+    /// the balance was paid; looked at again in 5 s until final. Anything
+    /// else (cancelled, delivered): no longer watched.
+    pub(crate) async fn watch_deposits(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.shared.clock.now();
+            let due: Vec<OrderId> = lock(&self.shared.deposits)
+                .iter()
+                .filter(|(_, (_, next))| *next <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                let done = match self.stored_order(id) {
+                    Ok(Some(o)) if o.status == OrderStatus::Forfeited => {
+                        match self.forfeit(id).await {
+                            Ok(_) | Err(PayError::AlreadySettled | PayError::NotPaid) => true,
+                            Err(e) => {
+                                tracing::warn!(order = id.0, error = %e, "a forfeited deposit's money to its merchant; retrying");
+                                false
+                            }
+                        }
+                    }
+                    Ok(Some(o)) => o.status != OrderStatus::Paid,
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                let mut deposits = lock(&self.shared.deposits);
+                if done {
+                    deposits.remove(&id);
+                } else if let Some(w) = deposits.get_mut(&id) {
+                    w.1 = now.plus_ms(5_000);
                 }
             }
         }

@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, Notify};
 
 pub(crate) struct Shared {
     pub(crate) engine: Arc<Engine>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: PaymentsConfig,
     pub(crate) providers: Vec<Provider>,
     pub(crate) core: Mutex<Core>,
@@ -45,6 +45,10 @@ pub(crate) struct Shared {
     /// When the driver wakes next (monotonic µs): an input that makes the
     /// core's next wake earlier wakes it; others leave it asleep.
     driver_wakes_at: std::sync::atomic::AtomicI64,
+    /// Paid pre-sale deposits whose balance is not known paid: their
+    /// balance window's end, and when to look next (see `after_sale`).
+    pub(crate) deposits:
+        Mutex<std::collections::BTreeMap<OrderId, (mall_core::Timestamp, mall_core::Timestamp)>>,
 }
 
 /// The payment service. Cheap to clone.
@@ -170,6 +174,7 @@ impl Payments {
                 next_req: AtomicU64::new(1),
                 recovered: Mutex::new(None),
                 driver_wakes_at: std::sync::atomic::AtomicI64::new(0),
+                deposits: Mutex::new(Default::default()),
                 config,
             }),
         };
@@ -194,7 +199,9 @@ impl Payments {
             .await
             .map_err(|_| PayError::Unavailable)?;
         let _ = rx.await;
-        payments.refund_cancelled_orders().await;
+        payments.sweep_at_start().await;
+        let watch = payments.clone();
+        spawn(async move { watch.watch_deposits().await });
         Ok(payments)
     }
 
@@ -303,7 +310,10 @@ impl Payments {
                 order,
                 amount,
                 channel,
-            } => self.record_pay(&order, amount, &channel),
+            } => {
+                self.note_presale_paid(&order);
+                self.record_pay(&order, amount, &channel)
+            }
             Action::Refunded { order, amount } => {
                 if let Some(log) = &self.shared.events {
                     let now = self.now().wall.0;

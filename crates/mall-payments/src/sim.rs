@@ -113,6 +113,11 @@ pub const COVERAGE: &[&str] = &[
     "cancelled",
     "cancel_refunded",
     "already_settled",
+    "deposit_paid",
+    "balance_paid",
+    "balance_lapsed",
+    "forfeited",
+    "presale_cancelled",
 ];
 
 const CHANNELS: [(&str, &[PayMethod]); 3] = [
@@ -123,6 +128,10 @@ const CHANNELS: [(&str, &[PayMethod]); 3] = [
 const HOLD_MS: i64 = 6_000;
 const WATCH_MS: i64 = 20_000;
 const START_WALL_MS: i64 = 1_762_790_400_000; // 2025-11-11 00:00 +08:00
+/// The last item is a pre-sale: deposits until 3 s into the run, the
+/// balance from 3 s to 9 s; unpaid then, the deposit is forfeited.
+const BALANCE_OPENS_MS: i64 = 3_000;
+const BALANCE_CLOSES_MS: i64 = 9_000;
 
 #[derive(Clone, Debug)]
 enum Event {
@@ -138,8 +147,11 @@ enum Event {
     },
     /// A cancelled order's money is refunded (a retry, or after a start).
     RefundCancelled { order: OrderId },
-    /// After a start: every cancelled order that kept money is refunded.
+    /// After a start: every cancelled order that kept money is refunded
+    /// (and every forfeited deposit paid to its merchant).
     RefundAllCancelled,
+    /// A forfeited deposit's money to its merchant (the service's watch).
+    Forfeit { order: OrderId },
 }
 
 #[derive(Clone, Debug)]
@@ -177,6 +189,9 @@ enum Request {
     CancelRefund {
         order: OrderId,
         held: bool,
+    },
+    Forfeit {
+        order: OrderId,
     },
 }
 
@@ -288,6 +303,12 @@ impl World {
         let mut inventory = Inventory::new(0, inv_config, Arc::new(Board::default()));
         let start = Timestamp(START_WALL_MS);
         for i in 0..config.items {
+            let presale = (i + 1 == config.items).then_some(mall_core::PreSale {
+                deposit_fen: Fen(50),
+                worth_fen: Fen(80),
+                balance_opens_at: start.plus_ms(BALANCE_OPENS_MS),
+                balance_closes_at: start.plus_ms(BALANCE_CLOSES_MS),
+            });
             let item = Item {
                 sku: Sku(i + 1),
                 merchant: MerchantId(1),
@@ -297,9 +318,12 @@ impl World {
                 stock_total: 3 + rng.below(6) as u32,
                 per_user_limit: 2,
                 opens_at: start.plus_ms(-60_000),
-                closes_at: start.plus_ms(24 * 3_600_000),
+                closes_at: match presale {
+                    Some(p) => p.balance_opens_at,
+                    None => start.plus_ms(24 * 3_600_000),
+                },
                 shelf_life_hours: None,
-                presale: None,
+                presale,
                 sale_prices: vec![],
                 floor_price_fen: mall_core::Fen(1),
             };
@@ -400,8 +424,9 @@ impl World {
             return self.crash();
         }
         let user = UserId(1 + self.rng.below(self.config.shoppers));
-        match self.rng.below(12) {
+        match self.rng.below(13) {
             0..=3 => self.reserve(user),
+            12 => self.ask_balance(),
             9 | 10 => self.after_sale(),
             4..=8 => {
                 let candidates: Vec<OrderId> =
@@ -445,11 +470,12 @@ impl World {
 
     fn reserve(&mut self, user: UserId) {
         let sku = Sku(1 + self.rng.below(self.config.items));
+        let presale = sku.0 == self.config.items;
         let reserve = mall_inventory::Reserve {
             user,
             sku,
             quantity: Quantity::new(1).expect("1"),
-            payment: if self.rng.chance(0.15) {
+            payment: if !presale && self.rng.chance(0.15) {
                 PaymentMethod::Cod
             } else {
                 PaymentMethod::Online
@@ -467,6 +493,30 @@ impl World {
         self.store_orders(effects);
     }
 
+    /// A shopper asks the balance of one of the latest paid deposits.
+    fn ask_balance(&mut self) {
+        let deposits: Vec<&Order> = self
+            .orders
+            .values()
+            .rev()
+            .filter(|o| {
+                matches!(o.presale, Some(mall_core::OrderPreSale::Deposit { .. }))
+                    && o.status == OrderStatus::Paid
+            })
+            .take(8)
+            .collect();
+        let Some(d) = self.rng.pick(&deposits).copied() else {
+            return;
+        };
+        let ask = Inv::Balance {
+            deposit: d.id,
+            user: d.user,
+        };
+        let mut effects = Vec::new();
+        self.inventory.apply(ask, self.wall(), &mut effects);
+        self.store_orders(effects);
+    }
+
     fn store_orders(&mut self, effects: Vec<InvEffect>) {
         for e in effects {
             match e {
@@ -478,6 +528,15 @@ impl World {
                     status,
                     updated_at,
                 } => {
+                    // The service's watch: a forfeited deposit's money goes
+                    // to its merchant a moment later.
+                    if status == OrderStatus::Forfeited {
+                        let later = 100_000 + self.rng.below(900_000) as i64;
+                        self.schedule(later, Event::Forfeit { order: id });
+                    }
+                    if status == OrderStatus::Expired && self.orders[&id].is_balance() {
+                        self.hit("balance_lapsed");
+                    }
                     let o = self.orders.get_mut(&id).expect("an order updated exists");
                     o.status = status;
                     o.updated_at = updated_at;
@@ -551,6 +610,19 @@ impl World {
         let reply = self.inventory.apply(release, self.wall(), &mut effects);
         self.store_orders(effects);
         match reply {
+            // A pre-sale cancelled as a whole (held by the order named): a
+            // cancelled part's money back (the balance order's, unheld, as
+            // the HTTP layer does), a forfeited deposit's to the merchant
+            // (by the watch, scheduled above).
+            mall_inventory::Reply::PreSale { deposit, balance } => {
+                self.hit("presale_cancelled");
+                self.core.release_cancel(o.id);
+                for part in [Some(deposit), balance].into_iter().flatten() {
+                    if part.status == OrderStatus::Cancelled {
+                        self.schedule(1_000, Event::RefundCancelled { order: part.id });
+                    }
+                }
+            }
             mall_inventory::Reply::Order { order, .. } => {
                 self.hit("cancelled");
                 let req = self.request(Request::CancelRefund {
@@ -593,6 +665,17 @@ impl World {
             key: crate::core::derived("cancel", order.0).0,
             merchant: chart::merchant(MerchantId(1)),
             held: false,
+        });
+    }
+
+    /// A forfeited deposit's money to its merchant.
+    fn forfeit(&mut self, order: OrderId) {
+        let req = self.request(Request::Forfeit { order });
+        let read = self.orders.get(&order).cloned();
+        self.input(Input::Forfeit {
+            req,
+            read,
+            merchant: chart::merchant(MerchantId(1)),
         });
     }
 
@@ -653,7 +736,17 @@ impl World {
                 for order in cancelled {
                     self.refund_cancelled(order);
                 }
+                let forfeited: Vec<OrderId> = self
+                    .orders
+                    .values()
+                    .filter(|o| o.status == OrderStatus::Forfeited)
+                    .map(|o| o.id)
+                    .collect();
+                for order in forfeited {
+                    self.forfeit(order);
+                }
             }
+            Event::Forfeit { order } => self.forfeit(order),
             Event::RefundCancelled { order } => self.refund_cancelled(order),
             Event::Reply { life, op, reply } => {
                 if life == self.life {
@@ -764,10 +857,22 @@ impl World {
             Action::Provider { op, channel, call } => self.provider_call(op, channel, call),
             Action::Answer { req, answer } => self.answered(req, answer),
             Action::Paid { order, .. } => {
+                match order.presale {
+                    Some(mall_core::OrderPreSale::Deposit { .. }) => self.hit("deposit_paid"),
+                    Some(mall_core::OrderPreSale::Balance { .. }) => self.hit("balance_paid"),
+                    None => {}
+                }
+                // Confirmed: paid. A pre-sale's part may have moved on before
+                // the confirm's reply came (its deposit delivered or cancelled
+                // with it, or forfeited at its window's end).
                 let stored = &self.orders[&order.id];
-                assert_eq!(
-                    stored.status,
-                    OrderStatus::Paid,
+                let moved_on = order.presale.is_some()
+                    && matches!(
+                        stored.status,
+                        OrderStatus::Delivered | OrderStatus::Cancelled | OrderStatus::Forfeited
+                    );
+                assert!(
+                    stored.status == OrderStatus::Paid || moved_on,
                     "order {} reported paid but is {}",
                     order.id,
                     stored.status.as_str()
@@ -923,9 +1028,15 @@ impl World {
             (Request::Pay { order, method }, Answer::Payment(result)) => match result {
                 Ok(view) if view.status == PayStatus::Succeeded => {
                     let o = &self.orders[&order];
-                    assert_eq!(
-                        o.status,
-                        OrderStatus::Paid,
+                    let moved_on = o.presale.is_some()
+                        && matches!(
+                            o.status,
+                            OrderStatus::Delivered
+                                | OrderStatus::Cancelled
+                                | OrderStatus::Forfeited
+                        );
+                    assert!(
+                        o.status == OrderStatus::Paid || moved_on,
                         "order {order} answered paid but is {}",
                         o.status.as_str()
                     );
@@ -971,6 +1082,17 @@ impl World {
             (Request::Settle, Answer::Amount(result)) => match result {
                 Ok(_) => self.hit("settled"),
                 Err(e) => self.hit(e.code()),
+            },
+            (Request::Forfeit { order }, Answer::Amount(result)) => match result {
+                Ok(_) => self.hit("forfeited"),
+                Err(PayError::AlreadySettled) => {}
+                Err(PayError::NotPaid) => panic!("forfeited deposit {order} was never paid"),
+                // Busy (its post on the way) or a store away: the watch asks again.
+                Err(e) => {
+                    self.hit(e.code());
+                    let later = 200_000 + self.rng.below(800_000) as i64;
+                    self.schedule(later, Event::Forfeit { order });
+                }
             },
             (Request::Cod, Answer::Amount(result)) => match result {
                 Ok(_) => self.hit("cod_collected"),
@@ -1103,6 +1225,7 @@ impl World {
                 (code::REFUND, _) if t.debit == chart::ESCROW => m.from_escrow += t.amount,
                 (code::REFUND, _) => m.from_merchant += t.amount,
                 (code::SETTLEMENT, _) => m.settled = Some(t.amount),
+                (code::FORFEIT, _) => m.forfeited = Some(t.amount),
                 _ => {}
             }
         }
@@ -1116,6 +1239,13 @@ impl World {
                 OrderStatus::AwaitingPayment | OrderStatus::Expired => paid == 0,
                 // Paid and cancelled: all of it handed back.
                 OrderStatus::Cancelled => paid == 0 || m.from_escrow + m.from_merchant == m.paid,
+                // A forfeited deposit: paid, and what was not refunded went
+                // to the merchant.
+                OrderStatus::Forfeited => {
+                    paid == 1
+                        && m.forfeited.unwrap_or(0) == m.paid - m.from_escrow
+                        && m.settled.is_none()
+                }
                 _ => paid == 0,
             };
             assert!(
@@ -1124,8 +1254,10 @@ impl World {
                 o.id,
                 o.status.as_str()
             );
-            let in_escrow =
-                m.paid as i128 - m.from_escrow as i128 - i128::from(m.settled.unwrap_or(0));
+            let in_escrow = m.paid as i128
+                - m.from_escrow as i128
+                - i128::from(m.settled.unwrap_or(0))
+                - i128::from(m.forfeited.unwrap_or(0));
             assert!(in_escrow >= 0, "order {}: escrow short ({m:?})", o.id);
             if let Some(settled) = m.settled {
                 assert_eq!(
@@ -1150,4 +1282,5 @@ struct Money {
     from_escrow: u64,
     from_merchant: u64,
     settled: Option<u64>,
+    forfeited: Option<u64>,
 }

@@ -8,6 +8,9 @@
 //!   half-way is finished by asking again), then escrow → merchant for
 //!   what was paid less refunds.
 //! - **COD collected**: delivered, then the cash is booked `cod → escrow`.
+//! - **Forfeit**: a pre-sale deposit forfeited (its balance unpaid, or
+//!   its shopper cancelled): escrow → merchant for what was paid less
+//!   refunds, like a settlement without a delivery.
 //! - **Refund**: back the way the money came (escrow, or the merchant once
 //!   settled, → the payer), named by a key: the same key is the same
 //!   refund, a replay moves nothing. The provider is told in the
@@ -38,6 +41,9 @@ pub(crate) struct AfterSale {
 #[derive(Clone, Debug)]
 enum Kind {
     Settle {
+        merchant: AccountId,
+    },
+    Forfeit {
         merchant: AccountId,
     },
     Cod {
@@ -92,6 +98,27 @@ impl Core {
         };
         let kind = Kind::Settle { merchant };
         self.after_start(req, o, kind, true, refused);
+    }
+
+    /// Pays a forfeited pre-sale deposit to `merchant`.
+    pub(super) fn forfeit(&mut self, req: ReqId, read: Option<Order>, merchant: AccountId) {
+        let Some(o) = read else {
+            return self.answer(req, Answer::Amount(Err(PayError::UnknownOrder)));
+        };
+        if o.status != OrderStatus::Forfeited {
+            let e = PayError::NotSettleable(o.status.as_str());
+            return self.answer(req, Answer::Amount(Err(e)));
+        }
+        if !self.claim_order(o.id) {
+            return self.answer(req, Answer::Amount(Err(PayError::Busy)));
+        }
+        let refused = match self.orders.get(&o.id) {
+            None => Some(PayError::NotPaid),
+            Some(m) if m.settled => Some(PayError::AlreadySettled),
+            Some(m) if !m.posted => Some(PayError::Busy),
+            Some(_) => None,
+        };
+        self.after_start(req, o, Kind::Forfeit { merchant }, true, refused);
     }
 
     /// Cash was collected for a COD order.
@@ -156,6 +183,8 @@ impl Core {
     ) {
         let step = match kind {
             Kind::Refund { .. } => Step::Lookup,
+            // Nothing to deliver: the goods never left.
+            Kind::Forfeit { .. } => Step::Accounts,
             _ => Step::Deliver,
         };
         let a = AfterSale {
@@ -184,7 +213,7 @@ impl Core {
                 let lookup = Led::LookupTransfers(vec![*refund]);
                 self.ledger(Op::AfterSale(req), lookup)
             }
-            (Step::Accounts, Kind::Settle { merchant }) => {
+            (Step::Accounts, Kind::Settle { merchant } | Kind::Forfeit { merchant }) => {
                 let missing = super::missing_accounts(self, &[*merchant]);
                 self.ledger(Op::AfterSale(req), Led::CreateAccounts(missing))
             }
@@ -196,6 +225,14 @@ impl Core {
                         *merchant,
                         amount,
                         code::SETTLEMENT,
+                        id.0,
+                    ),
+                    Kind::Forfeit { merchant } => single(
+                        derived("forfeit", id.0),
+                        chart::ESCROW,
+                        *merchant,
+                        amount,
+                        code::FORFEIT,
                         id.0,
                     ),
                     Kind::Cod { .. } => single(
@@ -238,7 +275,9 @@ impl Core {
                     }
                 }
                 Kind::Cod { amount } => self.after_go(req, Step::Transfer { amount }),
-                Kind::Refund { .. } => unreachable!("refunds deliver nothing"),
+                Kind::Refund { .. } | Kind::Forfeit { .. } => {
+                    unreachable!("refunds and forfeits deliver nothing")
+                }
             },
             (Step::Deliver, IoReply::Inventory(Ok(reply))) => match reply {
                 InvReply::Refused(Refusal::InvalidTransition { status, .. }) => {
@@ -257,7 +296,7 @@ impl Core {
             (Step::Accounts, IoReply::Ledger(Ok(LedReply::Accounts(r))))
                 if r.iter().all(Result::is_ok) =>
             {
-                if let Kind::Settle { merchant } = kind {
+                if let Kind::Settle { merchant } | Kind::Forfeit { merchant } = kind {
                     self.accounts.insert(merchant);
                 }
                 self.settle_transfer(req)
@@ -341,7 +380,7 @@ impl Core {
         let a = self.after[&req].clone();
         let order = a.order.id;
         match a.kind {
-            Kind::Settle { .. } => {
+            Kind::Settle { .. } | Kind::Forfeit { .. } => {
                 self.set_settled(order);
                 self.after_answer(req, Answer::Amount(Ok(amount)))
             }

@@ -368,8 +368,14 @@ impl Core {
             .clone()
             .expect("read for a transfer");
         let order = OrderId(p.transfer.user_data);
-        let paid =
-            o.is_some_and(|o| o.status == OrderStatus::Paid || o.status == OrderStatus::Delivered);
+        // Forfeited: a pre-sale deposit, forfeited only once paid (its
+        // money goes to the merchant, so it is posted, never voided).
+        let paid = o.is_some_and(|o| {
+            matches!(
+                o.status,
+                OrderStatus::Paid | OrderStatus::Delivered | OrderStatus::Forfeited
+            )
+        });
         let ours = paid
             && self
                 .orders

@@ -99,6 +99,12 @@ pub enum Input {
         read: Option<Order>,
         merchant: AccountId,
     },
+    /// A forfeited pre-sale deposit (as read): its money to its merchant.
+    Forfeit {
+        req: ReqId,
+        read: Option<Order>,
+        merchant: AccountId,
+    },
     /// The courier collected the cash of a COD order (as read).
     CodCollected { req: ReqId, read: Option<Order> },
     /// Refund `amount` (all that is left: `None`) of an order (as read),
@@ -519,6 +525,11 @@ impl Core {
                 read,
                 merchant,
             } => self.settle(req, read, merchant),
+            Input::Forfeit {
+                req,
+                read,
+                merchant,
+            } => self.forfeit(req, read, merchant),
             Input::CodCollected { req, read } => self.cod_collected(req, read),
             Input::Refund {
                 req,

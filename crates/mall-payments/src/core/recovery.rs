@@ -49,7 +49,7 @@ impl Core {
                         m.refunded += t.amount;
                     }
                 }
-                (code::SETTLEMENT, _) => {
+                (code::SETTLEMENT | code::FORFEIT, _) => {
                     if let Some(m) = self.orders.get_mut(&order) {
                         m.settled = true;
                     }
