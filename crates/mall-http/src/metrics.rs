@@ -126,6 +126,11 @@ pub const REFUSAL_CODES: &[&str] = &[
     "coupon_not_found",
     "coupon_not_usable",
     "promotion_sold_out",
+    "presale_online_only",
+    "balance_not_open",
+    "balance_closed",
+    "not_a_presale",
+    "balance_not_paid",
 ];
 
 struct RouteStats {

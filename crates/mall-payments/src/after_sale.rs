@@ -116,6 +116,45 @@ impl Payments {
         }
     }
 
+    /// A pre-sale part cancelled with the order a cancel named (not held
+    /// by it): its money back, retried in the background until it lands
+    /// (`Busy` while a payment of it is still being decided).
+    pub fn refund_cancelled_soon(&self, order: OrderId) {
+        let me = self.clone();
+        spawn(async move {
+            let mut wait = Duration::from_millis(0);
+            loop {
+                tokio::time::sleep(wait).await;
+                match me.on_cancelled(order).await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::debug!(order = order.0, error = %e, "refund of a cancelled pre-sale part; retrying")
+                    }
+                }
+                wait = Duration::from_secs(1);
+            }
+        });
+    }
+
+    /// A deposit forfeited now (its shopper cancelled): its money to the
+    /// merchant, retried in the background until it lands.
+    pub fn forfeit_soon(&self, order: OrderId) {
+        let me = self.clone();
+        spawn(async move {
+            let mut wait = Duration::from_millis(0);
+            loop {
+                tokio::time::sleep(wait).await;
+                match me.forfeit(order).await {
+                    Ok(_) | Err(PayError::AlreadySettled | PayError::NotPaid) => return,
+                    Err(e) => {
+                        tracing::debug!(order = order.0, error = %e, "a forfeited deposit to its merchant; retrying")
+                    }
+                }
+                wait = Duration::from_secs(1);
+            }
+        });
+    }
+
     /// An order was cancelled: refund what is left of its payment, if any.
     /// `Busy` while a payment of the order is still being decided (the
     /// caller retries; a start refunds whatever a cancelled order kept).

@@ -47,6 +47,8 @@ pub enum PayError {
     UnknownPayment,
     #[error("that payment is being settled right now; retry")]
     Busy,
+    #[error("a pre-sale is delivered only once its balance is paid")]
+    BalanceNotPaid,
 }
 
 impl PayError {
@@ -74,6 +76,7 @@ impl PayError {
             PayError::BadCallback(_) => "invalid_callback",
             PayError::UnknownPayment => "unknown_payment",
             PayError::Busy => "busy",
+            PayError::BalanceNotPaid => "balance_not_paid",
         }
     }
 
@@ -88,6 +91,7 @@ impl PayError {
             | PayError::AlreadySettled
             | PayError::NotSettleable(_)
             | PayError::NotPaid
+            | PayError::BalanceNotPaid
             | PayError::CallbackReplayed => 409,
             PayError::InsufficientFunds | PayError::Declined => 402,
             PayError::NoChannel(_) | PayError::BadAmount { .. } => 422,

@@ -1003,6 +1003,21 @@ pub async fn create(
     }
     let now = state.now();
     let lines = lines_at(&state, &wanted, now)?;
+    // A pre-sale item is bought by its deposit, alone.
+    if let Some(l) = lines.iter().find(|l| {
+        state
+            .engine
+            .board()
+            .get(l.sku)
+            .is_some_and(|e| e.item.presale.is_some())
+    }) {
+        let mut e = ApiError::from_refusal(&Refusal::PreSaleOnlineOnly);
+        e.message = format!(
+            "item {} is a pre-sale: pay its deposit with POST /v1/orders, not in a cart checkout",
+            l.sku
+        );
+        return Err(e);
+    }
     if let Some(merchant) = principal.merchant {
         if lines.iter().any(|l| l.merchant == merchant) {
             return Err(ApiError::forbidden_code(

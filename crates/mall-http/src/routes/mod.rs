@@ -11,6 +11,7 @@ pub mod items;
 pub mod ops;
 pub mod orders;
 pub mod payments;
+pub mod presale;
 pub mod price;
 pub mod promotions;
 pub mod wishlist;
@@ -52,6 +53,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/checkouts/{id}", get(checkouts::get_one))
         .route("/v1/orders/{id}", get(orders::get_one))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/orders/{id}/balance", post(presale::balance))
         .route("/v1/orders/{id}/payments", post(payments::pay))
         .route("/v1/wallet", get(payments::wallet))
         .route("/v1/wallet/top-ups", post(payments::top_up))

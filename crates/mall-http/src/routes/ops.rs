@@ -20,7 +20,7 @@ use utoipa::{Modify, OpenApi};
         super::accounts::revoke_sessions, super::accounts::admin_create_user,
         super::accounts::bulk_create, super::accounts::create_merchant, super::accounts::list_merchants,
         super::items::list, super::items::get_one, super::items::create, super::items::update,
-        super::orders::create, super::orders::list_mine, super::orders::get_one, super::orders::cancel,
+        super::orders::create, super::orders::list_mine, super::orders::get_one, super::orders::cancel, super::presale::balance,
         super::checkouts::create, super::checkouts::list_mine, super::checkouts::get_one,
         super::wishlist::favorite, super::wishlist::unfavorite, super::wishlist::favorites,
         super::wishlist::put_in_cart, super::wishlist::cart,

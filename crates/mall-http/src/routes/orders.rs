@@ -55,8 +55,13 @@ pub struct OrderView {
     /// The checkout this order is a line of, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkout_id: Option<u64>,
+    /// Its part in a pre-sale, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presale: Option<super::presale::PreSaleView>,
     pub payment: String,
-    /// awaiting_payment, paid, confirmed, cancelled or expired.
+    /// awaiting_payment, paid, confirmed, cancelled, expired, delivered, or
+    /// forfeited (a pre-sale deposit whose balance was not paid in time,
+    /// or that its shopper cancelled).
     pub status: String,
     pub address: String,
     pub created_at_ms: i64,
@@ -79,6 +84,7 @@ impl OrderView {
             amount_fen: o.amount_fen.0,
             price: price::of_order(o, merchant),
             checkout_id: super::checkouts::checkout_of(o),
+            presale: o.presale.as_ref().map(super::presale::PreSaleView::from),
             payment: o.payment.as_str().into(),
             status: o.status.as_str().into(),
             address: o.address.to_string(),
@@ -299,6 +305,18 @@ fn visible(order: &Order, principal: &Principal) -> bool {
     principal.is_admin() || order.user == principal.user
 }
 
+/// The caller is the merchant of the order's item.
+fn merchant_of_item(state: &AppState, order: &Order, principal: &Principal) -> bool {
+    principal.role == mall_core::Role::Merchant
+        && principal.merchant.is_some_and(|m| {
+            state
+                .engine
+                .board()
+                .get(order.sku)
+                .is_some_and(|e| e.item.merchant == m)
+        })
+}
+
 /// One order: the caller's own (admins: any).
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
     params(("id" = u64, Path, description = "order id")),
@@ -381,7 +399,11 @@ pub async fn list_mine(
 }
 
 /// Runs a command on the order's shard and maps the reply.
-async fn order_command(state: &AppState, id: OrderId, command: Command) -> ApiResult<Reply> {
+pub(crate) async fn order_command(
+    state: &AppState,
+    id: OrderId,
+    command: Command,
+) -> ApiResult<Reply> {
     let rx = state
         .engine
         .try_submit_for_order(id, command)
@@ -409,12 +431,22 @@ async fn cancel_once(
     principal: Principal,
     id: OrderId,
 ) -> ApiResult<(StatusCode, serde_json::Value)> {
-    let by = (!principal.is_admin()).then_some(principal.user);
     // Another's order is unknown to the caller, and is never held for them.
-    match stored_order(state, id).await? {
-        Some(o) if visible(&o, &principal) => {}
+    // The item's merchant cancels as an admin does (a pre-sale deposit is
+    // then refunded, not forfeited).
+    let by = match stored_order(state, id).await? {
+        Some(o) if visible(&o, &principal) => (!principal.is_admin()).then_some(principal.user),
+        Some(o) if merchant_of_item(state, &o, &principal) => None,
         _ => return Err(ApiError::from_refusal(&Refusal::UnknownOrder)),
-    }
+    };
+    let principal = match by {
+        // Seen as an admin from here on, for this order only.
+        None if !principal.is_admin() => Principal {
+            role: mall_core::Role::Admin,
+            ..principal
+        },
+        _ => principal,
+    };
     match release_order(state, id, by).await? {
         Some(order) => order_json(state, &order),
         None => {
@@ -423,6 +455,14 @@ async fn cancel_once(
                 Some(o) if visible(&o, &principal) && o.status == OrderStatus::Cancelled => {
                     // A retry after a refund failed half-way finishes it.
                     refund_cancelled(state, id).await?;
+                    order_json(state, &o)
+                }
+                // A forfeited deposit: cancelled by its shopper already (or
+                // lapsed); a retry makes sure its merchant was paid.
+                Some(o) if visible(&o, &principal) && o.status == OrderStatus::Forfeited => {
+                    if let Some(p) = state.payments.get() {
+                        p.forfeit_soon(id);
+                    }
                     order_json(state, &o)
                 }
                 Some(o) if visible(&o, &principal) => {
@@ -464,6 +504,36 @@ pub(crate) async fn release_order(
             // A checkout's line: its coupons may come back now.
             super::checkouts::line_cancelled(state, &order).await;
             Ok(Some(order))
+        }
+        // A pre-sale cancelled as a whole: each part's money goes back, or a
+        // forfeited deposit's to its merchant.
+        Reply::PreSale { deposit, balance } => {
+            let mut hold = hold;
+            let mut named = None;
+            for part in [Some(deposit), balance].into_iter().flatten() {
+                let mut e = mall_events::Event::new(state.now().0, mall_events::Kind::Cancel);
+                (e.user, e.sku, e.order, e.amount_fen) =
+                    (part.user.0, part.sku.0, part.id.0, part.amount_fen.0);
+                state.record(e);
+                if let Some(p) = state.payments.get() {
+                    match part.status {
+                        OrderStatus::Cancelled if part.id == id => {
+                            if let Some(hold) = hold.take() {
+                                p.refund_cancelled(hold, &part).await;
+                            }
+                        }
+                        OrderStatus::Cancelled => p.refund_cancelled_soon(part.id),
+                        OrderStatus::Forfeited => p.forfeit_soon(part.id),
+                        _ => {}
+                    }
+                }
+                if part.id == id {
+                    named = Some(part);
+                }
+            }
+            named
+                .map(Some)
+                .ok_or_else(|| ApiError::internal("cancel", "a pre-sale cancel lost its order"))
         }
         Reply::Inactive(_) => Ok(None),
         Reply::Refused(r) => Err(ApiError::from_refusal(&r)),

@@ -477,7 +477,10 @@ pub async fn deliver(
 ) -> ApiResult<Json<SettledAnswer>> {
     let id = OrderId(parse_id(&raw, "order id")?);
     require_order_manager(&state, &principal, id).await?;
-    let amount = payments(&state)?.settle(id).await?;
+    let amount = match super::orders::stored_order(&state, id).await? {
+        Some(o) if o.presale.is_some() => super::presale::deliver(&state, &o).await?,
+        _ => payments(&state)?.settle(id).await?,
+    };
     Ok(Json(SettledAnswer {
         order: id.0,
         amount_fen: amount,

@@ -286,6 +286,9 @@ impl Core {
                 InvReply::Refused(Refusal::UnknownOrder) => {
                     self.after_done(req, Err(PayError::UnknownOrder))
                 }
+                InvReply::Refused(Refusal::BalanceNotPaid) => {
+                    self.after_done(req, Err(PayError::BalanceNotPaid))
+                }
                 // Inactive: cancelled or expired meanwhile.
                 _ => self.after_go(req, Step::Reread),
             },
