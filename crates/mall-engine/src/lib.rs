@@ -17,7 +17,7 @@ pub use store::{
     SessionEnd, SessionRow, ShardContents, ShardJournalBox, ShopperList, Store, StoredResponse,
     UserRow,
 };
-pub use verify::verify_ledger;
+pub use verify::{verify_ledger, verify_mall_ledger};
 
 /// Why a store could not do what it was asked.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,20 @@ use mall_ledger::{
     Account, AccountId, Ledger, LedgerConfig, Mode, PendingState, Stored, TransferId,
 };
 
-/// `mall ledger verify`: recounts a ledger store and checks every rule.
+/// `mall ledger verify` on the mall's own ledger: [`verify_ledger`], and
+/// every transfer moves money the way its code says (top-ups, payments,
+/// settlements, forfeits, collections, refunds, late charges handed back:
+/// `mall_ledger::chart::check`).
+pub fn verify_mall_ledger(accounts: Vec<Account>, transfers: Vec<Stored>) -> Vec<String> {
+    let mut violations: Vec<String> = transfers
+        .iter()
+        .filter_map(|s| mall_ledger::chart::check(&s.transfer).err())
+        .collect();
+    violations.extend(verify_ledger(accounts, transfers));
+    violations
+}
+
+/// Recounts a ledger store and checks every rule of double entry.
 pub fn verify_ledger(accounts: Vec<Account>, transfers: Vec<Stored>) -> Vec<String> {
     let mut violations = Vec::new();
     let by_id: std::collections::HashMap<TransferId, &Stored> =

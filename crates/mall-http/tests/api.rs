@@ -2316,3 +2316,312 @@ async fn a_checkouts_coupons_come_back_when_no_line_is_paid() {
         0
     );
 }
+
+/// Pre-sale end to end on a manual clock: deposits (a snap-up that holds a
+/// unit, online only, never in a cart), the balance asked and paid, then
+/// delivered and settled; a balance never paid (the deposit forfeited to
+/// the merchant at the window's end); a shopper's cancel (forfeited) and
+/// the merchant's (refunded). The mall's ledger is verified after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presale_deposit_balance_forfeit_and_cancels() {
+    use mall_ledger::chart::code;
+    let (api, _sim) = Api::with_channel().await;
+    let api = &api;
+    let hour = 3_600_000;
+    let m = api
+        .post("/v1/admin/merchants", Some(ADMIN), json!({"name": "Haier"}))
+        .await;
+    let merchant = m.body["id"].as_u64().unwrap();
+    api.post("/v1/admin/users", Some(ADMIN),
+        json!({"username": "haier.shop", "password": "fridges for all", "role": "merchant", "merchant_id": merchant}))
+        .await;
+    let seller = api
+        .post(
+            "/v1/sessions",
+            None,
+            json!({"username": "haier.shop", "password": "fridges for all"}),
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Deposits in the first hour; the balance from 2 h to 3 h, at the
+    // night's price: 45,000.00 listed, 38,888.00 then; 100 worth 150.
+    let (opens, closes) = (T0 + 2 * hour, T0 + 3 * hour);
+    let base = json!({"merchant_id": merchant, "title": "Fridge", "category": "appliances",
+        "price_fen": 4_500_000, "stock": 4, "per_user_limit": 1, "opens_at_ms": T0, "closes_at_ms": T0 + hour,
+        "sale_prices": [{"opens_at_ms": opens, "closes_at_ms": closes, "price_fen": 3_888_800}],
+        "presale": {"deposit_fen": 10_000, "worth_fen": 15_000, "balance_opens_at_ms": opens, "balance_closes_at_ms": closes}});
+    // Terms that cannot stand are refused, naming the field.
+    for (field, value) in [
+        ("deposit_fen", json!(0)),
+        ("worth_fen", json!(5_000)),
+        ("balance_opens_at_ms", json!(T0)),
+        ("worth_fen", json!(3_888_800)),
+    ] {
+        let mut bad = base.clone();
+        bad["presale"][field] = value;
+        let r = api.post("/v1/admin/items", Some(ADMIN), bad).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field}: {}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("presale"),
+            "{}",
+            r.body
+        );
+    }
+    let r = api.post("/v1/admin/items", Some(ADMIN), base).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["presale"]["worth_fen"], 15_000);
+    let sku = r.body["sku"].as_u64().unwrap();
+    let ledger_ok = || {
+        let (accounts, transfers) = api.state.engine.store().read_ledger().unwrap();
+        let violations = mall_engine::verify_mall_ledger(accounts, transfers.clone());
+        assert!(violations.is_empty(), "{violations:?}");
+        transfers
+    };
+    let moved = |code: u16, order: u64| -> u64 {
+        ledger_ok()
+            .iter()
+            .filter(|s| s.transfer.code == code && s.transfer.user_data == order)
+            .map(|s| s.transfer.amount)
+            .sum()
+    };
+    let u = api.shoppers(4, "pre").await;
+    let pay = |id: u64, who: &str| {
+        let (who, path) = (who.to_string(), format!("/v1/orders/{id}/payments"));
+        async move {
+            let r = api
+                .call(
+                    "POST",
+                    &path,
+                    Some(&who),
+                    Some(json!({"method": "third_party"})),
+                    None,
+                )
+                .await;
+            assert_eq!(
+                (r.status, &r.body["order"]["status"]),
+                (StatusCode::OK, &json!("paid")),
+                "{}",
+                r.body
+            );
+        }
+    };
+    // A deposit is online only, and not in a cart.
+    let cod =
+        json!({"sku": sku, "quantity": 1, "payment": "cod", "address": "1 Nanjing Road, Shanghai"});
+    let r = api.post("/v1/orders", Some(&u[0]), cod).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "presale_online_only")
+    );
+    let r = api
+        .post("/v1/checkouts", Some(&u[0]),
+            json!({"lines": [{"sku": sku, "quantity": 1}], "payment": "online", "address": "1 Nanjing Road, Shanghai"}))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "presale_online_only"),
+        "{}",
+        r.body
+    );
+    let mut deposits = vec![];
+    for who in &u {
+        let r = api.order(who, sku, 1, None).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        assert_eq!(r.body["amount_fen"], 10_000, "the deposit");
+        assert_eq!(r.body["unit_price_fen"], 3_888_800, "at the final price");
+        assert_eq!(r.body["presale"]["part"], "deposit");
+        assert_eq!(r.body["presale"]["balance_fen"], 3_888_800 - 15_000);
+        let id = r.body["id"].as_u64().unwrap();
+        pay(id, who).await;
+        deposits.push(id);
+    }
+    let item = api.get(&format!("/v1/items/{sku}"), None).await;
+    assert_eq!(
+        (&item.body["available"], &item.body["sold"]),
+        (&json!(0), &json!(4))
+    );
+    ledger_ok();
+    let balance = |who: usize| {
+        let (path, token) = (
+            format!("/v1/orders/{}/balance", deposits[who]),
+            u[who].clone(),
+        );
+        async move { api.post(&path, Some(&token), json!({})).await }
+    };
+    let r = balance(0).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "balance_not_open")
+    );
+    // Not another shopper's.
+    let r = api
+        .post(
+            &format!("/v1/orders/{}/balance", deposits[0]),
+            Some(&u[1]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The shopper cancels a paid deposit before the balance: forfeited.
+    let r = api
+        .post(
+            &format!("/v1/orders/{}/cancel", deposits[2]),
+            Some(&u[2]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (StatusCode::OK, &json!("forfeited")),
+        "{}",
+        r.body
+    );
+    // The merchant cancels another: refunded.
+    let r = api
+        .post(
+            &format!("/v1/orders/{}/cancel", deposits[3]),
+            Some(&seller),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (StatusCode::OK, &json!("cancelled")),
+        "{}",
+        r.body
+    );
+    // Another merchant's order is unknown to the seller.
+    let r = api
+        .get(&format!("/v1/orders/{}", deposits[0]), Some(&seller))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let mut waited = 0;
+    while (
+        moved(code::FORFEIT, deposits[2]),
+        moved(code::REFUND, deposits[3]),
+    ) != (10_000, 10_000)
+    {
+        assert!(waited < 100, "the forfeit and the refund never landed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let item = api.get(&format!("/v1/items/{sku}"), None).await;
+    assert_eq!(
+        (&item.body["available"], &item.body["sold"]),
+        (&json!(2), &json!(2))
+    );
+
+    // The balance window: asked once, paid, delivered with its deposit.
+    api.clock.advance_ms(2 * hour);
+    let b = balance(0).await;
+    assert_eq!(b.status, StatusCode::CREATED, "{}", b.body);
+    assert_eq!(
+        (&b.body["amount_fen"], &b.body["presale"]["part"]),
+        (&json!(3_888_800 - 15_000), &json!("balance"))
+    );
+    assert_eq!(b.body["presale"]["deposit_order"], deposits[0]);
+    let again = balance(0).await;
+    assert_eq!(
+        (again.status, &again.body["id"]),
+        (StatusCode::OK, &b.body["id"])
+    );
+    let b0 = b.body["id"].as_u64().unwrap();
+    let r = api
+        .post(
+            &format!("/v1/admin/orders/{}/deliver", deposits[0]),
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "balance_not_paid"),
+        "{}",
+        r.body
+    );
+    pay(b0, &u[0]).await;
+    // Delivered by the merchant, named by the balance order: both settled.
+    let r = api
+        .post(
+            &format!("/v1/admin/orders/{b0}/deliver"),
+            Some(&seller),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["amount_fen"]),
+        (StatusCode::OK, &json!(10_000 + 3_888_800 - 15_000)),
+        "{}",
+        r.body
+    );
+    for id in [deposits[0], b0] {
+        let r = api.get(&format!("/v1/orders/{id}"), Some(&u[0])).await;
+        assert_eq!(r.body["status"], "delivered");
+    }
+    assert_eq!(
+        moved(code::SETTLEMENT, deposits[0]) + moved(code::SETTLEMENT, b0),
+        10_000 + 3_888_800 - 15_000
+    );
+    let r = api
+        .post(
+            &format!("/v1/admin/orders/{}/deliver", deposits[0]),
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.code(), "already_settled");
+
+    // The window ends with shopper 1's balance unpaid (asked, never paid):
+    // the deposit is forfeited to the merchant, the unit comes back.
+    let b1 = balance(1).await.body["id"].as_u64().unwrap();
+    api.clock.advance_ms(hour);
+    let mut waited = 0;
+    while moved(code::FORFEIT, deposits[1]) != 10_000 {
+        assert!(
+            waited < 200,
+            "the lapsed deposit was never forfeited to the merchant"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let r = api
+        .get(&format!("/v1/orders/{}", deposits[1]), Some(&u[1]))
+        .await;
+    assert_eq!(r.body["status"], "forfeited");
+    let r = api.get(&format!("/v1/orders/{b1}"), Some(&u[1])).await;
+    assert_eq!(r.body["status"], "expired");
+    let r = balance(1).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "balance_closed")
+    );
+    let item = api.get(&format!("/v1/items/{sku}"), None).await;
+    assert_eq!(
+        (
+            &item.body["available"],
+            &item.body["sold"],
+            &item.body["held"]
+        ),
+        (&json!(3), &json!(1), &json!(0))
+    );
+    // Every fen: 4 deposits and 1 balance in; 1 refund out; 2 forfeits and
+    // 1 delivery's settlement to the merchant.
+    assert_eq!(
+        moved(code::REFUND, deposits[2]),
+        0,
+        "a forfeit is no refund"
+    );
+    ledger_ok();
+}

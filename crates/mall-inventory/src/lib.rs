@@ -661,11 +661,12 @@ impl Inventory {
                 }
                 let order = self.orders.get_mut(&id).expect("looked up above");
                 order.expires_at = None;
+                let reply = move_on(order, OrderStatus::Paid, now, effects);
                 // A paid deposit holds its units until its balance window ends.
                 if let Some(at) = balance_deadline_paid(order) {
                     self.expiry.push(Reverse((at, id)));
                 }
-                move_on(order, OrderStatus::Paid, now, effects)
+                reply
             }
             status => Reply::Refused(Refusal::InvalidTransition {
                 status,

@@ -308,6 +308,26 @@ fn an_unpaid_balance_forfeits_the_deposit_and_the_unit_comes_back() {
         BALANCE_OPENS.plus_ms(1),
     ));
     assert_eq!(s.counters(), (1, 0, 2));
+    // A third, paid after the other two, lapses without a restart between.
+    let d3 = paid_deposit(&mut s, 3);
+    assert_eq!(s.counters(), (0, 0, 3));
+    s.tick(BALANCE_CLOSES);
+    assert_eq!(
+        s.orders[&d3.id].status,
+        OrderStatus::Forfeited,
+        "forfeited by the tick alone"
+    );
+    assert_eq!(s.counters(), (3, 0, 0));
+    let mut s = Shard::new();
+    let d = paid_deposit(&mut s, 1);
+    let d2 = paid_deposit(&mut s, 2);
+    let b2 = order(s.run(
+        Command::Balance {
+            deposit: d2.id,
+            user: UserId(2),
+        },
+        BALANCE_OPENS.plus_ms(1),
+    ));
     s.restart(BALANCE_CLOSES.plus_ms(-1));
     s.tick(BALANCE_CLOSES.plus_ms(-1));
     assert_eq!(s.counters(), (1, 0, 2), "not before the window's end");

@@ -99,6 +99,41 @@ pub mod code {
     }
 }
 
+/// Whether a transfer moves money the way its code says: between the
+/// kinds of account the mall's chart allows for it (a pending transfer's
+/// post or void moves between the same accounts).
+pub fn check(t: &crate::Transfer) -> Result<(), String> {
+    use AccountKind::*;
+    let (from, to) = (kind_of(t.debit), kind_of(t.credit));
+    let shape = |debits: &[AccountKind], credits: &[AccountKind]| {
+        from.is_some_and(|k| debits.contains(&k)) && to.is_some_and(|k| credits.contains(&k))
+    };
+    let ok = match t.code {
+        code::TOP_UP => shape(&[ChannelClearing], &[Wallet]),
+        code::WALLET_PAYMENT => shape(&[Wallet], &[PlatformEscrow]),
+        code::CHANNEL_PAYMENT | code::LATE_CAPTURE => shape(&[ChannelClearing], &[PlatformEscrow]),
+        code::SETTLEMENT | code::FORFEIT => shape(&[PlatformEscrow], &[MerchantReceivable]),
+        code::COD_COLLECTION => shape(&[CodReceivable], &[PlatformEscrow]),
+        code::REFUND => shape(
+            &[PlatformEscrow, MerchantReceivable],
+            &[Wallet, ChannelClearing, CodReceivable],
+        ),
+        code::LATE_REFUND => shape(&[PlatformEscrow], &[ChannelClearing]),
+        other => return Err(format!("transfer {}: unknown code {other}", t.id.0)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "transfer {}: a {} from {:?} to {:?}",
+            t.id.0,
+            code::name(t.code),
+            from,
+            to
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

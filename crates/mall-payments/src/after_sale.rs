@@ -235,22 +235,28 @@ impl Payments {
     }
 
     fn watch_deposit(&self, o: &Order, due: Timestamp) {
-        lock(&self.shared.deposits).insert(o.id, (due, due));
+        lock(&self.shared.deposits).insert(o.id, (due, 0));
     }
 
     /// Every second: deposits past their balance window's end are read.
     /// Forfeited (the shard forfeits at the window's end): the deposit
     /// goes to the merchant. Still paid: the shard has not ticked yet or
-    /// the balance was paid; looked at again in 5 s until final. Anything
-    /// else (cancelled, delivered): no longer watched.
+    /// the balance was paid; looked at again 5 rounds later until final.
+    /// Anything else (cancelled, delivered): no longer watched.
     pub(crate) async fn watch_deposits(&self) {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = self.shared.clock.now();
             let due: Vec<OrderId> = lock(&self.shared.deposits)
-                .iter()
-                .filter(|(_, (_, next))| *next <= now)
-                .map(|(id, _)| *id)
+                .iter_mut()
+                .filter(|(_, (due, _))| *due <= now)
+                .filter_map(|(id, (_, skip))| match skip {
+                    0 => Some(*id),
+                    n => {
+                        *n -= 1;
+                        None
+                    }
+                })
                 .collect();
             for id in due {
                 let done = match self.stored_order(id) {
@@ -271,7 +277,7 @@ impl Payments {
                 if done {
                     deposits.remove(&id);
                 } else if let Some(w) = deposits.get_mut(&id) {
-                    w.1 = now.plus_ms(5_000);
+                    w.1 = 5;
                 }
             }
         }

@@ -46,9 +46,9 @@ pub(crate) struct Shared {
     /// core's next wake earlier wakes it; others leave it asleep.
     driver_wakes_at: std::sync::atomic::AtomicI64,
     /// Paid pre-sale deposits whose balance is not known paid: their
-    /// balance window's end, and when to look next (see `after_sale`).
-    pub(crate) deposits:
-        Mutex<std::collections::BTreeMap<OrderId, (mall_core::Timestamp, mall_core::Timestamp)>>,
+    /// balance window's end, and how many rounds of the watch to skip
+    /// before looking again (see `after_sale`).
+    pub(crate) deposits: Mutex<std::collections::BTreeMap<OrderId, (mall_core::Timestamp, u32)>>,
 }
 
 /// The payment service. Cheap to clone.

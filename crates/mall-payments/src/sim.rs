@@ -116,6 +116,7 @@ pub const COVERAGE: &[&str] = &[
     "deposit_paid",
     "balance_paid",
     "balance_lapsed",
+    "deposit_lapsed",
     "forfeited",
     "presale_cancelled",
 ];
@@ -404,6 +405,15 @@ impl World {
         self.now_us = self.now_us.max(at);
         let mut effects = Vec::new();
         self.inventory.tick(self.wall(), &mut effects);
+        for e in &effects {
+            if let InvEffect::UpdateOrder {
+                status: OrderStatus::Forfeited,
+                ..
+            } = e
+            {
+                self.hit("deposit_lapsed");
+            }
+        }
         self.store_orders(effects);
         if next_event == Some(at) {
             let key = *self.queue.keys().next().expect("an event");

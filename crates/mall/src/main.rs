@@ -653,9 +653,9 @@ fn ledger_verify(data: &Path, store: &store::StoreArgs) -> Result<()> {
         accounts.len(),
         transfers.len()
     );
-    let violations = mall_engine::verify_ledger(accounts, transfers);
+    let violations = mall_engine::verify_mall_ledger(accounts, transfers);
     if violations.is_empty() {
-        println!("OK: debits equal credits (posted and pending), every limit holds, every post and void matches its pending transfer");
+        println!("OK: debits equal credits (posted and pending), every limit holds, every post and void matches its pending transfer, every transfer moves money the way its code says");
         Ok(())
     } else {
         println!("FAILED: {} violation(s)", violations.len());

@@ -268,7 +268,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             crate::channels::print_channels(p);
         }
         let (accounts, transfers) = store.read_ledger()?;
-        let ledger = mall_engine::verify_ledger(accounts, transfers);
+        let ledger = mall_engine::verify_mall_ledger(accounts, transfers);
         match ledger.as_slice() {
             [] => {
                 println!("ledger verify: ok (double entry balanced, every wallet at or above zero)")
@@ -401,7 +401,7 @@ fn demo_cluster(args: DemoArgs) -> Result<()> {
             mall_postgres::PgStore::open_existing(&crate::store::split_stores(&cluster.store), 2)?;
         let report = mall_engine::audit(&pg)?;
         let (accounts, transfers) = mall_engine::Store::read_ledger(&pg)?;
-        let ledger = mall_engine::verify_ledger(accounts, transfers);
+        let ledger = mall_engine::verify_mall_ledger(accounts, transfers);
         println!(
             "mall check: {} orders over {} items, {}; ledger verify: {}",
             report.orders,

@@ -215,6 +215,9 @@ impl Core {
             }
             (Step::Accounts, Kind::Settle { merchant } | Kind::Forfeit { merchant }) => {
                 let missing = super::missing_accounts(self, &[*merchant]);
+                if missing.is_empty() {
+                    return self.settle_transfer(req);
+                }
                 self.ledger(Op::AfterSale(req), Led::CreateAccounts(missing))
             }
             (Step::Transfer { amount }, kind) => {
