@@ -318,6 +318,10 @@ fn an_unpaid_balance_forfeits_the_deposit_and_the_unit_comes_back() {
         "forfeited by the tick alone"
     );
     assert_eq!(s.counters(), (3, 0, 0));
+    assert_eq!(s.orders[&d.id].status, OrderStatus::Forfeited);
+    assert_eq!(s.orders[&d2.id].status, OrderStatus::Forfeited);
+    assert_eq!(s.orders[&b2.id].status, OrderStatus::Expired);
+    // Again, with a restart just before the window's end.
     let mut s = Shard::new();
     let d = paid_deposit(&mut s, 1);
     let d2 = paid_deposit(&mut s, 2);
