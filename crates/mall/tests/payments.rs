@@ -593,3 +593,176 @@ fn kill_dash_nine_mid_payments_loses_no_acknowledged_payment_and_charges_none_tw
     let (ok, text) = mall(&["check"], &data);
     assert!(ok, "{text}");
 }
+
+/// Kill -9 while pre-sale balances are being paid: after a restart every
+/// acknowledged balance payment is there (its balance order paid, its
+/// deposit paid), every balance paid again under its key ends paid exactly
+/// once, the providers kept exactly every deposit and balance, and `mall
+/// check` and `mall ledger verify` pass.
+#[test]
+fn kill_dash_nine_during_balance_payments_loses_no_acknowledged_payment() {
+    const SHOPPERS: usize = 160;
+    const DEPOSIT: i64 = 1_000;
+    const PRICE: i64 = 20_000;
+    const WORTH: i64 = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let (channels, data, mut server) = mall_with_channels(dir.path(), None);
+    let a = agent();
+    let m = call(
+        &a,
+        "POST",
+        &server.url("/v1/admin/merchants"),
+        ADMIN,
+        Some(json!({"name": "Presale Store"})),
+        None,
+    )
+    .unwrap();
+    // Deposits for the next 10 s, the balance from then for a minute.
+    let now = now_ms();
+    let opens = now + 10_000;
+    let body = json!({"merchant_id": m.1["id"], "title": "Pre-sale TV", "category": "electronics",
+        "price_fen": PRICE, "stock": SHOPPERS, "per_user_limit": 1, "opens_at_ms": now - 1_000, "closes_at_ms": opens,
+        "presale": {"deposit_fen": DEPOSIT, "worth_fen": WORTH, "balance_opens_at_ms": opens, "balance_closes_at_ms": opens + 60_000}});
+    let r = call(
+        &a,
+        "POST",
+        &server.url("/v1/admin/items"),
+        ADMIN,
+        Some(body),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.0, 201, "{}", r.1);
+    let sku = r.1["sku"].as_u64().unwrap();
+    let users = shoppers(&server, SHOPPERS);
+    let pay = |base: &str, a: &ureq::Agent, token: &str, id: u64| {
+        call(
+            a,
+            "POST",
+            &format!("{base}/v1/orders/{id}/payments"),
+            token,
+            Some(json!({"method": "third_party"})),
+            Some(&format!("pay-{id}")),
+        )
+    };
+    // Every shopper pays a deposit (8 at a time).
+    let deposits: Vec<u64> = std::thread::scope(|scope| {
+        let chunks: Vec<_> = users
+            .chunks(SHOPPERS / 8)
+            .map(|chunk| {
+                let server = &server;
+                scope.spawn(move || {
+                    let a = agent();
+                    chunk
+                        .iter()
+                        .map(|(_, token)| {
+                            let id = snap_up(server, token, sku, "online");
+                            let r = pay(&server.base, &a, token, id).unwrap();
+                            let status = &r.1["order"]["status"];
+                            assert_eq!((r.0, status), (200, &json!("paid")), "{}", r.1);
+                            id
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        chunks.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    assert!(
+        now_ms() < opens,
+        "the deposits took longer than their window"
+    );
+    std::thread::sleep(Duration::from_millis(
+        (opens - now_ms()).max(0) as u64 + 200,
+    ));
+    // Balances asked and paid from 8 threads; kill -9 in the middle.
+    let acked: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (users, deposits, acked, base) = (
+                users.clone(),
+                deposits.clone(),
+                acked.clone(),
+                server.base.clone(),
+            );
+            std::thread::spawn(move || {
+                let a = agent();
+                for i in (w..users.len()).step_by(8) {
+                    let token = &users[i].1;
+                    let url = format!("{base}/v1/orders/{}/balance", deposits[i]);
+                    let Some((201 | 200, b)) = call(&a, "POST", &url, token, Some(json!({})), None)
+                    else {
+                        return; // the server is gone
+                    };
+                    let b = b["id"].as_u64().unwrap();
+                    if let Some((200, r)) = pay(&base, &a, token, b) {
+                        if r["order"]["status"] == "paid" {
+                            acked.lock().unwrap().push((i, b));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(120));
+    server.kill_9();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    println!(
+        "{} of {SHOPPERS} balances acknowledged paid before the kill",
+        acked.len()
+    );
+    let server = Server::start(&data, &["--channels", channels.file.to_str().unwrap()]);
+    for (i, b) in &acked {
+        let token = &users[*i].1;
+        assert_eq!(
+            order_status(&server, token, *b),
+            "paid",
+            "acknowledged balance {b} lost"
+        );
+        assert_eq!(order_status(&server, token, deposits[*i]), "paid");
+    }
+    // Every balance paid (again, under its key where one was asked before):
+    // each ends paid once.
+    for (i, (_, token)) in users.iter().enumerate() {
+        let url = server.url(&format!("/v1/orders/{}/balance", deposits[i]));
+        let (status, b) = call(&a, "POST", &url, token, Some(json!({})), None).unwrap();
+        assert!(status == 200 || status == 201, "{status} {b}");
+        let b = b["id"].as_u64().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, r) = pay(&server.base, &a, token, b).unwrap();
+            if status == 200 && r["order"]["status"] == "paid" {
+                break;
+            }
+            // Already paid (a payment before the kill landed), or one under way.
+            if status == 409 && order_status(&server, token, b) == "paid" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "balance {b}: {status} {r}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // The providers kept exactly every deposit and balance, once.
+    let want = SHOPPERS as i64 * (DEPOSIT + PRICE - WORTH);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::kept(&channels) != want {
+        assert!(
+            Instant::now() < deadline,
+            "providers kept {} fen, the mall sold {want}",
+            common::kept(&channels)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.stop();
+    let (ok, text) = mall(&["check"], &data);
+    assert!(ok, "mall check failed:\n{text}");
+    let (ok, text) = mall(&["ledger", "verify"], &data);
+    assert!(ok, "mall ledger verify failed:\n{text}");
+    assert!(
+        !acked.is_empty(),
+        "no balance was acknowledged before the kill"
+    );
+}
