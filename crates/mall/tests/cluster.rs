@@ -1172,4 +1172,78 @@ fn commerce_works_on_three_nodes() {
         (&before["available"], &before["sold"]),
         "a refused checkout holds nothing: {after}"
     );
+
+    // A pre-sale, its commands forwarded between nodes: a deposit made on
+    // every node, its balance asked on another (not open yet), and a
+    // shopper's cancel of the pre-sale (its unpaid deposit) on a third.
+    let (_, m) = post(
+        &nodes[0],
+        "/v1/admin/merchants",
+        ADMIN,
+        Some(json!({"name": "Pre-sales"})),
+        None,
+    );
+    let now = common::now_ms();
+    let (status, item) = post(
+        &nodes[0],
+        "/v1/admin/items",
+        ADMIN,
+        Some(json!({
+        "merchant_id": m["id"], "title": "Pre-sale rice", "category": "home", "price_fen": 9_900,
+        "stock": 3, "per_user_limit": 1, "opens_at_ms": now - 1_000, "closes_at_ms": now + 3_600_000,
+        "presale": {"deposit_fen": 500, "worth_fen": 1_000,
+                    "balance_opens_at_ms": now + 3_600_000, "balance_closes_at_ms": now + 7_200_000}})),
+        None,
+    );
+    assert_eq!(status, 201, "{item}");
+    let presale = item["sku"].as_u64().unwrap();
+    let asked = Instant::now();
+    while get(&nodes[2], &format!("/v1/items/{presale}"), "").0 != 200 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "item {presale} never reached n3"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (n, node) in nodes.iter().enumerate() {
+        let token = &people[10 + n].1;
+        let (status, d) = post(
+            node,
+            "/v1/orders",
+            token,
+            Some(json!({"sku": presale, "quantity": 1,
+            "payment": "online", "address": "1 Pre-sale Road"})),
+            None,
+        );
+        assert_eq!(
+            (status, &d["amount_fen"], &d["presale"]["part"]),
+            (201, &json!(500), &json!("deposit")),
+            "{}: {d}",
+            node.name
+        );
+        let id = d["id"].as_u64().unwrap();
+        let next = &nodes[(n + 1) % 3];
+        let (status, b) = post(next, &format!("/v1/orders/{id}/balance"), token, None, None);
+        assert_eq!(
+            (status, &b["error"]["code"]),
+            (409, &json!("not_a_presale")),
+            "{}: {b}",
+            next.name
+        );
+        let third = &nodes[(n + 2) % 3];
+        let (status, c) = post(third, &format!("/v1/orders/{id}/cancel"), token, None, None);
+        assert_eq!(
+            (status, &c["status"]),
+            (200, &json!("cancelled")),
+            "{}: {c}",
+            third.name
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200)); // counters published
+    let (_, item) = get(&nodes[1], &format!("/v1/items/{presale}"), "");
+    assert_eq!(
+        (&item["available"], &item["held"]),
+        (&json!(3), &json!(0)),
+        "{item}"
+    );
 }

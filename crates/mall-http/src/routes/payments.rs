@@ -32,7 +32,7 @@ impl From<PayError> for ApiError {
     }
 }
 
-fn payments(state: &AppState) -> ApiResult<&Payments> {
+pub(crate) fn payments(state: &AppState) -> ApiResult<&Payments> {
     state.payments.get().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

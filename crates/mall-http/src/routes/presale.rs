@@ -134,10 +134,7 @@ pub async fn balance(
 /// settled to the merchant. Refused `balance_not_paid` before the balance
 /// is paid. Repeatable: what was settled before is not settled again.
 pub(crate) async fn deliver(state: &AppState, named: &Order) -> ApiResult<u64> {
-    let payments = state
-        .payments
-        .get()
-        .ok_or_else(|| ApiError::unavailable())?;
+    let payments = super::payments::payments(state)?;
     let deposit = match named.presale {
         Some(OrderPreSale::Balance { deposit }) => stored_order(state, deposit)
             .await?
