@@ -26,6 +26,11 @@ pub struct AuditReport {
     /// Checkouts read back: every acknowledged one reserved whole, every
     /// one decided, none released with a line still held.
     pub checkouts_checked: u64,
+    /// Pre-sale deposits acknowledged and read back with their balances.
+    pub deposits_checked: u64,
+    /// Of those, balances told paid, and deposits forfeited (never paid).
+    pub balances_paid: u64,
+    pub deposits_forfeited: u64,
     pub violations: Vec<String>,
 }
 
@@ -110,6 +115,7 @@ pub async fn audit(outcome: &Outcome, backend: &Backend) -> AuditReport {
     doubles(outcome, backend, &mut report).await;
     claims(outcome, backend, &mut report).await;
     checkouts(outcome, backend, &mut report).await;
+    presales(outcome, backend, &mut report).await;
     let v = &mut report.violations;
     for (id, k) in &known {
         report.orders_checked += 1;
@@ -270,7 +276,7 @@ async fn doubles(outcome: &Outcome, backend: &Backend, report: &mut AuditReport)
                 let id = mall_core::UserId(outcome.user_ids[u as usize]);
                 for reader in engine.readers() {
                     for o in reader.orders_of_user(id, None, 1_000).unwrap_or_default() {
-                        if !is_checkout_line(o.idempotency_key.as_deref()) {
+                        if !is_checkout_line(o.idempotency_key.as_deref()) && !o.is_balance() {
                             *per.entry((id.0, o.sku.0)).or_default() += 1;
                         }
                     }
@@ -291,9 +297,10 @@ async fn doubles(outcome: &Outcome, backend: &Backend, report: &mut AuditReport)
             for (user, got) in http_get_all(target, admin_token, paths).await {
                 match got {
                     Some((StatusCode::OK, v)) => {
-                        // A checkout's lines are audited with their checkout.
+                        // A checkout's lines are audited with their checkout;
+                        // a pre-sale's balance order is its deposit's second.
                         for o in v["orders"].as_array().into_iter().flatten() {
-                            if o["checkout_id"].is_null() {
+                            if o["checkout_id"].is_null() && o["presale"]["part"] != "balance" {
                                 *per.entry((user, o["sku"].as_u64().unwrap_or(0)))
                                     .or_default() += 1;
                             }
@@ -462,6 +469,156 @@ async fn checkouts(outcome: &Outcome, backend: &Backend, report: &mut AuditRepor
                     o["status"]
                 ));
             }
+        }
+    }
+}
+
+/// What the client was told of one pre-sale (one deposit a shopper).
+#[derive(Default, Debug)]
+struct ToldPresale {
+    deposit: Option<u64>,
+    deposit_paid: bool,
+    balance: Option<u64>,
+    balance_paid: bool,
+    /// A payment answered 202 (still with its provider).
+    pending: bool,
+    /// A request got no definite answer.
+    uncertain: bool,
+}
+
+/// Pre-sales: every deposit the client was told of exists; once the
+/// balance window has closed, a deposit whose balance was told paid is paid
+/// (or delivered) with its balance, and a paid deposit whose balance was
+/// never paid is forfeited (its balance order, if asked, expired); the
+/// pre-sale item sold at least the balances told paid.
+async fn presales(outcome: &Outcome, backend: &Backend, report: &mut AuditReport) {
+    let plan = &outcome.plan;
+    let Some(rank) = plan.presale_rank else {
+        return;
+    };
+    let mut told: BTreeMap<u32, ToldPresale> = BTreeMap::new();
+    for r in outcome.records.iter().filter(|r| r.rank == rank) {
+        let t = told.entry(r.user).or_default();
+        t.uncertain |= indefinite(&r.code);
+        let paid = r.ok() && r.order_status.as_deref() == Some("paid");
+        t.pending |= r.order_status.as_deref() == Some("pay_pending");
+        match r.kind {
+            Kind::Deposit if r.ok() => t.deposit = r.order,
+            Kind::Balance if r.ok() => t.balance = r.order,
+            Kind::Pay if paid && r.order.is_some() && r.order == t.deposit => t.deposit_paid = true,
+            Kind::Pay if paid && r.order.is_some() && r.order == t.balance => t.balance_paid = true,
+            _ => {}
+        }
+    }
+    // Records are in send order: a balance's payment may be matched before
+    // its balance record; match paid orders again now that all are known.
+    let paid_orders: HashSet<u64> = outcome
+        .records
+        .iter()
+        .filter(|r| r.kind == Kind::Pay && r.ok() && r.order_status.as_deref() == Some("paid"))
+        .filter_map(|r| r.order)
+        .collect();
+    for t in told.values_mut() {
+        t.deposit_paid |= t.deposit.is_some_and(|d| paid_orders.contains(&d));
+        t.balance_paid |= t.balance.is_some_and(|b| paid_orders.contains(&b));
+    }
+    // Until the balance window has closed and its forfeits are made.
+    let closes_ms = outcome.opening_ms + plan.balance_window_us() / 1_000;
+    let wait_ms = closes_ms + 1_500 - crate::run::wall_ms();
+    if wait_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+    }
+    let ids: Vec<u64> = told
+        .values()
+        .flat_map(|t| [t.deposit, t.balance])
+        .flatten()
+        .collect();
+    let mut server = fetch_orders(backend, &ids).await;
+    for _ in 0..10 {
+        // A paid deposit without a balance told paid: forfeited shortly.
+        let waiting = told.values().any(|t| {
+            t.deposit_paid
+                && !t.balance_paid
+                && !t.pending
+                && !t.uncertain
+                && t.deposit
+                    .and_then(|d| server.get(&d).cloned().flatten())
+                    .is_some_and(|o| o.status == "paid")
+        });
+        if !waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server = fetch_orders(backend, &ids).await;
+    }
+    let sku = outcome.skus[rank as usize].0;
+    let status = |id: Option<u64>| {
+        id.and_then(|id| server.get(&id).cloned().flatten())
+            .map(|o| o.status)
+    };
+    let v = &mut report.violations;
+    for (user, t) in &told {
+        let Some(d) = t.deposit else { continue };
+        report.deposits_checked += 1;
+        match server.get(&d) {
+            None => {
+                v.push(format!(
+                    "deposit {d}: acknowledged to the client but missing on the server"
+                ));
+                continue;
+            }
+            Some(None) => {
+                v.push(format!("deposit {d}: could not be read back"));
+                continue;
+            }
+            Some(Some(o)) if o.sku != sku || o.user != outcome.user_ids[*user as usize] => {
+                v.push(format!("deposit {d}: on another item or shopper"));
+            }
+            Some(Some(_)) => {}
+        }
+        let (ds, bs) = (status(Some(d)).unwrap_or_default(), status(t.balance));
+        if t.balance_paid {
+            report.balances_paid += 1;
+            let whole = matches!(ds.as_str(), "paid" | "delivered")
+                && matches!(bs.as_deref(), Some("paid" | "delivered"));
+            if !whole {
+                v.push(format!(
+                    "pre-sale {d}: its balance was told paid, the server has the deposit {ds} and the balance {bs:?}"
+                ));
+            }
+        } else if t.deposit_paid && !t.pending && !t.uncertain {
+            if ds == "forfeited" {
+                report.deposits_forfeited += 1;
+            } else {
+                v.push(format!(
+                    "deposit {d}: paid, its balance never paid, the window closed: the server says {ds}, not forfeited"
+                ));
+            }
+            if t.balance.is_some() && bs.as_deref() != Some("expired") {
+                v.push(format!(
+                    "balance of {d}: never paid, the server says {bs:?}"
+                ));
+            }
+        } else if !t.deposit_paid
+            && !t.pending
+            && !t.uncertain
+            && !matches!(ds.as_str(), "awaiting_payment" | "expired")
+        {
+            v.push(format!(
+                "deposit {d}: never told paid, the server says {ds}"
+            ));
+        }
+    }
+    if let Some(Some(item)) = fetch_items(backend, &[outcome.skus[rank as usize]])
+        .await
+        .get(&sku)
+    {
+        let told_sold = told.values().filter(|t| t.balance_paid).count() as u64;
+        if item.sold < told_sold {
+            v.push(format!(
+                "pre-sale item {sku}: sold {}, but {told_sold} balances were told paid",
+                item.sold
+            ));
         }
     }
 }

@@ -51,6 +51,19 @@ pub struct CartCheckout {
     pub pay_after_us: Option<i64>,
 }
 
+/// A pre-sale deposit, paid before the night; its balance after midnight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deposit {
+    /// Before the opening (the days before, compressed).
+    pub at_us: i64,
+    pub user: u32,
+    /// The deposit is paid this long after its order.
+    pub pay_after_us: i64,
+    /// When the balance is asked and paid (µs from the opening, inside the
+    /// balance window); `None`: never (the deposit is forfeited).
+    pub balance_at_us: Option<i64>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub scenario: Scenario,
@@ -65,6 +78,48 @@ pub struct Plan {
     pub attempts: Vec<Attempt>,
     /// Cart checkouts, sorted by time, after the spike.
     pub checkouts: Vec<CartCheckout>,
+    /// Pre-sale deposits, sorted by time, before the opening, on the item
+    /// ranked `presale_rank` (the last; none of the wish lists).
+    pub deposits: Vec<Deposit>,
+    pub presale_rank: Option<u32>,
+}
+
+/// Pre-sale terms a unit: a tenth of the price down, worth a fifth.
+pub fn presale_terms(price_fen: i64) -> (i64, i64) {
+    ((price_fen / 10).max(1), (price_fen / 5).max(1))
+}
+
+impl Plan {
+    /// The balance window's length after the opening: the spike and half
+    /// the tail, so the window ends (and unpaid deposits are forfeited)
+    /// inside the run.
+    pub fn balance_window_us(&self) -> i64 {
+        let s = &self.scenario;
+        ((s.spike_s + s.tail_s / 2.0) * 1e6) as i64
+    }
+
+    /// Item `rank` as the server gets it, for a sale opening at `opening`:
+    /// on sale from the opening for a day; the pre-sale item takes
+    /// deposits from `now` to the opening and its balance in the balance
+    /// window.
+    pub fn item_at(&self, rank: usize, opening: Timestamp, now: Timestamp) -> Item {
+        let mut item = self.items[rank].clone();
+        if Some(rank as u32) == self.presale_rank {
+            let (deposit, worth) = presale_terms(item.price_fen.0);
+            item.opens_at = now.plus_ms(-1_000).min(opening.plus_ms(-1));
+            item.closes_at = opening;
+            item.presale = Some(mall_core::PreSale {
+                deposit_fen: mall_core::Fen(deposit),
+                worth_fen: mall_core::Fen(worth),
+                balance_opens_at: opening,
+                balance_closes_at: opening.plus_ms(self.balance_window_us() / 1_000),
+            });
+        } else {
+            item.opens_at = opening;
+            item.closes_at = opening.plus_ms(24 * 3_600_000);
+        }
+        item
+    }
 }
 
 /// Cumulative Zipf(s) over `n` ranks, normalized, for sampling by search.
@@ -126,6 +181,8 @@ impl Plan {
         let mut browses = Vec::new();
         let mut claims = Vec::new();
         let mut checkouts = Vec::new();
+        let mut deposits = Vec::new();
+        let balance_us = ((s.spike_s + s.tail_s / 2.0) * 1e6) as i64;
         // The claim rush: a one-second burst half way to the opening.
         let claims_open_us = -((s.opens_in_s * 1e6) as i64) / 2 - 1_000_000;
         let mut wish = Vec::with_capacity(s.wish_list as usize);
@@ -189,6 +246,17 @@ impl Plan {
                     pay_after_us,
                 });
             }
+            if s.presale_share > 0.0 && unit(&mut rng) < s.presale_share {
+                let opens_in_us = s.opens_in_s * 1e6;
+                deposits.push(Deposit {
+                    // Before the claim rush's second and the opening.
+                    at_us: -((0.1 + unit(&mut rng) * 0.85) * opens_in_us) as i64 - 1,
+                    user,
+                    pay_after_us: 100_000 + (unit(&mut rng) * 400_000.0) as i64,
+                    balance_at_us: (unit(&mut rng) >= s.presale_unpaid_share)
+                        .then(|| ((0.05 + unit(&mut rng) * 0.6) * balance_us as f64) as i64),
+                });
+            }
             for &rank in &wish {
                 let at_us = if unit(&mut rng) < s.spike_share || tail_us <= 0.0 {
                     (unit(&mut rng) * spike_us as f64) as i64
@@ -228,6 +296,30 @@ impl Plan {
         browses.sort_by_key(|b| (b.at_us, b.user));
         claims.sort_unstable();
         checkouts.sort_by_key(|c| (c.at_us, c.user));
+        deposits.sort_by_key(|d| (d.at_us, d.user));
+        // The pre-sale item: one more, last, its stock a little short of
+        // the deposits (some are refused sold out).
+        let mut items = items;
+        let presale_rank = (!deposits.is_empty()).then(|| {
+            let rank = items.len() as u32;
+            let mut item = make_item(
+                &mut rng,
+                Sku(u64::from(rank) + 1),
+                rank,
+                &merchants,
+                window,
+                &shape,
+            );
+            item.title = format!("Pre-sale {}", item.title);
+            item.stock_total = (deposits.len() as u32 * 9 / 10).max(1);
+            item.per_user_limit = 1;
+            item.shelf_life_hours = None;
+            if item.category == mall_core::Category::Fresh {
+                item.category = mall_core::Category::Appliances;
+            }
+            items.push(item);
+            rank
+        });
         Plan {
             scenario: s.clone(),
             items,
@@ -235,6 +327,8 @@ impl Plan {
             claims,
             attempts,
             checkouts,
+            deposits,
+            presale_rank,
         }
     }
 }

@@ -44,8 +44,14 @@ pub fn html(summary: &Summary, audit: &AuditReport) -> String {
     };
     let _ = write!(
         page,
-        "{verdict}: {} orders, {} items, {} coupon claims and {} checkouts checked.</p>",
-        audit.orders_checked, audit.items_checked, audit.claims_checked, audit.checkouts_checked
+        "{verdict}: {} orders, {} items, {} coupon claims, {} checkouts and {} pre-sale deposits ({} balances paid, {} forfeited) checked.</p>",
+        audit.orders_checked,
+        audit.items_checked,
+        audit.claims_checked,
+        audit.checkouts_checked,
+        audit.deposits_checked,
+        audit.balances_paid,
+        audit.deposits_forfeited
     );
     if !audit.passed() {
         page.push_str("<ul class=\"bad\">");

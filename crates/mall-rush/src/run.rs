@@ -36,6 +36,10 @@ pub enum Kind {
     Claim,
     /// A cart checkout (all or nothing).
     Checkout,
+    /// A pre-sale deposit (a snap-up of the pre-sale item, before the night).
+    Deposit,
+    /// A pre-sale's balance asked (its payment is a `Pay`).
+    Balance,
 }
 
 /// What one request met.
@@ -104,6 +108,8 @@ enum Job {
         rank: u32,
         user: u32,
         late: bool,
+        /// The plan's deposit this pays, whose balance follows once paid.
+        deposit: Option<u32>,
     },
     Cancel {
         order: u64,
@@ -116,6 +122,15 @@ enum Job {
     /// The plan's checkout `index`.
     Checkout {
         index: u32,
+    },
+    /// The plan's deposit `index`.
+    Deposit {
+        index: u32,
+    },
+    /// The balance of the plan's deposit `index`, order `order`.
+    Balance {
+        index: u32,
+        order: u64,
     },
 }
 
@@ -160,7 +175,7 @@ struct Shared {
     coupon: Option<u64>,
 }
 
-fn wall_ms() -> i64 {
+pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -365,7 +380,7 @@ async fn setup(
     opens_at: Timestamp,
 ) -> Result<Setup, RunError> {
     let s = &plan.scenario;
-    let closes_at = opens_at.plus_ms(24 * 3_600_000);
+    let now = Timestamp(wall_ms());
     match backend {
         Backend::InProcess { engine } => {
             let first = engine.board().max_sku().map_or(1, |s| s.0 + 1);
@@ -373,11 +388,9 @@ async fn setup(
                 .items
                 .iter()
                 .enumerate()
-                .map(|(rank, template)| {
-                    let mut item = template.clone();
+                .map(|(rank, _)| {
+                    let mut item = plan.item_at(rank, opens_at, now);
                     item.sku = Sku(first + rank as u64);
-                    item.opens_at = opens_at;
-                    item.closes_at = closes_at;
                     item
                 })
                 .collect();
@@ -445,16 +458,20 @@ async fn setup(
                 merchants.push(MerchantId(v["id"].as_u64().unwrap_or(0)));
             }
             // Items, a few connections at a time.
-            let items: Vec<Value> = plan
-                .items
-                .iter()
-                .map(|i| {
+            let items: Vec<Value> = (0..plan.items.len())
+                .map(|rank| {
+                    let i = plan.item_at(rank, opens_at, now);
+                    let presale = i.presale.map(|p| {
+                        json!({"deposit_fen": p.deposit_fen.0, "worth_fen": p.worth_fen.0,
+                               "balance_opens_at_ms": p.balance_opens_at.0,
+                               "balance_closes_at_ms": p.balance_closes_at.0})
+                    });
                     json!({
                         "merchant_id": merchants[(i.merchant.0 as usize - 1) % merchants.len()].0,
                         "title": i.title, "category": i.category.as_str(), "price_fen": i.price_fen.0,
                         "stock": i.stock_total, "per_user_limit": i.per_user_limit,
-                        "opens_at_ms": opens_at.0, "closes_at_ms": closes_at.0,
-                        "shelf_life_hours": i.shelf_life_hours,
+                        "opens_at_ms": i.opens_at.0, "closes_at_ms": i.closes_at.0,
+                        "shelf_life_hours": i.shelf_life_hours, "presale": presale,
                     })
                 })
                 .collect();
@@ -576,6 +593,14 @@ async fn dispatch(shared: Arc<Shared>) {
                 .filter(|_| shared.coupon.is_some())
                 .map(|&(at_us, user)| (at_us, Job::Claim { user })),
         )
+        // Pre-sale deposits (over HTTP: the balance is the HTTP layer's).
+        .chain(
+            plan.deposits
+                .iter()
+                .enumerate()
+                .filter(|_| matches!(shared.backend, Backend::Http { .. }))
+                .map(|(i, d)| (d.at_us, Job::Deposit { index: i as u32 })),
+        )
         .collect();
     early.sort_by_key(|(at_us, _)| *at_us);
     let mut browses = early.into_iter().peekable();
@@ -668,6 +693,7 @@ fn pay_lines_later(shared: &Arc<Shared>, index: u32, v: &Value) {
             rank,
             user: c.user,
             late: false,
+            deposit: None,
         };
         schedule(shared, job, at_us);
     }
@@ -740,18 +766,32 @@ fn job_meta(shared: &Shared, job: &Job) -> (Kind, u32, u32, Option<u32>) {
             (Kind::SnapUp, a.rank, a.user, Some(*index))
         }
         Job::Pay {
-            rank, user, late, ..
+            rank,
+            user,
+            late,
+            deposit,
+            ..
         } => (
             if *late { Kind::LatePay } else { Kind::Pay },
             *rank,
             *user,
-            None,
+            *deposit,
         ),
         Job::Cancel { rank, user, .. } => (Kind::Cancel, *rank, *user, None),
         Job::Claim { user } => (Kind::Claim, 0, *user, None),
         Job::Checkout { index } => {
             let c = &shared.plan.checkouts[*index as usize];
             (Kind::Checkout, c.ranks[0], c.user, Some(*index))
+        }
+        Job::Deposit { index } | Job::Balance { index, .. } => {
+            let d = &shared.plan.deposits[*index as usize];
+            let rank = shared.plan.presale_rank.unwrap_or(0);
+            let kind = if matches!(job, Job::Deposit { .. }) {
+                Kind::Deposit
+            } else {
+                Kind::Balance
+            };
+            (kind, rank, d.user, Some(*index))
         }
     }
 }
@@ -818,6 +858,7 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
                     rank,
                     user,
                     late: false,
+                    deposit: None,
                 },
                 done_us + after_us,
             )),
@@ -833,6 +874,7 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
                         rank,
                         user,
                         late: true,
+                        deposit: None,
                     },
                     at_us,
                 ))
@@ -846,6 +888,7 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
             }
         }
     }
+    presale_follow_up(shared, &job, &answer, done_us);
     let (order, order_status) = match answer.order {
         Some((id, status, _)) => (Some(id), Some(status)),
         None => (None, None),
@@ -861,6 +904,53 @@ async fn execute(shared: &Arc<Shared>, conn: &mut Option<Conn>, scheduled: Sched
         order_status,
         attempt,
         retries,
+    }
+}
+
+/// A pre-sale's next step: a deposit made is paid; a deposit paid has its
+/// balance asked at its planned time; a balance asked is paid.
+fn presale_follow_up(shared: &Arc<Shared>, job: &Job, answer: &Answer, done_us: i64) {
+    let ok = answer.code == "created" || answer.code == "ok";
+    let Some((order, status, _)) = answer.order.as_ref().filter(|_| ok) else {
+        return;
+    };
+    let rank = shared.plan.presale_rank.unwrap_or(0);
+    let next = match *job {
+        Job::Deposit { index } if status == "awaiting_payment" => {
+            let d = &shared.plan.deposits[index as usize];
+            let pay = Job::Pay {
+                order: *order,
+                rank,
+                user: d.user,
+                late: false,
+                deposit: Some(index),
+            };
+            Some((pay, done_us + d.pay_after_us))
+        }
+        Job::Pay {
+            deposit: Some(index),
+            order,
+            ..
+        } if status == "paid" => {
+            let d = &shared.plan.deposits[index as usize];
+            d.balance_at_us
+                .map(|at_us| (Job::Balance { index, order }, at_us.max(done_us)))
+        }
+        Job::Balance { index, .. } if status == "awaiting_payment" => {
+            let d = &shared.plan.deposits[index as usize];
+            let pay = Job::Pay {
+                order: *order,
+                rank,
+                user: d.user,
+                late: false,
+                deposit: None,
+            };
+            Some((pay, done_us + 100_000))
+        }
+        _ => None,
+    };
+    if let Some((job, at_us)) = next {
+        schedule(shared, job, at_us);
     }
 }
 
@@ -936,6 +1026,29 @@ async fn send_http(shared: &Arc<Shared>, conn: &mut Conn, job: &Job) -> Answer {
             Some(format!("{}-k{user}", shared.run_id)),
             None,
         ),
+        Job::Deposit { index } => {
+            let d = &shared.plan.deposits[*index as usize];
+            let sku = shared.skus[shared.plan.presale_rank.unwrap_or(0) as usize].0;
+            (
+                Method::POST,
+                "/v1/orders".to_string(),
+                token(d.user),
+                Some(format!("{}-d{index}", shared.run_id)),
+                Some(
+                    json!({"sku": sku, "quantity": 1, "payment": "online", "address": format!("{} Pre-sale Road", d.user + 1)}),
+                ),
+            )
+        }
+        Job::Balance { index, order } => {
+            let d = &shared.plan.deposits[*index as usize];
+            (
+                Method::POST,
+                format!("/v1/orders/{order}/balance"),
+                token(d.user),
+                None,
+                None,
+            )
+        }
         Job::Checkout { index } => {
             let c = &shared.plan.checkouts[*index as usize];
             let lines: Vec<Value> = c
@@ -1066,8 +1179,9 @@ async fn send_local(shared: &Shared, engine: &Engine, job: &Job) -> Answer {
             },
         ),
         Job::Claim { user } => return claim_local(shared, engine, *user).await,
-        // Never dispatched in-process (checkouts are the HTTP layer's).
-        Job::Checkout { .. } => {
+        // Never dispatched in-process (checkouts and pre-sale balances are
+        // the HTTP layer's).
+        Job::Checkout { .. } | Job::Deposit { .. } | Job::Balance { .. } => {
             return Answer {
                 code: "not_in_process".into(),
                 order: None,

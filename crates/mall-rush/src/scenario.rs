@@ -38,6 +38,14 @@ pub struct Scenario {
     /// nothing (over HTTP only).
     #[serde(default)]
     pub checkout_share: f64,
+    /// Share of shoppers who pay a pre-sale deposit in the days before the
+    /// night (compressed into the wait before the opening), on the night's
+    /// one pre-sale item (over HTTP only; 0: no pre-sale).
+    #[serde(default)]
+    pub presale_share: f64,
+    /// Share of depositors who never pay the balance (forfeited).
+    #[serde(default)]
+    pub presale_unpaid_share: f64,
     /// The sale opens this long after setup; browsing happens before.
     pub opens_in_s: f64,
     /// Share of snap-up attempts in the spike right at the opening.
@@ -149,6 +157,8 @@ impl Scenario {
             ("coupon_claim_share", self.coupon_claim_share),
             ("coupon_quantity_share", self.coupon_quantity_share),
             ("checkout_share", self.checkout_share),
+            ("presale_share", self.presale_share),
+            ("presale_unpaid_share", self.presale_unpaid_share),
             ("spike_share", self.spike_share),
             ("cod_share", self.cod_share),
             ("cancel_share", self.cancel_share),

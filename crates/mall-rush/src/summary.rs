@@ -102,6 +102,8 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::LatePay => "late_pay",
         Kind::Claim => "claim",
         Kind::Checkout => "checkout",
+        Kind::Deposit => "deposit",
+        Kind::Balance => "balance",
     }
 }
 

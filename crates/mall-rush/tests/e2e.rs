@@ -149,6 +149,25 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
         summary.checkout_latency.is_some(),
         "checkout latency measured"
     );
+    // Pre-sale deposits before the opening, balances after it, and some
+    // never paid: each acknowledged deposit read back, balances paid and
+    // deposits forfeited both reached.
+    let deposits = &summary.by_kind["deposit"];
+    let made = deposits.codes.get("created").copied().unwrap_or(0);
+    assert!(made > 10, "{:?}", deposits.codes);
+    assert_eq!(report.deposits_checked, made);
+    assert!(
+        report.balances_paid > 0 && report.deposits_forfeited > 0,
+        "{report:?}"
+    );
+    // Each deposit paid its balance or was forfeited (a few may have met an
+    // answer the audit cannot judge, such as a timeout).
+    let decided = report.balances_paid + report.deposits_forfeited;
+    assert!(
+        decided <= made && decided * 10 >= made * 9,
+        "{decided} of {made} deposits paid their balance or were forfeited: {:?}",
+        summary.by_kind.get("balance")
+    );
     let html = mall_rush::report::html(&summary, &report);
     assert!(
         html.contains("<svg")
