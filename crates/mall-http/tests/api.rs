@@ -2625,3 +2625,67 @@ async fn presale_deposit_balance_forfeit_and_cancels() {
     );
     ledger_ok();
 }
+
+/// The platform funds its own promotions: a checkout line's share of a
+/// platform promotion is paid to the merchant (promotions → merchant) when
+/// the line is delivered, once; the merchant's own promotion it funds
+/// itself. The mall's ledger verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_pays_its_share_of_a_discount_at_settlement() {
+    use mall_ledger::chart::{self, code};
+    let (api, _sim) = Api::with_channel().await;
+    let sku = api.item(10, 2, 0).await; // 299.00
+    let u = api.shoppers(1, "share").await.remove(0);
+    // 10% off everything, funded by the platform.
+    let r = api
+        .post("/v1/promotions", Some(ADMIN),
+            json!({"rule": {"kind": "percent_off", "basis_points": 1_000}, "starts_at_ms": T0, "ends_at_ms": T0 + 3_600_000}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let c = api
+        .post("/v1/checkouts", Some(&u),
+            json!({"lines": [{"sku": sku, "quantity": 2}], "payment": "online", "address": "1 Nanjing Road, Shanghai",
+                   "expected_total_fen": 2 * 29_900 - 5_980}))
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let line = c.body["children"][0]["orders"][0]["id"].as_u64().unwrap();
+    let ledger = || {
+        let (accounts, transfers) = api.state.engine.store().read_ledger().unwrap();
+        let v = mall_engine::verify_mall_ledger(accounts, transfers.clone());
+        assert!(v.is_empty(), "{v:?}");
+        transfers
+    };
+    let shares = || {
+        ledger()
+            .iter()
+            .filter(|s| s.transfer.code == code::PLATFORM_DISCOUNT && s.transfer.user_data == line)
+            .map(|s| (s.transfer.debit, s.transfer.amount))
+            .collect::<Vec<_>>()
+    };
+    // Not before it is paid and delivered.
+    let path = format!("/v1/admin/orders/{line}/deliver");
+    let deliver = || api.post(&path, Some(ADMIN), json!({}));
+    assert_eq!(deliver().await.code(), "invalid_order_status");
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{line}/payments"),
+            Some(&u),
+            Some(json!({"method": "third_party"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["order"]["status"], "paid", "{}", r.body);
+    assert!(shares().is_empty());
+    let r = deliver().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        (&r.body["amount_fen"], &r.body["platform_share_fen"]),
+        (&json!(2 * 29_900 - 5_980), &json!(5_980))
+    );
+    assert_eq!(shares(), vec![(chart::PROMOTIONS, 5_980)]);
+    // Again: already settled, and the share is not paid twice.
+    assert_eq!(deliver().await.code(), "already_settled");
+    assert_eq!(shares(), vec![(chart::PROMOTIONS, 5_980)]);
+}

@@ -11,11 +11,14 @@
 //! | platform escrow | `3 << 56` | — |
 //! | channel clearing | `4 << 56 \| channel` | — (what a provider owes the mall) |
 //! | COD receivable | `5 << 56` | — (cash couriers collected) |
+//! | platform promotions | `6 << 56` | — (the platform's money for the discounts it funds; it goes negative as it pays) |
 //!
 //! Money paths: top-up `clearing → wallet`; payment `wallet | clearing →
 //! escrow` (two-phase: pending until the order is confirmed); delivery
 //! `escrow → merchant`; COD collection `cod → escrow`; refund back along
-//! the path the money came.
+//! the path the money came; a forfeited pre-sale deposit `escrow →
+//! merchant`; the platform's share of a discount, at settlement,
+//! `promotions → merchant`.
 
 use crate::{Account, AccountId, AccountKind, Limits};
 use mall_core::{MerchantId, UserId};
@@ -39,6 +42,8 @@ pub fn clearing(channel: usize) -> AccountId {
 
 pub const COD: AccountId = AccountId(5 << SHIFT);
 
+pub const PROMOTIONS: AccountId = AccountId(6 << SHIFT);
+
 /// The kind an id names, if it is in the chart.
 pub fn kind_of(id: AccountId) -> Option<AccountKind> {
     match id.0 >> SHIFT {
@@ -47,6 +52,7 @@ pub fn kind_of(id: AccountId) -> Option<AccountKind> {
         3 if id == ESCROW => Some(AccountKind::PlatformEscrow),
         4 => Some(AccountKind::ChannelClearing),
         5 if id == COD => Some(AccountKind::CodReceivable),
+        6 if id == PROMOTIONS => Some(AccountKind::PlatformPromotions),
         _ => None,
     }
 }
@@ -82,6 +88,9 @@ pub mod code {
     /// A pre-sale deposit forfeited (its balance unpaid in its window, or
     /// its shopper cancelled): escrow → the merchant.
     pub const FORFEIT: u16 = 9;
+    /// The platform's share of an order's discounts, paid to the merchant
+    /// at settlement: promotions → merchant.
+    pub const PLATFORM_DISCOUNT: u16 = 10;
 
     pub fn name(code: u16) -> &'static str {
         match code {
@@ -94,8 +103,32 @@ pub mod code {
             LATE_CAPTURE => "late_capture",
             LATE_REFUND => "late_refund",
             FORFEIT => "forfeit",
+            PLATFORM_DISCOUNT => "platform_discount",
             _ => "other",
         }
+    }
+
+    #[test]
+    fn every_code_has_its_shape() {
+        let t = |code, debit, credit| crate::Transfer {
+            id: crate::TransferId(1),
+            debit,
+            credit,
+            amount: 5,
+            code,
+            user_data: 0,
+            mode: crate::Mode::Single,
+            linked: false,
+        };
+        let m = merchant(MerchantId(1));
+        assert!(check(&t(code::FORFEIT, ESCROW, m)).is_ok());
+        assert!(check(&t(code::PLATFORM_DISCOUNT, PROMOTIONS, m)).is_ok());
+        assert!(check(&t(code::PLATFORM_DISCOUNT, ESCROW, m)).is_err());
+        assert!(check(&t(code::SETTLEMENT, m, ESCROW)).is_err());
+        assert!(check(&t(code::REFUND, ESCROW, wallet(UserId(2)))).is_ok());
+        assert!(check(&t(99, ESCROW, m))
+            .unwrap_err()
+            .contains("unknown code"));
     }
 }
 
@@ -119,6 +152,7 @@ pub fn check(t: &crate::Transfer) -> Result<(), String> {
             &[Wallet, ChannelClearing, CodReceivable],
         ),
         code::LATE_REFUND => shape(&[PlatformEscrow], &[ChannelClearing]),
+        code::PLATFORM_DISCOUNT => shape(&[PlatformPromotions], &[MerchantReceivable]),
         other => return Err(format!("transfer {}: unknown code {other}", t.id.0)),
     };
     if ok {
@@ -148,6 +182,8 @@ mod tests {
         assert_eq!(kind_of(c), Some(AccountKind::ChannelClearing));
         assert_eq!(kind_of(ESCROW), Some(AccountKind::PlatformEscrow));
         assert_eq!(kind_of(COD), Some(AccountKind::CodReceivable));
+        assert_eq!(kind_of(PROMOTIONS), Some(AccountKind::PlatformPromotions));
+        assert_eq!(kind_of(AccountId((6 << SHIFT) | 1)), None);
         assert_eq!(channel_of(c), Some(7));
         assert_eq!(channel_of(w), None);
         assert_eq!(kind_of(AccountId(3)), None);
@@ -158,7 +194,7 @@ mod tests {
                 .limits
                 .debits_must_not_exceed_credits
         );
-        let ids = [w, m, c, ESCROW, COD];
+        let ids = [w, m, c, ESCROW, COD, PROMOTIONS];
         for (i, a) in ids.iter().enumerate() {
             for b in &ids[i + 1..] {
                 assert_ne!(a, b);

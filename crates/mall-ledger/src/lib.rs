@@ -38,15 +38,18 @@ pub enum AccountKind {
     PlatformEscrow,
     ChannelClearing,
     CodReceivable,
+    /// The platform's own money for the discounts it funds.
+    PlatformPromotions,
 }
 
 impl AccountKind {
-    pub const ALL: [AccountKind; 5] = [
+    pub const ALL: [AccountKind; 6] = [
         AccountKind::Wallet,
         AccountKind::MerchantReceivable,
         AccountKind::PlatformEscrow,
         AccountKind::ChannelClearing,
         AccountKind::CodReceivable,
+        AccountKind::PlatformPromotions,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl AccountKind {
             AccountKind::PlatformEscrow => "platform_escrow",
             AccountKind::ChannelClearing => "channel_clearing",
             AccountKind::CodReceivable => "cod_receivable",
+            AccountKind::PlatformPromotions => "platform_promotions",
         }
     }
 

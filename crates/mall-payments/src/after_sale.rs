@@ -187,6 +187,20 @@ impl Payments {
         self.ask(forfeit, None).await?.amount()
     }
 
+    /// Pays the platform's share `amount` of a delivered order's discounts
+    /// to its merchant (once: a repeat moves nothing).
+    pub async fn pay_platform_share(&self, order: OrderId, amount: u64) -> Result<u64, PayError> {
+        let read = self.stored_order(order)?;
+        let merchant = read.as_ref().map(|o| self.merchant_of(o));
+        let share = |req| Input::PlatformShare {
+            req,
+            read,
+            merchant: merchant.unwrap_or(chart::ESCROW),
+            amount,
+        };
+        self.ask(share, None).await?.amount()
+    }
+
     /// At a start: refunds cancelled orders that kept money (a crash
     /// between the cancel and its refund), pays forfeited deposits to their
     /// merchants, and watches paid deposits whose balance is not paid.

@@ -178,7 +178,7 @@ impl Payments {
                 config,
             }),
         };
-        let mut fixed = vec![chart::ESCROW, chart::COD];
+        let mut fixed = vec![chart::ESCROW, chart::COD, chart::PROMOTIONS];
         fixed.extend((0..payments.shared.providers.len()).map(chart::clearing));
         payments.ensure_accounts(&fixed).await?;
         let engine = payments.shared.engine.clone();

@@ -757,6 +757,31 @@ pub async fn settle_all_coupons(state: &AppState, before: Timestamp) -> ApiResul
     Ok(rows.len())
 }
 
+/// The platform's share of a checkout line's discounts (what the platform
+/// pays its merchant at settlement), from the checkout's price; 0 for an
+/// order that is no checkout's line.
+pub(crate) async fn platform_share(state: &AppState, order: &Order) -> ApiResult<u64> {
+    let Some(id) = checkout_of(order) else {
+        return Ok(0);
+    };
+    let line: Option<usize> = order
+        .idempotency_key
+        .as_deref()
+        .and_then(|k| k.rsplit(' ').next())
+        .and_then(|l| l.parse().ok());
+    let accounts = state.accounts.clone();
+    let row = blocking(state, move || accounts.checkout(id))
+        .await
+        .map_err(|e| ApiError::store("reading a checkout", e))?
+        .ok_or_else(|| ApiError::internal("platform share", "a line's checkout is missing"))?;
+    let plan = parse_plan(&row)?;
+    let share = line
+        .and_then(|l| plan.price.lines.get(l))
+        .filter(|l| l.sku.0 == order.sku.0)
+        .map_or(0, |l| l.platform_funded_fen);
+    Ok(u64::try_from(share).unwrap_or(0))
+}
+
 /// Settles a checkout's coupons now, if `order` is one of its lines (a
 /// line was just cancelled).
 pub(crate) async fn line_cancelled(state: &AppState, order: &Order) {

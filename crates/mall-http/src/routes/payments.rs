@@ -463,6 +463,11 @@ pub struct SettledAnswer {
     pub order: u64,
     /// Fen moved (out of escrow, or from the courier's collection).
     pub amount_fen: u64,
+    /// Delivery: the platform's share of the order's discounts, paid to the
+    /// merchant with the settlement (a cart checkout's line with a
+    /// platform promotion or coupon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform_share_fen: Option<u64>,
 }
 
 /// The order was delivered: its escrowed money, less refunds, goes to the merchant.
@@ -477,13 +482,28 @@ pub async fn deliver(
 ) -> ApiResult<Json<SettledAnswer>> {
     let id = OrderId(parse_id(&raw, "order id")?);
     require_order_manager(&state, &principal, id).await?;
-    let amount = match super::orders::stored_order(&state, id).await? {
-        Some(o) if o.presale.is_some() => super::presale::deliver(&state, &o).await?,
-        _ => payments(&state)?.settle(id).await?,
+    let order = super::orders::stored_order(&state, id).await?;
+    let settled = match &order {
+        Some(o) if o.presale.is_some() => super::presale::deliver(&state, o).await,
+        _ => payments(&state)?.settle(id).await.map_err(ApiError::from),
+    };
+    // The platform's share of the discounts goes with the settlement (a
+    // repeat of a delivery that was cut off half-way finishes it).
+    let share = match &order {
+        Some(o) => super::checkouts::platform_share(&state, o).await?,
+        None => 0,
+    };
+    let settled_now =
+        settled.is_ok() || settled.as_ref().is_err_and(|e| e.code == "already_settled");
+    let platform_share_fen = if share > 0 && settled_now {
+        Some(payments(&state)?.pay_platform_share(id, share).await?)
+    } else {
+        None
     };
     Ok(Json(SettledAnswer {
         order: id.0,
-        amount_fen: amount,
+        amount_fen: settled?,
+        platform_share_fen,
     }))
 }
 
@@ -503,6 +523,7 @@ pub async fn cod_collected(
     Ok(Json(SettledAnswer {
         order: id.0,
         amount_fen: amount,
+        platform_share_fen: None,
     }))
 }
 

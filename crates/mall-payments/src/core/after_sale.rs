@@ -46,6 +46,10 @@ enum Kind {
     Forfeit {
         merchant: AccountId,
     },
+    PlatformShare {
+        merchant: AccountId,
+        amount: u64,
+    },
     Cod {
         amount: u64,
     },
@@ -121,6 +125,33 @@ impl Core {
         self.after_start(req, o, Kind::Forfeit { merchant }, true, refused);
     }
 
+    /// Pays the platform's share of a settled order's discounts to its
+    /// merchant. The transfer's id is the order's, so a repeat moves
+    /// nothing.
+    pub(super) fn platform_share(
+        &mut self,
+        req: ReqId,
+        read: Option<Order>,
+        merchant: AccountId,
+        amount: u64,
+    ) {
+        let Some(o) = read else {
+            return self.answer(req, Answer::Amount(Err(PayError::UnknownOrder)));
+        };
+        if !self.claim_order(o.id) {
+            return self.answer(req, Answer::Amount(Err(PayError::Busy)));
+        }
+        let refused = match self.orders.get(&o.id) {
+            None => Some(PayError::NotPaid),
+            // The merchant is paid its share with its settlement, not before.
+            Some(m) if !m.settled => Some(PayError::NotSettleable(o.status.as_str())),
+            Some(_) if amount == 0 => Some(PayError::BadAmount { max: 0 }),
+            Some(_) => None,
+        };
+        let kind = Kind::PlatformShare { merchant, amount };
+        self.after_start(req, o, kind, true, refused);
+    }
+
     /// Cash was collected for a COD order.
     pub(super) fn cod_collected(&mut self, req: ReqId, read: Option<Order>) {
         let Some(o) = read else {
@@ -185,6 +216,8 @@ impl Core {
             Kind::Refund { .. } => Step::Lookup,
             // Nothing to deliver: the goods never left.
             Kind::Forfeit { .. } => Step::Accounts,
+            // Settled already (its merchant's account exists).
+            Kind::PlatformShare { amount, .. } => Step::Transfer { amount },
             _ => Step::Deliver,
         };
         let a = AfterSale {
@@ -228,6 +261,14 @@ impl Core {
                         *merchant,
                         amount,
                         code::SETTLEMENT,
+                        id.0,
+                    ),
+                    Kind::PlatformShare { merchant, .. } => single(
+                        derived("platform_share", id.0),
+                        chart::PROMOTIONS,
+                        *merchant,
+                        amount,
+                        code::PLATFORM_DISCOUNT,
                         id.0,
                     ),
                     Kind::Forfeit { merchant } => single(
@@ -278,8 +319,8 @@ impl Core {
                     }
                 }
                 Kind::Cod { amount } => self.after_go(req, Step::Transfer { amount }),
-                Kind::Refund { .. } | Kind::Forfeit { .. } => {
-                    unreachable!("refunds and forfeits deliver nothing")
+                Kind::Refund { .. } | Kind::Forfeit { .. } | Kind::PlatformShare { .. } => {
+                    unreachable!("refunds, forfeits and platform shares deliver nothing")
                 }
             },
             (Step::Deliver, IoReply::Inventory(Ok(reply))) => match reply {
@@ -390,6 +431,7 @@ impl Core {
                 self.set_settled(order);
                 self.after_answer(req, Answer::Amount(Ok(amount)))
             }
+            Kind::PlatformShare { .. } => self.after_answer(req, Answer::Amount(Ok(amount))),
             Kind::Cod { .. } => {
                 self.record_cod(order, derived("cod", order.0), amount);
                 self.after_answer(req, Answer::Amount(Ok(amount)))

@@ -105,6 +105,14 @@ pub enum Input {
         read: Option<Order>,
         merchant: AccountId,
     },
+    /// Pays `merchant` the platform's share `amount` of the discounts of a
+    /// settled order (promotions → merchant), once.
+    PlatformShare {
+        req: ReqId,
+        read: Option<Order>,
+        merchant: AccountId,
+        amount: u64,
+    },
     /// The courier collected the cash of a COD order (as read).
     CodCollected { req: ReqId, read: Option<Order> },
     /// Refund `amount` (all that is left: `None`) of an order (as read),
@@ -530,6 +538,12 @@ impl Core {
                 read,
                 merchant,
             } => self.forfeit(req, read, merchant),
+            Input::PlatformShare {
+                req,
+                read,
+                merchant,
+                amount,
+            } => self.platform_share(req, read, merchant, amount),
             Input::CodCollected { req, read } => self.cod_collected(req, read),
             Input::Refund {
                 req,
