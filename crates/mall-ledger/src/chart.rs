@@ -107,29 +107,6 @@ pub mod code {
             _ => "other",
         }
     }
-
-    #[test]
-    fn every_code_has_its_shape() {
-        let t = |code, debit, credit| crate::Transfer {
-            id: crate::TransferId(1),
-            debit,
-            credit,
-            amount: 5,
-            code,
-            user_data: 0,
-            mode: crate::Mode::Single,
-            linked: false,
-        };
-        let m = merchant(MerchantId(1));
-        assert!(check(&t(code::FORFEIT, ESCROW, m)).is_ok());
-        assert!(check(&t(code::PLATFORM_DISCOUNT, PROMOTIONS, m)).is_ok());
-        assert!(check(&t(code::PLATFORM_DISCOUNT, ESCROW, m)).is_err());
-        assert!(check(&t(code::SETTLEMENT, m, ESCROW)).is_err());
-        assert!(check(&t(code::REFUND, ESCROW, wallet(UserId(2)))).is_ok());
-        assert!(check(&t(99, ESCROW, m))
-            .unwrap_err()
-            .contains("unknown code"));
-    }
 }
 
 /// Whether a transfer moves money the way its code says: between the
@@ -200,5 +177,28 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn every_code_has_its_shape() {
+        let t = |code, debit, credit| crate::Transfer {
+            id: crate::TransferId(1),
+            debit,
+            credit,
+            amount: 5,
+            code,
+            user_data: 0,
+            mode: crate::Mode::Single,
+            linked: false,
+        };
+        let m = merchant(MerchantId(1));
+        assert!(check(&t(code::FORFEIT, ESCROW, m)).is_ok());
+        assert!(check(&t(code::PLATFORM_DISCOUNT, PROMOTIONS, m)).is_ok());
+        assert!(check(&t(code::PLATFORM_DISCOUNT, ESCROW, m)).is_err());
+        assert!(check(&t(code::SETTLEMENT, m, ESCROW)).is_err());
+        assert!(check(&t(code::REFUND, ESCROW, wallet(UserId(2)))).is_ok());
+        assert!(check(&t(99, ESCROW, m))
+            .unwrap_err()
+            .contains("unknown code"));
     }
 }
