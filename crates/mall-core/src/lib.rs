@@ -389,13 +389,13 @@ impl PreSale {
     }
 
     /// The reverse of [`PreSale::encode`]; `Err` if it is not that.
-    pub fn decode(text: &str) -> Result<Option<PreSale>, ()> {
+    pub fn decode(text: &str) -> Result<Option<PreSale>, String> {
         if text.is_empty() {
             return Ok(None);
         }
         let n: Vec<i64> = text
             .split(':')
-            .map(|n| n.parse::<i64>().map_err(|_| ()))
+            .map(|n| n.parse::<i64>().map_err(|_| format!("pre-sale {text:?}")))
             .collect::<Result<_, _>>()?;
         match n[..] {
             [d, w, o, c] => Ok(Some(PreSale {
@@ -404,7 +404,7 @@ impl PreSale {
                 balance_opens_at: Timestamp(o),
                 balance_closes_at: Timestamp(c),
             })),
-            _ => Err(()),
+            _ => Err(format!("pre-sale {text:?}")),
         }
     }
 }
@@ -445,14 +445,15 @@ impl OrderPreSale {
     }
 
     /// The reverse of [`OrderPreSale::encode`]; `Err` if it is not that.
-    pub fn decode(text: &str) -> Result<Option<OrderPreSale>, ()> {
+    pub fn decode(text: &str) -> Result<Option<OrderPreSale>, String> {
         if text.is_empty() {
             return Ok(None);
         }
         let mut parts = text.split(':');
-        let kind = parts.next().ok_or(())?;
+        let bad = || format!("order pre-sale {text:?}");
+        let kind = parts.next().ok_or_else(bad)?;
         let n: Vec<i64> = parts
-            .map(|n| n.parse::<i64>().map_err(|_| ()))
+            .map(|n| n.parse::<i64>().map_err(|_| format!("pre-sale {text:?}")))
             .collect::<Result<_, _>>()?;
         match (kind, &n[..]) {
             ("d", [b, o, c]) => Ok(Some(OrderPreSale::Deposit {
@@ -461,9 +462,9 @@ impl OrderPreSale {
                 balance_closes_at: Timestamp(*c),
             })),
             ("b", [d]) => Ok(Some(OrderPreSale::Balance {
-                deposit: OrderId(u64::try_from(*d).map_err(|_| ())?),
+                deposit: OrderId(u64::try_from(*d).map_err(|_| bad())?),
             })),
-            _ => Err(()),
+            _ => Err(bad()),
         }
     }
 }

@@ -1399,7 +1399,6 @@ fn presales(h: &Harness) {
         opens.plus_ms(1),
     ));
     effects.clear();
-    drop(run);
     // Reloaded: the same terms and parts, the same counters.
     let mut journal = shard_journal(&store, &board);
     let mut inv = journal.load(opens.plus_ms(2)).unwrap();

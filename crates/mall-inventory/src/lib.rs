@@ -213,8 +213,8 @@ pub enum Reply {
     /// order (if one was asked), as they stand now. A cancel by the
     /// shopper before the balance is paid forfeits the deposit.
     PreSale {
-        deposit: Order,
-        balance: Option<Order>,
+        deposit: Box<Order>,
+        balance: Option<Box<Order>>,
     },
     /// The order is not active here (cancelled, expired, or unknown).
     /// Answered only after everything applied before it is committed, so a
@@ -892,8 +892,9 @@ impl Inventory {
                 })
             }
         };
-        let balance = balance.map(|b| self.end_hold(b, OrderStatus::Cancelled, now, effects));
-        let deposit = self.end_hold(deposit, status, now, effects);
+        let balance =
+            balance.map(|b| Box::new(self.end_hold(b, OrderStatus::Cancelled, now, effects)));
+        let deposit = Box::new(self.end_hold(deposit, status, now, effects));
         Reply::PreSale { deposit, balance }
     }
 

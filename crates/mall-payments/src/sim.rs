@@ -627,7 +627,7 @@ impl World {
             mall_inventory::Reply::PreSale { deposit, balance } => {
                 self.hit("presale_cancelled");
                 self.core.release_cancel(o.id);
-                for part in [Some(deposit), balance].into_iter().flatten() {
+                for part in [Some(*deposit), balance.map(|b| *b)].into_iter().flatten() {
                     if part.status == OrderStatus::Cancelled {
                         self.schedule(1_000, Event::RefundCancelled { order: part.id });
                     }

@@ -120,7 +120,7 @@ fn order_from_row(row: &Row) -> Result<Order, String> {
             list_price_fen: Fen(get(row, 16)?),
             presale: {
                 let text: &str = get(row, 17)?;
-                mall_core::OrderPreSale::decode(text).map_err(|()| format!("pre-sale {text:?}"))?
+                mall_core::OrderPreSale::decode(text)?
             },
         })
     })()
@@ -188,7 +188,7 @@ fn item_from_row(row: &Row) -> Result<Item, String> {
             floor_price_fen: Fen(get(row, 12)?),
             presale: {
                 let text: &str = get(row, 13)?;
-                mall_core::PreSale::decode(text).map_err(|()| format!("pre-sale {text:?}"))?
+                mall_core::PreSale::decode(text)?
             },
         })
     })()

@@ -175,8 +175,7 @@ pub(crate) fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         list_price_fen: Fen(row.get::<_, Option<i64>>(15)?.unwrap_or(row.get(4)?)),
         presale: {
             let text: String = row.get(16)?;
-            mall_core::OrderPreSale::decode(&text)
-                .map_err(|()| corrupt(format!("order pre-sale {text:?}")))?
+            mall_core::OrderPreSale::decode(&text).map_err(corrupt)?
         },
     })
 }
@@ -197,8 +196,7 @@ pub(crate) fn item_from_row(row: &Row<'_>) -> rusqlite::Result<Item> {
         shelf_life_hours: row.get(9)?,
         presale: {
             let text: String = row.get(12)?;
-            mall_core::PreSale::decode(&text)
-                .map_err(|()| corrupt(format!("item pre-sale {text:?}")))?
+            mall_core::PreSale::decode(&text).map_err(corrupt)?
         },
         sale_prices: {
             let text: String = row.get(10)?;

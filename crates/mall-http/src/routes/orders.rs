@@ -510,7 +510,7 @@ pub(crate) async fn release_order(
         Reply::PreSale { deposit, balance } => {
             let mut hold = hold;
             let mut named = None;
-            for part in [Some(deposit), balance].into_iter().flatten() {
+            for part in [Some(*deposit), balance.map(|b| *b)].into_iter().flatten() {
                 let mut e = mall_events::Event::new(state.now().0, mall_events::Kind::Cancel);
                 (e.user, e.sku, e.order, e.amount_fen) =
                     (part.user.0, part.sku.0, part.id.0, part.amount_fen.0);
