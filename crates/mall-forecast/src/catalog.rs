@@ -60,7 +60,7 @@ impl Catalog {
         self.check().map_err(crate::Error::InvalidParams)
     }
 
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), String> {
         if self.items.is_empty() || self.items.len() > ITEMS_MAX {
             return Err(format!(
                 "must hold 1 to {ITEMS_MAX} items, holds {}",

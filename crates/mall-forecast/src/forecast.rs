@@ -263,6 +263,23 @@ pub struct Forecast {
 pub fn forecast(history_dir: &Path, sale: SaleParams) -> Result<Forecast, Error> {
     sale.validate()?;
     let catalog = Catalog::load(history_dir)?;
+    forecast_from(&catalog, history_dir, &[], sale)
+}
+
+/// Forecasts the night of `catalog` from the event log in `events_dir`
+/// and `more` events besides (a live store's pre-sale deposits, read from
+/// its orders: the log's own deposit events are then left out, so none
+/// counts twice).
+pub fn forecast_from(
+    catalog: &Catalog,
+    events_dir: &Path,
+    more: &[crate::event::Event],
+    sale: SaleParams,
+) -> Result<Forecast, Error> {
+    sale.validate()?;
+    catalog
+        .check()
+        .map_err(|reason| Error::InvalidParams(format!("the catalog: {reason}")))?;
     let cells = catalog.items.len().saturating_mul(sale.draws as usize);
     if cells > DRAW_CELLS_MAX {
         return Err(Error::InvalidParams(format!(
@@ -272,12 +289,20 @@ pub fn forecast(history_dir: &Path, sale: SaleParams) -> Result<Forecast, Error>
         )));
     }
     let opens_at_ms = sale.opens_at_ms.unwrap_or(catalog.opens_at_ms);
-    let mut scan = Scan::new(&catalog, opens_at_ms, sale.model.intent_window_days);
-    let read = read_dir(history_dir, |e| scan.add(e))?;
+    let mut scan = Scan::new(catalog, opens_at_ms, sale.model.intent_window_days);
+    let deposits_given = more.iter().any(|e| e.kind == Kind::Deposit);
+    let read = read_dir(events_dir, |e| {
+        if !(deposits_given && e.kind == Kind::Deposit) {
+            scan.add(e)
+        }
+    })?;
+    for e in more {
+        scan.add(e);
+    }
     let normal = scan.normal_days()?;
     let payment = scan.payment_model();
     let intent = scan.intent(&sale.model);
-    let draws = Draws::run(&sale, &intent, &payment, &catalog);
+    let draws = Draws::run(&sale, &intent, &payment, catalog);
     Ok(draws.summarize(opens_at_ms, sale, read, normal, payment, &intent))
 }
 

@@ -632,8 +632,8 @@ fn an_older_store_is_migrated(server: &PostgresServer) {
     client
         .batch_execute(
             "DROP FUNCTION mall_fail(TEXT); DROP TABLE cluster_nodes, shard_leases, session_ends;
-             ALTER TABLE items DROP COLUMN sale_prices, DROP COLUMN floor_price_fen;
-             ALTER TABLE orders DROP COLUMN list_price_fen;
+             ALTER TABLE items DROP COLUMN sale_prices, DROP COLUMN floor_price_fen, DROP COLUMN presale;
+             ALTER TABLE orders DROP COLUMN list_price_fen, DROP COLUMN presale;
              DROP TABLE shopper_lists, favorite_counts, promotions, coupons, coupon_claims, checkouts;
              UPDATE mall_schema SET version = 1",
         )

@@ -225,7 +225,13 @@ pub async fn create(
         Reply::Order { order, replayed } => {
             if !replayed {
                 state.metrics.record_order(order.payment);
-                let mut e = event(&state, mall_events::Kind::Order, &principal, sku, started);
+                // A pre-sale deposit is intent for the night (the forecast's
+                // strongest signal), not a normal day's order.
+                let kind = match order.presale {
+                    Some(mall_core::OrderPreSale::Deposit { .. }) => mall_events::Kind::Deposit,
+                    _ => mall_events::Kind::Order,
+                };
+                let mut e = event(&state, kind, &principal, sku, started);
                 e.order = order.id.0;
                 e.amount_fen = order.amount_fen.0;
                 e.quantity = order.quantity.get();
