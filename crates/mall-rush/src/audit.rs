@@ -522,6 +522,9 @@ async fn presales(outcome: &Outcome, backend: &Backend, report: &mut AuditReport
         t.deposit_paid |= t.deposit.is_some_and(|d| paid_orders.contains(&d));
         t.balance_paid |= t.balance.is_some_and(|b| paid_orders.contains(&b));
     }
+    if told.values().all(|t| t.deposit.is_none()) {
+        return;
+    }
     // Until the balance window has closed and its forfeits are made.
     let closes_ms = outcome.opening_ms + plan.balance_window_us() / 1_000;
     let wait_ms = closes_ms + 1_500 - crate::run::wall_ms();
