@@ -84,18 +84,22 @@ pub struct Plan {
     pub presale_rank: Option<u32>,
 }
 
+fn balance_window_us(s: &Scenario) -> i64 {
+    ((s.spike_s + s.tail_s) * 1e6) as i64
+}
+
 /// Pre-sale terms a unit: a tenth of the price down, worth a fifth.
 pub fn presale_terms(price_fen: i64) -> (i64, i64) {
     ((price_fen / 10).max(1), (price_fen / 5).max(1))
 }
 
 impl Plan {
-    /// The balance window's length after the opening: the spike and half
-    /// the tail, so the window ends (and unpaid deposits are forfeited)
-    /// inside the run.
+    /// The balance window's length after the opening: the spike and the
+    /// tail, so the window ends (and unpaid deposits are forfeited) inside
+    /// the run, and a balance asked in its first half has the other half
+    /// to get through the night's payment queue.
     pub fn balance_window_us(&self) -> i64 {
-        let s = &self.scenario;
-        ((s.spike_s + s.tail_s / 2.0) * 1e6) as i64
+        balance_window_us(&self.scenario)
     }
 
     /// Item `rank` as the server gets it, for a sale opening at `opening`:
@@ -182,7 +186,7 @@ impl Plan {
         let mut claims = Vec::new();
         let mut checkouts = Vec::new();
         let mut deposits = Vec::new();
-        let balance_us = ((s.spike_s + s.tail_s / 2.0) * 1e6) as i64;
+        let balance_us = balance_window_us(s);
         // The claim rush: a one-second burst half way to the opening.
         let claims_open_us = -((s.opens_in_s * 1e6) as i64) / 2 - 1_000_000;
         let mut wish = Vec::with_capacity(s.wish_list as usize);
@@ -254,7 +258,7 @@ impl Plan {
                     user,
                     pay_after_us: 100_000 + (unit(&mut rng) * 400_000.0) as i64,
                     balance_at_us: (unit(&mut rng) >= s.presale_unpaid_share)
-                        .then(|| ((0.05 + unit(&mut rng) * 0.6) * balance_us as f64) as i64),
+                        .then(|| ((0.05 + unit(&mut rng) * 0.45) * balance_us as f64) as i64),
                 });
             }
             for &rank in &wish {
