@@ -204,6 +204,9 @@ enum Broken {
     Forgets,
     /// Makes two orders for every request, and shows the client one.
     Doubles,
+    /// Takes pre-sale deposits and their balances, says each is paid, and
+    /// then has every deposit forfeited.
+    ForfeitsPaidBalances,
 }
 
 #[derive(Default)]
@@ -267,6 +270,13 @@ fn fake_app(mode: Broken) -> Router {
                 return (StatusCode::CONFLICT, Json(json!({"error": {"code": "sold_out", "message": "sold out"}})));
             }
             f.items.get_mut(&sku).unwrap().1 += 1;
+            let deposit = b["address"].as_str().is_some_and(|a| a.contains("Pre-sale"));
+            if s.0 == Broken::ForfeitsPaidBalances && deposit {
+                f.next += 1;
+                let id = f.next;
+                f.orders.insert(id, (sku, user_of(&headers), "forfeited".into()));
+                return (StatusCode::CREATED, Json(json!({"id": id, "status": "awaiting_payment"})));
+            }
             if s.0 == Broken::Doubles {
                 f.next += 1;
                 let extra = f.next;
@@ -322,7 +332,20 @@ fn fake_app(mode: Broken) -> Router {
             Json(json!({"checkouts": checkouts}))
         }))
         .route("/v1/orders/{id}/cancel", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
-        .route("/v1/orders/{id}/payments", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
+        .route("/v1/orders/{id}/payments", post(|State(s): State<Shared>, Path(id): Path<u64>| async move {
+            if s.0 == Broken::ForfeitsPaidBalances {
+                return (StatusCode::OK, Json(json!({"order": {"id": id, "status": "paid"}})));
+            }
+            (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}})))
+        }))
+        .route("/v1/orders/{id}/balance", post(|State(s): State<Shared>, Path(id): Path<u64>| async move {
+            let mut f = s.1.lock().unwrap();
+            let (sku, user, _) = f.orders[&id].clone();
+            f.next += 1;
+            let b = f.next;
+            f.orders.insert(b, (sku, user, "expired".into()));
+            (StatusCode::CREATED, Json(json!({"id": b, "status": "awaiting_payment"})))
+        }))
         .with_state(shared)
 }
 
@@ -379,6 +402,17 @@ async fn audit_catches_a_server_that_over_issues_and_forgets_claims() {
         violations
             .iter()
             .any(|v| v.starts_with("claim ") && v.contains("missing on the server")),
+        "{violations:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_catches_a_server_that_forfeits_paid_balances() {
+    let violations = audit_of(Broken::ForfeitsPaidBalances).await;
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.starts_with("pre-sale ") && v.contains("its balance was told paid")),
         "{violations:?}"
     );
 }
