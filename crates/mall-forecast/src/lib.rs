@@ -71,6 +71,7 @@ pub mod event;
 pub mod forecast;
 pub mod history;
 pub mod model;
+pub mod night;
 pub mod plan;
 pub mod rng;
 

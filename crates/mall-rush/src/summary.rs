@@ -62,6 +62,9 @@ pub struct Fairness {
 pub struct Summary {
     pub scenario: String,
     pub backend: String,
+    /// When the sale opened (ms since the epoch): the `t` of the timeline
+    /// counts from it (a night forecast reads it).
+    pub opening_ms: i64,
     pub users: u32,
     pub items: u32,
     pub wall_s: f64,
@@ -295,6 +298,7 @@ pub fn summarize(outcome: &Outcome, backend: &str) -> Summary {
     Summary {
         scenario: plan.scenario.name.clone(),
         backend: backend.into(),
+        opening_ms: outcome.opening_ms,
         users: plan.scenario.users,
         items: plan.scenario.items,
         wall_s: outcome.wall_s,

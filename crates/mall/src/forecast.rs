@@ -61,6 +61,28 @@ pub struct ForecastArgs {
 
 #[derive(Subcommand)]
 pub enum ForecastCmd {
+    /// Forecasts a night's peak of attempted requests from a past night
+    /// (a rehearsal's report and its server's event log): the past night's
+    /// attempts per intent signal and its arrival profile, applied to the
+    /// signals left before this night's opening. With `--report`, compares
+    /// with what this night's clients attempted.
+    Night {
+        /// The past night's rush report (`mall rush` writes it).
+        #[arg(long)]
+        past_report: PathBuf,
+        /// The past night's server event log (its DATA/events).
+        #[arg(long)]
+        past_events: PathBuf,
+        /// This night's event log, read up to its opening.
+        #[arg(long)]
+        events: PathBuf,
+        /// This night's opening (ms since the epoch); default: `--report`'s.
+        #[arg(long)]
+        opens_at_ms: Option<i64>,
+        /// This night's rush report, to backtest against.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Compares a forecast with what a rush produced (its event log).
     Backtest {
         #[arg(long, default_value = "forecast.json")]
@@ -96,7 +118,84 @@ pub fn history(cmd: HistoryCmd) -> Result<()> {
     Ok(())
 }
 
+/// A rush report's opening and its attempted requests per second from it.
+fn attempted(report: &std::path::Path) -> Result<(i64, Vec<u64>)> {
+    let text =
+        std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", report.display()))?;
+    let s = &v["summary"];
+    let opening = s["opening_ms"]
+        .as_i64()
+        .with_context(|| format!("{}: no opening_ms (an older report)", report.display()))?;
+    let mut per_s = Vec::new();
+    for sec in s["timeline"].as_array().into_iter().flatten() {
+        let (Some(t), Some(sent)) = (sec["t"].as_i64(), sec["sent"].as_u64()) else {
+            continue;
+        };
+        if let Ok(t) = usize::try_from(t) {
+            if per_s.len() <= t {
+                per_s.resize(t + 1, 0);
+            }
+            per_s[t] += sent;
+        }
+    }
+    Ok((opening, per_s))
+}
+
+fn night(cmd: ForecastCmd) -> Result<()> {
+    let ForecastCmd::Night {
+        past_report,
+        past_events,
+        events,
+        opens_at_ms,
+        report,
+    } = cmd
+    else {
+        unreachable!("called for night only")
+    };
+    use mall_forecast::night::{signals, NightFit, PastNight};
+    let (past_opening, past_attempted) = attempted(&past_report)?;
+    let past = PastNight {
+        signals: signals(&past_events, i64::MIN, past_opening)?,
+        attempted: past_attempted,
+    };
+    let fit = NightFit::fit(&past)?;
+    let actual = report.as_deref().map(attempted).transpose()?;
+    let opening = opens_at_ms
+        .or(actual.as_ref().map(|a| a.0))
+        .context("give --opens-at-ms (or --report)")?;
+    let f = fit.forecast(signals(&events, i64::MIN, opening)?);
+    println!(
+        "past night: {} signals (favourites {}, carts {}, deposits {}) -> {} attempts: {:.2} a signal; busiest second {} s after opening, {:.1}% of the night",
+        past.signals.total(), past.signals.favorites, past.signals.carts, past.signals.deposits,
+        past.attempted.iter().sum::<u64>(), fit.attempts_per_signal, fit.peak_at_s, fit.peak_share * 100.0
+    );
+    println!(
+        "this night: {} signals (favourites {}, carts {}, deposits {}) -> forecast {:.0} attempts, peak {:.0} requests/s at {} s",
+        f.signals.total(), f.signals.favorites, f.signals.carts, f.signals.deposits, f.attempts, f.peak_per_s, f.peak_at_s
+    );
+    if let Some((_, per_s)) = actual {
+        let (at, peak) = per_s
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, n)| (**n, std::cmp::Reverse(*i)))
+            .map(|(i, n)| (i, *n))
+            .unwrap_or_default();
+        let total: u64 = per_s.iter().sum();
+        println!(
+            "attempted: {total} requests, peak {peak} requests/s at {at} s; error: peak {:+.1}%, attempts {:+.1}%",
+            (f.peak_per_s / peak.max(1) as f64 - 1.0) * 100.0,
+            (f.attempts / total.max(1) as f64 - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
 pub fn forecast(args: ForecastArgs) -> Result<()> {
+    if matches!(args.which, Some(ForecastCmd::Night { .. })) {
+        return night(args.which.expect("matched"));
+    }
     if let Some(ForecastCmd::Backtest {
         forecast,
         events,
