@@ -1135,20 +1135,7 @@ async fn promotions_by_merchant_and_platform_price_a_quote() {
     let a1 = item(a, 10_000, None).await;
     let a2 = item(a, 20_000, Some(15_000)).await;
     let b1 = item(b, 30_000, None).await;
-    api.post("/v1/admin/users", Some(ADMIN),
-        json!({"username": "alpha.shop", "password": "sells fine teas", "role": "merchant", "merchant_id": a}))
-        .await;
-    let seller = api
-        .post(
-            "/v1/sessions",
-            None,
-            json!({"username": "alpha.shop", "password": "sells fine teas"}),
-        )
-        .await
-        .body["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let seller = api.seller(a, "alpha.shop").await;
     let shopper = api.shoppers(1, "q").await.remove(0);
     let window = |body: Value| {
         let mut b = body;
@@ -2332,20 +2319,7 @@ async fn presale_deposit_balance_forfeit_and_cancels() {
         .post("/v1/admin/merchants", Some(ADMIN), json!({"name": "Haier"}))
         .await;
     let merchant = m.body["id"].as_u64().unwrap();
-    api.post("/v1/admin/users", Some(ADMIN),
-        json!({"username": "haier.shop", "password": "fridges for all", "role": "merchant", "merchant_id": merchant}))
-        .await;
-    let seller = api
-        .post(
-            "/v1/sessions",
-            None,
-            json!({"username": "haier.shop", "password": "fridges for all"}),
-        )
-        .await
-        .body["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let seller = api.seller(merchant, "haier.shop").await;
     // Deposits in the first hour; the balance from 2 h to 3 h, at the
     // night's price: 45,000.00 listed, 38,888.00 then; 100 worth 150.
     let (opens, closes) = (T0 + 2 * hour, T0 + 3 * hour);

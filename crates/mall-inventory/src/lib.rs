@@ -1091,15 +1091,20 @@ fn finish(
     now: Timestamp,
     effects: &mut Vec<Effect>,
 ) -> Order {
-    order.status = status;
     order.expires_at = None;
+    set_status(&mut order, status, now, effects);
+    order
+}
+
+/// An order's status changes, durably.
+fn set_status(order: &mut Order, status: OrderStatus, now: Timestamp, effects: &mut Vec<Effect>) {
+    order.status = status;
     order.updated_at = now;
     effects.push(Effect::UpdateOrder {
         id: order.id,
         status,
         updated_at: now,
     });
-    order
 }
 
 /// When a paid pre-sale deposit's balance window ends.
@@ -1119,13 +1124,7 @@ fn move_on(
     now: Timestamp,
     effects: &mut Vec<Effect>,
 ) -> Reply {
-    order.status = status;
-    order.updated_at = now;
-    effects.push(Effect::UpdateOrder {
-        id: order.id,
-        status,
-        updated_at: now,
-    });
+    set_status(order, status, now, effects);
     Reply::Order {
         order: order.clone(),
         replayed: false,

@@ -29,14 +29,26 @@ impl Payments {
     /// merchant. Delivery comes first and is idempotent, so a settlement cut
     /// off half-way is finished by calling this again.
     pub async fn settle(&self, order: OrderId) -> Result<u64, PayError> {
-        let read = self.stored_order(order)?;
-        let merchant = read.as_ref().map(|o| self.merchant_of(o));
-        let settle = |req| Input::Settle {
+        self.to_merchant(order, |req, read, merchant| Input::Settle {
             req,
             read,
-            merchant: merchant.unwrap_or(chart::ESCROW),
-        };
-        self.ask(settle, None).await?.amount()
+            merchant,
+        })
+        .await
+    }
+
+    /// Asks the core `input` about `order` as stored, with its merchant's
+    /// account: an amount moved to the merchant.
+    async fn to_merchant(
+        &self,
+        order: OrderId,
+        input: impl FnOnce(crate::core::ReqId, Option<Order>, AccountId) -> Input,
+    ) -> Result<u64, PayError> {
+        let read = self.stored_order(order)?;
+        let merchant = read.as_ref().map_or(chart::ESCROW, |o| self.merchant_of(o));
+        self.ask(|req| input(req, read, merchant), None)
+            .await?
+            .amount()
     }
 
     /// The courier collected cash for a COD order: the order is delivered
@@ -177,28 +189,24 @@ impl Payments {
     /// A forfeited pre-sale deposit: its money (less refunds) goes to its
     /// merchant. Idempotent: a repeat moves nothing (`already_settled`).
     pub async fn forfeit(&self, order: OrderId) -> Result<u64, PayError> {
-        let read = self.stored_order(order)?;
-        let merchant = read.as_ref().map(|o| self.merchant_of(o));
-        let forfeit = |req| Input::Forfeit {
+        self.to_merchant(order, |req, read, merchant| Input::Forfeit {
             req,
             read,
-            merchant: merchant.unwrap_or(chart::ESCROW),
-        };
-        self.ask(forfeit, None).await?.amount()
+            merchant,
+        })
+        .await
     }
 
     /// Pays the platform's share `amount` of a delivered order's discounts
     /// to its merchant (once: a repeat moves nothing).
     pub async fn pay_platform_share(&self, order: OrderId, amount: u64) -> Result<u64, PayError> {
-        let read = self.stored_order(order)?;
-        let merchant = read.as_ref().map(|o| self.merchant_of(o));
-        let share = |req| Input::PlatformShare {
+        self.to_merchant(order, |req, read, merchant| Input::PlatformShare {
             req,
             read,
-            merchant: merchant.unwrap_or(chart::ESCROW),
+            merchant,
             amount,
-        };
-        self.ask(share, None).await?.amount()
+        })
+        .await
     }
 
     /// At a start: refunds cancelled orders that kept money (a crash

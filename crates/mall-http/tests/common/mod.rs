@@ -207,6 +207,28 @@ impl Api {
         r.body["sku"].as_u64().unwrap()
     }
 
+    /// A merchant account of merchant `merchant` (`username`), logged in:
+    /// its token.
+    pub async fn seller(&self, merchant: u64, username: &str) -> String {
+        let password = "sells fine goods";
+        let r = self
+            .post(
+                "/v1/admin/users",
+                Some(ADMIN),
+                json!({"username": username, "password": password, "role": "merchant", "merchant_id": merchant}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let r = self
+            .post(
+                "/v1/sessions",
+                None,
+                json!({"username": username, "password": password}),
+            )
+            .await;
+        r.body["token"].as_str().unwrap().to_string()
+    }
+
     /// `n` shopper tokens.
     pub async fn shoppers(&self, n: u32, prefix: &str) -> Vec<String> {
         let r = self

@@ -80,13 +80,34 @@ pub fn refund_id(order: OrderId, key: u64) -> TransferId {
 impl Core {
     /// Settles a delivered order to `merchant`.
     pub(super) fn settle(&mut self, req: ReqId, read: Option<Order>, merchant: AccountId) {
+        let settleable = |s| {
+            matches!(
+                s,
+                OrderStatus::Paid | OrderStatus::Confirmed | OrderStatus::Delivered
+            )
+        };
+        self.pay_out(req, read, settleable, Kind::Settle { merchant });
+    }
+
+    /// Pays a forfeited pre-sale deposit to `merchant`.
+    pub(super) fn forfeit(&mut self, req: ReqId, read: Option<Order>, merchant: AccountId) {
+        let forfeited = |s| s == OrderStatus::Forfeited;
+        self.pay_out(req, read, forfeited, Kind::Forfeit { merchant });
+    }
+
+    /// An order's money (less refunds) out of escrow to its merchant, once
+    /// its status allows it: a settlement or a forfeit.
+    fn pay_out(
+        &mut self,
+        req: ReqId,
+        read: Option<Order>,
+        allowed: impl Fn(OrderStatus) -> bool,
+        kind: Kind,
+    ) {
         let Some(o) = read else {
             return self.answer(req, Answer::Amount(Err(PayError::UnknownOrder)));
         };
-        if !matches!(
-            o.status,
-            OrderStatus::Paid | OrderStatus::Confirmed | OrderStatus::Delivered
-        ) {
+        if !allowed(o.status) {
             let e = PayError::NotSettleable(o.status.as_str());
             return self.answer(req, Answer::Amount(Err(e)));
         }
@@ -100,29 +121,7 @@ impl Core {
             Some(m) if !m.posted => Some(PayError::Busy),
             Some(_) => None,
         };
-        let kind = Kind::Settle { merchant };
         self.after_start(req, o, kind, true, refused);
-    }
-
-    /// Pays a forfeited pre-sale deposit to `merchant`.
-    pub(super) fn forfeit(&mut self, req: ReqId, read: Option<Order>, merchant: AccountId) {
-        let Some(o) = read else {
-            return self.answer(req, Answer::Amount(Err(PayError::UnknownOrder)));
-        };
-        if o.status != OrderStatus::Forfeited {
-            let e = PayError::NotSettleable(o.status.as_str());
-            return self.answer(req, Answer::Amount(Err(e)));
-        }
-        if !self.claim_order(o.id) {
-            return self.answer(req, Answer::Amount(Err(PayError::Busy)));
-        }
-        let refused = match self.orders.get(&o.id) {
-            None => Some(PayError::NotPaid),
-            Some(m) if m.settled => Some(PayError::AlreadySettled),
-            Some(m) if !m.posted => Some(PayError::Busy),
-            Some(_) => None,
-        };
-        self.after_start(req, o, Kind::Forfeit { merchant }, true, refused);
     }
 
     /// Pays the platform's share of a settled order's discounts to its
