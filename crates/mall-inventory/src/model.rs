@@ -5,8 +5,8 @@
 
 use crate::{Command, Reply};
 use mall_core::{
-    Claim, ClaimId, ClaimStatus, Coupon, CouponId, Fen, Item, Order, OrderId, OrderStatus,
-    PaymentMethod, Refusal, Sku, Timestamp, UserId,
+    Claim, ClaimId, ClaimStatus, Coupon, CouponId, Fen, Item, Order, OrderId, OrderPreSale,
+    OrderStatus, PaymentMethod, Refusal, Sku, Timestamp, UserId,
 };
 use std::collections::BTreeMap;
 
@@ -206,7 +206,11 @@ impl Model {
     /// `(available, held, sold)`, recounted.
     pub fn counters(&self, sku: Sku) -> (u32, u32, u32) {
         let (mut held, mut sold) = (0, 0);
-        for o in self.orders.values().filter(|o| o.sku == sku) {
+        for o in self
+            .orders
+            .values()
+            .filter(|o| o.sku == sku && !o.is_balance())
+        {
             match o.status {
                 OrderStatus::AwaitingPayment => held += o.quantity.get(),
                 OrderStatus::Paid | OrderStatus::Confirmed | OrderStatus::Delivered => {
@@ -221,7 +225,7 @@ impl Model {
     fn active_units(&self, user: UserId, sku: Sku) -> u32 {
         self.orders
             .values()
-            .filter(|o| o.user == user && o.sku == sku && o.status.is_active())
+            .filter(|o| o.user == user && o.sku == sku && o.status.is_active() && !o.is_balance())
             .map(|o| o.quantity.get())
             .sum()
     }
@@ -235,6 +239,38 @@ impl Model {
                 o.updated_at = now;
             }
         }
+        // Paid deposits at their balance window's end: forfeited unless
+        // their balance is paid.
+        let due: Vec<OrderId> = self
+            .orders
+            .values()
+            .filter(|o| o.status == OrderStatus::Paid)
+            .filter(|o| {
+                matches!(o.presale, Some(OrderPreSale::Deposit { balance_closes_at, .. }) if balance_closes_at <= now)
+            })
+            .map(|o| o.id)
+            .collect();
+        for d in due {
+            if self.balance_of(d).is_some_and(|b| b.status.is_sold()) {
+                continue;
+            }
+            let o = self.orders.get_mut(&d).expect("due above");
+            (o.status, o.updated_at) = (OrderStatus::Forfeited, now);
+        }
+    }
+
+    /// The active balance order of deposit `d`, if one was asked.
+    fn balance_of(&self, d: OrderId) -> Option<&Order> {
+        self.orders.values().find(|o| {
+            o.presale == Some(OrderPreSale::Balance { deposit: d }) && o.status.is_active()
+        })
+    }
+
+    /// Ends an order (a cancel), as the engine records it.
+    fn end(&mut self, id: OrderId, status: OrderStatus, now: Timestamp) -> Order {
+        let o = self.orders.get_mut(&id).expect("an order to end");
+        (o.status, o.expires_at, o.updated_at) = (status, None, now);
+        o.clone()
     }
 
     pub fn apply(&mut self, command: &Command, now: Timestamp) -> Reply {
@@ -277,19 +313,37 @@ impl Model {
                 if available == 0 {
                     return Reply::Refused(Refusal::SoldOut);
                 }
+                // A pre-sale: online, undiscounted; it costs its deposit, at
+                // the price of the balance window's opening.
+                let presale = item.presale.map(|p| {
+                    let final_price = price_at(&item, p.balance_opens_at);
+                    let deposit = Fen(p.deposit_fen.0 * i64::from(q));
+                    let part = OrderPreSale::Deposit {
+                        balance_fen: Fen((final_price.0 - p.worth_fen.0) * i64::from(q)),
+                        balance_opens_at: p.balance_opens_at,
+                        balance_closes_at: p.balance_closes_at,
+                    };
+                    (final_price, deposit, part)
+                });
+                if presale.is_some()
+                    && (r.payment != PaymentMethod::Online || r.discount_fen.0 != 0)
+                {
+                    return Reply::Refused(Refusal::PreSaleOnlineOnly);
+                }
                 // The price now: the sale window's, else the list price.
-                let unit = item
-                    .sale_prices
-                    .iter()
-                    .find(|w| w.opens_at <= now && now < w.closes_at)
-                    .map_or(item.price_fen, |w| w.price_fen);
-                let amount = Fen(unit.0 * i64::from(q));
+                let (unit, amount) = match presale {
+                    Some((final_price, deposit, _)) => (final_price, deposit),
+                    None => {
+                        let unit = price_at(&item, now);
+                        (unit, Fen(unit.0 * i64::from(q)))
+                    }
+                };
                 // A discount may take a unit down to its floor (at least
                 // 1 fen, at most the list price), never below.
                 let floor = item.floor_price_fen.0.max(1).min(item.price_fen.0.max(1));
                 let stale = r.expected_total_fen.is_some_and(|e| e != amount);
-                let too_deep =
-                    r.discount_fen.0 < 0 || amount.0 - r.discount_fen.0 < floor * i64::from(q);
+                let too_deep = r.discount_fen.0 < 0
+                    || (presale.is_none() && amount.0 - r.discount_fen.0 < floor * i64::from(q));
                 if stale || too_deep {
                     return Reply::Refused(Refusal::PriceChanged {
                         list_price_fen: item.price_fen,
@@ -328,9 +382,21 @@ impl Model {
                     request_fingerprint: r.fingerprint,
                     per_user_limit: item.per_user_limit,
                     created_at: now,
-                    expires_at: online.then(|| now.plus_ms(self.hold_timeout_ms)),
+                    expires_at: online.then(|| {
+                        let hold = now.plus_ms(self.hold_timeout_ms);
+                        match presale {
+                            Some((
+                                _,
+                                _,
+                                OrderPreSale::Deposit {
+                                    balance_closes_at, ..
+                                },
+                            )) => hold.min(balance_closes_at),
+                            _ => hold,
+                        }
+                    }),
                     updated_at: now,
-                    presale: None,
+                    presale: presale.map(|p| p.2),
                 };
                 self.next_seq += 1;
                 self.orders.insert(order.id, order.clone());
@@ -388,6 +454,10 @@ impl Model {
                 if by.is_some_and(|u| u != o.user) {
                     return Reply::Refused(Refusal::UnknownOrder);
                 }
+                if let Some(d) = o.presale_deposit() {
+                    return self.release_presale(d, *by, now);
+                }
+                let o = self.orders.get_mut(order).expect("looked up above");
                 match o.status {
                     OrderStatus::AwaitingPayment | OrderStatus::Confirmed | OrderStatus::Paid => {
                         o.status = OrderStatus::Cancelled;
@@ -405,9 +475,32 @@ impl Model {
                 }
             }
             Command::Deliver { order } => {
-                let Some(o) = self.orders.get_mut(order) else {
+                let Some(o) = self.orders.get(order) else {
                     return Reply::Inactive(*order);
                 };
+                if matches!(o.status, OrderStatus::Paid | OrderStatus::Confirmed) {
+                    match o.presale {
+                        Some(OrderPreSale::Deposit { .. }) => {
+                            let b = self.balance_of(*order).map(|b| (b.id, b.status));
+                            match b {
+                                Some((b, OrderStatus::Paid)) => {
+                                    let b = self.orders.get_mut(&b).expect("found above");
+                                    (b.status, b.updated_at) = (OrderStatus::Delivered, now);
+                                }
+                                Some((_, OrderStatus::Delivered)) => {}
+                                _ => return Reply::Refused(Refusal::BalanceNotPaid),
+                            }
+                        }
+                        Some(OrderPreSale::Balance { .. }) => {
+                            return Reply::Refused(Refusal::InvalidTransition {
+                                status: o.status,
+                                action: "delivered apart from its deposit order".into(),
+                            })
+                        }
+                        None => {}
+                    }
+                }
+                let o = self.orders.get_mut(order).expect("looked up above");
                 match o.status {
                     OrderStatus::Delivered => Reply::Order {
                         order: o.clone(),
@@ -451,9 +544,91 @@ impl Model {
             | Command::ReturnClaim { .. }
             | Command::ClaimsOf { .. }
             | Command::Coupons => self.coupon_command(command, now),
-            // Pre-sales are checked by their own tests (`tests/presale.rs`),
-            // not by this model: the seeded workload makes none.
-            Command::Balance { .. } => unreachable!("the model's workload makes no pre-sales"),
+            Command::Balance { deposit, user } => self.balance(*deposit, *user, now),
         }
     }
+
+    fn balance(&mut self, deposit: OrderId, user: UserId, now: Timestamp) -> Reply {
+        let Some(d) = self.orders.get(&deposit).filter(|d| d.status.is_active()) else {
+            return Reply::Inactive(deposit);
+        };
+        if d.user != user {
+            return Reply::Refused(Refusal::UnknownOrder);
+        }
+        if let Some(b) = self.balance_of(deposit) {
+            return Reply::Order {
+                order: b.clone(),
+                replayed: true,
+            };
+        }
+        let Some(OrderPreSale::Deposit {
+            balance_fen,
+            balance_opens_at,
+            balance_closes_at,
+        }) = d.presale
+        else {
+            return Reply::Refused(Refusal::NotPreSale);
+        };
+        if d.status != OrderStatus::Paid {
+            return Reply::Refused(Refusal::NotPreSale);
+        }
+        if now < balance_opens_at {
+            return Reply::Refused(Refusal::BalanceNotOpen {
+                opens_at: balance_opens_at,
+            });
+        }
+        if now >= balance_closes_at {
+            return Reply::Refused(Refusal::BalanceClosed {
+                closes_at: balance_closes_at,
+            });
+        }
+        let order = Order {
+            id: OrderId::new(self.shard, self.next_seq),
+            amount_fen: balance_fen,
+            payment: PaymentMethod::Online,
+            status: OrderStatus::AwaitingPayment,
+            idempotency_key: None,
+            request_fingerprint: 0,
+            created_at: now,
+            expires_at: Some(balance_closes_at),
+            updated_at: now,
+            presale: Some(OrderPreSale::Balance { deposit }),
+            ..d.clone()
+        };
+        self.next_seq += 1;
+        self.orders.insert(order.id, order.clone());
+        Reply::Order {
+            order,
+            replayed: false,
+        }
+    }
+
+    fn release_presale(&mut self, deposit: OrderId, by: Option<UserId>, now: Timestamp) -> Reply {
+        let d = self.orders[&deposit].clone();
+        let balance = self.balance_of(deposit).map(|b| (b.id, b.status));
+        let balance_paid = balance.is_some_and(|(_, s)| s.is_sold());
+        let status = match d.status {
+            OrderStatus::AwaitingPayment => OrderStatus::Cancelled,
+            OrderStatus::Paid if balance_paid || by.is_none() => OrderStatus::Cancelled,
+            OrderStatus::Paid => OrderStatus::Forfeited,
+            status => {
+                return Reply::Refused(Refusal::InvalidTransition {
+                    status,
+                    action: "cancelled".into(),
+                })
+            }
+        };
+        let balance = balance.map(|(b, _)| Box::new(self.end(b, OrderStatus::Cancelled, now)));
+        let deposit = Box::new(self.end(deposit, status, now));
+        Reply::PreSale { deposit, balance }
+    }
+}
+
+/// An item's price of one unit at `now`: its sale window's, else the list
+/// price (the model's own reading of the rule).
+fn price_at(item: &Item, now: Timestamp) -> Fen {
+    item.sale_prices
+        .iter()
+        .find(|w| w.opens_at <= now && now < w.closes_at)
+        .map_or(item.price_fen, |w| w.price_fen)
 }

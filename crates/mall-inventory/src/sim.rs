@@ -21,6 +21,10 @@ pub struct Workload {
     pub skus: Vec<Sku>,
     /// Order ids seen in replies, to confirm and release.
     pub orders: Vec<OrderId>,
+    /// Whose each order seen is, and the deposits among them (for asking
+    /// balances).
+    pub owners: std::collections::BTreeMap<OrderId, UserId>,
+    pub deposits: Vec<OrderId>,
     /// Reserve requests sent with a key, to replay or reuse.
     pub keyed: Vec<Reserve>,
     /// Items as last acknowledged: the expectation of the next change.
@@ -45,6 +49,8 @@ impl Workload {
             users: 8,
             skus: Vec::new(),
             orders: Vec::new(),
+            owners: std::collections::BTreeMap::new(),
+            deposits: Vec::new(),
             keyed: Vec::new(),
             items: std::collections::BTreeMap::new(),
             coupons: std::collections::BTreeMap::new(),
@@ -81,7 +87,7 @@ impl Workload {
         } else {
             vec![]
         };
-        Item {
+        let mut item = Item {
             sku,
             merchant: MerchantId(1 + self.rng.below(3)),
             title: format!("item {}", sku.0),
@@ -95,7 +101,25 @@ impl Workload {
             closes_at,
             shelf_life_hours: None,
             presale: None,
+        };
+        // A fifth are pre-sales: deposits for the next 20 minutes, the
+        // balance for the 40 after (terms as the edge would accept them).
+        if self.rng.chance(0.2) {
+            item.opens_at = now.plus_ms(-60_000);
+            item.closes_at = now.plus_ms(20 * 60_000);
+            let final_price = item.price_at(item.closes_at).0;
+            let deposit = 1 + self.rng.below((final_price as u64 / 2).max(1)) as i64;
+            let worth = (deposit + self.rng.below(deposit as u64 + 1) as i64).min(final_price - 1);
+            if worth >= deposit {
+                item.presale = Some(mall_core::PreSale {
+                    deposit_fen: Fen(deposit),
+                    worth_fen: Fen(worth),
+                    balance_opens_at: item.closes_at,
+                    balance_closes_at: item.closes_at.plus_ms(40 * 60_000),
+                });
+            }
         }
+        item
     }
 
     /// The price of one unit of `sku` at `now`, as last acknowledged.
@@ -281,6 +305,18 @@ impl Workload {
                     by,
                 }
             }
+            97 | 98 => {
+                // Mostly a deposit's own shopper; sometimes anyone's order.
+                let deposit = match self.rng.pick(&self.deposits).copied() {
+                    Some(d) if self.rng.chance(0.8) => d,
+                    _ => order.unwrap_or(OrderId::new(self.shard, 999_996)),
+                };
+                let user = match self.owners.get(&deposit) {
+                    Some(u) if self.rng.chance(0.9) => *u,
+                    _ => UserId(1 + self.rng.below(self.users)),
+                };
+                Command::Balance { deposit, user }
+            }
             92..=96 if !self.skus.is_empty() => {
                 let sku = *self.rng.pick(&self.skus).expect("not empty");
                 let mut item = self.new_item(now);
@@ -308,7 +344,13 @@ impl Workload {
     /// Learns order ids from a reply so later commands can name them.
     pub fn observe(&mut self, reply: &crate::Reply) {
         match reply {
-            crate::Reply::Order { order, .. } => self.orders.push(order.id),
+            crate::Reply::Order { order, .. } => {
+                self.orders.push(order.id);
+                self.owners.insert(order.id, order.user);
+                if matches!(order.presale, Some(mall_core::OrderPreSale::Deposit { .. })) {
+                    self.deposits.push(order.id);
+                }
+            }
             crate::Reply::Item(item) => {
                 self.items.insert(item.sku, item.clone());
             }

@@ -335,6 +335,21 @@ fn an_unpaid_balance_forfeits_the_deposit_and_the_unit_comes_back() {
     s.restart(BALANCE_CLOSES.plus_ms(-1));
     s.tick(BALANCE_CLOSES.plus_ms(-1));
     assert_eq!(s.counters(), (1, 0, 2), "not before the window's end");
+    // Asked at the window's end before the shard ticked: closed.
+    let late = s.inv.apply(
+        Command::Balance {
+            deposit: d.id,
+            user: UserId(1),
+        },
+        BALANCE_CLOSES,
+        &mut vec![],
+    );
+    assert_eq!(
+        late,
+        Reply::Refused(Refusal::BalanceClosed {
+            closes_at: BALANCE_CLOSES
+        })
+    );
     s.tick(BALANCE_CLOSES);
     assert_eq!(s.counters(), (3, 0, 0));
     assert_eq!(s.orders[&d.id].status, OrderStatus::Forfeited);

@@ -271,7 +271,7 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         let ledger = mall_engine::verify_mall_ledger(accounts, transfers);
         match ledger.as_slice() {
             [] => {
-                println!("ledger verify: ok (double entry balanced, every wallet at or above zero)")
+                println!("ledger verify: ok (double entry balanced, every wallet at or above zero, every transfer between the accounts its code allows)")
             }
             v => println!("ledger verify: {} violation(s): {}", v.len(), v.join("; ")),
         }
