@@ -106,6 +106,8 @@ pub struct Totals {
     pub views: u64,
     pub favorites: u64,
     pub carts: u64,
+    /// Pre-sale deposits made (their units held until the balance window).
+    pub deposits: u64,
 }
 
 pub struct Live {
@@ -328,7 +330,7 @@ impl Agg {
                 totals.refunds += 1;
                 totals.refunded_fen += e.amount_fen;
             }
-            Kind::Deposit => {}
+            Kind::Deposit => totals.deposits += 1,
         }
         self.totals.gmv_fen += gmv;
         if gmv != 0 {

@@ -23,6 +23,7 @@ fn random_event(rng: &mut Rng, t: i64) -> Event {
         Kind::Pay,
         Kind::Cancel,
         Kind::Refund,
+        Kind::Deposit,
     ];
     let k = kinds[rng.below(kinds.len() as u64) as usize];
     let mut e = Event::new(t, k);
@@ -106,6 +107,7 @@ fn aggregates_agree_with_a_recount_of_the_log() {
         assert_eq!(snap.totals.paid, count(Kind::Pay));
         assert_eq!(snap.totals.refusals, count(Kind::Refusal));
         assert_eq!(snap.totals.views, count(Kind::View));
+        assert_eq!(snap.totals.deposits, count(Kind::Deposit));
         assert_eq!(snap.totals.gmv_fen, gmv);
         assert_eq!(
             snap.totals.refunded_fen,
