@@ -2662,4 +2662,53 @@ async fn the_platform_pays_its_share_of_a_discount_at_settlement() {
     // Again: already settled, and the share is not paid twice.
     assert_eq!(deliver().await.code(), "already_settled");
     assert_eq!(shares(), vec![(chart::PROMOTIONS, 5_980)]);
+    // A line refunded in full before its delivery: the platform funds no
+    // sale that did not happen.
+    let u = api.shoppers(1, "share2").await.remove(0);
+    let c = api
+        .post("/v1/checkouts", Some(&u),
+            json!({"lines": [{"sku": sku, "quantity": 1}], "payment": "online", "address": "1 Nanjing Road, Shanghai"}))
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let other = c.body["children"][0]["orders"][0]["id"].as_u64().unwrap();
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{other}/payments"),
+            Some(&u),
+            Some(json!({"method": "third_party"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["order"]["status"], "paid", "{}", r.body);
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{other}/refunds"),
+            Some(ADMIN),
+            Some(json!({})),
+            Some("refund-all"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api
+        .post(
+            &format!("/v1/admin/orders/{other}/deliver"),
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (
+            r.status,
+            &r.body["amount_fen"],
+            &r.body["platform_share_fen"]
+        ),
+        (StatusCode::OK, &json!(0), &json!(0)),
+        "{}",
+        r.body
+    );
+    assert!(ledger()
+        .iter()
+        .all(|s| !(s.transfer.code == code::PLATFORM_DISCOUNT && s.transfer.user_data == other)));
 }

@@ -135,7 +135,9 @@ impl Payments {
         let me = self.clone();
         spawn(async move {
             let mut wait = Duration::from_millis(0);
-            loop {
+            // For ten minutes; after that a start refunds what is left
+            // (a payment whose post never landed stays `busy` until then).
+            for _ in 0..600 {
                 tokio::time::sleep(wait).await;
                 match me.on_cancelled(order).await {
                     Ok(_) => return,
@@ -145,6 +147,10 @@ impl Payments {
                 }
                 wait = Duration::from_secs(1);
             }
+            tracing::warn!(
+                order = order.0,
+                "refund of a cancelled pre-sale part given up until the next start"
+            );
         });
     }
 
@@ -219,21 +225,47 @@ impl Payments {
             let Ok(Some(o)) = self.stored_order(order) else {
                 continue;
             };
-            match o.status {
-                OrderStatus::Cancelled => {
-                    if let Err(e) = self.on_cancelled(order).await {
-                        tracing::warn!(order = order.0, error = %e, "refund of a cancelled order failed");
-                    }
+            if o.status == OrderStatus::Cancelled {
+                if let Err(e) = self.on_cancelled(order).await {
+                    tracing::warn!(order = order.0, error = %e, "refund of a cancelled order failed");
                 }
-                OrderStatus::Forfeited => self.watch_deposit(&o, o.updated_at),
-                OrderStatus::Paid | OrderStatus::Delivered => match o.presale {
-                    Some(OrderPreSale::Deposit { .. }) if o.status == OrderStatus::Paid => {
-                        self.note_presale_paid(&o)
-                    }
-                    Some(OrderPreSale::Balance { deposit }) => balances_paid.push(deposit),
-                    _ => {}
-                },
-                _ => {}
+            }
+            self.look_at(&o, &mut balances_paid);
+        }
+        let mut deposits = lock(&self.shared.deposits);
+        for d in balances_paid {
+            deposits.remove(&d);
+        }
+    }
+
+    /// Notes what an order with money means for the deposit watch: a paid
+    /// deposit is watched, a forfeited one paid out, a paid balance ends
+    /// its deposit's watch (pushed to `balances_paid`).
+    fn look_at(&self, o: &Order, balances_paid: &mut Vec<OrderId>) {
+        lock(&self.shared.looked_at).insert(o.id);
+        match (o.status, o.presale) {
+            (OrderStatus::Forfeited, _) => self.watch_deposit(o, o.updated_at),
+            (OrderStatus::Paid, Some(OrderPreSale::Deposit { .. })) => self.note_presale_paid(o),
+            (
+                OrderStatus::Paid | OrderStatus::Delivered,
+                Some(OrderPreSale::Balance { deposit }),
+            ) => balances_paid.push(deposit),
+            _ => {}
+        }
+    }
+
+    /// Orders with money not looked at yet (a payment recorded by a path
+    /// that announced none: a replayed post, a start's reconciliation).
+    async fn look_at_new(&self) {
+        let fresh: Vec<OrderId> = {
+            let all = lock(&self.shared.core).orders_with_money();
+            let seen = lock(&self.shared.looked_at);
+            all.into_iter().filter(|o| !seen.contains(o)).collect()
+        };
+        let mut balances_paid = Vec::new();
+        for order in fresh {
+            if let Ok(Some(o)) = self.stored_order(order) {
+                self.look_at(&o, &mut balances_paid);
             }
         }
         let mut deposits = lock(&self.shared.deposits);
@@ -266,8 +298,11 @@ impl Payments {
     /// the balance was paid; looked at again 5 rounds later until final.
     /// Anything else (cancelled, delivered): no longer watched.
     pub(crate) async fn watch_deposits(&self) {
-        loop {
+        for round in 1u64.. {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            if round.is_multiple_of(30) {
+                self.look_at_new().await;
+            }
             let now = self.shared.clock.now();
             let due: Vec<OrderId> = lock(&self.shared.deposits)
                 .iter_mut()

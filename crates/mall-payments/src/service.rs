@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     /// balance window's end, and how many rounds of the watch to skip
     /// before looking again (see `after_sale`).
     pub(crate) deposits: Mutex<std::collections::BTreeMap<OrderId, (mall_core::Timestamp, u32)>>,
+    /// Orders with money the deposit watch has looked at (each is read
+    /// once: a payment recorded by any path is found, not only a fresh one).
+    pub(crate) looked_at: Mutex<rustc_hash::FxHashSet<OrderId>>,
 }
 
 /// The payment service. Cheap to clone.
@@ -175,6 +178,7 @@ impl Payments {
                 recovered: Mutex::new(None),
                 driver_wakes_at: std::sync::atomic::AtomicI64::new(0),
                 deposits: Mutex::new(Default::default()),
+                looked_at: Mutex::new(Default::default()),
                 config,
             }),
         };

@@ -483,20 +483,27 @@ pub async fn deliver(
     let id = OrderId(parse_id(&raw, "order id")?);
     require_order_manager(&state, &principal, id).await?;
     let order = super::orders::stored_order(&state, id).await?;
+    // The platform's share, read first: a checkout that cannot be read
+    // refuses the delivery before anything moves.
+    let share = match &order {
+        Some(o) => super::checkouts::platform_share(&state, o).await?,
+        None => 0,
+    };
     let settled = match &order {
         Some(o) if o.presale.is_some() => super::presale::deliver(&state, o).await,
         _ => payments(&state)?.settle(id).await.map_err(ApiError::from),
     };
     // The platform's share of the discounts goes with the settlement (a
-    // repeat of a delivery that was cut off half-way finishes it).
-    let share = match &order {
-        Some(o) => super::checkouts::platform_share(&state, o).await?,
-        None => 0,
-    };
+    // repeat of a delivery that was cut off half-way finishes it); none
+    // for a line refunded in full.
     let settled_now =
         settled.is_ok() || settled.as_ref().is_err_and(|e| e.code == "already_settled");
     let platform_share_fen = if share > 0 && settled_now {
-        Some(payments(&state)?.pay_platform_share(id, share).await?)
+        match payments(&state)?.pay_platform_share(id, share).await {
+            Ok(paid) => Some(paid),
+            Err(mall_payments::PayError::NotPaid) => Some(0),
+            Err(e) => return Err(e.into()),
+        }
     } else {
         None
     };

@@ -144,6 +144,8 @@ impl Core {
             None => Some(PayError::NotPaid),
             // The merchant is paid its share with its settlement, not before.
             Some(m) if !m.settled => Some(PayError::NotSettleable(o.status.as_str())),
+            // Refunded in full before delivery: no sale for the platform to fund.
+            Some(m) if m.refunded >= m.paid => Some(PayError::NotPaid),
             Some(_) if amount == 0 => Some(PayError::BadAmount { max: 0 }),
             Some(_) => None,
         };
