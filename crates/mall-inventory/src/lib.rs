@@ -795,6 +795,14 @@ impl Inventory {
         finish(order, status, now, effects)
     }
 
+    /// Whether a deposit's balance order is paid (or delivered).
+    fn balance_paid(&self, deposit: OrderId) -> bool {
+        self.balances
+            .get(&deposit)
+            .and_then(|b| self.orders.get(b))
+            .is_some_and(|b| b.status.is_sold())
+    }
+
     /// A pre-sale's balance order, made once per deposit.
     fn balance(
         &mut self,
@@ -878,9 +886,7 @@ impl Inventory {
             return Reply::Inactive(deposit);
         };
         let balance = self.balances.get(&deposit).copied();
-        let balance_paid = balance
-            .and_then(|b| self.orders.get(&b))
-            .is_some_and(|b| b.status.is_sold());
+        let balance_paid = self.balance_paid(deposit);
         let status = match d.status {
             OrderStatus::AwaitingPayment => OrderStatus::Cancelled,
             OrderStatus::Paid if balance_paid || by.is_none() => OrderStatus::Cancelled,
@@ -977,12 +983,8 @@ impl Inventory {
             } else if balance_deadline_paid(o) == Some(at) {
                 // A paid deposit at its balance window's end: kept if the
                 // balance is paid, else forfeited (an open balance lapses).
-                let balance = self.balances.get(&id).copied();
-                let paid = balance
-                    .and_then(|b| self.orders.get(&b))
-                    .is_some_and(|b| b.status.is_sold());
-                if !paid {
-                    if let Some(b) = balance {
+                if !self.balance_paid(id) {
+                    if let Some(b) = self.balances.get(&id).copied() {
                         self.end_hold(b, OrderStatus::Expired, now, effects);
                     }
                     self.end_hold(id, OrderStatus::Forfeited, now, effects);

@@ -915,17 +915,18 @@ fn presale_follow_up(shared: &Arc<Shared>, job: &Job, answer: &Answer, done_us: 
         return;
     };
     let rank = shared.plan.presale_rank.unwrap_or(0);
+    // The shopper of deposit `index` pays `order`.
+    let pay = |index: u32, deposit: Option<u32>| Job::Pay {
+        order: *order,
+        rank,
+        user: shared.plan.deposits[index as usize].user,
+        late: false,
+        deposit,
+    };
     let next = match *job {
         Job::Deposit { index } if status == "awaiting_payment" => {
-            let d = &shared.plan.deposits[index as usize];
-            let pay = Job::Pay {
-                order: *order,
-                rank,
-                user: d.user,
-                late: false,
-                deposit: Some(index),
-            };
-            Some((pay, done_us + d.pay_after_us))
+            let after = shared.plan.deposits[index as usize].pay_after_us;
+            Some((pay(index, Some(index)), done_us + after))
         }
         Job::Pay {
             deposit: Some(index),
@@ -937,15 +938,7 @@ fn presale_follow_up(shared: &Arc<Shared>, job: &Job, answer: &Answer, done_us: 
                 .map(|at_us| (Job::Balance { index, order }, at_us.max(done_us)))
         }
         Job::Balance { index, .. } if status == "awaiting_payment" => {
-            let d = &shared.plan.deposits[index as usize];
-            let pay = Job::Pay {
-                order: *order,
-                rank,
-                user: d.user,
-                late: false,
-                deposit: None,
-            };
-            Some((pay, done_us + 100_000))
+            Some((pay(index, None), done_us + 100_000))
         }
         _ => None,
     };
