@@ -91,6 +91,9 @@ pub mod code {
     /// The platform's share of an order's discounts, paid to the merchant
     /// at settlement: promotions → merchant.
     pub const PLATFORM_DISCOUNT: u16 = 10;
+    /// One line of a checkout paid as a whole: a pending transfer per line
+    /// order, all from one provider payment (see the payment core).
+    pub const CHECKOUT_PAYMENT: u16 = 11;
 
     pub fn name(code: u16) -> &'static str {
         match code {
@@ -104,6 +107,7 @@ pub mod code {
             LATE_REFUND => "late_refund",
             FORFEIT => "forfeit",
             PLATFORM_DISCOUNT => "platform_discount",
+            CHECKOUT_PAYMENT => "checkout_payment",
             _ => "other",
         }
     }
@@ -121,7 +125,9 @@ pub fn check(t: &crate::Transfer) -> Result<(), String> {
     let ok = match t.code {
         code::TOP_UP => shape(&[ChannelClearing], &[Wallet]),
         code::WALLET_PAYMENT => shape(&[Wallet], &[PlatformEscrow]),
-        code::CHANNEL_PAYMENT | code::LATE_CAPTURE => shape(&[ChannelClearing], &[PlatformEscrow]),
+        code::CHANNEL_PAYMENT | code::CHECKOUT_PAYMENT | code::LATE_CAPTURE => {
+            shape(&[ChannelClearing], &[PlatformEscrow])
+        }
         code::SETTLEMENT | code::FORFEIT => shape(&[PlatformEscrow], &[MerchantReceivable]),
         code::COD_COLLECTION => shape(&[CodReceivable], &[PlatformEscrow]),
         code::REFUND => shape(
@@ -194,6 +200,8 @@ mod tests {
         let m = merchant(MerchantId(1));
         assert!(check(&t(code::FORFEIT, ESCROW, m)).is_ok());
         assert!(check(&t(code::PLATFORM_DISCOUNT, PROMOTIONS, m)).is_ok());
+        assert!(check(&t(code::CHECKOUT_PAYMENT, clearing(1), ESCROW)).is_ok());
+        assert!(check(&t(code::CHECKOUT_PAYMENT, wallet(UserId(2)), ESCROW)).is_err());
         assert!(check(&t(code::PLATFORM_DISCOUNT, ESCROW, m)).is_err());
         assert!(check(&t(code::SETTLEMENT, m, ESCROW)).is_err());
         assert!(check(&t(code::REFUND, ESCROW, wallet(UserId(2)))).is_ok());

@@ -119,6 +119,9 @@ pub const COVERAGE: &[&str] = &[
     "deposit_lapsed",
     "forfeited",
     "presale_cancelled",
+    "checkout_paid",
+    "checkout_partly_paid",
+    "checkout_reconciled",
 ];
 
 const CHANNELS: [(&str, &[PayMethod]); 3] = [
@@ -133,6 +136,9 @@ const START_WALL_MS: i64 = 1_762_790_400_000; // 2025-11-11 00:00 +08:00
 /// balance from 3 s to 9 s; unpaid then, the deposit is forfeited.
 const BALANCE_OPENS_MS: i64 = 3_000;
 const BALANCE_CLOSES_MS: i64 = 9_000;
+/// Items only checkouts' lines take (plenty of stock, so that checkouts
+/// of several lines are common).
+const CART_ITEMS: u64 = 2;
 
 #[derive(Clone, Debug)]
 enum Event {
@@ -153,6 +159,9 @@ enum Event {
     RefundAllCancelled,
     /// A forfeited deposit's money to its merchant (the service's watch).
     Forfeit { order: OrderId },
+    /// The next line of a checkout is held (lines are held a moment
+    /// apart, so one line's hold can lapse before another's).
+    CheckoutLine { checkout: usize, left: u32 },
 }
 
 #[derive(Clone, Debug)]
@@ -194,6 +203,10 @@ enum Request {
     Forfeit {
         order: OrderId,
     },
+    /// A checkout's line orders paid as a whole.
+    PayCheckout {
+        orders: Vec<OrderId>,
+    },
 }
 
 struct World {
@@ -214,6 +227,9 @@ struct World {
     next_req: ReqId,
     /// Posted payments per order.
     paid: BTreeMap<OrderId, u32>,
+    /// Checkouts: their shopper and line orders, and whether every line
+    /// has been held (asked, at least).
+    checkouts: Vec<(UserId, Vec<OrderId>, bool)>,
     faults_on: bool,
     report: SimReport,
     /// `MALL_SIM_TRACE=1`: every input and action on stderr (for a replay).
@@ -281,6 +297,7 @@ pub fn run(seed: u64, config: &SimConfig) -> SimReport {
     }
     w.audit();
     w.check_settled();
+    w.count_partial_checkouts();
     w.report.steps = step;
     w.report
 }
@@ -303,7 +320,9 @@ impl World {
         };
         let mut inventory = Inventory::new(0, inv_config, Arc::new(Board::default()));
         let start = Timestamp(START_WALL_MS);
-        for i in 0..config.items {
+        // After the items: CART_ITEMS plentiful ones, for checkouts' lines.
+        for i in 0..config.items + CART_ITEMS {
+            let cart = i >= config.items;
             let presale = (i + 1 == config.items).then_some(mall_core::PreSale {
                 deposit_fen: Fen(50),
                 worth_fen: Fen(80),
@@ -316,8 +335,12 @@ impl World {
                 title: format!("item {i}"),
                 category: Category::ALL[0],
                 price_fen: Fen(100 + rng.below(20_000) as i64),
-                stock_total: 3 + rng.below(6) as u32,
-                per_user_limit: 2,
+                stock_total: if cart {
+                    1_000_000
+                } else {
+                    3 + rng.below(6) as u32
+                },
+                per_user_limit: if cart { 1_000_000 } else { 2 },
                 opens_at: start.plus_ms(-60_000),
                 closes_at: match presale {
                     Some(p) => p.balance_opens_at,
@@ -354,6 +377,7 @@ impl World {
             requests: BTreeMap::new(),
             next_req: 1,
             paid: BTreeMap::new(),
+            checkouts: Vec::new(),
             faults_on: true,
             report: SimReport::default(),
             trace: std::env::var_os("MALL_SIM_TRACE").is_some(),
@@ -434,15 +458,34 @@ impl World {
             return self.crash();
         }
         let user = UserId(1 + self.rng.below(self.config.shoppers));
-        match self.rng.below(13) {
-            0..=3 => self.reserve(user),
+        match self.rng.below(15) {
+            0..=3 => {
+                self.reserve(user, None);
+            }
             12 => self.ask_balance(),
+            13 => {
+                self.checkouts.push((user, Vec::new(), false));
+                let checkout = self.checkouts.len() - 1;
+                let left = 2 + self.rng.below(2) as u32;
+                self.checkout_line(checkout, left);
+            }
+            14 => self.pay_checkout(),
             9 | 10 => self.after_sale(),
             4..=8 => {
-                let candidates: Vec<OrderId> =
-                    self.orders.values().rev().take(40).map(|o| o.id).collect();
+                // Now and then a checkout's line alone.
+                let lines_too = self.rng.chance(0.25);
+                let items = self.config.items;
+                let candidates: Vec<OrderId> = self
+                    .orders
+                    .values()
+                    .rev()
+                    .filter(|o| lines_too || o.sku.0 <= items)
+                    .take(40)
+                    .map(|o| o.id)
+                    .collect();
                 let Some(order) = self.rng.pick(&candidates).copied() else {
-                    return self.reserve(user);
+                    self.reserve(user, None);
+                    return;
                 };
                 let method = match self.rng.below(10) {
                     0..=2 => Method::Wallet,
@@ -478,14 +521,17 @@ impl World {
         }
     }
 
-    fn reserve(&mut self, user: UserId) {
-        let sku = Sku(1 + self.rng.below(self.config.items));
+    /// Holds a unit for `user`; `sku`: of this (non pre-sale) item, online
+    /// (a checkout's line).
+    fn reserve(&mut self, user: UserId, sku: Option<Sku>) -> Option<OrderId> {
+        let line = sku.is_some();
+        let sku = sku.unwrap_or_else(|| Sku(1 + self.rng.below(self.config.items)));
         let presale = sku.0 == self.config.items;
         let reserve = mall_inventory::Reserve {
             user,
             sku,
             quantity: Quantity::new(1).expect("1"),
-            payment: if !presale && self.rng.chance(0.15) {
+            payment: if !presale && !line && self.rng.chance(0.15) {
                 PaymentMethod::Cod
             } else {
                 PaymentMethod::Online
@@ -498,9 +544,59 @@ impl World {
             discount_fen: mall_core::Fen(0),
         };
         let mut effects = Vec::new();
-        self.inventory
+        let reply = self
+            .inventory
             .apply(Inv::Reserve(reserve), self.wall(), &mut effects);
         self.store_orders(effects);
+        match reply {
+            mall_inventory::Reply::Order { order, .. } => Some(order.id),
+            _ => None,
+        }
+    }
+
+    /// Holds one more line of a checkout, and the next a moment later.
+    fn checkout_line(&mut self, checkout: usize, left: u32) {
+        let user = self.checkouts[checkout].0;
+        let sku = Sku(1 + self.config.items + self.rng.below(CART_ITEMS));
+        if let Some(order) = self.reserve(user, Some(sku)) {
+            self.checkouts[checkout].1.push(order);
+        }
+        self.checkouts[checkout].2 = left <= 1;
+        if left > 1 {
+            let later = 1_000_000 + self.rng.below(3_500_000) as i64;
+            let left = left - 1;
+            self.schedule(later, Event::CheckoutLine { checkout, left });
+        }
+    }
+
+    /// Pays one of the latest checkouts as a whole.
+    fn pay_checkout(&mut self) {
+        let ready: Vec<usize> = (0..self.checkouts.len())
+            .rev()
+            .filter(|c| self.checkouts[*c].2)
+            .take(8)
+            .collect();
+        let Some(checkout) = self.rng.pick(&ready).copied() else {
+            return;
+        };
+        let (user, orders, _) = self.checkouts[checkout].clone();
+        let method = if self.rng.chance(0.5) {
+            Method::Card
+        } else {
+            Method::ThirdParty
+        };
+        let reads = orders
+            .iter()
+            .map(|o| (*o, self.orders.get(o).cloned()))
+            .collect();
+        let req = self.request(Request::PayCheckout { orders });
+        self.input(Input::PayCheckout {
+            req,
+            user,
+            checkout: checkout as u64,
+            method,
+            reads,
+        });
     }
 
     /// A shopper asks the balance of one of the latest paid deposits.
@@ -730,6 +826,15 @@ impl World {
         for _ in 0..pending {
             self.hit("reconciled_pending");
         }
+        let lines = transfers
+            .iter()
+            .filter(|s| {
+                s.state == Some(PendingState::Pending) && s.transfer.code == code::CHECKOUT_PAYMENT
+            })
+            .count();
+        if lines > 0 {
+            self.hit("checkout_reconciled");
+        }
         self.input(Input::Recover { transfers });
         self.schedule(1_000, Event::RefundAllCancelled);
     }
@@ -757,6 +862,7 @@ impl World {
                 }
             }
             Event::Forfeit { order } => self.forfeit(order),
+            Event::CheckoutLine { checkout, left } => self.checkout_line(checkout, left),
             Event::RefundCancelled { order } => self.refund_cancelled(order),
             Event::Reply { life, op, reply } => {
                 if life == self.life {
@@ -1059,6 +1165,27 @@ impl World {
                 Ok(_) => self.hit("answered_pending"),
                 Err(e) => self.hit(e.code()),
             },
+            (Request::PayCheckout { orders }, Answer::Payment(result)) => match result {
+                Ok(view) if view.status == PayStatus::Succeeded => {
+                    // Every line was paid, but a line whose hold lapsed
+                    // before its confirm (its money handed back).
+                    let mut paid = 0;
+                    for order in &orders {
+                        let o = &self.orders[order];
+                        match o.status {
+                            OrderStatus::Paid => paid += 1,
+                            OrderStatus::Expired => {}
+                            s => {
+                                panic!("checkout line {order} answered paid but is {}", s.as_str())
+                            }
+                        }
+                    }
+                    assert!(paid > 0, "a checkout answered paid with no line paid");
+                    self.hit("checkout_paid");
+                }
+                Ok(_) => self.hit("answered_pending"),
+                Err(e) => self.hit(e.code()),
+            },
             (Request::TopUp, Answer::Payment(result)) => match result {
                 Ok(view) if view.status == PayStatus::Succeeded => self.hit("topped_up"),
                 Ok(_) => self.hit("answered_pending"),
@@ -1138,6 +1265,28 @@ impl World {
         }
     }
 
+    /// Checkout payments that paid some lines and handed the others back
+    /// (a line's hold lapsed before its confirm).
+    fn count_partial_checkouts(&mut self) {
+        let mut tries: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+        for id in &self.transfers {
+            let s = self.ledger.transfer(*id).expect("recorded");
+            if s.transfer.code != code::CHECKOUT_PAYMENT || s.state.is_none() {
+                continue;
+            }
+            let t = tries
+                .entry(crate::core::payment_of(&s.transfer))
+                .or_default();
+            t.0 |= s.state == Some(PendingState::Posted);
+            t.1 |= s.state == Some(PendingState::Voided);
+        }
+        for (posted, voided) in tries.into_values() {
+            if posted && voided {
+                self.hit("checkout_partly_paid");
+            }
+        }
+    }
+
     /// Invariants at every step.
     fn check_now(&self) {
         self.ledger.check_totals();
@@ -1199,23 +1348,36 @@ impl World {
                 if pp.status != ProviderStatus::Succeeded {
                     continue;
                 }
-                let posted = self
-                    .ledger
-                    .transfer(TransferId(*payment))
-                    .is_some_and(|s| s.state == Some(PendingState::Posted));
-                let refund_id = crate::core::derived("late_refund", *payment);
-                let returned = self.ledger.transfer(refund_id).is_some()
-                    && p.refunds.get(&refund_id.0) == Some(&(*payment, pp.amount));
-                assert!(
-                    posted || returned,
-                    "{} charged payment {payment} ({} fen): neither paid for anything nor handed back",
-                    CHANNELS[c].0,
-                    pp.amount
+                // The payment's transfers: its own, or a checkout's lines.
+                let lines: Vec<_> = crate::core::try_transfer_ids(*payment)
+                    .into_iter()
+                    .filter_map(|id| self.ledger.transfer(id))
+                    .filter(|s| crate::core::of_try(*payment, &s.transfer))
+                    .collect();
+                let total: u64 = lines.iter().map(|s| s.transfer.amount).sum();
+                assert_eq!(
+                    total, pp.amount,
+                    "payment {payment}: its transfers' amounts"
                 );
-                assert!(
-                    !(posted && returned),
-                    "payment {payment} both posted and handed back"
-                );
+                for s in lines {
+                    let line = &s.transfer;
+                    let posted = s.state == Some(PendingState::Posted);
+                    let refund_id = crate::core::derived("late_refund", line.id.0);
+                    let returned = self.ledger.transfer(refund_id).is_some()
+                        && p.refunds.get(&refund_id.0) == Some(&(*payment, line.amount));
+                    assert!(
+                        posted || returned,
+                        "{} charged payment {payment} ({} fen): transfer {} neither paid for anything nor handed back",
+                        CHANNELS[c].0,
+                        line.amount,
+                        line.id.0
+                    );
+                    assert!(
+                        !(posted && returned),
+                        "payment {payment}: transfer {} both posted and handed back",
+                        line.id.0
+                    );
+                }
             }
             for refund in p.refunds.keys() {
                 let s = self.ledger.transfer(TransferId(*refund));

@@ -115,6 +115,9 @@ impl Core {
             return self.answer(req, Answer::Amount(Err(PayError::Busy)));
         }
         let refused = match self.orders.get(&o.id) {
+            // A payment being decided (a start's reconciliation, say) may
+            // be the one that paid it: shortly.
+            None if self.payment_live(o.id) => Some(PayError::Busy),
             None => Some(PayError::NotPaid),
             Some(m) if m.settled => Some(PayError::AlreadySettled),
             // Paid, its money on its way to the ledger: shortly.
@@ -366,7 +369,7 @@ impl Core {
                         }
                         // A replay: answer as the first time, and make sure
                         // the provider heard of it.
-                        self.provider_hears(m.payer, id, m.paid_by, t.amount);
+                        self.provider_hears(m.payer, id, m.payment, t.amount);
                         let view = RefundView {
                             refund: id.0,
                             amount_fen: t.amount,
@@ -447,7 +450,7 @@ impl Core {
                     });
                 }
                 let m = self.orders[&order];
-                self.provider_hears(m.payer, id, m.paid_by, amount);
+                self.provider_hears(m.payer, id, m.payment, amount);
                 let view = RefundView {
                     refund: id.0,
                     amount_fen: amount,
@@ -460,18 +463,12 @@ impl Core {
     }
 
     /// A refund of money that came through a channel goes back through it.
-    fn provider_hears(
-        &mut self,
-        payer: AccountId,
-        refund: TransferId,
-        paid_by: TransferId,
-        amount: u64,
-    ) {
+    fn provider_hears(&mut self, payer: AccountId, refund: TransferId, payment: u64, amount: u64) {
         if let Some(channel) = chart::channel_of(payer) {
             self.send_refund(ProviderRefund {
                 channel,
                 refund: refund.0,
-                payment: paid_by.0,
+                payment,
                 amount,
             });
         }

@@ -7,6 +7,13 @@
 //! top-up) with the try's id is durable. An order has at most one try live:
 //! a try given up is decided (voided, or posted if it paid after all)
 //! before another starts.
+//!
+//! **A checkout paid as a whole** is one try and one provider payment for
+//! the sum of its line orders. Its pending transfers are one per line
+//! (linked: all or none), with ids `try + k + 1` and code
+//! `CHECKOUT_PAYMENT`, so each line's money is its own order's, as if paid
+//! alone: confirmed, posted, refunded and settled per line. While the try
+//! is live, it holds each line order as well as the checkout.
 
 use super::decide::Why;
 use super::{Action, Answer, Core, Final, IoReply, Op, ProviderCall, Purpose, ReqId, Timer};
@@ -24,6 +31,8 @@ pub(crate) struct Try {
     pub(crate) purpose: Purpose,
     pub(crate) user: mall_core::UserId,
     pub(crate) amount: u64,
+    /// A checkout's line orders and their amounts (empty for other tries).
+    pub(crate) lines: Vec<(OrderId, u64)>,
     pub(crate) method: Method,
     pub(crate) channel: Option<usize>,
     pub(crate) tried: Vec<usize>,
@@ -41,22 +50,40 @@ pub(crate) enum TryLedger {
     Voided,
 }
 
-/// The try's pending transfer: from the channel's clearing account to
-/// escrow (a payment) or to the shopper's wallet (a top-up).
-pub(crate) fn try_transfer(id: u64, channel: usize, t: &Try) -> Transfer {
-    let (credit, code, user_data) = match t.purpose {
-        Purpose::Order(o) => (chart::ESCROW, code::CHANNEL_PAYMENT, o.0),
-        Purpose::TopUp(_) => (chart::wallet(t.user), code::TOP_UP, t.user.0),
-    };
-    Transfer {
+/// The try's pending transfers: from the channel's clearing account to
+/// escrow (a payment; one per line for a checkout, linked) or to the
+/// shopper's wallet (a top-up).
+pub(crate) fn try_transfers(id: u64, channel: usize, t: &Try) -> Vec<Transfer> {
+    let one = |id: u64, credit, code, amount, user_data| Transfer {
         id: TransferId(id),
         debit: chart::clearing(channel),
         credit,
-        amount: t.amount,
+        amount,
         mode: Mode::Pending { timeout_ms: 0 },
         linked: false,
         code,
         user_data,
+    };
+    match t.purpose {
+        Purpose::Order(o) => vec![one(id, chart::ESCROW, code::CHANNEL_PAYMENT, t.amount, o.0)],
+        Purpose::TopUp(_) => {
+            let wallet = chart::wallet(t.user);
+            vec![one(id, wallet, code::TOP_UP, t.amount, t.user.0)]
+        }
+        Purpose::Checkout(_) => {
+            let n = t.lines.len();
+            let mut lines: Vec<Transfer> = (0..n)
+                .map(|k| {
+                    let (order, amount) = t.lines[k];
+                    let line = id + k as u64 + 1;
+                    one(line, chart::ESCROW, code::CHECKOUT_PAYMENT, amount, order.0)
+                })
+                .collect();
+            for l in lines.iter_mut().take(n.saturating_sub(1)) {
+                l.linked = true;
+            }
+            lines
+        }
     }
 }
 
@@ -75,10 +102,60 @@ impl Core {
                 let o = read.expect("a payable order was read");
                 match method {
                     Method::Wallet => self.wallet_pay(req, o, amount),
-                    _ => self.channel_pay(req, Purpose::Order(order), user, amount, method),
+                    _ => {
+                        let purpose = Purpose::Order(order);
+                        self.channel_pay(req, purpose, user, amount, vec![], method)
+                    }
                 }
             }
         }
+    }
+
+    /// Pays a checkout's line orders with one provider payment: every line
+    /// must be payable now, and none of them paid or being paid alone.
+    pub(super) fn pay_checkout(
+        &mut self,
+        req: ReqId,
+        user: UserId,
+        checkout: u64,
+        method: Method,
+        reads: Vec<(OrderId, Option<Order>)>,
+    ) {
+        let mut lines = Vec::with_capacity(reads.len());
+        let mut refusal = None;
+        if reads.is_empty() || reads.len() > super::CHECKOUT_PAY_LINES_MAX {
+            refusal = Some(PayError::NotPayable("not a checkout of payable lines"));
+        }
+        if method == Method::Wallet {
+            refusal = Some(PayError::NoChannel("wallet"));
+        }
+        for (order, read) in &reads {
+            if refusal.is_some() {
+                break;
+            }
+            let purpose = Purpose::Order(*order);
+            let live_alone = self
+                .live
+                .get(&purpose)
+                .is_some_and(|id| self.tries.get(id).is_none_or(|t| t.purpose == purpose));
+            match self.payable(user, read.as_ref().filter(|o| o.id == *order)) {
+                _ if live_alone => refusal = Some(PayError::InProgress),
+                Ok(amount) => lines.push((*order, amount)),
+                Err(e) => refusal = Some(e),
+            }
+        }
+        if let Some(e) = refusal {
+            return self.answer(req, Answer::Payment(Err(e)));
+        }
+        let amount = lines.iter().map(|l| l.1).sum();
+        self.channel_pay(
+            req,
+            Purpose::Checkout(checkout),
+            user,
+            amount,
+            lines,
+            method,
+        );
     }
 
     /// The amount to pay, if the order can be paid now.
@@ -97,7 +174,7 @@ impl Core {
 
     pub(super) fn top_up(&mut self, req: ReqId, user: UserId, amount: u64, method: Method) {
         let id = self.random_id();
-        self.channel_pay(req, Purpose::TopUp(id), user, amount, method);
+        self.channel_pay(req, Purpose::TopUp(id), user, amount, vec![], method);
     }
 
     /// Waits for `purpose`'s live try, starting one if there is none.
@@ -107,6 +184,7 @@ impl Core {
         purpose: Purpose,
         user: UserId,
         amount: u64,
+        lines: Vec<(OrderId, u64)>,
         method: Method,
     ) {
         let refuse = |core: &mut Core, e| core.answer(req, Answer::Payment(Err(e)));
@@ -117,8 +195,15 @@ impl Core {
             return refuse(self, PayError::NoChannel(method.as_str()));
         }
         if let Some(live) = self.live.get(&purpose) {
-            if !self.tries.contains_key(live) {
-                // A wallet payment, a cancel, or a transfer a start found.
+            // A wallet payment, a cancel, a transfer a start found, or a
+            // checkout's try holding this line order.
+            // A checkout's payment with other lines is another payment.
+            let same = |t: &Try| {
+                t.purpose == purpose
+                    && t.lines.len() == lines.len()
+                    && t.lines.iter().zip(&lines).all(|(a, b)| a.0 == b.0)
+            };
+            if self.tries.get(live).is_none_or(|t| !same(t)) {
                 return refuse(self, PayError::InProgress);
             }
         }
@@ -135,20 +220,45 @@ impl Core {
         let id = match purpose {
             Purpose::TopUp(id) => id,
             Purpose::Order(_) => self.random_id(),
+            Purpose::Checkout(_) => self.checkout_try_id(),
         };
-        self.live.insert(purpose, id);
         let t = Try {
             purpose,
             user,
             amount,
+            lines,
             method,
             channel: None,
             tried: Vec::new(),
             abandon_requested: false,
             ledger: TryLedger::None,
         };
+        self.set_live(&t, id);
         self.tries.insert(id, t);
         self.route(id);
+    }
+
+    /// A fresh id for a checkout's try (see [`super::LINE_MASK`]).
+    fn checkout_try_id(&mut self) -> u64 {
+        (self.rng.next_u64() & super::ID_MASK & !super::LINE_MASK).max(super::LINE_MASK + 1)
+    }
+
+    /// Try `id` is its purpose's live try (and its line orders').
+    fn set_live(&mut self, t: &Try, id: u64) {
+        self.live.insert(t.purpose, id);
+        for (order, _) in &t.lines {
+            self.live.insert(Purpose::Order(*order), id);
+        }
+    }
+
+    /// Try `id` is no longer live (where it still is).
+    fn clear_live(&mut self, t: &Try, id: u64) {
+        let purposes = t.lines.iter().map(|l| Purpose::Order(l.0));
+        for purpose in std::iter::once(t.purpose).chain(purposes) {
+            if self.live.get(&purpose) == Some(&id) {
+                self.live.remove(&purpose);
+            }
+        }
     }
 
     /// A request waited `wait_ms`: answered "pending" (if still waiting).
@@ -208,7 +318,7 @@ impl Core {
                 self.finish_try(attempt.0, Err(PayError::QueueTimeout))
             }
             Event::TimedOut { attempt, channel } => {
-                self.decide_start(attempt.0, Some(channel), Why::Abandon, None)
+                self.decide_start(attempt.0, Some(channel), Why::Abandon, Vec::new())
             }
         }
     }
@@ -229,7 +339,7 @@ impl Core {
         t.tried.push(channel);
         let wallet = match t.purpose {
             Purpose::TopUp(_) => Some(chart::wallet(t.user)),
-            Purpose::Order(_) => None,
+            Purpose::Order(_) | Purpose::Checkout(_) => None,
         };
         let missing = super::missing_accounts(self, wallet.as_slice());
         if missing.is_empty() {
@@ -244,8 +354,8 @@ impl Core {
             self.claims.remove(&id);
             return;
         };
-        let transfer = try_transfer(id, t.channel.expect("dispatched"), t);
-        self.transfers(Op::Record(id), vec![transfer]);
+        let transfers = try_transfers(id, t.channel.expect("dispatched"), t);
+        self.transfers(Op::Record(id), transfers);
     }
 
     pub(super) fn try_accounts_made(&mut self, id: u64, reply: IoReply) {
@@ -274,7 +384,7 @@ impl Core {
                 t.ledger = TryLedger::Pending;
                 let channel = t.channel.expect("dispatched");
                 if t.abandon_requested {
-                    return self.decide_start(id, Some(channel), Why::Abandon, None);
+                    return self.decide_start(id, Some(channel), Why::Abandon, Vec::new());
                 }
                 let call = ProviderCall::Create {
                     payment: id,
@@ -314,7 +424,7 @@ impl Core {
             .router
             .complete(AttemptId(id), outcome, self.now.mono_us)
         {
-            self.decide_start(id, channel, Why::Abandon, None);
+            self.decide_start(id, channel, Why::Abandon, Vec::new());
         }
     }
 
@@ -326,7 +436,7 @@ impl Core {
         if self.live.get(&t.purpose) != Some(&id) {
             return; // an old try of a payment that has moved on
         }
-        self.live.remove(&t.purpose);
+        self.clear_live(&t, id);
         let waiters = self.waiters.remove(&t.purpose).unwrap_or_default();
         match &result {
             Ok(_) => self.counters.succeeded.fetch_add(1, Relaxed),
@@ -364,11 +474,15 @@ impl Core {
         if self.live.get(&t.purpose) != Some(&id) {
             return;
         }
-        let next = self.random_id();
+        let next = match t.purpose {
+            Purpose::Checkout(_) => self.checkout_try_id(),
+            _ => self.random_id(),
+        };
         t.channel = None;
         t.abandon_requested = false;
         t.ledger = TryLedger::None;
-        self.live.insert(t.purpose, next);
+        self.clear_live(&t, id);
+        self.set_live(&t, next);
         self.tries.insert(next, t);
         self.route(next);
     }

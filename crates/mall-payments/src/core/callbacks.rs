@@ -27,7 +27,7 @@ impl Core {
             succeeded,
             amount,
         };
-        self.decide_start(payment, Some(channel), why, None);
+        self.decide_start(payment, Some(channel), why, Vec::new());
     }
 
     /// A callback's event was acted on: a replay of it is refused.

@@ -28,7 +28,6 @@ use mall_inventory::Reply as InvReply;
 use mall_ledger::chart::{self, code};
 use mall_ledger::{
     Command as Led, Mode, Outcome as LedOutcome, PendingState, Reply as LedReply, Stored,
-    TransferId,
 };
 use mall_router::router::{AttemptId, Outcome};
 use std::sync::atomic::Ordering::Relaxed;
@@ -67,39 +66,60 @@ pub(crate) enum Why {
 pub(crate) struct Decision {
     channel: Option<usize>,
     why: Why,
-    stored: Option<Stored>,
+    /// The try's pending transfers: one, or a checkout's lines (empty: none
+    /// found).
+    stored: Vec<Stored>,
     step: Step,
     ledger_tries: u8,
-    /// The transfer was posted: it paid its order (or top-up).
+    /// A transfer was posted: it paid its order (or top-up).
     posted: bool,
-    /// The last post or void was a replay (done before).
-    replayed: bool,
+    /// Per transfer of the last resolve, whether it was a replay (done before).
+    replayed: Vec<bool>,
+    /// The round of the per-line step in flight, and its answers so far.
+    round: u64,
+    answers: Vec<Option<IoReply>>,
 }
 
 #[derive(Clone, Debug)]
 enum Step {
     Lookup,
     Status,
-    Read,
-    Confirm,
-    Resolve { post: bool, then: Then },
-    LateRefund { then: Then },
+    /// The pending lines' orders are read (`lines`: indexes into `stored`).
+    Read {
+        lines: Vec<usize>,
+    },
+    /// The pending lines' orders are confirmed.
+    Confirm {
+        lines: Vec<usize>,
+    },
+    /// Lines posted (`true`) or voided.
+    Resolve {
+        lines: Vec<(usize, bool)>,
+        then: Then,
+    },
+    /// Lines' late charges recorded and handed back.
+    LateRefund {
+        lines: Vec<usize>,
+        then: Then,
+    },
 }
 
 /// What a resolve (or late refund) leads to.
 #[derive(Clone, Debug)]
 enum Then {
-    /// The try settled by its order: posted (it paid) or voided.
-    Settled { posted: bool },
-    /// Posted after its order was confirmed.
-    Captured(Box<Order>),
+    /// The try settled by its orders: each line posted (it paid) or voided.
+    Settled,
+    /// Resolved after a success: the orders confirmed (their lines posted)
+    /// and, if some line was refused (voided), why; its charge goes back.
+    Captured {
+        orders: Vec<Order>,
+        refused: Option<PayError>,
+    },
     /// A top-up posted.
     ToppedUp,
-    /// Voided after the order refused the confirm: the charge goes back,
-    /// and the payment fails with this.
-    Refused(PayError),
-    /// A refused capture's charge handed back: the payment fails with this.
-    Failed(PayError),
+    /// Refused lines' charges handed back after a capture: the payment
+    /// ends with this (`Ok`: some line was paid).
+    Finish(Result<(), PayError>),
     /// A charge handed back.
     Returned,
 }
@@ -107,24 +127,27 @@ enum Then {
 impl Core {
     /// Starts deciding try `id`, unless someone holds its claim (then the
     /// reason waits, is refused, or is asked again, by kind). `stored`:
-    /// the transfer, when the caller has it.
+    /// the try's transfers, when the caller has them.
     pub(super) fn decide_start(
         &mut self,
         id: u64,
         channel: Option<usize>,
         why: Why,
-        stored: Option<Stored>,
+        stored: Vec<Stored>,
     ) {
         // A pending transfer a start found holds its order like a live try,
         // so no new payment of the order starts while it is decided.
-        let reconciled_order = match (&why, &stored) {
-            (Why::Reconcile { .. }, Some(p)) if super::pays_order(p.transfer.code) => {
-                Some(super::Purpose::Order(OrderId(p.transfer.user_data)))
-            }
-            _ => None,
+        let reconciled_orders: Vec<super::Purpose> = match &why {
+            Why::Reconcile { .. } => stored
+                .iter()
+                .filter(|p| pays_order(p.transfer.code))
+                .map(|p| super::Purpose::Order(OrderId(p.transfer.user_data)))
+                .collect(),
+            _ => Vec::new(),
         };
-        let order_busy = reconciled_order
-            .is_some_and(|purpose| self.live.get(&purpose).is_some_and(|live| *live != id));
+        let order_busy = reconciled_orders
+            .iter()
+            .any(|purpose| self.live.get(purpose).is_some_and(|live| *live != id));
         if order_busy || !self.claim(id) {
             match why {
                 Why::Abandon => {
@@ -144,8 +167,8 @@ impl Core {
                     if first {
                         self.reconciled();
                     }
-                    if let Some(p) = stored {
-                        self.at(self.now.mono_us + AGAIN_US, Timer::ReconcileAgain(p));
+                    if !stored.is_empty() {
+                        self.at(self.now.mono_us + AGAIN_US, Timer::ReconcileAgain(stored));
                     }
                 }
                 Why::WalletUndo { req, error } => {
@@ -154,30 +177,33 @@ impl Core {
             }
             return;
         }
-        if let Some(purpose) = reconciled_order {
+        for purpose in reconciled_orders {
             self.live.insert(purpose, id);
         }
         let known = match (&why, stored) {
-            // A retry reads the transfer again: what it had may be stale.
-            (Why::Reconcile { first: false }, _) => None,
-            (_, Some(p)) => Some(p),
-            (Why::Callback { amount, .. }, None) => self.known_pending(id, channel, Some(*amount)),
-            (_, None) => self.known_pending(id, channel, None),
+            // A retry reads the transfers again: what it had may be stale.
+            (Why::Reconcile { first: false }, _) => Vec::new(),
+            (_, s) if !s.is_empty() => s,
+            (Why::Callback { amount, .. }, _) => self.known_pending(id, channel, Some(*amount)),
+            (_, _) => self.known_pending(id, channel, None),
         };
         let reconcile = matches!(why, Why::Reconcile { .. });
-        let mut d = Decision {
+        let have = !known.is_empty();
+        let d = Decision {
             channel,
             why,
             stored: known,
-            step: Step::Lookup,
+            step: if reconcile && have {
+                Step::Status
+            } else {
+                Step::Lookup
+            },
             ledger_tries: 0,
             posted: false,
-            replayed: false,
+            replayed: Vec::new(),
+            round: 0,
+            answers: Vec::new(),
         };
-        if reconcile && d.stored.is_some() {
-            d.step = Step::Status;
-        }
-        let have = d.stored.is_some();
         self.decisions.insert(id, d);
         match (reconcile, have) {
             (true, true) => self.reconcile_status(id),
@@ -185,27 +211,31 @@ impl Core {
                 let stored = self.decisions[&id].stored.clone();
                 self.on_stored(id, stored)
             }
-            (_, false) => self.ledger(Op::Decide(id), Led::LookupTransfers(vec![TransferId(id)])),
+            (_, false) => self.lookup(id),
         }
     }
 
-    /// A try this core recorded and has not resolved, as stored; `None` if
+    fn lookup(&mut self, id: u64) {
+        let ids = super::try_transfer_ids(id);
+        self.ledger(Op::Decide(id), Led::LookupTransfers(ids));
+    }
+
+    /// A try this core recorded and has not resolved, as stored; empty if
     /// its state must be read from the ledger.
-    fn known_pending(
-        &self,
-        id: u64,
-        channel: Option<usize>,
-        amount: Option<u64>,
-    ) -> Option<Stored> {
-        let t = self.tries.get(&id)?;
-        let channel = channel?;
+    fn known_pending(&self, id: u64, channel: Option<usize>, amount: Option<u64>) -> Vec<Stored> {
+        let (Some(t), Some(channel)) = (self.tries.get(&id), channel) else {
+            return Vec::new();
+        };
         let fits = t.ledger == TryLedger::Pending
             && t.channel == Some(channel)
             && amount.is_none_or(|a| a == t.amount);
-        fits.then(|| {
-            let transfer = super::attempts::try_transfer(id, channel, t);
-            super::pending(transfer, mall_core::Timestamp(0))
-        })
+        if !fits {
+            return Vec::new();
+        }
+        super::attempts::try_transfers(id, channel, t)
+            .into_iter()
+            .map(|transfer| super::pending(transfer, mall_core::Timestamp(0)))
+            .collect()
     }
 
     fn reconcile_status(&mut self, id: u64) {
@@ -224,46 +254,47 @@ impl Core {
             return;
         };
         match (step, reply) {
-            (Step::Lookup, IoReply::Ledger(Ok(LedReply::TransferLookup(mut r)))) => {
-                let stored = r.pop().flatten();
+            (Step::Lookup, IoReply::Ledger(Ok(LedReply::TransferLookup(r)))) => {
+                let stored = r
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| super::of_try(id, &s.transfer))
+                    .collect();
                 self.on_stored(id, stored)
             }
             (Step::Status, IoReply::Provider(Ok(super::ProviderStatus::Succeeded))) => {
                 self.capture(id)
             }
-            // Failed, unknown or still pending: the order decides (a
+            // Failed, unknown or still pending: the orders decide (a
             // confirm may have landed before the crash); a try voided is
             // watched and a late charge handed back.
             (Step::Status, _) => self.settle_or_void(id),
-            (Step::Read, IoReply::Order(Ok(o))) => self.read_done(id, o),
-            (Step::Confirm, IoReply::Inventory(Ok(reply))) => self.confirmed(id, reply),
-            (Step::Resolve { then, .. }, IoReply::Ledger(Ok(LedReply::Transfers(r)))) => {
-                match r.first() {
-                    Some(Ok(outcome)) => {
-                        let d = self.decisions.get_mut(&id).expect("deciding");
-                        d.replayed = *outcome == LedOutcome::Replayed;
-                        self.then(id, then)
-                    }
-                    other => {
-                        tracing::error!(
-                            transfer = id,
-                            ?other,
-                            "resolving a pending transfer was refused"
-                        );
-                        self.decided(id, Err(PayError::Unavailable))
-                    }
+            (Step::Resolve { lines, then }, IoReply::Ledger(Ok(LedReply::Transfers(r)))) => {
+                if r.len() != lines.len() || r.iter().any(Result::is_err) {
+                    tracing::error!(
+                        transfer = id,
+                        ?r,
+                        "resolving a pending transfer was refused"
+                    );
+                    return self.decided(id, Err(PayError::Unavailable));
                 }
+                let d = self.decisions.get_mut(&id).expect("deciding");
+                d.replayed = r.iter().map(|o| *o == Ok(LedOutcome::Replayed)).collect();
+                self.then(id, lines, then)
             }
-            (Step::LateRefund { then }, IoReply::Ledger(Ok(LedReply::Transfers(r)))) => {
+            (Step::LateRefund { lines, then }, IoReply::Ledger(Ok(LedReply::Transfers(r)))) => {
                 if r.iter().any(Result::is_err) {
                     tracing::error!(?r, "recording a late refund was refused");
                     return self.decided(id, Err(PayError::Unavailable));
                 }
-                if r.iter().all(|r| *r == Ok(LedOutcome::Created)) {
-                    self.counters.late_refunds.fetch_add(1, Relaxed);
+                // Two transfers a line: its charge and its return.
+                for pair in r.chunks(2) {
+                    if pair.iter().all(|r| *r == Ok(LedOutcome::Created)) {
+                        self.counters.late_refunds.fetch_add(1, Relaxed);
+                    }
                 }
-                self.send_late_refund(id);
-                self.then(id, then)
+                self.send_late_refunds(id, &lines);
+                self.then(id, Vec::new(), then)
             }
             // The ledger was full or could not commit: its steps are tried
             // again shortly, a few times.
@@ -289,237 +320,404 @@ impl Core {
         }
     }
 
+    /// One line's read or confirm: once every line of the round has
+    /// answered, the step goes on.
+    pub(super) fn decide_line_reply(&mut self, id: u64, line: usize, round: u64, reply: IoReply) {
+        let Some(d) = self.decisions.get_mut(&id).filter(|d| d.round == round) else {
+            return;
+        };
+        let Some(slot) = d.answers.get_mut(line) else {
+            return;
+        };
+        *slot = Some(reply);
+        if d.answers.iter().any(Option::is_none) {
+            return;
+        }
+        let answers: Vec<IoReply> = std::mem::take(&mut d.answers)
+            .into_iter()
+            .flatten()
+            .collect();
+        // An order or inventory that did not answer: the decision fails
+        // and is asked again (after what the other lines did is noted).
+        let failed = answers.iter().find_map(|a| match a {
+            IoReply::Order(Err(e)) | IoReply::Inventory(Err(e)) => Some(e.clone()),
+            IoReply::Order(Ok(_)) | IoReply::Inventory(Ok(_)) => None,
+            _ => Some(PayError::Unavailable),
+        });
+        match d.step.clone() {
+            Step::Read { lines } => match failed {
+                Some(e) => self.decided(id, Err(e)),
+                None => self.read_done(id, lines, answers),
+            },
+            Step::Confirm { lines } => self.confirmed(id, lines, answers, failed),
+            step => {
+                tracing::error!(?step, "a line's answer came to a step without lines");
+                self.decided(id, Err(PayError::Unavailable))
+            }
+        }
+    }
+
+    /// Starts a round of per-line I/O (`step`: a read or a confirm of
+    /// each line's order), each answered to [`Core::decide_line_reply`].
+    fn line_round(&mut self, id: u64, step: Step) {
+        self.rounds += 1;
+        let round = self.rounds;
+        let d = self.decisions.get_mut(&id).expect("deciding");
+        let (lines, confirm) = match &step {
+            Step::Read { lines } => (lines.clone(), false),
+            Step::Confirm { lines } => (lines.clone(), true),
+            _ => unreachable!("only reads and confirms go by line"),
+        };
+        let orders: Vec<OrderId> = lines
+            .iter()
+            .map(|k| OrderId(d.stored[*k].transfer.user_data))
+            .collect();
+        d.step = step;
+        d.round = round;
+        d.answers = vec![None; lines.len()];
+        for (k, order) in orders.into_iter().enumerate() {
+            let op = Op::DecideLine(id, k, round);
+            if confirm {
+                self.inventory(op, order, Inv::Confirm { order });
+            } else {
+                self.read_order(op, order);
+            }
+        }
+    }
+
     /// The ledger step of a decision, again.
     pub(super) fn decide_step_again(&mut self, id: u64) {
         let Some(d) = self.decisions.get(&id) else {
             return;
         };
         match d.step.clone() {
-            Step::Lookup => self.ledger(Op::Decide(id), Led::LookupTransfers(vec![TransferId(id)])),
-            Step::Resolve { post, then } => self.resolve(id, post, then),
-            Step::LateRefund { then } => self.late_refund(id, then),
+            Step::Lookup => self.lookup(id),
+            Step::Resolve { lines, then } => self.resolve(id, lines, then),
+            Step::LateRefund { lines, then } => self.late_refund(id, lines, then),
             _ => {}
         }
     }
 
-    /// The try's transfer as stored: what the decision does with it.
-    fn on_stored(&mut self, id: u64, stored: Option<Stored>) {
+    /// The try's transfers as stored: what the decision does with them.
+    fn on_stored(&mut self, id: u64, stored: Vec<Stored>) {
         let d = self.decisions.get_mut(&id).expect("deciding");
         let channel = d.channel;
         let stored = match &d.why {
-            Why::Callback { amount, .. } => stored.filter(|s| {
-                channel.is_some_and(|c| s.transfer.debit == chart::clearing(c))
-                    && matches!(s.transfer.mode, Mode::Pending { .. })
-                    && s.transfer.amount == *amount
-            }),
+            Why::Callback { amount, .. } => {
+                let fits = channel.is_some_and(|c| {
+                    stored.iter().all(|s| {
+                        s.transfer.debit == chart::clearing(c)
+                            && matches!(s.transfer.mode, Mode::Pending { .. })
+                    })
+                }) && stored.iter().map(|s| s.transfer.amount).sum::<u64>() == *amount;
+                if fits {
+                    stored
+                } else {
+                    Vec::new()
+                }
+            }
             _ => stored,
         };
         d.stored = stored.clone();
-        let state = stored.as_ref().and_then(|s| s.state);
-        match (d.why.clone(), state) {
-            (Why::Callback { .. }, None) => self.decided(id, Err(PayError::UnknownPayment)),
-            (Why::Callback { succeeded, .. }, Some(state)) => match (state, succeeded) {
-                (PendingState::Pending, true) => self.capture(id),
-                (PendingState::Pending, false) => self.settle_or_void(id),
-                (PendingState::Posted, _) | (_, false) => self.decided(id, Ok(())),
-                (_, true) => self.late_refund(id, Then::Returned),
+        let of = |state: PendingState| -> Vec<usize> {
+            (0..stored.len())
+                .filter(|k| stored[*k].state == Some(state))
+                .collect()
+        };
+        let pending = of(PendingState::Pending);
+        let mut returned = of(PendingState::Voided);
+        returned.extend(of(PendingState::Expired));
+        if stored.is_empty() {
+            return match d.why {
+                Why::Callback { .. } => self.decided(id, Err(PayError::UnknownPayment)),
+                Why::Abandon => {
+                    if let Some(t) = self.tries.get_mut(&id) {
+                        t.ledger = TryLedger::Voided;
+                    }
+                    self.decided(id, Ok(()))
+                }
+                _ => self.decided(id, Ok(())),
+            };
+        }
+        match d.why.clone() {
+            Why::Callback { succeeded, .. } => match (pending.is_empty(), succeeded) {
+                (false, true) => self.capture(id),
+                (false, false) => self.settle_or_void(id),
+                (true, false) => self.decided(id, Ok(())),
+                // Charged: lines voided meanwhile are handed back.
+                (true, true) if returned.is_empty() => self.decided(id, Ok(())),
+                (true, true) => self.late_refund(id, returned, Then::Returned),
             },
-            (Why::Reconcile { .. }, Some(PendingState::Pending)) => {
+            Why::Reconcile { .. } if !pending.is_empty() => {
                 self.decisions.get_mut(&id).expect("deciding").step = Step::Status;
                 self.reconcile_status(id)
             }
-            (Why::Abandon | Why::WalletUndo { .. }, Some(PendingState::Pending)) => {
-                self.settle_or_void(id)
-            }
-            (Why::Abandon, _) => {
+            Why::Abandon | Why::WalletUndo { .. } if !pending.is_empty() => self.settle_or_void(id),
+            Why::Abandon => {
                 if let Some(t) = self.tries.get_mut(&id) {
                     t.ledger = TryLedger::Voided;
                 }
                 self.decided(id, Ok(()))
             }
-            (Why::LateSuccess { .. }, Some(PendingState::Voided | PendingState::Expired)) => {
-                self.late_refund(id, Then::Returned)
-            }
-            (Why::LateSuccess { .. }, Some(PendingState::Pending)) => {
-                self.decided(id, Err(PayError::Busy))
+            Why::LateSuccess { .. } if !pending.is_empty() => self.decided(id, Err(PayError::Busy)),
+            Why::LateSuccess { .. } if !returned.is_empty() => {
+                self.late_refund(id, returned, Then::Returned)
             }
             _ => self.decided(id, Ok(())),
         }
     }
 
-    /// A pending transfer, undecided: post it if its order was paid by it,
-    /// void it otherwise.
+    /// The pending lines, by index.
+    fn pending_lines(&self, id: u64) -> Vec<usize> {
+        let d = &self.decisions[&id];
+        (0..d.stored.len())
+            .filter(|k| d.stored[*k].state == Some(PendingState::Pending))
+            .collect()
+    }
+
+    /// Pending transfers, undecided: post each one whose order was paid by
+    /// it, void the others.
     fn settle_or_void(&mut self, id: u64) {
-        let d = self.decisions.get_mut(&id).expect("deciding");
-        let Some(p) = d.stored.clone() else {
+        let lines = self.pending_lines(id);
+        if lines.is_empty() {
             return self.decided(id, Ok(()));
-        };
-        if pays_order(p.transfer.code) {
-            d.step = Step::Read;
-            self.read_order(Op::Decide(id), OrderId(p.transfer.user_data));
+        }
+        let d = &self.decisions[&id];
+        if lines.iter().all(|k| pays_order(d.stored[*k].transfer.code)) {
+            self.line_round(id, Step::Read { lines });
         } else {
-            self.resolve(id, false, Then::Settled { posted: false });
+            let voids = lines.into_iter().map(|k| (k, false)).collect();
+            self.resolve(id, voids, Then::Settled);
         }
     }
 
-    fn read_done(&mut self, id: u64, o: Option<Order>) {
-        let p = self.decisions[&id]
-            .stored
-            .clone()
-            .expect("read for a transfer");
-        let order = OrderId(p.transfer.user_data);
-        // Forfeited: a pre-sale deposit, forfeited only once paid (its
-        // money goes to the merchant, so it is posted, never voided).
-        let paid = o.is_some_and(|o| {
-            matches!(
-                o.status,
-                OrderStatus::Paid | OrderStatus::Delivered | OrderStatus::Forfeited
-            )
-        });
-        let ours = paid
-            && self
-                .orders
-                .get(&order)
-                .is_none_or(|m| m.paid_by == p.transfer.id);
-        self.resolve(id, ours, Then::Settled { posted: ours });
+    fn read_done(&mut self, id: u64, lines: Vec<usize>, answers: Vec<IoReply>) {
+        let mut resolve = Vec::with_capacity(lines.len());
+        for (k, answer) in lines.into_iter().zip(answers) {
+            let IoReply::Order(Ok(o)) = answer else {
+                unreachable!("failed answers are taken first");
+            };
+            let p = self.decisions[&id].stored[k].clone();
+            let order = OrderId(p.transfer.user_data);
+            // Forfeited: a pre-sale deposit, forfeited only once paid (its
+            // money goes to the merchant, so it is posted, never voided).
+            let paid = o.is_some_and(|o| {
+                matches!(
+                    o.status,
+                    OrderStatus::Paid | OrderStatus::Delivered | OrderStatus::Forfeited
+                )
+            });
+            let ours = paid
+                && self
+                    .orders
+                    .get(&order)
+                    .is_none_or(|m| m.paid_by == p.transfer.id);
+            resolve.push((k, ours));
+        }
+        // Some lines paid by this try, some not: the provider charged (a
+        // line is confirmed only after a success), so the rest are
+        // confirmed too, or voided and handed back if they cannot be.
+        let some = resolve.iter().filter(|l| l.1).count();
+        if some > 0 && some < resolve.len() {
+            return self.capture(id);
+        }
+        self.resolve(id, resolve, Then::Settled);
     }
 
-    /// A success for a pending try: confirm the order, then post; if the
-    /// order cannot be confirmed any more, void and hand the money back.
+    /// A success for a pending try: confirm its orders, then post; a line
+    /// whose order cannot be confirmed any more is voided and its money
+    /// handed back.
     fn capture(&mut self, id: u64) {
-        let d = self.decisions.get_mut(&id).expect("deciding");
-        let Some(p) = d.stored.clone() else {
+        let lines = self.pending_lines(id);
+        if lines.is_empty() {
             return self.decided(id, Ok(()));
-        };
-        if p.transfer.code == code::TOP_UP {
-            return self.resolve(id, true, Then::ToppedUp);
         }
-        d.step = Step::Confirm;
-        let order = OrderId(p.transfer.user_data);
-        self.inventory(Op::Decide(id), order, Inv::Confirm { order });
+        let d = &self.decisions[&id];
+        if d.stored[lines[0]].transfer.code == code::TOP_UP {
+            let posts = lines.into_iter().map(|k| (k, true)).collect();
+            return self.resolve(id, posts, Then::ToppedUp);
+        }
+        self.line_round(id, Step::Confirm { lines });
     }
 
-    fn confirmed(&mut self, id: u64, reply: InvReply) {
-        let p = self.decisions[&id]
-            .stored
-            .clone()
-            .expect("confirming a transfer");
-        let order = OrderId(p.transfer.user_data);
-        // A replayed confirm is this try's only if no other transfer paid the order.
-        match reply {
-            InvReply::Order { order: o, replayed }
-                if !replayed
-                    || self
-                        .orders
-                        .get(&order)
-                        .is_none_or(|m| m.paid_by == p.transfer.id) =>
-            {
-                // The order is this try's from the confirm on, before its
-                // post lands: any other try of it now finds it taken.
-                let t = &p.transfer;
-                self.record_paid(order, t.debit, t.id, t.amount, false);
-                self.resolve(id, true, Then::Captured(Box::new(o)))
-            }
-            reply => {
-                let e = match reply {
-                    InvReply::Refused(Refusal::HoldExpired) => PayError::HoldExpired,
-                    _ => PayError::NotPayable("no longer awaiting payment"),
-                };
-                self.resolve(id, false, Then::Refused(e))
+    fn confirmed(
+        &mut self,
+        id: u64,
+        lines: Vec<usize>,
+        answers: Vec<IoReply>,
+        failed: Option<PayError>,
+    ) {
+        let mut resolve = Vec::with_capacity(lines.len());
+        let mut orders = Vec::new();
+        let mut refused = None;
+        for (k, answer) in lines.into_iter().zip(answers) {
+            let p = self.decisions[&id].stored[k].clone();
+            let order = OrderId(p.transfer.user_data);
+            let reply = match answer {
+                IoReply::Inventory(Ok(reply)) => reply,
+                _ => continue,
+            };
+            // A replayed confirm is this try's only if no other transfer paid the order.
+            match reply {
+                InvReply::Order { order: o, replayed }
+                    if !replayed
+                        || self
+                            .orders
+                            .get(&order)
+                            .is_none_or(|m| m.paid_by == p.transfer.id) =>
+                {
+                    // The order is this try's from the confirm on, before its
+                    // post lands: any other try of it now finds it taken.
+                    self.record_paid(&p.transfer, false);
+                    resolve.push((k, true));
+                    orders.push(o);
+                }
+                reply => {
+                    let e = match reply {
+                        InvReply::Refused(Refusal::HoldExpired) => PayError::HoldExpired,
+                        _ => PayError::NotPayable("no longer awaiting payment"),
+                    };
+                    refused.get_or_insert(e);
+                    resolve.push((k, false));
+                }
             }
         }
+        // A line's confirm did not answer: decided later (the confirms
+        // that landed are noted, and replay as this try's).
+        if let Some(e) = failed {
+            return self.decided(id, Err(e));
+        }
+        self.resolve(id, resolve, Then::Captured { orders, refused })
     }
 
-    fn resolve(&mut self, id: u64, post: bool, then: Then) {
+    fn resolve(&mut self, id: u64, lines: Vec<(usize, bool)>, then: Then) {
         let d = self.decisions.get_mut(&id).expect("deciding");
-        let p = d.stored.clone().expect("resolving a transfer");
-        d.step = Step::Resolve { post, then };
-        self.transfers(Op::Decide(id), vec![resolution(&p.transfer, post)]);
+        let transfers = lines
+            .iter()
+            .map(|(k, post)| resolution(&d.stored[*k].transfer, *post))
+            .collect();
+        d.step = Step::Resolve { lines, then };
+        self.transfers(Op::Decide(id), transfers);
     }
 
-    /// The provider charged for a try the mall no longer wants: record the
+    /// The provider charged for lines the mall no longer wants: record each
     /// charge and its return (linked: both or neither).
-    fn late_refund(&mut self, id: u64, then: Then) {
+    fn late_refund(&mut self, id: u64, lines: Vec<usize>, then: Then) {
         let d = self.decisions.get_mut(&id).expect("deciding");
-        let t = d
-            .stored
-            .clone()
-            .expect("a late refund of a transfer")
-            .transfer;
-        d.step = Step::LateRefund { then };
-        let mut capture = single(
-            derived("late_capture", t.id.0),
-            t.debit,
-            chart::ESCROW,
-            t.amount,
-            code::LATE_CAPTURE,
-            t.user_data,
-        );
-        capture.linked = true;
-        let back = single(
-            derived("late_refund", t.id.0),
-            chart::ESCROW,
-            t.debit,
-            t.amount,
-            code::LATE_REFUND,
-            t.user_data,
-        );
-        self.transfers(Op::Decide(id), vec![capture, back]);
+        let mut transfers = Vec::with_capacity(lines.len() * 2);
+        for k in &lines {
+            let t = &d.stored[*k].transfer;
+            let mut capture = single(
+                derived("late_capture", t.id.0),
+                t.debit,
+                chart::ESCROW,
+                t.amount,
+                code::LATE_CAPTURE,
+                t.user_data,
+            );
+            capture.linked = true;
+            let back = single(
+                derived("late_refund", t.id.0),
+                chart::ESCROW,
+                t.debit,
+                t.amount,
+                code::LATE_REFUND,
+                t.user_data,
+            );
+            transfers.extend([capture, back]);
+        }
+        d.step = Step::LateRefund { lines, then };
+        self.transfers(Op::Decide(id), transfers);
     }
 
-    fn send_late_refund(&mut self, id: u64) {
+    fn send_late_refunds(&mut self, id: u64, lines: &[usize]) {
         let d = &self.decisions[&id];
-        let t = &d.stored.as_ref().expect("a late refund").transfer;
-        let Some(channel) = chart::channel_of(t.debit) else {
-            return;
-        };
-        let r = ProviderRefund {
-            channel,
-            refund: derived("late_refund", t.id.0).0,
-            payment: t.id.0,
-            amount: t.amount,
-        };
-        self.send_refund(r);
+        let refunds: Vec<ProviderRefund> = lines
+            .iter()
+            .filter_map(|k| {
+                let t = &d.stored[*k].transfer;
+                Some(ProviderRefund {
+                    channel: chart::channel_of(t.debit)?,
+                    refund: derived("late_refund", t.id.0).0,
+                    payment: super::payment_of(t),
+                    amount: t.amount,
+                })
+            })
+            .collect();
+        for r in refunds {
+            self.send_refund(r);
+        }
     }
 
-    fn then(&mut self, id: u64, then: Then) {
+    /// After a resolve (`lines`: what it posted and voided) or a late refund.
+    fn then(&mut self, id: u64, lines: Vec<(usize, bool)>, then: Then) {
         let d = &self.decisions[&id];
-        let p = d.stored.clone().expect("a decided transfer");
-        let t = &p.transfer;
         let channel = d.channel;
+        let posted: Vec<Stored> = lines
+            .iter()
+            .filter(|l| l.1)
+            .map(|l| d.stored[l.0].clone())
+            .collect();
+        let voided: Vec<usize> = lines.iter().filter(|l| !l.1).map(|l| l.0).collect();
+        let wallet = d
+            .stored
+            .first()
+            .is_some_and(|s| s.transfer.code == code::WALLET_PAYMENT);
+        let replayed = d.replayed.clone();
         match then {
-            Then::Settled { posted: true } => {
-                self.decisions.get_mut(&id).expect("deciding").posted = true;
-                self.record_paid(OrderId(t.user_data), t.debit, t.id, t.amount, true);
-                self.finish_try(id, Ok((id, channel)));
+            Then::Settled => {
+                for p in &posted {
+                    self.record_paid(&p.transfer, true);
+                }
+                if !voided.is_empty() {
+                    // Voided: should its provider charge after all, the
+                    // watch hands the charge back.
+                    if posted.is_empty() {
+                        if let Some(tr) = self.tries.get_mut(&id) {
+                            tr.ledger = TryLedger::Voided;
+                        }
+                    }
+                    if let Some(c) = channel.filter(|_| !wallet) {
+                        self.watch_try(id, c);
+                    }
+                }
+                if !posted.is_empty() {
+                    self.decisions.get_mut(&id).expect("deciding").posted = true;
+                    self.finish_try(id, Ok((id, channel)));
+                }
                 self.decided(id, Ok(()))
             }
-            Then::Settled { posted: false } => {
-                if let Some(tr) = self.tries.get_mut(&id) {
-                    tr.ledger = TryLedger::Voided;
+            Then::Captured { orders, refused } => {
+                let name = channel.map(|c| self.channel_name(c)).unwrap_or_default();
+                let mut paid = orders.into_iter();
+                for (i, (k, post)) in lines.iter().enumerate() {
+                    if !post {
+                        continue;
+                    }
+                    let t = self.decisions[&id].stored[*k].transfer.clone();
+                    self.record_paid(&t, true);
+                    let o = paid.next().expect("an order per line posted");
+                    if !replayed.get(i).copied().unwrap_or(false) {
+                        self.paid_event(o, t.amount, name.clone());
+                    }
                 }
-                if let Some(c) = channel.filter(|_| t.code != code::WALLET_PAYMENT) {
-                    self.watch_try(id, c);
+                match refused {
+                    None => {
+                        self.finish_try(id, Ok((id, channel)));
+                        self.decided(id, Ok(()))
+                    }
+                    Some(e) => {
+                        let finish = if posted.is_empty() { Err(e) } else { Ok(()) };
+                        self.late_refund(id, voided, Then::Finish(finish))
+                    }
                 }
-                self.decided(id, Ok(()))
-            }
-            Then::Captured(o) => {
-                let order = OrderId(t.user_data);
-                self.record_paid(order, t.debit, t.id, t.amount, true);
-                if !self.decisions[&id].replayed {
-                    let name = channel.map(|c| self.channel_name(c)).unwrap_or_default();
-                    self.paid_event(*o, t.amount, name);
-                }
-                self.finish_try(id, Ok((id, channel)));
-                self.decided(id, Ok(()))
             }
             Then::ToppedUp => {
                 self.finish_try(id, Ok((id, channel)));
                 self.decided(id, Ok(()))
             }
-            Then::Refused(e) => self.late_refund(id, Then::Failed(e)),
-            Then::Failed(e) => {
-                self.finish_try(id, Err(e));
+            Then::Finish(result) => {
+                self.finish_try(id, result.map(|()| (id, channel)));
                 self.decided(id, Ok(()))
             }
             Then::Returned => self.decided(id, Ok(())),
@@ -577,18 +775,20 @@ impl Core {
                 }
             }
             Why::Reconcile { first } => {
-                // Decided: its order is free. Not decided: it holds the
-                // order until it is, so no other payment can pay it too.
-                if let (Some(p), Ok(())) = (&d.stored, &result) {
-                    let purpose = super::Purpose::Order(OrderId(p.transfer.user_data));
-                    if pays_order(p.transfer.code) && self.live.get(&purpose) == Some(&id) {
-                        self.live.remove(&purpose);
+                // Decided: its orders are free. Not decided: it holds the
+                // orders until it is, so no other payment can pay them too.
+                if result.is_ok() {
+                    for p in d.stored.iter().filter(|p| pays_order(p.transfer.code)) {
+                        let purpose = super::Purpose::Order(OrderId(p.transfer.user_data));
+                        if self.live.get(&purpose) == Some(&id) {
+                            self.live.remove(&purpose);
+                        }
                     }
                 }
                 if let Err(e) = result {
                     tracing::warn!(transfer = id, error = %e, "reconciling a pending payment failed; retrying");
-                    if let Some(p) = d.stored {
-                        self.at(self.now.mono_us + AGAIN_US, Timer::ReconcileAgain(p));
+                    if !d.stored.is_empty() {
+                        self.at(self.now.mono_us + AGAIN_US, Timer::ReconcileAgain(d.stored));
                     }
                 }
                 if first {
@@ -598,7 +798,8 @@ impl Core {
             Why::WalletUndo { req, error } => {
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "a wallet reservation stays pending; retrying");
-                    if let Some(p) = d.stored.clone() {
+                    if !d.stored.is_empty() {
+                        let p = d.stored.clone();
                         self.at(self.now.mono_us + AGAIN_US, Timer::ReconcileAgain(p));
                     }
                 }
@@ -610,7 +811,7 @@ impl Core {
                 };
                 // Not decided: the reservation holds its order until its
                 // retry decides it, so no other payment can pay it too.
-                if let (Err(_), Some(p)) = (&result, &d.stored) {
+                if let (Err(_), Some(p)) = (&result, d.stored.first()) {
                     let purpose = super::Purpose::Order(OrderId(p.transfer.user_data));
                     self.live.insert(purpose, id);
                 }
@@ -620,7 +821,7 @@ impl Core {
         // A timeout the router sent meanwhile is acted on.
         let requested = self.tries.get(&id).is_some_and(|t| t.abandon_requested);
         if requested {
-            self.decide_start(id, d.channel, Why::Abandon, None);
+            self.decide_start(id, d.channel, Why::Abandon, Vec::new());
         }
     }
 }

@@ -77,6 +77,15 @@ pub enum Input {
         method: Method,
         read: Option<Order>,
     },
+    /// Pay the line orders of checkout `checkout` (each as the caller read
+    /// it just before) for `user`, with one provider payment.
+    PayCheckout {
+        req: ReqId,
+        user: UserId,
+        checkout: u64,
+        method: Method,
+        reads: Vec<(OrderId, Option<Order>)>,
+    },
     /// Top up `user`'s wallet (amount checked by the caller).
     TopUp {
         req: ReqId,
@@ -276,6 +285,9 @@ pub struct CoreConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Purpose {
     Order(OrderId),
+    /// A checkout's line orders, paid as a whole (each line order is held
+    /// by the checkout's try too).
+    Checkout(u64),
     /// A top-up, named by its first try.
     TopUp(u64),
 }
@@ -284,8 +296,11 @@ pub(crate) enum Purpose {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrderMoney {
     pub payer: AccountId,
-    /// The try (pending transfer) that paid it; for refunds through its provider.
+    /// The try's pending transfer that paid it.
     pub paid_by: TransferId,
+    /// The provider's payment it came through (for refunds): the try's
+    /// id, also for a line of a checkout paid as a whole.
+    pub payment: u64,
     pub paid: u64,
     pub refunded: u64,
     pub settled: bool,
@@ -307,6 +322,9 @@ enum Op {
     Create(u64),
     /// The current step of the decision holding this claim.
     Decide(u64),
+    /// One line's read or confirm in the current step of a decision:
+    /// `(try, line, round)` (a reply of an earlier round is dropped).
+    DecideLine(u64, usize, u64),
     /// The current step of a wallet payment.
     Wallet(ReqId),
     /// The current step of a settlement, collection or refund.
@@ -331,7 +349,7 @@ enum Timer {
     /// A try given up whose decision failed: give it up again.
     AbandonAgain(u64, Option<usize>),
     /// A pending transfer a start found, decided again.
-    ReconcileAgain(Stored),
+    ReconcileAgain(Vec<Stored>),
     PostPaidAgain(Stored),
     Sweep,
 }
@@ -351,6 +369,35 @@ const LEDGER_TRIES: u8 = 5;
 const LEDGER_RETRY_US: i64 = 50_000;
 const AGAIN_US: i64 = 1_000_000;
 const ID_MASK: u64 = (1 << 53) - 1; // ids stay exact in JSON numbers
+/// A checkout's try has an id with these bits clear; line `k`'s pending
+/// transfer is `try + k + 1`. Every other try's id has some of them set.
+pub(crate) const LINE_MASK: u64 = 63;
+/// Line orders of one checkout payment, at most.
+pub const CHECKOUT_PAY_LINES_MAX: usize = LINE_MASK as usize;
+
+/// The provider payment a pending transfer belongs to.
+pub(crate) fn payment_of(t: &Transfer) -> u64 {
+    if t.code == code::CHECKOUT_PAYMENT {
+        t.id.0 & !LINE_MASK
+    } else {
+        t.id.0
+    }
+}
+
+/// The ids a try's pending transfers may have: its own (a single order or
+/// a top-up), or its lines' (a checkout's try).
+pub(crate) fn try_transfer_ids(id: u64) -> Vec<TransferId> {
+    let mut ids = vec![TransferId(id)];
+    if id & LINE_MASK == 0 {
+        ids.extend((1..=LINE_MASK).map(|k| TransferId(id + k)));
+    }
+    ids
+}
+
+/// Whether a stored transfer is one of try `id`'s.
+pub(crate) fn of_try(id: u64, t: &Transfer) -> bool {
+    t.id.0 == id || (t.code == code::CHECKOUT_PAYMENT && t.id.0 & !LINE_MASK == id)
+}
 
 /// A transfer id derived from what it does, so doing it again is a replay.
 pub(crate) fn derived(tag: &str, id: u64) -> TransferId {
@@ -441,6 +488,8 @@ pub struct Core {
     /// Tries (and orders, by id with the top bit) someone is deciding now.
     claims: FxHashSet<u64>,
     decisions: FxHashMap<u64, decide::Decision>,
+    /// Rounds of per-line I/O started by decisions (see [`Op::DecideLine`]).
+    rounds: u64,
     wallets: FxHashMap<ReqId, wallet::WalletPay>,
     after: FxHashMap<ReqId, after_sale::AfterSale>,
     orders: FxHashMap<OrderId, OrderMoney>,
@@ -483,6 +532,7 @@ impl Core {
             waiters: FxHashMap::default(),
             claims: FxHashSet::default(),
             decisions: FxHashMap::default(),
+            rounds: 0,
             wallets: FxHashMap::default(),
             after: FxHashMap::default(),
             orders: FxHashMap::default(),
@@ -514,6 +564,13 @@ impl Core {
                 method,
                 read,
             } => self.pay(req, user, order, method, read),
+            Input::PayCheckout {
+                req,
+                user,
+                checkout,
+                method,
+                reads,
+            } => self.pay_checkout(req, user, checkout, method, reads),
             Input::TopUp {
                 req,
                 user,
@@ -617,8 +674,9 @@ impl Core {
         };
     }
 
+    /// A fresh id (for a try other than a checkout's: some of [`LINE_MASK`] set).
     fn random_id(&mut self) -> u64 {
-        (self.rng.next_u64() & ID_MASK).max(1)
+        (self.rng.next_u64() & ID_MASK) | 1
     }
 
     fn op(&mut self, op: Op) -> OpId {
@@ -677,12 +735,12 @@ impl Core {
             Op::Record(id) => self.recorded(id, reply),
             Op::Create(id) => self.created(id, reply),
             Op::Decide(id) => self.decide_reply(id, reply),
+            Op::DecideLine(id, line, round) => self.decide_line_reply(id, line, round, reply),
             Op::Wallet(req) => self.wallet_reply(req, reply),
             Op::AfterSale(req) => self.after_reply(req, reply),
             Op::PostPaid(pending) => match reply {
                 IoReply::Ledger(Ok(LedReply::Transfers(r))) if r.iter().all(Result::is_ok) => {
-                    let t = &pending.transfer;
-                    self.record_paid(OrderId(t.user_data), t.debit, t.id, t.amount, true);
+                    self.record_paid(&pending.transfer, true);
                 }
                 other => {
                     tracing::warn!(?other, "posting a paid order's money; retrying");
@@ -699,7 +757,7 @@ impl Core {
             Timer::Waiter { req, purpose } => self.waiter_due(req, purpose),
             Timer::DecideAgain(id) => self.decide_step_again(id),
             Timer::AbandonAgain(id, channel) => {
-                self.decide_start(id, channel, decide::Why::Abandon, None)
+                self.decide_start(id, channel, decide::Why::Abandon, Vec::new())
             }
             Timer::ReconcileAgain(p) => self.reconcile_one(p, false),
             Timer::PostPaidAgain(p) => self.post_paid(p),
@@ -717,18 +775,33 @@ impl Core {
         self.transfers(Op::PostPaid(pending), vec![post]);
     }
 
-    /// The order is paid by `paid_by`; `posted`: its money is posted already.
-    fn record_paid(
+    /// The order of pending transfer `t` is paid by it; `posted`: its
+    /// money is posted already.
+    fn record_paid(&mut self, t: &Transfer, posted: bool) {
+        let payment = payment_of(t);
+        self.record_money(
+            OrderId(t.user_data),
+            t.debit,
+            t.id,
+            payment,
+            t.amount,
+            posted,
+        )
+    }
+
+    fn record_money(
         &mut self,
         order: OrderId,
         payer: AccountId,
         paid_by: TransferId,
+        payment: u64,
         amount: u64,
         posted: bool,
     ) {
         let m = self.orders.entry(order).or_insert(OrderMoney {
             payer,
             paid_by,
+            payment,
             paid: amount,
             refunded: 0,
             settled: false,
@@ -804,7 +877,7 @@ impl Core {
 
     /// Cash collected for a COD order by transfer `id`.
     pub(super) fn record_cod(&mut self, order: OrderId, id: TransferId, amount: u64) {
-        self.record_paid(order, chart::COD, id, amount, true);
+        self.record_money(order, chart::COD, id, id.0, amount, true);
     }
 
     /// Orders holding money not refunded (a start refunds cancelled ones).
@@ -847,5 +920,8 @@ pub(crate) fn missing_accounts(core: &Core, ids: &[AccountId]) -> Vec<mall_ledge
 
 /// Whether a pending transfer of this code pays an order.
 pub(crate) fn pays_order(code: u16) -> bool {
-    code == code::CHANNEL_PAYMENT || code == code::WALLET_PAYMENT
+    matches!(
+        code,
+        code::CHANNEL_PAYMENT | code::WALLET_PAYMENT | code::CHECKOUT_PAYMENT
+    )
 }

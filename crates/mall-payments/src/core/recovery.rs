@@ -3,27 +3,35 @@
 //! (by the provider's word, else by the order's status).
 
 use super::decide::Why;
-use super::{Action, Core, OrderMoney};
+use super::{Action, Core, OrderMoney, LINE_MASK};
 use mall_core::OrderId;
+use mall_ledger as mallled;
 use mall_ledger::chart::{self, code};
 use mall_ledger::{Mode, PendingState, Stored};
+use std::collections::BTreeMap;
 
 impl Core {
     pub(super) fn recover(&mut self, transfers: Vec<Stored>) {
         let now = self.now.wall.0;
         let watch_ms = self.config.watch_ms;
         let channels = self.config.channels.len();
-        let mut pending = Vec::new();
+        // Pending transfers by try: a checkout's lines are decided together.
+        let mut pending: BTreeMap<u64, Vec<Stored>> = BTreeMap::new();
         for s in transfers {
             let t = &s.transfer;
             let order = OrderId(t.user_data);
             match (t.code, t.mode) {
-                (code::WALLET_PAYMENT | code::CHANNEL_PAYMENT, Mode::Post { pending }) => {
+                (
+                    code::WALLET_PAYMENT | code::CHANNEL_PAYMENT | code::CHECKOUT_PAYMENT,
+                    Mode::Post { pending },
+                ) => {
+                    let payment = super::payment_of(&mallled::Transfer { id: pending, ..*t });
                     self.orders.insert(
                         order,
                         OrderMoney {
                             payer: t.debit,
                             paid_by: pending,
+                            payment,
                             paid: t.amount,
                             refunded: 0,
                             settled: false,
@@ -37,6 +45,7 @@ impl Core {
                         OrderMoney {
                             payer: t.debit,
                             paid_by: t.id,
+                            payment: t.id.0,
                             paid: t.amount,
                             refunded: 0,
                             settled: false,
@@ -54,16 +63,23 @@ impl Core {
                         m.settled = true;
                     }
                 }
-                (code::CHANNEL_PAYMENT | code::TOP_UP, Mode::Pending { .. })
-                    if s.state == Some(PendingState::Voided) && s.created_at.0 + watch_ms > now =>
+                // A try voided lately (a checkout's once, by its first line).
+                (
+                    code::CHANNEL_PAYMENT | code::TOP_UP | code::CHECKOUT_PAYMENT,
+                    Mode::Pending { .. },
+                ) if s.state == Some(PendingState::Voided)
+                    && s.created_at.0 + watch_ms > now
+                    && (t.code != code::CHECKOUT_PAYMENT || t.id.0 & LINE_MASK == 1) =>
                 {
                     if let Some(c) = chart::channel_of(t.debit).filter(|c| *c < channels) {
-                        self.watch.push_back((t.id.0, c, s.created_at.0 + watch_ms));
+                        let id = super::payment_of(t);
+                        self.watch.push_back((id, c, s.created_at.0 + watch_ms));
                     }
                 }
-                (_, Mode::Pending { .. }) if s.state == Some(PendingState::Pending) => {
-                    pending.push(s.clone())
-                }
+                (_, Mode::Pending { .. }) if s.state == Some(PendingState::Pending) => pending
+                    .entry(super::payment_of(t))
+                    .or_default()
+                    .push(s.clone()),
                 _ => {}
             }
         }
@@ -71,16 +87,19 @@ impl Core {
         if pending.is_empty() {
             self.actions.push(Action::Recovered);
         }
-        for p in pending {
+        for (_, p) in pending {
             self.reconcile_one(p, true);
         }
     }
 
-    /// Decides one pending transfer a start found.
-    pub(super) fn reconcile_one(&mut self, p: Stored, first: bool) {
-        let channel = chart::channel_of(p.transfer.debit);
-        let id = p.transfer.id.0;
-        self.decide_start(id, channel, Why::Reconcile { first }, Some(p));
+    /// Decides one try's pending transfers a start found.
+    pub(super) fn reconcile_one(&mut self, p: Vec<Stored>, first: bool) {
+        let Some(one) = p.first() else {
+            return;
+        };
+        let channel = chart::channel_of(one.transfer.debit);
+        let id = super::payment_of(&one.transfer);
+        self.decide_start(id, channel, Why::Reconcile { first }, p);
     }
 
     /// One of the start's pending transfers is decided (or will be retried).

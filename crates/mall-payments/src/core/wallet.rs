@@ -110,9 +110,8 @@ impl Core {
                 // or, should the ledger fail, by a retry.
                 w.step = WalletStep::Post;
                 let p = w.pending.clone();
-                let id = order.id;
                 w.order = order;
-                self.record_paid(id, p.debit, p.id, p.amount, false);
+                self.record_paid(&p, false);
                 let post = super::resolution(&p, true);
                 self.transfers(Op::Wallet(req), vec![post]);
             }
@@ -121,7 +120,7 @@ impl Core {
                 let order = w.order.clone();
                 let posted = matches!(&reply, IoReply::Ledger(Ok(LedReply::Transfers(r))) if r.iter().all(Result::is_ok));
                 if posted {
-                    self.record_paid(order.id, p.debit, p.id, p.amount, true);
+                    self.record_paid(&p, true);
                 } else {
                     let stored = super::pending(p.clone(), self.now.wall);
                     self.post_paid(stored);
@@ -148,7 +147,7 @@ impl Core {
                 };
                 let p = w.pending.clone();
                 let stored = super::pending(p.clone(), self.now.wall);
-                self.decide_start(p.id.0, None, Why::WalletUndo { req, error }, Some(stored));
+                self.decide_start(p.id.0, None, Why::WalletUndo { req, error }, vec![stored]);
             }
             (_, IoReply::Ledger(Err(e))) => self.wallet_fail(req, e),
             (step, other) => {

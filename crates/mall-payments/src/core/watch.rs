@@ -49,7 +49,7 @@ impl Core {
         self.statuses_in_flight = self.statuses_in_flight.saturating_sub(1);
         match reply {
             IoReply::Provider(Ok(ProviderStatus::Succeeded)) => {
-                self.decide_start(id, Some(channel), Why::LateSuccess { until }, None)
+                self.decide_start(id, Some(channel), Why::LateSuccess { until }, Vec::new())
             }
             IoReply::Provider(Ok(ProviderStatus::Failed | ProviderStatus::Unknown)) => {}
             _ => self.watch.push_back((id, channel, until)),
