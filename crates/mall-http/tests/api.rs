@@ -2712,3 +2712,176 @@ async fn the_platform_pays_its_share_of_a_discount_at_settlement() {
         .iter()
         .all(|s| !(s.transfer.code == code::PLATFORM_DISCOUNT && s.transfer.user_data == other)));
 }
+
+/// A checkout paid with one payment: one provider charge for its total,
+/// each line order paid with its own money (the ledger verifies), then
+/// refunded and delivered on its own, the provider refunding the one
+/// payment. A retry under the key answers the same; paying again, or a
+/// line alone, is refused. Refusals charge nothing: a wallet (422),
+/// another shopper (404), a checkout with a line cancelled (409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_is_paid_with_one_payment() {
+    let (api, sim) = Api::with_channel().await;
+    let (_, a1) = item_of(&api, "Alpha", 10_000, 5, None).await;
+    let (_, b1) = item_of(&api, "Beta", 30_000, 5, None).await;
+    let shoppers = api.shoppers(2, "cp").await;
+    let (first, second) = (&shoppers[0], &shoppers[1]);
+    let checkout = |lines: Value| {
+        let body = json!({"lines": lines, "payment": "online", "address": "1 Nanjing Road"});
+        let api = &api;
+        async move {
+            let r = api.post("/v1/checkouts", Some(first), body).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            let orders: Vec<u64> = r.body["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|c| c["orders"].as_array().unwrap().clone())
+                .map(|o| o["id"].as_u64().unwrap())
+                .collect();
+            (r.body["id"].as_u64().unwrap(), orders)
+        }
+    };
+    let pay = |id: u64, who: &str, method: &str, key: Option<&str>| {
+        let (who, path) = (who.to_string(), format!("/v1/checkouts/{id}/payments"));
+        let (body, key) = (json!({ "method": method }), key.map(str::to_string));
+        let api = &api;
+        async move {
+            api.call("POST", &path, Some(&who), Some(body), key.as_deref())
+                .await
+        }
+    };
+    let charged = || {
+        let s = sim.stats("sim").unwrap();
+        (
+            s.succeeded + s.pending + s.failed,
+            s.succeeded_fen,
+            s.refunded_fen,
+        )
+    };
+    let (id, orders) =
+        checkout(json!([{"sku": a1, "quantity": 1}, {"sku": b1, "quantity": 2}])).await;
+    assert_eq!(orders.len(), 2);
+
+    // Refused, nothing charged.
+    let r = pay(id, first, "wallet", None).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "wallet_not_for_checkouts")
+    );
+    assert_eq!(
+        pay(id, second, "third_party", None).await.code(),
+        "checkout_not_found"
+    );
+    assert_eq!(
+        pay(id, first, "cheque", None).await.code(),
+        "invalid_request"
+    );
+    assert_eq!(
+        pay(id + 1_000, first, "third_party", None).await.code(),
+        "checkout_not_found"
+    );
+    assert_eq!(charged(), (0, 0, 0));
+
+    // One payment for 10,000 + 2 × 30,000.
+    let r = pay(id, first, "third_party", Some("ck-pay")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["payment"]["status"], "succeeded");
+    assert_eq!(r.body["payment"]["amount_fen"], 70_000);
+    for child in r.body["checkout"]["children"].as_array().unwrap() {
+        for o in child["orders"].as_array().unwrap() {
+            assert_eq!(o["status"], "paid", "{}", r.body);
+        }
+    }
+    assert_eq!(charged(), (1, 70_000, 0));
+    let again = pay(id, first, "third_party", Some("ck-pay")).await;
+    assert!(again.replayed);
+    assert_eq!(again.body["payment"], r.body["payment"]);
+    assert_eq!(
+        pay(id, first, "third_party", None).await.code(),
+        "invalid_order_status"
+    );
+    let alone = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{}/payments", orders[0]),
+            Some(first),
+            Some(json!({"method": "third_party"})),
+            None,
+        )
+        .await;
+    assert_eq!(alone.code(), "invalid_order_status");
+    assert_eq!(charged(), (1, 70_000, 0));
+
+    // Each line's money is its own: the ledger has one transfer per line,
+    // from one provider payment, and verifies.
+    let ledger = || {
+        let (accounts, transfers) = api.state.engine.store().read_ledger().unwrap();
+        let violations = mall_engine::verify_mall_ledger(accounts, transfers.clone());
+        assert!(violations.is_empty(), "{violations:?}");
+        transfers
+    };
+    let code = mall_ledger::chart::code::CHECKOUT_PAYMENT;
+    let lines: Vec<(u64, u64)> = ledger()
+        .iter()
+        .filter(|s| s.transfer.code == code && s.state.is_some())
+        .map(|s| (s.transfer.user_data, s.transfer.amount))
+        .collect();
+    assert_eq!(lines, vec![(orders[0], 10_000), (orders[1], 60_000)]);
+
+    // A line refunded in part, the other delivered: per line, through the
+    // one payment.
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/orders/{}/refunds", orders[1]),
+            Some(ADMIN),
+            Some(json!({"amount_fen": 25_000})),
+            Some("ck-refund"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["paid_fen"], 60_000, "{}", r.body);
+    let r = api
+        .post(
+            &format!("/v1/admin/orders/{}/deliver", orders[0]),
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["amount_fen"], 10_000, "{}", r.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while charged().2 != 25_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the provider never heard of the refund"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ledger();
+
+    // A checkout with a line cancelled: refused whole, nothing charged.
+    let (id, orders) =
+        checkout(json!([{"sku": a1, "quantity": 1}, {"sku": b1, "quantity": 1}])).await;
+    let r = api
+        .post(
+            &format!("/v1/orders/{}/cancel", orders[1]),
+            Some(first),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = pay(id, first, "third_party", None).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "invalid_order_status"),
+        "{}",
+        r.body
+    );
+    assert_eq!(charged().0, 1);
+    let r = api
+        .get(&format!("/v1/orders/{}", orders[0]), Some(first))
+        .await;
+    assert_eq!(r.body["status"], "awaiting_payment");
+}

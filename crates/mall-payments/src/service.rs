@@ -560,6 +560,38 @@ impl Payments {
         Ok((view, o))
     }
 
+    /// Pays the line orders of checkout `checkout` for `user` with one
+    /// provider payment (card or third party). The answer waits up to
+    /// `wait_ms` for the outcome, as [`Payments::pay`]'s does; a success
+    /// may have paid only some lines (a line whose hold lapsed before its
+    /// confirm is handed back): the lines' orders tell.
+    pub async fn pay_checkout(
+        &self,
+        user: UserId,
+        checkout: u64,
+        orders: Vec<OrderId>,
+        method: Method,
+    ) -> Result<PaymentView, PayError> {
+        let me = self.clone();
+        spawn(async move {
+            let turn = me.turn().await?;
+            let mut reads = Vec::with_capacity(orders.len());
+            for order in orders {
+                reads.push((order, me.stored_order(order)?));
+            }
+            let pay = |req| Input::PayCheckout {
+                req,
+                user,
+                checkout,
+                method,
+                reads,
+            };
+            me.ask(pay, Some(turn)).await?.payment()
+        })
+        .await
+        .unwrap_or(Err(PayError::Unavailable))
+    }
+
     /// A turn to start a payment (see `PaymentsConfig::in_process_max`).
     async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PayError> {
         self.shared

@@ -766,3 +766,165 @@ fn kill_dash_nine_during_balance_payments_loses_no_acknowledged_payment() {
         "no balance was acknowledged before the kill"
     );
 }
+
+/// Kill -9 while checkouts are paid as a whole: after a restart every
+/// acknowledged checkout payment is there (every line of it paid), every
+/// checkout paid again under its key ends with every line paid once, the
+/// providers kept exactly every checkout's total, and `mall check` and
+/// `mall ledger verify` pass.
+#[test]
+fn kill_dash_nine_during_checkout_payments_loses_no_acknowledged_payment() {
+    const SHOPPERS: usize = 150;
+    const PRICES: [i64; 3] = [1_200, 3_400, 5_600];
+    let dir = tempfile::tempdir().unwrap();
+    let (channels, data, mut server) = mall_with_channels(dir.path(), None);
+    // Three merchants, an item each; every shopper checks out one of each.
+    let skus: Vec<u64> = PRICES
+        .iter()
+        .map(|p| items(&server, 1, SHOPPERS as i64, *p)[0])
+        .collect();
+    let users = shoppers(&server, SHOPPERS);
+    let lines: Vec<_> = skus
+        .iter()
+        .map(|s| json!({"sku": s, "quantity": 1}))
+        .collect();
+    let checkouts: Vec<(u64, Vec<u64>)> = std::thread::scope(|scope| {
+        let chunks: Vec<_> = users
+            .chunks(SHOPPERS / 6)
+            .map(|chunk| {
+                let (server, lines) = (&server, &lines);
+                scope.spawn(move || {
+                    let a = agent();
+                    chunk
+                        .iter()
+                        .map(|(_, token)| {
+                            let body = json!({"lines": lines, "payment": "online", "address": "11 Singles Road"});
+                            let (status, c) =
+                                call(&a, "POST", &server.url("/v1/checkouts"), token, Some(body), None)
+                                    .unwrap();
+                            assert_eq!(status, 201, "{c}");
+                            let orders = c["children"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .flat_map(|c| c["orders"].as_array().unwrap().clone())
+                                .map(|o| o["id"].as_u64().unwrap())
+                                .collect();
+                            (c["id"].as_u64().unwrap(), orders)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        chunks.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    let pay = |base: &str, a: &ureq::Agent, token: &str, id: u64| {
+        call(
+            a,
+            "POST",
+            &format!("{base}/v1/checkouts/{id}/payments"),
+            token,
+            Some(json!({"method": "third_party"})),
+            Some(&format!("pay-checkout-{id}")),
+        )
+    };
+    let all_paid = |body: &serde_json::Value| {
+        body["checkout"]["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["orders"].as_array().unwrap())
+            .all(|o| o["status"] == "paid")
+    };
+    // Paid from 8 threads; kill -9 in the middle.
+    let acked: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (users, checkouts, acked, base) = (
+                users.clone(),
+                checkouts.clone(),
+                acked.clone(),
+                server.base.clone(),
+            );
+            std::thread::spawn(move || {
+                let a = agent();
+                for i in (w..users.len()).step_by(8) {
+                    match pay(&base, &a, &users[i].1, checkouts[i].0) {
+                        Some((200, body)) => {
+                            assert!(all_paid(&body), "a line left unpaid: {body}");
+                            acked.lock().unwrap().push(i);
+                        }
+                        Some(_) => {}
+                        None => return, // the server is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < SHOPPERS / 5 {
+        assert!(Instant::now() < deadline, "payments did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill_9();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    println!(
+        "{} of {SHOPPERS} checkout payments acknowledged before the kill",
+        acked.len()
+    );
+    assert!(
+        acked.len() < SHOPPERS,
+        "the kill came too late to test anything"
+    );
+    let server = Server::start(&data, &["--channels", channels.file.to_str().unwrap()]);
+    for i in &acked {
+        for order in &checkouts[*i].1 {
+            assert_eq!(
+                order_status(&server, &users[*i].1, *order),
+                "paid",
+                "acknowledged checkout {} lost line {order}",
+                checkouts[*i].0
+            );
+        }
+    }
+    // Every checkout paid (again, under its key): every line ends paid once.
+    let a = agent();
+    for (i, (_, token)) in users.iter().enumerate() {
+        let (id, orders) = &checkouts[i];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = pay(&server.base, &a, token, *id).unwrap();
+            if r.0 == 200 && all_paid(&r.1) {
+                break;
+            }
+            // Already paid (a payment before the kill landed), or one under way.
+            let paid = orders
+                .iter()
+                .all(|o| order_status(&server, token, *o) == "paid");
+            if r.0 == 409 && paid {
+                break;
+            }
+            assert!(Instant::now() < deadline, "checkout {id}: {} {}", r.0, r.1);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // The providers kept exactly every checkout's total, once.
+    let want = SHOPPERS as i64 * PRICES.iter().sum::<i64>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::kept(&channels) != want {
+        assert!(
+            Instant::now() < deadline,
+            "providers kept {} fen, the mall sold {want}",
+            common::kept(&channels)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.stop();
+    let (ok, text) = mall(&["check"], &data);
+    assert!(ok, "mall check failed:\n{text}");
+    let (ok, text) = mall(&["ledger", "verify"], &data);
+    assert!(ok, "mall ledger verify failed:\n{text}");
+}

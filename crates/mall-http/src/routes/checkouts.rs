@@ -21,9 +21,10 @@
 //! is, released means none is. The moves are compare-and-set, so a
 //! request still running and a recovery (on any node) never both win.
 //!
-//! The lines are ordinary orders: each is paid (online, through the usual
-//! payment paths), cancelled, refunded and delivered on its own; the
-//! checkout shows them grouped by merchant (one child order per merchant).
+//! The lines are ordinary orders: each is cancelled, refunded and delivered
+//! on its own; they are paid together with one payment
+//! ([`super::checkout_pay`]) or each alone; the checkout shows them grouped
+//! by merchant (one child order per merchant).
 
 use super::orders::{release_order, OrderView};
 use super::price::PriceBreakdown;
@@ -149,10 +150,10 @@ pub struct CreateCheckout {
 
 /// What a checkout will hold, as stored with it (the plan recovery reads).
 #[derive(Serialize, Deserialize, Clone, Debug)]
-struct Plan {
+pub(super) struct Plan {
     lines: Vec<PlanLine>,
     claims: Vec<u64>,
-    payment: PaymentMethod,
+    pub(super) payment: PaymentMethod,
     address: String,
     from_cart: bool,
     price: Priced,
@@ -174,10 +175,10 @@ struct PlanLine {
 
 /// How a checkout ended, as stored with it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
-struct Outcome {
+pub(super) struct Outcome {
     /// Reserved: each line's order, by line.
     #[serde(default)]
-    orders: Vec<u64>,
+    pub(super) orders: Vec<u64>,
     #[serde(default)]
     failure: Option<Failure>,
     /// Released by a recovery (not by its own request).
@@ -567,11 +568,11 @@ async fn release(
     Ok(())
 }
 
-fn parse_plan(row: &CheckoutRow) -> ApiResult<Plan> {
+pub(super) fn parse_plan(row: &CheckoutRow) -> ApiResult<Plan> {
     serde_json::from_str(&row.plan).map_err(|e| ApiError::internal("checkout plan", e))
 }
 
-fn parse_outcome(row: &CheckoutRow) -> Outcome {
+pub(super) fn parse_outcome(row: &CheckoutRow) -> Outcome {
     serde_json::from_str(&row.outcome).unwrap_or_default()
 }
 
@@ -829,7 +830,7 @@ pub fn recover_forever(state: AppState) -> tokio::task::JoinHandle<()> {
 }
 
 /// A stored checkout as the API shows it (its line orders read back).
-async fn view(state: &AppState, row: &CheckoutRow) -> ApiResult<CheckoutView> {
+pub(super) async fn view(state: &AppState, row: &CheckoutRow) -> ApiResult<CheckoutView> {
     let plan = parse_plan(row)?;
     let outcome = parse_outcome(row);
     let mut orders = Vec::with_capacity(outcome.orders.len());

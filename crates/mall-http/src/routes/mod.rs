@@ -2,6 +2,7 @@
 //! describes them (OpenAPI, generated from the handlers' annotations).
 
 pub mod accounts;
+pub mod checkout_pay;
 pub mod checkouts;
 pub mod coupons;
 pub mod dashboard;
@@ -51,6 +52,7 @@ pub fn routes() -> Router<AppState> {
             post(checkouts::create).get(checkouts::list_mine),
         )
         .route("/v1/checkouts/{id}", get(checkouts::get_one))
+        .route("/v1/checkouts/{id}/payments", post(checkout_pay::pay))
         .route("/v1/orders/{id}", get(orders::get_one))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/balance", post(presale::balance))

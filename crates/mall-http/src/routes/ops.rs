@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
         super::items::list, super::items::get_one, super::items::create, super::items::update,
         super::orders::create, super::orders::list_mine, super::orders::get_one, super::orders::cancel, super::presale::balance,
         super::checkouts::create, super::checkouts::list_mine, super::checkouts::get_one,
+        super::checkout_pay::pay,
         super::wishlist::favorite, super::wishlist::unfavorite, super::wishlist::favorites,
         super::wishlist::put_in_cart, super::wishlist::cart,
         super::promotions::create, super::promotions::list, super::promotions::end,

@@ -42,7 +42,7 @@ pub(crate) fn payments(state: &AppState) -> ApiResult<&Payments> {
     })
 }
 
-fn parse_method(raw: &str) -> ApiResult<Method> {
+pub(super) fn parse_method(raw: &str) -> ApiResult<Method> {
     Method::parse(raw).ok_or_else(|| {
         ApiError::invalid(format!(
             "method must be wallet, card or third_party, not {raw:?}"
@@ -69,7 +69,7 @@ pub struct PaymentInfo {
 }
 
 /// 200 when the payment is done, 202 while a provider has not answered.
-fn http_status(view: &PaymentView) -> StatusCode {
+pub(super) fn http_status(view: &PaymentView) -> StatusCode {
     match view.status {
         PayStatus::Succeeded => StatusCode::OK,
         PayStatus::Pending => StatusCode::ACCEPTED,
@@ -163,7 +163,7 @@ pub async fn pay(
 /// Runs a request's work in its own task, so that a client that hangs up
 /// (a timeout, a dropped connection) never cuts it off half-way: what it
 /// started finishes, and its answer is stored for the retry.
-async fn to_completion(
+pub(super) async fn to_completion(
     work: impl std::future::Future<Output = Response> + Send + 'static,
 ) -> Result<Response, ApiError> {
     tokio::spawn(work)
