@@ -1,5 +1,5 @@
 //! Payments on a cluster: they run on the node that runs the ledger. A
-//! payment request (paying, cancelling, refunding, the wallet, a
+//! payment request (paying an order or a checkout, cancelling, refunding, the wallet, a
 //! provider's callback, delivery and collection) that reaches another node
 //! is carried there whole, over the cluster's internal connections, and its
 //! answer comes back as it was given. The node that runs it authenticates
@@ -34,6 +34,7 @@ pub fn needs_payments(path: &str) -> bool {
         || path == "/v1/admin/channels"
         || ((path.starts_with("/v1/orders/") || path.starts_with("/v1/admin/orders/"))
             && SUFFIXES.iter().any(|s| path.ends_with(s)))
+        || (path.starts_with("/v1/checkouts/") && path.ends_with("/payments"))
 }
 
 /// The middleware: carries payment requests to the ledger's node.
@@ -169,6 +170,7 @@ mod tests {
             "/v1/admin/orders/9/deliver",
             "/v1/admin/orders/9/cod-collected",
             "/v1/admin/channels",
+            "/v1/checkouts/7/payments",
         ] {
             assert!(needs_payments(p), "{p}");
         }
@@ -178,6 +180,8 @@ mod tests {
             "/v1/items/3",
             "/healthz",
             "/v1/admin/items",
+            "/v1/checkouts",
+            "/v1/checkouts/7",
         ] {
             assert!(!needs_payments(p), "{p}");
         }

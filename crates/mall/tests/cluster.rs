@@ -723,6 +723,45 @@ fn payments_run_where_the_ledger_runs_and_a_callback_to_another_node_counts_once
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // A checkout made on n3 and paid with one payment on n2 (carried to
+    // the ledger's node): every line paid, one charge at a provider.
+    let (status, c) = call(
+        &a,
+        "POST",
+        &nodes[2].server.url("/v1/checkouts"),
+        &people[0].1,
+        Some(
+            json!({"lines": [{"sku": skus[1], "quantity": 1}, {"sku": skus[2], "quantity": 1}],
+                    "payment": "online", "address": "5 Ledger Lane"}),
+        ),
+        Some("cluster-checkout"),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{c}");
+    let checkout = c["id"].as_u64().unwrap();
+    let (status, answer) = call(
+        &a,
+        "POST",
+        &nodes[1]
+            .server
+            .url(&format!("/v1/checkouts/{checkout}/payments")),
+        &people[0].1,
+        Some(json!({"method": "third_party"})),
+        Some("cluster-checkout-pay"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["payment"]["amount_fen"], 2 * PRICE, "{answer}");
+    let lines: Vec<&serde_json::Value> = answer["checkout"]["children"][0]["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|o| o["status"] == "paid"),
+        "{answer}"
+    );
+    assert_eq!(common::kept(&channels), PRICE * (PAYERS as i64 + 2));
     // Each node's /metrics is its own, named.
     let metrics = metrics_text(&nodes[1]);
     assert!(metrics.contains("mall_node{node=\"n2\"} 1"), "{metrics}");
