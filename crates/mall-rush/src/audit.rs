@@ -26,6 +26,9 @@ pub struct AuditReport {
     /// Checkouts read back: every acknowledged one reserved whole, every
     /// one decided, none released with a line still held.
     pub checkouts_checked: u64,
+    /// Of those, paid with one payment the client was told paid every
+    /// line of, every line paid on the server.
+    pub checkouts_paid: u64,
     /// Pre-sale deposits acknowledged and read back with their balances.
     pub deposits_checked: u64,
     /// Of those, balances told paid, and deposits forfeited (never paid).
@@ -384,11 +387,20 @@ async fn checkouts(outcome: &Outcome, backend: &Backend, report: &mut AuditRepor
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Line orders the client was told are paid.
+    // Line orders the client was told are paid (alone), and checkouts
+    // whose every line it was told is paid (with one payment).
     let told_paid: HashSet<u64> = outcome
         .records
         .iter()
         .filter(|r| r.kind == Kind::Pay && r.ok() && r.order_status.as_deref() == Some("paid"))
+        .filter_map(|r| r.order)
+        .collect();
+    let told_all_paid: HashSet<u64> = outcome
+        .records
+        .iter()
+        .filter(|r| {
+            r.kind == Kind::CheckoutPay && r.ok() && r.order_status.as_deref() == Some("paid")
+        })
         .filter_map(|r| r.order)
         .collect();
     let v = &mut report.violations;
@@ -420,7 +432,8 @@ async fn checkouts(outcome: &Outcome, backend: &Backend, report: &mut AuditRepor
                 orders.len()
             ));
         }
-        for o in orders {
+        let mut whole = true;
+        for o in &orders {
             if o["status"] == "cancelled" {
                 v.push(format!(
                     "checkout {id}: acknowledged, but its line order {} is cancelled",
@@ -428,12 +441,18 @@ async fn checkouts(outcome: &Outcome, backend: &Backend, report: &mut AuditRepor
                 ));
             }
             let paid = matches!(o["status"].as_str(), Some("paid" | "delivered"));
-            if o["id"].as_u64().is_some_and(|l| told_paid.contains(&l)) && !paid {
+            let told = o["id"].as_u64().is_some_and(|l| told_paid.contains(&l))
+                || told_all_paid.contains(&id);
+            whole &= paid;
+            if told && !paid {
                 v.push(format!(
                     "checkout {id}: its line order {} was told paid, the server says {}",
                     o["id"], o["status"]
                 ));
             }
+        }
+        if told_all_paid.contains(&id) && whole {
+            report.checkouts_paid += 1;
         }
     }
     let released: HashSet<u64> = server

@@ -44,11 +44,12 @@ pub fn html(summary: &Summary, audit: &AuditReport) -> String {
     };
     let _ = write!(
         page,
-        "{verdict}: {} orders, {} items, {} coupon claims, {} checkouts and {} pre-sale deposits ({} balances paid, {} forfeited) checked.</p>",
+        "{verdict}: {} orders, {} items, {} coupon claims, {} checkouts ({} paid with one payment) and {} pre-sale deposits ({} balances paid, {} forfeited) checked.</p>",
         audit.orders_checked,
         audit.items_checked,
         audit.claims_checked,
         audit.checkouts_checked,
+        audit.checkouts_paid,
         audit.deposits_checked,
         audit.balances_paid,
         audit.deposits_forfeited

@@ -40,6 +40,8 @@ pub enum Kind {
     Deposit,
     /// A pre-sale's balance asked (its payment is a `Pay`).
     Balance,
+    /// A reserved checkout's lines paid with one payment.
+    CheckoutPay,
 }
 
 /// What one request met.
@@ -118,6 +120,11 @@ enum Job {
     },
     Claim {
         user: u32,
+    },
+    /// The plan's checkout `index` (reserved as `checkout`) paid as a whole.
+    PayCheckout {
+        index: u32,
+        checkout: u64,
     },
     /// The plan's checkout `index`.
     Checkout {
@@ -665,38 +672,15 @@ fn now_us(shared: &Shared) -> i64 {
     }
 }
 
-/// A checkout the plan pays: each of its lines (orders in its answer `v`)
-/// is paid `pay_after_us` from now, as a shopper pays a snap-up.
-fn pay_lines_later(shared: &Arc<Shared>, index: u32, v: &Value) {
+/// A checkout the plan pays (reserved as `v`): paid as a whole, with one
+/// payment, `pay_after_us` from now, as a shopper pays a snap-up.
+fn pay_checkout_later(shared: &Arc<Shared>, index: u32, v: &Value) {
     let c = &shared.plan.checkouts[index as usize];
-    let Some(after_us) = c.pay_after_us else {
+    let (Some(after_us), Some(checkout)) = (c.pay_after_us, v["id"].as_u64()) else {
         return;
     };
     let at_us = now_us(shared) + after_us;
-    let orders = v["children"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|child| child["orders"].as_array().into_iter().flatten());
-    for o in orders {
-        let (Some(order), Some(sku)) = (o["id"].as_u64(), o["sku"].as_u64()) else {
-            continue;
-        };
-        let rank = c
-            .ranks
-            .iter()
-            .copied()
-            .find(|&r| shared.skus[r as usize].0 == sku)
-            .unwrap_or(c.ranks[0]);
-        let job = Job::Pay {
-            order,
-            rank,
-            user: c.user,
-            late: false,
-            deposit: None,
-        };
-        schedule(shared, job, at_us);
-    }
+    schedule(shared, Job::PayCheckout { index, checkout }, at_us);
 }
 
 /// Schedules a follow-up at `at_us` (µs from the opening), unless past the deadline.
@@ -782,6 +766,10 @@ fn job_meta(shared: &Shared, job: &Job) -> (Kind, u32, u32, Option<u32>) {
         Job::Checkout { index } => {
             let c = &shared.plan.checkouts[*index as usize];
             (Kind::Checkout, c.ranks[0], c.user, Some(*index))
+        }
+        Job::PayCheckout { index, .. } => {
+            let c = &shared.plan.checkouts[*index as usize];
+            (Kind::CheckoutPay, c.ranks[0], c.user, Some(*index))
         }
         Job::Deposit { index } | Job::Balance { index, .. } => {
             let d = &shared.plan.deposits[*index as usize];
@@ -1042,6 +1030,21 @@ async fn send_http(shared: &Arc<Shared>, conn: &mut Conn, job: &Job) -> Answer {
                 None,
             )
         }
+        Job::PayCheckout { index, checkout } => {
+            let c = &shared.plan.checkouts[*index as usize];
+            // A wallet pays orders one by one: a checkout goes by card or third party.
+            let method = match pay_method(&shared.plan.scenario.pay_method, *checkout) {
+                "wallet" => "third_party",
+                m => m,
+            };
+            (
+                Method::POST,
+                format!("/v1/checkouts/{checkout}/payments"),
+                token(c.user),
+                Some(format!("{}-xp{index}", shared.run_id)),
+                Some(json!({ "method": method })),
+            )
+        }
         Job::Checkout { index } => {
             let c = &shared.plan.checkouts[*index as usize];
             let lines: Vec<Value> = c
@@ -1082,11 +1085,27 @@ async fn send_http(shared: &Arc<Shared>, conn: &mut Conn, job: &Job) -> Answer {
         Ok((status, bytes)) => {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if status.is_success() {
-                // A payment answers `{payment, order}`.
+                // A payment answers `{payment, order}`, a checkout's
+                // `{payment, checkout}`: paid if every line is.
                 let v = if v["order"].is_object() {
                     &v["order"]
+                } else if v["checkout"].is_object() {
+                    &v["checkout"]
                 } else {
                     &v
+                };
+                let lines_paid = || {
+                    let lines: Vec<&Value> = v["children"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|c| c["orders"].as_array().into_iter().flatten())
+                        .collect();
+                    if !lines.is_empty() && lines.iter().all(|o| o["status"] == "paid") {
+                        "paid"
+                    } else {
+                        "partly_paid"
+                    }
                 };
                 let order = v["id"]
                     .as_u64()
@@ -1099,6 +1118,8 @@ async fn send_http(shared: &Arc<Shared>, conn: &mut Conn, job: &Job) -> Answer {
                                 "pay_pending".to_string()
                             } else if matches!(job, Job::Checkout { .. }) {
                                 v["state"].as_str().unwrap_or("").to_string()
+                            } else if matches!(job, Job::PayCheckout { .. }) {
+                                lines_paid().to_string()
                             } else {
                                 v["status"].as_str().unwrap_or("").to_string()
                             },
@@ -1106,7 +1127,7 @@ async fn send_http(shared: &Arc<Shared>, conn: &mut Conn, job: &Job) -> Answer {
                         )
                     });
                 if let Job::Checkout { index } = job {
-                    pay_lines_later(shared, *index, v);
+                    pay_checkout_later(shared, *index, v);
                 }
                 let code = if status == StatusCode::CREATED {
                     "created"
@@ -1174,7 +1195,10 @@ async fn send_local(shared: &Shared, engine: &Engine, job: &Job) -> Answer {
         Job::Claim { user } => return claim_local(shared, engine, *user).await,
         // Never dispatched in-process (checkouts and pre-sale balances are
         // the HTTP layer's).
-        Job::Checkout { .. } | Job::Deposit { .. } | Job::Balance { .. } => {
+        Job::Checkout { .. }
+        | Job::PayCheckout { .. }
+        | Job::Deposit { .. }
+        | Job::Balance { .. } => {
             return Answer {
                 code: "not_in_process".into(),
                 order: None,

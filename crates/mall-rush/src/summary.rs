@@ -107,6 +107,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Checkout => "checkout",
         Kind::Deposit => "deposit",
         Kind::Balance => "balance",
+        Kind::CheckoutPay => "checkout_pay",
     }
 }
 
@@ -196,7 +197,11 @@ pub fn summarize(outcome: &Outcome, backend: &str) -> Summary {
     {
         let _ = checkout_latency.record(r.latency_us().max(0) as u64);
     }
-    let pays: Vec<&Record> = records.iter().filter(|r| r.kind == Kind::Pay).collect();
+    // A checkout paid as a whole is one payment.
+    let pays: Vec<&Record> = records
+        .iter()
+        .filter(|r| matches!(r.kind, Kind::Pay | Kind::CheckoutPay))
+        .collect();
     let mut pay_latency = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
     let mut paid_by_second: BTreeMap<i64, u64> = BTreeMap::new();
     for r in pays.iter().filter(|r| r.ok()) {

@@ -145,6 +145,14 @@ async fn smoke_rush_against_the_real_server_passes_the_audit() {
     let made = checkouts.codes.get("created").copied().unwrap_or(0);
     assert!(made > 0, "{:?}", checkouts.codes);
     assert_eq!(report.checkouts_checked, made);
+    // Online checkouts were paid, each with one payment, every line paid.
+    let paid = &summary.by_kind["checkout_pay"];
+    assert!(
+        paid.codes.get("ok").copied().unwrap_or(0) > 0,
+        "{:?}",
+        paid.codes
+    );
+    assert!(report.checkouts_paid > 0, "{report:?}");
     assert!(
         summary.checkout_latency.is_some(),
         "checkout latency measured"
@@ -207,6 +215,8 @@ enum Broken {
     /// Takes pre-sale deposits and their balances, says each is paid, and
     /// then has every deposit forfeited.
     ForfeitsPaidBalances,
+    /// Says a checkout's one payment paid every line, and leaves them unpaid.
+    TellsCheckoutsPaid,
 }
 
 #[derive(Default)]
@@ -331,6 +341,14 @@ fn fake_app(mode: Broken) -> Router {
                 .collect();
             Json(json!({"checkouts": checkouts}))
         }))
+        .route("/v1/checkouts/{id}/payments", post(|State(s): State<Shared>, Path(id): Path<u64>| async move {
+            if s.0 == Broken::TellsCheckoutsPaid {
+                let line = json!({"id": 1, "status": "paid"});
+                let checkout = json!({"id": id, "state": "reserved", "children": [{"orders": [line, line]}]});
+                return (StatusCode::OK, Json(json!({"payment": {"status": "succeeded"}, "checkout": checkout})));
+            }
+            (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}})))
+        }))
         .route("/v1/orders/{id}/cancel", post(|| async { (StatusCode::CONFLICT, Json(json!({"error": {"code": "invalid_order_status", "message": "no"}}))) }))
         .route("/v1/orders/{id}/payments", post(|State(s): State<Shared>, Path(id): Path<u64>| async move {
             if s.0 == Broken::ForfeitsPaidBalances {
@@ -356,7 +374,12 @@ async fn audit_of(mode: Broken) -> Vec<String> {
         admin_token: ADMIN.into(),
     };
     let mut s = small();
-    s.cod_share = 1.0; // every order a sale the client is told about
+    // Every order a sale the client is told about; but checkouts to pay.
+    s.cod_share = if mode == Broken::TellsCheckoutsPaid {
+        0.0
+    } else {
+        1.0
+    };
     let outcome = run(Plan::new(&s), backend.clone(), false).await.unwrap();
     audit(&outcome, &backend).await.violations
 }
@@ -413,6 +436,17 @@ async fn audit_catches_a_server_that_forfeits_paid_balances() {
         violations
             .iter()
             .any(|v| v.starts_with("pre-sale ") && v.contains("its balance was told paid")),
+        "{violations:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_catches_a_server_that_tells_a_checkout_paid_and_leaves_its_lines_unpaid() {
+    let violations = audit_of(Broken::TellsCheckoutsPaid).await;
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.starts_with("checkout ") && v.contains("was told paid")),
         "{violations:?}"
     );
 }

@@ -85,7 +85,7 @@ async fn finish(
     );
     let report = audit(&outcome, backend).await;
     if report.passed() {
-        println!("AUDIT PASSED: {} orders, {} items, {} coupon claims, {} checkouts and {} pre-sale deposits ({} balances paid, {} forfeited) checked; nothing lost, nothing doubled, nothing oversold or over-issued, no checkout half held, every unpaid balance forfeited", report.orders_checked, report.items_checked, report.claims_checked, report.checkouts_checked, report.deposits_checked, report.balances_paid, report.deposits_forfeited);
+        println!("AUDIT PASSED: {} orders, {} items, {} coupon claims, {} checkouts ({} paid with one payment) and {} pre-sale deposits ({} balances paid, {} forfeited) checked; nothing lost, nothing doubled, nothing oversold or over-issued, no checkout half held, every unpaid balance forfeited", report.orders_checked, report.items_checked, report.claims_checked, report.checkouts_checked, report.checkouts_paid, report.deposits_checked, report.balances_paid, report.deposits_forfeited);
     } else {
         println!("AUDIT FAILED: {} violation(s)", report.violations.len());
         for v in report.violations.iter().take(30) {
