@@ -23,11 +23,12 @@
 //!    background and its estimate), the weights taken at the item's
 //!    popularity (views before the window) rather than at its own noisy
 //!    signals, which would bias the combination upward.
-//! 3. **Intent to the night** is not fitted (no past sale is in a history):
-//!    it is the stated [`SaleModel`]: each wanter makes
+//! 3. **Intent to the night** is the [`SaleModel`]: each wanter makes
 //!    `attempts_per_wanter` attempts with the arrival
-//!    [`Profile`](crate::model::Profile); the
-//!    signal shares and the profile are uncertain with the stated log-sds.
+//!    [`Profile`](crate::model::Profile). When the history holds last
+//!    year's night (`past/`), the signal shares and the profile are fitted
+//!    from it ([`crate::past`]); otherwise they are the stated ones. Either
+//!    way they are uncertain with the stated log-sds.
 //! 4. **Uncertainty** by Monte Carlo: each draw takes one common factor on
 //!    the signal shares, one perturbed profile, and per item `W` from a
 //!    normal with the estimate's variance; the night is then computed by the
@@ -256,6 +257,10 @@ pub struct Forecast {
     pub items: Vec<ItemForecast>,
     /// Per second for the first `curve_minutes`.
     pub curve: Vec<CurvePoint>,
+    /// The signal shares and profile fitted from last year's night, when
+    /// the history holds one (`params.model` then carries them).
+    #[serde(default)]
+    pub past_fit: Option<crate::past::PastFit>,
 }
 
 /// Forecasts the night from the history in `history_dir` (its `*.jsonl`
@@ -289,6 +294,14 @@ pub fn forecast_from(
         )));
     }
     let opens_at_ms = sale.opens_at_ms.unwrap_or(catalog.opens_at_ms);
+    // Last year's night, if the history holds one, replaces the stated
+    // signal shares and profile with fitted ones.
+    let past_fit = crate::past::fit(events_dir, &sale.model)?;
+    let mut sale = sale;
+    if let Some(fit) = &past_fit {
+        sale.model.signal_share = fit.signal_share;
+        sale.model.profile = fit.profile;
+    }
     let mut scan = Scan::new(catalog, opens_at_ms, sale.model.intent_window_days);
     let deposits_given = more.iter().any(|e| e.kind == Kind::Deposit);
     let read = read_dir(events_dir, |e| {
@@ -303,7 +316,33 @@ pub fn forecast_from(
     let payment = scan.payment_model();
     let intent = scan.intent(&sale.model);
     let draws = Draws::run(&sale, &intent, &payment, catalog);
-    Ok(draws.summarize(opens_at_ms, sale, read, normal, payment, &intent))
+    let mut forecast = draws.summarize(opens_at_ms, sale, read, normal, payment, &intent);
+    forecast.past_fit = past_fit;
+    Ok(forecast)
+}
+
+/// Over every item of `catalog`, what its favourites, carts and deposits
+/// in the intent window before `opens_at_ms` exceed their normal
+/// background by (the numerators of the intent estimate), from the history
+/// in `dir`.
+pub(crate) fn signal_excess(
+    catalog: &Catalog,
+    dir: &Path,
+    opens_at_ms: i64,
+    window_days: u32,
+) -> Result<[f64; 3], Error> {
+    let mut scan = Scan::new(catalog, opens_at_ms, window_days);
+    read_dir(dir, |e| scan.add(e))?;
+    scan.normal_days()?;
+    let orders = scan.orders_fit();
+    let scale = [1, 2].map(|k| scan.background_scale(k, &orders));
+    let mut total = [0.0; 3];
+    for c in &scan.items {
+        total[0] += Signal::new(c.favorites, scale[0], 1.0).excess();
+        total[1] += Signal::new(c.carts, scale[1], 1.0).excess();
+        total[2] += c.deposits as f64;
+    }
+    Ok(total)
 }
 
 /// Serializes a forecast (JSON) for `mall forecast backtest --forecast F`.
@@ -854,6 +893,7 @@ impl Draws {
             sellouts: items.iter().filter(|i| i.sells_out).count(),
             items,
             curve,
+            past_fit: None,
         }
     }
 }
@@ -972,6 +1012,31 @@ pub fn print(f: &Forecast) -> String {
             out,
             "  busiest hour {busiest:02}:00 ({rate:.4}/s), quietest {quietest:02}:00 ({low:.4}/s), China time"
         );
+    }
+    match &f.past_fit {
+        Some(p) => {
+            let (s, pr) = (&p.signal_share, &p.profile);
+            let _ = writeln!(
+                out,
+                "fitted from last year's night ({:.0} attempts, {:.0} shoppers): signal shares {:.1}% / {:.1}% / {:.1}% (favourite / cart / deposit); profile: ramp {:.1} s, {:.0}% in a rush over {:.0} s, the rest over {:.0} s (log-CDF rmse {:.4})",
+                p.attempts,
+                p.wanters,
+                100.0 * s.favorite,
+                100.0 * s.cart,
+                100.0 * s.deposit,
+                pr.ramp_s,
+                100.0 * pr.rush_share,
+                pr.rush_s,
+                pr.tail_s,
+                p.profile_rmse
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "no past night in the history: the signal shares and profile are the stated ones"
+            );
+        }
     }
     let _ = writeln!(out, "the night (opens at {} ms):", f.opens_at_ms);
     let _ = writeln!(out, "  order attempts:     {}", band(&f.attempts_total, 0));

@@ -41,6 +41,14 @@
 //!   sell-out time; the peak attempts/s and its second; accepted orders and
 //!   payments peaks.
 //!
+//! - **Last year's night** (`past_night`): the same world a year earlier
+//!   (364 days: the same weekday), with its own normal days, its own sale
+//!   appeals, stock and wanters, but the same true signal shares and
+//!   arrival profile (they are the shoppers' habits, not the year's), in
+//!   `past/`: its day files and catalog, and `past/night.json`, what the
+//!   mall saw of that night: order attempts per item and per second from
+//!   the opening. The forecast fits the shares and the profile from it.
+//!
 //! Files: `day-YYYYMMDD.jsonl` per China-local day (the day's normal
 //! events sorted by time, then, on the intent window's days, its intent
 //! sorted by time: readers must not assume one order),
@@ -90,6 +98,9 @@ pub struct GenerateParams {
     /// The world's nominal sale model; its sigmas are the noise the true
     /// parameters are drawn with.
     pub model: SaleModel,
+    /// Also write last year's night in `past/` (see the module documentation).
+    #[serde(default)]
+    pub past_night: bool,
 }
 
 impl Default for GenerateParams {
@@ -108,6 +119,7 @@ impl Default for GenerateParams {
             peak_multiple_sigma: 0.1,
             headline_share: 0.2,
             model: SaleModel::default(),
+            past_night: false,
         }
     }
 }
@@ -175,6 +187,46 @@ pub struct HistorySummary {
     pub true_peak_at_s: u64,
     /// Items whose demand exceeds their stock.
     pub sold_out_items: usize,
+    /// Last year's night, when written: its busiest second's attempts.
+    #[serde(default)]
+    pub past_peak_attempts_per_s: Option<f64>,
+}
+
+/// Where last year's night is, inside a history.
+pub const PAST_DIR: &str = "past";
+/// What the mall saw of last year's night, in [`PAST_DIR`].
+pub const PAST_NIGHT_FILE: &str = "night.json";
+
+/// `past/night.json`: last year's night as the mall saw it (its event log's
+/// order attempts, counted), never its hidden parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PastNightLog {
+    pub opens_at_ms: i64,
+    /// Order attempts over the whole night, per item (catalog order).
+    pub items: Vec<PastNightItem>,
+    /// Order attempts in each second from the opening, for an hour.
+    pub attempts_per_s: Vec<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PastNightItem {
+    pub sku: Sku,
+    pub attempts: f64,
+}
+
+impl PastNightLog {
+    pub fn load(path: &Path) -> Result<PastNightLog, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
 }
 
 /// `truth.json`: the night the history leads to. Never read by the forecast.
@@ -473,20 +525,77 @@ pub fn generate(params: &GenerateParams, out_dir: &Path) -> Result<HistorySummar
         move |source| Error::Io { path, source }
     };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-    for entry in std::fs::read_dir(out_dir).map_err(io(out_dir))? {
-        let path = entry.map_err(io(out_dir))?.path();
-        if path.extension().is_some_and(|e| e == "jsonl") {
-            return Err(Error::InvalidParams(format!(
-                "{} already holds event files ({}); generate into an empty directory",
-                out_dir.display(),
-                path.display()
-            )));
+    for dir in [out_dir.to_path_buf(), out_dir.join(PAST_DIR)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue; // no past/ yet
+        };
+        for entry in entries {
+            let path = entry.map_err(io(&dir))?.path();
+            if path.extension().is_some_and(|e| e == "jsonl") {
+                return Err(Error::InvalidParams(format!(
+                    "{} already holds event files ({}); generate into an empty directory",
+                    dir.display(),
+                    path.display()
+                )));
+            }
         }
     }
 
-    let world = World::new(params);
+    let world = World::new(params, 0);
+    let (night, mut summary) = write_year(&world, out_dir)?;
+    let path = out_dir.join(TRUTH_FILE);
+    let truth = serde_json::to_string(&night.truth).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, &truth).map_err(io(&path))?;
+    summary.bytes += truth.len() as u64;
+    if params.past_night {
+        // The same world (same seed: catalog, shoppers, habits) a year before.
+        let past_params = GenerateParams {
+            sale_day: params.sale_day.plus_days(-364),
+            ..params.clone()
+        };
+        let past_world = World::new(&past_params, 1);
+        let past_dir = out_dir.join(PAST_DIR);
+        std::fs::create_dir_all(&past_dir).map_err(io(&past_dir))?;
+        let (past, past_summary) = write_year(&past_world, &past_dir)?;
+        let log = PastNightLog {
+            opens_at_ms: past_world.opens_at_ms,
+            items: past
+                .truth
+                .items
+                .iter()
+                .map(|i| PastNightItem {
+                    sku: i.sku,
+                    attempts: i.demand,
+                })
+                .collect(),
+            attempts_per_s: past.attempts_per_s.clone(),
+        };
+        let path = past_dir.join(PAST_NIGHT_FILE);
+        let text = serde_json::to_string(&log).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&path, &text).map_err(io(&path))?;
+        summary.events += past_summary.events;
+        summary.bytes += past_summary.bytes + text.len() as u64;
+        summary.past_peak_attempts_per_s = Some(past.truth.peak_attempts_per_s);
+    }
+    Ok(summary)
+}
+
+/// Writes one year's history into `dir`: its normal days, the intent before
+/// its night, and its catalog. Its night, and what was written.
+fn write_year(world: &World, dir: &Path) -> Result<(Night, HistorySummary), Error> {
+    let params = world.params;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
     let mut out = DayWriter {
-        dir: out_dir,
+        dir,
         first_day: world.first_day,
         events: 0,
         bytes: 0,
@@ -495,7 +604,7 @@ pub fn generate(params: &GenerateParams, out_dir: &Path) -> Result<HistorySummar
     // as it is simulated (events only spill forward in time), so memory
     // holds about one day; the intent is appended to the window's days.
     let mut pending: Vec<Vec<Event>> = vec![Vec::new(); params.days as usize];
-    let mut rng = world.rng.clone().fork(3);
+    let mut rng = world.rng.clone().fork(world.stream(3));
     let mut next_order = 1u64;
     let mut orders = 0;
     for d in 0..pending.len() {
@@ -510,9 +619,8 @@ pub fn generate(params: &GenerateParams, out_dir: &Path) -> Result<HistorySummar
             out.write(d, events, true)?;
         }
     }
-
     let mut summary = HistorySummary {
-        out_dir: out_dir.to_path_buf(),
+        out_dir: dir.to_path_buf(),
         days: params.days,
         items: params.items,
         shoppers: params.shoppers,
@@ -530,18 +638,12 @@ pub fn generate(params: &GenerateParams, out_dir: &Path) -> Result<HistorySummar
             .iter()
             .filter(|i| i.sellout_s.is_some())
             .count(),
+        past_peak_attempts_per_s: None,
     };
-    world.catalog(&night).save(out_dir)?;
-    let catalog = out_dir.join(crate::catalog::CATALOG_FILE);
+    world.catalog(&night).save(dir)?;
+    let catalog = dir.join(crate::catalog::CATALOG_FILE);
     summary.bytes += std::fs::metadata(&catalog).map_err(io(&catalog))?.len();
-    let path = out_dir.join(TRUTH_FILE);
-    let truth = serde_json::to_string(&night.truth).map_err(|source| Error::Json {
-        path: path.clone(),
-        source,
-    })?;
-    std::fs::write(&path, &truth).map_err(io(&path))?;
-    summary.bytes += truth.len() as u64;
-    Ok(summary)
+    Ok((night, summary))
 }
 
 /// What [`generate`] wrote, as text for a terminal.
@@ -549,7 +651,7 @@ pub fn print(s: &HistorySummary) -> String {
     format!(
         "wrote {}: {} days, {} items, {} shoppers (seed {}): {} events, {:.1} MB\n\
          normal days: {} orders, {:.4} orders/s on average\n\
-         the sale opens at {} ms; truth.json holds the night (peak {:.2} attempts/s at {} s, {} items sell out)\n",
+         the sale opens at {} ms; truth.json holds the night (peak {:.2} attempts/s at {} s, {} items sell out)\n{}",
         s.out_dir.display(),
         s.days,
         s.items,
@@ -562,7 +664,13 @@ pub fn print(s: &HistorySummary) -> String {
         s.opens_at_ms,
         s.true_peak_attempts_per_s,
         s.true_peak_at_s,
-        s.sold_out_items
+        s.sold_out_items,
+        match s.past_peak_attempts_per_s {
+            Some(p) => format!(
+                "last year's night is in past/ (its peak {p:.2} attempts/s): the forecast fits its shares and profile from it\n"
+            ),
+            None => String::new(),
+        }
     )
 }
 
@@ -607,6 +715,8 @@ impl DayWriter<'_> {
 /// Everything drawn before the days are simulated.
 struct World<'p> {
     params: &'p GenerateParams,
+    /// 0: the year of the sale to forecast; 1: the year before.
+    year: u64,
     /// The root of the generation's streams: each part forks its own.
     rng: Rng,
     opens_at_ms: i64,
@@ -630,10 +740,12 @@ struct Night {
     truth: Truth,
     /// Wanters per item (catalog order).
     wanters: Vec<u64>,
+    /// Order attempts in each second from the opening (the fluid night's).
+    attempts_per_s: Vec<f64>,
 }
 
 impl<'p> World<'p> {
-    fn new(params: &'p GenerateParams) -> World<'p> {
+    fn new(params: &'p GenerateParams, year: u64) -> World<'p> {
         let mut rng = Rng::new(params.seed);
         let mut catalog_rng = rng.fork(1);
         let mut shopper_rng = rng.fork(2);
@@ -677,6 +789,7 @@ impl<'p> World<'p> {
         let first_day = params.sale_day.plus_days(-i64::from(params.days));
         World {
             params,
+            year,
             rng,
             opens_at_ms: params.sale_day.china_midnight_ms(),
             first_day,
@@ -830,7 +943,15 @@ impl<'p> World<'p> {
         }
     }
 
+    /// The stream `k` of this world's year (year 0 keeps the streams it
+    /// always had).
+    fn stream(&self, k: u64) -> u64 {
+        k + 100 * self.year
+    }
+
     /// Draws the night: true parameters, wanters, stock, and the fluid truth.
+    /// The true profile and signal shares are the world's (the same every
+    /// year); the rest is the year's own.
     fn night(&self, normal_orders_per_s: f64) -> Night {
         let p = self.params;
         let mut rng = self.rng.clone().fork(4);
@@ -839,13 +960,25 @@ impl<'p> World<'p> {
         let signal_share = model
             .signal_share
             .scaled((model.share_sigma * rng.normal()).exp());
+        let mut appeal: Vec<f64> = self.items.iter().map(|i| i.appeal).collect();
+        if self.year > 0 {
+            rng = self.rng.clone().fork(self.stream(4));
+            for a in &mut appeal {
+                *a = rng.lognormal((-APPEAL_SIGMA * APPEAL_SIGMA / 2.0).exp(), APPEAL_SIGMA);
+            }
+        }
         let multiple = p.peak_multiple * (p.peak_multiple_sigma * rng.normal()).exp();
         let grid = Grid::new(profile);
         let peak_share = (0..crate::model::HORIZON_S)
             .map(|k| grid.share(k))
             .fold(0.0, f64::max);
         let attempts_target = multiple * normal_orders_per_s.max(1e-9) / peak_share;
-        let weight: Vec<f64> = self.items.iter().map(|i| i.popularity * i.appeal).collect();
+        let weight: Vec<f64> = self
+            .items
+            .iter()
+            .zip(&appeal)
+            .map(|(i, a)| i.popularity * a)
+            .collect();
         let weight_sum: f64 = weight.iter().sum();
         let apw = model.attempts_per_wanter;
         let expected: Vec<f64> = weight
@@ -931,13 +1064,14 @@ impl<'p> World<'p> {
                 segments,
             },
             wanters,
+            attempts_per_s: sale.attempts.clone(),
         }
     }
 
     /// The wanters' favourites, carts and deposits in the intent window.
     fn intent(&self, night: &Night, days: &mut [Vec<Event>]) {
         let p = self.params;
-        let mut rng = self.rng.clone().fork(5);
+        let mut rng = self.rng.clone().fork(self.stream(5));
         let mix = wanter_mix();
         let mix_cdf = cumulative(&mix);
         let shares = night.truth.signal_share;

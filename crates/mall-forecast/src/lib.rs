@@ -42,8 +42,9 @@
 //!   an item sells out when `stock / demand` of its attempts have arrived.
 //!   Accepted orders are paid at the history's paying share after the
 //!   history's order-to-payment delays.
-//! - **There is no past sale in a history**, so the signal shares and the
-//!   profile are *stated assumptions*, not fits. Their uncertainty is
+//! - **Without a past sale in a history** the signal shares and the
+//!   profile are *stated assumptions*, not fits; with last year's night in
+//!   it (`past/`, [`past`]) they are fitted from that night. Their uncertainty is
 //!   stated too (log-sd 5 % on the shares, common to all items; 5 % on
 //!   each profile parameter) and propagated with the estimates' own
 //!   sampling error by Monte Carlo ([`forecast`]). On a real shop they would
@@ -72,6 +73,7 @@ pub mod forecast;
 pub mod history;
 pub mod model;
 pub mod night;
+pub mod past;
 pub mod plan;
 pub mod rng;
 

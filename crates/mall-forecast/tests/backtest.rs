@@ -75,6 +75,7 @@ fn fixture() -> Forecast {
             item(6, 9, None),
         ],
         curve: Vec::new(),
+        past_fit: None,
     }
 }
 

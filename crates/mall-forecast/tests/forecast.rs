@@ -208,3 +208,61 @@ fn stated_assumptions_drive_the_forecast() {
     let ratio = b.peak_attempts_per_s.p50 / a.peak_attempts_per_s.p50;
     assert!((ratio - 2.0 / 3.0).abs() < 0.03, "{ratio}");
 }
+
+/// A world whose shoppers' habits (signal shares, arrival profile) stray
+/// far from the stated ones (log-sd 0.4), with last year's night in its
+/// history: the forecast fits them from that night and finds this year's
+/// peak within ±20%, while the stated assumptions miss it by more on
+/// average. The fitted shares are last year's signals over last year's
+/// shoppers, close to the world's true ones.
+#[test]
+fn last_years_night_fits_the_shares_and_profile() {
+    let (mut fitted_err, mut stated_err) = (0.0, 0.0);
+    for seed in 1..=3 {
+        let dir = TempDir::new("past-night");
+        let mut world = small(seed);
+        world.past_night = true;
+        world.model.share_sigma = 0.4;
+        world.model.profile_sigma = 0.4;
+        generate(&world, dir.path()).unwrap();
+        let truth = Truth::load(dir.path()).unwrap();
+        let f = forecast(dir.path(), params()).unwrap();
+        let fit = f
+            .past_fit
+            .clone()
+            .expect("the history holds last year's night");
+        assert_eq!(f.params.model.signal_share, fit.signal_share);
+        assert_eq!(f.params.model.profile, fit.profile);
+        let share_err = fit.signal_share.cart / truth.signal_share.cart - 1.0;
+        assert!(
+            share_err.abs() < 0.15,
+            "seed {seed}: cart share off by {share_err:.3}"
+        );
+        // The same history without last year: the stated assumptions.
+        let past = dir.path().join(mall_forecast::history::PAST_DIR);
+        std::fs::rename(&past, dir.path().join("last-year-hidden")).unwrap();
+        let stated = forecast(dir.path(), params()).unwrap();
+        assert!(stated.past_fit.is_none());
+        let a = accuracy(&f, &truth);
+        let b = accuracy(&stated, &truth);
+        eprintln!(
+            "seed {seed}: truth {:.3}/s; fitted {:.3}/s ({:+.1}%), stated {:.3}/s ({:+.1}%)",
+            truth.peak_attempts_per_s,
+            f.peak_attempts_per_s.p50,
+            100.0 * a.peak_rel_err,
+            stated.peak_attempts_per_s.p50,
+            100.0 * b.peak_rel_err
+        );
+        assert!(
+            a.peak_rel_err.abs() <= 0.2,
+            "seed {seed}: the fitted peak is off by {:.3}",
+            a.peak_rel_err
+        );
+        fitted_err += a.peak_rel_err.abs();
+        stated_err += b.peak_rel_err.abs();
+    }
+    assert!(
+        fitted_err < stated_err,
+        "fitted peaks off by {fitted_err:.3} in all, stated by {stated_err:.3}"
+    );
+}

@@ -23,6 +23,14 @@ pub enum HistoryCmd {
         shoppers: u32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Also write last year's night (`past/`): the forecast then fits
+        /// the signal shares and the arrival profile from it.
+        #[arg(long)]
+        past_night: bool,
+        /// How far the world's true signal shares and profile stray from
+        /// the forecast's stated ones (log-sd; default the stated 0.05).
+        #[arg(long, default_value_t = 0.05)]
+        habits_sigma: f64,
     },
 }
 
@@ -103,14 +111,19 @@ pub fn history(cmd: HistoryCmd) -> Result<()> {
         items,
         shoppers,
         seed,
+        past_night,
+        habits_sigma,
     } = cmd;
-    let params = mall_forecast::history::GenerateParams {
+    let mut params = mall_forecast::history::GenerateParams {
         days,
         items,
         shoppers,
         seed,
+        past_night,
         ..Default::default()
     };
+    params.model.share_sigma = habits_sigma;
+    params.model.profile_sigma = habits_sigma;
     params.validate()?;
     let summary = mall_forecast::history::generate(&params, &out)
         .with_context(|| format!("generating a history in {}", out.display()))?;
