@@ -26,6 +26,7 @@ async fn health_openapi_and_unknown_routes() {
         "/v1/items/{sku}",
         "/v1/admin/users/bulk",
         "/v1/sessions",
+        "/v1/checkouts/{id}/payments",
     ] {
         assert!(r.body["paths"][path].is_object(), "openapi lacks {path}");
     }
@@ -2764,6 +2765,17 @@ async fn a_checkout_is_paid_with_one_payment() {
     assert_eq!(orders.len(), 2);
 
     // Refused, nothing charged.
+    let path = format!("/v1/checkouts/{id}/payments");
+    let anonymous = api
+        .call(
+            "POST",
+            &path,
+            None,
+            Some(json!({"method": "third_party"})),
+            None,
+        )
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     let r = pay(id, first, "wallet", None).await;
     assert_eq!(
         (r.status.as_u16(), r.code()),
