@@ -41,14 +41,7 @@ impl Catalog {
     /// Reads and checks `dir/catalog.json`.
     pub fn load(dir: &Path) -> Result<Catalog, Error> {
         let path = dir.join(CATALOG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let catalog: Catalog = serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: path.clone(),
-            source,
-        })?;
+        let catalog: Catalog = crate::read_json(&path)?;
         catalog
             .check()
             .map_err(|reason| Error::InvalidCatalog { path, reason })?;

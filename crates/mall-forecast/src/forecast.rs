@@ -358,14 +358,7 @@ pub fn save(forecast: &Forecast, path: &Path) -> Result<(), Error> {
 }
 
 pub fn load(path: &Path) -> Result<Forecast, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::read_json(path)
 }
 
 /// Most whole days before the opening read; older events are skipped.

@@ -218,14 +218,7 @@ pub struct PastNightItem {
 
 impl PastNightLog {
     pub fn load(path: &Path) -> Result<PastNightLog, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })
+        crate::read_json(path)
     }
 }
 
@@ -277,12 +270,7 @@ pub struct TruthSegment {
 
 impl Truth {
     pub fn load(dir: &Path) -> Result<Truth, Error> {
-        let path = dir.join(TRUTH_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| Error::Json { path, source })
+        crate::read_json(&dir.join(TRUTH_FILE))
     }
 }
 

@@ -113,3 +113,17 @@ pub enum Error {
     #[error("plan: {field}: {reason}")]
     PlanInvalid { field: String, reason: String },
 }
+
+/// Reads a JSON file into `T`, naming the file in any error.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> Result<T, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}

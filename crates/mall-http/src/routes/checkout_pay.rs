@@ -10,8 +10,9 @@
 //! while the checkout's payment is under way.
 
 use super::checkouts::{parse_outcome, parse_plan, view, CheckoutView};
+use super::payments::PayRequest;
 use super::payments::PaymentInfo;
-use super::payments::{http_status, parse_method, payments, to_completion, PayRequest};
+use super::payments::{first_pending, http_status, parse_method, payments, to_completion};
 use super::{blocking, idempotency, parse_id, Segment};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -125,13 +126,7 @@ pub async fn pay(
                     Err(PayError::NotPayable(status)) => {
                         // A retry of a payment first answered 202, whose
                         // lines have moved on since: paid if any line is.
-                        let first = match &key {
-                            Some(k) => idempotency::stored(&state, principal.user, k)
-                                .await?
-                                .filter(|s| s.status == 202 && s.fingerprint == fp),
-                            None => None,
-                        };
-                        match first {
+                        match first_pending(&state, principal.user, &key, fp).await? {
                             Some(first) => resumed(&state, &row, &first).await,
                             None => Err(PayError::NotPayable(status).into()),
                         }

@@ -136,17 +136,10 @@ pub async fn pay(
                         },
                     ),
                     Err(PayError::NotPayable(status)) => {
-                        // A retry of a payment first answered 202 (read here,
-                        // under the key's slot, so the first answer is stored
-                        // by now): the same payment, whose outcome the order
-                        // shows. An answer never contradicts it.
-                        let first = match &key {
-                            Some(k) => idempotency::stored(&state, principal.user, k)
-                                .await?
-                                .filter(|s| s.status == 202 && s.fingerprint == fp),
-                            None => None,
-                        };
-                        match first {
+                        // A retry of a payment first answered 202: the same
+                        // payment, whose outcome the order shows. An answer
+                        // never contradicts it.
+                        match first_pending(&state, principal.user, &key, fp).await? {
                             Some(first) => resumed_answer(&state, id, Some(&first)).await,
                             None => Err(PayError::NotPayable(status).into()),
                         }
@@ -158,6 +151,23 @@ pub async fn pay(
         .await
     })
     .await
+}
+
+/// The first answer under `key`, if it was 202 (pending) to this same
+/// request: read under the key's slot, so it is stored by now. A retry that
+/// finds the payment has moved on answers with its outcome instead.
+pub(super) async fn first_pending(
+    state: &AppState,
+    user: mall_core::UserId,
+    key: &Option<String>,
+    fp: u64,
+) -> ApiResult<Option<mall_engine::StoredResponse>> {
+    match key {
+        Some(k) => Ok(idempotency::stored(state, user, k)
+            .await?
+            .filter(|s| s.status == 202 && s.fingerprint == fp)),
+        None => Ok(None),
+    }
 }
 
 /// Runs a request's work in its own task, so that a client that hangs up
