@@ -123,12 +123,12 @@ pub async fn pay(
                         };
                         super::json_answer(http_status(&payment), &answer)
                     }
-                    Err(PayError::NotPayable(status)) => {
+                    Err(e @ (PayError::NotPayable(_) | PayError::HoldExpired)) => {
                         // A retry of a payment first answered 202, whose
                         // lines have moved on since: paid if any line is.
                         match first_pending(&state, principal.user, &key, fp).await? {
                             Some(first) => resumed(&state, &row, &first).await,
-                            None => Err(PayError::NotPayable(status).into()),
+                            None => Err(e.into()),
                         }
                     }
                     Err(e) => Err(e.into()),

@@ -707,6 +707,12 @@ impl Core {
                         self.decided(id, Ok(()))
                     }
                     Some(e) => {
+                        // Watched too: should the handback not land (a crash,
+                        // a ledger away), the watch finds the charge and
+                        // hands the voided lines back (idempotently).
+                        if let Some(c) = channel {
+                            self.watch_try(id, c);
+                        }
                         let finish = if posted.is_empty() { Err(e) } else { Ok(()) };
                         self.late_refund(id, voided, Then::Finish(finish))
                     }

@@ -3,7 +3,7 @@
 //! (by the provider's word, else by the order's status).
 
 use super::decide::Why;
-use super::{Action, Core, OrderMoney, LINE_MASK};
+use super::{Action, Core, OrderMoney};
 use mall_core::OrderId;
 use mall_ledger as mallled;
 use mall_ledger::chart::{self, code};
@@ -17,6 +17,7 @@ impl Core {
         let channels = self.config.channels.len();
         // Pending transfers by try: a checkout's lines are decided together.
         let mut pending: BTreeMap<u64, Vec<Stored>> = BTreeMap::new();
+        let mut watched = std::collections::BTreeSet::new();
         for s in transfers {
             let t = &s.transfer;
             let order = OrderId(t.user_data);
@@ -63,17 +64,17 @@ impl Core {
                         m.settled = true;
                     }
                 }
-                // A try voided lately (a checkout's once, by its first line).
+                // A try voided lately (a checkout's once, by any voided
+                // line: its paid lines may be posted).
                 (
                     code::CHANNEL_PAYMENT | code::TOP_UP | code::CHECKOUT_PAYMENT,
                     Mode::Pending { .. },
-                ) if s.state == Some(PendingState::Voided)
-                    && s.created_at.0 + watch_ms > now
-                    && (t.code != code::CHECKOUT_PAYMENT || t.id.0 & LINE_MASK == 1) =>
-                {
+                ) if s.state == Some(PendingState::Voided) && s.created_at.0 + watch_ms > now => {
+                    let id = super::payment_of(t);
                     if let Some(c) = chart::channel_of(t.debit).filter(|c| *c < channels) {
-                        let id = super::payment_of(t);
-                        self.watch.push_back((id, c, s.created_at.0 + watch_ms));
+                        if watched.insert(id) {
+                            self.watch.push_back((id, c, s.created_at.0 + watch_ms));
+                        }
                     }
                 }
                 (_, Mode::Pending { .. }) if s.state == Some(PendingState::Pending) => pending
