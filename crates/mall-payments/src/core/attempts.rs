@@ -133,13 +133,14 @@ impl Core {
             if refusal.is_some() {
                 break;
             }
-            let purpose = Purpose::Order(*order);
-            let live_alone = self
+            // Held by anything but this checkout's own live try (a payment
+            // alone, a wallet, a cancel, another checkout): in progress.
+            let held_elsewhere = self
                 .live
-                .get(&purpose)
-                .is_some_and(|id| self.tries.get(id).is_none_or(|t| t.purpose == purpose));
+                .get(&Purpose::Order(*order))
+                .is_some_and(|id| self.live.get(&Purpose::Checkout(checkout)) != Some(id));
             match self.payable(user, read.as_ref().filter(|o| o.id == *order)) {
-                _ if live_alone => refusal = Some(PayError::InProgress),
+                _ if held_elsewhere => refusal = Some(PayError::InProgress),
                 Ok(amount) => lines.push((*order, amount)),
                 Err(e) => refusal = Some(e),
             }
